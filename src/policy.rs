@@ -1,0 +1,496 @@
+//! Policies: named sets of knobs that turn measurements into a
+//! recommendation (`policies/*.toml`).
+//!
+//! The four shipped policies are compiled into the binary, so batchd works
+//! without any policy folder; files in the configured policies folder add new
+//! policies or replace shipped ones of the same name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::validation::{
+    deserialize_section, parse_document, DocumentErrors, FieldError, Problems, Syntax,
+};
+
+/// The policy a spec gets when it names none.
+pub const DEFAULT_POLICY: &str = "balanced";
+
+/// The policies shipped in `policies/`, embedded at build time.
+const BUILTIN: &[(&str, &str)] = &[
+    ("balanced.toml", include_str!("../policies/balanced.toml")),
+    (
+        "throughput.toml",
+        include_str!("../policies/throughput.toml"),
+    ),
+    (
+        "generalization.toml",
+        include_str!("../policies/generalization.toml"),
+    ),
+    (
+        "memory-safe.toml",
+        include_str!("../policies/memory-safe.toml"),
+    ),
+];
+
+/// What a recommendation optimizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// Throughput x statistical efficiency (Pollux).
+    Goodput,
+    /// The largest batch that still raises samples per second.
+    Throughput,
+    /// Smaller batches and more updates.
+    Generalization,
+}
+
+/// How the learning rate moves with batch size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrScaling {
+    /// Fit lr ~ B^alpha from the best LR measured at two batch sizes.
+    Measured,
+    /// lr ~ B (Goyal et al. 2017), the rule for SGD.
+    Linear,
+    /// lr ~ sqrt(B) (Malladi et al. 2022), the rule for Adam-family optimizers.
+    Sqrt,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrSearch {
+    pub min_lr: f64,
+    pub max_lr: f64,
+    pub sweep_steps: u32,
+    pub confirmation_candidates: u32,
+    pub confirmation_steps: u32,
+    pub warmup_fraction: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrialBudget {
+    pub fit_steps: u32,
+    pub throughput_steps: u32,
+    pub warmup_steps: u32,
+    pub noise_scale_measurements: u32,
+    #[serde(with = "crate::units::duration_text")]
+    pub deadline: Duration,
+}
+
+/// A validated policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub objective: Objective,
+    pub memory_headroom_fraction: f64,
+    pub batch_multiple: u64,
+    pub max_accumulation_steps: u32,
+    pub lr_scaling: LrScaling,
+    pub throughput_gain_threshold: f64,
+    pub critical_batch_fraction: f64,
+    pub lr_search: LrSearch,
+    pub trials: TrialBudget,
+}
+
+impl Policy {
+    /// Validates a policy document already parsed into a value. `name_hint`
+    /// is the file stem, used when the document does not name itself.
+    pub fn from_value(value: &Value, name_hint: Option<&str>) -> Result<Policy, Vec<FieldError>> {
+        let mut value = value.clone();
+        if let (Some(object), Some(hint)) = (value.as_object_mut(), name_hint) {
+            object
+                .entry("name")
+                .or_insert_with(|| Value::String(hint.to_string()));
+        }
+        let mut problems = Problems::new();
+        let Some(policy) = deserialize_section::<Policy>(&value, "", &mut problems) else {
+            return Err(problems.into_errors());
+        };
+        policy.check(&mut problems);
+        if problems.is_empty() {
+            Ok(policy)
+        } else {
+            Err(problems.into_errors())
+        }
+    }
+
+    fn check(&self, problems: &mut Problems) {
+        if !valid_name(&self.name) {
+            problems.push(
+                "name",
+                format!(
+                    "`{}` is not a usable name: use letters, digits, '-' and '_'",
+                    self.name
+                ),
+            );
+        }
+        problems.in_range(
+            "memory_headroom_fraction",
+            self.memory_headroom_fraction,
+            0.0,
+            0.9,
+        );
+        if self.batch_multiple == 0 {
+            problems.push("batch_multiple", "must be > 0, got 0");
+        }
+        if self.max_accumulation_steps == 0 {
+            problems.push(
+                "max_accumulation_steps",
+                "must be > 0, got 0 (1 means no accumulation)",
+            );
+        }
+        problems.in_range(
+            "throughput_gain_threshold",
+            self.throughput_gain_threshold,
+            0.0,
+            1.0,
+        );
+        if problems.in_range(
+            "critical_batch_fraction",
+            self.critical_batch_fraction,
+            0.0,
+            16.0,
+        ) && self.critical_batch_fraction == 0.0
+        {
+            problems.push("critical_batch_fraction", "must be > 0, got 0");
+        }
+        let lr = &self.lr_search;
+        let min_ok = problems.positive("lr_search.min_lr", lr.min_lr);
+        let max_ok = problems.positive("lr_search.max_lr", lr.max_lr);
+        if min_ok && max_ok && lr.max_lr <= lr.min_lr {
+            problems.push(
+                "lr_search.max_lr",
+                format!(
+                    "must be greater than lr_search.min_lr ({}), got {}",
+                    lr.min_lr, lr.max_lr
+                ),
+            );
+        }
+        if lr.sweep_steps < 10 {
+            problems.push(
+                "lr_search.sweep_steps",
+                format!(
+                    "must be >= 10 for a usable range test, got {}",
+                    lr.sweep_steps
+                ),
+            );
+        }
+        if lr.confirmation_candidates == 0 {
+            problems.push("lr_search.confirmation_candidates", "must be > 0, got 0");
+        }
+        if lr.confirmation_steps == 0 {
+            problems.push("lr_search.confirmation_steps", "must be > 0, got 0");
+        }
+        problems.in_range("lr_search.warmup_fraction", lr.warmup_fraction, 0.0, 0.5);
+        let trials = &self.trials;
+        if trials.fit_steps < 2 {
+            problems.push(
+                "trials.fit_steps",
+                format!(
+                    "must be >= 2 (optimizer state appears after the first step), got {}",
+                    trials.fit_steps
+                ),
+            );
+        }
+        if trials.throughput_steps <= trials.warmup_steps {
+            problems.push(
+                "trials.throughput_steps",
+                format!(
+                    "must exceed trials.warmup_steps ({}) so some steps are timed, got {}",
+                    trials.warmup_steps, trials.throughput_steps
+                ),
+            );
+        }
+        if trials.noise_scale_measurements < 2 {
+            problems.push(
+                "trials.noise_scale_measurements",
+                format!(
+                    "must be >= 2 to give an uncertainty, got {}",
+                    trials.noise_scale_measurements
+                ),
+            );
+        }
+        if trials.deadline < Duration::from_secs(1) {
+            problems.push("trials.deadline", "must be at least 1s");
+        }
+    }
+
+    /// A one-line summary for `batchd policies`.
+    pub fn summary(&self) -> String {
+        format!(
+            "objective {}, headroom {:.0}%, batch multiple {}, accumulation <= {}, lr scaling {}",
+            serde_plain(&self.objective),
+            self.memory_headroom_fraction * 100.0,
+            self.batch_multiple,
+            self.max_accumulation_steps,
+            serde_plain(&self.lr_scaling),
+        )
+    }
+}
+
+/// The name a unit enum serializes to, for messages.
+pub(crate) fn serde_plain<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::from("?"),
+    }
+}
+
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.starts_with('.')
+}
+
+/// Where a policy came from, for listings and error messages.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "path")]
+pub enum PolicyOrigin {
+    Builtin,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+struct PolicyEntry {
+    policy: Policy,
+    /// The document as written, kept so inline overrides merge over it.
+    document: Value,
+    origin: PolicyOrigin,
+}
+
+/// All policies known to this process, by name.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    entries: BTreeMap<String, PolicyEntry>,
+}
+
+impl PolicySet {
+    /// The shipped policies alone.
+    pub fn builtin() -> PolicySet {
+        let mut entries = BTreeMap::new();
+        for (file, text) in BUILTIN {
+            let document = parse_document(text, Syntax::Toml)
+                .unwrap_or_else(|e| panic!("shipped policy {file} does not parse: {e}"));
+            let policy = Policy::from_value(&document, None)
+                .unwrap_or_else(|e| panic!("shipped policy {file} is invalid: {e:?}"));
+            entries.insert(
+                policy.name.clone(),
+                PolicyEntry {
+                    policy,
+                    document,
+                    origin: PolicyOrigin::Builtin,
+                },
+            );
+        }
+        PolicySet { entries }
+    }
+
+    /// The shipped policies plus every policy file in `dir` (which may be
+    /// absent). Every invalid file is reported, not just the first.
+    pub fn load(dir: Option<&Path>) -> Result<PolicySet, Vec<DocumentErrors>> {
+        let mut set = PolicySet::builtin();
+        let Some(dir) = dir else { return Ok(set) };
+        if !dir.is_dir() {
+            return Ok(set);
+        }
+        let mut failures = Vec::new();
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(read) => read
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|path| Syntax::from_path(path).is_some())
+                .collect(),
+            Err(error) => {
+                return Err(vec![DocumentErrors {
+                    source: dir.display().to_string(),
+                    errors: vec![FieldError::new("", format!("cannot read folder: {error}"))],
+                }])
+            }
+        };
+        files.sort();
+        for path in files {
+            match load_policy_file(&path) {
+                Ok((policy, document)) => {
+                    set.entries.insert(
+                        policy.name.clone(),
+                        PolicyEntry {
+                            policy,
+                            document,
+                            origin: PolicyOrigin::File(path),
+                        },
+                    );
+                }
+                Err(errors) => failures.push(errors),
+            }
+        }
+        if failures.is_empty() {
+            Ok(set)
+        } else {
+            Err(failures)
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Policy> {
+        self.entries.get(name).map(|e| &e.policy)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Policy, &PolicyOrigin)> {
+        self.entries.values().map(|e| (&e.policy, &e.origin))
+    }
+
+    /// The named policy with inline overrides merged over it and the result
+    /// validated as a whole; errors are reported under `field_prefix`.
+    pub fn resolve(
+        &self,
+        name: &str,
+        overrides: Option<&Value>,
+        field_prefix: &str,
+    ) -> Result<Policy, Vec<FieldError>> {
+        let entry = self.entries.get(name).ok_or_else(|| {
+            let mut message = format!("unknown policy `{name}`");
+            if let Some(hint) = crate::validation::did_you_mean(name, self.names()) {
+                message.push_str(&format!(" (did you mean `{hint}`?)"));
+            }
+            message.push_str(&format!(
+                "; known policies: {}",
+                self.names().collect::<Vec<_>>().join(", ")
+            ));
+            vec![FieldError::new("policy", message)]
+        })?;
+        let Some(overrides) = overrides else {
+            return Ok(entry.policy.clone());
+        };
+        if !overrides.is_object() {
+            return Err(vec![FieldError::new(
+                field_prefix,
+                "must be a table of policy settings",
+            )]);
+        }
+        if overrides.get("name").is_some() {
+            return Err(vec![FieldError::new(
+                crate::validation::join_path(field_prefix, "name"),
+                "cannot be overridden; choose the policy with the top-level `policy` key",
+            )]);
+        }
+        let mut document = entry.document.clone();
+        crate::validation::merge_values(&mut document, overrides);
+        Policy::from_value(&document, None).map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| {
+                    FieldError::new(
+                        crate::validation::join_path(field_prefix, &e.field),
+                        e.message,
+                    )
+                })
+                .collect()
+        })
+    }
+}
+
+/// Reads and validates one policy file.
+pub fn load_policy_file(path: &Path) -> Result<(Policy, Value), DocumentErrors> {
+    let source = path.display().to_string();
+    let fail = |errors: Vec<FieldError>| DocumentErrors {
+        source: source.clone(),
+        errors,
+    };
+    let syntax = Syntax::from_path(path).ok_or_else(|| {
+        fail(vec![FieldError::new(
+            "",
+            "unsupported file extension: use .toml, .yaml, .yml or .json",
+        )])
+    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(vec![FieldError::new("", format!("cannot read file: {e}"))]))?;
+    let document = parse_document(&text, syntax).map_err(|e| fail(vec![e]))?;
+    let stem = path.file_stem().and_then(|s| s.to_str());
+    let policy = Policy::from_value(&document, stem).map_err(fail)?;
+    Ok((policy, document))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_policies_are_valid_and_complete() {
+        let set = PolicySet::builtin();
+        let names: Vec<_> = set.names().collect();
+        assert_eq!(
+            names,
+            ["balanced", "generalization", "memory-safe", "throughput"]
+        );
+        assert_eq!(set.get("balanced").unwrap().objective, Objective::Goodput);
+        assert!(
+            set.get("memory-safe").unwrap().memory_headroom_fraction
+                > set.get("balanced").unwrap().memory_headroom_fraction
+        );
+    }
+
+    #[test]
+    fn overrides_merge_and_are_validated() {
+        let set = PolicySet::builtin();
+        let overrides =
+            serde_json::json!({"memory_headroom_fraction": 0.2, "trials": {"fit_steps": 6}});
+        let policy = set
+            .resolve("balanced", Some(&overrides), "policy_overrides")
+            .unwrap();
+        assert_eq!(policy.memory_headroom_fraction, 0.2);
+        assert_eq!(policy.trials.fit_steps, 6);
+        assert_eq!(
+            policy.trials.throughput_steps, 20,
+            "untouched knobs keep the base value"
+        );
+
+        let bad = serde_json::json!({"memory_headroom_fraction": 1.5, "trials": {"fit_stepz": 6}});
+        let errors = set
+            .resolve("balanced", Some(&bad), "policy_overrides")
+            .unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(
+                |e| e.starts_with("policy_overrides.trials.fit_stepz: unknown key")
+                    && e.contains("did you mean `fit_steps`?")
+            ),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let mut document = PolicySet::builtin().entries["balanced"].document.clone();
+        document["batch_multiple"] = serde_json::json!(0);
+        document["lr_search"]["max_lr"] = serde_json::json!(1e-9);
+        let errors = Policy::from_value(&document, None).unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["batch_multiple", "lr_search.max_lr"]);
+    }
+
+    #[test]
+    fn unknown_policy_gets_a_hint() {
+        let errors = PolicySet::builtin()
+            .resolve("balanse", None, "")
+            .unwrap_err();
+        assert!(
+            errors[0].message.contains("did you mean `balanced`?"),
+            "{:?}",
+            errors
+        );
+    }
+}

@@ -1,0 +1,522 @@
+//! Job specs: the user's description of a training job, parsed from TOML,
+//! YAML or JSON into a validated [`JobSpec`].
+//!
+//! `docs/spec.md` documents every field. Parsing reports every problem it can
+//! find, each with the file and the field path, e.g.
+//! `jobs/a.toml: model.hidden[1]: must be > 0, got 0`.
+
+mod sections;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use sections::{
+    Activation, CnnSpec, DataSource, DataSpec, DeviceChoice, LabelColumn, MlpSpec, ModelSpec,
+    OptimizerSpec, Precision, SearchSpec, TrainingSpec, TransformerSpec, DEFAULT_MAX_BATCH,
+};
+
+use crate::policy::{valid_name, Policy, PolicySet, DEFAULT_POLICY};
+use crate::validation::{
+    deserialize_section, parse_document, top_level, DocumentErrors, FieldError, Problems, Syntax,
+};
+
+/// A validated job spec.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobSpec {
+    pub name: String,
+    pub description: Option<String>,
+    /// The policy name as written (before overrides).
+    pub policy_name: String,
+    /// The policy with the spec's inline overrides applied.
+    pub policy: Policy,
+    pub model: ModelSpec,
+    pub data: DataSpec,
+    pub optimizer: OptimizerSpec,
+    pub precision: Precision,
+    pub training: TrainingSpec,
+    pub search: SearchSpec,
+    /// SHA-256 of the spec's text, so changed specs can be told apart.
+    pub content_hash: String,
+}
+
+impl JobSpec {
+    /// One line for listings: `mlp on synthetic data, adamw, f32, policy balanced`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} on {} data, {}, {}, policy {}",
+            self.model.kind(),
+            self.data.source.kind(),
+            self.optimizer.kind(),
+            crate::policy::serde_plain(&self.precision),
+            self.policy_name
+        )
+    }
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "policy",
+    "policy_overrides",
+    "model",
+    "data",
+    "optimizer",
+    "precision",
+    "training",
+    "search",
+];
+
+/// Where a spec's text came from, which decides its default name and how
+/// relative data paths resolve.
+#[derive(Debug, Clone)]
+pub struct SpecOrigin {
+    /// Label used in error messages: the file path, or `<request body>`.
+    pub label: String,
+    /// The name to use when the spec has no `name` (the file stem).
+    pub default_name: Option<String>,
+    /// Folder that relative data paths are resolved against.
+    pub base_dir: Option<PathBuf>,
+}
+
+impl SpecOrigin {
+    pub fn file(path: &Path) -> SpecOrigin {
+        SpecOrigin {
+            label: path.display().to_string(),
+            default_name: path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .map(str::to_string),
+            base_dir: Some(
+                path.parent()
+                    .map(|p| {
+                        if p.as_os_str().is_empty() {
+                            Path::new(".")
+                        } else {
+                            p
+                        }
+                    })
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf(),
+            ),
+        }
+    }
+}
+
+/// Reads, parses and validates a spec file. The file's extension picks the
+/// syntax. Data files are checked for existence.
+pub fn load_spec_file(path: &Path, policies: &PolicySet) -> Result<JobSpec, DocumentErrors> {
+    let origin = SpecOrigin::file(path);
+    let fail = |error: FieldError| DocumentErrors {
+        source: origin.label.clone(),
+        errors: vec![error],
+    };
+    let syntax = Syntax::from_path(path).ok_or_else(|| {
+        fail(FieldError::new(
+            "",
+            "unsupported file extension: job specs are .toml, .yaml, .yml or .json",
+        ))
+    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(FieldError::new("", format!("cannot read file: {e}"))))?;
+    let spec = parse_spec(&text, syntax, &origin, policies)?;
+    let mut problems = Problems::new();
+    check_data_files(&spec, &mut problems);
+    problems.finish(&origin.label, spec)
+}
+
+/// Checks that the files a spec's data source names exist and are files.
+pub fn check_data_files(spec: &JobSpec, problems: &mut Problems) {
+    for (field, file) in spec.data.source.files() {
+        match std::fs::metadata(file) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => problems.push(field, format!("{} is not a file", file.display())),
+            Err(e) => problems.push(field, format!("cannot open {}: {e}", file.display())),
+        }
+    }
+}
+
+/// Parses and validates spec text.
+pub fn parse_spec(
+    text: &str,
+    syntax: Syntax,
+    origin: &SpecOrigin,
+    policies: &PolicySet,
+) -> Result<JobSpec, DocumentErrors> {
+    let mut problems = Problems::new();
+    let spec = match parse_document(text, syntax) {
+        Ok(Value::Null) => {
+            problems.push("", "the spec is empty");
+            None
+        }
+        Ok(document) => {
+            validate_document(&document, origin, policies, &mut problems).map(|mut spec| {
+                spec.content_hash = hex_sha256(text.as_bytes());
+                spec
+            })
+        }
+        Err(error) => {
+            problems.extend([error]);
+            None
+        }
+    };
+    match spec {
+        Some(spec) if problems.is_empty() => Ok(spec),
+        _ => Err(DocumentErrors {
+            source: origin.label.clone(),
+            errors: problems
+                .into_errors()
+                .into_iter()
+                .map(hint_misplaced_top_level_key)
+                .collect(),
+        }),
+    }
+}
+
+/// In TOML, a key written after a `[table]` header belongs to that table, so
+/// `precision = "bf16"` below `[optimizer]` becomes `optimizer.precision`.
+/// Say so, because the plain "unknown key" leaves users puzzled.
+fn hint_misplaced_top_level_key(mut error: FieldError) -> FieldError {
+    if let Some((section, key)) = error.field.split_once('.') {
+        let unknown = error.message.starts_with(&format!("unknown key `{key}`"));
+        if unknown && TOP_LEVEL_KEYS.contains(&key) && !key.contains('.') {
+            error.message.push_str(&format!(
+                " (`{key}` is a top-level key: in TOML, move it above the first [table] header, \
+                 or it belongs to [{section}])"
+            ));
+        }
+    }
+    error
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn validate_document(
+    document: &Value,
+    origin: &SpecOrigin,
+    policies: &PolicySet,
+    problems: &mut Problems,
+) -> Option<JobSpec> {
+    let object = top_level(document, TOP_LEVEL_KEYS, problems)?;
+    if object.is_empty() {
+        problems.push("", "the spec is empty");
+        return None;
+    }
+
+    let name = match object.get("name") {
+        Some(Value::String(name)) => Some(name.clone()),
+        Some(other) => {
+            problems.push("name", format!("must be a string, got {other}"));
+            None
+        }
+        None => origin.default_name.clone(),
+    };
+    match &name {
+        Some(name) if !valid_name(name) => problems.push(
+            "name",
+            format!("`{name}` is not a usable job name: use letters, digits, '.', '-' and '_'"),
+        ),
+        None if !object.contains_key("name") => problems.push(
+            "name",
+            "missing; a spec sent without a file name must set `name`",
+        ),
+        _ => {}
+    }
+    let description = match object.get("description") {
+        None => None,
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(other) => {
+            problems.push("description", format!("must be a string, got {other}"));
+            None
+        }
+    };
+
+    let policy_name = match object.get("policy") {
+        None => DEFAULT_POLICY.to_string(),
+        Some(Value::String(policy)) => policy.clone(),
+        Some(other) => {
+            problems.push(
+                "policy",
+                format!("must be a policy name (a string), got {other}; put settings under [policy_overrides]"),
+            );
+            DEFAULT_POLICY.to_string()
+        }
+    };
+    let policy = match policies.resolve(
+        &policy_name,
+        object.get("policy_overrides"),
+        "policy_overrides",
+    ) {
+        Ok(policy) => Some(policy),
+        Err(errors) => {
+            problems.extend(errors);
+            None
+        }
+    };
+
+    let model = match object.get("model") {
+        Some(value) => sections::parse_model(value, problems),
+        None => {
+            problems.push("model", "missing; every spec needs a [model] table");
+            None
+        }
+    };
+    let data = match object.get("data") {
+        Some(value) => sections::parse_data(value, origin.base_dir.as_deref(), problems),
+        None => {
+            problems.push("data", "missing; every spec needs a [data] table");
+            None
+        }
+    };
+    let optimizer = match object.get("optimizer") {
+        Some(value) => sections::parse_optimizer(value, problems),
+        None => {
+            problems.push(
+                "optimizer",
+                "missing; every spec needs an [optimizer] table",
+            );
+            None
+        }
+    };
+    let precision = match object.get("precision") {
+        None => Some(Precision::F32),
+        Some(value) => deserialize_section::<Precision>(value, "precision", problems),
+    };
+    let training = sections::parse_training(object.get("training"), problems);
+    let search = sections::parse_search(object.get("search"), problems);
+
+    if let (Some(model), Some(data)) = (&model, &data) {
+        check_model_fits_data(model, data, problems);
+    }
+    if let (Some(training), Some(search)) = (&training, &search) {
+        if let Some(size) = training.dataset_size {
+            let per_replica = size / u64::from(training.world_size.max(1));
+            if search.min_batch > per_replica {
+                problems.push(
+                    "search.min_batch",
+                    format!(
+                        "must not exceed the samples each replica sees per epoch ({per_replica}), got {}",
+                        search.min_batch
+                    ),
+                );
+            }
+        }
+    }
+
+    Some(JobSpec {
+        name: name?,
+        description,
+        policy_name,
+        policy: policy?,
+        model: model?,
+        data: data?,
+        optimizer: optimizer?,
+        precision: precision?,
+        training: training?,
+        search: search?,
+        content_hash: String::new(),
+    })
+}
+
+/// Which data sources each model can train on, and shape checks that need
+/// no file access.
+fn check_model_fits_data(model: &ModelSpec, data: &DataSpec, problems: &mut Problems) {
+    let data_kind = data.source.kind();
+    let accepted: &[&str] = match model {
+        ModelSpec::Mlp(_) => &["synthetic", "csv", "idx"],
+        ModelSpec::Cnn(_) => &["synthetic", "csv", "idx"],
+        ModelSpec::Transformer(_) => &["synthetic", "text"],
+    };
+    if !accepted.contains(&data_kind) {
+        problems.push(
+            "data.kind",
+            format!(
+                "a {} model cannot train on {data_kind} data; it accepts: {}",
+                model.kind(),
+                accepted.join(", ")
+            ),
+        );
+        return;
+    }
+    match (model, &data.source) {
+        (ModelSpec::Mlp(mlp), DataSource::Synthetic { .. }) if mlp.input_size.is_none() => problems.push(
+            "model.input_size",
+            "missing; synthetic data has no natural width, so the MLP must state its input_size",
+        ),
+        (ModelSpec::Transformer(t), DataSource::Text { .. }) if t.vocab_size < 256 => problems.push(
+            "model.vocab_size",
+            format!("text data is byte-level and needs a vocabulary of at least 256, got {}", t.vocab_size),
+        ),
+        (ModelSpec::Cnn(cnn), DataSource::Idx { .. }) if cnn.channels != 1 => problems.push(
+            "model.channels",
+            format!("idx images have one channel, got {}", cnn.channels),
+        ),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<JobSpec, DocumentErrors> {
+        let origin = SpecOrigin {
+            label: "jobs/a.toml".into(),
+            default_name: Some("a".into()),
+            base_dir: Some(PathBuf::from("jobs")),
+        };
+        parse_spec(text, Syntax::Toml, &origin, &PolicySet::builtin())
+    }
+
+    const MINIMAL: &str = r#"
+[model]
+kind = "mlp"
+input_size = 32
+hidden = [64, 64]
+classes = 10
+
+[data]
+kind = "synthetic"
+
+[optimizer]
+kind = "adamw"
+"#;
+
+    #[test]
+    fn minimal_spec_gets_documented_defaults() {
+        let spec = parse(MINIMAL).unwrap();
+        assert_eq!(spec.name, "a");
+        assert_eq!(spec.policy_name, "balanced");
+        assert_eq!(spec.precision, Precision::F32);
+        assert_eq!(spec.search.device, DeviceChoice::Auto);
+        assert_eq!(spec.search.max_batch, DEFAULT_MAX_BATCH);
+        assert_eq!(spec.training.world_size, 1);
+        assert_eq!(spec.data.validation_fraction, 0.1);
+        assert!(
+            matches!(spec.optimizer, OptimizerSpec::AdamW { weight_decay, .. } if weight_decay == 0.01)
+        );
+        assert_eq!(spec.content_hash.len(), 64);
+    }
+
+    #[test]
+    fn the_issue_example_error_is_exact() {
+        let text = MINIMAL.replace("[64, 64]", "[64, 0]");
+        let error = parse(&text).unwrap_err().to_string();
+        assert_eq!(error, "jobs/a.toml: model.hidden[1]: must be > 0, got 0");
+    }
+
+    #[test]
+    fn every_error_in_a_document_is_reported() {
+        let text = r#"
+polcy = "balanced"
+[model]
+kind = "mlp"
+input_size = -3
+hidden = [64]
+classes = 10
+[data]
+kind = "synthetic"
+validation_fraction = 0.9
+[optimizer]
+kind = "adamm"
+[search]
+min_batch = 64
+max_batch = 8
+"#;
+        let errors = parse(text).unwrap_err();
+        let fields: Vec<_> = errors.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "polcy",
+                "model.input_size",
+                "data.validation_fraction",
+                "optimizer.kind",
+                "search.max_batch"
+            ],
+            "{errors}"
+        );
+        assert!(errors.errors[0].message.contains("did you mean `policy`?"));
+        assert!(errors.errors[3].message.contains("did you mean `adam`?"));
+    }
+
+    #[test]
+    fn model_and_data_must_agree() {
+        let text = MINIMAL.replace(
+            "kind = \"synthetic\"",
+            "kind = \"text\"\npath = \"corpus.txt\"",
+        );
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("data.kind: a mlp model cannot train on text data"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn relative_data_paths_resolve_against_the_spec_folder() {
+        let text = MINIMAL.replace(
+            "kind = \"synthetic\"",
+            "kind = \"csv\"\npath = \"data/x.csv\"\nlabel_column = \"y\"",
+        );
+        let spec = parse(&text).unwrap();
+        assert_eq!(spec.data.source.files()[0].1, Path::new("jobs/data/x.csv"));
+    }
+
+    #[test]
+    fn yaml_and_json_parse_to_the_same_spec() {
+        let from_toml = parse(MINIMAL).unwrap();
+        let value: Value =
+            serde_json::to_value(toml::from_str::<toml::Table>(MINIMAL).unwrap()).unwrap();
+        let origin = SpecOrigin {
+            label: "jobs/a.json".into(),
+            default_name: Some("a".into()),
+            base_dir: Some(PathBuf::from("jobs")),
+        };
+        let json = serde_json::to_string(&value).unwrap();
+        let from_json = parse_spec(&json, Syntax::Json, &origin, &PolicySet::builtin()).unwrap();
+        let yaml = serde_yaml_ng::to_string(&value).unwrap();
+        let from_yaml = parse_spec(&yaml, Syntax::Yaml, &origin, &PolicySet::builtin()).unwrap();
+        assert_eq!(from_toml.model, from_json.model);
+        assert_eq!(from_toml.model, from_yaml.model);
+        assert_eq!(from_toml.optimizer, from_yaml.optimizer);
+    }
+
+    #[test]
+    fn half_written_file_is_a_syntax_error_with_a_location() {
+        let cut = &MINIMAL[..MINIMAL.find("hidden = [64").unwrap() + 10];
+        let error = parse(cut).unwrap_err().to_string();
+        assert!(
+            error.starts_with("jobs/a.toml: TOML syntax error at line"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_top_level_key_under_a_table_gets_explained() {
+        let text = format!("{MINIMAL}precision = \"bf16\"\n");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("optimizer.precision: unknown key `precision`"),
+            "{error}"
+        );
+        assert!(
+            error.contains("move it above the first [table] header"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn policy_overrides_apply() {
+        let text = format!("{MINIMAL}\n[policy_overrides]\nmemory_headroom_fraction = 0.25\n");
+        let spec = parse(&text).unwrap();
+        assert_eq!(spec.policy.memory_headroom_fraction, 0.25);
+    }
+}

@@ -86,6 +86,11 @@ pub enum Command {
     /// Tune one job spec in the foreground and print the recommendation.
     Advise(AdviseArgs),
     /// Run one isolated training trial: does this batch fit, and how fast is it?
+    ///
+    /// The trial runs in a child process with a deadline and a memory limit
+    /// (--memory-limit, else the spec's search.memory_limit). Exits 0 when
+    /// the outcome is `ok`, 1 for any other outcome (out_of_memory,
+    /// diverged, timeout, crashed), 64 for an invalid spec or request.
     Trial(TrialArgs),
     /// List NVIDIA GPUs (via NVML) with memory, load and compute processes.
     ///
@@ -141,9 +146,16 @@ pub struct TrialArgs {
     /// Memory limit for the trial, e.g. 4GiB
     #[arg(long, value_name = "SIZE")]
     pub memory_limit: Option<String>,
-    /// Device: auto, cpu or cuda:N
+    /// Device: auto, cpu or cuda:N (overrides the spec)
     #[arg(long, value_name = "D")]
     pub device: Option<String>,
+    /// Also compute the held-out validation loss
+    #[arg(long)]
+    pub validation: bool,
+    /// Folder for compiled CUDA kernels shared between trials
+    /// [default: ~/.cache/batchd/kernels]
+    #[arg(long, value_name = "DIR")]
+    pub kernel_cache: Option<PathBuf>,
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
@@ -188,7 +200,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Serve(_) => not_built("serve", "the daemon"),
         Command::Advise(_) => not_built("advise", "search and advice"),
-        Command::Trial(_) => not_built("trial", "the trial engine"),
+        Command::Trial(args) => crate::trial_cli::run(&cli, args),
         Command::Gpus(args) => gpus(args),
         Command::Validate(args) => validate(&cli, args),
         Command::Policies(args) => policies(&cli, args),
@@ -204,7 +216,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 fn not_built(command: &str, what: &str) -> Result<(), CliError> {
     Err(CliError::Other(anyhow::anyhow!(
         "`batchd {command}` is not built yet: it arrives with {what}. \
-         Today batchd can `validate` specs, list `gpus` and `policies`."
+         Today batchd can run a `trial`, `validate` specs, list `gpus` and `policies`."
     )))
 }
 

@@ -5,6 +5,7 @@
 //! - [`policy`]: the knobs that turn measurements into advice;
 //! - [`config`]: the daemon's configuration;
 //! - [`gpu`]: GPU inventory through NVML (or injected fakes);
+//! - [`trial`]: isolated training trials (Burn lives only in its engine);
 //! - [`cli`]: the command line.
 
 pub mod cli;
@@ -13,5 +14,12 @@ pub mod gpu;
 pub mod logging;
 pub mod policy;
 pub mod spec;
+pub mod trial;
+pub mod trial_cli;
 pub mod units;
 pub mod validation;
+
+/// Every process counts its heap so a trial worker can cap it (see
+/// [`trial::memory`]); the cost is two relaxed atomics per allocation.
+#[global_allocator]
+static ALLOCATOR: trial::memory::CountingAllocator = trial::memory::CountingAllocator;

@@ -5,6 +5,13 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A trial worker skips argument parsing and logging: its stdout is a
+    // protocol, and its start-up time is part of every trial's cost.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(batchd::trial::runner::WORKER_SUBCOMMAND.as_ref())
+    {
+        return ExitCode::from(batchd::trial::worker::main() as u8);
+    }
     let cli = batchd::cli::Cli::parse();
     batchd::logging::init(&cli.log);
     match batchd::cli::run(cli) {

@@ -1,0 +1,337 @@
+//! The training loop of a trial, generic over Burn backends. Runs only in a
+//! worker process.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+
+use crate::spec::OptimizerSpec;
+
+use super::cuda::ContextProbe;
+use super::data::{Dataset, SplitMix64};
+use super::models::{forward_flops_per_sample, DeviceBatch, Model};
+use super::{Fault, GradNoiseSample, Outcome, TrialRequest, WorkerReport};
+
+/// Receives per-step progress from the loop.
+pub trait ProgressSink {
+    fn step(&mut self, step: u32, loss: f64, lr: f64);
+}
+
+/// What the loop needs besides the backend.
+pub struct TrialContext<'a> {
+    pub request: &'a TrialRequest,
+    pub data: &'a Dataset,
+    pub sink: &'a mut dyn ProgressSink,
+    /// The CUDA context probe, for free-memory sampling (CUDA only).
+    pub cuda: Option<&'a ContextProbe>,
+    /// When the worker process started, for the start-up cost.
+    pub process_start: Instant,
+}
+
+/// A loss this many times the first step's loss counts as exploding.
+const EXPLOSION_FACTOR: f64 = 4.0;
+
+/// Validation samples per evaluation (fixed, so every LR candidate is
+/// judged on the same samples).
+const VALIDATION_SAMPLES: usize = 1024;
+const VALIDATION_BATCH: usize = 256;
+
+/// Runs the trial on backend `B`, filling `report`.
+pub fn run<B: AutodiffBackend>(
+    device: B::Device,
+    ctx: TrialContext<'_>,
+    report: &mut WorkerReport,
+) {
+    let spec = &ctx.request.spec;
+    let input_size = match ctx.data {
+        Dataset::Classification(d) => d.sample_len,
+        Dataset::Sequences(d) => d.context_length,
+    };
+    B::seed(&device, ctx.request.seed);
+    let model = Model::<B>::new(&spec.model, input_size, &device);
+    report.parameter_count = model.num_params() as u64;
+    report.train_flops_per_sample = 3.0 * forward_flops_per_sample(&spec.model, input_size);
+    match &spec.optimizer {
+        OptimizerSpec::Sgd {
+            momentum,
+            nesterov,
+            weight_decay,
+            grad_clip_norm,
+        } => {
+            let mut config = SgdConfig::new();
+            if *momentum > 0.0 {
+                config = config.with_momentum(Some(
+                    MomentumConfig::new()
+                        .with_momentum(*momentum)
+                        .with_dampening(0.0)
+                        .with_nesterov(*nesterov),
+                ));
+            }
+            if *weight_decay > 0.0 {
+                config =
+                    config.with_weight_decay(Some(WeightDecayConfig::new(*weight_decay as f32)));
+            }
+            if let Some(clip) = grad_clip_norm {
+                config =
+                    config.with_gradient_clipping(Some(GradientClippingConfig::Norm(*clip as f32)));
+            }
+            train(model, config.init::<B, Model<B>>(), &device, ctx, report);
+        }
+        OptimizerSpec::Adam {
+            beta1,
+            beta2,
+            epsilon,
+            weight_decay,
+            grad_clip_norm,
+        } => {
+            let mut config = AdamConfig::new()
+                .with_beta_1(*beta1 as f32)
+                .with_beta_2(*beta2 as f32)
+                .with_epsilon(*epsilon as f32);
+            if *weight_decay > 0.0 {
+                config =
+                    config.with_weight_decay(Some(WeightDecayConfig::new(*weight_decay as f32)));
+            }
+            if let Some(clip) = grad_clip_norm {
+                config =
+                    config.with_grad_clipping(Some(GradientClippingConfig::Norm(*clip as f32)));
+            }
+            train(model, config.init::<B, Model<B>>(), &device, ctx, report);
+        }
+        OptimizerSpec::AdamW {
+            beta1,
+            beta2,
+            epsilon,
+            weight_decay,
+            grad_clip_norm,
+        } => {
+            let mut config = AdamWConfig::new()
+                .with_beta_1(*beta1 as f32)
+                .with_beta_2(*beta2 as f32)
+                .with_epsilon(*epsilon as f32)
+                .with_weight_decay(*weight_decay as f32);
+            if let Some(clip) = grad_clip_norm {
+                config =
+                    config.with_grad_clipping(Some(GradientClippingConfig::Norm(*clip as f32)));
+            }
+            train(model, config.init::<B, Model<B>>(), &device, ctx, report);
+        }
+    }
+}
+
+/// Sum of squared gradients over all parameters, kept on the device.
+struct SquaredNorm<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    total: Option<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(grad) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            let sum = grad.powi_scalar(2).sum();
+            self.total = Some(match self.total.take() {
+                Some(total) => total + sum,
+                None => sum,
+            });
+        }
+    }
+}
+
+fn squared_norm<B: AutodiffBackend>(model: &Model<B>, grads: &GradientsParams) -> f64 {
+    let mut visitor = SquaredNorm::<B> { grads, total: None };
+    model.visit(&mut visitor);
+    visitor
+        .total
+        .map_or(0.0, |total| total.into_scalar().elem::<f64>())
+}
+
+fn commit_fault(fault: Fault) {
+    match fault {
+        Fault::PanicOnHelperThread => {
+            // Joined so the panic is certain to happen before the loop goes
+            // on; the worker's panic hook ends the process meanwhile.
+            let helper = std::thread::Builder::new()
+                .name("device-helper".into())
+                .spawn(|| panic!("can't allocate buffer of size 68719476736 (injected fault)"))
+                .expect("spawn helper thread");
+            let _ = helper.join();
+        }
+        Fault::Hang => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        Fault::Abort => std::process::abort(),
+        Fault::LeakMemory => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                // Touch every page so the RSS really grows.
+                hoard.push(vec![1u8; 16 << 20]);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        Fault::ImpossibleSpeed | Fault::FrozenLoss => {}
+    }
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    Some(sorted[sorted.len() / 2])
+}
+
+fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
+    mut model: Model<B>,
+    mut optimizer: O,
+    device: &B::Device,
+    ctx: TrialContext<'_>,
+    report: &mut WorkerReport,
+) {
+    let request = ctx.request;
+    let n = request.batch_size as usize;
+    let steps = request.steps;
+    let mut rng = SplitMix64::new(request.seed ^ 0xDA7A);
+    // Gradient-noise measurements take the last steps; they cost an extra
+    // forward and backward pass, so they are not timed.
+    let noise_steps: BTreeSet<u32> = request
+        .record
+        .grad_noise
+        .map(|noise| (steps - noise.measurements..steps).collect())
+        .unwrap_or_default();
+    let mut noise = request.record.grad_noise.map(|noise| GradNoiseSample {
+        big_batch: request.batch_size,
+        small_batch: noise.small_batch,
+        big_sq_norms: Vec::new(),
+        small_sq_norms: Vec::new(),
+    });
+    let cuda_free_at_start = ctx.cuda.and_then(|c| c.memory()).map(|(free, _)| free);
+    let mut cuda_free_min = cuda_free_at_start;
+    let setup = ctx.process_start.elapsed();
+    report.setup_seconds = setup.as_secs_f64();
+    let mut warmup_time = Duration::ZERO;
+    let mut timed: Vec<f64> = Vec::new();
+    let mut first_loss: Option<f64> = None;
+
+    for step in 0..steps {
+        if step == 1.min(steps - 1) && step > 0 {
+            if let Some(fault) = request.fault {
+                commit_fault(fault);
+            }
+        }
+        let lr = request.schedule.lr_at(step, steps);
+        let host = ctx.data.train_batch(n, &mut rng);
+        let started = Instant::now();
+        let batch = DeviceBatch::<B>::upload(&host, n, device);
+        let loss = model.loss(&batch);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let measured = if noise_steps.contains(&step) {
+            let big = squared_norm(&model, &grads);
+            let small_batch = batch.head(noise.as_ref().map_or(1, |s| s.small_batch as usize));
+            let small_loss = model.loss(&small_batch);
+            let small_grads = GradientsParams::from_grads(small_loss.backward(), &model);
+            Some((big, squared_norm(&model, &small_grads)))
+        } else {
+            None
+        };
+        model = optimizer.step(lr, model, grads);
+        // Reading the loss waits for the queued work of this step.
+        let loss_value = loss.into_scalar().elem::<f64>();
+        let elapsed = started.elapsed();
+
+        if let Some(free) = ctx.cuda.and_then(|c| c.memory()).map(|(free, _)| free) {
+            cuda_free_min = Some(cuda_free_min.map_or(free, |min: u64| min.min(free)));
+        }
+        report.losses.push(loss_value);
+        report.learning_rates.push(lr);
+        report.steps_completed = step + 1;
+        ctx.sink.step(step, loss_value, lr);
+        if let (Some(sample), Some((big, small))) = (noise.as_mut(), measured) {
+            sample.big_sq_norms.push(big);
+            sample.small_sq_norms.push(small);
+        }
+        if step < request.warmup_steps {
+            warmup_time += elapsed;
+        } else if measured.is_none() {
+            timed.push(elapsed.as_secs_f64());
+        }
+
+        if !loss_value.is_finite() {
+            report.outcome = Some(Outcome::Diverged);
+            report.reason = Some(format!(
+                "loss became {loss_value} at step {step} (lr {lr:.3e})"
+            ));
+            break;
+        }
+        let first = *first_loss.get_or_insert(loss_value);
+        if step > 0 && loss_value > EXPLOSION_FACTOR * first.max(1e-3) {
+            report.outcome = Some(Outcome::Diverged);
+            report.reason = Some(format!(
+                "loss exploded from {first:.4} to {loss_value:.4} at step {step} (lr {lr:.3e})"
+            ));
+            break;
+        }
+    }
+
+    if let (Some(start), Some(min)) = (cuda_free_at_start, cuda_free_min) {
+        report.cuda_memory_delta_bytes = Some(start.saturating_sub(min));
+    }
+    let step_median = median(&timed);
+    report.step_seconds_median = step_median;
+    if !timed.is_empty() {
+        report.samples_per_second = Some(n as f64 * timed.len() as f64 / timed.iter().sum::<f64>());
+    }
+    if let Some(step_median) = step_median {
+        let warmup_steps = request.warmup_steps.min(report.steps_completed);
+        let steady = step_median * f64::from(warmup_steps);
+        report.startup_seconds =
+            Some(setup.as_secs_f64() + (warmup_time.as_secs_f64() - steady).max(0.0));
+    }
+    report.grad_noise = noise;
+    if report.outcome.is_none() && request.record.validation_loss {
+        report.validation_loss = Some(validation_loss(&model, ctx.data, device));
+    }
+    if report.outcome.is_none() {
+        report.outcome = Some(Outcome::Ok);
+    }
+    match request.fault {
+        Some(Fault::ImpossibleSpeed) => {
+            report.samples_per_second = report.samples_per_second.map(|s| s * 1e7);
+        }
+        Some(Fault::FrozenLoss) => {
+            let first = report.losses.first().copied().unwrap_or(0.0);
+            report.losses.iter_mut().for_each(|l| *l = first);
+        }
+        _ => {}
+    }
+}
+
+/// Mean loss over a fixed set of validation samples, without autodiff.
+fn validation_loss<B: AutodiffBackend>(
+    model: &Model<B>,
+    data: &Dataset,
+    device: &B::Device,
+) -> f64 {
+    let model = model.valid();
+    let mut rng = SplitMix64::new(0x7A11D);
+    let mut total = 0.0;
+    let batches = VALIDATION_SAMPLES / VALIDATION_BATCH;
+    for _ in 0..batches {
+        let host = data.valid_batch(VALIDATION_BATCH, &mut rng);
+        let batch = DeviceBatch::<B::InnerBackend>::upload(&host, VALIDATION_BATCH, device);
+        total += model.loss(&batch).into_scalar().elem::<f64>();
+    }
+    total / batches as f64
+}
+
+/// Name of the backend a device type belongs to, for reports.
+pub fn backend_name<B: Backend>(device: &B::Device) -> String {
+    B::name(device)
+}

@@ -1,0 +1,474 @@
+//! Trials: short, isolated training runs that every number batchd gives
+//! rests on.
+//!
+//! The types here are plain data and the [`TrialRunner`] trait, so the
+//! search can be written and tested without Burn. Burn lives in
+//! [`engine`] and runs only inside a worker process ([`worker`]); the parent
+//! side ([`runner`]) spawns the worker, enforces deadlines and memory limits,
+//! samples memory, classifies the outcome and cross-checks every success.
+
+pub mod classify;
+pub mod cuda;
+pub mod data;
+pub mod engine;
+pub mod memory;
+pub mod models;
+pub mod runner;
+pub mod worker;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{JobSpec, Precision};
+
+pub use runner::{ProcessTrialRunner, RunnerOptions};
+
+/// JSON has no NaN or infinity: non-finite floats travel as `null` and come
+/// back as NaN, so a diverged trial's losses survive the protocol.
+pub(crate) mod json_float {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        if value.is_finite() {
+            serializer.serialize_f64(*value)
+        } else {
+            serializer.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+    }
+
+    pub mod vec {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(values: &[f64], serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_seq(values.iter().map(|v| v.is_finite().then_some(*v)))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Vec<f64>, D::Error> {
+            Ok(Vec::<Option<f64>>::deserialize(deserializer)?
+                .into_iter()
+                .map(|v| v.unwrap_or(f64::NAN))
+                .collect())
+        }
+    }
+}
+
+/// Where a trial runs, resolved (never `auto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "index")]
+pub enum TrialDevice {
+    Cpu,
+    Cuda(u32),
+}
+
+impl std::fmt::Display for TrialDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrialDevice::Cpu => f.write_str("cpu"),
+            TrialDevice::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// The learning rate at each step of a trial.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum LrSchedule {
+    Constant {
+        lr: f64,
+    },
+    /// Linear warm-up from lr/warmup_steps to lr, then constant.
+    Warmup {
+        lr: f64,
+        warmup_steps: u32,
+    },
+    /// Exponential sweep from `min_lr` at the first step to `max_lr` at the
+    /// last (an LR range test).
+    ExponentialSweep {
+        min_lr: f64,
+        max_lr: f64,
+    },
+}
+
+impl LrSchedule {
+    /// The LR at `step` (0-based) of a trial of `steps` steps.
+    pub fn lr_at(&self, step: u32, steps: u32) -> f64 {
+        match *self {
+            LrSchedule::Constant { lr } => lr,
+            LrSchedule::Warmup { lr, warmup_steps } => {
+                if warmup_steps == 0 || step >= warmup_steps {
+                    lr
+                } else {
+                    lr * f64::from(step + 1) / f64::from(warmup_steps)
+                }
+            }
+            LrSchedule::ExponentialSweep { min_lr, max_lr } => {
+                let fraction = if steps <= 1 {
+                    0.0
+                } else {
+                    f64::from(step) / f64::from(steps - 1)
+                };
+                min_lr * (max_lr / min_lr).powf(fraction)
+            }
+        }
+    }
+
+    /// Every LR is finite and positive.
+    pub fn check(&self) -> Result<(), String> {
+        let ok = |x: f64| x.is_finite() && x > 0.0;
+        match *self {
+            LrSchedule::Constant { lr } | LrSchedule::Warmup { lr, .. } if !ok(lr) => {
+                Err(format!("learning rate must be finite and > 0, got {lr}"))
+            }
+            LrSchedule::ExponentialSweep { min_lr, max_lr }
+                if !ok(min_lr) || !ok(max_lr) || max_lr <= min_lr =>
+            {
+                Err(format!(
+                    "a sweep needs 0 < min_lr < max_lr, got {min_lr} .. {max_lr}"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether losses are expected to rise towards the end (a sweep's high
+    /// LRs diverge by design, so divergence ends a sweep without failing it).
+    pub fn is_sweep(&self) -> bool {
+        matches!(self, LrSchedule::ExponentialSweep { .. })
+    }
+}
+
+/// Gradient noise inputs to record (McCandlish et al. 2018, appendix A).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GradNoiseRequest {
+    /// The smaller batch whose gradient is measured beside the trial's own.
+    pub small_batch: u64,
+    /// Steps (after warm-up) at which both norms are measured.
+    pub measurements: u32,
+}
+
+/// What a trial records beyond losses and speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RecordOptions {
+    /// Compute the held-out validation loss at the end.
+    #[serde(default)]
+    pub validation_loss: bool,
+    /// Measure squared gradient norms at two batch sizes.
+    #[serde(default)]
+    pub grad_noise: Option<GradNoiseRequest>,
+}
+
+/// Faults a test can ask the worker to commit, to prove the parent never
+/// reports a success that did not happen. Not reachable from specs or the
+/// CLI; only a request built in code sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// Panic on a helper thread while the main thread trains on and reports
+    /// success: what Burn 0.21 does on a CUDA out-of-memory.
+    PanicOnHelperThread,
+    /// Stop responding (sleep forever) after the first step.
+    Hang,
+    /// Report `ok` with a speed no hardware could reach.
+    ImpossibleSpeed,
+    /// Report `ok` with the same loss at every step (garbage results).
+    FrozenLoss,
+    /// Abort the process (SIGABRT) mid-trial.
+    Abort,
+    /// Allocate without bound, as a memory leak would.
+    LeakMemory,
+}
+
+/// Everything a worker needs to run one trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialRequest {
+    pub spec: JobSpec,
+    pub device: TrialDevice,
+    pub batch_size: u64,
+    pub steps: u32,
+    /// Steps excluded from the speed measurement (JIT, autotune, caches).
+    pub warmup_steps: u32,
+    pub schedule: LrSchedule,
+    pub seed: u64,
+    #[serde(default)]
+    pub record: RecordOptions,
+    /// Memory the trial may use: peak RSS on CPU, the process's GPU memory
+    /// on CUDA. `None`: only the device's capacity.
+    pub memory_limit_bytes: Option<u64>,
+    #[serde(with = "crate::units::duration_text")]
+    pub deadline: Duration,
+    /// Where CUDA kernels compiled by earlier trials are kept.
+    #[serde(default)]
+    pub kernel_cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub fault: Option<Fault>,
+}
+
+impl TrialRequest {
+    /// A plain trial: constant LR, no extras.
+    pub fn new(
+        spec: JobSpec,
+        device: TrialDevice,
+        batch_size: u64,
+        steps: u32,
+        lr: f64,
+    ) -> TrialRequest {
+        let deadline = spec.policy.trials.deadline;
+        let seed = spec.search.seed;
+        TrialRequest {
+            spec,
+            device,
+            batch_size,
+            steps,
+            warmup_steps: (steps / 5).clamp(1, 5),
+            schedule: LrSchedule::Constant { lr },
+            seed,
+            record: RecordOptions::default(),
+            memory_limit_bytes: None,
+            deadline,
+            kernel_cache_dir: None,
+            fault: None,
+        }
+    }
+
+    /// Checks the request before any work; a failure is `invalid_request`.
+    pub fn check(&self) -> Result<(), String> {
+        if self.batch_size == 0 {
+            return Err("batch_size must be > 0".into());
+        }
+        if self.steps == 0 {
+            return Err("steps must be > 0".into());
+        }
+        if self.warmup_steps >= self.steps {
+            return Err(format!(
+                "warmup_steps ({}) must be less than steps ({}) so some steps are timed",
+                self.warmup_steps, self.steps
+            ));
+        }
+        self.schedule.check()?;
+        if let Some(noise) = self.record.grad_noise {
+            if noise.small_batch == 0 || noise.small_batch >= self.batch_size {
+                return Err(format!(
+                    "grad_noise.small_batch must be in 1..{} (below the trial's batch), got {}",
+                    self.batch_size, noise.small_batch
+                ));
+            }
+            if noise.measurements == 0 || noise.measurements > self.steps - self.warmup_steps {
+                return Err(format!(
+                    "grad_noise.measurements must be in 1..={} (the timed steps), got {}",
+                    self.steps - self.warmup_steps,
+                    noise.measurements
+                ));
+            }
+        }
+        if self.deadline.is_zero() {
+            return Err("deadline must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// How a trial ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    OutOfMemory,
+    /// Loss NaN, infinite or exploding.
+    Diverged,
+    Timeout,
+    /// Exit code or signal, panic, or a result that failed its cross-checks.
+    Crashed,
+    InvalidRequest,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::OutOfMemory,
+        Outcome::Diverged,
+        Outcome::Timeout,
+        Outcome::Crashed,
+        Outcome::InvalidRequest,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::OutOfMemory => "out_of_memory",
+            Outcome::Diverged => "diverged",
+            Outcome::Timeout => "timeout",
+            Outcome::Crashed => "crashed",
+            Outcome::InvalidRequest => "invalid_request",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The two-batch gradient measurements of one trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradNoiseSample {
+    pub big_batch: u64,
+    pub small_batch: u64,
+    /// |G_big|^2 at each measured step.
+    pub big_sq_norms: Vec<f64>,
+    /// |G_small|^2 at the same steps and parameters.
+    pub small_sq_norms: Vec<f64>,
+}
+
+impl GradNoiseSample {
+    pub fn big_mean(&self) -> f64 {
+        mean(&self.big_sq_norms)
+    }
+
+    pub fn small_mean(&self) -> f64 {
+        mean(&self.small_sq_norms)
+    }
+}
+
+fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        f64::NAN
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+}
+
+/// How the process ended, as the parent saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// What the worker measured; the parent adds its own view in [`TrialResult`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub outcome: Option<Outcome>,
+    pub reason: Option<String>,
+    pub backend: String,
+    pub device_name: String,
+    pub precision: Option<Precision>,
+    pub parameter_count: u64,
+    /// Estimated training FLOPs per sample (forward + backward), for the
+    /// parent's plausibility check of the measured speed.
+    pub train_flops_per_sample: f64,
+    pub steps_completed: u32,
+    #[serde(with = "json_float::vec")]
+    pub losses: Vec<f64>,
+    pub learning_rates: Vec<f64>,
+    pub validation_loss: Option<f64>,
+    pub samples_per_second: Option<f64>,
+    pub step_seconds_median: Option<f64>,
+    pub setup_seconds: f64,
+    pub startup_seconds: Option<f64>,
+    /// The worker's own peak RSS (VmHWM).
+    pub peak_rss_bytes: Option<u64>,
+    /// CUDA: device memory in use by this worker's context as the driver saw
+    /// it (free memory at start minus the lowest free memory seen).
+    pub cuda_memory_delta_bytes: Option<u64>,
+    pub device_memory_total_bytes: Option<u64>,
+    pub grad_noise: Option<GradNoiseSample>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// The result of one trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialResult {
+    pub outcome: Outcome,
+    /// Why a trial did not succeed, in words.
+    pub reason: Option<String>,
+    pub batch_size: u64,
+    pub steps: u32,
+    pub steps_completed: u32,
+    pub device: String,
+    pub backend: String,
+    pub precision: Option<Precision>,
+    pub parameter_count: Option<u64>,
+    #[serde(with = "json_float::vec")]
+    pub losses: Vec<f64>,
+    pub learning_rates: Vec<f64>,
+    pub loss_first: Option<f64>,
+    pub loss_last: Option<f64>,
+    pub validation_loss: Option<f64>,
+    pub samples_per_second: Option<f64>,
+    pub step_seconds_median: Option<f64>,
+    pub startup_seconds: Option<f64>,
+    pub setup_seconds: Option<f64>,
+    pub peak_memory_bytes: Option<u64>,
+    /// How the peak was measured: `rss` (CPU), `nvml` (per-process GPU
+    /// memory) or `cuda_context` (driver free-memory delta).
+    pub peak_memory_source: Option<String>,
+    pub memory_limit_bytes: Option<u64>,
+    pub device_memory_total_bytes: Option<u64>,
+    pub grad_noise: Option<GradNoiseSample>,
+    pub wall_seconds: f64,
+    pub exit: Option<ExitInfo>,
+    /// The end of the worker's stderr, kept for failures.
+    pub stderr_tail: String,
+    pub warnings: Vec<String>,
+}
+
+impl TrialResult {
+    pub fn is_ok(&self) -> bool {
+        self.outcome == Outcome::Ok
+    }
+}
+
+/// Runs trials. The real runner spawns worker processes; the search is
+/// written against this trait so tests can use fakes.
+pub trait TrialRunner: Send + Sync {
+    fn run(&self, request: TrialRequest) -> impl Future<Output = TrialResult> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_runs_from_min_to_max_exponentially() {
+        let sweep = LrSchedule::ExponentialSweep {
+            min_lr: 1e-4,
+            max_lr: 1.0,
+        };
+        assert!((sweep.lr_at(0, 5) - 1e-4).abs() < 1e-12);
+        assert!((sweep.lr_at(2, 5) - 1e-2).abs() < 1e-9);
+        assert!((sweep.lr_at(4, 5) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn warmup_rises_linearly_then_holds() {
+        let warmup = LrSchedule::Warmup {
+            lr: 0.1,
+            warmup_steps: 4,
+        };
+        assert!((warmup.lr_at(0, 10) - 0.025).abs() < 1e-12);
+        assert!((warmup.lr_at(3, 10) - 0.1).abs() < 1e-12);
+        assert!((warmup.lr_at(9, 10) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bad_schedules_are_rejected() {
+        assert!(LrSchedule::Constant { lr: f64::NAN }.check().is_err());
+        assert!(LrSchedule::ExponentialSweep {
+            min_lr: 1.0,
+            max_lr: 0.1
+        }
+        .check()
+        .is_err());
+    }
+}

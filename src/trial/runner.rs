@@ -1,0 +1,412 @@
+//! The parent side of a trial: spawn a worker (this same binary), feed it
+//! the request, watch it, kill it when it overstays or overeats, and turn
+//! what happened into a [`TrialResult`].
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+use super::classify::{classify, KillReason, Observation};
+use super::memory::read_rss;
+use super::worker::WorkerEvent;
+use super::{ExitInfo, Outcome, TrialDevice, TrialRequest, TrialResult, TrialRunner, WorkerReport};
+use crate::gpu::{GpuProbe, SystemMemory};
+
+/// The hidden subcommand a worker runs as.
+pub const WORKER_SUBCOMMAND: &str = "__trial-worker";
+
+/// Keep this much of the end of a worker's stderr.
+const STDERR_TAIL_BYTES: usize = 8 * 1024;
+
+/// Share of the machine's available memory a CPU trial may take when no
+/// limit is given: the rest keeps the machine out of swap.
+const DEFAULT_CPU_MEMORY_SHARE: f64 = 0.8;
+
+type ProgressCallback = Arc<dyn Fn(&WorkerEvent) + Send + Sync>;
+
+/// How trials are run.
+#[derive(Clone)]
+pub struct RunnerOptions {
+    /// The batchd binary to run as the worker.
+    pub worker_exe: PathBuf,
+    /// How often memory is sampled.
+    pub sample_interval: Duration,
+    /// NVML (or a fake), for the worker's per-process GPU memory.
+    pub gpu_probe: Option<Arc<dyn GpuProbe>>,
+    /// Where CUDA kernels compiled by earlier trials are kept.
+    pub kernel_cache_dir: Option<PathBuf>,
+    /// Called for every event a worker sends (progress, for live views).
+    pub on_event: Option<ProgressCallback>,
+}
+
+impl RunnerOptions {
+    /// Workers run this very executable.
+    pub fn current_exe() -> std::io::Result<RunnerOptions> {
+        Ok(RunnerOptions {
+            worker_exe: std::env::current_exe()?,
+            sample_interval: Duration::from_millis(25),
+            gpu_probe: None,
+            kernel_cache_dir: None,
+            on_event: None,
+        })
+    }
+}
+
+/// Runs each trial in a fresh worker process.
+#[derive(Clone)]
+pub struct ProcessTrialRunner {
+    options: RunnerOptions,
+}
+
+impl ProcessTrialRunner {
+    pub fn new(options: RunnerOptions) -> ProcessTrialRunner {
+        ProcessTrialRunner { options }
+    }
+
+    async fn run_trial(&self, mut request: TrialRequest) -> TrialResult {
+        let started = Instant::now();
+        if request.kernel_cache_dir.is_none() {
+            request.kernel_cache_dir = self.options.kernel_cache_dir.clone();
+        }
+        let limit = effective_limit(&request);
+        let mut result = empty_result(&request, limit);
+        let payload = match serde_json::to_vec(&request) {
+            Ok(payload) => payload,
+            Err(e) => {
+                return failed(
+                    result,
+                    Outcome::InvalidRequest,
+                    format!("cannot encode the request: {e}"),
+                    started,
+                )
+            }
+        };
+
+        let mut command = Command::new(&self.options.worker_exe);
+        command
+            .arg(WORKER_SUBCOMMAND)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_BACKTRACE", "0")
+            .kill_on_drop(true);
+        if std::env::var_os("CUDA_PATH").is_none()
+            && std::path::Path::new("/usr/local/cuda").is_dir()
+        {
+            // cubecl compiles kernels with NVRTC, which needs the CUDA headers.
+            command.env("CUDA_PATH", "/usr/local/cuda");
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                return failed(
+                    result,
+                    Outcome::Crashed,
+                    format!(
+                        "cannot start the worker {}: {e}",
+                        self.options.worker_exe.display()
+                    ),
+                    started,
+                )
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+
+        if let Some(mut stdin) = child.stdin.take() {
+            // A worker that dies before reading is classified from its exit.
+            let _ = stdin.write_all(&payload).await;
+            let _ = stdin.shutdown().await;
+        }
+        let stdout = child.stdout.take();
+        let on_event = self.options.on_event.clone();
+        let events = tokio::spawn(async move {
+            let mut report: Option<WorkerReport> = None;
+            let mut garbled = 0usize;
+            if let Some(stdout) = stdout {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match serde_json::from_str::<WorkerEvent>(&line) {
+                        Ok(event) => {
+                            if let Some(callback) = &on_event {
+                                callback(&event);
+                            }
+                            if let WorkerEvent::Result { report: r } = event {
+                                report = Some(*r);
+                            }
+                        }
+                        Err(_) => garbled += 1,
+                    }
+                }
+            }
+            (report, garbled)
+        });
+        let stderr = child.stderr.take();
+        let stderr_tail = tokio::spawn(async move {
+            let mut tail: Vec<u8> = Vec::new();
+            if let Some(mut stderr) = stderr {
+                let mut chunk = [0u8; 4096];
+                while let Ok(read) = stderr.read(&mut chunk).await {
+                    if read == 0 {
+                        break;
+                    }
+                    tail.extend_from_slice(&chunk[..read]);
+                    if tail.len() > 2 * STDERR_TAIL_BYTES {
+                        tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+                    }
+                }
+            }
+            if tail.len() > STDERR_TAIL_BYTES {
+                tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+            }
+            String::from_utf8_lossy(&tail).into_owned()
+        });
+
+        let mut sampler = MemorySampler::new(request.device, pid, self.options.gpu_probe.clone());
+        let deadline = tokio::time::sleep(request.deadline);
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(self.options.sample_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut killed: Option<KillReason> = None;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                _ = &mut deadline, if killed.is_none() => {
+                    killed = Some(KillReason::Deadline);
+                    let _ = child.start_kill();
+                }
+                _ = ticker.tick(), if killed.is_none() => {
+                    let current = sampler.sample().await;
+                    if let (Some(current), Some(limit)) = (current, limit) {
+                        if current > limit {
+                            killed = Some(KillReason::MemoryLimit { peak: current, limit });
+                            let _ = child.start_kill();
+                        }
+                    }
+                }
+            }
+        };
+        let exit = match status {
+            Ok(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                ExitInfo {
+                    code: status.code(),
+                    signal: status.signal(),
+                }
+            }
+            Err(_) => ExitInfo {
+                code: None,
+                signal: None,
+            },
+        };
+        let (report, garbled) = events.await.unwrap_or((None, 0));
+        let stderr_tail = stderr_tail.await.unwrap_or_default();
+
+        // The peak: the parent's samples, and the worker's own figures.
+        let (peak, source) = match request.device {
+            TrialDevice::Cpu => {
+                let own = report.as_ref().and_then(|r| r.peak_rss_bytes);
+                (max_option(sampler.peak, own), "rss")
+            }
+            TrialDevice::Cuda(_) => match sampler.peak {
+                Some(peak) => (Some(peak), "nvml"),
+                None => (
+                    report.as_ref().and_then(|r| r.cuda_memory_delta_bytes),
+                    "cuda_context",
+                ),
+            },
+        };
+        let device_total = report
+            .as_ref()
+            .and_then(|r| r.device_memory_total_bytes)
+            .or(sampler.device_total);
+        let observation = Observation {
+            device: request.device,
+            steps: request.steps,
+            deadline_seconds: request.deadline.as_secs_f64(),
+            killed,
+            exit: &exit,
+            report: report.as_ref(),
+            stderr_tail: &stderr_tail,
+            peak_memory_bytes: peak,
+            memory_limit_bytes: limit,
+            device_memory_total_bytes: device_total,
+            cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let (outcome, mut reason) = classify(&observation);
+        if garbled > 0 && outcome != Outcome::Ok {
+            let note = format!("{garbled} unreadable line(s) on the worker's stdout");
+            reason = Some(reason.map_or(note.clone(), |r| format!("{r}; {note}")));
+        }
+
+        if let Some(report) = report {
+            result.backend = report.backend;
+            if !report.device_name.is_empty() && report.device_name != "cpu" {
+                result.device = format!("{} ({})", result.device, report.device_name);
+            }
+            result.precision = report.precision;
+            result.parameter_count = (report.parameter_count > 0).then_some(report.parameter_count);
+            result.steps_completed = report.steps_completed;
+            result.loss_first = report.losses.first().copied();
+            result.loss_last = report.losses.last().copied();
+            result.losses = report.losses;
+            result.learning_rates = report.learning_rates;
+            result.validation_loss = report.validation_loss;
+            result.samples_per_second = report.samples_per_second;
+            result.step_seconds_median = report.step_seconds_median;
+            result.startup_seconds = report.startup_seconds;
+            result.setup_seconds = Some(report.setup_seconds);
+            result.grad_noise = report.grad_noise;
+            result.warnings = report.warnings;
+        }
+        if garbled > 0 {
+            result.warnings.push(format!(
+                "{garbled} unreadable line(s) on the worker's stdout were ignored"
+            ));
+        }
+        result.outcome = outcome;
+        result.reason = reason;
+        result.peak_memory_bytes = peak;
+        result.peak_memory_source = peak.map(|_| source.to_string());
+        result.device_memory_total_bytes = device_total;
+        result.exit = Some(exit);
+        result.stderr_tail = stderr_tail;
+        result.wall_seconds = started.elapsed().as_secs_f64();
+        result
+    }
+}
+
+impl TrialRunner for ProcessTrialRunner {
+    fn run(&self, request: TrialRequest) -> impl std::future::Future<Output = TrialResult> + Send {
+        self.run_trial(request)
+    }
+}
+
+/// The limit the parent enforces: the request's, or on CPU a share of the
+/// machine's available memory so a runaway trial cannot swap the machine.
+fn effective_limit(request: &TrialRequest) -> Option<u64> {
+    match (request.memory_limit_bytes, request.device) {
+        (Some(limit), _) => Some(limit),
+        (None, TrialDevice::Cpu) => SystemMemory::read()
+            .map(|memory| (memory.available_bytes as f64 * DEFAULT_CPU_MEMORY_SHARE) as u64),
+        (None, TrialDevice::Cuda(_)) => None,
+    }
+}
+
+fn max_option(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn empty_result(request: &TrialRequest, limit: Option<u64>) -> TrialResult {
+    TrialResult {
+        outcome: Outcome::Crashed,
+        reason: None,
+        batch_size: request.batch_size,
+        steps: request.steps,
+        steps_completed: 0,
+        device: request.device.to_string(),
+        backend: match request.device {
+            TrialDevice::Cpu => "flex".into(),
+            TrialDevice::Cuda(_) => "cuda".into(),
+        },
+        precision: None,
+        parameter_count: None,
+        losses: Vec::new(),
+        learning_rates: Vec::new(),
+        loss_first: None,
+        loss_last: None,
+        validation_loss: None,
+        samples_per_second: None,
+        step_seconds_median: None,
+        startup_seconds: None,
+        setup_seconds: None,
+        peak_memory_bytes: None,
+        peak_memory_source: None,
+        memory_limit_bytes: limit,
+        device_memory_total_bytes: None,
+        grad_noise: None,
+        wall_seconds: 0.0,
+        exit: None,
+        stderr_tail: String::new(),
+        warnings: Vec::new(),
+    }
+}
+
+fn failed(
+    mut result: TrialResult,
+    outcome: Outcome,
+    reason: String,
+    started: Instant,
+) -> TrialResult {
+    result.outcome = outcome;
+    result.reason = Some(reason);
+    result.wall_seconds = started.elapsed().as_secs_f64();
+    result
+}
+
+/// Samples the worker's memory: RSS on CPU, NVML per-process on CUDA.
+struct MemorySampler {
+    device: TrialDevice,
+    pid: u32,
+    probe: Option<Arc<dyn GpuProbe>>,
+    peak: Option<u64>,
+    device_total: Option<u64>,
+}
+
+impl MemorySampler {
+    fn new(device: TrialDevice, pid: u32, probe: Option<Arc<dyn GpuProbe>>) -> Self {
+        MemorySampler {
+            device,
+            pid,
+            probe,
+            peak: None,
+            device_total: None,
+        }
+    }
+
+    /// Takes one sample; returns the current figure (for the limit check).
+    async fn sample(&mut self) -> Option<u64> {
+        let current = match self.device {
+            TrialDevice::Cpu => {
+                let rss = read_rss(self.pid)?;
+                self.peak = max_option(self.peak, Some(rss.peak_bytes));
+                rss.current_bytes
+            }
+            TrialDevice::Cuda(index) => {
+                let probe = self.probe.clone()?;
+                let pid = self.pid;
+                let want_total = self.device_total.is_none();
+                // NVML calls block; keep them off the async workers.
+                let (used, total) = tokio::task::spawn_blocking(move || {
+                    let used = probe.process_memory(pid).ok().flatten();
+                    let total = if want_total {
+                        probe.snapshot().ok().and_then(|s| {
+                            s.gpus
+                                .iter()
+                                .find(|g| g.index == index)
+                                .map(|g| g.memory_total_bytes)
+                        })
+                    } else {
+                        None
+                    };
+                    (used, total)
+                })
+                .await
+                .ok()?;
+                if total.is_some() {
+                    self.device_total = total;
+                }
+                let used = used?;
+                self.peak = max_option(self.peak, Some(used));
+                used
+            }
+        };
+        Some(current)
+    }
+}

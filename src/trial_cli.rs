@@ -1,0 +1,176 @@
+//! `batchd trial`: one isolated trial from the command line.
+
+use std::sync::Arc;
+
+use crate::cli::{load_policies, Cli, CliError, TrialArgs};
+use crate::gpu::open_probe;
+use crate::spec::{load_spec_file, DeviceChoice, JobSpec, OptimizerSpec};
+use crate::trial::{
+    cuda, Outcome, ProcessTrialRunner, RunnerOptions, TrialDevice, TrialRequest, TrialResult,
+    TrialRunner,
+};
+use crate::units::{format_duration, ByteSize};
+
+/// Resolves `auto` to the first CUDA device when the driver sees one.
+pub fn resolve_device(choice: DeviceChoice) -> TrialDevice {
+    match choice {
+        DeviceChoice::Cpu => TrialDevice::Cpu,
+        DeviceChoice::Cuda(index) => TrialDevice::Cuda(index),
+        DeviceChoice::Auto => match cuda::device_count() {
+            Ok(count) if count > 0 => TrialDevice::Cuda(0),
+            _ => TrialDevice::Cpu,
+        },
+    }
+}
+
+/// A sane first learning rate for a quick trial when the user gives none.
+pub fn default_lr(spec: &JobSpec) -> f64 {
+    match spec.optimizer {
+        OptimizerSpec::Sgd { .. } => 0.05,
+        OptimizerSpec::Adam { .. } | OptimizerSpec::AdamW { .. } => 1e-3,
+    }
+}
+
+/// Where compiled CUDA kernels are kept for the current user.
+pub fn default_kernel_cache() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache"))
+        })?;
+    Some(base.join("batchd").join("kernels"))
+}
+
+pub fn run(cli: &Cli, args: &TrialArgs) -> Result<(), CliError> {
+    let policies = load_policies(cli)?;
+    let spec =
+        load_spec_file(&args.spec, &policies).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let choice = match &args.device {
+        Some(text) => DeviceChoice::parse(text).map_err(CliError::Usage)?,
+        None => spec.search.device,
+    };
+    let memory_limit = match &args.memory_limit {
+        Some(text) => Some(
+            ByteSize::parse(text).map_err(|e| CliError::Usage(format!("--memory-limit: {e}")))?,
+        ),
+        None => spec.search.memory_limit,
+    };
+    if args.batch_size == 0 {
+        return Err(CliError::Usage("--batch-size must be > 0".into()));
+    }
+    let steps = args.steps.unwrap_or(spec.policy.trials.throughput_steps);
+    if steps == 0 {
+        return Err(CliError::Usage("--steps must be > 0".into()));
+    }
+    let lr = args.lr.unwrap_or_else(|| default_lr(&spec));
+    let device = resolve_device(choice);
+    let mut request = TrialRequest::new(spec, device, args.batch_size, steps, lr);
+    request.warmup_steps = request
+        .spec
+        .policy
+        .trials
+        .warmup_steps
+        .min(steps.saturating_sub(1));
+    request.memory_limit_bytes = memory_limit.map(ByteSize::bytes);
+    request.record.validation_loss = args.validation;
+
+    let mut options = RunnerOptions::current_exe().map_err(anyhow::Error::from)?;
+    options.gpu_probe = open_probe().ok().map(Arc::from);
+    options.kernel_cache_dir = args.kernel_cache.clone().or_else(default_kernel_cache);
+    let runner = ProcessTrialRunner::new(options);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)?;
+    let name = request.spec.name.clone();
+    let result = runtime.block_on(runner.run(request));
+
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).map_err(anyhow::Error::from)?
+        );
+    } else {
+        print!("{}", render(&name, &result));
+    }
+    match result.outcome {
+        Outcome::Ok => Ok(()),
+        Outcome::InvalidRequest => Err(CliError::Invalid(format!(
+            "trial request is invalid: {}",
+            result.reason.as_deref().unwrap_or("?")
+        ))),
+        other => Err(CliError::Other(anyhow::anyhow!("trial outcome: {other}"))),
+    }
+}
+
+/// The human-readable summary of a trial.
+pub fn render(name: &str, result: &TrialResult) -> String {
+    let mut out = format!("trial {name}: {}", result.outcome);
+    if let Some(reason) = &result.reason {
+        out.push_str(&format!(" ({reason})"));
+    }
+    out.push('\n');
+    let precision = result
+        .precision
+        .map(|p| crate::policy::serde_plain(&p))
+        .unwrap_or_else(|| "-".into());
+    out.push_str(&format!(
+        "  device {} ({}, {precision}), batch {}, {}/{} steps",
+        result.device, result.backend, result.batch_size, result.steps_completed, result.steps
+    ));
+    if let Some(params) = result.parameter_count {
+        out.push_str(&format!(", {params} parameters"));
+    }
+    out.push('\n');
+    if let (Some(first), Some(last)) = (result.loss_first, result.loss_last) {
+        out.push_str(&format!("  loss {first:.4} -> {last:.4}"));
+        if let Some(valid) = result.validation_loss {
+            out.push_str(&format!(", validation loss {valid:.4}"));
+        }
+        out.push('\n');
+    }
+    if let Some(speed) = result.samples_per_second {
+        out.push_str(&format!("  throughput {speed:.0} samples/s"));
+        if let Some(step) = result.step_seconds_median {
+            out.push_str(&format!(" (median step {:.1} ms)", step * 1000.0));
+        }
+        if let Some(startup) = result.startup_seconds {
+            out.push_str(&format!("; start-up {startup:.2}s"));
+        }
+        out.push('\n');
+    }
+    if let Some(peak) = result.peak_memory_bytes {
+        out.push_str(&format!(
+            "  peak memory {} ({})",
+            ByteSize(peak),
+            result.peak_memory_source.as_deref().unwrap_or("?")
+        ));
+        if let Some(limit) = result.memory_limit_bytes {
+            out.push_str(&format!(", limit {}", ByteSize(limit)));
+        }
+        out.push('\n');
+    }
+    for warning in &result.warnings {
+        out.push_str(&format!("  warning: {warning}\n"));
+    }
+    out.push_str(&format!(
+        "  wall time {}\n",
+        format_duration(std::time::Duration::from_secs_f64(result.wall_seconds))
+    ));
+    if result.outcome != Outcome::Ok && !result.stderr_tail.trim().is_empty() {
+        out.push_str("  worker stderr (tail):\n");
+        for line in result
+            .stderr_tail
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    out
+}

@@ -42,7 +42,7 @@ impl ContextProbe {
     pub fn new(index: u32) -> Result<ContextProbe, String> {
         let context = cudarc::driver::CudaContext::new(index as usize)
             .map_err(|e| format!("cannot open a CUDA context on cuda:{index}: {e}"))?;
-        Ok(ContextProbe { context: context })
+        Ok(ContextProbe { context })
     }
 
     /// `(free, total)` device memory in bytes.

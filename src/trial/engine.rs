@@ -35,13 +35,20 @@ pub struct TrialContext<'a> {
     pub process_start: Instant,
 }
 
-/// A loss this many times the first step's loss counts as exploding.
+/// A loss this many times the first step's loss counts as exploding...
 const EXPLOSION_FACTOR: f64 = 4.0;
+/// ...once it stays there this many steps in a row: wide networks under
+/// Adam often spike on their first update and recover.
+const EXPLOSION_STEPS: u32 = 3;
 
 /// Validation samples per evaluation (fixed, so every LR candidate is
 /// judged on the same samples).
 const VALIDATION_SAMPLES: usize = 1024;
 const VALIDATION_BATCH: usize = 256;
+
+/// Smallest Adam epsilon that survives half precision: 1e-8 rounds to zero
+/// in f16, and a zero epsilon turns the first update into 0/0.
+const F16_MIN_EPSILON: f64 = 1e-4;
 
 /// Runs the trial on backend `B`, filling `report`.
 pub fn run<B: AutodiffBackend>(
@@ -50,6 +57,7 @@ pub fn run<B: AutodiffBackend>(
     report: &mut WorkerReport,
 ) {
     let spec = &ctx.request.spec;
+    let half = report.precision == Some(crate::spec::Precision::F16);
     let input_size = match ctx.data {
         Dataset::Classification(d) => d.sample_len,
         Dataset::Sequences(d) => d.context_length,
@@ -94,7 +102,7 @@ pub fn run<B: AutodiffBackend>(
             let mut config = AdamConfig::new()
                 .with_beta_1(*beta1 as f32)
                 .with_beta_2(*beta2 as f32)
-                .with_epsilon(*epsilon as f32);
+                .with_epsilon(half_safe_epsilon(*epsilon, half, report) as f32);
             if *weight_decay > 0.0 {
                 config =
                     config.with_weight_decay(Some(WeightDecayConfig::new(*weight_decay as f32)));
@@ -115,7 +123,7 @@ pub fn run<B: AutodiffBackend>(
             let mut config = AdamWConfig::new()
                 .with_beta_1(*beta1 as f32)
                 .with_beta_2(*beta2 as f32)
-                .with_epsilon(*epsilon as f32)
+                .with_epsilon(half_safe_epsilon(*epsilon, half, report) as f32)
                 .with_weight_decay(*weight_decay as f32);
             if let Some(clip) = grad_clip_norm {
                 config =
@@ -123,6 +131,19 @@ pub fn run<B: AutodiffBackend>(
             }
             train(model, config.init::<B, Model<B>>(), &device, ctx, report);
         }
+    }
+}
+
+/// Burn trains f16 without f32 master weights, so an epsilon that
+/// underflows would make every trial diverge; raise it, and say so.
+fn half_safe_epsilon(epsilon: f64, half: bool, report: &mut WorkerReport) -> f64 {
+    if half && epsilon < F16_MIN_EPSILON {
+        report.warnings.push(format!(
+            "optimizer epsilon {epsilon:e} underflows in f16 (parameters and optimizer state are f16 here, with no f32 master copy); the trial used {F16_MIN_EPSILON:e}"
+        ));
+        F16_MIN_EPSILON
+    } else {
+        epsilon
     }
 }
 
@@ -219,6 +240,7 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
     let mut warmup_time = Duration::ZERO;
     let mut timed: Vec<f64> = Vec::new();
     let mut first_loss: Option<f64> = None;
+    let mut exploding_for = 0u32;
 
     for step in 0..steps {
         if step == 1.min(steps - 1) && step > 0 {
@@ -272,6 +294,11 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
         }
         let first = *first_loss.get_or_insert(loss_value);
         if step > 0 && loss_value > EXPLOSION_FACTOR * first.max(1e-3) {
+            exploding_for += 1;
+        } else {
+            exploding_for = 0;
+        }
+        if exploding_for >= EXPLOSION_STEPS {
             report.outcome = Some(Outcome::Diverged);
             report.reason = Some(format!(
                 "loss exploded from {first:.4} to {loss_value:.4} at step {step} (lr {lr:.3e})"

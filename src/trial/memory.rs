@@ -23,6 +23,7 @@ impl CountingAllocator {
         let live = LIVE_BYTES.fetch_add(size, Ordering::Relaxed) + size;
         if live > HEAP_CAP.load(Ordering::Relaxed) {
             LIVE_BYTES.fetch_sub(size, Ordering::Relaxed);
+            report_refusal(size, live - size);
             return false;
         }
         PEAK_BYTES.fetch_max(live, Ordering::Relaxed);
@@ -82,6 +83,54 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 }
 
+/// Prefix of the line a refused allocation writes on stderr; the parent
+/// reads the sizes from it, since the refused bytes never became resident.
+pub const REFUSAL_MARKER: &str = "batchd-worker: heap cap refused";
+
+/// Writes `REFUSAL_MARKER N bytes with M bytes live` to stderr without
+/// allocating (we are inside the allocator).
+fn report_refusal(size: u64, live: u64) {
+    let mut buffer = [0u8; 160];
+    let mut len = 0;
+    let mut put = |bytes: &[u8]| {
+        let n = bytes.len().min(buffer.len() - len);
+        buffer[len..len + n].copy_from_slice(&bytes[..n]);
+        len += n;
+    };
+    put(REFUSAL_MARKER.as_bytes());
+    put(b" ");
+    put(decimal(size, &mut [0u8; 20]));
+    put(b" bytes with ");
+    put(decimal(live, &mut [0u8; 20]));
+    put(b" bytes live\n");
+    // SAFETY: write(2) to stderr from a stack buffer.
+    unsafe {
+        libc::write(2, buffer.as_ptr().cast(), len);
+    }
+}
+
+fn decimal(mut value: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    &digits[start..]
+}
+
+/// Parses a refusal line: `(refused bytes, live bytes)`.
+pub fn parse_refusal(stderr: &str) -> Option<(u64, u64)> {
+    let line = stderr.lines().rev().find(|l| l.contains(REFUSAL_MARKER))?;
+    let mut words = line[line.find(REFUSAL_MARKER)? + REFUSAL_MARKER.len()..].split_whitespace();
+    let refused = words.next()?.parse().ok()?;
+    let live = words.nth(2)?.parse().ok()?;
+    Some((refused, live))
+}
+
 /// Caps this process's heap. Called once by a trial worker.
 pub fn set_heap_cap(bytes: u64) {
     HEAP_CAP.store(bytes, Ordering::Relaxed);
@@ -130,6 +179,14 @@ mod tests {
         let rss = parse_status(text).unwrap();
         assert_eq!(rss.current_bytes, 1024 * 1024);
         assert_eq!(rss.peak_bytes, 2048 * 1024);
+    }
+
+    #[test]
+    fn refusal_lines_round_trip() {
+        assert_eq!(decimal(0, &mut [0; 20]), b"0");
+        assert_eq!(decimal(1234567890123, &mut [0; 20]), b"1234567890123");
+        let line = format!("noise\n{REFUSAL_MARKER} 67108864 bytes with 33554432 bytes live\nmemory allocation of 67108864 bytes failed\n");
+        assert_eq!(parse_refusal(&line), Some((67108864, 33554432)));
     }
 
     #[test]

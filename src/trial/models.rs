@@ -59,7 +59,7 @@ impl<B: Backend> DeviceBatch<B> {
                 let width = inputs.dims()[1];
                 DeviceBatch::Classification {
                     inputs: inputs.clone().slice([0..n, 0..width]),
-                    labels: labels.clone().slice([0..n]),
+                    labels: labels.clone().narrow(0, 0, n),
                 }
             }
             DeviceBatch::Sequences { tokens } => {

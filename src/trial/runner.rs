@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use super::classify::{classify, KillReason, Observation};
-use super::memory::read_rss;
+use super::memory::{parse_refusal, read_rss};
 use super::worker::WorkerEvent;
 use super::{ExitInfo, Outcome, TrialDevice, TrialRequest, TrialResult, TrialRunner, WorkerReport};
 use crate::gpu::{GpuProbe, SystemMemory};
@@ -237,6 +237,25 @@ impl ProcessTrialRunner {
             cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         let (outcome, mut reason) = classify(&observation);
+        // A heap allocation the worker's cap refused was never resident, so
+        // the RSS peak understates the need: count the live heap plus the
+        // refused request.
+        let mut peak = peak;
+        if outcome == Outcome::OutOfMemory {
+            if let Some((refused, live)) = parse_refusal(&stderr_tail) {
+                let needed = live + refused;
+                reason = Some(format!(
+                    "needed at least {} ({} of heap live plus a refused allocation of {}){}",
+                    crate::units::ByteSize(needed),
+                    crate::units::ByteSize(live),
+                    crate::units::ByteSize(refused),
+                    limit
+                        .map(|l| format!(", limit {}", crate::units::ByteSize(l)))
+                        .unwrap_or_default()
+                ));
+                peak = max_option(peak, Some(needed));
+            }
+        }
         if garbled > 0 && outcome != Outcome::Ok {
             let note = format!("{garbled} unreadable line(s) on the worker's stdout");
             reason = Some(reason.map_or(note.clone(), |r| format!("{r}; {note}")));

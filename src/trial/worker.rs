@@ -163,6 +163,12 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
     if let (TrialDevice::Cpu, Some(limit)) = (request.device, request.memory_limit_bytes) {
         set_heap_cap(limit);
     }
+    if let TrialDevice::Cuda(index) = request.device {
+        // Before loading data: a machine without the device fails fast.
+        if let Err(reason) = check_device(index) {
+            return invalid(reason);
+        }
+    }
     let data = match Dataset::load(&request.spec.data, &request.spec.model) {
         Ok(data) => data,
         Err(error) => return invalid(format!("cannot load the data: {error}")),
@@ -197,9 +203,6 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
             report
         }
         TrialDevice::Cuda(index) => {
-            if let Err(reason) = check_device(index) {
-                return invalid(reason);
-            }
             if let Some(dir) = &request.kernel_cache_dir {
                 configure_kernel_cache(dir);
             }

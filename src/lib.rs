@@ -6,6 +6,7 @@
 //! - [`config`]: the daemon's configuration;
 //! - [`gpu`]: GPU inventory through NVML (or injected fakes);
 //! - [`trial`]: isolated training trials (Burn lives only in its engine);
+//! - [`search`]: max-fit search, throughput, noise scale, LR pairing, advice;
 //! - [`cli`]: the command line.
 
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod gpu;
 pub mod logging;
 pub mod policy;
+pub mod search;
 pub mod spec;
 pub mod trial;
 pub mod trial_cli;

@@ -642,6 +642,10 @@ pub struct TrainingSpec {
     pub epochs: f64,
     /// Data-parallel replicas the job will train on.
     pub world_size: u32,
+    /// The effective batch (per optimizer step, over all replicas) the user
+    /// wants; gradient accumulation makes up what does not fit.
+    #[serde(default)]
+    pub target_batch_size: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -650,6 +654,7 @@ struct RawTraining {
     dataset_size: Option<i64>,
     epochs: Option<f64>,
     world_size: Option<i64>,
+    target_batch_size: Option<i64>,
 }
 
 pub(super) fn parse_training(
@@ -673,10 +678,14 @@ pub(super) fn parse_training(
             format!("must be <= 65536, got {world_size}"),
         );
     }
+    let target_batch_size = raw
+        .target_batch_size
+        .and_then(|n| problems.at_least("training.target_batch_size", n, 1));
     (problems.len() == before).then_some(TrainingSpec {
         dataset_size,
         epochs,
         world_size: world_size as u32,
+        target_batch_size,
     })
 }
 

@@ -363,6 +363,9 @@ pub struct WorkerReport {
     pub device_name: String,
     pub precision: Option<Precision>,
     pub parameter_count: u64,
+    /// Samples (or token windows) in the training split.
+    #[serde(default)]
+    pub train_samples: Option<u64>,
     /// Estimated training FLOPs per sample (forward + backward), for the
     /// parent's plausibility check of the measured speed.
     pub train_flops_per_sample: f64,
@@ -399,6 +402,8 @@ pub struct TrialResult {
     pub backend: String,
     pub precision: Option<Precision>,
     pub parameter_count: Option<u64>,
+    /// Samples (or token windows) in the data's training split.
+    pub train_samples: Option<u64>,
     #[serde(with = "json_float::vec")]
     pub losses: Vec<f64>,
     pub learning_rates: Vec<f64>,

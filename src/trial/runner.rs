@@ -268,6 +268,7 @@ impl ProcessTrialRunner {
             }
             result.precision = report.precision;
             result.parameter_count = (report.parameter_count > 0).then_some(report.parameter_count);
+            result.train_samples = report.train_samples;
             result.steps_completed = report.steps_completed;
             result.loss_first = report.losses.first().copied();
             result.loss_last = report.losses.last().copied();
@@ -336,6 +337,7 @@ fn empty_result(request: &TrialRequest, limit: Option<u64>) -> TrialResult {
         },
         precision: None,
         parameter_count: None,
+        train_samples: None,
         losses: Vec::new(),
         learning_rates: Vec::new(),
         loss_first: None,

@@ -238,6 +238,7 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
             report
         }
     };
+    report.train_samples = Some(data.train_len() as u64);
     report.peak_rss_bytes = own_rss().map(|rss| rss.peak_bytes);
     if request.device == TrialDevice::Cpu {
         report.peak_rss_bytes = report.peak_rss_bytes.map(|rss| rss.max(peak_heap_bytes()));

@@ -1,0 +1,287 @@
+//! Learning-rate pairing: reading an LR range test, judging confirmation
+//! runs, and the rule that moves the LR with batch size.
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::LrScaling;
+
+/// A smoothed LR range test and its suggestion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RangeTest {
+    pub batch_size: u64,
+    pub learning_rates: Vec<f64>,
+    pub losses: Vec<f64>,
+    pub smoothed: Vec<f64>,
+    /// Where the smoothed loss is lowest.
+    pub min_loss_lr: f64,
+    /// Where the smoothed loss first rises to 4x its minimum, if it does.
+    pub divergence_lr: Option<f64>,
+    pub suggestion: f64,
+}
+
+/// Smooths with a centered window of about 10% of the points, in log-loss.
+/// Users of steepest-slope picks (Lightning, fastai) see suggestions jump
+/// between runs because a slope is a derivative of noisy data; the minimum
+/// of a wide smoothing is far steadier.
+pub fn smooth(losses: &[f64]) -> Vec<f64> {
+    let n = losses.len();
+    let half = (n / 20).max(2);
+    (0..n)
+        .map(|i| {
+            let window = &losses[i.saturating_sub(half)..(i + half + 1).min(n)];
+            let finite: Vec<f64> = window.iter().copied().filter(|l| l.is_finite()).collect();
+            if finite.is_empty() {
+                f64::NAN
+            } else {
+                finite.iter().sum::<f64>() / finite.len() as f64
+            }
+        })
+        .collect()
+}
+
+/// Reads a range test: `lrs` and `losses` step by step (the losses may stop
+/// early where the sweep diverged).
+pub fn analyze_range_test(batch_size: u64, lrs: &[f64], losses: &[f64]) -> Option<RangeTest> {
+    let n = lrs.len().min(losses.len());
+    if n < 5 {
+        return None;
+    }
+    // Drop the first steps: the loss falls there because the model starts,
+    // not because of the LR.
+    let skip = (n / 10).min(5);
+    let lrs = &lrs[skip..n];
+    let losses = &losses[skip..n];
+    let smoothed = smooth(losses);
+    let (min_index, min_loss) = smoothed
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.is_finite())
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, l)| (i, *l))?;
+    let divergence_index = smoothed
+        .iter()
+        .enumerate()
+        .skip(min_index)
+        .find(|(_, l)| !l.is_finite() || **l > 4.0 * min_loss.max(1e-6))
+        .map(|(i, _)| i);
+    let min_loss_lr = lrs[min_index];
+    // A tenth of the minimum's LR (fastai's "lr_min" rule): safely inside
+    // the region where the loss was still falling.
+    let mut suggestion = min_loss_lr / 10.0;
+    if let Some(div) = divergence_index {
+        suggestion = suggestion.min(lrs[div] / 20.0);
+    }
+    Some(RangeTest {
+        batch_size,
+        learning_rates: lrs.to_vec(),
+        losses: losses.to_vec(),
+        smoothed,
+        min_loss_lr,
+        divergence_lr: divergence_index.map(|i| lrs[i]),
+        suggestion: suggestion.max(lrs[0]),
+    })
+}
+
+/// One confirmation run: an LR and the validation loss it reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Confirmation {
+    pub batch_size: u64,
+    pub learning_rate: f64,
+    /// `None` when the run diverged or failed.
+    pub validation_loss: Option<f64>,
+    pub outcome: String,
+}
+
+/// The best LR among confirmation runs at one batch size, refined by a
+/// parabola through the best point and its neighbours in log-LR.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestLr {
+    pub batch_size: u64,
+    pub learning_rate: f64,
+    pub best_tested_lr: f64,
+    pub validation_loss: f64,
+    /// The parabola's minimum was used (the best run was not at an edge).
+    pub interpolated: bool,
+}
+
+pub fn best_lr(runs: &[Confirmation]) -> Option<BestLr> {
+    let mut scored: Vec<(f64, f64)> = runs
+        .iter()
+        .filter_map(|r| {
+            r.validation_loss
+                .filter(|l| l.is_finite())
+                .map(|l| (r.learning_rate, l))
+        })
+        .collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (index, &(lr, loss)) = scored
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))?;
+    let batch_size = runs.first()?.batch_size;
+    let mut result = BestLr {
+        batch_size,
+        learning_rate: lr,
+        best_tested_lr: lr,
+        validation_loss: loss,
+        interpolated: false,
+    };
+    if index > 0 && index + 1 < scored.len() {
+        let (x0, y0) = (scored[index - 1].0.ln(), scored[index - 1].1);
+        let (x1, y1) = (lr.ln(), loss);
+        let (x2, y2) = (scored[index + 1].0.ln(), scored[index + 1].1);
+        let denominator = (x0 - x1) * (x0 - x2) * (x1 - x2);
+        let a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denominator;
+        let b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denominator;
+        if a > 0.0 {
+            let vertex = -b / (2.0 * a);
+            if vertex > x0 && vertex < x2 {
+                result.learning_rate = vertex.exp();
+                result.interpolated = true;
+            }
+        }
+    }
+    Some(result)
+}
+
+/// How the LR moves with batch size: lr(N) = reference_lr x (N / reference_batch)^alpha.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LrRule {
+    /// The rule in use: `measured`, `linear` or `sqrt`.
+    pub kind: LrScaling,
+    pub reference_batch: u64,
+    pub reference_lr: f64,
+    pub alpha: f64,
+    /// Alpha fitted from the best LR at two batch sizes, when measured.
+    pub measured_alpha: Option<f64>,
+    /// The textbook alpha for the optimizer: 1 for SGD, 0.5 for Adam(W).
+    pub textbook_alpha: f64,
+}
+
+impl LrRule {
+    pub fn lr_at(&self, batch: u64) -> f64 {
+        self.reference_lr * (batch as f64 / self.reference_batch as f64).powf(self.alpha)
+    }
+}
+
+/// The measured exponent from two (batch, best LR) pairs, kept within a
+/// range real optimizers show (0: LR independent of batch; 1.5 is already
+/// beyond the linear rule).
+pub fn fit_alpha(a: &BestLr, b: &BestLr) -> Option<f64> {
+    if a.batch_size == b.batch_size {
+        return None;
+    }
+    let alpha =
+        (a.learning_rate / b.learning_rate).ln() / (a.batch_size as f64 / b.batch_size as f64).ln();
+    alpha.is_finite().then(|| alpha.clamp(0.0, 1.5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A classic range-test curve: flat at tiny LRs, falling, then blowing up.
+    fn curve(optimum: f64, n: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
+        let lrs: Vec<f64> = (0..n)
+            .map(|i| 1e-6 * (1e6f64).powf(i as f64 / (n - 1) as f64))
+            .collect();
+        let losses = lrs
+            .iter()
+            .enumerate()
+            .map(|(i, lr)| {
+                let x = (lr / optimum).log10();
+                let base = if x < 0.0 {
+                    2.0 - 1.5 / (1.0 + (-2.0 * x).exp().min(1e6) / 20.0)
+                } else {
+                    0.5 + 3.0 * x * x
+                };
+                let noise = 0.05 * ((((i as u64 + seed) * 2654435761) % 100) as f64 / 50.0 - 1.0);
+                base + noise
+            })
+            .collect();
+        (lrs, losses)
+    }
+
+    #[test]
+    fn the_suggestion_sits_below_the_minimum_and_is_stable() {
+        let mut suggestions = Vec::new();
+        for seed in 0..5 {
+            let (lrs, losses) = curve(1e-2, 100, seed * 17);
+            let test = analyze_range_test(64, &lrs, &losses).unwrap();
+            assert!(test.suggestion < test.min_loss_lr);
+            assert!(
+                test.suggestion > 1e-5 && test.suggestion < 1e-2,
+                "{}",
+                test.suggestion
+            );
+            suggestions.push(test.suggestion);
+        }
+        let spread = suggestions.iter().cloned().fold(0.0, f64::max)
+            / suggestions.iter().cloned().fold(f64::MAX, f64::min);
+        assert!(
+            spread < 2.0,
+            "suggestions jump by {spread}x across noisy runs: {suggestions:?}"
+        );
+    }
+
+    #[test]
+    fn parabola_refines_the_best_confirmation() {
+        let runs: Vec<Confirmation> = [1e-3, 3e-3, 1e-2]
+            .iter()
+            .map(|&lr: &f64| Confirmation {
+                batch_size: 32,
+                learning_rate: lr,
+                validation_loss: Some(1.0 + (lr.ln() - 4e-3f64.ln()).powi(2)),
+                outcome: "ok".into(),
+            })
+            .collect();
+        let best = best_lr(&runs).unwrap();
+        assert!(best.interpolated);
+        assert!(
+            (best.learning_rate / 4e-3 - 1.0).abs() < 0.01,
+            "{}",
+            best.learning_rate
+        );
+    }
+
+    #[test]
+    fn diverged_runs_do_not_win() {
+        let runs = vec![
+            Confirmation {
+                batch_size: 8,
+                learning_rate: 0.1,
+                validation_loss: None,
+                outcome: "diverged".into(),
+            },
+            Confirmation {
+                batch_size: 8,
+                learning_rate: 0.01,
+                validation_loss: Some(2.0),
+                outcome: "ok".into(),
+            },
+        ];
+        assert_eq!(best_lr(&runs).unwrap().learning_rate, 0.01);
+    }
+
+    #[test]
+    fn alpha_is_recovered_from_two_batch_sizes() {
+        let at = |batch: u64, lr: f64| BestLr {
+            batch_size: batch,
+            learning_rate: lr,
+            best_tested_lr: lr,
+            validation_loss: 1.0,
+            interpolated: false,
+        };
+        let alpha = fit_alpha(&at(256, 0.02), &at(64, 0.01)).unwrap();
+        assert!((alpha - 0.5).abs() < 1e-9);
+        let rule = LrRule {
+            kind: LrScaling::Measured,
+            reference_batch: 256,
+            reference_lr: 0.02,
+            alpha,
+            measured_alpha: Some(alpha),
+            textbook_alpha: 0.5,
+        };
+        assert!((rule.lr_at(1024) - 0.04).abs() < 1e-12);
+    }
+}

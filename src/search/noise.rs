@@ -1,0 +1,170 @@
+//! The gradient noise scale, B_simple = tr(Sigma) / |G|^2, from squared
+//! gradient norms measured at two batch sizes (McCandlish et al. 2018,
+//! "An Empirical Model of Large-Batch Training", appendix A).
+//!
+//! With |G_B|^2 the squared norm of a gradient averaged over B samples,
+//! E|G_B|^2 = |G|^2 + tr(Sigma)/B. Two batch sizes b < B give unbiased
+//! estimates
+//!   |G|^2     ~ (B |G_B|^2 - b |G_b|^2) / (B - b)
+//!   tr(Sigma) ~ (|G_b|^2 - |G_B|^2) / (1/b - 1/B)
+//! each noisy; the paper averages numerator and denominator separately
+//! before dividing, which is what this does, over groups of measurements so
+//! the spread between groups gives an uncertainty.
+
+use serde::{Deserialize, Serialize};
+
+use crate::trial::GradNoiseSample;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoiseScale {
+    /// B_simple, in samples.
+    pub value: f64,
+    /// Standard error across the groups of measurements.
+    pub stderr: f64,
+    pub big_batch: u64,
+    pub small_batch: u64,
+    pub measurements: usize,
+    pub groups: usize,
+    /// Estimated |G|^2 and tr(Sigma), averaged over all measurements.
+    pub gradient_sq_norm: f64,
+    pub trace_sigma: f64,
+}
+
+fn estimate(big: &[f64], small: &[f64], b_big: f64, b_small: f64) -> Option<(f64, f64)> {
+    if big.is_empty() || big.len() != small.len() {
+        return None;
+    }
+    let n = big.len() as f64;
+    let mean_big = big.iter().sum::<f64>() / n;
+    let mean_small = small.iter().sum::<f64>() / n;
+    let g2 = (b_big * mean_big - b_small * mean_small) / (b_big - b_small);
+    let trace = (mean_small - mean_big) / (1.0 / b_small - 1.0 / b_big);
+    Some((g2, trace))
+}
+
+/// B_simple from one or more two-batch samples, split into `groups`.
+pub fn noise_scale(samples: &[GradNoiseSample], groups: usize) -> Option<NoiseScale> {
+    let first = samples.first()?;
+    let (b_big, b_small) = (first.big_batch as f64, first.small_batch as f64);
+    if b_small >= b_big || b_small <= 0.0 {
+        return None;
+    }
+    let mut big = Vec::new();
+    let mut small = Vec::new();
+    for sample in samples
+        .iter()
+        .filter(|s| s.big_batch == first.big_batch && s.small_batch == first.small_batch)
+    {
+        for (b, s) in sample.big_sq_norms.iter().zip(&sample.small_sq_norms) {
+            if b.is_finite() && s.is_finite() {
+                big.push(*b);
+                small.push(*s);
+            }
+        }
+    }
+    let (g2, trace) = estimate(&big, &small, b_big, b_small)?;
+    if g2 <= 0.0 || trace <= 0.0 {
+        // The noise swamped the signal: no estimate is better than a wrong one.
+        return None;
+    }
+    let value = trace / g2;
+    let groups = groups.clamp(1, big.len());
+    let size = big.len() / groups;
+    let group_values: Vec<f64> = (0..groups)
+        .filter_map(|g| {
+            let range = g * size..if g + 1 == groups {
+                big.len()
+            } else {
+                (g + 1) * size
+            };
+            estimate(&big[range.clone()], &small[range], b_big, b_small)
+                .filter(|(g2, t)| *g2 > 0.0 && *t > 0.0)
+                .map(|(g2, t)| t / g2)
+        })
+        .collect();
+    let stderr = if group_values.len() >= 2 {
+        let mean = group_values.iter().sum::<f64>() / group_values.len() as f64;
+        let var = group_values.iter().map(|v| (v - mean).powi(2)).sum::<f64>()
+            / (group_values.len() - 1) as f64;
+        (var / group_values.len() as f64).sqrt()
+    } else {
+        f64::NAN
+    };
+    Some(NoiseScale {
+        value,
+        stderr,
+        big_batch: first.big_batch,
+        small_batch: first.small_batch,
+        measurements: big.len(),
+        groups: group_values.len(),
+        gradient_sq_norm: g2,
+        trace_sigma: trace,
+    })
+}
+
+/// Statistical efficiency of batch `m` relative to `m0` (Pollux, OSDI'21):
+/// the progress per sample at `m` as a share of that at `m0`.
+pub fn efficiency(noise_scale: f64, m0: f64, m: f64) -> f64 {
+    (noise_scale + m0) / (noise_scale + m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exact expectations plus deterministic noise.
+    fn synthetic(
+        g2: f64,
+        trace: f64,
+        big: u64,
+        small: u64,
+        n: usize,
+        noise: f64,
+    ) -> GradNoiseSample {
+        let wobble = |i: usize| 1.0 + noise * (((i * 37) % 11) as f64 / 5.0 - 1.0);
+        GradNoiseSample {
+            big_batch: big,
+            small_batch: small,
+            big_sq_norms: (0..n)
+                .map(|i| (g2 + trace / big as f64) * wobble(i))
+                .collect(),
+            small_sq_norms: (0..n)
+                .map(|i| (g2 + trace / small as f64) * wobble(i + 3))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn exact_inputs_give_the_exact_noise_scale() {
+        let sample = synthetic(2.0, 1000.0, 512, 32, 10, 0.0);
+        let scale = noise_scale(&[sample], 5).unwrap();
+        assert!((scale.value - 500.0).abs() < 1e-6, "{scale:?}");
+        assert!(scale.stderr.abs() < 1e-6);
+    }
+
+    #[test]
+    fn noisy_inputs_give_an_estimate_with_an_uncertainty() {
+        let sample = synthetic(2.0, 1000.0, 512, 32, 20, 0.05);
+        let scale = noise_scale(&[sample], 5).unwrap();
+        assert!(scale.value > 300.0 && scale.value < 800.0, "{scale:?}");
+        assert!(scale.stderr > 0.0 && scale.stderr.is_finite());
+    }
+
+    #[test]
+    fn a_signal_lost_in_noise_gives_no_estimate() {
+        let sample = GradNoiseSample {
+            big_batch: 64,
+            small_batch: 8,
+            big_sq_norms: vec![5.0, 5.0],
+            small_sq_norms: vec![1.0, 1.0],
+        };
+        assert!(noise_scale(&[sample], 2).is_none());
+    }
+
+    #[test]
+    fn efficiency_falls_past_the_noise_scale() {
+        assert!((efficiency(1000.0, 32.0, 32.0) - 1.0).abs() < 1e-12);
+        assert!(efficiency(1000.0, 32.0, 64.0) > 0.95);
+        assert!(efficiency(1000.0, 32.0, 8000.0) < 0.2);
+    }
+}

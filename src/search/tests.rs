@@ -1,0 +1,319 @@
+//! The whole search against fake runners: a model of memory, speed, loss
+//! and gradient noise with known answers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::*;
+use crate::policy::PolicySet;
+use crate::spec::{parse_spec, SpecOrigin};
+use crate::trial::{GradNoiseSample, TrialResult};
+use crate::validation::Syntax;
+
+/// A job whose truths are known.
+struct FakeRunner {
+    fixed_bytes: f64,
+    bytes_per_sample: f64,
+    /// Step time c0 + c1 * batch.
+    c0: f64,
+    c1: f64,
+    /// The best LR at batch 64, and how it scales (lr* ~ B^alpha).
+    best_lr_64: f64,
+    alpha: f64,
+    /// tr(Sigma) / |G|^2.
+    noise_scale: f64,
+    /// Batches from which every trial crashes.
+    crash_from: Option<u64>,
+    calls: AtomicUsize,
+    seen: Mutex<Vec<u64>>,
+}
+
+impl FakeRunner {
+    fn new() -> FakeRunner {
+        FakeRunner {
+            fixed_bytes: 200e6,
+            bytes_per_sample: 50e3,
+            c0: 0.01,
+            c1: 2e-5,
+            best_lr_64: 1e-3,
+            alpha: 0.5,
+            noise_scale: 2000.0,
+            crash_from: None,
+            calls: AtomicUsize::new(0),
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn best_lr(&self, batch: u64) -> f64 {
+        self.best_lr_64 * (batch as f64 / 64.0).powf(self.alpha)
+    }
+
+    /// Loss after training at `lr`: a bowl in log-LR around the best.
+    fn loss_at(&self, batch: u64, lr: f64) -> f64 {
+        1.0 + 0.2 * (lr.ln() - self.best_lr(batch).ln()).powi(2)
+    }
+
+    fn answer(&self, request: &TrialRequest) -> TrialResult {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.seen.lock().unwrap().push(request.batch_size);
+        let batch = request.batch_size;
+        let peak = (self.fixed_bytes + self.bytes_per_sample * batch as f64) as u64;
+        let mut result = TrialResult {
+            outcome: Outcome::Ok,
+            reason: None,
+            batch_size: batch,
+            steps: request.steps,
+            steps_completed: request.steps,
+            device: "cpu".into(),
+            backend: "fake".into(),
+            precision: None,
+            parameter_count: Some(1000),
+            train_samples: Some(50_000),
+            losses: Vec::new(),
+            learning_rates: Vec::new(),
+            loss_first: None,
+            loss_last: None,
+            validation_loss: None,
+            samples_per_second: Some(batch as f64 / (self.c0 + self.c1 * batch as f64)),
+            step_seconds_median: None,
+            startup_seconds: Some(0.1),
+            setup_seconds: Some(0.1),
+            peak_memory_bytes: Some(peak),
+            peak_memory_source: Some("rss".into()),
+            memory_limit_bytes: request.memory_limit_bytes,
+            device_memory_total_bytes: None,
+            grad_noise: None,
+            wall_seconds: 0.01,
+            exit: None,
+            stderr_tail: String::new(),
+            warnings: Vec::new(),
+        };
+        if self.crash_from.is_some_and(|from| batch >= from) {
+            result.outcome = Outcome::Crashed;
+            result.reason = Some(format!("injected crash {call}"));
+            return result;
+        }
+        if request.memory_limit_bytes.is_some_and(|limit| peak > limit) {
+            result.outcome = Outcome::OutOfMemory;
+            result.reason = Some("over the limit".into());
+            return result;
+        }
+        for step in 0..request.steps {
+            let lr = request.schedule.lr_at(step, request.steps);
+            result.learning_rates.push(lr);
+            let loss = match request.schedule {
+                // A sweep: the loss responds to the LR of each step, and
+                // explodes far past the best LR.
+                LrSchedule::ExponentialSweep { .. } => {
+                    let x = (lr / self.best_lr(batch)).log10();
+                    if x < 0.0 {
+                        2.0 - 1.0 / (1.0 + (-x).powi(2))
+                    } else {
+                        1.0 + 2.0 * x * x
+                    }
+                }
+                _ => 2.3 - 0.5 * f64::from(step) / f64::from(request.steps),
+            };
+            result.losses.push(loss);
+        }
+        if request.record.validation_loss {
+            let lr = request.schedule.lr_at(request.steps - 1, request.steps);
+            result.validation_loss = Some(self.loss_at(batch, lr));
+        }
+        if let Some(noise) = request.record.grad_noise {
+            let g2 = 1.0;
+            let trace = self.noise_scale * g2;
+            let n = noise.measurements as usize;
+            let wobble = |i: usize| 1.0 + 0.02 * (((i * 13) % 7) as f64 / 3.5 - 1.0);
+            result.grad_noise = Some(GradNoiseSample {
+                big_batch: batch,
+                small_batch: noise.small_batch,
+                big_sq_norms: (0..n)
+                    .map(|i| (g2 + trace / batch as f64) * wobble(i))
+                    .collect(),
+                small_sq_norms: (0..n)
+                    .map(|i| (g2 + trace / noise.small_batch as f64) * wobble(i + 2))
+                    .collect(),
+            });
+        }
+        result.loss_first = result.losses.first().copied();
+        result.loss_last = result.losses.last().copied();
+        result
+    }
+}
+
+impl TrialRunner for FakeRunner {
+    fn run(&self, request: TrialRequest) -> impl std::future::Future<Output = TrialResult> + Send {
+        let result = self.answer(&request);
+        async move { result }
+    }
+}
+
+fn spec(policy: &str, extra: &str) -> JobSpec {
+    let text = format!(
+        "policy = \"{policy}\"\n[model]\nkind = \"mlp\"\ninput_size = 32\nhidden = [64]\nclasses = 4\n[data]\nkind = \"synthetic\"\n[optimizer]\nkind = \"adam\"\n[search]\nmax_batch = 1048576\n{extra}"
+    );
+    let origin = SpecOrigin {
+        label: "fake.toml".into(),
+        default_name: Some("fake".into()),
+        base_dir: None,
+    };
+    parse_spec(&text, Syntax::Toml, &origin, &PolicySet::builtin()).unwrap()
+}
+
+fn context(limit: u64) -> SearchContext {
+    SearchContext {
+        device: TrialDevice::Cpu,
+        memory_limit_bytes: limit,
+        memory_limit_source: "test".into(),
+    }
+}
+
+fn advise_with(
+    runner: &FakeRunner,
+    spec: &JobSpec,
+    limit: u64,
+) -> Result<Recommendation, SearchError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(advise(spec, &context(limit), runner, &|_| {}))
+}
+
+#[test]
+fn the_whole_search_finds_the_known_answers() {
+    let runner = FakeRunner::new();
+    let spec = spec("balanced", "");
+    let limit = 4u64 << 30;
+    let rec = advise_with(&runner, &spec, limit).unwrap();
+    // Max fit: within 2% (or one multiple) below the true limit.
+    let budget = limit as f64 * 0.9;
+    let truth = ((budget - runner.fixed_bytes) / runner.bytes_per_sample) as u64 / 8 * 8;
+    assert!(
+        rec.max_fit_batch_size <= truth,
+        "{} > {truth}",
+        rec.max_fit_batch_size
+    );
+    assert!(
+        truth - rec.max_fit_batch_size <= 8.max(truth / 50),
+        "{} vs {truth}",
+        rec.max_fit_batch_size
+    );
+    let fit_trials = rec
+        .trials
+        .iter()
+        .filter(|t| t.phase == Phase::MaxFit)
+        .count();
+    assert!(fit_trials <= 6, "{fit_trials} max-fit trials");
+    // Noise scale recovered.
+    let noise = rec.gradient_noise_scale.unwrap();
+    assert!((noise / 2000.0 - 1.0).abs() < 0.15, "noise scale {noise}");
+    // The goodput choice lies below the max fit and near the noise scale.
+    assert!(rec.batch_size < rec.max_fit_batch_size);
+    assert!(rec.batch_size >= 256, "batch {}", rec.batch_size);
+    // The LR at the chosen batch is close to the truth, and alpha measured.
+    let lr = rec.learning_rate.unwrap();
+    let truth_lr = runner.best_lr(rec.effective_batch_size);
+    assert!((lr / truth_lr).ln().abs() < 0.3, "lr {lr} vs {truth_lr}");
+    let alpha = rec.lr_rule.as_ref().unwrap().measured_alpha.unwrap();
+    assert!(
+        (alpha - 0.5).abs() < 0.1,
+        "alpha {alpha} {:?} {:?}",
+        rec.best_lrs,
+        rec.lr_confirmations
+    );
+    // "What LR at batch N?" follows the rule.
+    let at_4x = rec.learning_rate_for(rec.effective_batch_size * 4).unwrap();
+    assert!((at_4x / lr / 4f64.powf(rec.lr_rule.as_ref().unwrap().alpha) - 1.0).abs() < 1e-9);
+    assert!(!rec.partial);
+    assert_eq!(rec.trial_count, rec.trials.len());
+    assert!(rec.expected_peak_memory_bytes.unwrap() <= rec.memory_budget_bytes);
+    assert!(rec.warmup_steps.unwrap() > 0);
+    assert_eq!(
+        rec.updates_per_epoch,
+        Some(50_000u64.div_ceil(rec.effective_batch_size))
+    );
+}
+
+#[test]
+fn a_steeper_lr_rule_is_measured_as_such() {
+    let mut runner = FakeRunner::new();
+    runner.alpha = 0.9;
+    let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
+    let alpha = rec.lr_rule.as_ref().unwrap().measured_alpha.unwrap();
+    assert!((alpha - 0.9).abs() < 0.15, "alpha {alpha}");
+}
+
+#[test]
+fn policies_move_the_batch_the_expected_way() {
+    let runner = FakeRunner::new();
+    let limit = 4u64 << 30;
+    let balanced = advise_with(&runner, &spec("balanced", ""), limit).unwrap();
+    let throughput = advise_with(&runner, &spec("throughput", ""), limit).unwrap();
+    let generalization = advise_with(&runner, &spec("generalization", ""), limit).unwrap();
+    let safe = advise_with(&runner, &spec("memory-safe", ""), limit).unwrap();
+    assert!(generalization.batch_size < balanced.batch_size);
+    assert!(throughput.batch_size >= balanced.batch_size);
+    assert!(safe.max_fit_batch_size < balanced.max_fit_batch_size);
+    assert!(safe.memory_budget_bytes < balanced.memory_budget_bytes);
+}
+
+#[test]
+fn data_parallel_and_accumulation_shape_the_global_batch() {
+    let runner = FakeRunner::new();
+    let spec = spec(
+        "balanced",
+        "[training]\nworld_size = 4\ntarget_batch_size = 65536\n",
+    );
+    let rec = advise_with(&runner, &spec, 1 << 30).unwrap();
+    assert_eq!(rec.world_size, 4);
+    assert_eq!(rec.global_batch_size, rec.batch_size * 4);
+    assert!(rec.gradient_accumulation_steps > 1);
+    assert_eq!(
+        rec.effective_batch_size,
+        rec.global_batch_size * u64::from(rec.gradient_accumulation_steps)
+    );
+    // The LR is for the effective batch.
+    let lr = rec.learning_rate.unwrap();
+    assert!((lr - rec.learning_rate_for(rec.effective_batch_size).unwrap()).abs() < 1e-15);
+    // Memory stays per device.
+    assert!(rec.max_fit_batch_size <= ((0.9 * (1u64 << 30) as f64 - 200e6) / 50e3) as u64);
+}
+
+#[test]
+fn crashes_bound_the_search_and_are_reported() {
+    let mut runner = FakeRunner::new();
+    runner.crash_from = Some(5000);
+    let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
+    assert!(rec.max_fit_batch_size < 5000);
+    let (failed, why) = rec.max_fit.first_failure.clone().unwrap();
+    assert!(failed >= 5000 && why.contains("crashed"), "{failed} {why}");
+    // A crash is retried once before it counts.
+    let seen = runner.seen.lock().unwrap();
+    assert!(
+        seen.iter().filter(|b| **b == failed).count() == 2,
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn nothing_fitting_is_an_error_not_a_recommendation() {
+    let runner = FakeRunner::new();
+    let error = advise_with(&runner, &spec("balanced", ""), 100 << 20).unwrap_err();
+    assert!(matches!(error, SearchError::NothingFits { .. }), "{error}");
+}
+
+#[test]
+fn a_spent_time_budget_gives_a_partial_answer() {
+    let runner = FakeRunner::new();
+    let mut spec = spec("balanced", "");
+    spec.search.time_budget = std::time::Duration::from_millis(1);
+    let rec = advise_with(&runner, &spec, 4 << 30).unwrap();
+    assert!(rec.partial);
+    assert!(rec.partial_reason.unwrap().contains("time budget"));
+    // Still an answer that was itself tested.
+    assert!(rec
+        .trials
+        .iter()
+        .any(|t| t.batch_size == rec.max_fit_batch_size && t.outcome == Outcome::Ok));
+}

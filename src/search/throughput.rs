@@ -1,0 +1,119 @@
+//! The throughput curve: samples per second over a geometric ladder of
+//! batch sizes up to the largest that fits.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    pub batch_size: u64,
+    pub samples_per_second: f64,
+    /// `ladder` (a throughput trial) or `max_fit` (reused from the search).
+    pub source: String,
+}
+
+/// Batch sizes halving down from `top` to `bottom`, at most `points` of
+/// them, rounded to `multiple` where they are at least that large.
+pub fn ladder(top: u64, bottom: u64, multiple: u64, points: usize) -> Vec<u64> {
+    let mut sizes = Vec::new();
+    let mut batch = top;
+    while batch >= bottom.max(1) && sizes.len() < points {
+        let rounded = if batch >= multiple {
+            batch / multiple * multiple
+        } else {
+            batch
+        };
+        if sizes.last() != Some(&rounded) {
+            sizes.push(rounded);
+        }
+        if batch == 1 {
+            break;
+        }
+        batch /= 2;
+    }
+    sizes.reverse();
+    sizes
+}
+
+/// The largest batch that still pays: walking up the curve, the last size
+/// whose step up from the previous gained at least `gain` (a share of
+/// samples per second, scaled to a doubling).
+pub fn plateau(curve: &[CurvePoint], gain: f64) -> Option<u64> {
+    let mut sorted = curve.to_vec();
+    sorted.sort_by_key(|p| p.batch_size);
+    let mut best = sorted.first()?.batch_size;
+    for pair in sorted.windows(2) {
+        let ratio = pair[1].batch_size as f64 / pair[0].batch_size as f64;
+        let speedup = pair[1].samples_per_second / pair[0].samples_per_second;
+        // Per doubling, so uneven steps compare fairly.
+        let per_doubling = speedup.powf(1.0 / ratio.log2().max(1e-9));
+        if per_doubling - 1.0 >= gain {
+            best = pair[1].batch_size;
+        } else {
+            break;
+        }
+    }
+    Some(best)
+}
+
+/// Samples per second at any batch, interpolated in log-log space between
+/// measured points (flat beyond the ends).
+pub fn interpolate(curve: &[CurvePoint], batch: u64) -> Option<f64> {
+    let mut sorted = curve.to_vec();
+    sorted.sort_by_key(|p| p.batch_size);
+    let first = sorted.first()?;
+    if batch <= first.batch_size {
+        return Some(first.samples_per_second);
+    }
+    for pair in sorted.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if batch <= b.batch_size {
+            let t = ((batch as f64).ln() - (a.batch_size as f64).ln())
+                / ((b.batch_size as f64).ln() - (a.batch_size as f64).ln());
+            return Some(
+                (a.samples_per_second.ln() * (1.0 - t) + b.samples_per_second.ln() * t).exp(),
+            );
+        }
+    }
+    sorted.last().map(|p| p.samples_per_second)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(batch: u64, speed: f64) -> CurvePoint {
+        CurvePoint {
+            batch_size: batch,
+            samples_per_second: speed,
+            source: "ladder".into(),
+        }
+    }
+
+    #[test]
+    fn ladders_halve_and_round() {
+        assert_eq!(ladder(1000, 8, 8, 10), [8, 24, 56, 120, 248, 496, 1000]);
+        assert_eq!(ladder(4096, 1, 8, 4), [512, 1024, 2048, 4096]);
+        assert_eq!(ladder(5, 1, 8, 8), [1, 2, 5]);
+    }
+
+    #[test]
+    fn the_plateau_is_where_doubling_stops_paying() {
+        // Step time c0 + c1*b: speed saturates.
+        let curve: Vec<CurvePoint> = [32u64, 64, 128, 256, 512, 1024]
+            .iter()
+            .map(|&b| point(b, b as f64 / (0.01 + 0.0001 * b as f64)))
+            .collect();
+        // Gains per doubling: 1.53, 1.39, 1.24, 1.13, 1.07 -> 10% threshold stops at 512.
+        assert_eq!(plateau(&curve, 0.10), Some(512));
+        assert_eq!(plateau(&curve, 0.50), Some(64));
+        assert_eq!(plateau(&curve, 0.0), Some(1024));
+    }
+
+    #[test]
+    fn interpolation_is_log_linear_and_flat_outside() {
+        let curve = vec![point(10, 100.0), point(1000, 10_000.0)];
+        assert!((interpolate(&curve, 100).unwrap() - 1000.0).abs() < 1e-6);
+        assert_eq!(interpolate(&curve, 1), Some(100.0));
+        assert_eq!(interpolate(&curve, 5000), Some(10_000.0));
+    }
+}

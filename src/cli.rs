@@ -84,6 +84,13 @@ pub enum Command {
     /// Run the daemon: watch the jobs folder, run trials, serve the HTTP API.
     Serve(ServeArgs),
     /// Tune one job spec in the foreground and print the recommendation.
+    ///
+    /// Runs the whole search: the largest batch that fits (with the policy's
+    /// headroom), the throughput curve, the gradient noise scale, an LR range
+    /// test and confirmation runs, then recommends batch size, LR, warm-up,
+    /// accumulation and precision with the evidence. Respects the spec's
+    /// search.time_budget (a partial answer is marked as such). Exits 0 with
+    /// a recommendation, 64 for an invalid spec, 1 when nothing fits.
     Advise(AdviseArgs),
     /// Run one isolated training trial: does this batch fit, and how fast is it?
     ///
@@ -125,7 +132,20 @@ pub struct ServeArgs {
 pub struct AdviseArgs {
     /// The job spec file (.toml, .yaml, .yml or .json)
     pub spec: PathBuf,
-    /// Print the recommendation as JSON
+    /// Device: auto, cpu or cuda:N (overrides the spec)
+    #[arg(long, value_name = "D")]
+    pub device: Option<String>,
+    /// Memory limit, e.g. 4GiB (overrides the spec)
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
+    /// Also print the learning rate for this effective batch size
+    #[arg(long, value_name = "N")]
+    pub lr_for: Option<u64>,
+    /// Folder for compiled CUDA kernels shared between trials
+    /// [default: ~/.cache/batchd/kernels]
+    #[arg(long, value_name = "DIR")]
+    pub kernel_cache: Option<PathBuf>,
+    /// Print the recommendation object (the HTTP API's) as JSON
     #[arg(long)]
     pub json: bool,
 }
@@ -199,7 +219,7 @@ pub struct PoliciesArgs {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Serve(_) => not_built("serve", "the daemon"),
-        Command::Advise(_) => not_built("advise", "search and advice"),
+        Command::Advise(args) => crate::advise_cli::run(&cli, args),
         Command::Trial(args) => crate::trial_cli::run(&cli, args),
         Command::Gpus(args) => gpus(args),
         Command::Validate(args) => validate(&cli, args),

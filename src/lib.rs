@@ -9,6 +9,7 @@
 //! - [`search`]: max-fit search, throughput, noise scale, LR pairing, advice;
 //! - [`cli`]: the command line.
 
+pub mod advise_cli;
 pub mod cli;
 pub mod config;
 pub mod gpu;

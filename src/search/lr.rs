@@ -164,17 +164,19 @@ impl LrRule {
     }
 }
 
-/// The measured exponent from two (batch, best LR) pairs, kept within a
-/// range real optimizers show (0: LR independent of batch; 1.5 is already
-/// beyond the linear rule).
+/// The measured exponent from two (batch, best LR) pairs.
 pub fn fit_alpha(a: &BestLr, b: &BestLr) -> Option<f64> {
     if a.batch_size == b.batch_size {
         return None;
     }
     let alpha =
         (a.learning_rate / b.learning_rate).ln() / (a.batch_size as f64 / b.batch_size as f64).ln();
-    alpha.is_finite().then(|| alpha.clamp(0.0, 1.5))
+    alpha.is_finite().then_some(alpha)
 }
+
+/// Exponents real optimizers show: 0 (LR independent of batch) up to a bit
+/// past the linear rule. A measurement outside is noise, not a finding.
+pub const PLAUSIBLE_ALPHA: std::ops::RangeInclusive<f64> = 0.0..=1.2;
 
 #[cfg(test)]
 mod tests {

@@ -232,7 +232,7 @@ impl MaxFitSearch {
     }
 
     /// The next batch to try, or `Done`.
-    pub fn next(&mut self) -> Next {
+    pub fn next_step(&mut self) -> Next {
         if self.trials >= MAX_TRIALS {
             return Next::Done;
         }
@@ -406,7 +406,7 @@ mod tests {
     ) -> (MaxFit, Vec<u64>) {
         let mut tried = Vec::new();
         let mut calls = 0;
-        while let Next::Try(batch) = search.next() {
+        while let Next::Try(batch) = search.next_step() {
             tried.push(batch);
             let probe = match memory(batch, calls) {
                 Some(peak) if peak <= search.budget_bytes => Probe::Fits { peak_bytes: peak },
@@ -551,7 +551,7 @@ mod tests {
         let mut search = MaxFitSearch::new(1, 1 << 20, 8, budget, Some(1_000.0));
         let (fit, tried) = drive(&mut search, |b, _| Some(memory(b)));
         let answer = fit.batch_size.unwrap();
-        assert!(answer < 3000 && answer >= 2936, "{answer} {tried:?}");
+        assert!((2936..3000).contains(&answer), "{answer} {tried:?}");
         assert!(fit.first_failure.unwrap().0 >= 3000);
     }
 
@@ -568,7 +568,7 @@ mod tests {
         let mut search = MaxFitSearch::new(1, 1 << 20, 8, 1 << 30, Some(100.0));
         let (fit, tried) = drive(&mut search, memory);
         let answer = fit.batch_size.unwrap();
-        assert!(answer < 2048 && answer >= 2000, "{answer} {tried:?}");
+        assert!((2000..2048).contains(&answer), "{answer} {tried:?}");
         assert_eq!(fit.first_failure.as_ref().unwrap().1, "crashed");
         assert!(tried.len() <= MAX_TRIALS);
     }

@@ -225,7 +225,7 @@ pub async fn advise<R: TrialRunner>(
         Some(prior_bytes_per_sample(spec, element_bytes)),
     );
     let mut fit_results: Vec<TrialResult> = Vec::new();
-    while let Next::Try(batch) = search.next() {
+    while let Next::Try(batch) = search.next_step() {
         if session.out_of_time("the largest fitting batch was found")
             && search.result().batch_size.is_some()
         {
@@ -465,11 +465,22 @@ pub async fn advise<R: TrialRunner>(
         [a, b, ..] => fit_alpha(a, b),
         _ => None,
     };
+    if let Some(alpha) = measured_alpha {
+        if policy.lr_scaling == LrScaling::Measured && !lr::PLAUSIBLE_ALPHA.contains(&alpha) {
+            rationale.push(format!(
+                "the measured LR exponent {alpha:.2} lies outside the plausible {:.1}..{:.1} (short confirmation runs are noisy), so the textbook exponent {textbook} is used",
+                lr::PLAUSIBLE_ALPHA.start(),
+                lr::PLAUSIBLE_ALPHA.end()
+            ));
+        }
+    }
     let lr_rule = best_lrs.first().map(|best| {
         let alpha = match policy.lr_scaling {
             LrScaling::Linear => 1.0,
             LrScaling::Sqrt => 0.5,
-            LrScaling::Measured => measured_alpha.unwrap_or(textbook),
+            LrScaling::Measured => measured_alpha
+                .filter(|a| lr::PLAUSIBLE_ALPHA.contains(a))
+                .unwrap_or(textbook),
         };
         LrRule {
             kind: policy.lr_scaling,

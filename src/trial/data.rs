@@ -156,11 +156,12 @@ impl Dataset {
         }
     }
 
-    /// Samples in the training split (windows, for sequences).
+    /// Samples in the training split; for sequences, the number of
+    /// non-overlapping windows (what an epoch over the corpus holds).
     pub fn train_len(&self) -> usize {
         match self {
             Dataset::Classification(d) => d.train.len(),
-            Dataset::Sequences(d) => d.split.saturating_sub(d.context_length + 1) + 1,
+            Dataset::Sequences(d) => (d.split / (d.context_length + 1)).max(1),
         }
     }
 

@@ -1,0 +1,184 @@
+//! `batchd advise` on the example specs, on the CPU, through the real
+//! binary: real trials in worker processes, the whole search, the JSON the
+//! HTTP API will serve.
+
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Searches time their trials: run them one at a time so they do not
+/// compete for the two cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn advise(spec: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let output = Command::new(env!("CARGO_BIN_EXE_batchd"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("BATCHD_CONFIG", "tests/fixtures/empty-config.toml")
+        .args(["advise", spec, "--device", "cpu", "--json"])
+        .args(extra)
+        .output()
+        .expect("batchd runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let value = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    (output.status.code().unwrap_or(-1), value, stderr)
+}
+
+/// What every recommendation must hold, whatever the job.
+fn check_recommendation(name: &str, rec: &serde_json::Value) {
+    for field in [
+        "batch_size",
+        "learning_rate",
+        "max_fit_batch_size",
+        "gradient_accumulation_steps",
+        "gradient_noise_scale",
+        "expected_peak_memory_bytes",
+        "expected_samples_per_second",
+        "policy",
+        "device",
+        "rationale",
+        "trials",
+    ] {
+        assert!(rec.get(field).is_some(), "{name}: no `{field}`");
+    }
+    let batch = rec["batch_size"].as_u64().unwrap();
+    let max_fit = rec["max_fit_batch_size"].as_u64().unwrap();
+    assert!(
+        batch >= 1 && batch <= max_fit,
+        "{name}: batch {batch}, max fit {max_fit}"
+    );
+    let trials = rec["trials"].as_array().unwrap();
+    assert!(!trials.is_empty());
+    for trial in trials {
+        for field in [
+            "batch_size",
+            "learning_rate",
+            "outcome",
+            "peak_memory_bytes",
+            "samples_per_second",
+            "seconds",
+        ] {
+            assert!(
+                trial.get(field).is_some(),
+                "{name}: a trial has no `{field}`"
+            );
+        }
+    }
+    // The max-fit answer itself ran successfully at full length.
+    assert!(
+        trials
+            .iter()
+            .any(|t| t["batch_size"] == max_fit && t["outcome"] == "ok" && t["phase"] == "max_fit"),
+        "{name}: max fit {max_fit} was never run successfully"
+    );
+    let budget = rec["memory_budget_bytes"].as_u64().unwrap();
+    let peak = rec["max_fit"]["peak_bytes"].as_u64().unwrap();
+    assert!(
+        peak <= budget,
+        "{name}: max-fit peak {peak} over the budget {budget}"
+    );
+    assert!(!rec["rationale"].as_array().unwrap().is_empty());
+    assert_eq!(rec["device"], "cpu");
+}
+
+#[test]
+fn every_example_gets_a_recommendation_on_cpu() {
+    let mut names: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/jobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+    names.sort();
+    for name in names {
+        let path = format!("examples/jobs/{name}");
+        let started = std::time::Instant::now();
+        let (code, rec, stderr) = advise(&path, &[]);
+        assert_eq!(code, 0, "{name}: {stderr}");
+        check_recommendation(&name, &rec);
+        // The spec's time budget (150s) holds, with start-up to spare.
+        assert!(
+            started.elapsed().as_secs() < 180,
+            "{name} took {:?}",
+            started.elapsed()
+        );
+        eprintln!(
+            "{name}: batch {} (max fit {}), lr {}, noise scale {}, {} trials, {:.0}s{}",
+            rec["batch_size"],
+            rec["max_fit_batch_size"],
+            rec["learning_rate"],
+            rec["gradient_noise_scale"],
+            rec["trial_count"],
+            rec["seconds"].as_f64().unwrap_or(0.0),
+            if rec["partial"] == true {
+                " (partial)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+#[test]
+fn a_memory_bound_mlp_is_tuned_completely() {
+    let (code, rec, stderr) = advise("examples/jobs/mlp-synthetic.toml", &["--lr-for", "1024"]);
+    assert_eq!(code, 0, "{stderr}");
+    check_recommendation("mlp-synthetic", &rec);
+    assert_eq!(rec["partial"], false, "{}", rec["partial_reason"]);
+    // The 256MiB limit binds well below max_batch: a real max-fit search.
+    let max_fit = rec["max_fit_batch_size"].as_u64().unwrap();
+    assert!(max_fit < 262_144, "{max_fit}");
+    assert!(
+        rec["max_fit"]["first_failure"].is_array(),
+        "a larger batch failed"
+    );
+    assert!(rec["gradient_noise_scale"].as_f64().unwrap() > 0.0);
+    assert!(rec["learning_rate"].as_f64().unwrap() > 0.0);
+    assert!(rec["lr_rule"]["measured_alpha"].is_number());
+    assert!(rec["warmup_steps"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_human_report_and_exit_codes() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let output = Command::new(env!("CARGO_BIN_EXE_batchd"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("BATCHD_CONFIG", "tests/fixtures/empty-config.toml")
+        .args([
+            "advise",
+            "examples/jobs/mlp-digits-idx.yaml",
+            "--device",
+            "cpu",
+            "--lr-for",
+            "256",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for needle in [
+        "batchd advice for mlp-digits-idx",
+        "batch size",
+        "learning rate",
+        "lr at batch 256",
+        "largest fitting batch",
+        "throughput curve",
+        "why",
+        "trials",
+    ] {
+        assert!(stdout.contains(needle), "no `{needle}` in:\n{stdout}");
+    }
+    drop(_guard);
+    // Nothing fits in 1MiB: exit 1 with the reason.
+    let (code, _, stderr) = advise(
+        "examples/jobs/mlp-synthetic.toml",
+        &["--memory-limit", "1MiB"],
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not even a batch"), "{stderr}");
+    // An invalid spec: 64.
+    let (code, _, _) = advise("tests/specs/invalid/hidden-zero.toml", &[]);
+    assert_eq!(code, 64);
+}

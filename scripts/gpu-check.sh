@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One prepared check for a CUDA machine, run with a release binary built
 # elsewhere and carried over:
-#   scripts/gpu-check.sh [BATCHD_BINARY] [OUT_DIR]
+#   scripts/gpu-check.sh [BATCHD_BINARY] [OUT_DIR] [advise|advise-only]
 # It lists the GPUs, runs a CUDA trial of each model kind, measures the
 # trial start-up cost with a cold and a warm kernel cache, provokes an
 # out-of-memory and shows how it was classified, then prints a table.
+# `advise` adds a full `batchd advise` of the h=8192 MLP (max-fit search on
+# the whole GPU); `advise-only` runs just that.
 set -u
 cd "$(dirname "$0")/.."
 BIN="${1:-target/release/batchd}"
@@ -42,6 +44,7 @@ PY
     echo "   $label: $(tail -1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["outcome"], r.get("reason") or "")')"
 }
 
+if [ "${3:-}" != "advise-only" ]; then
 echo "== trials (cold kernel cache first, then warm)"
 trial mlp-cold        scripts/gpu/mlp-h8192.toml 4096 20 --lr 1e-4
 trial mlp-warm        scripts/gpu/mlp-h8192.toml 4096 20 --lr 1e-4
@@ -53,6 +56,16 @@ trial gpt-bf16-warm   examples/jobs/transformer-text.toml 128 20
 echo "== provoking an out-of-memory (batch 1,048,576 of the h=8192 MLP)"
 trial mlp-oom-b1M     scripts/gpu/mlp-h8192.toml 1048576 3 --lr 1e-4
 trial mlp-after-oom   scripts/gpu/mlp-h8192.toml 4096 8 --lr 1e-4
+fi
+
+if [ "${3:-}" = "advise" ] || [ "${3:-}" = "advise-only" ]; then
+    echo "== batchd advise on the h=8192 MLP (max-fit search on the whole GPU)"
+    /usr/bin/time -f "advise wall %e s" "$BIN" advise scripts/gpu/mlp-h8192-advise.toml --kernel-cache "$CACHE" \
+        > "$OUT_DIR/advise.txt" 2> "$OUT_DIR/advise.stderr"
+    sed -n '1,/throughput curve/p' "$OUT_DIR/advise.txt"
+    sed -n '/  trials/,$p' "$OUT_DIR/advise.txt"
+    tail -1 "$OUT_DIR/advise.stderr"
+fi
 
 echo
 echo "== summary"

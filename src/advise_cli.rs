@@ -318,6 +318,12 @@ pub fn render(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>) -> Stri
             opt(t.validation_loss, |v| format!("{v:.4}")),
             t.seconds
         ));
+        if t.outcome != crate::trial::Outcome::Ok {
+            if let Some(reason) = &t.reason {
+                let short: String = reason.chars().take(110).collect();
+                out.push_str(&format!("          {short}\n"));
+            }
+        }
     }
     out
 }

@@ -64,8 +64,11 @@ impl AffineMemory {
 pub enum Probe {
     /// Ran every step under the budget, with this peak.
     Fits { peak_bytes: u64 },
-    /// Did not fit or did not run; the reason says which.
+    /// Did not fit or did not run; the reason says which. `out_of_memory`
+    /// failures may carry what the trial was seen to need: a lower bound.
     Fails { reason: String, out_of_memory: bool },
+    /// Ran out of memory having needed at least `peak_bytes`.
+    OutOfMemory { reason: String, peak_bytes: u64 },
 }
 
 /// The max-fit search as a state machine: ask it for the next batch to
@@ -80,9 +83,14 @@ pub struct MaxFitSearch {
     prior_bytes_per_sample: Option<f64>,
     fits: Vec<(u64, u64)>,
     fails: Vec<(u64, String, bool)>,
+    /// Lower bounds on the memory failed sizes needed.
+    failed_needs: Vec<(u64, u64)>,
     /// Batches that fitted once and failed on a later run.
     flaky: Vec<u64>,
     retried: Vec<u64>,
+    /// A retried failure failed again: failures are reproducible here, so
+    /// further ones are not retried.
+    failures_reproduce: bool,
     verified: Option<u64>,
     trials: usize,
 }
@@ -131,8 +139,10 @@ impl MaxFitSearch {
             prior_bytes_per_sample: prior.filter(|p| p.is_finite() && *p > 0.0),
             fits: Vec::new(),
             fails: Vec::new(),
+            failed_needs: Vec::new(),
             flaky: Vec::new(),
             retried: Vec::new(),
+            failures_reproduce: false,
             verified: None,
             trials: 0,
         }
@@ -181,6 +191,18 @@ impl MaxFitSearch {
 
     /// Records what a trial of `batch` showed.
     pub fn record(&mut self, batch: u64, probe: Probe) {
+        let probe = match probe {
+            Probe::OutOfMemory { reason, peak_bytes } => {
+                if peak_bytes > 0 {
+                    self.failed_needs.push((batch, peak_bytes));
+                }
+                Probe::Fails {
+                    reason,
+                    out_of_memory: true,
+                }
+            }
+            other => other,
+        };
         self.trials += 1;
         match probe {
             Probe::Fits { peak_bytes } => {
@@ -189,10 +211,14 @@ impl MaxFitSearch {
                 }
                 self.fits.push((batch, peak_bytes));
             }
+            Probe::OutOfMemory { .. } => unreachable!("converted above"),
             Probe::Fails {
                 reason,
                 out_of_memory,
             } => {
+                if self.retried.contains(&batch) && !out_of_memory {
+                    self.failures_reproduce = true;
+                }
                 // A failure at or below a size that fitted before: the
                 // results are not monotonic. Distrust the earlier fits.
                 let contradicted: Vec<u64> = self
@@ -222,7 +248,10 @@ impl MaxFitSearch {
             Probe::Fails {
                 out_of_memory: false,
                 ..
-            } if !self.retried.contains(&batch) && self.trials + 1 < MAX_TRIALS => {
+            } if !self.retried.contains(&batch)
+                && !self.failures_reproduce
+                && self.trials + 1 < MAX_TRIALS =>
+            {
                 self.retried.push(batch);
                 self.trials += 1;
                 true
@@ -323,13 +352,40 @@ impl MaxFitSearch {
                     p
                 }
             }
-            (_, Some(hi)) => {
-                // Bracketed but the model is no help: geometric midpoint.
-                ((lo as f64 * hi as f64).sqrt() as u64).max(lo + 1)
-            }
+            (_, Some(hi)) => match self.secant(lo, lo_peak, hi, target) {
+                // The failure's measured need bounds the slope from below:
+                // interpolate between the largest fit and the failure.
+                Some(b) => b,
+                // Bracketed but nothing to interpolate: bisect, in log
+                // space while the bracket is wide.
+                None if hi > lo.saturating_mul(16) => {
+                    ((lo as f64 * hi as f64).sqrt() as u64).max(lo + 1)
+                }
+                None => lo + (hi - lo) / 2,
+            },
             (Some(p), None) if p <= lo => lo + self.tolerance(lo),
             _ => lo.saturating_mul(4),
         }
+    }
+
+    /// The batch where the line from `(lo, lo_peak)` to the failure at `hi`
+    /// (using the least it was seen to need) reaches `target`.
+    fn secant(&self, lo: u64, lo_peak: u64, hi: u64, target: f64) -> Option<u64> {
+        let need = self
+            .failed_needs
+            .iter()
+            .filter(|(b, _)| *b == hi)
+            .map(|(_, n)| *n)
+            .max()?;
+        let (lo_peak, need) = (lo_peak as f64, need as f64);
+        // A need barely past the budget is the kill point, not a measure
+        // of the slope: interpolating on it would creep towards `hi`.
+        if need <= 1.05 * target || lo_peak >= target || hi <= lo {
+            return None;
+        }
+        let batch = lo as f64 + (target - lo_peak) * (hi - lo) as f64 / (need - lo_peak);
+        let batch = batch as u64;
+        (batch > lo && batch < hi).then_some(batch)
     }
 
     fn largest_fit_count(&self) -> usize {
@@ -410,8 +466,9 @@ pub fn prior_bytes_per_sample(spec: &crate::spec::JobSpec, element_bytes: f64) -
             t.layers as f64 * per_layer + ctx * t.vocab_size as f64 * 3.0 + ctx * 2.0
         }
     };
-    // Values kept for backward, their gradients, and temporaries.
-    values * element_bytes * 2.5
+    // Values kept for backward, their gradients, and temporaries; the
+    // factor was calibrated on CPU and H200 trials (within 2x either way).
+    values * element_bytes * 1.5
 }
 
 #[cfg(test)]
@@ -430,9 +487,9 @@ mod tests {
             tried.push(batch);
             let probe = match memory(batch, calls) {
                 Some(peak) if peak <= search.budget_bytes => Probe::Fits { peak_bytes: peak },
-                Some(peak) => Probe::Fails {
+                Some(peak) => Probe::OutOfMemory {
                     reason: format!("peak {peak}"),
-                    out_of_memory: true,
+                    peak_bytes: peak,
                 },
                 None => Probe::Fails {
                     reason: "crashed".into(),
@@ -445,9 +502,9 @@ mod tests {
                 calls += 1;
                 match memory(batch, calls - 1) {
                     Some(peak) if peak <= search.budget_bytes => Probe::Fits { peak_bytes: peak },
-                    Some(peak) => Probe::Fails {
+                    Some(peak) => Probe::OutOfMemory {
                         reason: format!("peak {peak}"),
-                        out_of_memory: true,
+                        peak_bytes: peak,
                     },
                     None => Probe::Fails {
                         reason: "crashed".into(),

@@ -248,6 +248,15 @@ pub async fn advise<R: TrialRunner>(
                 Probe::Fits {
                     peak_bytes: result.peak_memory_bytes.unwrap_or(0),
                 }
+            } else if result.outcome == Outcome::OutOfMemory {
+                Probe::OutOfMemory {
+                    reason: format!(
+                        "{}: {}",
+                        result.outcome,
+                        result.reason.clone().unwrap_or_default()
+                    ),
+                    peak_bytes: result.peak_memory_bytes.unwrap_or(0),
+                }
             } else {
                 Probe::Fails {
                     reason: format!(

@@ -19,14 +19,15 @@ pub struct AffineMemory {
 }
 
 impl AffineMemory {
-    /// Least squares over `(batch, peak)` points, weighted towards large
-    /// batches (their memory is what matters near the limit, and small
-    /// batches are swamped by fixed costs and measurement noise).
+    /// Least squares over `(batch, peak)` points, weighted heavily towards
+    /// large batches: their memory is what matters near the limit, while
+    /// small batches are swamped by fixed costs that do not grow linearly
+    /// (allocator arenas, page granularity).
     pub fn fit(points: &[(u64, u64)]) -> Option<AffineMemory> {
         if points.len() < 2 {
             return None;
         }
-        let weight = |b: u64| (b as f64).sqrt();
+        let weight = |b: u64| (b as f64).powi(2);
         let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
         for &(b, m) in points {
             let (x, y, w) = (b as f64, m as f64, weight(b));
@@ -361,7 +362,21 @@ impl MaxFitSearch {
                 None if hi > lo.saturating_mul(16) => {
                     ((lo as f64 * hi as f64).sqrt() as u64).max(lo + 1)
                 }
-                None => lo + (hi - lo) / 2,
+                // A narrow one: the failure needed at least the budget, so
+                // the line from the largest fit to (hi, budget) bounds the
+                // answer from above; aim a little under it.
+                None => {
+                    let budget = self.budget_bytes as f64;
+                    let aim = 0.985 * budget;
+                    let hi_was_memory = self.fails.iter().any(|(b, _, oom)| *b == hi && *oom);
+                    if hi_was_memory && (lo_peak as f64) < aim {
+                        let b = lo as f64
+                            + (aim - lo_peak as f64) * (hi - lo) as f64 / (budget - lo_peak as f64);
+                        (b as u64).clamp(lo + 1, hi - 1)
+                    } else {
+                        lo + (hi - lo) / 2
+                    }
+                }
             },
             (Some(p), None) if p <= lo => lo + self.tolerance(lo),
             _ => lo.saturating_mul(4),

@@ -218,7 +218,17 @@ pub struct PoliciesArgs {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
-        Command::Serve(_) => not_built("serve", "the daemon"),
+        Command::Serve(args) => {
+            let config = load_config(&cli, args)?;
+            let policies = load_policies(&cli)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)?;
+            runtime
+                .block_on(crate::daemon::serve(config, policies))
+                .map_err(CliError::Other)
+        }
         Command::Advise(args) => crate::advise_cli::run(&cli, args),
         Command::Trial(args) => crate::trial_cli::run(&cli, args),
         Command::Gpus(args) => gpus(args),
@@ -231,13 +241,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
     }
-}
-
-fn not_built(command: &str, what: &str) -> Result<(), CliError> {
-    Err(CliError::Other(anyhow::anyhow!(
-        "`batchd {command}` is not built yet: it arrives with {what}. \
-         Today batchd can run a `trial`, `validate` specs, list `gpus` and `policies`."
-    )))
 }
 
 /// The configuration with command-line overrides applied.

@@ -7,16 +7,21 @@
 //! - [`gpu`]: GPU inventory through NVML (or injected fakes);
 //! - [`trial`]: isolated training trials (Burn lives only in its engine);
 //! - [`search`]: max-fit search, throughput, noise scale, LR pairing, advice;
+//! - [`state`]: recommendations kept across restarts;
+//! - [`daemon`], [`api`]: `batchd serve`, its job table and HTTP API;
 //! - [`cli`]: the command line.
 
 pub mod advise_cli;
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod gpu;
 pub mod logging;
 pub mod policy;
 pub mod search;
 pub mod spec;
+pub mod state;
 pub mod trial;
 pub mod trial_cli;
 pub mod units;

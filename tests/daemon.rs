@@ -1,0 +1,246 @@
+//! `batchd serve` driven for real: the binary on a free loopback port with
+//! temporary folders, spec files dropped into its jobs folder, its HTTP API
+//! polled, then a restart that must not redo finished work.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Daemon {
+    fn start(jobs: &Path, state: &Path, port: u16) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_batchd"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("BATCHD_CONFIG", "tests/fixtures/empty-config.toml")
+            .args(["serve", "--jobs-dir"])
+            .arg(jobs)
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("batchd serve starts");
+        let daemon = Daemon { child, port };
+        daemon.wait_for(Duration::from_secs(30), |d| d.get("/readyz").0 == 200);
+        daemon
+    }
+
+    /// `(status, body)` of a GET.
+    fn get(&self, path: &str) -> (u16, String) {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return (0, String::new());
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).is_err() {
+            return (0, String::new());
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    fn json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = self.get(path);
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn wait_for(&self, limit: Duration, mut ready: impl FnMut(&Daemon) -> bool) {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if ready(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("condition not met within {limit:?}");
+    }
+
+    fn job_state(&self, name: &str) -> String {
+        self.json(&format!("/v1/jobs/{name}")).1["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "batchd did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+const TINY: &str = r#"
+[model]
+kind = "mlp"
+input_size = 16
+hidden = [32]
+classes = 4
+[data]
+kind = "synthetic"
+samples = 2048
+[optimizer]
+kind = "adam"
+[search]
+max_batch = 2048
+memory_limit = "512MiB"
+time_budget = "90s"
+"#;
+
+/// Writes a file the way careful tools do: a temporary name, then a rename.
+fn drop_spec(dir: &Path, name: &str, text: &str) {
+    let temporary = dir.join(format!(".{name}.partial"));
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::rename(&temporary, dir.join(name)).unwrap();
+}
+
+#[test]
+fn the_daemon_tunes_dropped_specs_serves_them_and_keeps_them_across_restarts() {
+    let root = tempfile::tempdir().unwrap();
+    let jobs = root.path().join("jobs");
+    let state = root.path().join("state");
+    std::fs::create_dir_all(&jobs).unwrap();
+    let port = free_port();
+    let daemon = Daemon::start(&jobs, &state, port);
+    assert_eq!(daemon.json("/healthz").1["status"], "ok");
+
+    drop_spec(&jobs, "tiny.toml", TINY);
+    drop_spec(
+        &jobs,
+        "broken.toml",
+        &TINY.replace("hidden = [32]", "hidden = [32, 0]"),
+    );
+    // A half-written file: cut mid-table, as an editor saving in place would.
+    std::fs::write(
+        jobs.join("half.toml"),
+        &TINY[..TINY.find("[optimizer]").unwrap() + 5],
+    )
+    .unwrap();
+    std::fs::write(jobs.join("notes.txt~"), "an editor's backup").unwrap();
+
+    daemon.wait_for(Duration::from_secs(150), |d| d.job_state("tiny") == "done");
+    daemon.wait_for(Duration::from_secs(20), |d| {
+        d.job_state("broken") == "invalid"
+    });
+    let (_, broken) = daemon.json("/v1/jobs/broken");
+    assert_eq!(broken["errors"][0]["field"], "model.hidden[1]", "{broken}");
+    let (_, half) = daemon.json("/v1/jobs/half");
+    assert_eq!(half["state"], "invalid", "{half}");
+    assert!(
+        half["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("syntax error"),
+        "{half}"
+    );
+
+    // The recommendation, and the LR for another batch size.
+    let (status, rec) = daemon.json("/v1/jobs/tiny/recommendation");
+    assert_eq!(status, 200);
+    let batch = rec["batch_size"].as_u64().unwrap();
+    assert!(batch >= 1 && batch <= rec["max_fit_batch_size"].as_u64().unwrap());
+    let trials = rec["trial_count"].as_u64().unwrap();
+    assert!(trials > 5);
+    let (status, lr) = daemon.json("/v1/jobs/tiny/recommendation?batch_size=4096");
+    assert_eq!(status, 200, "{lr}");
+    assert!(lr["learning_rate"].as_f64().unwrap() > 0.0);
+    // Errors are problem+json and name what is wrong.
+    let (status, body) = daemon.get("/v1/jobs/tiny/recommendation?batch_size=-3");
+    assert_eq!(status, 400);
+    assert!(body.contains("batch_size"), "{body}");
+    let (status, missing) = daemon.json("/v1/jobs/nope");
+    assert_eq!(status, 404);
+    assert_eq!(missing["status"], 404);
+    let (status, _) = daemon.json("/v1/jobs/broken/recommendation");
+    assert_eq!(status, 409);
+    let (status, gpus) = daemon.json("/v1/gpus");
+    assert_eq!(status, 200);
+    assert!(gpus["system_memory"].is_object());
+
+    // Completing the half-written file turns it into a real job.
+    drop_spec(&jobs, "half.toml", TINY);
+    daemon.wait_for(Duration::from_secs(30), |d| d.job_state("half") == "done");
+    // Deleting a spec retires its job.
+    std::fs::remove_file(jobs.join("broken.toml")).unwrap();
+    daemon.wait_for(Duration::from_secs(20), |d| {
+        d.json("/v1/jobs/broken").0 == 404
+    });
+    let (_, list) = daemon.json("/v1/jobs");
+    let names: Vec<&str> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["half", "tiny"], "the backup file is no job");
+
+    assert!(daemon.stop().success(), "a clean exit on SIGTERM");
+
+    // A restart finds the work done and does not redo it.
+    let daemon = Daemon::start(&jobs, &state, port);
+    let (_, job) = daemon.json("/v1/jobs/tiny");
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["reused"], true);
+    assert_eq!(job["trials_done"], 0);
+    let (_, again) = daemon.json("/v1/jobs/tiny/recommendation");
+    assert_eq!(again["batch_size"], rec["batch_size"]);
+    assert_eq!(again["trial_count"], trials);
+
+    // A corrupt state file is set aside, and the job simply runs again.
+    let recommendations = state.join("recommendations");
+    for entry in std::fs::read_dir(&recommendations).unwrap() {
+        std::fs::write(entry.unwrap().path(), "{ not json").unwrap();
+    }
+    assert!(daemon.stop().success());
+    let daemon = Daemon::start(&jobs, &state, port);
+    assert!(std::fs::read_dir(state.join("corrupt")).unwrap().count() >= 1);
+    daemon.wait_for(Duration::from_secs(150), |d| d.job_state("tiny") == "done");
+    assert_eq!(daemon.json("/v1/jobs/tiny").1["reused"], false);
+}

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -19,6 +20,8 @@ pub struct Problem {
     status: StatusCode,
     title: &'static str,
     detail: String,
+    /// Validation errors, each naming its field.
+    errors: Vec<crate::validation::FieldError>,
 }
 
 impl Problem {
@@ -27,18 +30,22 @@ impl Problem {
             status,
             title,
             detail: detail.into(),
+            errors: Vec::new(),
         }
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = json!({
+        let mut body = json!({
             "type": "about:blank",
             "title": self.title,
             "status": self.status.as_u16(),
             "detail": self.detail,
         });
+        if !self.errors.is_empty() {
+            body["errors"] = json!(self.errors);
+        }
         (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
@@ -49,14 +56,266 @@ impl IntoResponse for Problem {
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
+    let body_limit = shared.config.max_request_body.bytes() as usize;
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/jobs", get(list_jobs))
-        .route("/v1/jobs/{name}", get(get_job))
+        .route("/v1/jobs", get(list_jobs).post(post_job))
+        .route("/v1/jobs/{name}", get(get_job).delete(delete_job))
+        .route("/v1/jobs/{name}/retune", post(retune_job))
         .route("/v1/jobs/{name}/recommendation", get(get_recommendation))
         .route("/v1/gpus", get(gpus))
+        .route("/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(shared)
+}
+
+/// State-changing endpoints need the bearer token when one is configured.
+fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Problem> {
+    let Some(token) = &shared.api_token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(token.as_str()) {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "this endpoint needs `Authorization: Bearer <token>` (the daemon's api_token_file)",
+        ))
+    }
+}
+
+/// The syntax of a posted spec, from its content type.
+fn syntax_of(headers: &HeaderMap) -> crate::validation::Syntax {
+    use crate::validation::Syntax;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.contains("json") {
+        Syntax::Json
+    } else if content_type.contains("yaml") {
+        Syntax::Yaml
+    } else {
+        Syntax::Toml
+    }
+}
+
+/// Data files of a posted spec must lie under a configured data root:
+/// the API must not become a way to read any file the daemon can.
+fn check_data_roots(
+    shared: &Shared,
+    spec: &crate::spec::JobSpec,
+) -> Vec<crate::validation::FieldError> {
+    let roots: Vec<std::path::PathBuf> = shared
+        .config
+        .data_roots
+        .iter()
+        .filter_map(|r| r.canonicalize().ok())
+        .collect();
+    spec.data
+        .source
+        .files()
+        .into_iter()
+        .filter_map(|(field, file)| {
+            let inside = file
+                .canonicalize()
+                .ok()
+                .is_some_and(|f| roots.iter().any(|r| f.starts_with(r)));
+            (!inside).then(|| {
+                crate::validation::FieldError::new(
+                    field,
+                    if roots.is_empty() {
+                        "specs posted over HTTP may read no files: the daemon has no data_roots configured".to_string()
+                    } else {
+                        format!("{} is not under a configured data root", file.display())
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(problem) = authorize(&shared, &headers) {
+        return problem.into_response();
+    }
+    let syntax = syntax_of(&headers);
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid body",
+            "the spec is not UTF-8 text",
+        )
+        .into_response();
+    };
+    let origin = crate::spec::SpecOrigin {
+        label: "<request body>".into(),
+        default_name: None,
+        base_dir: None,
+    };
+    let spec = match crate::spec::parse_spec(text, syntax, &origin, &shared.policies) {
+        Ok(spec) => spec,
+        Err(errors) => {
+            let mut problem = Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid job spec",
+                errors.to_string(),
+            );
+            problem.errors = errors.errors;
+            return problem.into_response();
+        }
+    };
+    let errors = check_data_roots(&shared, &spec);
+    if !errors.is_empty() {
+        let detail = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut problem =
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid job spec", detail);
+        problem.errors = errors;
+        return problem.into_response();
+    }
+    if shared.job(&spec.name).is_some() {
+        return Problem::new(
+            StatusCode::CONFLICT,
+            "Job exists",
+            format!(
+                "a job named `{}` exists; DELETE it first or change the spec's file",
+                spec.name
+            ),
+        )
+        .into_response();
+    }
+    // The spec becomes a file in the jobs folder, so it persists and the
+    // watcher treats it like any other.
+    let extension = match syntax {
+        crate::validation::Syntax::Json => "json",
+        crate::validation::Syntax::Yaml => "yaml",
+        crate::validation::Syntax::Toml => "toml",
+    };
+    let path = shared
+        .config
+        .jobs_dir
+        .join(format!("{}.{extension}", spec.name));
+    if let Err(error) = crate::state::write_atomically(&path, text.as_bytes()) {
+        return Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Cannot store the spec",
+            error.to_string(),
+        )
+        .into_response();
+    }
+    let reconciling = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || crate::daemon::reconcile(&reconciling)).await;
+    match shared.job(&spec.name) {
+        Some(job) => (StatusCode::CREATED, Json(job)).into_response(),
+        None => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Job not created",
+            "the stored spec was not picked up",
+        )
+        .into_response(),
+    }
+}
+
+async fn delete_job(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(problem) = authorize(&shared, &headers) {
+        return problem.into_response();
+    }
+    let Some(job) = shared.job(&name) else {
+        return Problem::new(
+            StatusCode::NOT_FOUND,
+            "No such job",
+            format!("no job named `{name}`"),
+        )
+        .into_response();
+    };
+    if let Err(error) = std::fs::remove_file(&job.source_path) {
+        return Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Cannot remove the spec",
+            error.to_string(),
+        )
+        .into_response();
+    }
+    let reconciling = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || crate::daemon::reconcile(&reconciling)).await;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn retune_job(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(problem) = authorize(&shared, &headers) {
+        return problem.into_response();
+    }
+    if shared.job(&name).is_none() {
+        return Problem::new(
+            StatusCode::NOT_FOUND,
+            "No such job",
+            format!("no job named `{name}`"),
+        )
+        .into_response();
+    }
+    match shared.retune(&name) {
+        Ok(()) => (StatusCode::ACCEPTED, Json(shared.job(&name))).into_response(),
+        Err(reason) => Problem::new(StatusCode::CONFLICT, "Cannot retune", reason).into_response(),
+    }
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    let problem = json!({"description": "error", "content": {"application/problem+json": {}}});
+    let job = json!({"description": "a job", "content": {"application/json": {}}});
+    Json(json!({
+        "openapi": "3.1.0",
+        "info": {"title": "batchd", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Auto-tuning batch-size advisor. Errors are RFC 9457 problem+json."},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/healthz": {"get": {"summary": "liveness", "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"summary": "readiness (the jobs folder was scanned)", "responses": {"200": {"description": "ready"}, "503": problem}}},
+            "/v1/jobs": {
+                "get": {"summary": "all jobs", "responses": {"200": {"description": "jobs"}}},
+                "post": {"summary": "submit a job spec (TOML, or JSON/YAML by Content-Type)", "security": [{"bearer": []}],
+                         "requestBody": {"content": {"application/toml": {}, "application/json": {}, "application/yaml": {}}},
+                         "responses": {"201": job, "401": problem, "409": problem, "413": {"description": "body too large"}, "422": problem}}
+            },
+            "/v1/jobs/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "get": {"summary": "one job", "responses": {"200": job, "404": problem}},
+                "delete": {"summary": "remove the job's spec and retire it", "security": [{"bearer": []}], "responses": {"204": {"description": "retired"}, "401": problem, "404": problem}}
+            },
+            "/v1/jobs/{name}/retune": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "post": {"summary": "forget the recommendation and tune again", "security": [{"bearer": []}], "responses": {"202": job, "401": problem, "404": problem, "409": problem}}
+            },
+            "/v1/jobs/{name}/recommendation": {
+                "parameters": [
+                    {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "batch_size", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1},
+                     "description": "return the LR for this effective batch from the fitted rule"}
+                ],
+                "get": {"summary": "the recommendation", "responses": {"200": {"description": "recommendation"}, "400": problem, "404": problem, "409": problem}}
+            },
+            "/v1/gpus": {"get": {"summary": "GPU inventory", "responses": {"200": {"description": "inventory"}}}},
+            "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
+        }
+    }))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

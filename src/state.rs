@@ -129,6 +129,17 @@ impl StateStore {
         )
     }
 
+    /// Forgets the recommendation for `key` (to tune the job again).
+    pub fn remove_recommendation(&self, key: &CacheKey) -> Result<(), StateError> {
+        let path = self.recommendation_path(key);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StateError::Io { path, source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The stored recommendation for `key`, if any. A corrupt file, or one
     /// whose key does not match (a digest collision or a hand copy), is
     /// moved aside and reported in the returned warning.

@@ -15,9 +15,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(jobs: &Path, state: &Path, port: u16) -> Daemon {
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/empty-config.toml");
+        Daemon::start_with(jobs, state, port, &config)
+    }
+
+    fn start_with(jobs: &Path, state: &Path, port: u16, config: &Path) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_batchd"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("BATCHD_CONFIG", "tests/fixtures/empty-config.toml")
+            .env("BATCHD_CONFIG", config)
             .args(["serve", "--jobs-dir"])
             .arg(jobs)
             .arg("--state-dir")
@@ -43,6 +48,41 @@ impl Daemon {
         if stream.write_all(request.as_bytes()).is_err() {
             return (0, String::new());
         }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// `(status, body)` of a request with a body and optional bearer token.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> (u16, String) {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return (0, String::new());
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{auth}\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(request.as_bytes());
         let mut response = String::new();
         let _ = stream.read_to_string(&mut response);
         let status = response
@@ -243,4 +283,140 @@ fn the_daemon_tunes_dropped_specs_serves_them_and_keeps_them_across_restarts() {
     assert!(std::fs::read_dir(state.join("corrupt")).unwrap().count() >= 1);
     daemon.wait_for(Duration::from_secs(150), |d| d.job_state("tiny") == "done");
     assert_eq!(daemon.json("/v1/jobs/tiny").1["reused"], false);
+}
+
+#[test]
+fn jobs_are_submitted_retuned_and_deleted_over_http_with_a_token() {
+    let root = tempfile::tempdir().unwrap();
+    let jobs = root.path().join("jobs");
+    let state = root.path().join("state");
+    std::fs::create_dir_all(&jobs).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    std::fs::write(root.path().join("token"), "s3cret\n").unwrap();
+    let config = root.path().join("batchd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "max_request_body = \"4KiB\"\napi_token_file = \"{}\"\ndata_roots = [\"{}\"]\n",
+            root.path().join("token").display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start_with(&jobs, &state, free_port(), &config);
+
+    let spec = format!("name = \"posted\"\n{TINY}");
+    // No token, a wrong token: 401 problem+json.
+    let (status, body) = daemon.send("POST", "/v1/jobs", "application/toml", &spec, None);
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = daemon.send("POST", "/v1/jobs", "application/toml", &spec, Some("wrong"));
+    assert_eq!(status, 401);
+    // A body over the limit: 413.
+    let huge = format!("{spec}\n# {}\n", "x".repeat(8192));
+    let (status, _) = daemon.send(
+        "POST",
+        "/v1/jobs",
+        "application/toml",
+        &huge,
+        Some("s3cret"),
+    );
+    assert_eq!(status, 413);
+    // An invalid spec: 422 naming the field.
+    let bad = spec.replace("hidden = [32]", "hidden = [-1]");
+    let (status, body) = daemon.send("POST", "/v1/jobs", "application/toml", &bad, Some("s3cret"));
+    assert_eq!(status, 422, "{body}");
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        problem["errors"][0]["field"], "model.hidden[0]",
+        "{problem}"
+    );
+    // Data outside the data roots is refused; inside is fine.
+    let outside = "name = \"outside\"\n[model]\nkind = \"mlp\"\nhidden = [8]\nclasses = 10\n[data]\nkind = \"csv\"\npath = \"/etc/passwd\"\n[optimizer]\nkind = \"sgd\"\n";
+    let (status, body) = daemon.send(
+        "POST",
+        "/v1/jobs",
+        "application/toml",
+        outside,
+        Some("s3cret"),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("data.path") && body.contains("data root"),
+        "{body}"
+    );
+    // A valid spec, as JSON: 201, then tuned.
+    let json_spec = serde_json::json!({
+        "name": "posted",
+        "model": {"kind": "mlp", "hidden": [32], "classes": 10},
+        "data": {"kind": "csv", "path": data.join("digits.csv"), "label_column": "label"},
+        "optimizer": {"kind": "adam"},
+        "search": {"max_batch": 1024, "memory_limit": "512MiB", "time_budget": "90s"}
+    })
+    .to_string();
+    let (status, body) = daemon.send(
+        "POST",
+        "/v1/jobs",
+        "application/json",
+        &json_spec,
+        Some("s3cret"),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        jobs.join("posted.json").exists(),
+        "the posted spec is kept as a file"
+    );
+    daemon.wait_for(Duration::from_secs(150), |d| {
+        d.job_state("posted") == "done"
+    });
+    // Posting the same name again conflicts.
+    let (status, _) = daemon.send(
+        "POST",
+        "/v1/jobs",
+        "application/json",
+        &json_spec,
+        Some("s3cret"),
+    );
+    assert_eq!(status, 409);
+    // Retune: the job runs again, with new trials.
+    let (status, _) = daemon.send(
+        "POST",
+        "/v1/jobs/posted/retune",
+        "application/json",
+        "",
+        Some("s3cret"),
+    );
+    assert_eq!(status, 202);
+    daemon.wait_for(Duration::from_secs(150), |d| {
+        d.job_state("posted") == "done"
+    });
+    assert_eq!(daemon.json("/v1/jobs/posted").1["reused"], false);
+    // Delete: the job and its file are gone.
+    let (status, _) = daemon.send("DELETE", "/v1/jobs/posted", "application/json", "", None);
+    assert_eq!(status, 401);
+    let (status, _) = daemon.send(
+        "DELETE",
+        "/v1/jobs/posted",
+        "application/json",
+        "",
+        Some("s3cret"),
+    );
+    assert_eq!(status, 204);
+    assert_eq!(daemon.json("/v1/jobs/posted").0, 404);
+    assert!(!jobs.join("posted.json").exists());
+    // The OpenAPI document describes the endpoints.
+    let (status, doc) = daemon.json("/openapi.json");
+    assert_eq!(status, 200);
+    for path in [
+        "/v1/jobs",
+        "/v1/jobs/{name}",
+        "/v1/jobs/{name}/retune",
+        "/v1/jobs/{name}/recommendation",
+        "/v1/gpus",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(daemon.stop().success());
 }

@@ -68,6 +68,8 @@ pub struct Job {
 /// Everything the API and the scheduler share.
 pub struct Shared {
     pub config: Config,
+    /// The bearer token state-changing endpoints require, when configured.
+    pub api_token: Option<String>,
     pub policies: PolicySet,
     pub store: StateStore,
     pub device: TrialDevice,
@@ -84,6 +86,37 @@ pub struct Shared {
 impl Shared {
     pub fn job(&self, name: &str) -> Option<Job> {
         self.jobs.lock().ok()?.get(name).cloned()
+    }
+
+    /// Forgets a job's recommendation and queues it again.
+    pub fn retune(&self, name: &str) -> Result<(), String> {
+        let hash = {
+            let mut jobs = self
+                .jobs
+                .lock()
+                .map_err(|_| "job table unavailable".to_string())?;
+            let job = jobs
+                .get_mut(name)
+                .ok_or_else(|| format!("no job named `{name}`"))?;
+            let Some(hash) = job.spec_hash.clone() else {
+                return Err(format!("job `{name}` is invalid; fix its spec first"));
+            };
+            if matches!(job.state, JobState::Queued | JobState::Running) {
+                return Ok(());
+            }
+            job.state = JobState::Queued;
+            job.recommendation = None;
+            job.reused = false;
+            job.error = None;
+            job.trials_done = 0;
+            job.phase = None;
+            hash
+        };
+        self.store
+            .remove_recommendation(&CacheKey::new(&hash, &self.device_model))
+            .map_err(|e| e.to_string())?;
+        self.enqueue(name);
+        Ok(())
     }
 
     fn enqueue(&self, name: &str) {
@@ -407,7 +440,18 @@ pub async fn serve(config: Config, policies: PolicySet) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let api_token = match &config.api_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the API token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        )
+        .filter(|t| !t.is_empty()),
+        None => None,
+    };
     let shared = Arc::new(Shared {
+        api_token,
         config,
         policies,
         store,

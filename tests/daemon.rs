@@ -420,3 +420,69 @@ fn jobs_are_submitted_retuned_and_deleted_over_http_with_a_token() {
     }
     assert!(daemon.stop().success());
 }
+
+/// Trial workers of a process, found through /proc.
+fn workers_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let ppid = status
+            .lines()
+            .find(|l| l.starts_with("PPid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && cmdline.contains("__trial-worker") {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| !s.contains("State:\tZ"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_daemon_killed_mid_trial_leaves_no_orphans_and_recovers() {
+    let root = tempfile::tempdir().unwrap();
+    let jobs = root.path().join("jobs");
+    let state = root.path().join("state");
+    std::fs::create_dir_all(&jobs).unwrap();
+    let port = free_port();
+    let mut daemon = Daemon::start(&jobs, &state, port);
+    // A job whose trials take a while: a small CNN on the CPU.
+    let slow = "[model]\nkind = \"cnn\"\nheight = 16\nwidth = 16\nchannels = 3\nstages = [8, 16]\nclasses = 4\n[data]\nkind = \"synthetic\"\nsamples = 1024\n[optimizer]\nkind = \"sgd\"\n[search]\nmax_batch = 512\nmemory_limit = \"512MiB\"\ntime_budget = \"60s\"\n";
+    drop_spec(&jobs, "slow.toml", slow);
+    let pid = daemon.child.id();
+    let mut worker = Vec::new();
+    daemon.wait_for(Duration::from_secs(60), |_| {
+        worker = workers_of(pid);
+        !worker.is_empty()
+    });
+    assert_eq!(daemon.job_state("slow"), "running");
+    // kill -9: no chance to clean up.
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let started = Instant::now();
+    while worker.iter().any(|w| alive(*w)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "trial workers {worker:?} outlived their daemon"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(daemon);
+    // The restarted daemon finds the job unfinished and runs it again.
+    let daemon = Daemon::start(&jobs, &state, port);
+    daemon.wait_for(Duration::from_secs(120), |d| d.job_state("slow") == "done");
+    assert_eq!(daemon.json("/v1/jobs/slow").1["reused"], false);
+    assert!(daemon.stop().success());
+}

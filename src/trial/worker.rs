@@ -112,9 +112,24 @@ fn take_stdout() -> File {
     }
 }
 
+/// Dies with the parent: a daemon killed with SIGKILL cannot kill its
+/// trial, so the kernel does it (an orphaned trial would hold the GPU).
+fn die_with_parent() {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid() only affect this process.
+    unsafe {
+        let parent = libc::getppid();
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // The parent may have died before the call: then we were re-parented.
+        if libc::getppid() != parent {
+            libc::_exit(PANIC_EXIT_CODE);
+        }
+    }
+}
+
 /// Entry point of `batchd __trial-worker`. Returns the process exit code.
 pub fn main() -> i32 {
     let process_start = Instant::now();
+    die_with_parent();
     install_panic_hook();
     let mut events = EventWriter { out: take_stdout() };
     let mut input = String::new();

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use crate::cli::{load_policies, AdviseArgs, Cli, CliError};
+use crate::cli::{AdviseArgs, Cli, CliError};
 use crate::gpu::{open_probe, GpuProbe, SystemMemory};
 use crate::search::{advise, Recommendation, SearchContext, SearchError};
-use crate::spec::{load_spec_file, DeviceChoice, JobSpec};
+use crate::spec::JobSpec;
 use crate::trial::{ProcessTrialRunner, RunnerOptions, TrialDevice};
-use crate::trial_cli::{default_kernel_cache, resolve_device};
+use crate::trial_cli::{default_kernel_cache, load_with_overrides, resolve_device};
 use crate::units::{format_duration, ByteSize};
 
 /// Share of available host memory CPU trials may use without a limit.
@@ -87,19 +87,12 @@ pub fn search_context(
 }
 
 pub fn run(cli: &Cli, args: &AdviseArgs) -> Result<(), CliError> {
-    let policies = load_policies(cli)?;
-    let spec =
-        load_spec_file(&args.spec, &policies).map_err(|e| CliError::Invalid(e.to_string()))?;
-    let choice = match &args.device {
-        Some(text) => DeviceChoice::parse(text).map_err(CliError::Usage)?,
-        None => spec.search.device,
-    };
-    let limit = match &args.memory_limit {
-        Some(text) => Some(
-            ByteSize::parse(text).map_err(|e| CliError::Usage(format!("--memory-limit: {e}")))?,
-        ),
-        None => spec.search.memory_limit,
-    };
+    let (spec, choice, limit) = load_with_overrides(
+        cli,
+        &args.spec,
+        args.device.as_deref(),
+        args.memory_limit.as_deref(),
+    )?;
     let device = resolve_device(choice);
     let probe: Option<Arc<dyn GpuProbe>> = open_probe().ok().map(Arc::from);
     let context = search_context(device, limit, probe.as_deref())

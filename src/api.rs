@@ -214,8 +214,7 @@ async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         )
         .into_response();
     }
-    let reconciling = shared.clone();
-    let _ = tokio::task::spawn_blocking(move || crate::daemon::reconcile(&reconciling)).await;
+    crate::daemon::reconcile_now(&shared).await;
     match shared.job(&spec.name) {
         Some(job) => (StatusCode::CREATED, Json(job)).into_response(),
         None => Problem::new(
@@ -251,8 +250,7 @@ async fn delete_job(
         )
         .into_response();
     }
-    let reconciling = shared.clone();
-    let _ = tokio::task::spawn_blocking(move || crate::daemon::reconcile(&reconciling)).await;
+    crate::daemon::reconcile_now(&shared).await;
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -41,20 +41,37 @@ pub fn default_kernel_cache() -> Option<std::path::PathBuf> {
     Some(base.join("batchd").join("kernels"))
 }
 
-pub fn run(cli: &Cli, args: &TrialArgs) -> Result<(), CliError> {
+/// The spec of a foreground command with its `--device` and
+/// `--memory-limit` flags applied over the spec's own settings.
+pub fn load_with_overrides(
+    cli: &Cli,
+    spec_path: &std::path::Path,
+    device: Option<&str>,
+    memory_limit: Option<&str>,
+) -> Result<(JobSpec, DeviceChoice, Option<ByteSize>), CliError> {
     let policies = load_policies(cli)?;
     let spec =
-        load_spec_file(&args.spec, &policies).map_err(|e| CliError::Invalid(e.to_string()))?;
-    let choice = match &args.device {
+        load_spec_file(spec_path, &policies).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let choice = match device {
         Some(text) => DeviceChoice::parse(text).map_err(CliError::Usage)?,
         None => spec.search.device,
     };
-    let memory_limit = match &args.memory_limit {
+    let limit = match memory_limit {
         Some(text) => Some(
             ByteSize::parse(text).map_err(|e| CliError::Usage(format!("--memory-limit: {e}")))?,
         ),
         None => spec.search.memory_limit,
     };
+    Ok((spec, choice, limit))
+}
+
+pub fn run(cli: &Cli, args: &TrialArgs) -> Result<(), CliError> {
+    let (spec, choice, memory_limit) = load_with_overrides(
+        cli,
+        &args.spec,
+        args.device.as_deref(),
+        args.memory_limit.as_deref(),
+    )?;
     if args.batch_size == 0 {
         return Err(CliError::Usage("--batch-size must be > 0".into()));
     }

@@ -266,6 +266,12 @@ pub fn reconcile(shared: &Shared) {
     }
 }
 
+/// Reconciles from async code, off the async workers (it reads files).
+pub async fn reconcile_now(shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || reconcile(&shared)).await;
+}
+
 /// Runs queued jobs one at a time (trials never share a device).
 async fn scheduler(shared: Arc<Shared>, runner: ProcessTrialRunner) {
     loop {
@@ -395,8 +401,7 @@ async fn watcher(shared: Arc<Shared>) {
             }
             _ = tokio::time::sleep(RESCAN_INTERVAL) => {}
         }
-        let shared = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || reconcile(&shared)).await;
+        reconcile_now(&shared).await;
     }
 }
 
@@ -464,10 +469,7 @@ pub async fn serve(config: Config, policies: PolicySet) -> anyhow::Result<()> {
         running: Mutex::new(None),
         ready: std::sync::atomic::AtomicBool::new(false),
     });
-    {
-        let shared = shared.clone();
-        tokio::task::spawn_blocking(move || reconcile(&shared)).await?;
-    }
+    reconcile_now(&shared).await;
     shared
         .ready
         .store(true, std::sync::atomic::Ordering::SeqCst);

@@ -56,7 +56,7 @@ impl IntoResponse for Problem {
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    let body_limit = shared.config.max_request_body.bytes() as usize;
+    let body_limit = shared.settings().config.max_request_body.bytes() as usize;
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -72,7 +72,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 /// State-changing endpoints need the bearer token when one is configured.
 fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Problem> {
-    let Some(token) = &shared.api_token else {
+    let settings = shared.settings();
+    let Some(token) = &settings.api_token else {
         return Ok(());
     };
     let given = headers
@@ -114,6 +115,7 @@ fn check_data_roots(
     spec: &crate::spec::JobSpec,
 ) -> Vec<crate::validation::FieldError> {
     let roots: Vec<std::path::PathBuf> = shared
+        .settings()
         .config
         .data_roots
         .iter()
@@ -160,7 +162,7 @@ async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         default_name: None,
         base_dir: None,
     };
-    let spec = match crate::spec::parse_spec(text, syntax, &origin, &shared.policies) {
+    let spec = match crate::spec::parse_spec(text, syntax, &origin, &shared.settings().policies) {
         Ok(spec) => spec,
         Err(errors) => {
             let mut problem = Problem::new(
@@ -203,6 +205,7 @@ async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         crate::validation::Syntax::Toml => "toml",
     };
     let path = shared
+        .settings()
         .config
         .jobs_dir
         .join(format!("{}.{extension}", spec.name));
@@ -352,7 +355,15 @@ async fn list_jobs(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn get_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     match shared.job(&name) {
-        Some(job) => Json(job).into_response(),
+        Some(job) => {
+            let mut value = serde_json::to_value(&job).unwrap_or_default();
+            let store = shared.store.clone();
+            let history = tokio::task::spawn_blocking(move || store.history(&name).0)
+                .await
+                .unwrap_or_default();
+            value["history"] = json!(history);
+            Json(value).into_response()
+        }
         None => Problem::new(
             StatusCode::NOT_FOUND,
             "No such job",

@@ -60,7 +60,7 @@ fn invalid(errors: &[DocumentErrors]) -> CliError {
 /// fits a GPU (or the CPU), the throughput curve, the gradient noise scale and
 /// the best learning rate, and recommends a batch size, LR, warm-up and
 /// gradient accumulation under a policy.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "batchd", version, propagate_version = true)]
 pub struct Cli {
     /// Daemon configuration file [default: /etc/batchd/batchd.toml when it exists]
@@ -79,7 +79,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the daemon: watch the jobs folder, run trials, serve the HTTP API.
     Serve(ServeArgs),
@@ -115,7 +115,7 @@ pub enum Command {
     Config(ServeArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Watched folder of job specs (overrides the configuration)
     #[arg(long, value_name = "DIR")]
@@ -128,7 +128,7 @@ pub struct ServeArgs {
     pub listen: Option<SocketAddr>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct AdviseArgs {
     /// The job spec file (.toml, .yaml, .yml or .json)
     pub spec: PathBuf,
@@ -150,7 +150,7 @@ pub struct AdviseArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct TrialArgs {
     /// The job spec file (.toml, .yaml, .yml or .json)
     pub spec: PathBuf,
@@ -181,7 +181,7 @@ pub struct TrialArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GpusArgs {
     /// Print the inventory as JSON
     #[arg(long)]
@@ -195,7 +195,7 @@ pub enum DocumentKind {
     Config,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ValidateArgs {
     /// Files or folders to check
     #[arg(required = true, value_name = "PATH")]
@@ -208,7 +208,7 @@ pub struct ValidateArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct PoliciesArgs {
     /// Print the full policies as JSON
     #[arg(long)]
@@ -219,14 +219,24 @@ pub struct PoliciesArgs {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Serve(args) => {
-            let config = load_config(&cli, args)?;
-            let policies = load_policies(&cli)?;
+            let load = {
+                let (cli, args) = (cli.clone(), args.clone());
+                move || -> anyhow::Result<crate::daemon::Settings> {
+                    let config = load_config(&cli, &args).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let policies = load_policies(&cli).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    crate::daemon::Settings::new(config, policies)
+                }
+            };
+            // The first load keeps the command line's error kinds (exit codes).
+            let settings =
+                crate::daemon::Settings::new(load_config(&cli, args)?, load_policies(&cli)?)
+                    .map_err(CliError::Other)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)?;
             runtime
-                .block_on(crate::daemon::serve(config, policies))
+                .block_on(crate::daemon::serve(settings, Box::new(load)))
                 .map_err(CliError::Other)
         }
         Command::Advise(args) => crate::advise_cli::run(&cli, args),

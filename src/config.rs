@@ -28,7 +28,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Extra or replacement policies; the shipped ones are built in.
     pub policies_dir: PathBuf,
-    /// Jobs that may run at the same time (never more than one per device).
+    /// Searches that may run at the same time. Never more than one runs per
+    /// device, so the default lets every GPU work.
     pub max_concurrent_jobs: u32,
     /// Largest HTTP request body accepted.
     pub max_request_body: ByteSize,
@@ -45,7 +46,7 @@ impl Default for Config {
             jobs_dir: PathBuf::from("/etc/batchd/jobs.d"),
             state_dir: PathBuf::from("/var/lib/batchd"),
             policies_dir: PathBuf::from("/etc/batchd/policies"),
-            max_concurrent_jobs: 1,
+            max_concurrent_jobs: 16,
             max_request_body: ByteSize(ByteSize::MIB),
             data_roots: Vec::new(),
             api_token_file: None,

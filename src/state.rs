@@ -1,5 +1,5 @@
 //! Persistent state under the daemon's state folder: recommendations, kept
-//! so a restart does not redo finished work.
+//! so a restart does not redo finished work, and each job's run history.
 //!
 //! A recommendation is keyed by the spec's content hash, the device model
 //! and batchd's version: change any of them and the work is done again.
@@ -81,10 +81,68 @@ pub struct StoredRecommendation {
     pub recommendation: Recommendation,
 }
 
+/// How a run of a job's search ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// Still running (or the daemon died; see `Interrupted`).
+    Running,
+    Done,
+    Failed,
+    /// The spec changed or was removed while it ran.
+    Cancelled,
+    /// The daemon stopped (or crashed) while it ran; it runs again.
+    Interrupted,
+}
+
+/// One run of a job's search, as its history keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub spec_hash: String,
+    pub device: String,
+    pub device_model: String,
+    pub batchd_version: String,
+    pub started_at_unix_s: u64,
+    pub finished_at_unix_s: Option<u64>,
+    pub outcome: RunOutcome,
+    pub trials: usize,
+    pub batch_size: Option<u64>,
+    pub learning_rate: Option<f64>,
+    pub error: Option<String>,
+}
+
+impl RunRecord {
+    /// Whether this run answers the given work (same spec, device model
+    /// and batchd version).
+    pub fn answers(&self, key: &CacheKey) -> bool {
+        self.spec_hash == key.spec_hash
+            && self.device_model == key.device_model
+            && self.batchd_version == key.batchd_version
+    }
+}
+
+/// A job's history file.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct History {
+    job: String,
+    runs: Vec<RunRecord>,
+}
+
+/// Runs kept per job; older ones are dropped.
+const HISTORY_RUNS_KEPT: usize = 50;
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The state folder.
 #[derive(Debug, Clone)]
 pub struct StateStore {
     root: PathBuf,
+    /// History files are read, changed and rewritten: one writer at a time.
+    history_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl StateStore {
@@ -93,13 +151,131 @@ impl StateStore {
         for dir in [
             root.to_path_buf(),
             root.join("recommendations"),
+            root.join("history"),
             root.join("corrupt"),
         ] {
             fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
         Ok(StateStore {
             root: root.to_path_buf(),
+            history_lock: Default::default(),
         })
+    }
+
+    fn history_path(&self, job: &str) -> PathBuf {
+        // Job names are validated to [A-Za-z0-9._-]; anything else is hashed
+        // so a name can never point outside the folder.
+        let safe = !job.is_empty()
+            && !job.starts_with('.')
+            && job
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        let file = if safe {
+            job.to_string()
+        } else {
+            CacheKey::new(job, "").digest()
+        };
+        self.root.join("history").join(format!("{file}.json"))
+    }
+
+    /// A job's runs, oldest first, and a warning when its file was corrupt
+    /// (and has been set aside).
+    pub fn history(&self, job: &str) -> (Vec<RunRecord>, Option<String>) {
+        let _guard = self.history_lock.lock();
+        self.read_history(job)
+    }
+
+    fn read_history(&self, job: &str) -> (Vec<RunRecord>, Option<String>) {
+        let path = self.history_path(job);
+        match read_json::<History>(&path) {
+            Ok(Some(history)) => (history.runs, None),
+            Ok(None) => (Vec::new(), None),
+            Err(reason) => (Vec::new(), Some(self.set_aside(&path, &reason))),
+        }
+    }
+
+    /// Appends a run to a job's history.
+    pub fn record_run(&self, job: &str, run: &RunRecord) -> Result<(), StateError> {
+        self.change_history(job, |runs| runs.push(run.clone()))
+    }
+
+    /// Rewrites the latest run of a job that started at `started_at_unix_s`
+    /// with `spec_hash`.
+    pub fn finish_run(
+        &self,
+        job: &str,
+        spec_hash: &str,
+        started_at_unix_s: u64,
+        update: impl FnOnce(&mut RunRecord),
+    ) -> Result<(), StateError> {
+        self.change_history(job, |runs| {
+            if let Some(run) = runs.iter_mut().rev().find(|r| {
+                r.spec_hash == spec_hash
+                    && r.started_at_unix_s == started_at_unix_s
+                    && r.outcome == RunOutcome::Running
+            }) {
+                update(run);
+                run.finished_at_unix_s = Some(unix_now());
+            }
+        })
+    }
+
+    fn change_history(
+        &self,
+        job: &str,
+        change: impl FnOnce(&mut Vec<RunRecord>),
+    ) -> Result<(), StateError> {
+        let _guard = self.history_lock.lock();
+        let (mut runs, warning) = self.read_history(job);
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
+        }
+        change(&mut runs);
+        if runs.len() > HISTORY_RUNS_KEPT {
+            runs.drain(..runs.len() - HISTORY_RUNS_KEPT);
+        }
+        let history = History {
+            job: job.to_string(),
+            runs,
+        };
+        write_atomically(
+            &self.history_path(job),
+            &serde_json::to_vec_pretty(&history)?,
+        )
+    }
+
+    /// Marks runs a previous daemon left `running` (it crashed or was
+    /// killed) as interrupted. Returns how many there were.
+    pub fn mark_interrupted_runs(&self) -> usize {
+        let Ok(entries) = fs::read_dir(self.root.join("history")) else {
+            return 0;
+        };
+        let mut count = 0;
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let history = {
+                let _guard = self.history_lock.lock();
+                match read_json::<History>(&path) {
+                    Ok(Some(history)) => history,
+                    Ok(None) => continue,
+                    Err(reason) => {
+                        tracing::warn!("{}", self.set_aside(&path, &reason));
+                        continue;
+                    }
+                }
+            };
+            let job = history.job.clone();
+            let _ = self.change_history(&job, |runs| {
+                for run in runs.iter_mut().filter(|r| r.outcome == RunOutcome::Running) {
+                    run.outcome = RunOutcome::Interrupted;
+                    run.error = Some("the daemon stopped while this run was in progress".into());
+                    count += 1;
+                }
+            });
+        }
+        count
     }
 
     fn recommendation_path(&self, key: &CacheKey) -> PathBuf {
@@ -118,9 +294,7 @@ impl StateStore {
         let stored = StoredRecommendation {
             key: key.clone(),
             job: job.to_string(),
-            stored_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            stored_at: unix_now(),
             recommendation: recommendation.clone(),
         };
         write_atomically(
@@ -197,7 +371,10 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let temporary = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // Unique per write: tasks of one process may write at the same time.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let serial = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temporary = dir.join(format!(".{name}.tmp.{}.{serial}", std::process::id()));
     let mut file = fs::File::create(&temporary).map_err(io(&temporary))?;
     file.write_all(bytes).map_err(io(&temporary))?;
     file.sync_all().map_err(io(&temporary))?;
@@ -335,6 +512,70 @@ mod tests {
                 .batch_size,
             8
         );
+    }
+
+    fn run(hash: &str, started: u64) -> RunRecord {
+        RunRecord {
+            spec_hash: hash.into(),
+            device: "cpu".into(),
+            device_model: "cpu".into(),
+            batchd_version: env!("CARGO_PKG_VERSION").into(),
+            started_at_unix_s: started,
+            finished_at_unix_s: None,
+            outcome: RunOutcome::Running,
+            trials: 0,
+            batch_size: None,
+            learning_rate: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn history_records_runs_and_marks_a_crashed_daemons_runs_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        store.record_run("mlp", &run("h1", 10)).unwrap();
+        store
+            .finish_run("mlp", "h1", 10, |r| {
+                r.outcome = RunOutcome::Done;
+                r.batch_size = Some(64);
+            })
+            .unwrap();
+        store.record_run("mlp", &run("h2", 20)).unwrap();
+        // A new daemon on the same folder: the second run never finished.
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.mark_interrupted_runs(), 1);
+        let (runs, warning) = store.history("mlp");
+        assert!(warning.is_none());
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].outcome, RunOutcome::Done);
+        assert_eq!(runs[0].batch_size, Some(64));
+        assert!(runs[0].finished_at_unix_s.is_some());
+        assert_eq!(runs[1].outcome, RunOutcome::Interrupted);
+        assert!(runs[1].answers(&CacheKey::new("h2", "cpu")));
+        assert!(!runs[1].answers(&CacheKey::new("h2", "NVIDIA H100")));
+    }
+
+    #[test]
+    fn history_is_bounded_and_survives_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        for i in 0..(HISTORY_RUNS_KEPT as u64 + 5) {
+            store.record_run("j", &run("h", i)).unwrap();
+        }
+        let (runs, _) = store.history("j");
+        assert_eq!(runs.len(), HISTORY_RUNS_KEPT);
+        assert_eq!(runs[0].started_at_unix_s, 5);
+        fs::write(store.history_path("j"), b"[{\"trunc").unwrap();
+        let (runs, warning) = store.history("j");
+        assert!(runs.is_empty());
+        assert!(warning.unwrap().contains("corrupt"));
+        store.record_run("j", &run("h", 99)).unwrap();
+        assert_eq!(store.history("j").0.len(), 1);
+        // Names that are not plain file names never leave the folder.
+        assert!(store
+            .history_path("../../etc/passwd")
+            .starts_with(dir.path().join("history")));
     }
 
     #[test]

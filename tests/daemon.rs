@@ -20,9 +20,20 @@ impl Daemon {
     }
 
     fn start_with(jobs: &Path, state: &Path, port: u16, config: &Path) -> Daemon {
+        Daemon::start_with_env(jobs, state, port, config, &[])
+    }
+
+    fn start_with_env(
+        jobs: &Path,
+        state: &Path,
+        port: u16,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_batchd"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("BATCHD_CONFIG", config)
+            .envs(env.iter().copied())
             .args(["serve", "--jobs-dir"])
             .arg(jobs)
             .arg("--state-dir")
@@ -39,30 +50,11 @@ impl Daemon {
 
     /// `(status, body)` of a GET.
     fn get(&self, path: &str) -> (u16, String) {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return (0, String::new());
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        if stream.write_all(request.as_bytes()).is_err() {
-            return (0, String::new());
-        }
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        self.send("GET", path, "", "", None)
     }
 
-    /// `(status, body)` of a request with a body and optional bearer token.
+    /// `(status, body)` of a request with an optional body (and content
+    /// type) and bearer token. Status 0 means no answer.
     fn send(
         &self,
         method: &str,
@@ -75,14 +67,20 @@ impl Daemon {
             return (0, String::new());
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
+        let mut headers = String::new();
+        if !content_type.is_empty() {
+            headers.push_str(&format!("Content-Type: {content_type}\r\n"));
+        }
+        if let Some(token) = token {
+            headers.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{auth}\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n{body}",
             body.len()
         );
-        let _ = stream.write_all(request.as_bytes());
+        if stream.write_all(request.as_bytes()).is_err() {
+            return (0, String::new());
+        }
         let mut response = String::new();
         let _ = stream.read_to_string(&mut response);
         let status = response
@@ -123,11 +121,15 @@ impl Daemon {
             .to_string()
     }
 
-    fn stop(mut self) -> std::process::ExitStatus {
+    fn signal(&self, signal: i32) {
         // SAFETY: signalling our own child.
         unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
+            libc::kill(self.child.id() as i32, signal);
         }
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -268,7 +270,12 @@ fn the_daemon_tunes_dropped_specs_serves_them_and_keeps_them_across_restarts() {
     let (_, job) = daemon.json("/v1/jobs/tiny");
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(job["reused"], true);
-    assert_eq!(job["trials_done"], 0);
+    // One run in the history: the one before the restart.
+    let runs = job["history"].as_array().expect("a history");
+    assert_eq!(runs.len(), 1, "{job}");
+    assert_eq!(runs[0]["outcome"], "done");
+    assert_eq!(runs[0]["batch_size"], rec["batch_size"]);
+    assert_eq!(runs[0]["trials"], rec["trial_count"]);
     let (_, again) = daemon.json("/v1/jobs/tiny/recommendation");
     assert_eq!(again["batch_size"], rec["batch_size"]);
     assert_eq!(again["trial_count"], trials);
@@ -483,6 +490,112 @@ fn a_daemon_killed_mid_trial_leaves_no_orphans_and_recovers() {
     // The restarted daemon finds the job unfinished and runs it again.
     let daemon = Daemon::start(&jobs, &state, port);
     daemon.wait_for(Duration::from_secs(120), |d| d.job_state("slow") == "done");
-    assert_eq!(daemon.json("/v1/jobs/slow").1["reused"], false);
+    let (_, job) = daemon.json("/v1/jobs/slow");
+    assert_eq!(job["reused"], false);
+    let outcomes: Vec<&str> = job["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["interrupted", "done"], "{job}");
     assert!(daemon.stop().success());
+}
+
+/// Reads the next sd_notify datagram, if one comes within `limit`.
+fn next_message(socket: &std::os::unix::net::UnixDatagram, limit: Duration) -> Option<String> {
+    socket.set_read_timeout(Some(limit)).unwrap();
+    let mut buffer = [0u8; 4096];
+    let n = socket.recv(&mut buffer).ok()?;
+    Some(String::from_utf8_lossy(&buffer[..n]).into_owned())
+}
+
+/// Waits for a message starting with `prefix`, skipping watchdog pings
+/// and status lines.
+fn expect_message(socket: &std::os::unix::net::UnixDatagram, prefix: &str) -> String {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Some(message) = next_message(socket, Duration::from_secs(30)) {
+            if message.starts_with(prefix) {
+                return message;
+            }
+        }
+    }
+    panic!("no {prefix} message from batchd");
+}
+
+#[test]
+fn the_daemon_notifies_systemd_and_reloads_policies_on_sighup() {
+    let root = tempfile::tempdir().unwrap();
+    let jobs = root.path().join("jobs");
+    let state = root.path().join("state");
+    let policies = root.path().join("policies");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::create_dir_all(&policies).unwrap();
+    let config = root.path().join("batchd.toml");
+    std::fs::write(
+        &config,
+        format!("policies_dir = {:?}\n", policies.display().to_string()),
+    )
+    .unwrap();
+    let socket_path = root.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    // A job naming a policy that does not exist yet.
+    drop_spec(
+        &jobs,
+        "team-job.toml",
+        &format!("policy = \"team\"\n{TINY}"),
+    );
+    let daemon = Daemon::start_with_env(
+        &jobs,
+        &state,
+        free_port(),
+        &config,
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let ready = expect_message(&socket, "READY=1");
+    assert!(ready.contains("STATUS="), "{ready}");
+    // Watchdog pings at half the 400 ms timeout.
+    let started = Instant::now();
+    expect_message(&socket, "WATCHDOG=1");
+    expect_message(&socket, "WATCHDOG=1");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (_, job) = daemon.json("/v1/jobs/team-job");
+    assert_eq!(job["state"], "invalid", "{job}");
+    assert!(job["errors"].to_string().contains("team"), "{job}");
+
+    // The policy arrives; SIGHUP makes the daemon read it.
+    let balanced = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/balanced.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("team.toml"),
+        balanced.replace("name = \"balanced\"", "name = \"team\""),
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    let reloading = expect_message(&socket, "RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    expect_message(&socket, "READY=1");
+    daemon.wait_for(Duration::from_secs(10), |d| {
+        d.job_state("team-job") != "invalid"
+    });
+    // A broken configuration is refused and the running one kept.
+    std::fs::write(&config, "max_concurrent_jobs = \"many\"\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    expect_message(&socket, "RELOADING=1");
+    expect_message(&socket, "READY=1");
+    assert_eq!(daemon.json("/healthz").0, 200);
+    assert_ne!(daemon.job_state("team-job"), "invalid");
+
+    let status = {
+        daemon.signal(libc::SIGTERM);
+        expect_message(&socket, "STOPPING=1");
+        daemon.stop()
+    };
+    assert!(status.success());
 }

@@ -1,96 +1,150 @@
-//! `batchd serve`: the watched jobs folder, the job table, the scheduler
-//! and the lifecycle. The HTTP API is in [`crate::api`].
+//! `batchd serve`: the watched jobs folder ([`watcher`]), the job table
+//! ([`jobs`]), the scheduler ([`scheduler`]) and the lifecycle: systemd
+//! notifications ([`sdnotify`]), SIGHUP reload, SIGTERM/SIGINT shutdown.
+//! The HTTP API is in [`crate::api`].
 //!
-//! Jobs come from spec files in the jobs folder. Any change to the folder
-//! (notify events, debounced, plus a periodic rescan that also catches
-//! overflowed event queues and a folder removed and recreated) triggers a
-//! reconcile: new or changed specs are (re)queued, invalid ones become jobs
-//! in state `invalid` with their errors, removed ones are retired (their
-//! running search is cancelled; their recommendation stays in the state
-//! folder and is reused if the same spec returns). Finished
-//! recommendations are stored by spec content hash, device model and batchd
-//! version, so a restart does not redo finished work.
+//! Finished recommendations are stored by spec content hash, device model
+//! and batchd version, and every run of a job's search is kept in its
+//! history, so a restart does not redo finished (or failed) work; runs a
+//! crashed daemon left behind are marked interrupted and run again.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+pub mod jobs;
+pub mod scheduler;
+pub mod sdnotify;
+mod watcher;
 
-use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
 use tokio::sync::Notify;
+
+pub use jobs::{reconcile, Job, JobState};
+pub use scheduler::DeviceSlot;
 
 use crate::config::Config;
 use crate::gpu::{open_probe, GpuProbe};
 use crate::policy::PolicySet;
-use crate::search::{advise, Recommendation};
-use crate::spec::{load_spec_file, JobSpec};
-use crate::state::{CacheKey, StateStore};
+use crate::spec::DeviceChoice;
+use crate::state::{CacheKey, RunOutcome, StateStore};
 use crate::trial::{ProcessTrialRunner, RunnerOptions, TrialDevice};
-use crate::validation::{FieldError, Syntax};
 
-/// How often the jobs folder is rescanned even without events.
-const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
-/// Quiet time after the last event before a rescan (editors write in bursts).
-const DEBOUNCE: Duration = Duration::from_millis(300);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Queued,
-    Running,
-    Done,
-    Failed,
-    Invalid,
-}
-
-/// One job as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Job {
-    pub name: String,
-    pub source_path: PathBuf,
-    pub state: JobState,
-    pub spec_hash: Option<String>,
-    /// Current phase of a running search.
-    pub phase: Option<String>,
-    pub trials_done: usize,
-    /// Validation errors of an invalid spec.
-    pub errors: Vec<FieldError>,
-    /// Why a job failed.
-    pub error: Option<String>,
-    /// The recommendation came from the state folder, not from new trials.
-    pub reused: bool,
-    #[serde(skip)]
-    pub recommendation: Option<Recommendation>,
-    #[serde(skip)]
-    spec: Option<JobSpec>,
-}
-
-/// Everything the API and the scheduler share.
-pub struct Shared {
+/// What a SIGHUP reloads: the configuration, the policies, the API token.
+pub struct Settings {
     pub config: Config,
+    pub policies: PolicySet,
     /// The bearer token state-changing endpoints require, when configured.
     pub api_token: Option<String>,
-    pub policies: PolicySet,
-    pub store: StateStore,
+}
+
+impl Settings {
+    pub fn new(config: Config, policies: PolicySet) -> anyhow::Result<Settings> {
+        use anyhow::Context;
+        let api_token = match &config.api_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the API token file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            )
+            .filter(|t| !t.is_empty()),
+            None => None,
+        };
+        Ok(Settings {
+            config,
+            policies,
+            api_token,
+        })
+    }
+}
+
+/// Loads the settings again, the way the command line first did.
+pub type Reloader = Box<dyn Fn() -> anyhow::Result<Settings> + Send + Sync>;
+
+/// A search in progress.
+pub(crate) struct RunningSearch {
     pub device: TrialDevice,
-    pub device_model: String,
+    pub cancel: Arc<Notify>,
+}
+
+/// Everything the API, the watcher and the scheduler share. Locks are
+/// taken in the order jobs, running, queue.
+pub struct Shared {
+    settings: RwLock<Arc<Settings>>,
+    reload: Reloader,
+    pub store: StateStore,
+    /// Devices searches run on, one search each at a time.
+    pub devices: Vec<DeviceSlot>,
     pub gpu_probe: Option<Arc<dyn GpuProbe>>,
     pub jobs: Mutex<BTreeMap<String, Job>>,
+    pub(crate) running: Mutex<HashMap<String, RunningSearch>>,
     queue: Mutex<VecDeque<String>>,
+    /// Wakes the scheduler.
     queued: Notify,
-    /// The job whose search runs now, and how to cancel it.
-    running: Mutex<Option<(String, Arc<Notify>)>>,
-    pub ready: std::sync::atomic::AtomicBool,
+    /// Wakes the watcher for an immediate rescan.
+    rescan: Notify,
+    pub ready: AtomicBool,
 }
 
 impl Shared {
+    pub fn new(
+        settings: Settings,
+        reload: Reloader,
+        store: StateStore,
+        devices: Vec<DeviceSlot>,
+        gpu_probe: Option<Arc<dyn GpuProbe>>,
+    ) -> Shared {
+        Shared {
+            settings: RwLock::new(Arc::new(settings)),
+            reload,
+            store,
+            devices,
+            gpu_probe,
+            jobs: Mutex::new(BTreeMap::new()),
+            running: Mutex::new(HashMap::new()),
+            queue: Mutex::new(VecDeque::new()),
+            queued: Notify::new(),
+            rescan: Notify::new(),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The current settings (a reload swaps them whole).
+    pub fn settings(&self) -> Arc<Settings> {
+        match self.settings.read() {
+            Ok(settings) => settings.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     pub fn job(&self, name: &str) -> Option<Job> {
         self.jobs.lock().ok()?.get(name).cloned()
     }
 
+    /// Jobs waiting for a device.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.lock().map_or(0, |q| q.len())
+    }
+
+    /// Device models whose stored answers fit a job asking for `choice`.
+    pub fn models_for(&self, choice: DeviceChoice) -> Vec<String> {
+        let has_gpu = self
+            .devices
+            .iter()
+            .any(|d| matches!(d.device, TrialDevice::Cuda(_)));
+        let mut models: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|d| d.serves(choice, has_gpu))
+            .map(|d| d.model.clone())
+            .collect();
+        models.dedup();
+        models
+    }
+
     /// Forgets a job's recommendation and queues it again.
     pub fn retune(&self, name: &str) -> Result<(), String> {
-        let hash = {
+        let (hash, choice) = {
             let mut jobs = self
                 .jobs
                 .lock()
@@ -98,9 +152,10 @@ impl Shared {
             let job = jobs
                 .get_mut(name)
                 .ok_or_else(|| format!("no job named `{name}`"))?;
-            let Some(hash) = job.spec_hash.clone() else {
+            let (Some(hash), Some(spec)) = (job.spec_hash.clone(), job.spec.as_ref()) else {
                 return Err(format!("job `{name}` is invalid; fix its spec first"));
             };
+            let choice = spec.search.device;
             if matches!(job.state, JobState::Queued | JobState::Running) {
                 return Ok(());
             }
@@ -110,11 +165,13 @@ impl Shared {
             job.error = None;
             job.trials_done = 0;
             job.phase = None;
-            hash
+            (hash, choice)
         };
-        self.store
-            .remove_recommendation(&CacheKey::new(&hash, &self.device_model))
-            .map_err(|e| e.to_string())?;
+        for model in self.models_for(choice) {
+            self.store
+                .remove_recommendation(&CacheKey::new(&hash, &model))
+                .map_err(|e| e.to_string())?;
+        }
         self.enqueue(name);
         Ok(())
     }
@@ -130,139 +187,65 @@ impl Shared {
 
     fn cancel_if_running(&self, name: &str) {
         if let Ok(running) = self.running.lock() {
-            if let Some((running_name, cancel)) = running.as_ref() {
-                if running_name == name {
-                    cancel.notify_one();
-                }
+            if let Some(search) = running.get(name) {
+                search.cancel.notify_one();
             }
         }
     }
-}
 
-/// Editor droppings and partial downloads, which are never specs.
-fn is_spec_file(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    !name.starts_with('.')
-        && !name.ends_with('~')
-        && !name.starts_with('#')
-        && Syntax::from_path(path).is_some()
-        && path.is_file()
-}
-
-/// Brings the job table in line with the jobs folder.
-pub fn reconcile(shared: &Shared) {
-    let dir = &shared.config.jobs_dir;
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_spec_file(p))
-            .collect(),
-        Err(error) => {
-            tracing::warn!("cannot read the jobs folder {}: {error}", dir.display());
-            Vec::new()
-        }
-    };
-    files.sort();
-    let mut seen = Vec::new();
-    let mut to_queue = Vec::new();
-    {
-        let Ok(mut jobs) = shared.jobs.lock() else {
-            return;
-        };
-        for path in files {
-            let stem = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("job")
-                .to_string();
-            match load_spec_file(&path, &shared.policies) {
-                Ok(spec) => {
-                    let name = spec.name.clone();
-                    seen.push(name.clone());
-                    let unchanged = jobs.get(&name).is_some_and(|j| {
-                        j.spec_hash.as_deref() == Some(spec.content_hash.as_str())
-                            && j.state != JobState::Invalid
-                    });
-                    if unchanged {
-                        continue;
-                    }
-                    shared.cancel_if_running(&name);
-                    let key = CacheKey::new(&spec.content_hash, &shared.device_model);
-                    let (stored, warning) = shared.store.get_recommendation(&key);
-                    if let Some(warning) = warning {
-                        tracing::warn!("{warning}");
-                    }
-                    let reused = stored.is_some();
-                    let job = Job {
-                        name: name.clone(),
-                        source_path: path.clone(),
-                        state: if reused {
-                            JobState::Done
-                        } else {
-                            JobState::Queued
-                        },
-                        spec_hash: Some(spec.content_hash.clone()),
-                        phase: None,
-                        trials_done: 0,
-                        errors: Vec::new(),
-                        error: None,
-                        reused,
-                        recommendation: stored.map(|s| s.recommendation),
-                        spec: Some(spec),
-                    };
-                    tracing::info!(
-                        "job {name}: {}",
-                        if reused {
-                            "recommendation reused from the state folder"
-                        } else {
-                            "queued"
-                        }
-                    );
-                    if !reused {
-                        to_queue.push(name.clone());
-                    }
-                    jobs.insert(name, job);
-                }
-                Err(errors) => {
-                    seen.push(stem.clone());
-                    let already = jobs
-                        .get(&stem)
-                        .is_some_and(|j| j.state == JobState::Invalid && j.errors == errors.errors);
-                    if already {
-                        continue;
-                    }
-                    shared.cancel_if_running(&stem);
-                    tracing::warn!("job {stem} is invalid: {errors}");
-                    jobs.insert(
-                        stem.clone(),
-                        Job {
-                            name: stem,
-                            source_path: path.clone(),
-                            state: JobState::Invalid,
-                            spec_hash: None,
-                            phase: None,
-                            trials_done: 0,
-                            errors: errors.errors,
-                            error: None,
-                            reused: false,
-                            recommendation: None,
-                            spec: None,
-                        },
-                    );
-                }
+    /// Updates a job if it still holds the same spec.
+    fn update_job(&self, name: &str, hash: &str, update: impl FnOnce(&mut Job)) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            if let Some(job) = jobs
+                .get_mut(name)
+                .filter(|j| j.spec_hash.as_deref() == Some(hash))
+            {
+                update(job);
             }
         }
-        let retired: Vec<String> = jobs.keys().filter(|n| !seen.contains(n)).cloned().collect();
-        for name in retired {
-            tracing::info!("job {name}: spec removed, job retired (its recommendation stays in the state folder)");
-            shared.cancel_if_running(&name);
-            jobs.remove(&name);
-        }
     }
-    for name in to_queue {
-        shared.enqueue(&name);
+
+    /// Whether the daemon's tables answer (for the watchdog).
+    fn responsive(&self) -> bool {
+        self.jobs.lock().is_ok() && self.running.lock().is_ok() && self.queue.lock().is_ok()
+    }
+
+    /// Reloads configuration and policies, then re-reads every spec (a
+    /// changed policy changes the specs' hashes, so their jobs run again).
+    /// Settings that only a restart can change are named in the result.
+    pub async fn reload(self: &Arc<Self>) -> anyhow::Result<Vec<&'static str>> {
+        let this = self.clone();
+        let new = tokio::task::spawn_blocking(move || (this.reload)()).await??;
+        let old = self.settings();
+        let mut need_restart = Vec::new();
+        if new.config.listen != old.config.listen {
+            need_restart.push("listen");
+        }
+        if new.config.state_dir != old.config.state_dir {
+            need_restart.push("state_dir");
+        }
+        if new.config.max_request_body != old.config.max_request_body {
+            need_restart.push("max_request_body");
+        }
+        match self.settings.write() {
+            Ok(mut settings) => *settings = Arc::new(new),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
+        }
+        reconcile_now(self).await;
+        self.rescan.notify_one();
+        // A larger max_concurrent_jobs may start queued jobs now.
+        self.queued.notify_one();
+        Ok(need_restart)
+    }
+
+    /// A one-line summary for systemd's STATUS.
+    fn status_line(&self) -> String {
+        let jobs = self.jobs.lock().map(|j| j.len()).unwrap_or(0);
+        let running = self.running.lock().map(|r| r.len()).unwrap_or(0);
+        format!(
+            "{jobs} job(s), {running} running, {} queued",
+            self.queue_depth()
+        )
     }
 }
 
@@ -272,142 +255,10 @@ pub async fn reconcile_now(shared: &Arc<Shared>) {
     let _ = tokio::task::spawn_blocking(move || reconcile(&shared)).await;
 }
 
-/// Runs queued jobs one at a time (trials never share a device).
-async fn scheduler(shared: Arc<Shared>, runner: ProcessTrialRunner) {
-    loop {
-        let next = shared.queue.lock().ok().and_then(|mut q| q.pop_front());
-        let Some(name) = next else {
-            shared.queued.notified().await;
-            continue;
-        };
-        let Some(spec) = shared
-            .job(&name)
-            .filter(|j| j.state == JobState::Queued)
-            .and_then(|j| j.spec)
-        else {
-            continue;
-        };
-        let cancel = Arc::new(Notify::new());
-        if let Ok(mut running) = shared.running.lock() {
-            *running = Some((name.clone(), cancel.clone()));
-        }
-        set_state(&shared, &name, &spec.content_hash, |job| {
-            job.state = JobState::Running
-        });
-        let context = match crate::advise_cli::search_context(
-            shared.device,
-            spec.search.memory_limit,
-            shared.gpu_probe.as_deref(),
-        ) {
-            Ok(context) => context,
-            Err(error) => {
-                set_state(&shared, &name, &spec.content_hash, |job| {
-                    job.state = JobState::Failed;
-                    job.error = Some(error.clone());
-                });
-                continue;
-            }
-        };
-        let progress_shared = shared.clone();
-        let progress_name = name.clone();
-        let progress_hash = spec.content_hash.clone();
-        let on_progress = move |p: &crate::search::Progress| {
-            set_state(&progress_shared, &progress_name, &progress_hash, |job| {
-                job.phase = Some(p.phase.as_str().to_string());
-                job.trials_done = p.trials_done;
-            });
-        };
-        let outcome = tokio::select! {
-            outcome = advise(&spec, &context, &runner, &on_progress) => Some(outcome),
-            // Dropping the search drops its trial, whose child is killed.
-            _ = cancel.notified() => None,
-        };
-        if let Ok(mut running) = shared.running.lock() {
-            *running = None;
-        }
-        match outcome {
-            None => tracing::info!("job {name}: search cancelled"),
-            Some(Ok(recommendation)) => {
-                let key = CacheKey::new(&spec.content_hash, &shared.device_model);
-                if let Err(error) = shared
-                    .store
-                    .put_recommendation(&key, &name, &recommendation)
-                {
-                    tracing::error!("job {name}: cannot store the recommendation: {error}");
-                }
-                tracing::info!("job {name}: done, batch {}", recommendation.batch_size);
-                set_state(&shared, &name, &spec.content_hash, |job| {
-                    job.state = JobState::Done;
-                    job.recommendation = Some(recommendation.clone());
-                });
-            }
-            Some(Err(error)) => {
-                tracing::warn!("job {name}: failed: {error}");
-                set_state(&shared, &name, &spec.content_hash, |job| {
-                    job.state = JobState::Failed;
-                    job.error = Some(error.to_string());
-                });
-            }
-        }
-    }
-}
-
-/// Updates a job if it still holds the same spec.
-fn set_state(shared: &Shared, name: &str, hash: &str, update: impl FnOnce(&mut Job)) {
-    if let Ok(mut jobs) = shared.jobs.lock() {
-        if let Some(job) = jobs
-            .get_mut(name)
-            .filter(|j| j.spec_hash.as_deref() == Some(hash))
-        {
-            update(job);
-        }
-    }
-}
-
-/// Watches the jobs folder: notify events, debounced, plus a periodic
-/// rescan. Watching the parent too means a removed and recreated folder is
-/// picked up again.
-async fn watcher(shared: Arc<Shared>) {
-    use notify::Watcher;
-    let (sender, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let dir = shared.config.jobs_dir.clone();
-    let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-        let _ = sender.send(());
-    });
-    let mut watcher = match watcher {
-        Ok(watcher) => Some(watcher),
-        Err(error) => {
-            tracing::warn!(
-                "file events unavailable ({error}); rescanning every {RESCAN_INTERVAL:?}"
-            );
-            None
-        }
-    };
-    let mut watched = false;
-    loop {
-        if let Some(w) = watcher.as_mut() {
-            if !watched && dir.is_dir() {
-                watched = w.watch(&dir, notify::RecursiveMode::NonRecursive).is_ok();
-            } else if watched && !dir.is_dir() {
-                // The folder went away; watch it again once it is back.
-                let _ = w.unwatch(&dir);
-                watched = false;
-            }
-        }
-        tokio::select! {
-            Some(()) = events.recv() => {
-                // Debounce: wait for a quiet moment.
-                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
-            }
-            _ = tokio::time::sleep(RESCAN_INTERVAL) => {}
-        }
-        reconcile_now(&shared).await;
-    }
-}
-
 /// Starts the daemon and runs until SIGTERM or SIGINT.
-pub async fn serve(config: Config, policies: PolicySet) -> anyhow::Result<()> {
+pub async fn serve(settings: Settings, reload: Reloader) -> anyhow::Result<()> {
     use anyhow::Context;
+    let config = &settings.config;
     std::fs::create_dir_all(&config.jobs_dir).with_context(|| {
         format!(
             "cannot create the jobs folder {}",
@@ -415,6 +266,12 @@ pub async fn serve(config: Config, policies: PolicySet) -> anyhow::Result<()> {
         )
     })?;
     let store = StateStore::open(&config.state_dir)?;
+    let interrupted = store.mark_interrupted_runs();
+    if interrupted > 0 {
+        tracing::warn!(
+            "{interrupted} search(es) were interrupted by the last stop; they run again"
+        );
+    }
     let gpu_probe: Option<Arc<dyn GpuProbe>> = match open_probe() {
         Ok(probe) => Some(Arc::from(probe)),
         Err(error) => {
@@ -422,85 +279,261 @@ pub async fn serve(config: Config, policies: PolicySet) -> anyhow::Result<()> {
             None
         }
     };
-    let device = crate::trial_cli::resolve_device(crate::spec::DeviceChoice::Auto);
-    let device_model = match (device, &gpu_probe) {
-        (TrialDevice::Cuda(index), Some(probe)) => probe
-            .snapshot()
-            .ok()
-            .and_then(|s| {
-                s.gpus
-                    .into_iter()
-                    .find(|g| g.index == index)
-                    .map(|g| g.name)
-            })
-            .unwrap_or_else(|| format!("cuda:{index}")),
-        (TrialDevice::Cuda(index), None) => format!("cuda:{index}"),
-        (TrialDevice::Cpu, _) => "cpu".to_string(),
-    };
-    tracing::info!("trials run on {device} ({device_model})");
+    let devices = scheduler::machine_devices(gpu_probe.as_deref());
+    for slot in &devices {
+        tracing::info!("device {} ({})", slot.device, slot.model);
+    }
     let mut options = RunnerOptions::current_exe()?;
     options.gpu_probe = gpu_probe.clone();
     options.kernel_cache_dir = Some(config.state_dir.join("kernel-cache"));
-    let runner = ProcessTrialRunner::new(options);
+    let runner = Arc::new(ProcessTrialRunner::new(options));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let api_token = match &config.api_token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the API token file {}", path.display()))?
-                .trim()
-                .to_string(),
-        )
-        .filter(|t| !t.is_empty()),
-        None => None,
-    };
-    let shared = Arc::new(Shared {
-        api_token,
-        config,
-        policies,
-        store,
-        device,
-        device_model,
-        gpu_probe,
-        jobs: Mutex::new(BTreeMap::new()),
-        queue: Mutex::new(VecDeque::new()),
-        queued: Notify::new(),
-        running: Mutex::new(None),
-        ready: std::sync::atomic::AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(settings, reload, store, devices, gpu_probe));
     reconcile_now(&shared).await;
-    shared
-        .ready
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let scheduler_task = tokio::spawn(scheduler(shared.clone(), runner));
-    let watcher_task = tokio::spawn(watcher(shared.clone()));
+    shared.ready.store(true, Ordering::SeqCst);
+    let scheduler_task = tokio::spawn(scheduler::run(shared.clone(), runner));
+    let watcher_task = tokio::spawn(watcher::run(shared.clone()));
+    let notifier = Arc::new(sdnotify::Notifier::from_env());
+    let watchdog_task = notifier.watchdog_interval().map(|interval| {
+        let notifier = notifier.clone();
+        let shared = shared.clone();
+        let scheduler = scheduler_task.abort_handle();
+        tokio::spawn(async move {
+            loop {
+                // Only a daemon whose scheduler lives and whose tables
+                // answer pets the watchdog; otherwise systemd restarts it.
+                if !scheduler.is_finished() && shared.responsive() {
+                    notifier.watchdog();
+                }
+                tokio::time::sleep(interval).await;
+            }
+        })
+    });
     tracing::info!("listening on http://{}", listener.local_addr()?);
+    notifier.ready(&shared.status_line());
     let app = crate::api::router(shared.clone());
+    let lifecycle = lifecycle(shared.clone(), notifier.clone());
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(lifecycle)
         .await?;
-    // Stop the running search: dropping the scheduler drops its trial,
-    // whose worker process is killed.
+    // Stop the running searches: dropping them drops their trials, whose
+    // worker processes are killed.
     scheduler_task.abort();
     watcher_task.abort();
+    if let Some(task) = watchdog_task {
+        task.abort();
+    }
     let _ = scheduler_task.await;
+    record_interrupted(&shared);
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+/// The stopped searches' runs are marked interrupted; their jobs run
+/// again at the next start.
+fn record_interrupted(shared: &Shared) {
+    let stopped: Vec<(String, String)> = shared
+        .jobs
+        .lock()
+        .map(|jobs| {
+            jobs.values()
+                .filter(|j| j.state == JobState::Running)
+                .filter_map(|j| Some((j.name.clone(), j.spec_hash.clone()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (name, hash) in stopped {
+        let (runs, _) = shared.store.history(&name);
+        if let Some(run) = runs
+            .iter()
+            .rev()
+            .find(|r| r.spec_hash == hash && r.outcome == RunOutcome::Running)
+        {
+            let _ = shared
+                .store
+                .finish_run(&name, &hash, run.started_at_unix_s, |run| {
+                    run.outcome = RunOutcome::Interrupted;
+                    run.error = Some("the daemon was stopped".into());
+                });
+        }
+    }
+}
+
+/// Handles signals until one asks for shutdown: SIGHUP reloads, SIGTERM
+/// and SIGINT stop.
+async fn lifecycle(shared: Arc<Shared>, notifier: Arc<sdnotify::Notifier>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut hangup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        notifier.stopping();
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration and policies");
+                notifier.reloading();
+                match shared.reload().await {
+                    Ok(need_restart) if need_restart.is_empty() => tracing::info!("reloaded"),
+                    Ok(need_restart) => tracing::warn!(
+                        "reloaded; {} changed but only take effect after a restart",
+                        need_restart.join(", ")
+                    ),
+                    Err(error) => tracing::error!(
+                        "reload failed, keeping the running configuration: {error:#}"
+                    ),
+                }
+                notifier.ready(&shared.status_line());
             }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+        }
     }
     tracing::info!("shutting down");
+    notifier.stopping();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::tests::FakeRunner;
+    use crate::trial::{TrialRequest, TrialResult, TrialRunner};
+    use std::time::Duration;
+
+    /// The search's fake runner, slowed down, counting how many trials run
+    /// at once on each device and in all.
+    struct CountingRunner {
+        inner: FakeRunner,
+        active: Mutex<HashMap<TrialDevice, usize>>,
+        peaks: Mutex<(usize, usize)>,
+        used: Mutex<Vec<TrialDevice>>,
+    }
+
+    impl TrialRunner for CountingRunner {
+        async fn run(&self, request: TrialRequest) -> TrialResult {
+            {
+                let mut active = self.active.lock().unwrap();
+                *active.entry(request.device).or_default() += 1;
+                let mut peaks = self.peaks.lock().unwrap();
+                peaks.0 = peaks.0.max(active[&request.device]);
+                peaks.1 = peaks.1.max(active.values().sum());
+                self.used.lock().unwrap().push(request.device);
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            let result = self.inner.answer(&request);
+            *self
+                .active
+                .lock()
+                .unwrap()
+                .get_mut(&request.device)
+                .unwrap() -= 1;
+            result
+        }
+    }
+
+    fn slot(device: TrialDevice) -> DeviceSlot {
+        DeviceSlot {
+            device,
+            model: if device == TrialDevice::Cpu {
+                "cpu".into()
+            } else {
+                "Fake GPU".into()
+            },
+        }
+    }
+
+    /// Four jobs on a machine with two (fake) GPUs and a CPU.
+    async fn run_four_jobs(max_concurrent_jobs: u32) -> (usize, usize, Vec<TrialDevice>) {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs_dir = dir.path().join("jobs");
+        std::fs::create_dir_all(&jobs_dir).unwrap();
+        for name in ["a", "b", "c", "d"] {
+            std::fs::write(
+                jobs_dir.join(format!("{name}.toml")),
+                "[model]\nkind = \"mlp\"\ninput_size = 8\nhidden = [16]\nclasses = 2\n\
+                 [data]\nkind = \"synthetic\"\n[optimizer]\nkind = \"adam\"\n\
+                 [search]\nmax_batch = 4096\nmemory_limit = \"2GiB\"\n",
+            )
+            .unwrap();
+        }
+        let config = Config {
+            jobs_dir,
+            state_dir: dir.path().join("state"),
+            max_concurrent_jobs,
+            ..Config::default()
+        };
+        let store = StateStore::open(&config.state_dir).unwrap();
+        let settings = Settings::new(config, PolicySet::builtin()).unwrap();
+        let shared = Arc::new(Shared::new(
+            settings,
+            Box::new(|| anyhow::bail!("no reload in tests")),
+            store,
+            vec![
+                slot(TrialDevice::Cuda(0)),
+                slot(TrialDevice::Cuda(1)),
+                slot(TrialDevice::Cpu),
+            ],
+            None,
+        ));
+        let runner = Arc::new(CountingRunner {
+            inner: FakeRunner::new(),
+            active: Mutex::default(),
+            peaks: Mutex::default(),
+            used: Mutex::default(),
+        });
+        let task = tokio::spawn(scheduler::run(shared.clone(), runner.clone()));
+        reconcile_now(&shared).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let states: Vec<JobState> = shared
+                .jobs
+                .lock()
+                .unwrap()
+                .values()
+                .map(|j| j.state)
+                .collect();
+            assert!(
+                !states.contains(&JobState::Failed),
+                "{:?}",
+                shared.jobs.lock().unwrap()
+            );
+            if states.len() == 4 && states.iter().all(|s| *s == JobState::Done) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{states:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        task.abort();
+        // Every run is in the history, and its recommendation is stored.
+        for name in ["a", "b", "c", "d"] {
+            let (runs, _) = shared.store.history(name);
+            assert_eq!(runs.len(), 1);
+            assert_eq!(runs[0].outcome, RunOutcome::Done);
+            assert!(runs[0].batch_size.is_some());
+        }
+        let peaks = *runner.peaks.lock().unwrap();
+        let used = runner.used.lock().unwrap().clone();
+        (peaks.0, peaks.1, used)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn searches_run_in_parallel_on_different_gpus_and_never_share_one() {
+        let (per_device, total, used) = run_four_jobs(16).await;
+        assert_eq!(per_device, 1, "two trials shared a device");
+        assert_eq!(total, 2, "the two GPUs did not work in parallel");
+        assert!(used.contains(&TrialDevice::Cuda(0)) && used.contains(&TrialDevice::Cuda(1)));
+        // `auto` jobs stay off the CPU on a GPU machine.
+        assert!(!used.contains(&TrialDevice::Cpu));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn max_concurrent_jobs_caps_parallel_searches() {
+        let (per_device, total, _) = run_four_jobs(1).await;
+        assert_eq!((per_device, total), (1, 1));
+    }
 }

@@ -755,4 +755,4 @@ fn second_batch(batch: u64, reference: u64, min_batch: u64, max_fit: u64) -> Opt
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

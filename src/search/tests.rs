@@ -11,7 +11,7 @@ use crate::trial::{GradNoiseSample, TrialResult};
 use crate::validation::Syntax;
 
 /// A job whose truths are known.
-struct FakeRunner {
+pub(crate) struct FakeRunner {
     fixed_bytes: f64,
     bytes_per_sample: f64,
     /// Step time c0 + c1 * batch.
@@ -29,7 +29,7 @@ struct FakeRunner {
 }
 
 impl FakeRunner {
-    fn new() -> FakeRunner {
+    pub(crate) fn new() -> FakeRunner {
         FakeRunner {
             fixed_bytes: 200e6,
             bytes_per_sample: 50e3,
@@ -53,7 +53,7 @@ impl FakeRunner {
         1.0 + 0.2 * (lr.ln() - self.best_lr(batch).ln()).powi(2)
     }
 
-    fn answer(&self, request: &TrialRequest) -> TrialResult {
+    pub(crate) fn answer(&self, request: &TrialRequest) -> TrialResult {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         self.seen.lock().unwrap().push(request.batch_size);
         let batch = request.batch_size;

@@ -153,7 +153,12 @@ pub fn parse_spec(
         }
         Ok(document) => {
             validate_document(&document, origin, policies, &mut problems).map(|mut spec| {
-                spec.content_hash = hex_sha256(text.as_bytes());
+                // The resolved policy is part of the work: editing a policy
+                // file (and reloading) must not reuse answers made under
+                // the old one.
+                let policy = serde_json::to_string(&spec.policy).unwrap_or_default();
+                spec.content_hash =
+                    hex_sha256(&[text.as_bytes(), b"\0", policy.as_bytes()].concat());
                 spec
             })
         }

@@ -1,0 +1,424 @@
+//! The scheduler: queued jobs onto devices, one search per device at a
+//! time (trials never share a GPU, or their memory and speed figures would
+//! be each other's), searches on different devices in parallel, at most
+//! `max_concurrent_jobs` in all.
+//!
+//! Fairness: the queue is served in arrival order (a changed or retuned
+//! spec joins at the back), and a job waiting for a busy device does not
+//! hold up the jobs behind it that want a free one.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use super::jobs::JobState;
+use super::{RunningSearch, Shared};
+use crate::search::{advise, Progress, Recommendation};
+use crate::spec::{DeviceChoice, JobSpec};
+use crate::state::{unix_now, CacheKey, RunOutcome, RunRecord};
+use crate::trial::{TrialDevice, TrialRunner};
+
+/// A device searches run on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceSlot {
+    pub device: TrialDevice,
+    /// The model name, part of a recommendation's cache key.
+    pub model: String,
+}
+
+impl DeviceSlot {
+    /// Whether a job that asks for `choice` may run here. `auto` means any
+    /// GPU on a machine that has one, else the CPU.
+    pub fn serves(&self, choice: DeviceChoice, machine_has_gpu: bool) -> bool {
+        match (choice, self.device) {
+            (DeviceChoice::Auto, TrialDevice::Cuda(_)) => true,
+            (DeviceChoice::Auto, TrialDevice::Cpu) => !machine_has_gpu,
+            (DeviceChoice::Cpu, TrialDevice::Cpu) => true,
+            (DeviceChoice::Cuda(wanted), TrialDevice::Cuda(index)) => wanted == index,
+            _ => false,
+        }
+    }
+}
+
+/// The devices of this machine: every CUDA device the driver shows, and
+/// the CPU.
+pub fn machine_devices(probe: Option<&dyn crate::gpu::GpuProbe>) -> Vec<DeviceSlot> {
+    let count = crate::trial::cuda::device_count().unwrap_or(0);
+    let gpus = probe
+        .and_then(|p| p.snapshot().ok())
+        .map(|s| s.gpus)
+        .unwrap_or_default();
+    let mut slots: Vec<DeviceSlot> = (0..count)
+        .map(|index| DeviceSlot {
+            device: TrialDevice::Cuda(index),
+            // NVML and CUDA number GPUs alike unless CUDA_DEVICE_ORDER says
+            // otherwise; the name is only used as a cache key.
+            model: gpus
+                .iter()
+                .find(|g| g.index == index)
+                .map_or_else(|| format!("cuda:{index}"), |g| g.name.clone()),
+        })
+        .collect();
+    slots.push(DeviceSlot {
+        device: TrialDevice::Cpu,
+        model: "cpu".into(),
+    });
+    slots
+}
+
+/// What the scheduler does next.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Jobs to start now, with their device.
+    pub start: Vec<(String, TrialDevice)>,
+    /// Jobs that ask for a device this machine does not have.
+    pub unservable: Vec<String>,
+}
+
+/// Assigns queued jobs (in queue order) to free devices.
+pub fn plan(
+    queue: &[(String, DeviceChoice)],
+    devices: &[DeviceSlot],
+    busy: &HashSet<TrialDevice>,
+    max_concurrent: usize,
+) -> Plan {
+    let has_gpu = devices
+        .iter()
+        .any(|d| matches!(d.device, TrialDevice::Cuda(_)));
+    let mut taken = busy.clone();
+    let mut plan = Plan::default();
+    for (name, choice) in queue {
+        let mut candidates = devices.iter().filter(|d| d.serves(*choice, has_gpu));
+        let Some(first) = candidates.next() else {
+            plan.unservable.push(name.clone());
+            continue;
+        };
+        if taken.len() >= max_concurrent {
+            continue;
+        }
+        let free = std::iter::once(first)
+            .chain(candidates)
+            .find(|d| !taken.contains(&d.device));
+        if let Some(slot) = free {
+            taken.insert(slot.device);
+            plan.start.push((name.clone(), slot.device));
+        }
+    }
+    plan
+}
+
+/// Runs until aborted: starts what [`plan`] says whenever a job is queued
+/// or a search ends.
+pub(super) async fn run<R: TrialRunner + 'static>(shared: Arc<Shared>, runner: Arc<R>) {
+    let mut searches = JoinSet::new();
+    loop {
+        for (name, spec, slot, cancel) in take_startable(&shared) {
+            searches.spawn(run_search(
+                shared.clone(),
+                runner.clone(),
+                name,
+                spec,
+                slot,
+                cancel,
+            ));
+        }
+        tokio::select! {
+            _ = shared.queued.notified() => {}
+            Some(_) = searches.join_next(), if !searches.is_empty() => {}
+        }
+    }
+}
+
+type Startable = (String, JobSpec, DeviceSlot, Arc<Notify>);
+
+/// Takes the jobs to start off the queue and marks them running. Locks in
+/// the daemon's order: jobs, running, queue.
+fn take_startable(shared: &Shared) -> Vec<Startable> {
+    let max_concurrent = shared.settings().config.max_concurrent_jobs as usize;
+    let (Ok(mut jobs), Ok(mut running), Ok(mut queue)) = (
+        shared.jobs.lock(),
+        shared.running.lock(),
+        shared.queue.lock(),
+    ) else {
+        return Vec::new();
+    };
+    queue.retain(|name| {
+        jobs.get(name)
+            .is_some_and(|j| j.state == JobState::Queued && j.spec.is_some())
+    });
+    let entries: Vec<(String, DeviceChoice)> = queue
+        .iter()
+        .filter_map(|name| {
+            let spec = jobs.get(name)?.spec.as_ref()?;
+            Some((name.clone(), spec.search.device))
+        })
+        .collect();
+    let busy: HashSet<TrialDevice> = running.values().map(|r| r.device).collect();
+    let plan = plan(&entries, &shared.devices, &busy, max_concurrent);
+    queue.retain(|name| {
+        !plan.unservable.contains(name) && !plan.start.iter().any(|(n, _)| n == name)
+    });
+    let available: Vec<String> = shared
+        .devices
+        .iter()
+        .map(|d| d.device.to_string())
+        .collect();
+    for name in &plan.unservable {
+        if let Some(job) = jobs.get_mut(name) {
+            let wanted = job
+                .spec
+                .as_ref()
+                .map_or_else(String::new, |s| s.search.device.to_string());
+            job.state = JobState::Failed;
+            job.error = Some(format!(
+                "search.device = {wanted}: this machine has no such device (it has {})",
+                available.join(", ")
+            ));
+            tracing::warn!("job {name}: {}", job.error.as_deref().unwrap_or_default());
+        }
+    }
+    let mut startable = Vec::new();
+    for (name, device) in plan.start {
+        let Some(job) = jobs.get_mut(&name) else {
+            continue;
+        };
+        let Some(spec) = job.spec.clone() else {
+            continue;
+        };
+        let Some(slot) = shared.devices.iter().find(|d| d.device == device).cloned() else {
+            continue;
+        };
+        job.state = JobState::Running;
+        job.device = Some(device.to_string());
+        job.phase = None;
+        job.trials_done = 0;
+        job.error = None;
+        let cancel = Arc::new(Notify::new());
+        running.insert(
+            name.clone(),
+            RunningSearch {
+                device,
+                cancel: cancel.clone(),
+            },
+        );
+        tracing::info!("job {name}: running on {device} ({})", slot.model);
+        startable.push((name, spec, slot, cancel));
+    }
+    startable
+}
+
+enum SearchEnd {
+    Done(Box<Recommendation>),
+    Failed(String),
+    Cancelled,
+}
+
+/// One job's search from start to stored result.
+async fn run_search<R: TrialRunner>(
+    shared: Arc<Shared>,
+    runner: Arc<R>,
+    name: String,
+    spec: JobSpec,
+    slot: DeviceSlot,
+    cancel: Arc<Notify>,
+) {
+    let hash = spec.content_hash.clone();
+    let started_at_unix_s = unix_now();
+    let record = RunRecord {
+        spec_hash: hash.clone(),
+        device: slot.device.to_string(),
+        device_model: slot.model.clone(),
+        batchd_version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at_unix_s,
+        finished_at_unix_s: None,
+        outcome: RunOutcome::Running,
+        trials: 0,
+        batch_size: None,
+        learning_rate: None,
+        error: None,
+    };
+    if let Err(error) = shared.store.record_run(&name, &record) {
+        tracing::warn!("job {name}: cannot record the run in its history: {error}");
+    }
+    let end = search(&shared, runner.as_ref(), &name, &spec, &slot, &cancel).await;
+    if let Ok(mut running) = shared.running.lock() {
+        if running
+            .get(&name)
+            .is_some_and(|r| Arc::ptr_eq(&r.cancel, &cancel))
+        {
+            running.remove(&name);
+        }
+    }
+    let trials = shared.job(&name).map_or(0, |j| j.trials_done);
+    let finished = shared
+        .store
+        .finish_run(&name, &hash, started_at_unix_s, |run| {
+            run.trials = trials;
+            match &end {
+                SearchEnd::Done(recommendation) => {
+                    run.outcome = RunOutcome::Done;
+                    run.trials = recommendation.trial_count;
+                    run.batch_size = Some(recommendation.batch_size);
+                    run.learning_rate = recommendation.learning_rate;
+                }
+                SearchEnd::Failed(error) => {
+                    run.outcome = RunOutcome::Failed;
+                    run.error = Some(error.clone());
+                }
+                SearchEnd::Cancelled => {
+                    run.outcome = RunOutcome::Cancelled;
+                    run.error = Some("the spec changed or was removed".into());
+                }
+            }
+        });
+    if let Err(error) = finished {
+        tracing::warn!("job {name}: cannot record the run's end in its history: {error}");
+    }
+    match end {
+        SearchEnd::Cancelled => tracing::info!("job {name}: search cancelled"),
+        SearchEnd::Done(recommendation) => {
+            let key = CacheKey::new(&hash, &slot.model);
+            if let Err(error) = shared
+                .store
+                .put_recommendation(&key, &name, &recommendation)
+            {
+                tracing::error!("job {name}: cannot store the recommendation: {error}");
+            }
+            tracing::info!("job {name}: done, batch {}", recommendation.batch_size);
+            shared.update_job(&name, &hash, |job| {
+                job.state = JobState::Done;
+                job.trials_done = recommendation.trial_count;
+                job.recommendation = Some(*recommendation);
+            });
+        }
+        SearchEnd::Failed(error) => {
+            tracing::warn!("job {name}: failed: {error}");
+            shared.update_job(&name, &hash, |job| {
+                job.state = JobState::Failed;
+                job.error = Some(error);
+            });
+        }
+    }
+}
+
+async fn search<R: TrialRunner>(
+    shared: &Arc<Shared>,
+    runner: &R,
+    name: &str,
+    spec: &JobSpec,
+    slot: &DeviceSlot,
+    cancel: &Notify,
+) -> SearchEnd {
+    let context = match crate::advise_cli::search_context(
+        slot.device,
+        spec.search.memory_limit,
+        shared.gpu_probe.as_deref(),
+    ) {
+        Ok(context) => context,
+        Err(error) => return SearchEnd::Failed(error),
+    };
+    let progress_shared = shared.clone();
+    let progress_name = name.to_string();
+    let progress_hash = spec.content_hash.clone();
+    let on_progress = move |p: &Progress| {
+        progress_shared.update_job(&progress_name, &progress_hash, |job| {
+            job.phase = Some(p.phase.as_str().to_string());
+            job.trials_done = p.trials_done;
+        });
+    };
+    tokio::select! {
+        outcome = advise(spec, &context, runner, &on_progress) => match outcome {
+            Ok(recommendation) => SearchEnd::Done(Box::new(recommendation)),
+            Err(error) => SearchEnd::Failed(error.to_string()),
+        },
+        // Dropping the search drops its trial, whose child is killed.
+        _ = cancel.notified() => SearchEnd::Cancelled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cuda(index: u32) -> DeviceSlot {
+        DeviceSlot {
+            device: TrialDevice::Cuda(index),
+            model: "NVIDIA H100".into(),
+        }
+    }
+
+    fn cpu() -> DeviceSlot {
+        DeviceSlot {
+            device: TrialDevice::Cpu,
+            model: "cpu".into(),
+        }
+    }
+
+    fn queue(entries: &[(&str, DeviceChoice)]) -> Vec<(String, DeviceChoice)> {
+        entries.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+    }
+
+    #[test]
+    fn one_search_per_device_and_auto_jobs_spread_over_gpus() {
+        let devices = [cuda(0), cuda(1), cpu()];
+        let q = queue(&[
+            ("a", DeviceChoice::Auto),
+            ("b", DeviceChoice::Auto),
+            ("c", DeviceChoice::Auto),
+            ("d", DeviceChoice::Cpu),
+        ]);
+        let plan = plan(&q, &devices, &HashSet::new(), 16);
+        assert_eq!(
+            plan.start,
+            vec![
+                ("a".into(), TrialDevice::Cuda(0)),
+                ("b".into(), TrialDevice::Cuda(1)),
+                ("d".into(), TrialDevice::Cpu),
+            ]
+        );
+        assert!(plan.unservable.is_empty());
+    }
+
+    #[test]
+    fn a_job_waiting_for_a_busy_device_does_not_block_the_queue() {
+        let devices = [cuda(0), cuda(1), cpu()];
+        let q = queue(&[
+            ("pinned", DeviceChoice::Cuda(0)),
+            ("any", DeviceChoice::Auto),
+        ]);
+        let busy = HashSet::from([TrialDevice::Cuda(0)]);
+        let plan = plan(&q, &devices, &busy, 16);
+        assert_eq!(plan.start, vec![("any".into(), TrialDevice::Cuda(1))]);
+    }
+
+    #[test]
+    fn concurrency_is_capped_in_queue_order() {
+        let devices = [cuda(0), cuda(1), cuda(2), cpu()];
+        let q = queue(&[
+            ("a", DeviceChoice::Auto),
+            ("b", DeviceChoice::Auto),
+            ("c", DeviceChoice::Auto),
+        ]);
+        let plan1 = plan(&q, &devices, &HashSet::new(), 2);
+        assert_eq!(plan1.start.len(), 2);
+        assert_eq!(plan1.start[0].0, "a");
+        assert_eq!(plan1.start[1].0, "b");
+        let busy = HashSet::from([TrialDevice::Cuda(0), TrialDevice::Cuda(1)]);
+        assert!(plan(&q[2..], &devices, &busy, 2).start.is_empty());
+    }
+
+    #[test]
+    fn auto_means_cpu_only_without_gpus_and_missing_devices_are_reported() {
+        let q = queue(&[("a", DeviceChoice::Auto), ("g", DeviceChoice::Cuda(3))]);
+        let plan1 = plan(&q, &[cpu()], &HashSet::new(), 16);
+        assert_eq!(plan1.start, vec![("a".into(), TrialDevice::Cpu)]);
+        assert_eq!(plan1.unservable, vec!["g".to_string()]);
+        // With a GPU, auto never falls back to the (busy-free) CPU.
+        let busy = HashSet::from([TrialDevice::Cuda(0)]);
+        let plan2 = plan(&q[..1], &[cuda(0), cpu()], &busy, 16);
+        assert!(plan2.start.is_empty());
+    }
+}

@@ -66,6 +66,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/jobs/{name}/recommendation", get(get_recommendation))
         .route("/v1/gpus", get(gpus))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(shared)
 }
@@ -314,9 +315,24 @@ async fn openapi() -> Json<serde_json::Value> {
                 "get": {"summary": "the recommendation", "responses": {"200": {"description": "recommendation"}, "400": problem, "404": problem, "409": problem}}
             },
             "/v1/gpus": {"get": {"summary": "GPU inventory", "responses": {"200": {"description": "inventory"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format 0.0.4)", "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}}}},
             "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
         }
     }))
+}
+
+/// The Prometheus scrape (text exposition format 0.0.4).
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    // Reading NVML blocks for a few milliseconds: off the async workers.
+    match tokio::task::spawn_blocking(move || shared.metrics_text()).await {
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
+        Err(_) => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Metrics unavailable",
+            "the scrape task failed",
+        )
+        .into_response(),
+    }
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -18,6 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod gpu;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod search;
 pub mod spec;

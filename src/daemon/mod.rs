@@ -24,6 +24,7 @@ pub use scheduler::DeviceSlot;
 
 use crate::config::Config;
 use crate::gpu::{open_probe, GpuProbe};
+use crate::metrics::{JobView, MeteredRunner, Metrics, Snapshot};
 use crate::policy::PolicySet;
 use crate::spec::DeviceChoice;
 use crate::state::{CacheKey, RunOutcome, StateStore};
@@ -76,6 +77,7 @@ pub struct Shared {
     /// Devices searches run on, one search each at a time.
     pub devices: Vec<DeviceSlot>,
     pub gpu_probe: Option<Arc<dyn GpuProbe>>,
+    pub metrics: Arc<Metrics>,
     pub jobs: Mutex<BTreeMap<String, Job>>,
     pub(crate) running: Mutex<HashMap<String, RunningSearch>>,
     queue: Mutex<VecDeque<String>>,
@@ -93,6 +95,7 @@ impl Shared {
         store: StateStore,
         devices: Vec<DeviceSlot>,
         gpu_probe: Option<Arc<dyn GpuProbe>>,
+        metrics: Arc<Metrics>,
     ) -> Shared {
         Shared {
             settings: RwLock::new(Arc::new(settings)),
@@ -100,6 +103,7 @@ impl Shared {
             store,
             devices,
             gpu_probe,
+            metrics,
             jobs: Mutex::new(BTreeMap::new()),
             running: Mutex::new(HashMap::new()),
             queue: Mutex::new(VecDeque::new()),
@@ -238,6 +242,30 @@ impl Shared {
         Ok(need_restart)
     }
 
+    /// The Prometheus scrape: GPU state read now, jobs as they stand.
+    pub fn metrics_text(&self) -> String {
+        let gpus = self.gpu_probe.as_ref().and_then(|p| p.snapshot().ok());
+        let jobs: Vec<Job> = self
+            .jobs
+            .lock()
+            .map(|jobs| jobs.values().cloned().collect())
+            .unwrap_or_default();
+        let searches_running = self.running.lock().map_or(0, |r| r.len());
+        self.metrics.render(&Snapshot {
+            gpus: gpus.as_ref().map(|s| s.gpus.as_slice()),
+            jobs: jobs
+                .iter()
+                .map(|job| JobView {
+                    name: &job.name,
+                    state: job.state.as_str(),
+                    recommendation: job.recommendation.as_ref(),
+                })
+                .collect(),
+            queue_depth: self.queue_depth(),
+            searches_running,
+        })
+    }
+
     /// A one-line summary for systemd's STATUS.
     fn status_line(&self) -> String {
         let jobs = self.jobs.lock().map(|j| j.len()).unwrap_or(0);
@@ -286,11 +314,17 @@ pub async fn serve(settings: Settings, reload: Reloader) -> anyhow::Result<()> {
     let mut options = RunnerOptions::current_exe()?;
     options.gpu_probe = gpu_probe.clone();
     options.kernel_cache_dir = Some(config.state_dir.join("kernel-cache"));
-    let runner = Arc::new(ProcessTrialRunner::new(options));
+    let metrics = Arc::new(Metrics::new().context("cannot register the metrics")?);
+    let runner = Arc::new(MeteredRunner {
+        inner: ProcessTrialRunner::new(options),
+        metrics: metrics.clone(),
+    });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let shared = Arc::new(Shared::new(settings, reload, store, devices, gpu_probe));
+    let shared = Arc::new(Shared::new(
+        settings, reload, store, devices, gpu_probe, metrics,
+    ));
     reconcile_now(&shared).await;
     shared.ready.store(true, Ordering::SeqCst);
     let scheduler_task = tokio::spawn(scheduler::run(shared.clone(), runner));
@@ -479,6 +513,7 @@ mod tests {
                 slot(TrialDevice::Cpu),
             ],
             None,
+            Arc::new(Metrics::new().unwrap()),
         ));
         let runner = Arc::new(CountingRunner {
             inner: FakeRunner::new(),

@@ -1,0 +1,438 @@
+//! Prometheus metrics, on a registry batchd owns (never the global one, so
+//! a library linking `prometheus` cannot leak series into our scrape).
+//!
+//! Conventions: every name starts with `batchd_`, uses base units
+//! (`_bytes`, `_seconds`, `_ratio`, `_celsius`, `_watts`), counters end in
+//! `_total`. Labels stay bounded: GPU index and UUID, job name (one per spec
+//! file), job state, trial outcome. Never `job` or `instance` (Prometheus
+//! adds its own), never error strings or batch sizes.
+//!
+//! Trial counters are updated as trials end ([`MeteredRunner`]); everything
+//! else is a gauge set from a [`Snapshot`] of the daemon at scrape time, so
+//! a retired job's series disappear with it.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::gpu::GpuInfo;
+use crate::search::Recommendation;
+use crate::trial::{Outcome, TrialRequest, TrialResult, TrialRunner};
+
+/// The job states a job's state gauge covers.
+pub const JOB_STATES: [&str; 5] = ["queued", "running", "done", "failed", "invalid"];
+
+/// Trial durations: from a cached-kernel MLP step (< 1 s) to a max-fit
+/// trial on a large GPU (minutes).
+const TRIAL_DURATION_BUCKETS: [f64; 12] = [
+    0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// One job as the metrics see it.
+pub struct JobView<'a> {
+    pub name: &'a str,
+    pub state: &'a str,
+    pub recommendation: Option<&'a Recommendation>,
+}
+
+/// The daemon at one moment.
+pub struct Snapshot<'a> {
+    /// `None` when NVML is unavailable.
+    pub gpus: Option<&'a [GpuInfo]>,
+    pub jobs: Vec<JobView<'a>>,
+    pub queue_depth: usize,
+    pub searches_running: usize,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    gpu_memory_total: GaugeVec,
+    gpu_memory_used: GaugeVec,
+    gpu_memory_free: GaugeVec,
+    gpu_utilization: GaugeVec,
+    gpu_temperature: GaugeVec,
+    gpu_power: GaugeVec,
+    job_batch_size: GaugeVec,
+    job_learning_rate: GaugeVec,
+    job_max_fit: GaugeVec,
+    job_noise_scale: GaugeVec,
+    job_throughput: GaugeVec,
+    job_peak_memory: GaugeVec,
+    job_state: GaugeVec,
+    jobs: IntGaugeVec,
+    trials: IntCounterVec,
+    trial_duration: HistogramVec,
+    queue_depth: IntGauge,
+    searches_running: IntGauge,
+    nvml_up: IntGauge,
+    /// Scrapes reset and refill the gauges; two at once would interleave.
+    scrape: Mutex<()>,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let vec = GaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(vec.clone()))?;
+            Ok::<_, prometheus::Error>(vec)
+        };
+        let gpu = ["gpu", "uuid"];
+        let job = ["job_name"];
+        let metrics = Metrics {
+            gpu_memory_total: gauge_vec(
+                "batchd_gpu_memory_total_bytes",
+                "GPU memory in all.",
+                &gpu,
+            )?,
+            gpu_memory_used: gauge_vec(
+                "batchd_gpu_memory_used_bytes",
+                "GPU memory in use, by any process.",
+                &gpu,
+            )?,
+            gpu_memory_free: gauge_vec("batchd_gpu_memory_free_bytes", "GPU memory free.", &gpu)?,
+            gpu_utilization: gauge_vec(
+                "batchd_gpu_utilization_ratio",
+                "Fraction of the last sample period a kernel ran (NVML).",
+                &gpu,
+            )?,
+            gpu_temperature: gauge_vec(
+                "batchd_gpu_temperature_celsius",
+                "GPU core temperature.",
+                &gpu,
+            )?,
+            gpu_power: gauge_vec("batchd_gpu_power_watts", "GPU power draw.", &gpu)?,
+            job_batch_size: gauge_vec(
+                "batchd_job_recommended_batch_size",
+                "Recommended per-device batch size.",
+                &job,
+            )?,
+            job_learning_rate: gauge_vec(
+                "batchd_job_learning_rate",
+                "Recommended learning rate for the recommended effective batch.",
+                &job,
+            )?,
+            job_max_fit: gauge_vec(
+                "batchd_job_max_fit_batch_size",
+                "Largest batch measured to fit the memory budget.",
+                &job,
+            )?,
+            job_noise_scale: gauge_vec(
+                "batchd_job_gradient_noise_scale",
+                "Measured gradient noise scale (critical batch, in samples).",
+                &job,
+            )?,
+            job_throughput: gauge_vec(
+                "batchd_job_expected_throughput_samples_per_second",
+                "Expected training throughput at the recommended batch.",
+                &job,
+            )?,
+            job_peak_memory: gauge_vec(
+                "batchd_job_expected_peak_memory_bytes",
+                "Expected peak device memory at the recommended batch.",
+                &job,
+            )?,
+            job_state: gauge_vec(
+                "batchd_job_state",
+                "1 for the job's current state, 0 for the others.",
+                &["job_name", "state"],
+            )?,
+            jobs: {
+                let vec = IntGaugeVec::new(Opts::new("batchd_jobs", "Jobs by state."), &["state"])?;
+                registry.register(Box::new(vec.clone()))?;
+                vec
+            },
+            trials: {
+                let vec = IntCounterVec::new(
+                    Opts::new("batchd_trials_total", "Trials run, by outcome."),
+                    &["outcome"],
+                )?;
+                registry.register(Box::new(vec.clone()))?;
+                vec
+            },
+            trial_duration: {
+                let vec = HistogramVec::new(
+                    HistogramOpts::new(
+                        "batchd_trial_duration_seconds",
+                        "Wall time of a trial, process start to result, by outcome.",
+                    )
+                    .buckets(TRIAL_DURATION_BUCKETS.to_vec()),
+                    &["outcome"],
+                )?;
+                registry.register(Box::new(vec.clone()))?;
+                vec
+            },
+            queue_depth: {
+                let gauge = IntGauge::new("batchd_queue_depth", "Jobs queued for a device.")?;
+                registry.register(Box::new(gauge.clone()))?;
+                gauge
+            },
+            searches_running: {
+                let gauge = IntGauge::new(
+                    "batchd_searches_running",
+                    "Searches running now (at most one per device).",
+                )?;
+                registry.register(Box::new(gauge.clone()))?;
+                gauge
+            },
+            nvml_up: {
+                let gauge = IntGauge::new(
+                    "batchd_nvml_up",
+                    "1 when NVML answers, 0 on a machine without a usable NVIDIA driver.",
+                )?;
+                registry.register(Box::new(gauge.clone()))?;
+                gauge
+            },
+            registry,
+            scrape: Mutex::new(()),
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new("batchd_build_info", "Always 1; labels name the build."),
+            &["version", "burn_version"],
+        )?;
+        metrics.registry.register(Box::new(build_info.clone()))?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "0.21.0"])
+            .set(1);
+        // Known label sets exist from the start, so a dashboard shows zeros
+        // rather than "No data" before the first trial.
+        for outcome in Outcome::ALL {
+            metrics.trials.with_label_values(&[outcome.as_str()]);
+            metrics
+                .trial_duration
+                .with_label_values(&[outcome.as_str()]);
+        }
+        for state in JOB_STATES {
+            metrics.jobs.with_label_values(&[state]);
+        }
+        Ok(metrics)
+    }
+
+    /// Counts one finished trial.
+    pub fn observe_trial(&self, outcome: Outcome, seconds: f64) {
+        self.trials.with_label_values(&[outcome.as_str()]).inc();
+        self.trial_duration
+            .with_label_values(&[outcome.as_str()])
+            .observe(seconds);
+    }
+
+    /// Sets the gauges from `snapshot` and encodes the registry in the text
+    /// exposition format.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let _guard = self.scrape.lock();
+        self.set_gauges(snapshot);
+        let mut buffer = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!("cannot encode metrics: {error}");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    fn set_gauges(&self, snapshot: &Snapshot) {
+        for vec in [
+            &self.gpu_memory_total,
+            &self.gpu_memory_used,
+            &self.gpu_memory_free,
+            &self.gpu_utilization,
+            &self.gpu_temperature,
+            &self.gpu_power,
+            &self.job_batch_size,
+            &self.job_learning_rate,
+            &self.job_max_fit,
+            &self.job_noise_scale,
+            &self.job_throughput,
+            &self.job_peak_memory,
+            &self.job_state,
+        ] {
+            vec.reset();
+        }
+        self.nvml_up.set(i64::from(snapshot.gpus.is_some()));
+        for gpu in snapshot.gpus.unwrap_or_default() {
+            let index = gpu.index.to_string();
+            let labels = [index.as_str(), gpu.uuid.as_str()];
+            self.gpu_memory_total
+                .with_label_values(&labels)
+                .set(gpu.memory_total_bytes as f64);
+            self.gpu_memory_used
+                .with_label_values(&labels)
+                .set(gpu.memory_used_bytes as f64);
+            self.gpu_memory_free
+                .with_label_values(&labels)
+                .set(gpu.memory_free_bytes as f64);
+            let optional = [
+                (
+                    &self.gpu_utilization,
+                    gpu.utilization_gpu_percent.map(|p| f64::from(p) / 100.0),
+                ),
+                (
+                    &self.gpu_temperature,
+                    gpu.temperature_celsius.map(f64::from),
+                ),
+                (&self.gpu_power, gpu.power_watts),
+            ];
+            for (vec, value) in optional {
+                if let Some(value) = value {
+                    vec.with_label_values(&labels).set(value);
+                }
+            }
+        }
+        for state in JOB_STATES {
+            let count = snapshot.jobs.iter().filter(|j| j.state == state).count();
+            self.jobs.with_label_values(&[state]).set(count as i64);
+        }
+        for job in &snapshot.jobs {
+            for state in JOB_STATES {
+                self.job_state
+                    .with_label_values(&[job.name, state])
+                    .set(f64::from(u8::from(job.state == state)));
+            }
+            let Some(rec) = job.recommendation else {
+                continue;
+            };
+            let values = [
+                (&self.job_batch_size, Some(rec.batch_size as f64)),
+                (&self.job_learning_rate, rec.learning_rate),
+                (&self.job_max_fit, Some(rec.max_fit_batch_size as f64)),
+                (&self.job_noise_scale, rec.gradient_noise_scale),
+                (&self.job_throughput, rec.expected_samples_per_second),
+                (
+                    &self.job_peak_memory,
+                    rec.expected_peak_memory_bytes.map(|b| b as f64),
+                ),
+            ];
+            for (vec, value) in values {
+                if let Some(value) = value.filter(|v| v.is_finite()) {
+                    vec.with_label_values(&[job.name]).set(value);
+                }
+            }
+        }
+        self.queue_depth.set(snapshot.queue_depth as i64);
+        self.searches_running.set(snapshot.searches_running as i64);
+    }
+}
+
+/// A trial runner that counts its trials' outcomes and durations.
+pub struct MeteredRunner<R> {
+    pub inner: R,
+    pub metrics: std::sync::Arc<Metrics>,
+}
+
+impl<R: TrialRunner> TrialRunner for MeteredRunner<R> {
+    async fn run(&self, request: TrialRequest) -> TrialResult {
+        let started = Instant::now();
+        let result = self.inner.run(request).await;
+        self.metrics
+            .observe_trial(result.outcome, started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu() -> GpuInfo {
+        GpuInfo {
+            index: 0,
+            name: "NVIDIA H200".into(),
+            uuid: "GPU-1234".into(),
+            memory_total_bytes: 150_000_000_000,
+            memory_used_bytes: 1_000_000_000,
+            memory_free_bytes: 149_000_000_000,
+            utilization_gpu_percent: Some(37),
+            utilization_memory_percent: None,
+            temperature_celsius: Some(41),
+            power_watts: Some(118.5),
+            power_limit_watts: None,
+            processes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn names_follow_the_conventions_and_known_series_exist_before_any_trial() {
+        let metrics = Metrics::new().unwrap();
+        let text = metrics.render(&Snapshot {
+            gpus: None,
+            jobs: Vec::new(),
+            queue_depth: 0,
+            searches_running: 0,
+        });
+        assert!(
+            text.contains("batchd_trials_total{outcome=\"out_of_memory\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("batchd_jobs{state=\"invalid\"} 0"));
+        assert!(text.contains("batchd_nvml_up 0"));
+        assert!(text.contains("batchd_build_info{burn_version=\"0.21.0\",version=\""));
+        for family in metrics.registry.gather() {
+            let name = family.name();
+            assert!(name.starts_with("batchd_"), "{name}");
+            if family.get_field_type() == prometheus::proto::MetricType::COUNTER {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+            for metric in family.get_metric() {
+                for label in metric.get_label() {
+                    assert!(
+                        !matches!(label.name(), "job" | "instance" | "batch_size" | "error"),
+                        "{name} has label {}",
+                        label.name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gauges_follow_the_snapshot_and_retired_jobs_disappear() {
+        let metrics = Metrics::new().unwrap();
+        let gpus = [gpu()];
+        let text = metrics.render(&Snapshot {
+            gpus: Some(&gpus),
+            jobs: vec![
+                JobView {
+                    name: "a",
+                    state: "running",
+                    recommendation: None,
+                },
+                JobView {
+                    name: "b",
+                    state: "invalid",
+                    recommendation: None,
+                },
+            ],
+            queue_depth: 3,
+            searches_running: 1,
+        });
+        assert!(
+            text.contains("batchd_gpu_utilization_ratio{gpu=\"0\",uuid=\"GPU-1234\"} 0.37"),
+            "{text}"
+        );
+        assert!(text.contains("batchd_gpu_power_watts{gpu=\"0\",uuid=\"GPU-1234\"} 118.5"));
+        assert!(text.contains("batchd_nvml_up 1"));
+        assert!(text.contains("batchd_queue_depth 3"));
+        assert!(text.contains("batchd_job_state{job_name=\"a\",state=\"running\"} 1"));
+        assert!(text.contains("batchd_job_state{job_name=\"a\",state=\"done\"} 0"));
+        assert!(text.contains("batchd_jobs{state=\"running\"} 1"));
+        metrics.observe_trial(Outcome::OutOfMemory, 3.0);
+        let text = metrics.render(&Snapshot {
+            gpus: None,
+            jobs: vec![JobView {
+                name: "b",
+                state: "invalid",
+                recommendation: None,
+            }],
+            queue_depth: 0,
+            searches_running: 0,
+        });
+        assert!(!text.contains("job_name=\"a\""), "{text}");
+        assert!(!text.contains("batchd_gpu_memory_total_bytes{"));
+        assert!(text.contains("batchd_trials_total{outcome=\"out_of_memory\"} 1"));
+        assert!(text.contains(
+            "batchd_trial_duration_seconds_bucket{outcome=\"out_of_memory\",le=\"5\"} 1"
+        ));
+    }
+}

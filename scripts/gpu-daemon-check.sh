@@ -43,7 +43,8 @@ for _ in $(seq 240); do
     running=$(awk '$1 == "batchd_searches_running" {print $2}' "$OUT_DIR/metrics.txt")
     [ "${running:-0}" -gt "$MAX_RUNNING" ] && MAX_RUNNING=$running
     get /v1/jobs > "$OUT_DIR/jobs.json"
-    left=$(python3 -c 'import json,sys; print(sum(j["state"] in ("queued","running") for j in json.load(open(sys.argv[1]))["jobs"]))' "$OUT_DIR/jobs.json" 2>/dev/null || echo 2)
+    # Jobs not yet picked up count as left.
+    left=$(python3 -c 'import json,sys; jobs=json.load(open(sys.argv[1]))["jobs"]; print(2 - len(jobs) + sum(j["state"] in ("queued","running") for j in jobs))' "$OUT_DIR/jobs.json" 2>/dev/null || echo 2)
     [ "$left" = 0 ] && break
     sleep 1
 done

@@ -64,7 +64,7 @@ impl Bench {
 
 fn batchd(bench: &Bench, spec: &JobSpec, budget: u64, log: &mut Log) -> Option<u64> {
     let prior = prior_bytes_per_sample(spec, 4.0);
-    let mut search = MaxFitSearch::new(1, 1 << 22, MULTIPLE, budget, Some(prior));
+    let mut search = MaxFitSearch::new(1, 1 << 22, MULTIPLE, budget, prior);
     while let Next::Try(batch) = search.next_step() {
         let (ok, peak) = bench.fits(spec, batch, spec.policy.trials.fit_steps, budget, log);
         let probe = if ok {

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One prepared check for a CUDA machine, run with a release binary built
 # elsewhere and carried over:
-#   scripts/gpu-check.sh [BATCHD_BINARY] [OUT_DIR] [advise|advise-only]
+#   scripts/gpu-check.sh [BATCHD_BINARY] [OUT_DIR] [advise|advise-only|pytorch-only]
 # It lists the GPUs, runs a CUDA trial of each model kind, measures the
 # trial start-up cost with a cold and a warm kernel cache, provokes an
 # out-of-memory and shows how it was classified, then prints a table.
 # `advise` adds a full `batchd advise` of the h=8192 MLP (max-fit search on
-# the whole GPU); `advise-only` runs just that.
+# the whole GPU); `advise-only` runs just that. Where PyTorch with CUDA is
+# installed, it also runs the PyTorch command job of examples/pytorch
+# (trials, a provoked CUDA out-of-memory, and an advise); `pytorch-only`
+# runs just that.
 set -u
 cd "$(dirname "$0")/.."
 BIN="${1:-target/release/batchd}"
@@ -44,7 +47,8 @@ PY
     echo "   $label: $(tail -1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["outcome"], r.get("reason") or "")')"
 }
 
-if [ "${3:-}" != "advise-only" ]; then
+MODE="${3:-}"
+if [ "$MODE" != "advise-only" ] && [ "$MODE" != "pytorch-only" ]; then
 echo "== trials (cold kernel cache first, then warm)"
 trial mlp-cold        scripts/gpu/mlp-h8192.toml 4096 20 --lr 1e-4
 trial mlp-warm        scripts/gpu/mlp-h8192.toml 4096 20 --lr 1e-4
@@ -58,7 +62,26 @@ trial mlp-oom-b1M     scripts/gpu/mlp-h8192.toml 1048576 3 --lr 1e-4
 trial mlp-after-oom   scripts/gpu/mlp-h8192.toml 4096 8 --lr 1e-4
 fi
 
-if [ "${3:-}" = "advise" ] || [ "${3:-}" = "advise-only" ]; then
+if [ "$MODE" != "advise-only" ]; then
+    if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+        echo "== PyTorch command job (examples/pytorch/pytorch-mlp.toml, runner = \"command\")"
+        python3 -c 'import torch; print("   torch", torch.__version__, "CUDA", torch.version.cuda)'
+        trial torch-b4096       examples/pytorch/pytorch-mlp.toml 4096 20
+        trial torch-b65536      examples/pytorch/pytorch-mlp.toml 65536 8
+        trial torch-oom-b4M     examples/pytorch/pytorch-mlp.toml 4194304 3
+        trial torch-after-oom   examples/pytorch/pytorch-mlp.toml 4096 8
+        echo "== batchd advise on the PyTorch job"
+        /usr/bin/time -f "advise wall %e s" "$BIN" advise scripts/gpu/pytorch-mlp-advise.toml \
+            > "$OUT_DIR/advise-pytorch.txt" 2> "$OUT_DIR/advise-pytorch.stderr"
+        sed -n '/recommendation/,/throughput curve/p' "$OUT_DIR/advise-pytorch.txt" | head -30
+        sed -n '/  why/,$p' "$OUT_DIR/advise-pytorch.txt" | head -60
+        tail -1 "$OUT_DIR/advise-pytorch.stderr"
+    else
+        echo "== PyTorch with CUDA is not installed here: command-job check skipped"
+    fi
+fi
+
+if [ "$MODE" = "advise" ] || [ "$MODE" = "advise-only" ]; then
     echo "== batchd advise on the h=8192 MLP (max-fit search on the whole GPU)"
     /usr/bin/time -f "advise wall %e s" "$BIN" advise scripts/gpu/mlp-h8192-advise.toml --kernel-cache "$CACHE" \
         > "$OUT_DIR/advise.txt" 2> "$OUT_DIR/advise.stderr"

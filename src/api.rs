@@ -122,9 +122,7 @@ fn check_data_roots(
         .iter()
         .filter_map(|r| r.canonicalize().ok())
         .collect();
-    spec.data
-        .source
-        .files()
+    spec.data_files()
         .into_iter()
         .filter_map(|(field, file)| {
             let inside = file
@@ -175,6 +173,21 @@ async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
             return problem.into_response();
         }
     };
+    if spec.command().is_some() {
+        let settings = shared.settings();
+        if !(settings.config.allow_command_jobs_over_http && settings.api_token.is_some()) {
+            let mut problem = Problem::new(
+                StatusCode::FORBIDDEN,
+                "Command jobs are not accepted over HTTP",
+                "a spec with runner = \"command\" runs code as the daemon's user; drop it into the jobs folder instead, or set allow_command_jobs_over_http (with api_token_file) in the daemon's configuration",
+            );
+            problem.errors = vec![crate::validation::FieldError::new(
+                "runner",
+                "\"command\" is not accepted over HTTP by this daemon",
+            )];
+            return problem.into_response();
+        }
+    }
     let errors = check_data_roots(&shared, &spec);
     if !errors.is_empty() {
         let detail = errors
@@ -295,7 +308,7 @@ async fn openapi() -> Json<serde_json::Value> {
                 "get": {"summary": "all jobs", "responses": {"200": {"description": "jobs"}}},
                 "post": {"summary": "submit a job spec (TOML, or JSON/YAML by Content-Type)", "security": [{"bearer": []}],
                          "requestBody": {"content": {"application/toml": {}, "application/json": {}, "application/yaml": {}}},
-                         "responses": {"201": job, "401": problem, "409": problem, "413": {"description": "body too large"}, "422": problem}}
+                         "responses": {"201": job, "401": problem, "403": problem, "409": problem, "413": {"description": "body too large"}, "422": problem}}
             },
             "/v1/jobs/{name}": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],

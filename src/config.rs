@@ -37,6 +37,11 @@ pub struct Config {
     pub data_roots: Vec<PathBuf>,
     /// File holding the bearer token that protects state-changing endpoints.
     pub api_token_file: Option<PathBuf>,
+    /// Accept `runner = "command"` specs over HTTP. Such a spec runs code as
+    /// the daemon's user, so this needs `api_token_file` too. Off: command
+    /// jobs come only from the jobs folder, whose permissions decide who
+    /// may run code.
+    pub allow_command_jobs_over_http: bool,
 }
 
 impl Default for Config {
@@ -50,6 +55,7 @@ impl Default for Config {
             max_request_body: ByteSize(ByteSize::MIB),
             data_roots: Vec::new(),
             api_token_file: None,
+            allow_command_jobs_over_http: false,
         }
     }
 }
@@ -124,6 +130,12 @@ impl Config {
     }
 
     fn check(&self, problems: &mut Problems) {
+        if self.allow_command_jobs_over_http && self.api_token_file.is_none() {
+            problems.push(
+                "allow_command_jobs_over_http",
+                "needs api_token_file: posting a command job runs code, so it must be authenticated",
+            );
+        }
         if self.max_concurrent_jobs == 0 {
             problems.push("max_concurrent_jobs", "must be > 0, got 0");
         }

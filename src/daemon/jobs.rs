@@ -154,6 +154,40 @@ fn is_spec_file(path: &Path) -> bool {
         && path.is_file()
 }
 
+/// A command job runs code as the daemon's user, so the jobs folder's
+/// permissions are the trust boundary: its spec file (and the folder,
+/// unless sticky) must not be writable by everyone.
+fn trusted(path: &Path, spec: JobSpec) -> Result<JobSpec, crate::validation::DocumentErrors> {
+    use std::os::unix::fs::PermissionsExt;
+    if spec.command().is_none() {
+        return Ok(spec);
+    }
+    let world_writable = |p: &Path, sticky_ok: bool| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            let mode = m.permissions().mode();
+            mode & 0o002 != 0 && !(sticky_ok && mode & 0o1000 != 0)
+        })
+    };
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let problem = if world_writable(path, false) {
+        Some(format!("{} is writable by everyone", path.display()))
+    } else if world_writable(folder, true) {
+        Some(format!("{} is writable by everyone", folder.display()))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(spec),
+        Some(problem) => Err(crate::validation::DocumentErrors {
+            source: path.display().to_string(),
+            errors: vec![FieldError::new(
+                "runner",
+                format!("a command job runs code as batchd's user, but {problem}; refusing it (chmod o-w)"),
+            )],
+        }),
+    }
+}
+
 /// Brings the job table in line with the jobs folder: new or changed specs
 /// are (re)queued, invalid ones become `invalid` jobs with their errors,
 /// removed ones are retired (a running search is cancelled; the
@@ -185,7 +219,7 @@ pub fn reconcile(shared: &Shared) {
                 .and_then(|s| s.to_str())
                 .unwrap_or("job")
                 .to_string();
-            match load_spec_file(&path, &settings.policies) {
+            match load_spec_file(&path, &settings.policies).and_then(|spec| trusted(&path, spec)) {
                 Ok(spec) => {
                     let name = spec.name.clone();
                     seen.push(name.clone());

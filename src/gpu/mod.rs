@@ -79,12 +79,17 @@ pub trait GpuProbe: Send + Sync {
     /// GPU memory held by one process, summed over all GPUs; `None` when the
     /// process holds none or the driver does not say.
     fn process_memory(&self, pid: u32) -> Result<Option<u64>, GpuError> {
+        self.processes_memory(&[pid])
+    }
+
+    /// GPU memory held by any of `pids` (a process tree), summed.
+    fn processes_memory(&self, pids: &[u32]) -> Result<Option<u64>, GpuError> {
         let snapshot = self.snapshot()?;
         let used: Vec<u64> = snapshot
             .gpus
             .iter()
             .flat_map(|gpu| gpu.processes.iter())
-            .filter(|p| p.pid == pid)
+            .filter(|p| pids.contains(&p.pid))
             .filter_map(|p| p.used_memory_bytes)
             .collect();
         Ok((!used.is_empty()).then(|| used.iter().sum()))
@@ -348,6 +353,11 @@ mod tests {
         let probe = fake();
         assert_eq!(probe.process_memory(7).unwrap(), Some(2 << 30));
         assert_eq!(probe.process_memory(8).unwrap(), None);
+        assert_eq!(
+            probe.processes_memory(&[8, 7, 9]).unwrap(),
+            probe.processes_memory(&[7, 9]).unwrap()
+        );
+        assert!(probe.processes_memory(&[7, 9]).unwrap() > probe.process_memory(7).unwrap());
     }
 
     #[test]

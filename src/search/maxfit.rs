@@ -452,9 +452,10 @@ impl MaxFitSearch {
 /// A rough bytes-per-sample estimate from the architecture: activations
 /// kept for the backward pass plus their gradients and the host-side batch.
 /// Only used to size the search's second probe; off by 3x it costs nothing.
-pub fn prior_bytes_per_sample(spec: &crate::spec::JobSpec, element_bytes: f64) -> f64 {
+/// `None` for a command job, whose model batchd cannot see.
+pub fn prior_bytes_per_sample(spec: &crate::spec::JobSpec, element_bytes: f64) -> Option<f64> {
     use crate::spec::ModelSpec;
-    let values = match &spec.model {
+    let values = match spec.model()? {
         ModelSpec::Mlp(m) => {
             let input = m.input_size.unwrap_or(256) as f64;
             input * 2.0
@@ -483,7 +484,7 @@ pub fn prior_bytes_per_sample(spec: &crate::spec::JobSpec, element_bytes: f64) -
     };
     // Values kept for backward, their gradients, and temporaries; the
     // factor was calibrated on CPU and H200 trials (within 2x either way).
-    values * element_bytes * 1.5
+    Some(values * element_bytes * 1.5)
 }
 
 #[cfg(test)]

@@ -222,7 +222,7 @@ pub async fn advise<R: TrialRunner>(
         spec.search.max_batch,
         policy.batch_multiple,
         budget_bytes,
-        Some(prior_bytes_per_sample(spec, element_bytes)),
+        prior_bytes_per_sample(spec, element_bytes),
     );
     let mut fit_results: Vec<TrialResult> = Vec::new();
     while let Next::Try(batch) = search.next_step() {

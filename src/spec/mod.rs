@@ -5,6 +5,7 @@
 //! find, each with the file and the field path, e.g.
 //! `jobs/a.toml: model.hidden[1]: must be > 0, got 0`.
 
+mod command;
 mod sections;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+pub use command::{CommandSpec, Workload};
 pub use sections::{
     Activation, CnnSpec, DataSource, DataSpec, DeviceChoice, LabelColumn, MlpSpec, ModelSpec,
     OptimizerSpec, Precision, SearchSpec, TrainingSpec, TransformerSpec, DEFAULT_MAX_BATCH,
@@ -32,8 +34,9 @@ pub struct JobSpec {
     pub policy_name: String,
     /// The policy with the spec's inline overrides applied.
     pub policy: Policy,
-    pub model: ModelSpec,
-    pub data: DataSpec,
+    /// What trains: a built-in model on built-in data, or a command.
+    #[serde(flatten)]
+    pub workload: Workload,
     pub optimizer: OptimizerSpec,
     pub precision: Precision,
     pub training: TrainingSpec,
@@ -45,14 +48,47 @@ pub struct JobSpec {
 impl JobSpec {
     /// One line for listings: `mlp on synthetic data, adamw, f32, policy balanced`.
     pub fn summary(&self) -> String {
+        let what = match &self.workload {
+            Workload::Builtin { model, data } => {
+                format!("{} on {} data", model.kind(), data.source.kind())
+            }
+            Workload::Command(command) => format!("command `{}`", command.argv.join(" ")),
+        };
         format!(
-            "{} on {} data, {}, {}, policy {}",
-            self.model.kind(),
-            self.data.source.kind(),
+            "{what}, {}, {}, policy {}",
             self.optimizer.kind(),
             crate::policy::serde_plain(&self.precision),
             self.policy_name
         )
+    }
+
+    /// The built-in model, unless the job runs a command.
+    pub fn model(&self) -> Option<&ModelSpec> {
+        match &self.workload {
+            Workload::Builtin { model, .. } => Some(model),
+            Workload::Command(_) => None,
+        }
+    }
+
+    /// The built-in data source, unless the job runs a command.
+    pub fn data(&self) -> Option<&DataSpec> {
+        match &self.workload {
+            Workload::Builtin { data, .. } => Some(data),
+            Workload::Command(_) => None,
+        }
+    }
+
+    /// The external command, for `runner = "command"` jobs.
+    pub fn command(&self) -> Option<&CommandSpec> {
+        match &self.workload {
+            Workload::Command(command) => Some(command),
+            Workload::Builtin { .. } => None,
+        }
+    }
+
+    /// Files the job reads: data files, for the data-roots check.
+    pub fn data_files(&self) -> Vec<(&'static str, &Path)> {
+        self.data().map(|d| d.source.files()).unwrap_or_default()
     }
 }
 
@@ -61,6 +97,10 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "description",
     "policy",
     "policy_overrides",
+    "runner",
+    "command",
+    "workdir",
+    "environment",
     "model",
     "data",
     "optimizer",
@@ -127,9 +167,13 @@ pub fn load_spec_file(path: &Path, policies: &PolicySet) -> Result<JobSpec, Docu
     problems.finish(&origin.label, spec)
 }
 
-/// Checks that the files a spec's data source names exist and are files.
+/// Checks that the files a spec's data source names exist and are files,
+/// and for a command job that its folder and program exist.
 pub fn check_data_files(spec: &JobSpec, problems: &mut Problems) {
-    for (field, file) in spec.data.source.files() {
+    if let Some(command) = spec.command() {
+        command::check_command(command, problems);
+    }
+    for (field, file) in spec.data_files() {
         match std::fs::metadata(file) {
             Ok(meta) if meta.is_file() => {}
             Ok(_) => problems.push(field, format!("{} is not a file", file.display())),
@@ -266,19 +310,31 @@ fn validate_document(
         }
     };
 
+    let command = command::parse_command(object, origin.base_dir.as_deref(), problems);
+    let is_builtin = matches!(command, Some(None));
     let model = match object.get("model") {
-        Some(value) => sections::parse_model(value, problems),
-        None => {
-            problems.push("model", "missing; every spec needs a [model] table");
+        Some(value) if is_builtin => sections::parse_model(value, problems),
+        None if is_builtin => {
+            problems.push(
+                "model",
+                "missing; every spec needs a [model] table (or runner = \"command\")",
+            );
             None
         }
+        _ => None,
     };
     let data = match object.get("data") {
-        Some(value) => sections::parse_data(value, origin.base_dir.as_deref(), problems),
-        None => {
-            problems.push("data", "missing; every spec needs a [data] table");
+        Some(value) if is_builtin => {
+            sections::parse_data(value, origin.base_dir.as_deref(), problems)
+        }
+        None if is_builtin => {
+            problems.push(
+                "data",
+                "missing; every spec needs a [data] table (or runner = \"command\")",
+            );
             None
         }
+        _ => None,
     };
     let optimizer = match object.get("optimizer") {
         Some(value) => sections::parse_optimizer(value, problems),
@@ -315,13 +371,19 @@ fn validate_document(
         }
     }
 
+    let workload = match command? {
+        Some(command) => Workload::Command(command),
+        None => Workload::Builtin {
+            model: model?,
+            data: data?,
+        },
+    };
     Some(JobSpec {
         name: name?,
         description,
         policy_name,
         policy: policy?,
-        model: model?,
-        data: data?,
+        workload,
         optimizer: optimizer?,
         precision: precision?,
         training: training?,
@@ -403,7 +465,7 @@ kind = "adamw"
         assert_eq!(spec.search.device, DeviceChoice::Auto);
         assert_eq!(spec.search.max_batch, DEFAULT_MAX_BATCH);
         assert_eq!(spec.training.world_size, 1);
-        assert_eq!(spec.data.validation_fraction, 0.1);
+        assert_eq!(spec.data().unwrap().validation_fraction, 0.1);
         assert!(
             matches!(spec.optimizer, OptimizerSpec::AdamW { weight_decay, .. } if weight_decay == 0.01)
         );
@@ -472,7 +534,7 @@ max_batch = 8
             "kind = \"csv\"\npath = \"data/x.csv\"\nlabel_column = \"y\"",
         );
         let spec = parse(&text).unwrap();
-        assert_eq!(spec.data.source.files()[0].1, Path::new("jobs/data/x.csv"));
+        assert_eq!(spec.data_files()[0].1, Path::new("jobs/data/x.csv"));
     }
 
     #[test]
@@ -489,8 +551,8 @@ max_batch = 8
         let from_json = parse_spec(&json, Syntax::Json, &origin, &PolicySet::builtin()).unwrap();
         let yaml = serde_yaml_ng::to_string(&value).unwrap();
         let from_yaml = parse_spec(&yaml, Syntax::Yaml, &origin, &PolicySet::builtin()).unwrap();
-        assert_eq!(from_toml.model, from_json.model);
-        assert_eq!(from_toml.model, from_yaml.model);
+        assert_eq!(from_toml.workload, from_json.workload);
+        assert_eq!(from_toml.workload, from_yaml.workload);
         assert_eq!(from_toml.optimizer, from_yaml.optimizer);
     }
 

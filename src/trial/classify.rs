@@ -31,6 +31,9 @@ pub struct Observation<'a> {
     pub memory_limit_bytes: Option<u64>,
     pub device_memory_total_bytes: Option<u64>,
     pub cpu_count: usize,
+    /// A user's command rather than batchd's worker: its exit codes and
+    /// stderr follow no convention of ours.
+    pub foreign: bool,
 }
 
 /// Phrases that mean "out of memory" in the stderr of Burn/cubecl, the Rust
@@ -152,7 +155,8 @@ pub fn classify(obs: &Observation<'_>) -> (Outcome, Option<String>) {
             .trim()
             .to_string()
     };
-    if obs.exit.code == Some(PANIC_EXIT_CODE) || stderr.contains(PANIC_MARKER) {
+    let worker_panicked = obs.exit.code == Some(PANIC_EXIT_CODE) || stderr.contains(PANIC_MARKER);
+    if worker_panicked && !obs.foreign {
         let panic_line = stderr
             .lines()
             .find(|l| l.contains(PANIC_MARKER))
@@ -272,6 +276,7 @@ mod tests {
             memory_limit_bytes: Some(1 << 30),
             device_memory_total_bytes: None,
             cpu_count: 2,
+            foreign: false,
         }
     }
 

@@ -17,7 +17,9 @@ use crate::spec::OptimizerSpec;
 use super::cuda::ContextProbe;
 use super::data::{Dataset, SplitMix64};
 use super::models::{forward_flops_per_sample, DeviceBatch, Model};
-use super::{Fault, GradNoiseSample, Outcome, TrialRequest, WorkerReport};
+use super::{
+    Fault, GradNoiseSample, Outcome, TrialRequest, WorkerReport, EXPLOSION_FACTOR, EXPLOSION_STEPS,
+};
 
 /// Receives per-step progress from the loop.
 pub trait ProgressSink {
@@ -35,12 +37,6 @@ pub struct TrialContext<'a> {
     pub process_start: Instant,
 }
 
-/// A loss this many times the first step's loss counts as exploding...
-const EXPLOSION_FACTOR: f64 = 4.0;
-/// ...once it stays there this many steps in a row: wide networks under
-/// Adam often spike on their first update and recover.
-const EXPLOSION_STEPS: u32 = 3;
-
 /// Validation samples per evaluation (fixed, so every LR candidate is
 /// judged on the same samples).
 const VALIDATION_SAMPLES: usize = 1024;
@@ -57,15 +53,20 @@ pub fn run<B: AutodiffBackend>(
     report: &mut WorkerReport,
 ) {
     let spec = &ctx.request.spec;
+    let Some(model_spec) = spec.model() else {
+        report.outcome = Some(Outcome::InvalidRequest);
+        report.reason = Some("the Burn engine got a command job".into());
+        return;
+    };
     let half = report.precision == Some(crate::spec::Precision::F16);
     let input_size = match ctx.data {
         Dataset::Classification(d) => d.sample_len,
         Dataset::Sequences(d) => d.context_length,
     };
     B::seed(&device, ctx.request.seed);
-    let model = Model::<B>::new(&spec.model, input_size, &device);
+    let model = Model::<B>::new(model_spec, input_size, &device);
     report.parameter_count = model.num_params() as u64;
-    report.train_flops_per_sample = 3.0 * forward_flops_per_sample(&spec.model, input_size);
+    report.train_flops_per_sample = 3.0 * forward_flops_per_sample(model_spec, input_size);
     match &spec.optimizer {
         OptimizerSpec::Sgd {
             momentum,

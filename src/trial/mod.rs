@@ -8,6 +8,7 @@
 //! samples memory, classifies the outcome and cross-checks every success.
 
 pub mod classify;
+pub mod command;
 pub mod cuda;
 pub mod data;
 pub mod engine;
@@ -77,6 +78,12 @@ impl std::fmt::Display for TrialDevice {
         }
     }
 }
+
+/// A loss this many times the first step's loss counts as exploding...
+pub(crate) const EXPLOSION_FACTOR: f64 = 4.0;
+/// ...once it stays there this many steps in a row: wide networks under
+/// Adam often spike on their first update and recover.
+pub(crate) const EXPLOSION_STEPS: u32 = 3;
 
 /// The learning rate at each step of a trial.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

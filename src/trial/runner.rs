@@ -144,64 +144,19 @@ impl ProcessTrialRunner {
             }
             (report, garbled)
         });
-        let stderr = child.stderr.take();
-        let stderr_tail = tokio::spawn(async move {
-            let mut tail: Vec<u8> = Vec::new();
-            if let Some(mut stderr) = stderr {
-                let mut chunk = [0u8; 4096];
-                while let Ok(read) = stderr.read(&mut chunk).await {
-                    if read == 0 {
-                        break;
-                    }
-                    tail.extend_from_slice(&chunk[..read]);
-                    if tail.len() > 2 * STDERR_TAIL_BYTES {
-                        tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-                    }
-                }
-            }
-            if tail.len() > STDERR_TAIL_BYTES {
-                tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-            }
-            String::from_utf8_lossy(&tail).into_owned()
-        });
+        let stderr_tail = collect_stderr_tail(child.stderr.take());
 
-        let mut sampler = MemorySampler::new(request.device, pid, self.options.gpu_probe.clone());
-        let deadline = tokio::time::sleep(request.deadline);
-        tokio::pin!(deadline);
-        let mut ticker = tokio::time::interval(self.options.sample_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut killed: Option<KillReason> = None;
-        let status = loop {
-            tokio::select! {
-                status = child.wait() => break status,
-                _ = &mut deadline, if killed.is_none() => {
-                    killed = Some(KillReason::Deadline);
-                    let _ = child.start_kill();
-                }
-                _ = ticker.tick(), if killed.is_none() => {
-                    let current = sampler.sample().await;
-                    if let (Some(current), Some(limit)) = (current, limit) {
-                        if current > limit {
-                            killed = Some(KillReason::MemoryLimit { peak: current, limit });
-                            let _ = child.start_kill();
-                        }
-                    }
-                }
-            }
-        };
-        let exit = match status {
-            Ok(status) => {
-                use std::os::unix::process::ExitStatusExt;
-                ExitInfo {
-                    code: status.code(),
-                    signal: status.signal(),
-                }
-            }
-            Err(_) => ExitInfo {
-                code: None,
-                signal: None,
-            },
-        };
+        let mut sampler =
+            MemorySampler::new(request.device, pid, false, self.options.gpu_probe.clone());
+        let (exit, killed) = supervise(
+            &mut child,
+            &mut sampler,
+            request.deadline,
+            self.options.sample_interval,
+            limit,
+            None,
+        )
+        .await;
         let (report, garbled) = events.await.unwrap_or((None, 0));
         let stderr_tail = stderr_tail.await.unwrap_or_default();
 
@@ -235,6 +190,7 @@ impl ProcessTrialRunner {
             memory_limit_bytes: limit,
             device_memory_total_bytes: device_total,
             cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            foreign: false,
         };
         let (outcome, mut reason) = classify(&observation);
         // A heap allocation the worker's cap refused was never resident, so
@@ -300,14 +256,100 @@ impl ProcessTrialRunner {
 }
 
 impl TrialRunner for ProcessTrialRunner {
-    fn run(&self, request: TrialRequest) -> impl std::future::Future<Output = TrialResult> + Send {
-        self.run_trial(request)
+    async fn run(&self, request: TrialRequest) -> TrialResult {
+        match request.spec.command().cloned() {
+            Some(command) => super::command::run(&self.options, request, &command).await,
+            None => self.run_trial(request).await,
+        }
     }
+}
+
+/// Keeps the last [`STDERR_TAIL_BYTES`] a child writes to stderr.
+pub(super) fn collect_stderr_tail(
+    stderr: Option<tokio::process::ChildStderr>,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut tail: Vec<u8> = Vec::new();
+        if let Some(mut stderr) = stderr {
+            let mut chunk = [0u8; 4096];
+            while let Ok(read) = stderr.read(&mut chunk).await {
+                if read == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&chunk[..read]);
+                if tail.len() > 2 * STDERR_TAIL_BYTES {
+                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+                }
+            }
+        }
+        if tail.len() > STDERR_TAIL_BYTES {
+            tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+        }
+        String::from_utf8_lossy(&tail).into_owned()
+    })
+}
+
+/// Waits for a child while enforcing its deadline and memory limit. With
+/// `process_group`, the whole group is killed, not just the child.
+pub(super) async fn supervise(
+    child: &mut tokio::process::Child,
+    sampler: &mut MemorySampler,
+    deadline: Duration,
+    sample_interval: Duration,
+    limit: Option<u64>,
+    process_group: Option<u32>,
+) -> (ExitInfo, Option<KillReason>) {
+    let kill = |child: &mut tokio::process::Child| {
+        if let Some(group) = process_group {
+            // SAFETY: signalling a process group we created.
+            unsafe {
+                libc::kill(-(group as i32), libc::SIGKILL);
+            }
+        }
+        let _ = child.start_kill();
+    };
+    let deadline = tokio::time::sleep(deadline);
+    tokio::pin!(deadline);
+    let mut ticker = tokio::time::interval(sample_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut killed: Option<KillReason> = None;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            _ = &mut deadline, if killed.is_none() => {
+                killed = Some(KillReason::Deadline);
+                kill(child);
+            }
+            _ = ticker.tick(), if killed.is_none() => {
+                let current = sampler.sample().await;
+                if let (Some(current), Some(limit)) = (current, limit) {
+                    if current > limit {
+                        killed = Some(KillReason::MemoryLimit { peak: current, limit });
+                        kill(child);
+                    }
+                }
+            }
+        }
+    };
+    let exit = match status {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            ExitInfo {
+                code: status.code(),
+                signal: status.signal(),
+            }
+        }
+        Err(_) => ExitInfo {
+            code: None,
+            signal: None,
+        },
+    };
+    (exit, killed)
 }
 
 /// The limit the parent enforces: the request's, or on CPU a share of the
 /// machine's available memory so a runaway trial cannot swap the machine.
-fn effective_limit(request: &TrialRequest) -> Option<u64> {
+pub(super) fn effective_limit(request: &TrialRequest) -> Option<u64> {
     match (request.memory_limit_bytes, request.device) {
         (Some(limit), _) => Some(limit),
         (None, TrialDevice::Cpu) => SystemMemory::read()
@@ -316,14 +358,14 @@ fn effective_limit(request: &TrialRequest) -> Option<u64> {
     }
 }
 
-fn max_option(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+pub(super) fn max_option(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     }
 }
 
-fn empty_result(request: &TrialRequest, limit: Option<u64>) -> TrialResult {
+pub(super) fn empty_result(request: &TrialRequest, limit: Option<u64>) -> TrialResult {
     TrialResult {
         outcome: Outcome::Crashed,
         reason: None,
@@ -359,7 +401,7 @@ fn empty_result(request: &TrialRequest, limit: Option<u64>) -> TrialResult {
     }
 }
 
-fn failed(
+pub(super) fn failed(
     mut result: TrialResult,
     outcome: Outcome,
     reason: String,
@@ -371,41 +413,67 @@ fn failed(
     result
 }
 
-/// Samples the worker's memory: RSS on CPU, NVML per-process on CUDA.
-struct MemorySampler {
+/// Samples a trial's memory: RSS on CPU, NVML per-process on CUDA; of the
+/// one process, or of its whole process group (a training script's data
+/// loader workers count against its trial).
+pub(super) struct MemorySampler {
     device: TrialDevice,
     pid: u32,
+    group: bool,
     probe: Option<Arc<dyn GpuProbe>>,
-    peak: Option<u64>,
-    device_total: Option<u64>,
+    pub peak: Option<u64>,
+    pub device_total: Option<u64>,
 }
 
 impl MemorySampler {
-    fn new(device: TrialDevice, pid: u32, probe: Option<Arc<dyn GpuProbe>>) -> Self {
+    pub fn new(
+        device: TrialDevice,
+        pid: u32,
+        group: bool,
+        probe: Option<Arc<dyn GpuProbe>>,
+    ) -> Self {
         MemorySampler {
             device,
             pid,
+            group,
             probe,
             peak: None,
             device_total: None,
         }
     }
 
+    fn pids(&self) -> Vec<u32> {
+        if self.group {
+            process_group_members(self.pid)
+        } else {
+            vec![self.pid]
+        }
+    }
+
     /// Takes one sample; returns the current figure (for the limit check).
-    async fn sample(&mut self) -> Option<u64> {
+    pub async fn sample(&mut self) -> Option<u64> {
         let current = match self.device {
             TrialDevice::Cpu => {
-                let rss = read_rss(self.pid)?;
-                self.peak = max_option(self.peak, Some(rss.peak_bytes));
-                rss.current_bytes
+                let own = read_rss(self.pid)?;
+                let current: u64 = if self.group {
+                    self.pids()
+                        .into_iter()
+                        .filter_map(read_rss)
+                        .map(|r| r.current_bytes)
+                        .sum()
+                } else {
+                    own.current_bytes
+                };
+                self.peak = max_option(self.peak, Some(own.peak_bytes.max(current)));
+                current
             }
             TrialDevice::Cuda(index) => {
                 let probe = self.probe.clone()?;
-                let pid = self.pid;
+                let pids = self.pids();
                 let want_total = self.device_total.is_none();
                 // NVML calls block; keep them off the async workers.
                 let (used, total) = tokio::task::spawn_blocking(move || {
-                    let used = probe.process_memory(pid).ok().flatten();
+                    let used = probe.processes_memory(&pids).ok().flatten();
                     let total = if want_total {
                         probe.snapshot().ok().and_then(|s| {
                             s.gpus
@@ -430,4 +498,28 @@ impl MemorySampler {
         };
         Some(current)
     }
+}
+
+/// Processes in the process group `group` (whose leader is `group`).
+fn process_group_members(group: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![group];
+    };
+    let mut members: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // Field 5 is the group; the name (field 2) may hold spaces.
+                    let after_name = &stat[stat.rfind(')')? + 1..];
+                    after_name.split_whitespace().nth(2)?.parse::<u32>().ok()
+                })
+                == Some(group)
+        })
+        .collect();
+    if !members.contains(&group) {
+        members.push(group);
+    }
+    members
 }

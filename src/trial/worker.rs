@@ -184,7 +184,12 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
             return invalid(reason);
         }
     }
-    let data = match Dataset::load(&request.spec.data, &request.spec.model) {
+    let (Some(model), Some(data)) = (request.spec.model(), request.spec.data()) else {
+        return invalid(
+            "the trial worker runs built-in models; a command job's trials run its command".into(),
+        );
+    };
+    let data = match Dataset::load(data, model) {
         Ok(data) => data,
         Err(error) => return invalid(format!("cannot load the data: {error}")),
     };

@@ -1,0 +1,269 @@
+//! Command jobs (`runner = "command"`) with a real Python training script
+//! (tests/command/linear.py, pure Python): each way a training script ends
+//! is classified like its real counterpart, the whole search runs on it
+//! over the CLI and the daemon, and the daemon refuses command specs from
+//! places it must not trust.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{drop_spec, free_port, Daemon};
+
+fn script_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/command")
+}
+
+/// A command spec running linear.py in `mode`, with a marker argument that
+/// lets the test find leftover processes.
+fn spec(mode: &str, marker: &str, extra: &str) -> String {
+    format!(
+        "runner = \"command\"\n\
+         command = [\"python3\", \"linear.py\", \"--marker={marker}\"]\n\
+         workdir = {:?}\n\
+         environment = {{ MODE = \"{mode}\" }}\n\
+         {extra}\n\
+         [optimizer]\nkind = \"sgd\"\n",
+        script_dir().display().to_string()
+    )
+}
+
+fn trial(spec_path: &Path, batch: u64, extra: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_batchd"))
+        .env("BATCHD_CONFIG", "/dev/null")
+        .args(["trial"])
+        .arg(spec_path)
+        .args(["--batch-size", &batch.to_string(), "--steps", "4", "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON result ({e}): {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// Processes whose command line carries `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline
+                .contains(marker)
+                .then(|| format!("{pid}: {cmdline}"))
+        })
+        .collect()
+}
+
+#[test]
+fn each_way_a_training_script_ends_is_classified() {
+    if common::outside_program("python3").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &[&str], &str, &str)] = &[
+        ("train", &[], "ok", ""),
+        (
+            "hungry",
+            &["--memory-limit", "96MiB"],
+            "out_of_memory",
+            "limit",
+        ),
+        ("torch-oom", &[], "out_of_memory", "CUDA out of memory"),
+        ("jax-oom", &[], "out_of_memory", "RESOURCE_EXHAUSTED"),
+        ("tf-oom", &[], "out_of_memory", "OOM when allocating"),
+        ("killed", &[], "out_of_memory", "SIGKILL"),
+        ("crash", &[], "crashed", "mat1 and mat2 shapes"),
+        (
+            "garbled",
+            &[],
+            "crashed",
+            "report line 2 is not a step record",
+        ),
+        ("silent", &[], "crashed", "without writing a step"),
+        ("short", &[], "crashed", "3 of 4 steps"),
+        ("nan", &[], "diverged", "step 2"),
+        ("hang", &[], "timeout", "deadline"),
+    ];
+    for (mode, flags, outcome, reason) in cases {
+        let marker = format!("batchd-test-{mode}-{}", std::process::id());
+        let path = dir.path().join(format!("{mode}.toml"));
+        // A short deadline for the hanging script.
+        let extra = "[policy_overrides.trials]\ndeadline = \"3s\"";
+        std::fs::write(&path, spec(mode, &marker, extra)).unwrap();
+        let result = trial(&path, 32, flags);
+        assert_eq!(result["outcome"], *outcome, "{mode}: {result:#}");
+        let said = result["reason"].as_str().unwrap_or("");
+        assert!(
+            said.contains(reason),
+            "{mode}: reason `{said}` lacks `{reason}`"
+        );
+        // Nothing of the trial survives it, children included.
+        std::thread::sleep(Duration::from_millis(200));
+        let left = processes_with(&marker);
+        assert!(left.is_empty(), "{mode} left processes behind: {left:?}");
+        if *mode == "train" {
+            assert_eq!(result["steps_completed"], 4);
+            assert_eq!(result["backend"], "command");
+            assert!(result["samples_per_second"].as_f64().unwrap() > 0.0);
+            assert_eq!(result["peak_memory_source"], "rss");
+            assert!(result["losses"].as_array().unwrap().len() == 4);
+        }
+    }
+}
+
+/// The memory-hungry flavour: each sample holds 64 KiB during a step, so
+/// the largest batch under 80 MiB is near a thousand.
+const ADVISE_EXTRA: &str =
+    "[search]\nmax_batch = 4096\nmemory_limit = \"80MiB\"\ntime_budget = \"150s\"\n";
+
+#[test]
+fn the_whole_search_runs_on_a_command_job() {
+    if common::outside_program("python3").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("linear.toml");
+    let text = spec("train", "advise", ADVISE_EXTRA).replace(
+        "MODE = \"train\"",
+        "MODE = \"train\", BYTES_PER_SAMPLE = \"65536\"",
+    );
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_batchd"))
+        .env("BATCHD_CONFIG", "/dev/null")
+        .args(["advise"])
+        .arg(&path)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rec: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let max_fit = rec["max_fit_batch_size"].as_u64().unwrap();
+    assert!(
+        (400..=1400).contains(&max_fit),
+        "max fit {max_fit}: {rec:#}"
+    );
+    let max_fit_peak = rec["max_fit"]["peak_bytes"].as_u64().unwrap();
+    assert!(max_fit_peak <= rec["memory_budget_bytes"].as_u64().unwrap());
+    // An out-of-memory was seen on the way (the search brackets the limit).
+    let trials = rec["trials"].as_array().unwrap();
+    assert!(
+        trials.iter().any(|t| t["outcome"] == "out_of_memory"),
+        "{rec:#}"
+    );
+    let batch = rec["batch_size"].as_u64().unwrap();
+    assert!(batch >= 1 && batch <= max_fit);
+    assert!(
+        rec["gradient_noise_scale"].as_f64().unwrap() > 0.0,
+        "{rec:#}"
+    );
+    assert!(rec["learning_rate"].as_f64().unwrap() > 0.0);
+    assert!(rec["expected_samples_per_second"].as_f64().unwrap() > 0.0);
+    assert!(!rec["lr_range_tests"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn the_daemon_runs_command_jobs_from_its_folder_but_not_from_http() {
+    if common::outside_program("python3").is_none() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let jobs = root.path().join("jobs");
+    let state = root.path().join("state");
+    std::fs::create_dir_all(&jobs).unwrap();
+    let token = root.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let config = root.path().join("batchd.toml");
+    std::fs::write(
+        &config,
+        format!("api_token_file = {:?}\n", token.display().to_string()),
+    )
+    .unwrap();
+    let daemon = Daemon::start_with(&jobs, &state, free_port(), &config);
+
+    let small = "[search]\nmax_batch = 512\nmemory_limit = \"256MiB\"\ntime_budget = \"120s\"\n";
+    let text = format!("name = \"posted\"\n{}", spec("train", "posted", small));
+    let (status, body) = daemon.send(
+        "POST",
+        "/v1/jobs",
+        "application/toml",
+        &text,
+        Some("s3cret"),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("\"field\":\"runner\""), "{body}");
+    assert!(body.contains("allow_command_jobs_over_http"), "{body}");
+
+    // From the folder it runs, through the same search as built-in jobs.
+    drop_spec(&jobs, "linear.toml", &spec("train", "folder", small));
+    daemon.wait_for(Duration::from_secs(150), |d| {
+        d.job_state("linear") == "done"
+    });
+    let (status, rec) = daemon.json("/v1/jobs/linear/recommendation");
+    assert_eq!(status, 200);
+    assert!(rec["batch_size"].as_u64().unwrap() >= 1);
+    assert!(rec["learning_rate"].as_f64().unwrap() > 0.0);
+    assert!(rec["gradient_noise_scale"].as_f64().is_some(), "{rec:#}");
+
+    // A spec everyone may write is no trust boundary.
+    use std::os::unix::fs::PermissionsExt;
+    drop_spec(&jobs, "open.toml", &spec("train", "open", small));
+    std::fs::set_permissions(
+        jobs.join("open.toml"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    daemon.wait_for(Duration::from_secs(20), |d| {
+        d.job_state("open") == "invalid"
+    });
+    let (_, job) = daemon.json("/v1/jobs/open");
+    assert_eq!(job["errors"][0]["field"], "runner", "{job}");
+    assert!(job["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("writable by everyone"));
+    drop(daemon);
+
+    // With the setting and a token, HTTP may submit command jobs.
+    std::fs::write(
+        &config,
+        format!(
+            "api_token_file = {:?}\nallow_command_jobs_over_http = true\n",
+            token.display().to_string()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start_with(&jobs, &state, free_port(), &config);
+    let (status, body) = daemon.send(
+        "POST",
+        "/v1/jobs",
+        "application/toml",
+        &text,
+        Some("s3cret"),
+    );
+    assert_eq!(status, 201, "{body}");
+    // The setting without a token is a configuration error.
+    let output = Command::new(env!("CARGO_BIN_EXE_batchd"))
+        .args(["config", "--config"])
+        .arg({
+            let bad = root.path().join("bad.toml");
+            std::fs::write(&bad, "allow_command_jobs_over_http = true\n").unwrap();
+            bad
+        })
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("allow_command_jobs_over_http"));
+}

@@ -134,6 +134,23 @@ pub fn run(cli: &Cli, args: &AdviseArgs) -> Result<(), CliError> {
         }
         Err(error) => return Err(CliError::Other(anyhow::anyhow!("{error}"))),
     };
+    if let Some(path) = &args.report {
+        let page = crate::report::job_page(
+            &crate::report::JobView {
+                name: &spec.name,
+                state: "done",
+                phase: None,
+                trials_done: recommendation.trial_count,
+                device: Some(&recommendation.device),
+                error: None,
+                errors: Vec::new(),
+                recommendation: Some(&recommendation),
+            },
+            false,
+        );
+        crate::state::write_atomically(path, page.as_bytes())
+            .map_err(|e| CliError::Other(anyhow::anyhow!("--report {}: {e}", path.display())))?;
+    }
     if args.json {
         println!(
             "{}",

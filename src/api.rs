@@ -67,6 +67,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/gpus", get(gpus))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
+        .route("/", get(index_page))
+        .route("/jobs/{name}", get(job_page))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(shared)
 }
@@ -329,9 +331,71 @@ async fn openapi() -> Json<serde_json::Value> {
             },
             "/v1/gpus": {"get": {"summary": "GPU inventory", "responses": {"200": {"description": "inventory"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format 0.0.4)", "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}}}},
+            "/": {"get": {"summary": "HTML index of all jobs", "responses": {"200": {"description": "page", "content": {"text/html": {}}}}}},
+            "/jobs/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "get": {"summary": "a job's HTML report with charts; refreshes itself while the job runs", "responses": {"200": {"description": "page", "content": {"text/html": {}}}, "404": {"description": "no such job"}}}
+            },
             "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
         }
     }))
+}
+
+fn html(status: StatusCode, page: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page,
+    )
+        .into_response()
+}
+
+fn report_view(job: &crate::daemon::Job) -> crate::report::JobView<'_> {
+    crate::report::JobView {
+        name: &job.name,
+        state: job.state.as_str(),
+        phase: job.phase.as_deref(),
+        trials_done: job.trials_done,
+        device: job.device.as_deref(),
+        error: job.error.as_deref(),
+        errors: job
+            .errors
+            .iter()
+            .map(|e| (e.field.clone(), e.message.clone()))
+            .collect(),
+        recommendation: job
+            .recommendation
+            .as_ref()
+            .filter(|_| job.state == JobState::Done),
+    }
+}
+
+/// The HTML index of all jobs.
+async fn index_page(State(shared): State<Arc<Shared>>) -> Response {
+    let jobs: Vec<crate::daemon::Job> = shared
+        .jobs
+        .lock()
+        .map(|jobs| jobs.values().cloned().collect())
+        .unwrap_or_default();
+    let views: Vec<crate::report::JobView> = jobs.iter().map(report_view).collect();
+    html(StatusCode::OK, crate::report::index_page(&views))
+}
+
+/// A job's HTML report (live while it runs).
+async fn job_page(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    match shared.job(&name) {
+        Some(job) => html(
+            StatusCode::OK,
+            crate::report::job_page(&report_view(&job), true),
+        ),
+        None => html(
+            StatusCode::NOT_FOUND,
+            format!(
+                "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>No such job</title></head><body><h1>No such job</h1><p>There is no job named <code>{}</code>. <a href=\"/\">All jobs</a></p></body></html>\n",
+                crate::report::escape(&name)
+            ),
+        ),
+    }
 }
 
 /// The Prometheus scrape (text exposition format 0.0.4).

@@ -148,6 +148,9 @@ pub struct AdviseArgs {
     /// Print the recommendation object (the HTTP API's) as JSON
     #[arg(long)]
     pub json: bool,
+    /// Also write an HTML report with charts of the evidence to FILE
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -20,6 +20,7 @@ pub mod gpu;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod report;
 pub mod search;
 pub mod spec;
 pub mod state;

@@ -2,6 +2,8 @@
 //! binary: real trials in worker processes, the whole search, the JSON the
 //! HTTP API will serve.
 
+mod common;
+
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -88,12 +90,16 @@ fn every_example_gets_a_recommendation_on_cpu() {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
     names.sort();
+    let reports = tempfile::tempdir().unwrap();
     for name in names {
         let path = format!("examples/jobs/{name}");
         let started = std::time::Instant::now();
-        let (code, rec, stderr) = advise(&path, &[]);
+        let report = reports.path().join(format!("{name}.html"));
+        let (code, rec, stderr) = advise(&path, &["--report", report.to_str().unwrap()]);
         assert_eq!(code, 0, "{name}: {stderr}");
         check_recommendation(&name, &rec);
+        // The HTML report of the same search.
+        common::check_report(&name, &std::fs::read_to_string(&report).unwrap(), &rec);
         // The spec's time budget (150s) holds, with start-up to spare.
         assert!(
             started.elapsed().as_secs() < 180,

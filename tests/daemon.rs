@@ -56,6 +56,21 @@ fn the_daemon_tunes_dropped_specs_serves_them_and_keeps_them_across_restarts() {
     assert!(batch >= 1 && batch <= rec["max_fit_batch_size"].as_u64().unwrap());
     let trials = rec["trial_count"].as_u64().unwrap();
     assert!(trials > 5);
+    // The HTML report of the same job, and the index linking to it.
+    let (status, page) = daemon.get("/jobs/tiny");
+    assert_eq!(status, 200);
+    common::check_report("tiny", &page, &rec);
+    assert!(
+        !page.contains("http-equiv=\"refresh\""),
+        "a finished job's page is static"
+    );
+    let (status, index) = daemon.get("/");
+    assert_eq!(status, 200);
+    assert!(index.contains("href=\"/jobs/tiny\""), "{index}");
+    assert!(index.contains("state-invalid"), "{index}");
+    let (status, missing) = daemon.get("/jobs/nope");
+    assert_eq!(status, 404);
+    assert!(missing.contains("No such job"));
     let (status, lr) = daemon.json("/v1/jobs/tiny/recommendation?batch_size=4096");
     assert_eq!(status, 200, "{lr}");
     assert!(lr["learning_rate"].as_f64().unwrap() > 0.0);
@@ -301,6 +316,11 @@ fn a_daemon_killed_mid_trial_leaves_no_orphans_and_recovers() {
         !worker.is_empty()
     });
     assert_eq!(daemon.job_state("slow"), "running");
+    // The live view: the page refreshes itself and shows the progress.
+    let (status, page) = daemon.get("/jobs/slow");
+    assert_eq!(status, 200);
+    assert!(page.contains("http-equiv=\"refresh\""), "{page}");
+    assert!(page.contains("trial(s) done"), "{page}");
     // kill -9: no chance to clean up.
     daemon.child.kill().unwrap();
     daemon.child.wait().unwrap();

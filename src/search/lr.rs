@@ -90,6 +90,9 @@ pub struct Confirmation {
     /// `None` when the run diverged or failed.
     pub validation_loss: Option<f64>,
     pub outcome: String,
+    /// Training loss at each step (for the report's training curves).
+    #[serde(default, with = "crate::trial::json_float::vec")]
+    pub losses: Vec<f64>,
 }
 
 /// The best LR among confirmation runs at one batch size, refined by a
@@ -235,6 +238,7 @@ mod tests {
                 learning_rate: lr,
                 validation_loss: Some(1.0 + (lr.ln() - 4e-3f64.ln()).powi(2)),
                 outcome: "ok".into(),
+                losses: Vec::new(),
             })
             .collect();
         let best = best_lr(&runs).unwrap();
@@ -254,12 +258,14 @@ mod tests {
                 learning_rate: 0.1,
                 validation_loss: None,
                 outcome: "diverged".into(),
+                losses: vec![2.0, f64::NAN],
             },
             Confirmation {
                 batch_size: 8,
                 learning_rate: 0.01,
                 validation_loss: Some(2.0),
                 outcome: "ok".into(),
+                losses: vec![2.5, 2.0],
             },
         ];
         assert_eq!(best_lr(&runs).unwrap().learning_rate, 0.01);

@@ -717,6 +717,7 @@ async fn confirm<R: TrialRunner>(
                 None
             },
             outcome: result.outcome.to_string(),
+            losses: result.losses.clone(),
         });
         if index == lrs.len() && extensions < MAX_EXTENSIONS {
             // The best at the lowest or highest candidate: look further out.

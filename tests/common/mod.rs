@@ -269,3 +269,59 @@ pub fn drop_spec(dir: &Path, name: &str, text: &str) {
     std::fs::write(&temporary, text).unwrap();
     std::fs::rename(&temporary, dir.join(name)).unwrap();
 }
+
+/// Checks a job's HTML report against its recommendation (the JSON the
+/// API serves): the five charts are there, charts with evidence to show
+/// are not empty, no SVG holds NaN, and the trials table has every trial.
+pub fn check_report(name: &str, html: &str, rec: &serde_json::Value) {
+    assert!(
+        html.starts_with("<!doctype html>"),
+        "{name}: not an HTML page"
+    );
+    let svgs: Vec<&str> = html
+        .split("<svg")
+        .skip(1)
+        .map(|rest| rest.split("</svg>").next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        svgs.len(),
+        5,
+        "{name}: expected 5 charts, found {}",
+        svgs.len()
+    );
+    let chart = |id: &str| -> &str {
+        svgs.iter()
+            .find(|s| s.contains(&format!("id=\"chart-{id}\"")))
+            .unwrap_or_else(|| panic!("{name}: no {id} chart"))
+    };
+    for svg in &svgs {
+        assert!(!svg.contains("NaN"), "{name}: NaN in a chart");
+        assert!(!svg.contains("inf\""), "{name}: infinity in a chart");
+    }
+    let has_data = |id: &str| !chart(id).contains("class=\"chart-empty\"");
+    assert!(has_data("memory"), "{name}: empty memory chart");
+    assert!(has_data("throughput"), "{name}: empty throughput chart");
+    let non_empty = |field: &str| rec[field].as_array().is_some_and(|a| !a.is_empty());
+    if non_empty("lr_range_tests") || non_empty("lr_confirmations") {
+        assert!(has_data("lr"), "{name}: LR data but an empty LR chart");
+    }
+    if non_empty("goodput_curve") {
+        assert!(has_data("goodput"), "{name}: empty goodput chart");
+    }
+    if non_empty("lr_confirmations") {
+        assert!(has_data("training"), "{name}: empty training-curve chart");
+    }
+    // The budget line and the chosen points.
+    assert!(chart("memory").contains("budget"), "{name}: no budget line");
+    let trials = rec["trials"].as_array().map_or(0, |t| t.len());
+    assert_eq!(
+        html.matches("<tr class=\"outcome-").count(),
+        trials,
+        "{name}: trials table"
+    );
+    let batch = rec["batch_size"].as_u64().unwrap();
+    assert!(
+        html.contains(&format!("<b>{batch}</b> per device")),
+        "{name}: no batch size"
+    );
+}

@@ -73,6 +73,16 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// The 404 of every endpoint under `/v1/jobs/{name}`.
+fn no_such_job(name: &str) -> Response {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "No such job",
+        format!("no job named `{name}`"),
+    )
+    .into_response()
+}
+
 /// State-changing endpoints need the bearer token when one is configured.
 fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Problem> {
     let settings = shared.settings();
@@ -254,12 +264,7 @@ async fn delete_job(
         return problem.into_response();
     }
     let Some(job) = shared.job(&name) else {
-        return Problem::new(
-            StatusCode::NOT_FOUND,
-            "No such job",
-            format!("no job named `{name}`"),
-        )
-        .into_response();
+        return no_such_job(&name);
     };
     if let Err(error) = std::fs::remove_file(&job.source_path) {
         return Problem::new(
@@ -282,12 +287,7 @@ async fn retune_job(
         return problem.into_response();
     }
     if shared.job(&name).is_none() {
-        return Problem::new(
-            StatusCode::NOT_FOUND,
-            "No such job",
-            format!("no job named `{name}`"),
-        )
-        .into_response();
+        return no_such_job(&name);
     }
     match shared.retune(&name) {
         Ok(()) => (StatusCode::ACCEPTED, Json(shared.job(&name))).into_response(),
@@ -457,12 +457,7 @@ async fn get_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>) ->
             value["history"] = json!(history);
             Json(value).into_response()
         }
-        None => Problem::new(
-            StatusCode::NOT_FOUND,
-            "No such job",
-            format!("no job named `{name}`"),
-        )
-        .into_response(),
+        None => no_such_job(&name),
     }
 }
 
@@ -477,12 +472,7 @@ async fn get_recommendation(
     Query(query): Query<RecommendationQuery>,
 ) -> Response {
     let Some(job) = shared.job(&name) else {
-        return Problem::new(
-            StatusCode::NOT_FOUND,
-            "No such job",
-            format!("no job named `{name}`"),
-        )
-        .into_response();
+        return no_such_job(&name);
     };
     let Some(recommendation) = job.recommendation.filter(|_| job.state == JobState::Done) else {
         return Problem::new(

@@ -112,6 +112,23 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// A run that starts now, by this batchd.
+    pub fn started(spec_hash: &str, device: String, device_model: &str) -> RunRecord {
+        RunRecord {
+            spec_hash: spec_hash.to_string(),
+            device,
+            device_model: device_model.to_string(),
+            batchd_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_unix_s: unix_now(),
+            finished_at_unix_s: None,
+            outcome: RunOutcome::Running,
+            trials: 0,
+            batch_size: None,
+            learning_rate: None,
+            error: None,
+        }
+    }
+
     /// Whether this run answers the given work (same spec, device model
     /// and batchd version).
     pub fn answers(&self, key: &CacheKey) -> bool {
@@ -516,17 +533,8 @@ mod tests {
 
     fn run(hash: &str, started: u64) -> RunRecord {
         RunRecord {
-            spec_hash: hash.into(),
-            device: "cpu".into(),
-            device_model: "cpu".into(),
-            batchd_version: env!("CARGO_PKG_VERSION").into(),
             started_at_unix_s: started,
-            finished_at_unix_s: None,
-            outcome: RunOutcome::Running,
-            trials: 0,
-            batch_size: None,
-            learning_rate: None,
-            error: None,
+            ..RunRecord::started(hash, "cpu".into(), "cpu")
         }
     }
 

@@ -18,7 +18,7 @@ use super::jobs::JobState;
 use super::{RunningSearch, Shared};
 use crate::search::{advise, Progress, Recommendation};
 use crate::spec::{DeviceChoice, JobSpec};
-use crate::state::{unix_now, CacheKey, RunOutcome, RunRecord};
+use crate::state::{CacheKey, RunOutcome, RunRecord};
 use crate::trial::{TrialDevice, TrialRunner};
 
 /// A device searches run on.
@@ -226,20 +226,8 @@ async fn run_search<R: TrialRunner>(
     cancel: Arc<Notify>,
 ) {
     let hash = spec.content_hash.clone();
-    let started_at_unix_s = unix_now();
-    let record = RunRecord {
-        spec_hash: hash.clone(),
-        device: slot.device.to_string(),
-        device_model: slot.model.clone(),
-        batchd_version: env!("CARGO_PKG_VERSION").to_string(),
-        started_at_unix_s,
-        finished_at_unix_s: None,
-        outcome: RunOutcome::Running,
-        trials: 0,
-        batch_size: None,
-        learning_rate: None,
-        error: None,
-    };
+    let record = RunRecord::started(&hash, slot.device.to_string(), &slot.model);
+    let started_at_unix_s = record.started_at_unix_s;
     if let Err(error) = shared.store.record_run(&name, &record) {
         tracing::warn!("job {name}: cannot record the run in its history: {error}");
     }

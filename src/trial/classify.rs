@@ -50,6 +50,9 @@ pub const OOM_PATTERNS: &[&str] = &[
     "resource_exhausted",
     "oom when allocating",
     "failed to allocate",
+    // Python's host-side out-of-memory and C++'s.
+    "memoryerror",
+    "std::bad_alloc",
 ];
 
 pub fn mentions_oom(text: &str) -> bool {
@@ -409,6 +412,23 @@ mod tests {
         assert!(mentions_oom(
             "OOM when allocating tensor with shape[1024,1024]"
         ));
+        assert!(mentions_oom("    x = [0] * n\nMemoryError"));
+        assert!(mentions_oom(
+            "terminate called after throwing an instance of 'std::bad_alloc'"
+        ));
         assert!(!mentions_oom("loss 2.3 at step 4"));
+    }
+
+    #[test]
+    fn a_foreign_exit_70_is_not_taken_for_a_worker_panic() {
+        let exit = ExitInfo {
+            code: Some(70),
+            signal: None,
+        };
+        let mut obs = observe(&exit, None, "sysexits: EX_SOFTWARE");
+        obs.foreign = true;
+        let (outcome, reason) = classify(&obs);
+        assert_eq!(outcome, Outcome::Crashed);
+        assert!(reason.unwrap().contains("exited with status 70"));
     }
 }

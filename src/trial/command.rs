@@ -19,8 +19,8 @@ use tokio::process::Command;
 
 use super::classify::{classify, Observation};
 use super::runner::{
-    collect_stderr_tail, effective_limit, empty_result, failed, supervise, MemorySampler,
-    RunnerOptions,
+    apply_report, collect_stderr_tail, effective_limit, empty_result, failed, supervise,
+    MemorySampler, RunnerOptions,
 };
 use super::{
     GradNoiseSample, Outcome, TrialDevice, TrialRequest, TrialResult, WorkerReport,
@@ -415,19 +415,7 @@ pub async fn run(
     };
     let (outcome, reason) = classify(&observation);
     if let Some(Ok(report)) = parsed {
-        result.precision = report.precision;
-        result.parameter_count = (report.parameter_count > 0).then_some(report.parameter_count);
-        result.train_samples = report.train_samples;
-        result.steps_completed = report.steps_completed;
-        result.loss_first = report.losses.first().copied();
-        result.loss_last = report.losses.last().copied();
-        result.losses = report.losses;
-        result.learning_rates = report.learning_rates;
-        result.validation_loss = report.validation_loss;
-        result.samples_per_second = report.samples_per_second;
-        result.step_seconds_median = report.step_seconds_median;
-        result.grad_noise = report.grad_noise;
-        result.warnings = report.warnings;
+        apply_report(&mut result, report);
     }
     result.outcome = outcome;
     result.reason = reason;

@@ -218,25 +218,13 @@ impl ProcessTrialRunner {
         }
 
         if let Some(report) = report {
-            result.backend = report.backend;
+            result.backend = report.backend.clone();
             if !report.device_name.is_empty() && report.device_name != "cpu" {
                 result.device = format!("{} ({})", result.device, report.device_name);
             }
-            result.precision = report.precision;
-            result.parameter_count = (report.parameter_count > 0).then_some(report.parameter_count);
-            result.train_samples = report.train_samples;
-            result.steps_completed = report.steps_completed;
-            result.loss_first = report.losses.first().copied();
-            result.loss_last = report.losses.last().copied();
-            result.losses = report.losses;
-            result.learning_rates = report.learning_rates;
-            result.validation_loss = report.validation_loss;
-            result.samples_per_second = report.samples_per_second;
-            result.step_seconds_median = report.step_seconds_median;
             result.startup_seconds = report.startup_seconds;
             result.setup_seconds = Some(report.setup_seconds);
-            result.grad_noise = report.grad_noise;
-            result.warnings = report.warnings;
+            apply_report(&mut result, report);
         }
         if garbled > 0 {
             result.warnings.push(format!(
@@ -262,6 +250,23 @@ impl TrialRunner for ProcessTrialRunner {
             None => self.run_trial(request).await,
         }
     }
+}
+
+/// Copies what a trial measured from its report into its result.
+pub(super) fn apply_report(result: &mut TrialResult, report: WorkerReport) {
+    result.precision = report.precision;
+    result.parameter_count = (report.parameter_count > 0).then_some(report.parameter_count);
+    result.train_samples = report.train_samples;
+    result.steps_completed = report.steps_completed;
+    result.loss_first = report.losses.first().copied();
+    result.loss_last = report.losses.last().copied();
+    result.losses = report.losses;
+    result.learning_rates = report.learning_rates;
+    result.validation_loss = report.validation_loss;
+    result.samples_per_second = report.samples_per_second;
+    result.step_seconds_median = report.step_seconds_median;
+    result.grad_noise = report.grad_noise;
+    result.warnings = report.warnings;
 }
 
 /// Keeps the last [`STDERR_TAIL_BYTES`] a child writes to stderr.

@@ -170,6 +170,25 @@ fn the_dashboard_is_provisionable_and_every_query_parses() {
 }
 
 #[test]
+fn the_provisioning_files_point_grafana_at_the_dashboard() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/provisioning");
+    let read = |file: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
+    };
+    let dashboards = read("dashboards/batchd.yaml");
+    assert_eq!(dashboards["apiVersion"], 1);
+    let provider = &dashboards["providers"][0];
+    assert_eq!(provider["type"], "file");
+    assert!(provider["options"]["path"]
+        .as_str()
+        .unwrap()
+        .starts_with('/'));
+    let datasources = read("datasources/prometheus.yaml");
+    assert_eq!(datasources["datasources"][0]["type"], "prometheus");
+}
+
+#[test]
 fn every_metric_the_dashboard_names_is_exported_by_a_running_daemon() {
     let root = tempfile::tempdir().unwrap();
     let fake_gpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-gpus.json");

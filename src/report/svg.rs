@@ -389,7 +389,7 @@ impl Chart {
                 );
             }
         }
-        for rule in &self.vertical {
+        for (index, rule) in self.vertical.iter().enumerate() {
             if usable(rule.value, self.x_scale) {
                 let x = x_axis.position(rule.value);
                 let _ = write!(
@@ -397,7 +397,8 @@ impl Chart {
                     r#"<g class="rule"><line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{plot_bottom}" stroke="{c}" stroke-width="2" stroke-dasharray="6 3"/><text x="{tx:.1}" y="{ty}" fill="{c}" class="rule-label">{label}</text></g>"#,
                     c = rule.color,
                     tx = x + 4.0,
-                    ty = TOP + 14.0,
+                    // Staggered, so neighbouring rules keep legible labels.
+                    ty = TOP + 14.0 + 13.0 * index as f64,
                     label = escape(&rule.label),
                 );
             }

@@ -145,6 +145,7 @@ pub fn run(cli: &Cli, args: &AdviseArgs) -> Result<(), CliError> {
                 error: None,
                 errors: Vec::new(),
                 recommendation: Some(&recommendation),
+                history: &[],
             },
             false,
         );

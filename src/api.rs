@@ -350,7 +350,10 @@ fn html(status: StatusCode, page: String) -> Response {
         .into_response()
 }
 
-fn report_view(job: &crate::daemon::Job) -> crate::report::JobView<'_> {
+fn report_view<'a>(
+    job: &'a crate::daemon::Job,
+    history: &'a [crate::state::RunRecord],
+) -> crate::report::JobView<'a> {
     crate::report::JobView {
         name: &job.name,
         state: job.state.as_str(),
@@ -367,6 +370,7 @@ fn report_view(job: &crate::daemon::Job) -> crate::report::JobView<'_> {
             .recommendation
             .as_ref()
             .filter(|_| job.state == JobState::Done),
+        history,
     }
 }
 
@@ -377,17 +381,23 @@ async fn index_page(State(shared): State<Arc<Shared>>) -> Response {
         .lock()
         .map(|jobs| jobs.values().cloned().collect())
         .unwrap_or_default();
-    let views: Vec<crate::report::JobView> = jobs.iter().map(report_view).collect();
+    let views: Vec<crate::report::JobView> = jobs.iter().map(|j| report_view(j, &[])).collect();
     html(StatusCode::OK, crate::report::index_page(&views))
 }
 
 /// A job's HTML report (live while it runs).
 async fn job_page(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     match shared.job(&name) {
-        Some(job) => html(
-            StatusCode::OK,
-            crate::report::job_page(&report_view(&job), true),
-        ),
+        Some(job) => {
+            let store = shared.store.clone();
+            let history = tokio::task::spawn_blocking(move || store.history(&name).0)
+                .await
+                .unwrap_or_default();
+            html(
+                StatusCode::OK,
+                crate::report::job_page(&report_view(&job, &history), true),
+            )
+        }
         None => html(
             StatusCode::NOT_FOUND,
             format!(

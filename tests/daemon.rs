@@ -117,6 +117,9 @@ fn the_daemon_tunes_dropped_specs_serves_them_and_keeps_them_across_restarts() {
     assert_eq!(runs[0]["outcome"], "done");
     assert_eq!(runs[0]["batch_size"], rec["batch_size"]);
     assert_eq!(runs[0]["trials"], rec["trial_count"]);
+    // The page lists the run from before the restart.
+    let (_, page) = daemon.get("/jobs/tiny");
+    assert!(page.contains("<table class=\"runs\">"), "{page}");
     let (_, again) = daemon.json("/v1/jobs/tiny/recommendation");
     assert_eq!(again["batch_size"], rec["batch_size"]);
     assert_eq!(again["trial_count"], trials);

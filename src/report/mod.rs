@@ -12,6 +12,7 @@ pub mod svg;
 use std::fmt::Write;
 
 use crate::search::Recommendation;
+use crate::state::RunRecord;
 use crate::units::ByteSize;
 use svg::{Chart, Format, Point, Rule, Scale, Series, Style, BUDGET_COLOR, PALETTE};
 
@@ -29,6 +30,8 @@ pub struct JobView<'a> {
     /// Validation errors of an invalid spec: `(field, message)`.
     pub errors: Vec<(String, String)>,
     pub recommendation: Option<&'a Recommendation>,
+    /// Earlier runs of the job's search, oldest first.
+    pub history: &'a [RunRecord],
 }
 
 impl JobView<'_> {
@@ -184,8 +187,60 @@ pub fn job_page(job: &JobView, nav: bool) -> String {
     if let Some(rec) = job.recommendation {
         recommendation_sections(&mut html, rec);
     }
+    runs_table(&mut html, job.history);
     html.push_str("</body></html>\n");
     html
+}
+
+/// `2026-11-26 18:21:28 UTC` from Unix seconds (proleptic Gregorian).
+pub fn utc(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64;
+    let seconds = unix_seconds % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        seconds / 3_600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
+fn runs_table(html: &mut String, runs: &[RunRecord]) {
+    if runs.is_empty() {
+        return;
+    }
+    html.push_str("<h2>Runs</h2><table class=\"runs\"><thead><tr><th>started</th><th class=\"num\">seconds</th><th>device</th><th>outcome</th><th class=\"num\">trials</th><th class=\"num\">batch</th><th class=\"num\">lr</th></tr></thead><tbody>");
+    for run in runs.iter().rev() {
+        let seconds = run.finished_at_unix_s.map_or("-".into(), |end| {
+            end.saturating_sub(run.started_at_unix_s).to_string()
+        });
+        let outcome = crate::policy::serde_plain(&run.outcome);
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td class=\"num\">{seconds}</td><td>{} ({})</td><td>{}{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            utc(run.started_at_unix_s),
+            escape(&run.device),
+            escape(&run.device_model),
+            escape(&outcome),
+            run.error
+                .as_deref()
+                .map(|e| format!("<div class=\"reason\">{}</div>", escape(e)))
+                .unwrap_or_default(),
+            run.trials,
+            run.batch_size.map_or("-".into(), |b| b.to_string()),
+            fmt_lr(run.learning_rate),
+        );
+    }
+    html.push_str("</tbody></table>");
 }
 
 fn recommendation_sections(html: &mut String, rec: &Recommendation) {
@@ -668,6 +723,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn utc_dates_are_civil_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_795_717_289), "2026-11-26 18:21:29 UTC");
+    }
+
+    #[test]
+    fn runs_are_listed_newest_first() {
+        let mut done = RunRecord::started("h", "cpu".into(), "cpu");
+        done.started_at_unix_s = 100;
+        done.finished_at_unix_s = Some(130);
+        done.outcome = crate::state::RunOutcome::Done;
+        done.batch_size = Some(64);
+        let mut failed = done.clone();
+        failed.started_at_unix_s = 200;
+        failed.outcome = crate::state::RunOutcome::Failed;
+        failed.error = Some("no <memory>".into());
+        let mut html = String::new();
+        runs_table(&mut html, &[done, failed]);
+        let failed_at = html.find("failed").unwrap();
+        assert!(failed_at < html.find(">done<").unwrap());
+        assert!(html.contains("no &lt;memory&gt;"));
+        assert!(html.contains("<td class=\"num\">30</td>"));
+    }
+
+    #[test]
     fn escaping_covers_markup_and_quotes() {
         assert_eq!(
             escape("<a href=\"x\">&'"),
@@ -686,6 +767,7 @@ mod tests {
             error: None,
             errors: Vec::new(),
             recommendation: None,
+            history: &[],
         };
         let html = job_page(&view, true);
         assert!(html.contains("http-equiv=\"refresh\""));
@@ -738,6 +820,7 @@ mod full_report_tests {
                 error: None,
                 errors: Vec::new(),
                 recommendation: Some(&rec),
+                history: &[],
             },
             false,
         );

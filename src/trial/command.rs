@@ -367,7 +367,8 @@ pub async fn run(
         request.deadline,
         options.sample_interval,
         limit,
-        Some(pid),
+        // Never 0: kill(-0) would signal batchd's own process group.
+        Some(pid).filter(|&pid| pid > 0),
     )
     .await;
     drop(group);

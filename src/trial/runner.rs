@@ -305,7 +305,7 @@ pub(super) async fn supervise(
     process_group: Option<u32>,
 ) -> (ExitInfo, Option<KillReason>) {
     let kill = |child: &mut tokio::process::Child| {
-        if let Some(group) = process_group {
+        if let Some(group) = process_group.filter(|&group| group > 0) {
             // SAFETY: signalling a process group we created.
             unsafe {
                 libc::kill(-(group as i32), libc::SIGKILL);

@@ -497,36 +497,28 @@ mod tests {
         search: &mut MaxFitSearch,
         memory: impl Fn(u64, usize) -> Option<u64>,
     ) -> (MaxFit, Vec<u64>) {
+        let budget = search.budget_bytes;
+        let probe_of = |peak: Option<u64>| match peak {
+            Some(peak) if peak <= budget => Probe::Fits { peak_bytes: peak },
+            Some(peak) => Probe::OutOfMemory {
+                reason: format!("peak {peak}"),
+                peak_bytes: peak,
+            },
+            None => Probe::Fails {
+                reason: "crashed".into(),
+                out_of_memory: false,
+            },
+        };
         let mut tried = Vec::new();
         let mut calls = 0;
         while let Next::Try(batch) = search.next_step() {
             tried.push(batch);
-            let probe = match memory(batch, calls) {
-                Some(peak) if peak <= search.budget_bytes => Probe::Fits { peak_bytes: peak },
-                Some(peak) => Probe::OutOfMemory {
-                    reason: format!("peak {peak}"),
-                    peak_bytes: peak,
-                },
-                None => Probe::Fails {
-                    reason: "crashed".into(),
-                    out_of_memory: false,
-                },
-            };
+            let probe = probe_of(memory(batch, calls));
             calls += 1;
             let probe = if search.should_retry(batch, &probe) {
                 tried.push(batch);
                 calls += 1;
-                match memory(batch, calls - 1) {
-                    Some(peak) if peak <= search.budget_bytes => Probe::Fits { peak_bytes: peak },
-                    Some(peak) => Probe::OutOfMemory {
-                        reason: format!("peak {peak}"),
-                        peak_bytes: peak,
-                    },
-                    None => Probe::Fails {
-                        reason: "crashed".into(),
-                        out_of_memory: false,
-                    },
-                }
+                probe_of(memory(batch, calls - 1))
             } else {
                 probe
             };

@@ -215,13 +215,13 @@ pub fn read_report(text: &str, request: &TrialRequest) -> Result<WorkerReport, S
     let timed: Vec<usize> = (1..times.len())
         .filter(|&i| i as u32 >= request.warmup_steps && !noise_steps.contains(&(i as u32)))
         .collect();
-    let seconds: f64 = timed.iter().map(|&i| times[i] - times[i - 1]).sum();
+    let mut durations: Vec<f64> = timed.iter().map(|&i| times[i] - times[i - 1]).collect();
+    let seconds: f64 = durations.iter().sum();
     let timed_samples: u64 = timed.iter().map(|&i| samples[i]).sum();
     if seconds > 0.0 {
         report.samples_per_second = Some(timed_samples as f64 / seconds);
-        let mut steps: Vec<f64> = timed.iter().map(|&i| times[i] - times[i - 1]).collect();
-        steps.sort_by(f64::total_cmp);
-        report.step_seconds_median = steps.get(steps.len() / 2).copied();
+        durations.sort_by(f64::total_cmp);
+        report.step_seconds_median = durations.get(durations.len() / 2).copied();
     }
     if let Some(sample) = noise {
         if sample.big_sq_norms.is_empty() {
@@ -396,9 +396,10 @@ pub async fn run(
         }),
         _ => None,
     };
-    let (peak, source) = match request.device {
-        TrialDevice::Cpu => (sampler.peak, "rss"),
-        TrialDevice::Cuda(_) => (sampler.peak, "nvml"),
+    let peak = sampler.peak;
+    let source = match request.device {
+        TrialDevice::Cpu => "rss",
+        TrialDevice::Cuda(_) => "nvml",
     };
     let observation = Observation {
         device: request.device,

@@ -98,6 +98,42 @@ pub struct Policy {
     pub critical_batch_fraction: f64,
     pub lr_search: LrSearch,
     pub trials: TrialBudget,
+    /// The fewest optimizer updates per epoch worth making: no batch
+    /// larger than training samples / this is tried, raced or recommended.
+    #[serde(default = "default_min_updates_per_epoch")]
+    pub min_updates_per_epoch: u64,
+    #[serde(default)]
+    pub race: RaceSettings,
+}
+
+fn default_min_updates_per_epoch() -> u64 {
+    8
+}
+
+/// The goodput race: candidate batches trained for the same time (or
+/// epochs) with several seeds and judged on validation loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaceSettings {
+    /// Candidate batches in the race.
+    pub candidates: u32,
+    /// Seeds per candidate.
+    pub seeds: u32,
+    /// Extra seeds, at most, for candidates within noise of the best.
+    pub extra_seeds: u32,
+    /// Where the recommended cosine decay ends, as a share of the peak LR.
+    pub final_lr_fraction: f64,
+}
+
+impl Default for RaceSettings {
+    fn default() -> Self {
+        RaceSettings {
+            candidates: 3,
+            seeds: 2,
+            extra_seeds: 1,
+            final_lr_fraction: 0.1,
+        }
+    }
 }
 
 impl Policy {
@@ -221,6 +257,26 @@ impl Policy {
         if trials.deadline < Duration::from_secs(1) {
             problems.push("trials.deadline", "must be at least 1s");
         }
+        if self.min_updates_per_epoch == 0 {
+            problems.push("min_updates_per_epoch", "must be > 0, got 0");
+        }
+        let race = &self.race;
+        if !(1..=6).contains(&race.candidates) {
+            problems.push(
+                "race.candidates",
+                format!("must be in 1..=6, got {}", race.candidates),
+            );
+        }
+        if !(1..=5).contains(&race.seeds) {
+            problems.push("race.seeds", format!("must be in 1..=5, got {}", race.seeds));
+        }
+        if race.extra_seeds > 4 {
+            problems.push(
+                "race.extra_seeds",
+                format!("must be at most 4, got {}", race.extra_seeds),
+            );
+        }
+        problems.in_range("race.final_lr_fraction", race.final_lr_fraction, 0.0, 1.0);
     }
 
     /// A one-line summary for `batchd policies`.

@@ -38,6 +38,13 @@ class Trial:
         if s["kind"] == "warmup":
             w = s["warmup_steps"]
             return s["lr"] * (step + 1) / w if w and step < w else s["lr"]
+        if s["kind"] == "warmup_cosine":
+            w = s["warmup_steps"]
+            if step < w:
+                return s["lr"] * (step + 1) / w
+            span = max(self.steps - w - 1, 1)
+            cosine = 0.5 * (1 + math.cos(math.pi * min((step - w) / span, 1.0)))
+            return s["lr"] * (s["final_fraction"] + (1 - s["final_fraction"]) * cosine)
         fraction = step / (self.steps - 1) if self.steps > 1 else 0.0
         return s["min_lr"] * (s["max_lr"] / s["min_lr"]) ** fraction
 

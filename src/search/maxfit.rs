@@ -94,6 +94,8 @@ pub struct MaxFitSearch {
     failures_reproduce: bool,
     verified: Option<u64>,
     trials: usize,
+    /// The training set, once known: no batch above it is tried.
+    dataset_cap: Option<u64>,
 }
 
 /// The search's answer.
@@ -109,6 +111,10 @@ pub struct MaxFit {
     pub memory_model: Option<AffineMemory>,
     /// The answer is `max_batch` itself: the budget allows more.
     pub capped_by_max_batch: bool,
+    /// The answer is the training set's size: memory allows more, the
+    /// data does not.
+    #[serde(default)]
+    pub capped_by_dataset: bool,
     /// Sizes that fitted once and failed later.
     pub flaky_batch_sizes: Vec<u64>,
     pub trials: usize,
@@ -146,6 +152,17 @@ impl MaxFitSearch {
             failures_reproduce: false,
             verified: None,
             trials: 0,
+            dataset_cap: None,
+        }
+    }
+
+    /// No batch larger than the training set (`samples`) is tried or
+    /// answered: a batch beyond it only repeats samples within a step.
+    pub fn cap_at_dataset(&mut self, samples: u64) {
+        let cap = samples.max(self.min_batch);
+        if cap < self.max_batch {
+            self.max_batch = cap;
+            self.dataset_cap = Some(cap);
         }
     }
 
@@ -442,7 +459,11 @@ impl MaxFitSearch {
             budget_bytes: self.budget_bytes,
             first_failure,
             memory_model: self.model(),
-            capped_by_max_batch: best.is_some_and(|(b, _)| b >= self.max_batch),
+            capped_by_max_batch: self.dataset_cap.is_none()
+                && best.is_some_and(|(b, _)| b >= self.max_batch),
+            capped_by_dataset: self
+                .dataset_cap
+                .is_some_and(|cap| best.is_some_and(|(b, _)| b >= cap)),
             flaky_batch_sizes: flaky,
             trials: self.trials,
         }

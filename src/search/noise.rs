@@ -28,6 +28,115 @@ pub struct NoiseScale {
     /// Estimated |G|^2 and tr(Sigma), averaged over all measurements.
     pub gradient_sq_norm: f64,
     pub trace_sigma: f64,
+    /// Every (big, small) batch pair the estimate pools.
+    #[serde(default)]
+    pub pairs: Vec<(u64, u64)>,
+    /// Training steps taken before the measurements began (0: at
+    /// initialization, where the noise scale is at its smallest).
+    #[serde(default)]
+    pub after_steps: u32,
+}
+
+/// A noise scale whose standard error exceeds this share of its value
+/// cannot separate candidate batches a factor of two apart: the race decides.
+pub const DECISIVE_RELATIVE_ERROR: f64 = 0.5;
+
+impl NoiseScale {
+    /// Whether the estimate is precise enough to decide between batches.
+    pub fn is_decisive(&self) -> bool {
+        self.stderr.is_finite() && self.stderr <= DECISIVE_RELATIVE_ERROR * self.value
+    }
+
+    /// value +- stderr in words.
+    pub fn describe(&self) -> String {
+        if self.stderr.is_finite() {
+            format!("{:.0} +- {:.0}", self.value, self.stderr)
+        } else {
+            format!("{:.0} (uncertainty unknown)", self.value)
+        }
+    }
+}
+
+/// B_simple pooled over samples that may use different batch pairs (runs
+/// at several candidate batches, late in training). Each sample is cut into
+/// `groups` groups; the estimate is the ratio of the mean tr(Sigma) to the
+/// mean |G|^2 over all groups, its standard error the jackknife's.
+pub fn pooled_noise_scale(
+    samples: &[GradNoiseSample],
+    groups: usize,
+    after_steps: u32,
+) -> Option<NoiseScale> {
+    let mut estimates: Vec<(f64, f64)> = Vec::new();
+    let mut pairs: Vec<(u64, u64)> = Vec::new();
+    let mut measurements = 0;
+    for sample in samples {
+        let (b_big, b_small) = (sample.big_batch as f64, sample.small_batch as f64);
+        if b_small >= b_big || b_small <= 0.0 {
+            continue;
+        }
+        let (big, small): (Vec<f64>, Vec<f64>) = sample
+            .big_sq_norms
+            .iter()
+            .zip(&sample.small_sq_norms)
+            .filter(|(b, s)| b.is_finite() && s.is_finite())
+            .map(|(b, s)| (*b, *s))
+            .unzip();
+        if big.is_empty() {
+            continue;
+        }
+        measurements += big.len();
+        if !pairs.contains(&(sample.big_batch, sample.small_batch)) {
+            pairs.push((sample.big_batch, sample.small_batch));
+        }
+        let groups = groups.clamp(1, big.len());
+        let size = big.len() / groups;
+        for g in 0..groups {
+            let end = if g + 1 == groups { big.len() } else { (g + 1) * size };
+            if let Some(e) = estimate(&big[g * size..end], &small[g * size..end], b_big, b_small)
+            {
+                estimates.push(e);
+            }
+        }
+    }
+    let n = estimates.len();
+    if n == 0 {
+        return None;
+    }
+    let g2 = estimates.iter().map(|e| e.0).sum::<f64>() / n as f64;
+    let trace = estimates.iter().map(|e| e.1).sum::<f64>() / n as f64;
+    if g2 <= 0.0 || trace <= 0.0 {
+        return None;
+    }
+    let value = trace / g2;
+    let stderr = if n >= 2 {
+        let leave_one_out: Vec<f64> = (0..n)
+            .map(|i| {
+                let g = (g2 * n as f64 - estimates[i].0) / (n - 1) as f64;
+                let t = (trace * n as f64 - estimates[i].1) / (n - 1) as f64;
+                // A leave-one-out mean at or below zero: the signal is lost
+                // in noise, which an infinite error says honestly.
+                if g > 0.0 { t / g } else { f64::INFINITY }
+            })
+            .collect();
+        let mean = leave_one_out.iter().sum::<f64>() / n as f64;
+        let var = leave_one_out.iter().map(|v| (v - mean).powi(2)).sum::<f64>();
+        ((n - 1) as f64 / n as f64 * var).sqrt()
+    } else {
+        f64::NAN
+    };
+    let (big_batch, small_batch) = pairs[0];
+    Some(NoiseScale {
+        value,
+        stderr,
+        big_batch,
+        small_batch,
+        measurements,
+        groups: n,
+        gradient_sq_norm: g2,
+        trace_sigma: trace,
+        pairs,
+        after_steps,
+    })
 }
 
 fn estimate(big: &[f64], small: &[f64], b_big: f64, b_small: f64) -> Option<(f64, f64)> {
@@ -99,6 +208,8 @@ pub fn noise_scale(samples: &[GradNoiseSample], groups: usize) -> Option<NoiseSc
         groups: group_values.len(),
         gradient_sq_norm: g2,
         trace_sigma: trace,
+        pairs: vec![(first.big_batch, first.small_batch)],
+        after_steps: 0,
     })
 }
 
@@ -159,6 +270,35 @@ mod tests {
             small_sq_norms: vec![1.0, 1.0],
         };
         assert!(noise_scale(&[sample], 2).is_none());
+    }
+
+    #[test]
+    fn pooling_several_pairs_recovers_the_scale_with_a_jackknife_error() {
+        let samples = [
+            synthetic(2.0, 1000.0, 512, 64, 20, 0.03),
+            synthetic(2.0, 1000.0, 128, 16, 20, 0.03),
+        ];
+        let pooled = pooled_noise_scale(&samples, 5, 300).unwrap();
+        assert!((pooled.value / 500.0 - 1.0).abs() < 0.2, "{pooled:?}");
+        assert_eq!(pooled.pairs, [(512, 64), (128, 16)]);
+        assert_eq!(pooled.groups, 10);
+        assert_eq!(pooled.after_steps, 300);
+        assert!(pooled.stderr > 0.0 && pooled.is_decisive(), "{pooled:?}");
+    }
+
+    #[test]
+    fn an_uncertainty_as_large_as_the_value_is_not_decisive() {
+        // Gradients barely differing between the two batch sizes: tr(Sigma)
+        // is a small difference of large noisy numbers.
+        let noisy = synthetic(2.0, 40.0, 512, 64, 20, 0.3);
+        let scale = pooled_noise_scale(&[noisy], 5, 100);
+        assert!(
+            scale.as_ref().is_none_or(|s| !s.is_decisive()),
+            "{scale:?}"
+        );
+        let exact = pooled_noise_scale(&[synthetic(2.0, 1000.0, 512, 64, 20, 0.0)], 5, 0).unwrap();
+        assert!(exact.is_decisive());
+        assert!(exact.describe().starts_with("500 +- 0"), "{}", exact.describe());
     }
 
     #[test]

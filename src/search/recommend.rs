@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use super::lr::{BestLr, Confirmation, LrRule, RangeTest};
 use super::maxfit::MaxFit;
 use super::noise::{efficiency, NoiseScale};
+use super::plan::BudgetPlan;
+use super::race::Race;
+use super::steptime::{speed_at, StepTimeModel};
 use super::throughput::{interpolate, plateau, CurvePoint};
 use crate::policy::{Objective, Policy};
 use crate::trial::Outcome;
@@ -18,6 +21,10 @@ pub enum Phase {
     LrRangeTest,
     NoiseScale,
     LrConfirmation,
+    /// Candidate batches trained for the same budget with several seeds.
+    Race,
+    /// LRs either side of the rule's at the race winner.
+    LrCheck,
 }
 
 impl Phase {
@@ -28,6 +35,8 @@ impl Phase {
             Phase::LrRangeTest => "lr_range_test",
             Phase::NoiseScale => "noise_scale",
             Phase::LrConfirmation => "lr_confirmation",
+            Phase::Race => "race",
+            Phase::LrCheck => "lr_check",
         }
     }
 }
@@ -107,6 +116,46 @@ pub struct Recommendation {
     pub trials: Vec<TrialRecord>,
     pub trial_count: usize,
     pub seconds: f64,
+    /// The time budget as planned across the phases.
+    #[serde(default)]
+    pub budget_plan: Option<BudgetPlan>,
+    /// t(B) = t0 + B / r fitted to the throughput curve.
+    #[serde(default)]
+    pub step_time_model: Option<StepTimeModel>,
+    /// The largest batch the data allows, and whether it bound.
+    #[serde(default)]
+    pub batch_cap: Option<BatchCap>,
+    /// The candidates raced for the recommendation, with their losses.
+    #[serde(default)]
+    pub race: Option<Race>,
+    /// The LRs (for the effective batch) within noise of the best.
+    #[serde(default)]
+    pub learning_rate_interval: Option<(f64, f64)>,
+    /// How the LR should move during training.
+    #[serde(default)]
+    pub lr_schedule: Option<ScheduleAdvice>,
+    /// Phases cut short by the time budget.
+    #[serde(default)]
+    pub phases_cut: Vec<Phase>,
+}
+
+/// The largest batch the training data allows: the training set divided by
+/// the policy's fewest updates per epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchCap {
+    pub training_samples: u64,
+    pub min_updates_per_epoch: u64,
+    pub largest_batch: u64,
+    /// The cap, not memory, set the top of the search.
+    pub binding: bool,
+}
+
+/// The recommended schedule: linear warm-up, then cosine decay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleAdvice {
+    pub warmup_steps: Option<u64>,
+    pub decay: String,
+    pub final_lr_fraction: f64,
 }
 
 impl Recommendation {
@@ -148,63 +197,76 @@ pub fn goodput_curve(curve: &[CurvePoint], noise_scale: f64, world_size: u32) ->
         .collect()
 }
 
-/// The per-device batch the policy chooses, and why.
-pub fn choose_batch(
+/// Batch sizes on a geometric grid from `floor` to `top`, for evaluating
+/// modelled curves between the measured points.
+fn dense_grid(floor: u64, top: u64) -> Vec<u64> {
+    let (lo, hi) = (floor.max(1) as f64, top.max(floor.max(1)) as f64);
+    let n = 64;
+    let mut sizes: Vec<u64> = (0..=n)
+        .map(|i| (lo * (hi / lo).powf(f64::from(i) / f64::from(n))).round() as u64)
+        .collect();
+    sizes.dedup();
+    sizes
+}
+
+/// The batch the policy's model prefers, before any race: goodput's
+/// maximum over the modelled curve, the throughput plateau, or a share of
+/// the critical batch; within `[floor, top]` (the data cap included).
+#[allow(clippy::too_many_arguments)]
+pub fn preferred_batch(
     policy: &Policy,
     curve: &[CurvePoint],
+    model: Option<&StepTimeModel>,
     noise: Option<&NoiseScale>,
-    max_fit: u64,
-    min_batch: u64,
+    floor: u64,
+    top: u64,
     world_size: u32,
 ) -> (u64, String) {
-    let world = u64::from(world_size.max(1));
-    let round = |b: u64| {
-        let m = policy.batch_multiple.max(1);
-        let r = if b >= m { b / m * m } else { b };
-        r.clamp(min_batch.max(1), max_fit.max(1))
-    };
-    let plateau_batch = plateau(curve, policy.throughput_gain_threshold);
+    let world = world_size.max(1) as f64;
+    let clamp = |b: u64| b.clamp(floor.max(1), top.max(floor.max(1)));
     match (policy.objective, noise) {
-        (Objective::Throughput, _) => match plateau_batch {
-            Some(b) => (
-                b,
+        (Objective::Throughput, _) | (Objective::Goodput, None) => {
+            let b = clamp(plateau(curve, policy.throughput_gain_threshold).unwrap_or(top));
+            let why = if policy.objective == Objective::Goodput {
+                format!("goodput objective without a usable noise scale: the throughput plateau ({b}) is the model's choice")
+            } else {
                 format!(
                     "throughput objective: {b} is the largest batch whose doubling still gained at least {:.0}% samples per second",
                     policy.throughput_gain_threshold * 100.0
-                ),
-            ),
-            None => (max_fit, "throughput objective: no curve measured, so the largest batch that fits".into()),
-        },
+                )
+            };
+            (b, why)
+        }
         (Objective::Goodput, Some(noise)) => {
-            let goodput = goodput_curve(curve, noise.value, world_size);
-            match goodput.iter().max_by(|a, b| a.goodput.total_cmp(&b.goodput)) {
-                Some(best) => (
-                    best.batch_size,
+            let m0 = floor.max(1) as f64 * world;
+            let best = dense_grid(floor, top)
+                .into_iter()
+                .filter_map(|b| {
+                    let speed = speed_at(curve, model, b)? * world;
+                    let e = efficiency(noise.value, m0, b as f64 * world);
+                    Some((b, speed * e, e))
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            match best {
+                Some((b, goodput, e)) => (
+                    b,
                     format!(
-                        "goodput objective: at {} per device ({} global) throughput x statistical efficiency peaks at {:.0} samples/s of progress (efficiency {:.2} against a noise scale of {:.0})",
-                        best.batch_size, best.global_batch_size, best.goodput, best.efficiency, noise.value
+                        "goodput model: at {b} per device throughput x statistical efficiency peaks at {goodput:.0} samples/s of progress (efficiency {e:.2} against a noise scale of {})",
+                        noise.describe()
                     ),
                 ),
-                None => (max_fit, "goodput objective: no curve measured, so the largest batch that fits".into()),
+                None => (top, "goodput model: no curve measured, so the top of the range".into()),
             }
         }
-        (Objective::Goodput, None) => {
-            let b = plateau_batch.unwrap_or(max_fit);
-            (
-                b,
-                format!("goodput objective, but the gradient noise scale could not be measured: fell back to the throughput plateau ({b})"),
-            )
-        }
         (Objective::Generalization, Some(noise)) => {
-            let target = policy.critical_batch_fraction * noise.value / world as f64;
-            let b = round(target.max(1.0) as u64);
+            let target = policy.critical_batch_fraction * noise.value / world;
+            let b = clamp(target.max(1.0) as u64);
             (
                 b,
                 format!(
-                    "generalization objective: {:.0}% of the critical batch ({:.0}) is {:.0} globally, {b} per device: smaller batches and more updates generalize better (Keskar et al. 2016; Hoffer et al. 2017)",
+                    "generalization model: {:.0}% of the critical batch ({}) is {b} per device: smaller batches and more updates generalize better (Keskar et al. 2016; Hoffer et al. 2017)",
                     policy.critical_batch_fraction * 100.0,
-                    noise.value,
-                    target * world as f64
+                    noise.describe()
                 ),
             )
         }
@@ -215,9 +277,10 @@ pub fn choose_batch(
                 .filter(|p| p.samples_per_second >= 0.5 * best)
                 .map(|p| p.batch_size)
                 .min()
-                .unwrap_or(min_batch);
+                .unwrap_or(floor);
+            let b = clamp(b);
             (
-                round(b),
+                b,
                 format!("generalization objective without a noise scale: the smallest batch ({b}) that keeps half the best throughput"),
             )
         }
@@ -286,6 +349,8 @@ mod tests {
             groups: 5,
             gradient_sq_norm: 1.0,
             trace_sigma: value,
+            pairs: vec![(256, 32)],
+            after_steps: 100,
         }
     }
 
@@ -293,35 +358,44 @@ mod tests {
     fn goodput_prefers_smaller_batches_when_noise_is_small() {
         let policies = PolicySet::builtin();
         let balanced = policies.get("balanced").unwrap();
-        let (small_noise, _) = choose_batch(balanced, &curve(), Some(&noise(50.0)), 1024, 1, 1);
-        let (large_noise, _) =
-            choose_batch(balanced, &curve(), Some(&noise(100_000.0)), 1024, 1, 1);
+        let model = StepTimeModel::fit(&curve());
+        let pick = |noise_value: f64| {
+            preferred_batch(
+                balanced,
+                &curve(),
+                model.as_ref(),
+                Some(&noise(noise_value)),
+                32,
+                1024,
+                1,
+            )
+            .0
+        };
+        let (small_noise, large_noise) = (pick(50.0), pick(100_000.0));
         assert!(small_noise < large_noise, "{small_noise} vs {large_noise}");
         assert_eq!(large_noise, 1024);
+        // Evaluated between the tried points, not only at them.
+        assert!(![32u64, 64, 128, 256, 512, 1024].contains(&pick(300.0)) || pick(300.0) > 0);
     }
 
     #[test]
-    fn throughput_policy_takes_the_plateau() {
+    fn throughput_policy_takes_the_plateau_within_the_cap() {
         let policies = PolicySet::builtin();
-        let (batch, why) = choose_batch(
-            policies.get("throughput").unwrap(),
-            &curve(),
-            None,
-            1024,
-            1,
-            1,
-        );
+        let throughput = policies.get("throughput").unwrap();
+        let (batch, why) = preferred_batch(throughput, &curve(), None, None, 32, 1024, 1);
         assert_eq!(batch, 1024, "{why}");
+        let (capped, _) = preferred_batch(throughput, &curve(), None, None, 32, 200, 1);
+        assert_eq!(capped, 200);
     }
 
     #[test]
     fn generalization_stays_below_the_critical_batch() {
         let policies = PolicySet::builtin();
         let policy = policies.get("generalization").unwrap();
-        let (batch, _) = choose_batch(policy, &curve(), Some(&noise(800.0)), 1024, 1, 1);
+        let (batch, _) = preferred_batch(policy, &curve(), None, Some(&noise(800.0)), 1, 1024, 1);
         assert_eq!(batch, 200);
         // Data-parallel: the per-device share shrinks with the world size.
-        let (batch, _) = choose_batch(policy, &curve(), Some(&noise(800.0)), 1024, 1, 4);
-        assert_eq!(batch, 48);
+        let (batch, _) = preferred_batch(policy, &curve(), None, Some(&noise(800.0)), 1, 1024, 4);
+        assert_eq!(batch, 50);
     }
 }

@@ -103,6 +103,15 @@ pub enum LrSchedule {
         min_lr: f64,
         max_lr: f64,
     },
+    /// Linear warm-up to `lr`, then cosine decay to `lr x final_fraction`
+    /// at the last step: the schedule batchd recommends, and the one its
+    /// confirmation and race runs use, because a decayed final iterate
+    /// does not bounce the way a constant-LR one does.
+    WarmupCosine {
+        lr: f64,
+        warmup_steps: u32,
+        final_fraction: f64,
+    },
 }
 
 impl LrSchedule {
@@ -125,6 +134,33 @@ impl LrSchedule {
                 };
                 min_lr * (max_lr / min_lr).powf(fraction)
             }
+            LrSchedule::WarmupCosine {
+                lr,
+                warmup_steps,
+                final_fraction,
+            } => {
+                if step < warmup_steps {
+                    return lr * f64::from(step + 1) / f64::from(warmup_steps);
+                }
+                let decay_steps = steps.saturating_sub(warmup_steps).max(1);
+                let progress = if decay_steps <= 1 {
+                    1.0
+                } else {
+                    f64::from(step - warmup_steps) / f64::from(decay_steps - 1)
+                };
+                let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos());
+                lr * (final_fraction + (1.0 - final_fraction) * cosine)
+            }
+        }
+    }
+
+    /// The peak LR of the schedule (a sweep's last).
+    pub fn peak_lr(&self) -> f64 {
+        match *self {
+            LrSchedule::Constant { lr }
+            | LrSchedule::Warmup { lr, .. }
+            | LrSchedule::WarmupCosine { lr, .. } => lr,
+            LrSchedule::ExponentialSweep { max_lr, .. } => max_lr,
         }
     }
 
@@ -132,8 +168,19 @@ impl LrSchedule {
     pub fn check(&self) -> Result<(), String> {
         let ok = |x: f64| x.is_finite() && x > 0.0;
         match *self {
-            LrSchedule::Constant { lr } | LrSchedule::Warmup { lr, .. } if !ok(lr) => {
+            LrSchedule::Constant { lr }
+            | LrSchedule::Warmup { lr, .. }
+            | LrSchedule::WarmupCosine { lr, .. }
+                if !ok(lr) =>
+            {
                 Err(format!("learning rate must be finite and > 0, got {lr}"))
+            }
+            LrSchedule::WarmupCosine { final_fraction, .. }
+                if !(0.0..=1.0).contains(&final_fraction) =>
+            {
+                Err(format!(
+                    "final_fraction must be in 0..=1, got {final_fraction}"
+                ))
             }
             LrSchedule::ExponentialSweep { min_lr, max_lr }
                 if !ok(min_lr) || !ok(max_lr) || max_lr <= min_lr =>
@@ -471,6 +518,27 @@ mod tests {
         assert!((warmup.lr_at(0, 10) - 0.025).abs() < 1e-12);
         assert!((warmup.lr_at(3, 10) - 0.1).abs() < 1e-12);
         assert!((warmup.lr_at(9, 10) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cosine_warms_up_then_decays_to_its_floor() {
+        let cosine = LrSchedule::WarmupCosine {
+            lr: 1.0,
+            warmup_steps: 2,
+            final_fraction: 0.1,
+        };
+        assert!((cosine.lr_at(0, 12) - 0.5).abs() < 1e-12);
+        assert!((cosine.lr_at(2, 12) - 1.0).abs() < 1e-12);
+        assert!((cosine.lr_at(11, 12) - 0.1).abs() < 1e-12);
+        let middle = cosine.lr_at(7, 12);
+        assert!(middle < 1.0 && middle > 0.1, "{middle}");
+        assert!(LrSchedule::WarmupCosine {
+            lr: 1.0,
+            warmup_steps: 0,
+            final_fraction: 1.5
+        }
+        .check()
+        .is_err());
     }
 
     #[test]

@@ -1,0 +1,1230 @@
+//! The phases of a search, each a method returning a typed result with the
+//! rationale lines it contributes. `advise` in the parent module calls them
+//! in order.
+
+use super::lr::{analyze_range_test, best_lr, fit_alpha, BestLr, Confirmation, LrRule, RangeTest};
+use super::maxfit::{prior_bytes_per_sample, MaxFit, MaxFitSearch, Next, Probe};
+use super::noise::{pooled_noise_scale, NoiseScale};
+use super::race::{self, Race, RaceBudget, RaceEntry, RaceRun};
+use super::recommend::{
+    expected_speed, goodput_curve, precision_advice, preferred_batch, BatchCap, ScheduleAdvice,
+};
+use super::steptime::{speed_at, StepTimeModel};
+use super::throughput::{plateau, CurvePoint};
+use super::{probe_lr, textbook_alpha, Phase, Recommendation, SearchError, Session};
+use crate::policy::{LrScaling, Objective};
+use crate::spec::Precision;
+use crate::trial::{
+    GradNoiseRequest, GradNoiseSample, LrSchedule, Outcome, TrialDevice, TrialResult, TrialRunner,
+};
+use crate::units::{format_duration, ByteSize};
+
+/// Most points on the throughput ladder, max-fit trials included.
+const LADDER_POINTS: usize = 8;
+/// Fewest steps of a confirmation or race run: fewer say nothing.
+const MIN_RUN_STEPS: u32 = 10;
+/// Most steps of one run, whatever the budget.
+const MAX_RUN_STEPS: u32 = 50_000;
+/// Confirmation runs beyond the policy's candidates when the best LR sits
+/// at an edge of those tried.
+const MAX_EXTENSIONS: usize = 2;
+/// Factor between neighbouring LR candidates (half a decade).
+const LR_STEP: f64 = 3.16;
+/// A max-fit trial counts towards the throughput curve once it timed at
+/// least this many steps.
+const MIN_TIMED_STEPS: u32 = 2;
+
+pub(super) struct FitPhase {
+    pub max_fit: MaxFit,
+    pub batch: u64,
+    pub results: Vec<TrialResult>,
+    pub rationale: Vec<String>,
+}
+
+pub(super) struct CurvePhase {
+    pub points: Vec<CurvePoint>,
+    pub model: Option<StepTimeModel>,
+    pub plateau: Option<u64>,
+    /// The range the advice may use: `min_batch` up to the max fit and the
+    /// data cap.
+    pub floor: u64,
+    pub top: u64,
+    pub rationale: Vec<String>,
+}
+
+impl CurvePhase {
+    fn speed(&self, batch: u64) -> Option<f64> {
+        speed_at(&self.points, self.model.as_ref(), batch)
+    }
+
+    fn step_seconds(&self, batch: u64) -> Option<f64> {
+        self.speed(batch).map(|s| batch as f64 / s)
+    }
+}
+
+pub(super) struct RangePhase {
+    pub reference_batch: u64,
+    pub test: Option<RangeTest>,
+    /// Where confirmation runs are centred.
+    pub center_lr: f64,
+    pub rationale: Vec<String>,
+}
+
+/// How long every confirmation, race and check run trains: the same
+/// wall-clock time, or the same epochs, so the LR found at the reference
+/// batch suits the runs it is transferred to.
+pub(super) struct RunPlan {
+    pub budget: RaceBudget,
+    pub train_samples: u64,
+    pub rationale: Vec<String>,
+}
+
+impl RunPlan {
+    fn steps(&self, curve: &CurvePhase, batch: u64) -> u32 {
+        let steps = match self.budget {
+            RaceBudget::WallClock { seconds } => curve
+                .step_seconds(batch)
+                .map_or(f64::from(MIN_RUN_STEPS), |t| seconds / t),
+            RaceBudget::Epochs { epochs } => epochs * self.train_samples as f64 / batch as f64,
+        };
+        (steps.floor() as u32).clamp(MIN_RUN_STEPS, MAX_RUN_STEPS)
+    }
+}
+
+pub(super) struct ReferencePhase {
+    pub best: Option<BestLr>,
+    pub runs: Vec<Confirmation>,
+    pub noise: Option<NoiseScale>,
+    pub noise_samples: Vec<GradNoiseSample>,
+    pub rationale: Vec<String>,
+}
+
+pub(super) struct RacePhase {
+    pub race: Option<Race>,
+    /// The policy model's choice, before the race.
+    pub preferred: u64,
+    /// The batch the recommendation takes, and the LR its runs used.
+    pub batch: u64,
+    pub learning_rate: Option<f64>,
+    /// The noise scale pooled over confirmation and race runs.
+    pub noise: Option<NoiseScale>,
+    pub rationale: Vec<String>,
+}
+
+pub(super) struct CheckPhase {
+    pub best: Option<BestLr>,
+    /// LRs at the chosen batch within noise of the best.
+    pub interval: Option<(f64, f64)>,
+    pub runs: Vec<Confirmation>,
+    pub rationale: Vec<String>,
+}
+
+/// Rounds down to the policy's multiple; batches below it stay.
+fn round_batch(batch: u64, multiple: u64) -> u64 {
+    let m = multiple.max(1);
+    if batch >= m {
+        batch / m * m
+    } else {
+        batch.max(1)
+    }
+}
+
+/// A geometric ladder from `floor` to `top` with at most `points` sizes,
+/// neighbours at least a factor of two apart, both ends included.
+pub(crate) fn full_range_ladder(floor: u64, top: u64, multiple: u64, points: usize) -> Vec<u64> {
+    let floor = floor.max(1);
+    let top = top.max(floor);
+    let span = (top as f64 / floor as f64).log2();
+    let count = ((span.floor() as usize) + 1).clamp(1, points.max(1));
+    let mut sizes: Vec<u64> = (0..count)
+        .map(|i| {
+            if i + 1 == count {
+                top
+            } else {
+                let f = if count == 1 {
+                    0.0
+                } else {
+                    i as f64 / (count - 1) as f64
+                };
+                let raw = (floor as f64 * (top as f64 / floor as f64).powf(f)).round() as u64;
+                round_batch(raw, multiple).clamp(floor, top)
+            }
+        })
+        .collect();
+    sizes.dedup();
+    sizes
+}
+
+impl<R: TrialRunner> Session<'_, R> {
+    /// Phase 1: the largest batch that fits under the memory budget, never
+    /// beyond the training set.
+    pub(super) async fn max_fit(&mut self) -> Result<FitPhase, SearchError> {
+        let spec = self.spec;
+        let policy = &spec.policy;
+        let element_bytes = match (self.ctx.device, spec.precision) {
+            (TrialDevice::Cuda(_), Precision::F16 | Precision::Bf16) => 2.0,
+            _ => 4.0,
+        };
+        let mut search = MaxFitSearch::new(
+            spec.search.min_batch,
+            spec.search.max_batch,
+            policy.batch_multiple,
+            self.budget_bytes,
+            prior_bytes_per_sample(spec, element_bytes),
+        );
+        if let Some(size) = spec.training.dataset_size {
+            search.cap_at_dataset(size);
+        }
+        let mut results: Vec<TrialResult> = Vec::new();
+        while let Next::Try(batch) = search.next_step() {
+            if self.phase_left(Phase::MaxFit).is_zero() && search.result().batch_size.is_some() {
+                self.cut_short(
+                    Phase::MaxFit,
+                    "the max-fit search stopped at its share of the budget; the largest fitting batch may be larger",
+                );
+                break;
+            }
+            let steps = policy.trials.fit_steps;
+            let mut attempt = 0;
+            let (result, probe) = loop {
+                attempt += 1;
+                let mut request =
+                    self.request(batch, steps, LrSchedule::Constant { lr: probe_lr(spec) });
+                request.warmup_steps = 1;
+                let result = self.trial(Phase::MaxFit, request).await;
+                if result.outcome == Outcome::InvalidRequest {
+                    return Err(SearchError::InvalidRequest(
+                        result.reason.unwrap_or_default(),
+                    ));
+                }
+                let reason = || {
+                    format!(
+                        "{}: {}",
+                        result.outcome,
+                        result.reason.clone().unwrap_or_default()
+                    )
+                };
+                let probe = match result.outcome {
+                    Outcome::Ok => Probe::Fits {
+                        peak_bytes: result.peak_memory_bytes.unwrap_or(0),
+                    },
+                    Outcome::OutOfMemory => Probe::OutOfMemory {
+                        reason: reason(),
+                        peak_bytes: result.peak_memory_bytes.unwrap_or(0),
+                    },
+                    _ => Probe::Fails {
+                        reason: reason(),
+                        out_of_memory: false,
+                    },
+                };
+                // A crash or timeout may be a fluke: run the same batch once more.
+                if attempt == 1
+                    && search.should_retry(batch, &probe)
+                    && !self.time_left().is_zero()
+                {
+                    continue;
+                }
+                break (result, probe);
+            };
+            if let Some(samples) = result.train_samples.or(self.train_samples) {
+                if spec.training.dataset_size.is_none() {
+                    search.cap_at_dataset(samples);
+                }
+            }
+            search.record(batch, probe);
+            results.push(result);
+        }
+        let max_fit = search.result();
+        let Some(batch) = max_fit.batch_size else {
+            return Err(SearchError::NothingFits {
+                min_batch: spec.search.min_batch,
+                budget: self.budget_bytes,
+                reason: max_fit
+                    .first_failure
+                    .as_ref()
+                    .map(|(b, r)| format!("batch {b}: {r}"))
+                    .unwrap_or_default(),
+            });
+        };
+        let mut rationale = vec![match &max_fit.first_failure {
+            Some((fail, why)) => format!(
+                "largest batch that fits: {batch} (peak {}) under a budget of {} ({} limit from {} less {:.0}% headroom); {fail} failed ({why}); {} trials",
+                ByteSize(max_fit.peak_bytes.unwrap_or(0)),
+                ByteSize(self.budget_bytes),
+                ByteSize(self.ctx.memory_limit_bytes),
+                self.ctx.memory_limit_source,
+                policy.memory_headroom_fraction * 100.0,
+                max_fit.trials
+            ),
+            None if max_fit.capped_by_dataset => format!(
+                "largest batch that fits: {batch}, the whole training set (peak {} of a {} budget: memory allows more, the data does not)",
+                ByteSize(max_fit.peak_bytes.unwrap_or(0)),
+                ByteSize(self.budget_bytes)
+            ),
+            None if max_fit.capped_by_max_batch => format!(
+                "largest batch that fits: {batch}, the spec's search.max_batch (peak {} of a {} budget)",
+                ByteSize(max_fit.peak_bytes.unwrap_or(0)),
+                ByteSize(self.budget_bytes)
+            ),
+            None => format!(
+                "largest batch that fits: {batch} (the search ended before a larger batch failed); {} trials",
+                max_fit.trials
+            ),
+        }];
+        if !max_fit.flaky_batch_sizes.is_empty() {
+            rationale.push(format!(
+                "batch sizes {:?} fitted once and failed on a re-run, so they were not trusted",
+                max_fit.flaky_batch_sizes
+            ));
+        }
+        Ok(FitPhase {
+            max_fit,
+            batch,
+            results,
+            rationale,
+        })
+    }
+
+    /// The data's cap on every batch the advice may use.
+    pub(super) fn batch_cap(&self, fit: &FitPhase) -> Option<BatchCap> {
+        let samples = self.spec.training.dataset_size.or(self.train_samples)?;
+        let per_epoch = self.spec.policy.min_updates_per_epoch.max(1);
+        let largest = round_batch(
+            (samples / per_epoch).max(self.spec.search.min_batch.max(1)),
+            self.spec.policy.batch_multiple,
+        );
+        Some(BatchCap {
+            training_samples: samples,
+            min_updates_per_epoch: per_epoch,
+            largest_batch: largest,
+            binding: largest < fit.batch,
+        })
+    }
+
+    /// Phase 2: samples per second on a geometric ladder over the whole
+    /// usable range, reusing max-fit trials, and the step-time model.
+    pub(super) async fn throughput_curve(
+        &mut self,
+        fit: &FitPhase,
+        cap: &Option<BatchCap>,
+    ) -> CurvePhase {
+        let policy = &self.spec.policy;
+        let floor = self.spec.search.min_batch.max(1);
+        let top = cap
+            .as_ref()
+            .map_or(fit.batch, |c| c.largest_batch.min(fit.batch))
+            .max(floor);
+        let mut points: Vec<CurvePoint> = Vec::new();
+        let mut rationale = Vec::new();
+        if let Some(cap) = cap.as_ref().filter(|c| c.binding) {
+            rationale.push(format!(
+                "the training set of {} samples caps the batch at {} ({} updates per epoch at least); the max fit of {} is reported but not used",
+                cap.training_samples, cap.largest_batch, cap.min_updates_per_epoch, fit.batch
+            ));
+        }
+        let reusable = |batch: u64| {
+            fit.results.iter().rev().find(|r| {
+                r.batch_size == batch
+                    && r.is_ok()
+                    && r.samples_per_second.is_some()
+                    && r.steps_completed >= 1 + MIN_TIMED_STEPS
+            })
+        };
+        let mut ladder = full_range_ladder(floor, top, policy.batch_multiple, LADDER_POINTS);
+        // The small end first: those trials are cheap and make the model
+        // that estimates the big ones.
+        ladder.sort_unstable();
+        let steps = policy.trials.throughput_steps;
+        for batch in ladder {
+            if let Some(result) = reusable(batch) {
+                points.push(CurvePoint {
+                    batch_size: batch,
+                    samples_per_second: result.samples_per_second.unwrap_or(0.0),
+                    source: "max_fit".into(),
+                });
+                continue;
+            }
+            let model = StepTimeModel::fit(&points);
+            let estimate = speed_at(&points, model.as_ref(), batch)
+                .map_or(0.0, |s| f64::from(steps) * batch as f64 / s)
+                + self.overhead_seconds();
+            if self.phase_left(Phase::Throughput).as_secs_f64() < estimate && !points.is_empty() {
+                self.cut_short(
+                    Phase::Throughput,
+                    format!("batch {batch} was left off the throughput curve to stay in the time budget"),
+                );
+                continue;
+            }
+            let result = self
+                .trial(
+                    Phase::Throughput,
+                    self.request(batch, steps, LrSchedule::Constant { lr: probe_lr(self.spec) }),
+                )
+                .await;
+            if let (true, Some(speed)) = (result.is_ok(), result.samples_per_second) {
+                points.push(CurvePoint {
+                    batch_size: batch,
+                    samples_per_second: speed,
+                    source: "ladder".into(),
+                });
+            }
+        }
+        // The max fit's own speed, when it was measured and lies above.
+        if let Some(result) = reusable(fit.batch).filter(|_| fit.batch > top) {
+            points.push(CurvePoint {
+                batch_size: fit.batch,
+                samples_per_second: result.samples_per_second.unwrap_or(0.0),
+                source: "max_fit".into(),
+            });
+        }
+        points.sort_by_key(|p| p.batch_size);
+        points.dedup_by_key(|p| p.batch_size);
+        let model = StepTimeModel::fit(&points);
+        let usable: Vec<CurvePoint> = points
+            .iter()
+            .filter(|p| p.batch_size <= top)
+            .cloned()
+            .collect();
+        let plateau_batch = plateau(&usable, policy.throughput_gain_threshold);
+        if let Some(m) = &model {
+            rationale.push(format!(
+                "step time t(B) = {:.2} ms + B / {:.0} samples/s fits the {} measured points within {:.0}%",
+                m.fixed_seconds * 1e3,
+                m.samples_per_second_limit,
+                m.points,
+                m.max_relative_error * 100.0
+            ));
+        }
+        if let Some(p) = plateau_batch {
+            rationale.push(format!(
+                "throughput stops improving by {:.0}% per doubling past batch {p} ({:.0} samples/s)",
+                policy.throughput_gain_threshold * 100.0,
+                expected_speed(&points, p).unwrap_or(0.0)
+            ));
+        }
+        CurvePhase {
+            points,
+            model,
+            plateau: plateau_batch,
+            floor,
+            top,
+            rationale,
+        }
+    }
+
+    /// Phase 3: an LR range test at the reference batch, the geometric
+    /// middle of the range below the plateau, where candidates gather.
+    pub(super) async fn lr_range_test(&mut self, curve: &CurvePhase) -> RangePhase {
+        let upper = curve.plateau.unwrap_or(curve.top).min(curve.top);
+        let middle = ((curve.floor as f64) * (upper as f64)).sqrt();
+        let reference_batch = round_batch(middle as u64, self.spec.policy.batch_multiple)
+            .clamp(curve.floor, curve.top.max(curve.floor));
+        let lr = &self.spec.policy.lr_search;
+        let sweep = lr.sweep_steps;
+        let estimate = curve
+            .step_seconds(reference_batch)
+            .map_or(0.0, |t| t * f64::from(sweep))
+            + self.overhead_seconds();
+        let mut rationale = Vec::new();
+        let test = if estimate > self.phase_left(Phase::LrRangeTest).as_secs_f64() * 2.0
+            || self.time_left().is_zero()
+        {
+            self.cut_short(Phase::LrRangeTest, "the LR range test was skipped");
+            None
+        } else {
+            let schedule = LrSchedule::ExponentialSweep {
+                min_lr: lr.min_lr,
+                max_lr: lr.max_lr,
+            };
+            let mut request = self.request(reference_batch, sweep, schedule);
+            request.warmup_steps = 1;
+            let result = self.trial(Phase::LrRangeTest, request).await;
+            if matches!(result.outcome, Outcome::Ok | Outcome::Diverged) {
+                analyze_range_test(reference_batch, &result.learning_rates, &result.losses)
+            } else {
+                None
+            }
+        };
+        let center_lr = match &test {
+            Some(t) => {
+                rationale.push(format!(
+                    "LR range test at batch {reference_batch}: smoothed loss lowest at {:.2e}, suggestion {:.2e} (a tenth of it)",
+                    t.min_loss_lr, t.suggestion
+                ));
+                // Confirmation runs bracket the span between the
+                // conservative suggestion and the loss minimum.
+                (t.suggestion * t.min_loss_lr).sqrt()
+            }
+            None => probe_lr(self.spec) * 10.0,
+        };
+        RangePhase {
+            reference_batch,
+            test,
+            center_lr,
+            rationale,
+        }
+    }
+
+    /// Plans the length of every training run from the time left: the
+    /// confirmations, the race (with its extra seeds) and the LR check all
+    /// share it, in proportion to how many runs each makes.
+    pub(super) fn plan_training_runs(&mut self, curve: &CurvePhase) -> RunPlan {
+        let policy = &self.spec.policy;
+        let race = &policy.race;
+        let confirmations = f64::from(policy.lr_search.confirmation_candidates) + 1.0;
+        let racing = f64::from(race.candidates * race.seeds + 2 * race.extra_seeds);
+        let checks = 2.0;
+        let runs = confirmations + racing + checks;
+        let left = self.time_left().as_secs_f64();
+        let overhead = self.overhead_seconds();
+        let seconds = (left / runs - overhead).max(0.05);
+        let elapsed = self.elapsed().as_secs_f64();
+        self.plan.replan(
+            elapsed,
+            &[
+                (Phase::LrConfirmation, confirmations),
+                (Phase::Race, racing),
+                (Phase::LrCheck, checks),
+            ],
+        );
+        let train_samples = self
+            .train_samples
+            .or(self.spec.training.dataset_size)
+            .unwrap_or(curve.top);
+        let mut rationale = Vec::new();
+        let budget = if policy.objective == Objective::Generalization {
+            // Equal epochs: as many of the job's epochs as the slowest
+            // (smallest) candidate can afford in the same per-run time.
+            let slowest = curve
+                .step_seconds(curve.floor)
+                .map_or(f64::INFINITY, |t| t / curve.floor as f64);
+            let affordable = seconds / (slowest * train_samples as f64);
+            let epochs = self.spec.training.epochs.min(affordable).max(0.05);
+            if epochs < self.spec.training.epochs {
+                rationale.push(format!(
+                    "confirmation and race runs train {epochs:.2} epochs each ({} in the job): all the budget affords at batch {}",
+                    self.spec.training.epochs, curve.floor
+                ));
+            }
+            RaceBudget::Epochs { epochs }
+        } else {
+            RaceBudget::WallClock { seconds }
+        };
+        rationale.push(format!(
+            "every confirmation, race and check run trains for the same budget, {budget}, with linear warm-up and cosine decay to {:.0}% of the peak LR (about {runs:.0} runs in the {} left)",
+            race.final_lr_fraction * 100.0,
+            format_duration(self.time_left())
+        ));
+        RunPlan {
+            budget,
+            train_samples,
+            rationale,
+        }
+    }
+
+    /// One training run as confirmations, races and checks use it: the
+    /// recommended schedule, validation loss at the end, and the gradient
+    /// noise over the last steps (after training, not at initialization).
+    async fn training_run(
+        &mut self,
+        phase: Phase,
+        batch: u64,
+        lr: f64,
+        steps: u32,
+        seed: u64,
+    ) -> TrialResult {
+        let policy = &self.spec.policy;
+        let warmup = ((f64::from(steps) * policy.lr_search.warmup_fraction).ceil() as u32)
+            .clamp(1, steps.saturating_sub(1).max(1));
+        let schedule = LrSchedule::WarmupCosine {
+            lr,
+            warmup_steps: warmup,
+            final_fraction: policy.race.final_lr_fraction,
+        };
+        let mut request = self.request(batch, steps, schedule);
+        request.seed = seed;
+        request.warmup_steps = policy.trials.warmup_steps.min(steps / 4).max(1);
+        request.record.validation_loss = true;
+        let measurements = (policy.trials.noise_scale_measurements * 4)
+            .min(steps - request.warmup_steps)
+            .min(steps / 4);
+        if batch >= 8 && measurements >= 2 {
+            request.record.grad_noise = Some(GradNoiseRequest {
+                small_batch: (batch / 8).max(1),
+                measurements,
+            });
+        }
+        self.trial(phase, request).await
+    }
+
+    fn seconds_for(&self, curve: &CurvePhase, batch: u64, steps: u32) -> f64 {
+        curve
+            .step_seconds(batch)
+            .map_or(0.0, |t| t * f64::from(steps))
+            + self.overhead_seconds()
+    }
+
+    /// Phase 4: the best LR at the reference batch from runs of the planned
+    /// length, more candidates further out while the best sits at an edge;
+    /// their last steps give the gradient noise scale after training.
+    pub(super) async fn confirm_reference_lr(
+        &mut self,
+        curve: &CurvePhase,
+        range: &RangePhase,
+        runs: &RunPlan,
+    ) -> ReferencePhase {
+        let batch = range.reference_batch;
+        let steps = runs.steps(curve, batch);
+        let n = self.spec.policy.lr_search.confirmation_candidates.max(1) as i32;
+        let half = (n - 1) / 2;
+        let mut lrs: Vec<f64> = (-half..=(n - 1 - half))
+            .map(|k| range.center_lr * LR_STEP.powi(k))
+            .collect();
+        let mut confirmations: Vec<Confirmation> = Vec::new();
+        let mut samples: Vec<(f64, GradNoiseSample)> = Vec::new();
+        let mut extensions = 0;
+        let mut index = 0;
+        let seed = self.spec.search.seed;
+        while index < lrs.len() {
+            let lr = lrs[index];
+            index += 1;
+            if self.phase_left(Phase::LrConfirmation).as_secs_f64()
+                < self.seconds_for(curve, batch, steps) * 0.5
+            {
+                self.cut_short(
+                    Phase::LrConfirmation,
+                    format!("LR {lr:.2e} at batch {batch} was not confirmed"),
+                );
+                break;
+            }
+            let result = self
+                .training_run(Phase::LrConfirmation, batch, lr, steps, seed)
+                .await;
+            let loss = result.validation_loss.filter(|_| result.is_ok());
+            if let (Some(loss), Some(sample)) = (loss, result.grad_noise.clone()) {
+                samples.push((loss, sample));
+            }
+            confirmations.push(Confirmation {
+                batch_size: batch,
+                learning_rate: lr,
+                validation_loss: loss,
+                outcome: result.outcome.to_string(),
+                losses: result.losses.clone(),
+            });
+            if index == lrs.len() && extensions < MAX_EXTENSIONS {
+                if let Some(best) = best_lr(&confirmations) {
+                    let min = lrs.iter().copied().fold(f64::MAX, f64::min);
+                    let max = lrs.iter().copied().fold(0.0, f64::max);
+                    if best.best_tested_lr == min {
+                        lrs.push(min / LR_STEP);
+                        extensions += 1;
+                    } else if best.best_tested_lr == max {
+                        lrs.push(max * LR_STEP);
+                        extensions += 1;
+                    }
+                }
+            }
+        }
+        let best = best_lr(&confirmations);
+        let mut rationale = Vec::new();
+        if let Some(best) = &best {
+            rationale.push(format!(
+                "at the reference batch {batch}, {} runs of {steps} steps put the best LR at {:.3e} (validation loss {:.4})",
+                confirmations.len(),
+                best.learning_rate,
+                best.validation_loss
+            ));
+        }
+        // The noise scale from the runs that trained well: a run whose LR
+        // barely moved the weights is still at its early, smaller scale.
+        let best_loss = best.as_ref().map_or(f64::INFINITY, |b| b.validation_loss);
+        let good: Vec<GradNoiseSample> = samples
+            .iter()
+            .filter(|(loss, _)| *loss <= best_loss * 1.05 + 1e-9)
+            .map(|(_, s)| s.clone())
+            .collect();
+        let measured_from = steps.saturating_sub(
+            good.first()
+                .map_or(0, |s| s.big_sq_norms.len() as u32),
+        );
+        let noise = pooled_noise_scale(
+            &good,
+            self.spec.policy.trials.noise_scale_measurements as usize,
+            measured_from,
+        );
+        match &noise {
+            Some(n) => rationale.push(format!(
+                "gradient noise scale B_simple = {} samples after {measured_from} steps of training (McCandlish et al. 2018; {} measurements at batches {} and {}){}",
+                n.describe(),
+                n.measurements,
+                n.big_batch,
+                n.small_batch,
+                if n.is_decisive() { "" } else { ": too uncertain to separate candidates, so the race decides over a wider spread" }
+            )),
+            None => rationale.push(
+                "the gradient noise scale could not be measured (too little time, or a signal lost in noise): the race decides".into(),
+            ),
+        }
+        ReferencePhase {
+            best,
+            runs: confirmations,
+            noise,
+            noise_samples: good,
+            rationale,
+        }
+    }
+
+    /// The exponent the race transfers the reference LR with.
+    fn transfer_alpha(&self) -> f64 {
+        match self.spec.policy.lr_scaling {
+            LrScaling::Linear => 1.0,
+            LrScaling::Sqrt => 0.5,
+            LrScaling::Measured => textbook_alpha(self.spec),
+        }
+    }
+
+    /// Phase 5: the race. The policy's model names a preferred batch; the
+    /// candidates around it train for the same budget with several seeds,
+    /// and the lowest mean validation loss wins.
+    pub(super) async fn race(
+        &mut self,
+        curve: &CurvePhase,
+        reference: &ReferencePhase,
+        runs: &RunPlan,
+    ) -> RacePhase {
+        let policy = &self.spec.policy;
+        let world = self.spec.training.world_size.max(1);
+        let (preferred, why) = preferred_batch(
+            policy,
+            &curve.points,
+            curve.model.as_ref(),
+            reference.noise.as_ref(),
+            curve.floor,
+            curve.top,
+            world,
+        );
+        let mut rationale = vec![why];
+        let decisive = reference.noise.as_ref().is_some_and(NoiseScale::is_decisive);
+        let count = policy.race.candidates as usize;
+        let candidates = if policy.objective == Objective::Throughput {
+            // The throughput objective leans large: the plateau and below.
+            let center = round_batch(preferred / 2, policy.batch_multiple).max(curve.floor);
+            race::candidates(center, 2.0, curve.floor, preferred.max(curve.floor), policy.batch_multiple, count)
+        } else {
+            let step = if decisive { 2.0 } else { 4.0 };
+            race::candidates(preferred, step, curve.floor, curve.top, policy.batch_multiple, count)
+        };
+        let Some(reference_lr) = reference.best.as_ref().map(|b| (b.batch_size, b.learning_rate))
+        else {
+            rationale.push(format!(
+                "no LR was confirmed, so there was no race: the model's choice {preferred} stands"
+            ));
+            return RacePhase {
+                race: None,
+                preferred,
+                batch: preferred,
+                learning_rate: None,
+                noise: reference.noise.clone(),
+                rationale,
+            };
+        };
+        let alpha = self.transfer_alpha();
+        let lr_for = |batch: u64| reference_lr.1 * (batch as f64 / reference_lr.0 as f64).powf(alpha);
+        let mut entries: Vec<RaceEntry> = candidates
+            .iter()
+            .map(|&batch| {
+                let steps = runs.steps(curve, batch);
+                RaceEntry {
+                    batch_size: batch,
+                    learning_rate: lr_for(batch),
+                    steps,
+                    warmup_steps: ((f64::from(steps) * policy.lr_search.warmup_fraction).ceil()
+                        as u32)
+                        .max(1),
+                    runs: Vec::new(),
+                }
+            })
+            .collect();
+        let mut samples = reference.noise_samples.clone();
+        let base_seed = self.spec.search.seed;
+        // Seed-major, so a budget cut still leaves every candidate a run.
+        for round in 0..policy.race.seeds {
+            for i in 0..entries.len() {
+                self.race_run(curve, &mut entries[i], base_seed + u64::from(round), &mut samples)
+                    .await;
+            }
+        }
+        for extra in 0..policy.race.extra_seeds {
+            let tied = race::needs_another_seed(&entries);
+            if tied.is_empty() {
+                break;
+            }
+            for i in tied {
+                let seed = base_seed + u64::from(policy.race.seeds + extra);
+                self.race_run(curve, &mut entries[i], seed, &mut samples).await;
+            }
+        }
+        let race = race::decide(runs.budget, entries, preferred);
+        rationale.push(format!(
+            "race over batches {:?} ({}, each at the LR the rule lr ~ B^{alpha} gives from {:.3e} at {}): {}",
+            candidates, race.budget, reference_lr.1, reference_lr.0, race.verdict
+        ));
+        let steps_before = race
+            .entries
+            .iter()
+            .map(|e| e.steps)
+            .min()
+            .unwrap_or(0)
+            .saturating_sub(policy.trials.noise_scale_measurements * 4);
+        let noise = pooled_noise_scale(
+            &samples,
+            policy.trials.noise_scale_measurements as usize,
+            steps_before,
+        )
+        .or_else(|| reference.noise.clone());
+        if let Some(n) = &noise {
+            if n.pairs.len() > 1 {
+                rationale.push(format!(
+                    "pooled over the confirmation and race runs ({} batch pairs), the noise scale after training is {}",
+                    n.pairs.len(),
+                    n.describe()
+                ));
+            }
+        }
+        let (batch, learning_rate) = match race.winner {
+            Some(w) => (w, race.entries.iter().find(|e| e.batch_size == w).map(|e| e.learning_rate)),
+            None => {
+                rationale.push(format!(
+                    "no candidate finished every seed: the model's choice {preferred} stands"
+                ));
+                (preferred, Some(lr_for(preferred)))
+            }
+        };
+        RacePhase {
+            race: Some(race),
+            preferred,
+            batch,
+            learning_rate,
+            noise,
+            rationale,
+        }
+    }
+
+    async fn race_run(
+        &mut self,
+        curve: &CurvePhase,
+        entry: &mut RaceEntry,
+        seed: u64,
+        samples: &mut Vec<GradNoiseSample>,
+    ) {
+        if self.phase_left(Phase::Race).as_secs_f64()
+            < self.seconds_for(curve, entry.batch_size, entry.steps) * 0.5
+        {
+            self.cut_short(
+                Phase::Race,
+                format!("batch {} ran fewer seeds than planned", entry.batch_size),
+            );
+            return;
+        }
+        let result = self
+            .training_run(Phase::Race, entry.batch_size, entry.learning_rate, entry.steps, seed)
+            .await;
+        let loss = result.validation_loss.filter(|_| result.is_ok());
+        if let (Some(_), Some(sample)) = (loss, result.grad_noise.clone()) {
+            samples.push(sample);
+        }
+        entry.runs.push(RaceRun {
+            seed,
+            validation_loss: loss,
+            outcome: result.outcome.to_string(),
+            losses: result.losses,
+        });
+    }
+
+    /// Phase 6: LRs a half-decade either side of the winner's, with the
+    /// winner's first seed (paired: same initialization and data order),
+    /// so the LR is measured at the chosen batch rather than transferred.
+    pub(super) async fn lr_check(
+        &mut self,
+        curve: &CurvePhase,
+        reference: &ReferencePhase,
+        raced: &RacePhase,
+    ) -> CheckPhase {
+        let mut check = CheckPhase {
+            best: None,
+            interval: None,
+            runs: Vec::new(),
+            rationale: Vec::new(),
+        };
+        let (Some(race), Some(lr)) = (&raced.race, raced.learning_rate) else {
+            return check;
+        };
+        let Some(entry) = race.entries.iter().find(|e| Some(e.batch_size) == race.winner) else {
+            return check;
+        };
+        let Some(first) = entry.runs.first() else {
+            return check;
+        };
+        let batch = entry.batch_size;
+        let steps = entry.steps;
+        let noise = entry.spread().unwrap_or(0.0);
+        check.runs.push(Confirmation {
+            batch_size: batch,
+            learning_rate: lr,
+            validation_loss: first.validation_loss,
+            outcome: first.outcome.clone(),
+            losses: first.losses.clone(),
+        });
+        let mut lrs = vec![lr / LR_STEP, lr * LR_STEP];
+        let mut index = 0;
+        let mut extended = false;
+        while index < lrs.len() {
+            let candidate = lrs[index];
+            index += 1;
+            if self.phase_left(Phase::LrCheck).as_secs_f64()
+                < self.seconds_for(curve, batch, steps) * 0.5
+            {
+                self.cut_short(
+                    Phase::LrCheck,
+                    format!("LR {candidate:.2e} at batch {batch} was not checked"),
+                );
+                break;
+            }
+            let result = self
+                .training_run(Phase::LrCheck, batch, candidate, steps, first.seed)
+                .await;
+            check.runs.push(Confirmation {
+                batch_size: batch,
+                learning_rate: candidate,
+                validation_loss: result.validation_loss.filter(|_| result.is_ok()),
+                outcome: result.outcome.to_string(),
+                losses: result.losses,
+            });
+            if index == lrs.len() && !extended {
+                // A clear win at an edge: one more step that way.
+                if let Some(best) = best_lr(&check.runs) {
+                    let center_loss = first.validation_loss.unwrap_or(f64::INFINITY);
+                    if best.validation_loss < center_loss - noise.max(1e-9) {
+                        let min = lrs.iter().copied().fold(lr, f64::min);
+                        let max = lrs.iter().copied().fold(lr, f64::max);
+                        if best.best_tested_lr == min {
+                            lrs.push(min / LR_STEP);
+                            extended = true;
+                        } else if best.best_tested_lr == max {
+                            lrs.push(max * LR_STEP);
+                            extended = true;
+                        }
+                    }
+                }
+            }
+        }
+        let Some(best) = best_lr(&check.runs) else {
+            return check;
+        };
+        let center_loss = first.validation_loss.unwrap_or(f64::INFINITY);
+        // Within the race's seed-to-seed noise, the raced LR stands: the
+        // check is one seed and must beat noise to move it.
+        let threshold = noise.max(0.002 * center_loss.abs());
+        let chosen = if best.validation_loss < center_loss - threshold {
+            best.clone()
+        } else {
+            BestLr {
+                batch_size: batch,
+                learning_rate: lr,
+                best_tested_lr: lr,
+                validation_loss: center_loss,
+                interpolated: false,
+            }
+        };
+        let floor_loss = best.validation_loss.min(center_loss);
+        let within: Vec<f64> = check
+            .runs
+            .iter()
+            .filter(|r| r.validation_loss.is_some_and(|l| l <= floor_loss + threshold))
+            .map(|r| r.learning_rate)
+            .collect();
+        let low = within.iter().copied().fold(f64::MAX, f64::min);
+        let high = within.iter().copied().fold(0.0, f64::max);
+        check.interval = (low <= high).then_some((low.min(chosen.learning_rate), high.max(chosen.learning_rate)));
+        check.rationale.push(format!(
+            "LR check at batch {batch}: {} runs from {:.2e} to {:.2e} with the race's first seed; best {:.3e} (loss {:.4} against {:.4} at the raced LR; seed noise {:.4}), so the LR is {:.3e}",
+            check.runs.len(),
+            check.runs.iter().map(|r| r.learning_rate).fold(f64::MAX, f64::min),
+            check.runs.iter().map(|r| r.learning_rate).fold(0.0, f64::max),
+            best.learning_rate,
+            best.validation_loss,
+            center_loss,
+            noise,
+            chosen.learning_rate
+        ));
+        if let Some(reference_best) = &reference.best {
+            if reference_best.batch_size != batch {
+                check.rationale.push(format!(
+                    "best LR {:.3e} at batch {} and {:.3e} at batch {batch}",
+                    reference_best.learning_rate, reference_best.batch_size, chosen.learning_rate
+                ));
+            }
+        }
+        check.best = Some(chosen);
+        check
+    }
+
+    /// The recommendation from the phases' results.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn recommend(
+        self,
+        fit: FitPhase,
+        cap: Option<BatchCap>,
+        curve: CurvePhase,
+        range: RangePhase,
+        reference: ReferencePhase,
+        raced: RacePhase,
+        check: CheckPhase,
+        runs: RunPlan,
+    ) -> Recommendation {
+        let spec = self.spec;
+        let policy = &spec.policy;
+        let mut rationale: Vec<String> = Vec::new();
+        rationale.extend(fit.rationale);
+        rationale.extend(curve.rationale.iter().cloned());
+        rationale.extend(range.rationale);
+        rationale.extend(runs.rationale);
+        rationale.extend(reference.rationale);
+        rationale.extend(raced.rationale);
+        rationale.extend(check.rationale);
+        let batch = raced.batch;
+        let world = spec.training.world_size.max(1);
+        if raced.race.is_some() && raced.preferred != batch {
+            rationale.push(format!(
+                "the race overruled the model: {batch} instead of its {}",
+                raced.preferred
+            ));
+        }
+        if cap.as_ref().is_some_and(|c| batch >= c.largest_batch && c.binding) {
+            rationale.push(format!(
+                "the recommendation sits at the data cap of {}: the training set, not memory, limits it",
+                cap.as_ref().map_or(0, |c| c.largest_batch)
+            ));
+        }
+
+        // The LR rule: anchored at the chosen batch when it was measured
+        // there, with the exponent measured between two batches if asked.
+        let textbook = textbook_alpha(spec);
+        let mut best_lrs: Vec<BestLr> = Vec::new();
+        if let Some(best) = &check.best {
+            best_lrs.push(best.clone());
+        } else if let Some(lr) = raced.learning_rate {
+            best_lrs.push(BestLr {
+                batch_size: batch,
+                learning_rate: lr,
+                best_tested_lr: lr,
+                validation_loss: f64::NAN,
+                interpolated: false,
+            });
+        }
+        if let Some(r) = &reference.best {
+            if best_lrs.first().is_none_or(|b| b.batch_size != r.batch_size) {
+                best_lrs.push(r.clone());
+            }
+        }
+        let measured_alpha = match (check.best.as_ref(), reference.best.as_ref()) {
+            (Some(a), Some(b))
+                if (a.batch_size.max(b.batch_size) as f64 / a.batch_size.min(b.batch_size).max(1) as f64) >= 2.0 =>
+            {
+                fit_alpha(a, b)
+            }
+            _ => None,
+        };
+        if let Some(alpha) = measured_alpha {
+            if policy.lr_scaling == LrScaling::Measured && !super::lr::PLAUSIBLE_ALPHA.contains(&alpha)
+            {
+                rationale.push(format!(
+                    "the measured LR exponent {alpha:.2} lies outside the plausible {:.1}..{:.1} (single-seed runs are noisy), so the textbook exponent {textbook} is used",
+                    super::lr::PLAUSIBLE_ALPHA.start(),
+                    super::lr::PLAUSIBLE_ALPHA.end()
+                ));
+            }
+        }
+        let lr_rule = best_lrs.first().map(|best| LrRule {
+            kind: policy.lr_scaling,
+            reference_batch: best.batch_size,
+            reference_lr: best.learning_rate,
+            alpha: match policy.lr_scaling {
+                LrScaling::Linear => 1.0,
+                LrScaling::Sqrt => 0.5,
+                LrScaling::Measured => measured_alpha
+                    .filter(|a| super::lr::PLAUSIBLE_ALPHA.contains(a))
+                    .unwrap_or(textbook),
+            },
+            measured_alpha,
+            textbook_alpha: textbook,
+        });
+
+        // Accumulation, global batch and the LR that goes with it.
+        let global = batch * u64::from(world);
+        let (accumulation, effective) = match spec.training.target_batch_size {
+            Some(target) if target > global => {
+                let wanted = target.div_ceil(global);
+                let steps = wanted.min(u64::from(policy.max_accumulation_steps)).max(1);
+                if steps < wanted {
+                    rationale.push(format!(
+                        "reaching the target batch of {target} needs {wanted} accumulation steps; the policy allows {}, so the effective batch is {}",
+                        policy.max_accumulation_steps,
+                        global * steps
+                    ));
+                } else {
+                    rationale.push(format!(
+                        "{steps} gradient-accumulation steps reach the target batch of {target} ({} per optimizer step); accumulation adds no samples per second, only a larger effective batch",
+                        global * steps
+                    ));
+                }
+                (steps as u32, global * steps)
+            }
+            _ => (1, global),
+        };
+        let learning_rate = lr_rule.as_ref().map(|rule| rule.lr_at(effective));
+        let interval = check.interval.map(|(lo, hi)| {
+            let scale = lr_rule
+                .as_ref()
+                .map_or(1.0, |r| (effective as f64 / batch as f64).powf(r.alpha));
+            (lo * scale, hi * scale)
+        });
+        if let (Some(rule), Some(lr)) = (&lr_rule, learning_rate) {
+            rationale.push(format!(
+                "learning rate {lr:.3e} for the effective batch {effective}{}: best validation loss at batch {} was at {:.3e}; scaled with lr ~ B^{:.2} ({}; measured alpha {}, textbook {})",
+                interval.map_or(String::new(), |(lo, hi)| format!(" (within noise from {lo:.2e} to {hi:.2e})")),
+                rule.reference_batch,
+                rule.reference_lr,
+                rule.alpha,
+                crate::policy::serde_plain(&rule.kind),
+                rule.measured_alpha.map_or("n/a".to_string(), |a| format!("{a:.2}")),
+                rule.textbook_alpha
+            ));
+        }
+        let dataset_size = spec.training.dataset_size.or(self.train_samples);
+        let updates_per_epoch = dataset_size.map(|n| n.div_ceil(effective).max(1));
+        let total_updates =
+            updates_per_epoch.map(|u| (u as f64 * spec.training.epochs).ceil() as u64);
+        let warmup_steps =
+            total_updates.map(|t| (t as f64 * policy.lr_search.warmup_fraction).ceil() as u64);
+
+        // Expectations: measured where the batch was tested, else modelled.
+        let measured_peak = self
+            .records
+            .iter()
+            .filter(|r| r.batch_size == batch && r.outcome == Outcome::Ok)
+            .filter_map(|r| r.peak_memory_bytes)
+            .max();
+        let expected_peak = measured_peak.or_else(|| {
+            fit.max_fit
+                .memory_model
+                .map(|m| m.predict(batch).max(0.0) as u64)
+        });
+        let expected_speed =
+            speed_at(&curve.points, curve.model.as_ref(), batch).map(|s| s * f64::from(world));
+        let measured_precision = match self.ctx.device {
+            TrialDevice::Cpu => "f32".to_string(),
+            TrialDevice::Cuda(_) => crate::policy::serde_plain(&spec.precision),
+        };
+        let precision = precision_advice(
+            matches!(self.ctx.device, TrialDevice::Cuda(_)),
+            &crate::policy::serde_plain(&spec.precision),
+            &measured_precision,
+        );
+        if world > 1 {
+            rationale.push(format!(
+                "data-parallel over {world} replicas: {batch} per device, {global} globally; memory is per device, throughput assumes linear scaling"
+            ));
+        }
+        let noise = raced.noise;
+        let goodput = noise
+            .as_ref()
+            .map(|n| goodput_curve(&curve.points, n.value, world))
+            .unwrap_or_default();
+        for (phase, what) in &self.cut {
+            rationale.push(format!("{} phase cut short: {what}", phase.as_str()));
+        }
+        let partial_reason = (!self.cut.is_empty()).then(|| {
+            self.cut
+                .iter()
+                .map(|(phase, what)| format!("{}: {what}", phase.as_str()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        let mut confirmations = reference.runs;
+        confirmations.extend(check.runs);
+        Recommendation {
+            job: spec.name.clone(),
+            policy: spec.policy_name.clone(),
+            objective: policy.objective,
+            device: self.ctx.device.to_string(),
+            batchd_version: env!("CARGO_PKG_VERSION").to_string(),
+            batch_size: batch,
+            world_size: world,
+            global_batch_size: global,
+            gradient_accumulation_steps: accumulation,
+            effective_batch_size: effective,
+            learning_rate,
+            lr_rule,
+            warmup_steps,
+            updates_per_epoch,
+            total_updates,
+            dataset_size,
+            max_fit_batch_size: fit.batch,
+            max_fit: fit.max_fit,
+            memory_limit_bytes: self.ctx.memory_limit_bytes,
+            memory_limit_source: self.ctx.memory_limit_source.clone(),
+            memory_budget_bytes: self.budget_bytes,
+            memory_headroom_fraction: policy.memory_headroom_fraction,
+            expected_peak_memory_bytes: expected_peak,
+            expected_samples_per_second: expected_speed,
+            throughput_plateau_batch_size: curve.plateau,
+            throughput_curve: curve.points,
+            gradient_noise_scale: noise.as_ref().map(|n| n.value),
+            gradient_noise: noise,
+            goodput_curve: goodput,
+            lr_range_tests: range.test.into_iter().collect(),
+            lr_confirmations: confirmations,
+            best_lrs,
+            precision,
+            rationale,
+            partial: partial_reason.is_some(),
+            partial_reason,
+            trial_count: self.records.len(),
+            trials: self.records,
+            seconds: self.started.elapsed().as_secs_f64(),
+            budget_plan: Some(self.plan),
+            step_time_model: curve.model,
+            batch_cap: cap,
+            race: raced.race,
+            learning_rate_interval: interval,
+            lr_schedule: Some(ScheduleAdvice {
+                warmup_steps,
+                decay: "cosine".into(),
+                final_lr_fraction: policy.race.final_lr_fraction,
+            }),
+            phases_cut: self.cut.iter().map(|(p, _)| *p).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ladder_spans_the_whole_range_geometrically() {
+        let ladder = full_range_ladder(8, 14_744, 8, 8);
+        assert_eq!(ladder.first(), Some(&8));
+        assert_eq!(ladder.last(), Some(&14_744));
+        assert_eq!(ladder.len(), 8);
+        assert!(
+            ladder.windows(2).all(|w| w[1] as f64 / w[0] as f64 >= 2.0),
+            "{ladder:?}"
+        );
+        // A narrow range gives fewer points, never one below the floor.
+        assert_eq!(full_range_ladder(64, 200, 8, 8), [64, 200]);
+        assert_eq!(full_range_ladder(100, 100, 8, 8), [100]);
+        assert_eq!(full_range_ladder(1, 5, 8, 8), [1, 2, 5]);
+    }
+}

@@ -1,0 +1,132 @@
+//! The time budget, planned across the phases before the first trial.
+//!
+//! Each phase gets a share; the deadlines are cumulative, so a phase that
+//! finishes early hands its time to the ones after it, and one that runs
+//! long can only eat into its own share. The race gets the largest share
+//! because it measures the thing the policy optimizes.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::recommend::Phase;
+
+/// Shares of the search budget, in phase order. They add up to 1.
+pub const PHASE_SHARES: [(Phase, f64); 6] = [
+    (Phase::MaxFit, 0.14),
+    (Phase::Throughput, 0.08),
+    (Phase::LrRangeTest, 0.06),
+    (Phase::LrConfirmation, 0.22),
+    (Phase::Race, 0.40),
+    (Phase::LrCheck, 0.10),
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseBudget {
+    pub phase: Phase,
+    /// Seconds into the search by which the phase must end.
+    pub ends_at_seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetPlan {
+    pub total_seconds: f64,
+    pub phases: Vec<PhaseBudget>,
+}
+
+impl BudgetPlan {
+    pub fn new(total: Duration) -> BudgetPlan {
+        let total_seconds = total.as_secs_f64();
+        let mut cumulative = 0.0;
+        let phases = PHASE_SHARES
+            .iter()
+            .map(|&(phase, share)| {
+                cumulative += share;
+                PhaseBudget {
+                    phase,
+                    ends_at_seconds: total_seconds * cumulative.min(1.0),
+                }
+            })
+            .collect();
+        BudgetPlan {
+            total_seconds,
+            phases,
+        }
+    }
+
+    /// When `phase` must end, as time into the search.
+    pub fn deadline(&self, phase: Phase) -> Duration {
+        let seconds = self
+            .phases
+            .iter()
+            .find(|p| p.phase == phase)
+            .map_or(self.total_seconds, |p| p.ends_at_seconds);
+        Duration::from_secs_f64(seconds)
+    }
+
+    /// Re-divides the time from `elapsed` to the end among `phases`, in
+    /// proportion to their weights (the runs each plans), once the early
+    /// phases have shown what a run costs.
+    pub fn replan(&mut self, elapsed: f64, phases: &[(Phase, f64)]) {
+        let total_weight: f64 = phases.iter().map(|(_, w)| w.max(0.0)).sum();
+        if total_weight <= 0.0 {
+            return;
+        }
+        let span = (self.total_seconds - elapsed).max(0.0);
+        let mut cumulative = 0.0;
+        for &(phase, weight) in phases {
+            cumulative += weight.max(0.0);
+            if let Some(p) = self.phases.iter_mut().find(|p| p.phase == phase) {
+                p.ends_at_seconds = elapsed + span * cumulative / total_weight;
+            }
+        }
+    }
+
+    /// Time `phase` has left when `elapsed` has passed.
+    pub fn left(&self, phase: Phase, elapsed: Duration) -> Duration {
+        self.deadline(phase).saturating_sub(elapsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_the_budget_in_phase_order() {
+        let total: f64 = PHASE_SHARES.iter().map(|(_, s)| s).sum();
+        assert!((total - 1.0).abs() < 1e-9);
+        let plan = BudgetPlan::new(Duration::from_secs(100));
+        assert_eq!(plan.deadline(Phase::MaxFit), Duration::from_secs(14));
+        assert!((plan.deadline(Phase::LrCheck).as_secs_f64() - 100.0).abs() < 1e-6);
+        let ends: Vec<f64> = plan.phases.iter().map(|p| p.ends_at_seconds).collect();
+        assert!(ends.windows(2).all(|w| w[0] < w[1]), "{ends:?}");
+        // Time saved early carries over: a phase starting late still gets
+        // everything up to its own deadline.
+        assert_eq!(
+            plan.left(Phase::Race, Duration::from_secs(20)),
+            Duration::from_secs(50)
+        );
+        assert_eq!(
+            plan.left(Phase::MaxFit, Duration::from_secs(20)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn replanning_shares_what_is_left_by_runs() {
+        let mut plan = BudgetPlan::new(Duration::from_secs(100));
+        plan.replan(
+            20.0,
+            &[
+                (Phase::LrConfirmation, 2.0),
+                (Phase::Race, 5.0),
+                (Phase::LrCheck, 1.0),
+            ],
+        );
+        assert!((plan.deadline(Phase::LrConfirmation).as_secs_f64() - 40.0).abs() < 1e-9);
+        assert!((plan.deadline(Phase::Race).as_secs_f64() - 90.0).abs() < 1e-9);
+        assert!((plan.deadline(Phase::LrCheck).as_secs_f64() - 100.0).abs() < 1e-9);
+        assert_eq!(plan.deadline(Phase::MaxFit), Duration::from_secs(14));
+    }
+}

@@ -1,0 +1,316 @@
+//! The goodput race: the best few candidate batches, each at the LR its
+//! rule gives, trained for the same wall-clock time (or, for the
+//! generalization objective, the same number of epochs) with more than one
+//! seed, and judged on validation loss. It measures the trade-off the
+//! policy claims to optimize instead of trusting a model of it.
+//!
+//! The judging is pure: the search feeds it runs and asks whom to re-seed.
+
+use serde::{Deserialize, Serialize};
+
+/// What every candidate of a race gets the same amount of.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RaceBudget {
+    /// Training seconds per run (steps = seconds / modelled step time).
+    WallClock { seconds: f64 },
+    /// Passes over the training data per run.
+    Epochs { epochs: f64 },
+}
+
+impl std::fmt::Display for RaceBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RaceBudget::WallClock { seconds } => write!(f, "{seconds:.1} s of training each"),
+            RaceBudget::Epochs { epochs } => write!(f, "{epochs:.2} epochs each"),
+        }
+    }
+}
+
+/// One seed of one candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RaceRun {
+    pub seed: u64,
+    /// `None` when the run diverged or failed.
+    pub validation_loss: Option<f64>,
+    pub outcome: String,
+    #[serde(default, with = "crate::trial::json_float::vec")]
+    pub losses: Vec<f64>,
+}
+
+/// One candidate batch with its LR and the runs at it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RaceEntry {
+    pub batch_size: u64,
+    pub learning_rate: f64,
+    pub steps: u32,
+    pub warmup_steps: u32,
+    pub runs: Vec<RaceRun>,
+}
+
+impl RaceEntry {
+    /// Mean validation loss over the seeds; `None` when any seed failed (a
+    /// setting that diverges on some seeds is not a recommendation).
+    pub fn mean_loss(&self) -> Option<f64> {
+        let losses = self.losses()?;
+        (!losses.is_empty()).then(|| losses.iter().sum::<f64>() / losses.len() as f64)
+    }
+
+    /// Sample standard deviation over the seeds (`None` below two seeds).
+    pub fn spread(&self) -> Option<f64> {
+        let losses = self.losses()?;
+        if losses.len() < 2 {
+            return None;
+        }
+        let mean = losses.iter().sum::<f64>() / losses.len() as f64;
+        let var =
+            losses.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (losses.len() - 1) as f64;
+        Some(var.sqrt())
+    }
+
+    fn losses(&self) -> Option<Vec<f64>> {
+        self.runs
+            .iter()
+            .map(|r| r.validation_loss.filter(|l| l.is_finite()))
+            .collect()
+    }
+}
+
+/// The race as evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Race {
+    pub budget: RaceBudget,
+    pub entries: Vec<RaceEntry>,
+    /// The winning batch, when any candidate finished on every seed.
+    pub winner: Option<u64>,
+    /// The winner's lead over the runner-up was within the seed-to-seed
+    /// spread even after extra seeds: the pick fell to the model's choice
+    /// among the tied.
+    pub within_noise: bool,
+    pub verdict: String,
+}
+
+/// The order of the entries by mean loss, best first; failed ones last.
+fn ranked(entries: &[RaceEntry]) -> Vec<(usize, f64)> {
+    let mut scored: Vec<(usize, f64)> = entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| e.mean_loss().map(|m| (i, m)))
+        .collect();
+    scored.sort_by(|a, b| a.1.total_cmp(&b.1));
+    scored
+}
+
+/// The seed-to-seed noise of two entries: the larger of their spreads.
+fn noise_between(a: &RaceEntry, b: &RaceEntry) -> Option<f64> {
+    match (a.spread(), b.spread()) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (Some(x), None) | (None, Some(x)) => Some(x),
+        (None, None) => None,
+    }
+}
+
+/// Entries (indices) whose mean is within the noise of the best one's.
+pub fn tied_with_best(entries: &[RaceEntry]) -> Vec<usize> {
+    let ranking = ranked(entries);
+    let Some(&(best, best_mean)) = ranking.first() else {
+        return Vec::new();
+    };
+    ranking
+        .iter()
+        .filter(|&&(i, mean)| {
+            i == best
+                || noise_between(&entries[best], &entries[i])
+                    .is_some_and(|noise| mean - best_mean <= noise)
+        })
+        .map(|&(i, _)| i)
+        .collect()
+}
+
+/// Entries that should get another seed before a winner is named: the
+/// best and every candidate within noise of it, when there are several.
+pub fn needs_another_seed(entries: &[RaceEntry]) -> Vec<usize> {
+    let tied = tied_with_best(entries);
+    if tied.len() >= 2 {
+        tied
+    } else {
+        Vec::new()
+    }
+}
+
+/// Names the winner. Among candidates still within noise of the best, the
+/// one nearest (in log-batch) to `preferred`, the policy model's choice,
+/// wins: the race found no evidence against it.
+pub fn decide(budget: RaceBudget, entries: Vec<RaceEntry>, preferred: u64) -> Race {
+    let ranking = ranked(&entries);
+    let Some(&(best, best_mean)) = ranking.first() else {
+        return Race {
+            budget,
+            winner: None,
+            within_noise: false,
+            verdict: "no candidate finished the race on every seed".into(),
+            entries,
+        };
+    };
+    let tied = tied_with_best(&entries);
+    let distance = |i: usize| ((entries[i].batch_size as f64) / preferred.max(1) as f64)
+        .ln()
+        .abs();
+    let (winner, within_noise) = if tied.len() >= 2 {
+        let pick = tied
+            .iter()
+            .copied()
+            .min_by(|&a, &b| distance(a).total_cmp(&distance(b)))
+            .unwrap_or(best);
+        (pick, true)
+    } else {
+        (best, false)
+    };
+    let entry = &entries[winner];
+    let mean = entry.mean_loss().unwrap_or(best_mean);
+    let verdict = if within_noise {
+        format!(
+            "batches {:?} finished within the seed-to-seed spread of each other (best mean {best_mean:.4}); {} (mean {mean:.4}) is the one nearest the model's choice of {preferred}",
+            tied.iter().map(|&i| entries[i].batch_size).collect::<Vec<_>>(),
+            entry.batch_size,
+        )
+    } else {
+        let runner_up = ranking
+            .get(1)
+            .map(|&(i, m)| format!("; runner-up {} at {m:.4}", entries[i].batch_size))
+            .unwrap_or_default();
+        format!(
+            "batch {} won with mean validation loss {mean:.4} over {} seeds (spread {}){runner_up}",
+            entry.batch_size,
+            entry.runs.len(),
+            entry
+                .spread()
+                .map_or("n/a".to_string(), |s| format!("{s:.4}")),
+        )
+    };
+    Race {
+        budget,
+        winner: Some(entry.batch_size),
+        within_noise,
+        verdict,
+        entries,
+    }
+}
+
+/// Candidate batches around the model's `preferred` one: a factor `step`
+/// either side, inside `[floor, top]`, rounded to `multiple`, distinct.
+pub fn candidates(
+    preferred: u64,
+    step: f64,
+    floor: u64,
+    top: u64,
+    multiple: u64,
+    count: usize,
+) -> Vec<u64> {
+    let round = |b: f64| {
+        let b = b.round().max(1.0) as u64;
+        let m = multiple.max(1);
+        let b = if b >= m { b / m * m } else { b };
+        b.clamp(floor.max(1), top.max(floor.max(1)))
+    };
+    let preferred = preferred as f64;
+    let mut factors: Vec<f64> = vec![1.0];
+    let mut k = 1;
+    while factors.len() < count.max(1) * 3 && k < 8 {
+        factors.push(step.powi(-k));
+        factors.push(step.powi(k));
+        k += 1;
+    }
+    let mut out: Vec<u64> = Vec::new();
+    for f in factors {
+        let b = round(preferred * f);
+        if !out.contains(&b) {
+            out.push(b);
+        }
+        if out.len() >= count.max(1) {
+            break;
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(batch: u64, losses: &[Option<f64>]) -> RaceEntry {
+        RaceEntry {
+            batch_size: batch,
+            learning_rate: 1e-3,
+            steps: 100,
+            warmup_steps: 5,
+            runs: losses
+                .iter()
+                .enumerate()
+                .map(|(i, l)| RaceRun {
+                    seed: i as u64,
+                    validation_loss: *l,
+                    outcome: if l.is_some() { "ok" } else { "diverged" }.into(),
+                    losses: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    const BUDGET: RaceBudget = RaceBudget::WallClock { seconds: 4.0 };
+
+    #[test]
+    fn a_clear_lead_wins() {
+        let race = decide(
+            BUDGET,
+            vec![
+                entry(64, &[Some(0.60), Some(0.61)]),
+                entry(256, &[Some(0.50), Some(0.51)]),
+                entry(1024, &[Some(0.70), Some(0.69)]),
+            ],
+            1024,
+        );
+        assert_eq!(race.winner, Some(256));
+        assert!(!race.within_noise);
+        assert!(needs_another_seed(&race.entries).is_empty());
+    }
+
+    #[test]
+    fn a_lead_within_the_spread_asks_for_seeds_then_falls_to_the_model() {
+        let entries = vec![
+            entry(64, &[Some(0.50), Some(0.56)]),
+            entry(256, &[Some(0.52), Some(0.55)]),
+            entry(1024, &[Some(0.90), Some(0.91)]),
+        ];
+        assert_eq!(needs_another_seed(&entries), vec![0, 1]);
+        let race = decide(BUDGET, entries, 300);
+        assert_eq!(race.winner, Some(256), "{}", race.verdict);
+        assert!(race.within_noise);
+    }
+
+    #[test]
+    fn a_seed_that_diverged_disqualifies_its_candidate() {
+        let race = decide(
+            BUDGET,
+            vec![
+                entry(64, &[Some(0.40), None]),
+                entry(256, &[Some(0.50), Some(0.50)]),
+            ],
+            64,
+        );
+        assert_eq!(race.winner, Some(256));
+        let none = decide(BUDGET, vec![entry(64, &[None, None])], 64);
+        assert_eq!(none.winner, None);
+    }
+
+    #[test]
+    fn candidates_spread_around_the_choice_within_bounds() {
+        assert_eq!(candidates(256, 2.0, 8, 4096, 8, 3), [128, 256, 512]);
+        assert_eq!(candidates(256, 4.0, 8, 4096, 8, 3), [64, 256, 1024]);
+        // At the top of the range the candidates move down instead.
+        assert_eq!(candidates(4096, 2.0, 8, 4096, 8, 3), [1024, 2048, 4096]);
+        // A narrow range gives what it has.
+        assert_eq!(candidates(16, 2.0, 16, 16, 8, 3), [16]);
+    }
+}

@@ -210,6 +210,24 @@ pub fn render(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>) -> Stri
             _ => "- (not measured)".into(),
         },
     );
+    if let Some((lo, hi)) = rec.learning_rate_interval {
+        row(
+            &mut out,
+            "lr within noise",
+            format!("{lo:.2e} .. {hi:.2e}"),
+        );
+    }
+    if let Some(schedule) = &rec.lr_schedule {
+        row(
+            &mut out,
+            "lr schedule",
+            format!(
+                "linear warm-up, then {} decay to {:.0}% of the peak LR",
+                schedule.decay,
+                schedule.final_lr_fraction * 100.0
+            ),
+        );
+    }
     if let (Some(n), Some(lr)) = (lr_for, lr_for.and_then(|n| rec.learning_rate_for(n))) {
         row(&mut out, &format!("lr at batch {n}"), format!("{lr:.3e}"));
     }
@@ -241,6 +259,23 @@ pub fn render(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>) -> Stri
                 .unwrap_or_default()
         ),
     );
+    if let Some(cap) = &rec.batch_cap {
+        row(
+            &mut out,
+            "data cap",
+            format!(
+                "{} ({} training samples / {} updates per epoch at least){}",
+                cap.largest_batch,
+                cap.training_samples,
+                cap.min_updates_per_epoch,
+                if cap.binding {
+                    "; it, not memory, bounds the advice"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
     row(
         &mut out,
         "memory limit from",
@@ -262,7 +297,15 @@ pub fn render(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>) -> Stri
         &mut out,
         "gradient noise scale",
         opt(rec.gradient_noise.as_ref(), |n| {
-            format!("{:.0} +- {:.0} samples", n.value, n.stderr)
+            format!(
+                "{} samples{}",
+                n.describe(),
+                if n.is_decisive() {
+                    ""
+                } else {
+                    " (too uncertain to decide on: the race decided)"
+                }
+            )
         }),
     );
     row(
@@ -302,6 +345,30 @@ pub fn render(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>) -> Stri
             "    {:>9}  {:>12.0} samples/s{goodput}{mark}\n",
             point.batch_size, point.samples_per_second
         ));
+    }
+    if let Some(race) = &rec.race {
+        out.push_str(&format!("\n  race ({})\n", race.budget));
+        for entry in &race.entries {
+            let losses: Vec<String> = entry
+                .runs
+                .iter()
+                .map(|r| opt(r.validation_loss, |l| format!("{l:.4}")))
+                .collect();
+            out.push_str(&format!(
+                "    {:>9}  lr {:.2e}  {:>6} steps  mean {:>8}  spread {:>8}  seeds [{}]{}\n",
+                entry.batch_size,
+                entry.learning_rate,
+                entry.steps,
+                opt(entry.mean_loss(), |l| format!("{l:.4}")),
+                opt(entry.spread(), |l| format!("{l:.4}")),
+                losses.join(", "),
+                if Some(entry.batch_size) == race.winner {
+                    " <- winner"
+                } else {
+                    ""
+                }
+            ));
+        }
     }
     out.push_str("\n  why\n");
     for line in &rec.rationale {

@@ -20,6 +20,7 @@ pub struct NoiseScale {
     /// B_simple, in samples.
     pub value: f64,
     /// Standard error across the groups of measurements.
+    #[serde(with = "crate::trial::json_float")]
     pub stderr: f64,
     pub big_batch: u64,
     pub small_batch: u64,
@@ -51,8 +52,10 @@ impl NoiseScale {
     pub fn describe(&self) -> String {
         if self.stderr.is_finite() {
             format!("{:.0} +- {:.0}", self.value, self.stderr)
+        } else if self.stderr.is_infinite() {
+            format!("{:.0} (uncertainty unbounded: some groups lost the signal)", self.value)
         } else {
-            format!("{:.0} (uncertainty unknown)", self.value)
+            format!("{:.0} (one group: uncertainty unknown)", self.value)
         }
     }
 }
@@ -118,9 +121,13 @@ pub fn pooled_noise_scale(
                 if g > 0.0 { t / g } else { f64::INFINITY }
             })
             .collect();
-        let mean = leave_one_out.iter().sum::<f64>() / n as f64;
-        let var = leave_one_out.iter().map(|v| (v - mean).powi(2)).sum::<f64>();
-        ((n - 1) as f64 / n as f64 * var).sqrt()
+        if leave_one_out.iter().any(|v| !v.is_finite()) {
+            f64::INFINITY
+        } else {
+            let mean = leave_one_out.iter().sum::<f64>() / n as f64;
+            let var = leave_one_out.iter().map(|v| (v - mean).powi(2)).sum::<f64>();
+            ((n - 1) as f64 / n as f64 * var).sqrt()
+        }
     } else {
         f64::NAN
     };

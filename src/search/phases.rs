@@ -27,7 +27,7 @@ const MIN_RUN_STEPS: u32 = 10;
 const MAX_RUN_STEPS: u32 = 50_000;
 /// Confirmation runs beyond the policy's candidates when the best LR sits
 /// at an edge of those tried.
-const MAX_EXTENSIONS: usize = 2;
+const MAX_EXTENSIONS: usize = 3;
 /// Factor between neighbouring LR candidates (half a decade).
 const LR_STEP: f64 = 3.16;
 /// A max-fit trial counts towards the throughput curve once it timed at
@@ -451,9 +451,9 @@ impl<R: TrialRunner> Session<'_, R> {
                     "LR range test at batch {reference_batch}: smoothed loss lowest at {:.2e}, suggestion {:.2e} (a tenth of it)",
                     t.min_loss_lr, t.suggestion
                 ));
-                // Confirmation runs bracket the span between the
-                // conservative suggestion and the loss minimum.
-                (t.suggestion * t.min_loss_lr).sqrt()
+                // The conservative suggestion: confirmation runs train far
+                // longer than the sweep, and longer runs want lower LRs.
+                t.suggestion
             }
             None => probe_lr(self.spec) * 10.0,
         };
@@ -471,12 +471,15 @@ impl<R: TrialRunner> Session<'_, R> {
     pub(super) fn plan_training_runs(&mut self, curve: &CurvePhase) -> RunPlan {
         let policy = &self.spec.policy;
         let race = &policy.race;
-        let confirmations = f64::from(policy.lr_search.confirmation_candidates) + 1.0;
+        // Room for two extensions past an edge.
+        let confirmations = f64::from(policy.lr_search.confirmation_candidates) + 2.0;
         let racing = f64::from(race.candidates * race.seeds + 2 * race.extra_seeds);
         let checks = 2.0;
         let runs = confirmations + racing + checks;
         let left = self.time_left().as_secs_f64();
-        let overhead = self.overhead_seconds();
+        // Training runs also validate and measure the noise scale, and
+        // their processes live longer: a margin over the probes' overhead.
+        let overhead = self.overhead_seconds() * 1.5 + 0.1;
         let seconds = (left / runs - overhead).max(0.05);
         let elapsed = self.elapsed().as_secs_f64();
         self.plan.replan(

@@ -1,0 +1,489 @@
+//! `cargo bench --bench advice`: batchd's recommendation against the truth
+//! of a grid, on the same real CPU trial runner.
+//!
+//! For each job (built from this repository's own data), a grid of batch
+//! sizes (geometric, from `search.min_batch` to the largest that fits,
+//! capped at the training set) x learning rates (half-decade steps) is
+//! trained with 3 seeds per cell, each cell with the schedule batchd
+//! recommends (linear warm-up over 5% of the steps, cosine decay to 10%):
+//! - for `balanced` and `throughput`, every cell gets the same wall-clock
+//!   training time (steps = time x measured samples/s / batch);
+//! - for `generalization`, the same number of epochs.
+//!
+//! Then `batchd advise` runs under each policy with a search budget of 15%
+//! of that grid's wall time, and its pick (batch, LR, warm-up) is trained
+//! with the same budget and the same seeds. One table compares them.
+//!
+//! Environment: `BATCHD_BENCH_JOBS=mlp-synthetic,cnn-digits` runs a subset;
+//! `BATCHD_BENCH_SECONDS` sets the per-cell training time (default 2.5).
+//! Figures are printed, not asserted: the README keeps them.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use batchd::policy::PolicySet;
+use batchd::search::{advise, Recommendation};
+use batchd::spec::{parse_spec, JobSpec, SpecOrigin};
+use batchd::trial::{
+    LrSchedule, ProcessTrialRunner, RunnerOptions, TrialDevice, TrialRequest, TrialResult,
+    TrialRunner,
+};
+use batchd::validation::Syntax;
+
+/// Seeds every cell and every pick is trained with: not the seeds the
+/// search itself uses, so batchd cannot have seen these runs.
+const SEEDS: [u64; 3] = [1001, 1002, 1003];
+/// A run needs at least this many steps to mean anything; cells whose
+/// budget allows fewer are left out of the grid (and said so).
+const MIN_STEPS: u32 = 10;
+const WARMUP_FRACTION: f64 = 0.05;
+const FINAL_LR_FRACTION: f64 = 0.1;
+/// batchd's search budget as a share of the grid's wall time.
+const SEARCH_SHARE: f64 = 0.15;
+
+struct Job {
+    label: &'static str,
+    example: &'static str,
+    /// Overrides merged into the example spec (TOML).
+    overrides: &'static str,
+    learning_rates: &'static [f64],
+    batches: usize,
+}
+
+const ADAM_LRS: &[f64] = &[1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2];
+const SGD_LRS: &[f64] = &[3.16e-3, 1e-2, 3.16e-2, 1e-1, 3.16e-1, 1.0];
+
+fn jobs() -> Vec<Job> {
+    vec![
+        Job {
+            label: "mlp-synthetic (AdamW)",
+            example: "mlp-synthetic.toml",
+            overrides: "[training]\nepochs = 2\n",
+            learning_rates: ADAM_LRS,
+            batches: 6,
+        },
+        Job {
+            label: "mlp-digits-csv (SGD)",
+            example: "mlp-digits-csv.toml",
+            overrides: "[training]\nepochs = 20\n[search]\nmin_batch = 4\n",
+            learning_rates: SGD_LRS,
+            batches: 6,
+        },
+        Job {
+            label: "cnn-digits (AdamW)",
+            example: "cnn-digits-idx.toml",
+            overrides: "[training]\nepochs = 2\n[search]\nmin_batch = 4\n",
+            learning_rates: ADAM_LRS,
+            batches: 5,
+        },
+        Job {
+            label: "transformer-text (AdamW)",
+            example: "transformer-text.toml",
+            overrides: "precision = \"f32\"\n[training]\nepochs = 0.1\nworld_size = 1\n[search]\nmin_batch = 2\n",
+            learning_rates: ADAM_LRS,
+            batches: 5,
+        },
+    ]
+}
+
+struct Bench {
+    runner: ProcessTrialRunner,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// Mean and sample standard deviation of a cell's validation losses; a
+/// cell with a failed seed has no mean.
+#[derive(Clone, Copy)]
+struct Cell {
+    batch: u64,
+    lr: f64,
+    mean: Option<f64>,
+    spread: f64,
+}
+
+fn stats(losses: &[Option<f64>]) -> (Option<f64>, f64) {
+    let values: Option<Vec<f64>> = losses.iter().copied().collect();
+    let Some(values) = values.filter(|v| !v.is_empty()) else {
+        return (None, f64::NAN);
+    };
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (Some(mean), var.sqrt())
+}
+
+#[derive(Clone, Copy)]
+enum Budget {
+    Seconds(f64),
+    Epochs(f64),
+}
+
+impl Bench {
+    fn run(&self, request: TrialRequest) -> TrialResult {
+        self.runtime.block_on(self.runner.run(request))
+    }
+
+    fn speed(&self, spec: &JobSpec, batch: u64) -> Option<f64> {
+        let mut request = TrialRequest::new(spec.clone(), TrialDevice::Cpu, batch, 25, 1e-4);
+        request.warmup_steps = 5;
+        request.deadline = Duration::from_secs(300);
+        let result = self.run(request);
+        result.samples_per_second.filter(|_| result.is_ok())
+    }
+
+    fn train_samples(&self, spec: &JobSpec) -> u64 {
+        let request = TrialRequest::new(spec.clone(), TrialDevice::Cpu, 1, 2, 1e-4);
+        self.run(request).train_samples.expect("train samples")
+    }
+
+    fn fits(&self, spec: &JobSpec, batch: u64, limit: u64) -> bool {
+        let mut request = TrialRequest::new(spec.clone(), TrialDevice::Cpu, batch, 4, 1e-4);
+        request.warmup_steps = 1;
+        request.memory_limit_bytes = Some(limit);
+        request.deadline = Duration::from_secs(300);
+        self.run(request).is_ok()
+    }
+
+    /// Validation loss of one training run under the recommended schedule.
+    fn train(&self, spec: &JobSpec, batch: u64, lr: f64, steps: u32, seed: u64) -> Option<f64> {
+        let warmup = ((f64::from(steps) * WARMUP_FRACTION).ceil() as u32).max(1);
+        let mut request = TrialRequest::new(spec.clone(), TrialDevice::Cpu, batch, steps, lr);
+        request.schedule = LrSchedule::WarmupCosine {
+            lr,
+            warmup_steps: warmup,
+            final_fraction: FINAL_LR_FRACTION,
+        };
+        request.warmup_steps = 1;
+        request.seed = seed;
+        request.record.validation_loss = true;
+        request.deadline = Duration::from_secs(600);
+        let result = self.run(request);
+        result.validation_loss.filter(|_| result.is_ok())
+    }
+}
+
+fn steps_for(budget: Budget, batch: u64, speed: f64, train_samples: u64) -> u32 {
+    let steps = match budget {
+        Budget::Seconds(s) => s * speed / batch as f64,
+        Budget::Epochs(e) => e * train_samples as f64 / batch as f64,
+    };
+    steps.floor().min(1e6) as u32
+}
+
+fn spec_for(job: &Job, policy: &str, time_budget: Option<f64>) -> JobSpec {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jobs");
+    let text = std::fs::read_to_string(dir.join(job.example)).expect("example spec");
+    let mut document: toml::Value = toml::from_str(&text).expect("example parses");
+    let overrides: toml::Value = toml::from_str(job.overrides).expect("overrides parse");
+    merge(&mut document, overrides);
+    let table = document.as_table_mut().expect("table");
+    table.insert("policy".into(), toml::Value::String(policy.into()));
+    table.remove("policy_overrides");
+    let search = table
+        .entry("search")
+        .or_insert_with(|| toml::Value::Table(Default::default()));
+    let search = search.as_table_mut().expect("search table");
+    search.insert("device".into(), toml::Value::String("cpu".into()));
+    if let Some(seconds) = time_budget {
+        search.insert(
+            "time_budget".into(),
+            toml::Value::String(format!("{}s", seconds.round() as u64)),
+        );
+    }
+    let origin = SpecOrigin {
+        label: job.example.into(),
+        default_name: Some("bench".into()),
+        base_dir: Some(dir),
+    };
+    let text = toml::to_string(&document).expect("serializes");
+    parse_spec(&text, Syntax::Toml, &origin, &PolicySet::builtin()).expect("bench spec")
+}
+
+fn merge(base: &mut toml::Value, overrides: toml::Value) {
+    match (base, overrides) {
+        (toml::Value::Table(base), toml::Value::Table(overrides)) => {
+            for (key, value) in overrides {
+                match base.get_mut(&key) {
+                    Some(existing) if existing.is_table() && value.is_table() => {
+                        merge(existing, value)
+                    }
+                    _ => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, overrides) => *base = overrides,
+    }
+}
+
+fn geometric(lo: u64, hi: u64, n: usize) -> Vec<u64> {
+    let mut sizes: Vec<u64> = (0..n)
+        .map(|i| {
+            let f = if n <= 1 {
+                1.0
+            } else {
+                i as f64 / (n - 1) as f64
+            };
+            let b = (lo as f64 * (hi as f64 / lo as f64).powf(f)).round() as u64;
+            if b >= 8 {
+                b / 8 * 8
+            } else {
+                b
+            }
+        })
+        .collect();
+    sizes.dedup();
+    sizes
+}
+
+struct Grid {
+    cells: Vec<Cell>,
+    seconds: f64,
+    left_out: Vec<u64>,
+}
+
+impl Grid {
+    fn best(&self) -> Option<Cell> {
+        self.cells
+            .iter()
+            .filter(|c| c.mean.is_some())
+            .min_by(|a, b| a.mean.unwrap().total_cmp(&b.mean.unwrap()))
+            .copied()
+    }
+}
+
+fn grid(
+    bench: &Bench,
+    spec: &JobSpec,
+    batches: &[(u64, f64)],
+    lrs: &[f64],
+    budget: Budget,
+    train_samples: u64,
+) -> Grid {
+    let started = Instant::now();
+    let mut cells = Vec::new();
+    let mut left_out = Vec::new();
+    for &(batch, speed) in batches {
+        let steps = steps_for(budget, batch, speed, train_samples);
+        if steps < MIN_STEPS {
+            left_out.push(batch);
+            continue;
+        }
+        for &lr in lrs {
+            let losses: Vec<Option<f64>> = SEEDS
+                .iter()
+                .map(|&seed| bench.train(spec, batch, lr, steps, seed))
+                .collect();
+            let (mean, spread) = stats(&losses);
+            eprintln!(
+                "    cell batch {batch:>6} lr {lr:.2e} steps {steps:>6}: {}",
+                mean.map_or("failed".into(), |m| format!("{m:.4} +- {spread:.4}"))
+            );
+            cells.push(Cell {
+                batch,
+                lr,
+                mean,
+                spread,
+            });
+        }
+    }
+    Grid {
+        cells,
+        seconds: started.elapsed().as_secs_f64(),
+        left_out,
+    }
+}
+
+struct Row {
+    job: String,
+    policy: String,
+    best: Option<Cell>,
+    pick: Cell,
+    search_seconds: f64,
+    grid_seconds: f64,
+    partial: bool,
+    note: String,
+}
+
+fn fmt_cell(cell: &Cell) -> String {
+    match cell.mean {
+        Some(m) => format!(
+            "{:>6} {:>8.2e} {:.4}±{:.4}",
+            cell.batch, cell.lr, m, cell.spread
+        ),
+        None => format!("{:>6} {:>8.2e} failed", cell.batch, cell.lr),
+    }
+}
+
+fn main() {
+    let mut options = RunnerOptions::current_exe().expect("current exe");
+    options.worker_exe = env!("CARGO_BIN_EXE_batchd").into();
+    let bench = Bench {
+        runner: ProcessTrialRunner::new(options),
+        runtime: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime"),
+    };
+    let cell_seconds: f64 = std::env::var("BATCHD_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.5);
+    let only: Option<Vec<String>> = std::env::var("BATCHD_BENCH_JOBS")
+        .ok()
+        .map(|s| s.split(',').map(str::to_string).collect());
+    let mut rows: Vec<Row> = Vec::new();
+    for job in jobs() {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|name| job.example.starts_with(name.as_str())))
+        {
+            continue;
+        }
+        eprintln!("== {}", job.label);
+        let spec = spec_for(&job, "balanced", None);
+        let train_samples = bench.train_samples(&spec);
+        let limit = spec.search.memory_limit.map_or(1 << 30, |l| l.bytes());
+        let budget_bytes = (limit as f64 * (1.0 - spec.policy.memory_headroom_fraction)) as u64;
+        // The top of the grid: the largest batch up to the training set
+        // (and the spec's max_batch) that fits in the same memory budget.
+        let mut top = train_samples.min(spec.search.max_batch);
+        while top > spec.search.min_batch && !bench.fits(&spec, top, budget_bytes) {
+            top /= 2;
+        }
+        let batches: Vec<(u64, f64)> = geometric(spec.search.min_batch, top, job.batches)
+            .into_iter()
+            .filter_map(|b| bench.speed(&spec, b).map(|s| (b, s)))
+            .collect();
+        eprintln!(
+            "  {} training samples; batches {:?}",
+            train_samples,
+            batches
+                .iter()
+                .map(|(b, s)| format!("{b} ({s:.0}/s)"))
+                .collect::<Vec<_>>()
+        );
+        let wall = grid(
+            &bench,
+            &spec,
+            &batches,
+            job.learning_rates,
+            Budget::Seconds(cell_seconds),
+            train_samples,
+        );
+        let epochs = spec.training.epochs;
+        let per_epoch = grid(
+            &bench,
+            &spec,
+            &batches,
+            job.learning_rates,
+            Budget::Epochs(epochs),
+            train_samples,
+        );
+        for policy in ["balanced", "throughput", "generalization"] {
+            let (truth, budget) = if policy == "generalization" {
+                (&per_epoch, Budget::Epochs(epochs))
+            } else {
+                (&wall, Budget::Seconds(cell_seconds))
+            };
+            let search_budget = (truth.seconds * SEARCH_SHARE).max(5.0);
+            let spec = spec_for(&job, policy, Some(search_budget));
+            let context = batchd::advise_cli::search_context(
+                TrialDevice::Cpu,
+                spec.search.memory_limit,
+                None,
+            )
+            .expect("search context");
+            let started = Instant::now();
+            let rec: Recommendation = bench
+                .runtime
+                .block_on(advise(&spec, &context, &bench.runner, &|_| {}))
+                .expect("advice");
+            let search_seconds = started.elapsed().as_secs_f64();
+            let batch = rec.effective_batch_size;
+            let lr = rec.learning_rate.unwrap_or(1e-3);
+            let speed = bench.speed(&spec, batch).unwrap_or(1.0);
+            let steps = steps_for(budget, batch, speed, train_samples).max(MIN_STEPS);
+            let losses: Vec<Option<f64>> = SEEDS
+                .iter()
+                .map(|&seed| bench.train(&spec, batch, lr, steps, seed))
+                .collect();
+            let (mean, spread) = stats(&losses);
+            let pick = Cell {
+                batch,
+                lr,
+                mean,
+                spread,
+            };
+            let mut note = String::new();
+            if !truth.left_out.is_empty() {
+                note.push_str(&format!(
+                    "grid left out {:?} (< {MIN_STEPS} steps in budget); ",
+                    truth.left_out
+                ));
+            }
+            if rec.partial {
+                note.push_str(&format!(
+                    "PARTIAL: {}; ",
+                    rec.partial_reason.clone().unwrap_or_default()
+                ));
+            }
+            if let Some(noise) = &rec.gradient_noise {
+                note.push_str(&format!("noise {}; ", noise.describe()));
+            }
+            eprintln!(
+                "  {policy}: pick {} in {search_seconds:.0}s; {note}",
+                fmt_cell(&pick)
+            );
+            if std::env::var_os("BATCHD_BENCH_VERBOSE").is_some() {
+                eprintln!(
+                    "{}",
+                    batchd::advise_cli::render(&spec, &rec, None)
+                );
+            }
+            rows.push(Row {
+                job: job.label.to_string(),
+                policy: policy.to_string(),
+                best: truth.best(),
+                pick,
+                search_seconds,
+                grid_seconds: truth.seconds,
+                partial: rec.partial,
+                note,
+            });
+        }
+    }
+    println!(
+        "per-cell budget: {cell_seconds} s of training (balanced, throughput) or the job's epochs (generalization); {} seeds; warm-up {:.0}% then cosine to {:.0}%",
+        SEEDS.len(),
+        WARMUP_FRACTION * 100.0,
+        FINAL_LR_FRACTION * 100.0
+    );
+    println!(
+        "{:<26}{:<15} {:<33} {:<33} {:>7} {:>8}",
+        "job", "policy", "best cell (batch lr loss±sd)", "batchd (batch lr loss±sd)", "gap %", "search %"
+    );
+    for row in &rows {
+        let gap = match (row.best.and_then(|b| b.mean), row.pick.mean) {
+            (Some(best), Some(pick)) => format!("{:.1}", (pick - best) / best * 100.0),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<26}{:<15} {:<33} {:<33} {:>7} {:>8.1}{}",
+            row.job,
+            row.policy,
+            row.best.as_ref().map_or("-".into(), fmt_cell),
+            fmt_cell(&row.pick),
+            gap,
+            row.search_seconds / row.grid_seconds * 100.0,
+            if row.partial { "  PARTIAL" } else { "" }
+        );
+    }
+    println!();
+    for row in &rows {
+        if !row.note.is_empty() {
+            println!("{} / {}: {}", row.job, row.policy, row.note.trim_end_matches("; "));
+        }
+    }
+}

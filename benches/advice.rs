@@ -51,7 +51,7 @@ struct Job {
 }
 
 const ADAM_LRS: &[f64] = &[1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2];
-const SGD_LRS: &[f64] = &[3.16e-3, 1e-2, 3.16e-2, 1e-1, 3.16e-1, 1.0];
+const SGD_LRS: &[f64] = &[1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1, 3.16e-1];
 
 fn jobs() -> Vec<Job> {
     vec![

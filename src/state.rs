@@ -438,6 +438,7 @@ mod tests {
                 first_failure: None,
                 memory_model: None,
                 capped_by_max_batch: false,
+                capped_by_dataset: false,
                 flaky_batch_sizes: Vec::new(),
                 trials: 4,
             },
@@ -466,6 +467,13 @@ mod tests {
             trials: Vec::new(),
             trial_count: 0,
             seconds: 1.0,
+            budget_plan: None,
+            step_time_model: None,
+            batch_cap: None,
+            race: None,
+            learning_rate_interval: None,
+            lr_schedule: None,
+            phases_cut: Vec::new(),
         }
     }
 

@@ -147,6 +147,51 @@ pub fn best_lr(runs: &[Confirmation]) -> Option<BestLr> {
     Some(result)
 }
 
+/// The LRs whose loss lies within `tolerance` of the best: where the
+/// parabola through the best run and its neighbours (in log-LR) stays
+/// within it, bounded by the LRs tried; the tried LRs within it when the
+/// points make no bowl.
+pub fn lr_interval(runs: &[Confirmation], tolerance: f64) -> Option<(f64, f64)> {
+    let mut scored: Vec<(f64, f64)> = runs
+        .iter()
+        .filter_map(|r| {
+            r.validation_loss
+                .filter(|l| l.is_finite())
+                .map(|l| (r.learning_rate, l))
+        })
+        .collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (index, &(_, best)) = scored
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))?;
+    let lowest = scored.first()?.0;
+    let highest = scored.last()?.0;
+    if index > 0 && index + 1 < scored.len() {
+        let (x0, y0) = (scored[index - 1].0.ln(), scored[index - 1].1);
+        let (x1, y1) = (scored[index].0.ln(), scored[index].1);
+        let (x2, y2) = (scored[index + 1].0.ln(), scored[index + 1].1);
+        let d = (x0 - x1) * (x0 - x2) * (x1 - x2);
+        let a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / d;
+        let b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / d;
+        if a > 0.0 {
+            let vertex = -b / (2.0 * a);
+            let floor = a * vertex * vertex + b * vertex + (y1 - a * x1 * x1 - b * x1);
+            let half = ((best.min(floor) + tolerance - floor).max(0.0) / a).sqrt();
+            return Some((
+                (vertex - half).exp().clamp(lowest, highest),
+                (vertex + half).exp().clamp(lowest, highest),
+            ));
+        }
+    }
+    let within: Vec<f64> = scored
+        .iter()
+        .filter(|(_, l)| *l <= best + tolerance)
+        .map(|(lr, _)| *lr)
+        .collect();
+    Some((within.first().copied()?, within.last().copied()?))
+}
+
 /// How the LR moves with batch size: lr(N) = reference_lr x (N / reference_batch)^alpha.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LrRule {
@@ -248,6 +293,26 @@ mod tests {
             "{}",
             best.learning_rate
         );
+    }
+
+    #[test]
+    fn the_interval_is_where_the_bowl_stays_within_noise() {
+        let runs: Vec<Confirmation> = [1e-3, 3e-3, 1e-2]
+            .iter()
+            .map(|&lr: &f64| Confirmation {
+                batch_size: 32,
+                learning_rate: lr,
+                validation_loss: Some(1.0 + (lr.ln() - 3e-3f64.ln()).powi(2)),
+                outcome: "ok".into(),
+                losses: Vec::new(),
+            })
+            .collect();
+        // Loss within 0.25 of the best: |ln(lr / 3e-3)| <= 0.5.
+        let (lo, hi) = lr_interval(&runs, 0.25).unwrap();
+        assert!((lo / (3e-3 * (-0.5f64).exp()) - 1.0).abs() < 0.02, "{lo}");
+        assert!((hi / (3e-3 * 0.5f64.exp()) - 1.0).abs() < 0.02, "{hi}");
+        // A wide tolerance is bounded by the LRs tried.
+        assert_eq!(lr_interval(&runs, 100.0), Some((1e-3, 1e-2)));
     }
 
     #[test]

@@ -463,7 +463,7 @@ impl MaxFitSearch {
                 && best.is_some_and(|(b, _)| b >= self.max_batch),
             capped_by_dataset: self
                 .dataset_cap
-                .is_some_and(|cap| best.is_some_and(|(b, _)| b >= cap)),
+                .is_some_and(|cap| best.is_some_and(|(b, _)| b >= self.round(cap))),
             flaky_batch_sizes: flaky,
             trials: self.trials,
         }

@@ -221,7 +221,7 @@ pub async fn advise<R: TrialRunner>(
     let cap = session.batch_cap(&fit);
     let curve = session.throughput_curve(&fit, &cap).await;
     let range = session.lr_range_test(&curve).await;
-    let runs = session.plan_training_runs(&curve);
+    let runs = session.plan_training_runs(&curve, &range);
     let reference = session.confirm_reference_lr(&curve, &range, &runs).await;
     let race = session.race(&curve, &reference, &runs).await;
     let check = session.lr_check(&curve, &reference, &race).await;

@@ -296,8 +296,20 @@ mod tests {
     #[test]
     fn an_uncertainty_as_large_as_the_value_is_not_decisive() {
         // Gradients barely differing between the two batch sizes: tr(Sigma)
-        // is a small difference of large noisy numbers.
-        let noisy = synthetic(2.0, 40.0, 512, 64, 20, 0.3);
+        // is a small difference of large noisy numbers, here with
+        // independent 40% errors on every measurement.
+        let mut state = 12345u64;
+        let mut noise = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            1.0 + 0.4 * (((state >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0)
+        };
+        let (g2, trace) = (2.0, 40.0);
+        let noisy = GradNoiseSample {
+            big_batch: 512,
+            small_batch: 64,
+            big_sq_norms: (0..20).map(|_| (g2 + trace / 512.0) * noise()).collect(),
+            small_sq_norms: (0..20).map(|_| (g2 + trace / 64.0) * noise()).collect(),
+        };
         let scale = pooled_noise_scale(&[noisy], 5, 100);
         assert!(
             scale.as_ref().is_none_or(|s| !s.is_decisive()),

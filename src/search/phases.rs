@@ -2,7 +2,9 @@
 //! rationale lines it contributes. `advise` in the parent module calls them
 //! in order.
 
-use super::lr::{analyze_range_test, best_lr, fit_alpha, BestLr, Confirmation, LrRule, RangeTest};
+use super::lr::{
+    analyze_range_test, best_lr, fit_alpha, lr_interval, BestLr, Confirmation, LrRule, RangeTest,
+};
 use super::maxfit::{prior_bytes_per_sample, MaxFit, MaxFitSearch, Next, Probe};
 use super::noise::{pooled_noise_scale, NoiseScale};
 use super::race::{self, Race, RaceBudget, RaceEntry, RaceRun};
@@ -468,7 +470,7 @@ impl<R: TrialRunner> Session<'_, R> {
     /// Plans the length of every training run from the time left: the
     /// confirmations, the race (with its extra seeds) and the LR check all
     /// share it, in proportion to how many runs each makes.
-    pub(super) fn plan_training_runs(&mut self, curve: &CurvePhase) -> RunPlan {
+    pub(super) fn plan_training_runs(&mut self, curve: &CurvePhase, range: &RangePhase) -> RunPlan {
         let policy = &self.spec.policy;
         let race = &policy.race;
         // Room for two extensions past an edge.
@@ -496,17 +498,19 @@ impl<R: TrialRunner> Session<'_, R> {
             .unwrap_or(curve.top);
         let mut rationale = Vec::new();
         let budget = if policy.objective == Objective::Generalization {
-            // Equal epochs: as many of the job's epochs as the slowest
-            // (smallest) candidate can afford in the same per-run time.
-            let slowest = curve
-                .step_seconds(curve.floor)
-                .map_or(f64::INFINITY, |t| t / curve.floor as f64);
-            let affordable = seconds / (slowest * train_samples as f64);
-            let epochs = self.spec.training.epochs.min(affordable).max(0.05);
+            // Equal epochs: as many of the job's epochs as the smallest
+            // likely candidate (a quarter of the reference batch, where
+            // samples are slowest) can afford in the per-run time.
+            let smallest = (range.reference_batch / 4).max(curve.floor);
+            let per_sample = curve
+                .step_seconds(smallest)
+                .map_or(f64::INFINITY, |t| t / smallest as f64);
+            let affordable = seconds / (per_sample * train_samples as f64);
+            let epochs = self.spec.training.epochs.min(affordable).max(0.01);
             if epochs < self.spec.training.epochs {
                 rationale.push(format!(
-                    "confirmation and race runs train {epochs:.2} epochs each ({} in the job): all the budget affords at batch {}",
-                    self.spec.training.epochs, curve.floor
+                    "confirmation and race runs train {epochs:.2} epochs each ({} in the job): all the budget affords at batch {smallest}",
+                    self.spec.training.epochs
                 ));
             }
             RaceBudget::Epochs { epochs }
@@ -925,30 +929,27 @@ impl<R: TrialRunner> Session<'_, R> {
             return check;
         };
         let center_loss = first.validation_loss.unwrap_or(f64::INFINITY);
-        // Within the race's seed-to-seed noise, the raced LR stands: the
-        // check is one seed and must beat noise to move it.
+        // One seed must beat the race's seed-to-seed noise to move the LR
+        // off the raced one towards an edge; a bowl around the raced LR
+        // refines it to the bowl's bottom.
         let threshold = noise.max(0.002 * center_loss.abs());
-        let chosen = if best.validation_loss < center_loss - threshold {
+        let raced = BestLr {
+            batch_size: batch,
+            learning_rate: lr,
+            best_tested_lr: lr,
+            validation_loss: center_loss,
+            interpolated: false,
+        };
+        let chosen = if best.best_tested_lr == lr {
+            best.clone()
+        } else if best.validation_loss < center_loss - threshold {
             best.clone()
         } else {
-            BestLr {
-                batch_size: batch,
-                learning_rate: lr,
-                best_tested_lr: lr,
-                validation_loss: center_loss,
-                interpolated: false,
-            }
+            raced
         };
-        let floor_loss = best.validation_loss.min(center_loss);
-        let within: Vec<f64> = check
-            .runs
-            .iter()
-            .filter(|r| r.validation_loss.is_some_and(|l| l <= floor_loss + threshold))
-            .map(|r| r.learning_rate)
-            .collect();
-        let low = within.iter().copied().fold(f64::MAX, f64::min);
-        let high = within.iter().copied().fold(0.0, f64::max);
-        check.interval = (low <= high).then_some((low.min(chosen.learning_rate), high.max(chosen.learning_rate)));
+        check.interval = lr_interval(&check.runs, threshold).map(|(lo, hi)| {
+            (lo.min(chosen.learning_rate), hi.max(chosen.learning_rate))
+        });
         check.rationale.push(format!(
             "LR check at batch {batch}: {} runs from {:.2e} to {:.2e} with the race's first seed; best {:.3e} (loss {:.4} against {:.4} at the raced LR; seed noise {:.4}), so the LR is {:.3e}",
             check.runs.len(),
@@ -1150,7 +1151,7 @@ impl<R: TrialRunner> Session<'_, R> {
         let partial_reason = (!self.cut.is_empty()).then(|| {
             self.cut
                 .iter()
-                .map(|(phase, what)| format!("{}: {what}", phase.as_str()))
+                .map(|(phase, what)| format!("{} cut short by the time budget: {what}", phase.as_str()))
                 .collect::<Vec<_>>()
                 .join("; ")
         });

@@ -97,16 +97,13 @@ mod tests {
         let total: f64 = PHASE_SHARES.iter().map(|(_, s)| s).sum();
         assert!((total - 1.0).abs() < 1e-9);
         let plan = BudgetPlan::new(Duration::from_secs(100));
-        assert_eq!(plan.deadline(Phase::MaxFit), Duration::from_secs(14));
+        assert!((plan.deadline(Phase::MaxFit).as_secs_f64() - 14.0).abs() < 1e-6);
         assert!((plan.deadline(Phase::LrCheck).as_secs_f64() - 100.0).abs() < 1e-6);
         let ends: Vec<f64> = plan.phases.iter().map(|p| p.ends_at_seconds).collect();
         assert!(ends.windows(2).all(|w| w[0] < w[1]), "{ends:?}");
         // Time saved early carries over: a phase starting late still gets
         // everything up to its own deadline.
-        assert_eq!(
-            plan.left(Phase::Race, Duration::from_secs(20)),
-            Duration::from_secs(50)
-        );
+        assert!((plan.left(Phase::Race, Duration::from_secs(20)).as_secs_f64() - 70.0).abs() < 1e-6);
         assert_eq!(
             plan.left(Phase::MaxFit, Duration::from_secs(20)),
             Duration::ZERO
@@ -127,6 +124,6 @@ mod tests {
         assert!((plan.deadline(Phase::LrConfirmation).as_secs_f64() - 40.0).abs() < 1e-9);
         assert!((plan.deadline(Phase::Race).as_secs_f64() - 90.0).abs() < 1e-9);
         assert!((plan.deadline(Phase::LrCheck).as_secs_f64() - 100.0).abs() < 1e-9);
-        assert_eq!(plan.deadline(Phase::MaxFit), Duration::from_secs(14));
+        assert!((plan.deadline(Phase::MaxFit).as_secs_f64() - 14.0).abs() < 1e-6);
     }
 }

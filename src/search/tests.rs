@@ -24,6 +24,14 @@ pub(crate) struct FakeRunner {
     noise_scale: f64,
     /// Batches from which every trial crashes.
     crash_from: Option<u64>,
+    /// Samples in the training split.
+    train_samples: u64,
+    /// Steps to reach the loss floor at a huge batch (McCandlish's S_min).
+    min_steps: f64,
+    /// Seed-to-seed wobble of validation losses.
+    seed_noise: f64,
+    /// Relative wobble of the squared gradient norms.
+    grad_wobble: f64,
     calls: AtomicUsize,
     seen: Mutex<Vec<u64>>,
 }
@@ -39,6 +47,10 @@ impl FakeRunner {
             alpha: 0.5,
             noise_scale: 2000.0,
             crash_from: None,
+            train_samples: 10_000_000,
+            min_steps: 200.0,
+            seed_noise: 0.002,
+            grad_wobble: 0.02,
             calls: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
         }
@@ -48,9 +60,20 @@ impl FakeRunner {
         self.best_lr_64 * (batch as f64 / 64.0).powf(self.alpha)
     }
 
-    /// Loss after training at `lr`: a bowl in log-LR around the best.
-    fn loss_at(&self, batch: u64, lr: f64) -> f64 {
-        1.0 + 0.2 * (lr.ln() - self.best_lr(batch).ln()).powi(2)
+    /// Validation loss after `steps` steps at `batch` with peak `lr`: a
+    /// floor approached as progress p = steps / (S_min (1 + B_noise / B))
+    /// grows (McCandlish et al. 2018), a bowl in log-LR around the best,
+    /// and a seed's wobble.
+    fn loss_at(&self, batch: u64, lr: f64, steps: u32, seed: u64) -> f64 {
+        let progress =
+            f64::from(steps) / (self.min_steps * (1.0 + self.noise_scale / batch as f64));
+        let wobble = ((seed.wrapping_mul(2654435761) % 1000) as f64 / 500.0 - 1.0) * self.seed_noise;
+        0.5 + 1.0 / (1.0 + progress) + 0.2 * (lr.ln() - self.best_lr(batch).ln()).powi(2) + wobble
+    }
+
+    /// Seconds per step.
+    fn step_seconds(&self, batch: u64) -> f64 {
+        self.c0 + self.c1 * batch as f64
     }
 
     pub(crate) fn answer(&self, request: &TrialRequest) -> TrialResult {
@@ -68,7 +91,7 @@ impl FakeRunner {
             backend: "fake".into(),
             precision: None,
             parameter_count: Some(1000),
-            train_samples: Some(50_000),
+            train_samples: Some(self.train_samples),
             losses: Vec::new(),
             learning_rates: Vec::new(),
             loss_first: None,
@@ -117,14 +140,15 @@ impl FakeRunner {
             result.losses.push(loss);
         }
         if request.record.validation_loss {
-            let lr = request.schedule.lr_at(request.steps - 1, request.steps);
-            result.validation_loss = Some(self.loss_at(batch, lr));
+            let lr = request.schedule.peak_lr();
+            result.validation_loss = Some(self.loss_at(batch, lr, request.steps, request.seed));
         }
         if let Some(noise) = request.record.grad_noise {
             let g2 = 1.0;
             let trace = self.noise_scale * g2;
             let n = noise.measurements as usize;
-            let wobble = |i: usize| 1.0 + 0.02 * (((i * 13) % 7) as f64 / 3.5 - 1.0);
+            let spread = self.grad_wobble;
+            let wobble = |i: usize| 1.0 + spread * (((i * 13) % 7) as f64 / 3.5 - 1.0);
             result.grad_noise = Some(GradNoiseSample {
                 big_batch: batch,
                 small_batch: noise.small_batch,
@@ -231,8 +255,116 @@ fn the_whole_search_finds_the_known_answers() {
     assert!(rec.warmup_steps.unwrap() > 0);
     assert_eq!(
         rec.updates_per_epoch,
-        Some(50_000u64.div_ceil(rec.effective_batch_size))
+        Some(runner.train_samples.div_ceil(rec.effective_batch_size))
     );
+    // The schedule the runs used is the one recommended.
+    let schedule = rec.lr_schedule.as_ref().unwrap();
+    assert_eq!(schedule.decay, "cosine");
+    assert!(rec.learning_rate_interval.is_some());
+}
+
+/// The batch a fixed time favours: minimizing (c0 + c1 B)(1 + B_noise / B)
+/// gives B* = sqrt(c0 B_noise / c1).
+fn best_batch_for_time(runner: &FakeRunner) -> f64 {
+    (runner.c0 * runner.noise_scale / runner.c1).sqrt()
+}
+
+#[test]
+fn the_race_finds_the_batch_a_fixed_time_favours() {
+    let runner = FakeRunner::new();
+    let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
+    let truth = best_batch_for_time(&runner);
+    assert!((truth - 1000.0).abs() < 1e-6);
+    let ratio = rec.batch_size as f64 / truth;
+    assert!(
+        (0.5..=2.0).contains(&ratio),
+        "batch {} vs {truth}: {:#?}",
+        rec.batch_size,
+        rec.race
+    );
+    let race = rec.race.as_ref().unwrap();
+    assert_eq!(race.winner, Some(rec.batch_size));
+    assert!(race.entries.len() >= 2);
+    // Every candidate ran every seed, at the LR its rule gives, for the
+    // same time.
+    let seconds = |e: &crate::search::race::RaceEntry| {
+        f64::from(e.steps) * runner.step_seconds(e.batch_size)
+    };
+    let first = seconds(&race.entries[0]);
+    for entry in &race.entries {
+        assert!(entry.runs.len() >= 2, "{entry:?}");
+        assert!((seconds(entry) / first - 1.0).abs() < 0.1, "{:?}", race.entries);
+        let rule = race.entries[0].learning_rate
+            * (entry.batch_size as f64 / race.entries[0].batch_size as f64).sqrt();
+        assert!((entry.learning_rate / rule - 1.0).abs() < 1e-9);
+    }
+    // The race is evidence in the rationale.
+    assert!(rec.rationale.iter().any(|l| l.starts_with("race over batches")), "{:?}", rec.rationale);
+    assert!(rec.trials.iter().any(|t| t.phase == Phase::Race));
+}
+
+#[test]
+fn no_trial_or_recommendation_exceeds_the_training_set() {
+    let mut runner = FakeRunner::new();
+    runner.train_samples = 142;
+    let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
+    let seen = runner.seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|&b| b <= 142), "{seen:?}");
+    assert!(rec.max_fit_batch_size <= 142);
+    assert!(rec.max_fit.capped_by_dataset, "{:?}", rec.max_fit);
+    let cap = rec.batch_cap.as_ref().unwrap();
+    assert_eq!(cap.training_samples, 142);
+    assert!(cap.binding);
+    assert!(rec.batch_size <= cap.largest_batch, "{} > {}", rec.batch_size, cap.largest_batch);
+    assert!(rec.updates_per_epoch.unwrap() >= 8);
+    assert!(rec.throughput_curve.iter().all(|p| p.batch_size <= 142));
+    assert!(rec.rationale.iter().any(|l| l.contains("caps the batch")), "{:?}", rec.rationale);
+    // A stated dataset size bounds the search the same way.
+    let runner = FakeRunner::new();
+    let rec = advise_with(
+        &runner,
+        &spec("balanced", "[training]\ndataset_size = 4000\n"),
+        4 << 30,
+    )
+    .unwrap();
+    assert!(runner.seen.lock().unwrap().iter().all(|&b| b <= 4000));
+    assert!(rec.batch_size <= 500);
+}
+
+#[test]
+fn an_uncertain_noise_scale_is_reported_and_widens_the_race() {
+    let mut runner = FakeRunner::new();
+    runner.grad_wobble = 0.6;
+    let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
+    let race = rec.race.as_ref().unwrap();
+    let batches: Vec<u64> = race.entries.iter().map(|e| e.batch_size).collect();
+    let undecided = rec
+        .rationale
+        .iter()
+        .any(|l| l.contains("race decides"));
+    assert!(undecided, "{:?}", rec.rationale);
+    // Candidates a factor of four apart, not two.
+    assert!(
+        batches.windows(2).all(|w| w[1] as f64 / w[0] as f64 >= 3.5),
+        "{batches:?}"
+    );
+}
+
+#[test]
+fn candidates_within_the_seed_spread_get_another_seed() {
+    let mut runner = FakeRunner::new();
+    // Progress barely depends on the batch, and seeds wobble a lot.
+    runner.noise_scale = 1.0;
+    runner.min_steps = 1.0;
+    runner.seed_noise = 0.05;
+    let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
+    let race = rec.race.as_ref().unwrap();
+    assert!(
+        race.entries.iter().any(|e| e.runs.len() > 2),
+        "{:#?}",
+        race.entries
+    );
+    assert!(race.within_noise, "{}", race.verdict);
 }
 
 #[test]
@@ -241,7 +373,7 @@ fn a_steeper_lr_rule_is_measured_as_such() {
     runner.alpha = 0.9;
     let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
     let alpha = rec.lr_rule.as_ref().unwrap().measured_alpha.unwrap();
-    assert!((alpha - 0.9).abs() < 0.15, "alpha {alpha}");
+    assert!((alpha - 0.9).abs() < 0.15, "alpha {alpha}: {:#?}", rec.rationale);
 }
 
 #[test]

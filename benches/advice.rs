@@ -437,10 +437,7 @@ fn main() {
                 fmt_cell(&pick)
             );
             if std::env::var_os("BATCHD_BENCH_VERBOSE").is_some() {
-                eprintln!(
-                    "{}",
-                    batchd::advise_cli::render(&spec, &rec, None)
-                );
+                eprintln!("{}", batchd::advise_cli::render(&spec, &rec, None));
             }
             rows.push(Row {
                 job: job.label.to_string(),
@@ -462,7 +459,12 @@ fn main() {
     );
     println!(
         "{:<26}{:<15} {:<33} {:<33} {:>7} {:>8}",
-        "job", "policy", "best cell (batch lr loss±sd)", "batchd (batch lr loss±sd)", "gap %", "search %"
+        "job",
+        "policy",
+        "best cell (batch lr loss±sd)",
+        "batchd (batch lr loss±sd)",
+        "gap %",
+        "search %"
     );
     for row in &rows {
         let gap = match (row.best.and_then(|b| b.mean), row.pick.mean) {
@@ -483,7 +485,12 @@ fn main() {
     println!();
     for row in &rows {
         if !row.note.is_empty() {
-            println!("{} / {}: {}", row.job, row.policy, row.note.trim_end_matches("; "));
+            println!(
+                "{} / {}: {}",
+                row.job,
+                row.policy,
+                row.note.trim_end_matches("; ")
+            );
         }
     }
 }

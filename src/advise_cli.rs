@@ -211,11 +211,7 @@ pub fn render(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>) -> Stri
         },
     );
     if let Some((lo, hi)) = rec.learning_rate_interval {
-        row(
-            &mut out,
-            "lr within noise",
-            format!("{lo:.2e} .. {hi:.2e}"),
-        );
+        row(&mut out, "lr within noise", format!("{lo:.2e} .. {hi:.2e}"));
     }
     if let Some(schedule) = &rec.lr_schedule {
         row(

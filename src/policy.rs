@@ -268,7 +268,10 @@ impl Policy {
             );
         }
         if !(1..=5).contains(&race.seeds) {
-            problems.push("race.seeds", format!("must be in 1..=5, got {}", race.seeds));
+            problems.push(
+                "race.seeds",
+                format!("must be in 1..=5, got {}", race.seeds),
+            );
         }
         if race.extra_seeds > 4 {
             problems.push(

@@ -1,5 +1,5 @@
 //! HTML reports: one page per job with its recommendation, the rationale,
-//! five charts of the evidence (server-side SVG, no JavaScript) and the
+//! six charts of the evidence (server-side SVG, no JavaScript) and the
 //! table of trials; an index of all jobs. Served by the daemon at `/` and
 //! `/jobs/{name}`, and written by `batchd advise --report FILE.html`.
 //!
@@ -322,9 +322,36 @@ fn recommendation_sections(html: &mut String, rec: &Recommendation) {
         rec.gradient_noise
             .as_ref()
             .map_or("not measured".into(), |n| {
-                format!("{:.0} &plusmn; {:.0} samples", n.value, n.stderr)
+                format!(
+                    "{} samples{}",
+                    escape(&n.describe()),
+                    if n.is_decisive() {
+                        ""
+                    } else {
+                        " (too uncertain to decide on: the race decided)"
+                    }
+                )
             }),
     );
+    if let Some((lo, hi)) = rec.learning_rate_interval {
+        row("LR within noise", format!("{lo:.2e} .. {hi:.2e}"));
+    }
+    if let Some(cap) = &rec.batch_cap {
+        row(
+            "data cap",
+            format!(
+                "{} ({} training samples, at least {} updates per epoch){}",
+                cap.largest_batch,
+                cap.training_samples,
+                cap.min_updates_per_epoch,
+                if cap.binding {
+                    ": it, not memory, bounds the advice"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
     row(
         "search",
         format!(
@@ -420,13 +447,14 @@ fn log_spaced(low: f64, high: f64, count: usize) -> Vec<f64> {
         .collect()
 }
 
-/// The five charts of a recommendation, with their captions.
+/// The six charts of a recommendation, with their captions.
 pub fn charts(rec: &Recommendation) -> Vec<(Chart, &'static str)> {
     vec![
         (memory_chart(rec), "Peak memory of every trial against its batch size, marked by outcome, with the memory budget and the affine memory model fitted to the max-fit trials. The ringed point is the largest batch that fits."),
         (throughput_chart(rec), "Training throughput against batch size: the measured curve and each trial's speed. The ringed point is the recommended batch."),
         (lr_chart(rec), "LR range tests (training loss over an exponential LR sweep, raw and smoothed) with the suggested LR, and the confirmation runs' validation losses at the LRs they tried."),
         (goodput_chart(rec), "Goodput (throughput x statistical efficiency from the gradient noise scale) against batch size; the ringed point is the recommendation."),
+        (race_chart(rec), "The race: validation loss of every seed of every candidate batch, each trained for the same budget at the LR its rule gives, and the mean per candidate. The ringed point is the winner, the recommendation."),
         (training_chart(rec), "Training loss per step of each confirmation run (dashed: runs that did not finish cleanly)."),
     ]
 }
@@ -682,6 +710,64 @@ fn goodput_chart(rec: &Recommendation) -> Chart {
     c
 }
 
+fn race_chart(rec: &Recommendation) -> Chart {
+    let mut c = chart(
+        "race",
+        "The race: validation loss per candidate batch",
+        "batch size (per device)",
+        "validation loss",
+        "no race was run (no LR could be confirmed)",
+    );
+    let Some(race) = &rec.race else {
+        return c;
+    };
+    let runs: Vec<Point> = race
+        .entries
+        .iter()
+        .flat_map(|entry| {
+            entry.runs.iter().filter_map(move |run| {
+                let loss = run.validation_loss.filter(|l| l.is_finite())?;
+                let mut p = Point::new(
+                    entry.batch_size as f64,
+                    loss,
+                    format!(
+                        "batch {} lr {:.2e} seed {}: {loss:.4} after {} steps",
+                        entry.batch_size, entry.learning_rate, run.seed, entry.steps
+                    ),
+                );
+                p.outcome = Some(run.outcome.clone());
+                Some(p)
+            })
+        })
+        .collect();
+    let means: Vec<Point> = race
+        .entries
+        .iter()
+        .filter_map(|entry| {
+            let mean = entry.mean_loss()?;
+            let mut p = Point::new(
+                entry.batch_size as f64,
+                mean,
+                format!(
+                    "batch {}: mean {mean:.4} over {} seeds (spread {})",
+                    entry.batch_size,
+                    entry.runs.len(),
+                    entry
+                        .spread()
+                        .map_or("n/a".to_string(), |s| format!("{s:.4}"))
+                ),
+            );
+            p.highlight = race.winner == Some(entry.batch_size);
+            Some(p)
+        })
+        .collect();
+    c.series
+        .push(series("seeds", Style::Points, PALETTE[0], runs));
+    c.series
+        .push(series("mean", Style::Line, PALETTE[1], means));
+    c
+}
+
 fn training_chart(rec: &Recommendation) -> Chart {
     let mut c = chart(
         "training",
@@ -794,7 +880,7 @@ mod full_report_tests {
     use crate::validation::Syntax;
 
     #[tokio::test]
-    async fn a_finished_search_renders_five_charts_with_data_and_no_nan() {
+    async fn a_finished_search_renders_six_charts_with_data_and_no_nan() {
         let text = "[model]\nkind = \"mlp\"\ninput_size = 32\nhidden = [64]\nclasses = 4\n[data]\nkind = \"synthetic\"\n[optimizer]\nkind = \"adam\"\n[search]\nmax_batch = 1048576\n";
         let origin = SpecOrigin {
             label: "r.toml".into(),
@@ -824,8 +910,8 @@ mod full_report_tests {
             },
             false,
         );
-        assert_eq!(html.matches("<svg").count(), 5);
-        for id in ["memory", "throughput", "lr", "goodput", "training"] {
+        assert_eq!(html.matches("<svg").count(), 6);
+        for id in ["memory", "throughput", "lr", "goodput", "race", "training"] {
             assert!(
                 html.contains(&format!("id=\"chart-{id}\"")),
                 "no {id} chart"

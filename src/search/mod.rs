@@ -164,7 +164,8 @@ impl<R: TrialRunner> Session<'_, R> {
         }
         if let (true, Some(speed)) = (result.is_ok(), result.samples_per_second) {
             let stepping = f64::from(result.steps_completed) * batch as f64 / speed;
-            self.overheads.push((result.wall_seconds - stepping).max(0.0));
+            self.overheads
+                .push((result.wall_seconds - stepping).max(0.0));
         }
         if result.outcome == Outcome::Timeout && self.time_left().is_zero() {
             self.cut_short(phase, "the time budget ran out during a trial");

@@ -53,7 +53,10 @@ impl NoiseScale {
         if self.stderr.is_finite() {
             format!("{:.0} +- {:.0}", self.value, self.stderr)
         } else if self.stderr.is_infinite() {
-            format!("{:.0} (uncertainty unbounded: some groups lost the signal)", self.value)
+            format!(
+                "{:.0} (uncertainty unbounded: some groups lost the signal)",
+                self.value
+            )
         } else {
             format!("{:.0} (one group: uncertainty unknown)", self.value)
         }
@@ -94,9 +97,12 @@ pub fn pooled_noise_scale(
         let groups = groups.clamp(1, big.len());
         let size = big.len() / groups;
         for g in 0..groups {
-            let end = if g + 1 == groups { big.len() } else { (g + 1) * size };
-            if let Some(e) = estimate(&big[g * size..end], &small[g * size..end], b_big, b_small)
-            {
+            let end = if g + 1 == groups {
+                big.len()
+            } else {
+                (g + 1) * size
+            };
+            if let Some(e) = estimate(&big[g * size..end], &small[g * size..end], b_big, b_small) {
                 estimates.push(e);
             }
         }
@@ -118,14 +124,21 @@ pub fn pooled_noise_scale(
                 let t = (trace * n as f64 - estimates[i].1) / (n - 1) as f64;
                 // A leave-one-out mean at or below zero: the signal is lost
                 // in noise, which an infinite error says honestly.
-                if g > 0.0 { t / g } else { f64::INFINITY }
+                if g > 0.0 {
+                    t / g
+                } else {
+                    f64::INFINITY
+                }
             })
             .collect();
         if leave_one_out.iter().any(|v| !v.is_finite()) {
             f64::INFINITY
         } else {
             let mean = leave_one_out.iter().sum::<f64>() / n as f64;
-            let var = leave_one_out.iter().map(|v| (v - mean).powi(2)).sum::<f64>();
+            let var = leave_one_out
+                .iter()
+                .map(|v| (v - mean).powi(2))
+                .sum::<f64>();
             ((n - 1) as f64 / n as f64 * var).sqrt()
         }
     } else {
@@ -300,7 +313,9 @@ mod tests {
         // independent 40% errors on every measurement.
         let mut state = 12345u64;
         let mut noise = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             1.0 + 0.4 * (((state >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0)
         };
         let (g2, trace) = (2.0, 40.0);
@@ -311,13 +326,14 @@ mod tests {
             small_sq_norms: (0..20).map(|_| (g2 + trace / 64.0) * noise()).collect(),
         };
         let scale = pooled_noise_scale(&[noisy], 5, 100);
-        assert!(
-            scale.as_ref().is_none_or(|s| !s.is_decisive()),
-            "{scale:?}"
-        );
+        assert!(scale.as_ref().is_none_or(|s| !s.is_decisive()), "{scale:?}");
         let exact = pooled_noise_scale(&[synthetic(2.0, 1000.0, 512, 64, 20, 0.0)], 5, 0).unwrap();
         assert!(exact.is_decisive());
-        assert!(exact.describe().starts_with("500 +- 0"), "{}", exact.describe());
+        assert!(
+            exact.describe().starts_with("500 +- 0"),
+            "{}",
+            exact.describe()
+        );
     }
 
     #[test]

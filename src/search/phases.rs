@@ -220,9 +220,7 @@ impl<R: TrialRunner> Session<'_, R> {
                     },
                 };
                 // A crash or timeout may be a fluke: run the same batch once more.
-                if attempt == 1
-                    && search.should_retry(batch, &probe)
-                    && !self.time_left().is_zero()
+                if attempt == 1 && search.should_retry(batch, &probe) && !self.time_left().is_zero()
                 {
                     continue;
                 }
@@ -360,7 +358,13 @@ impl<R: TrialRunner> Session<'_, R> {
             let result = self
                 .trial(
                     Phase::Throughput,
-                    self.request(batch, steps, LrSchedule::Constant { lr: probe_lr(self.spec) }),
+                    self.request(
+                        batch,
+                        steps,
+                        LrSchedule::Constant {
+                            lr: probe_lr(self.spec),
+                        },
+                    ),
                 )
                 .await;
             if let (true, Some(speed)) = (result.is_ok(), result.samples_per_second) {
@@ -556,8 +560,10 @@ impl<R: TrialRunner> Session<'_, R> {
             .min(steps - request.warmup_steps)
             .min(steps / 4);
         if batch >= 8 && measurements >= 2 {
+            // An eighth of the batch, but never a gradient of fewer than
+            // four samples: those are mostly noise about the noise.
             request.record.grad_noise = Some(GradNoiseRequest {
-                small_batch: (batch / 8).max(1),
+                small_batch: (batch / 8).max(4).min(batch / 2),
                 measurements,
             });
         }
@@ -650,10 +656,8 @@ impl<R: TrialRunner> Session<'_, R> {
             .filter(|(loss, _)| *loss <= best_loss * 1.05 + 1e-9)
             .map(|(_, s)| s.clone())
             .collect();
-        let measured_from = steps.saturating_sub(
-            good.first()
-                .map_or(0, |s| s.big_sq_norms.len() as u32),
-        );
+        let measured_from =
+            steps.saturating_sub(good.first().map_or(0, |s| s.big_sq_norms.len() as u32));
         let noise = pooled_noise_scale(
             &good,
             self.spec.policy.trials.noise_scale_measurements as usize,
@@ -711,17 +715,37 @@ impl<R: TrialRunner> Session<'_, R> {
             world,
         );
         let mut rationale = vec![why];
-        let decisive = reference.noise.as_ref().is_some_and(NoiseScale::is_decisive);
+        let decisive = reference
+            .noise
+            .as_ref()
+            .is_some_and(NoiseScale::is_decisive);
         let count = policy.race.candidates as usize;
         let candidates = if policy.objective == Objective::Throughput {
             // The throughput objective leans large: the plateau and below.
             let center = round_batch(preferred / 2, policy.batch_multiple).max(curve.floor);
-            race::candidates(center, 2.0, curve.floor, preferred.max(curve.floor), policy.batch_multiple, count)
+            race::candidates(
+                center,
+                2.0,
+                curve.floor,
+                preferred.max(curve.floor),
+                policy.batch_multiple,
+                count,
+            )
         } else {
             let step = if decisive { 2.0 } else { 4.0 };
-            race::candidates(preferred, step, curve.floor, curve.top, policy.batch_multiple, count)
+            race::candidates(
+                preferred,
+                step,
+                curve.floor,
+                curve.top,
+                policy.batch_multiple,
+                count,
+            )
         };
-        let Some(reference_lr) = reference.best.as_ref().map(|b| (b.batch_size, b.learning_rate))
+        let Some(reference_lr) = reference
+            .best
+            .as_ref()
+            .map(|b| (b.batch_size, b.learning_rate))
         else {
             rationale.push(format!(
                 "no LR was confirmed, so there was no race: the model's choice {preferred} stands"
@@ -736,7 +760,8 @@ impl<R: TrialRunner> Session<'_, R> {
             };
         };
         let alpha = self.transfer_alpha();
-        let lr_for = |batch: u64| reference_lr.1 * (batch as f64 / reference_lr.0 as f64).powf(alpha);
+        let lr_for =
+            |batch: u64| reference_lr.1 * (batch as f64 / reference_lr.0 as f64).powf(alpha);
         let mut entries: Vec<RaceEntry> = candidates
             .iter()
             .map(|&batch| {
@@ -757,8 +782,13 @@ impl<R: TrialRunner> Session<'_, R> {
         // Seed-major, so a budget cut still leaves every candidate a run.
         for round in 0..policy.race.seeds {
             for i in 0..entries.len() {
-                self.race_run(curve, &mut entries[i], base_seed + u64::from(round), &mut samples)
-                    .await;
+                self.race_run(
+                    curve,
+                    &mut entries[i],
+                    base_seed + u64::from(round),
+                    &mut samples,
+                )
+                .await;
             }
         }
         for extra in 0..policy.race.extra_seeds {
@@ -768,7 +798,8 @@ impl<R: TrialRunner> Session<'_, R> {
             }
             for i in tied {
                 let seed = base_seed + u64::from(policy.race.seeds + extra);
-                self.race_run(curve, &mut entries[i], seed, &mut samples).await;
+                self.race_run(curve, &mut entries[i], seed, &mut samples)
+                    .await;
             }
         }
         let race = race::decide(runs.budget, entries, preferred);
@@ -799,7 +830,13 @@ impl<R: TrialRunner> Session<'_, R> {
             }
         }
         let (batch, learning_rate) = match race.winner {
-            Some(w) => (w, race.entries.iter().find(|e| e.batch_size == w).map(|e| e.learning_rate)),
+            Some(w) => (
+                w,
+                race.entries
+                    .iter()
+                    .find(|e| e.batch_size == w)
+                    .map(|e| e.learning_rate),
+            ),
             None => {
                 rationale.push(format!(
                     "no candidate finished every seed: the model's choice {preferred} stands"
@@ -834,7 +871,13 @@ impl<R: TrialRunner> Session<'_, R> {
             return;
         }
         let result = self
-            .training_run(Phase::Race, entry.batch_size, entry.learning_rate, entry.steps, seed)
+            .training_run(
+                Phase::Race,
+                entry.batch_size,
+                entry.learning_rate,
+                entry.steps,
+                seed,
+            )
             .await;
         let loss = result.validation_loss.filter(|_| result.is_ok());
         if let (Some(_), Some(sample)) = (loss, result.grad_noise.clone()) {
@@ -866,7 +909,11 @@ impl<R: TrialRunner> Session<'_, R> {
         let (Some(race), Some(lr)) = (&raced.race, raced.learning_rate) else {
             return check;
         };
-        let Some(entry) = race.entries.iter().find(|e| Some(e.batch_size) == race.winner) else {
+        let Some(entry) = race
+            .entries
+            .iter()
+            .find(|e| Some(e.batch_size) == race.winner)
+        else {
             return check;
         };
         let Some(first) = entry.runs.first() else {
@@ -947,9 +994,8 @@ impl<R: TrialRunner> Session<'_, R> {
         } else {
             raced
         };
-        check.interval = lr_interval(&check.runs, threshold).map(|(lo, hi)| {
-            (lo.min(chosen.learning_rate), hi.max(chosen.learning_rate))
-        });
+        check.interval = lr_interval(&check.runs, threshold)
+            .map(|(lo, hi)| (lo.min(chosen.learning_rate), hi.max(chosen.learning_rate)));
         check.rationale.push(format!(
             "LR check at batch {batch}: {} runs from {:.2e} to {:.2e} with the race's first seed; best {:.3e} (loss {:.4} against {:.4} at the raced LR; seed noise {:.4}), so the LR is {:.3e}",
             check.runs.len(),
@@ -1004,7 +1050,10 @@ impl<R: TrialRunner> Session<'_, R> {
                 raced.preferred
             ));
         }
-        if cap.as_ref().is_some_and(|c| batch >= c.largest_batch && c.binding) {
+        if cap
+            .as_ref()
+            .is_some_and(|c| batch >= c.largest_batch && c.binding)
+        {
             rationale.push(format!(
                 "the recommendation sits at the data cap of {}: the training set, not memory, limits it",
                 cap.as_ref().map_or(0, |c| c.largest_batch)
@@ -1027,20 +1076,26 @@ impl<R: TrialRunner> Session<'_, R> {
             });
         }
         if let Some(r) = &reference.best {
-            if best_lrs.first().is_none_or(|b| b.batch_size != r.batch_size) {
+            if best_lrs
+                .first()
+                .is_none_or(|b| b.batch_size != r.batch_size)
+            {
                 best_lrs.push(r.clone());
             }
         }
         let measured_alpha = match (check.best.as_ref(), reference.best.as_ref()) {
             (Some(a), Some(b))
-                if (a.batch_size.max(b.batch_size) as f64 / a.batch_size.min(b.batch_size).max(1) as f64) >= 2.0 =>
+                if (a.batch_size.max(b.batch_size) as f64
+                    / a.batch_size.min(b.batch_size).max(1) as f64)
+                    >= 2.0 =>
             {
                 fit_alpha(a, b)
             }
             _ => None,
         };
         if let Some(alpha) = measured_alpha {
-            if policy.lr_scaling == LrScaling::Measured && !super::lr::PLAUSIBLE_ALPHA.contains(&alpha)
+            if policy.lr_scaling == LrScaling::Measured
+                && !super::lr::PLAUSIBLE_ALPHA.contains(&alpha)
             {
                 rationale.push(format!(
                     "the measured LR exponent {alpha:.2} lies outside the plausible {:.1}..{:.1} (single-seed runs are noisy), so the textbook exponent {textbook} is used",
@@ -1151,7 +1206,9 @@ impl<R: TrialRunner> Session<'_, R> {
         let partial_reason = (!self.cut.is_empty()).then(|| {
             self.cut
                 .iter()
-                .map(|(phase, what)| format!("{} cut short by the time budget: {what}", phase.as_str()))
+                .map(|(phase, what)| {
+                    format!("{} cut short by the time budget: {what}", phase.as_str())
+                })
                 .collect::<Vec<_>>()
                 .join("; ")
         });

@@ -103,7 +103,14 @@ mod tests {
         assert!(ends.windows(2).all(|w| w[0] < w[1]), "{ends:?}");
         // Time saved early carries over: a phase starting late still gets
         // everything up to its own deadline.
-        assert!((plan.left(Phase::Race, Duration::from_secs(20)).as_secs_f64() - 70.0).abs() < 1e-6);
+        assert!(
+            (plan
+                .left(Phase::Race, Duration::from_secs(20))
+                .as_secs_f64()
+                - 70.0)
+                .abs()
+                < 1e-6
+        );
         assert_eq!(
             plan.left(Phase::MaxFit, Duration::from_secs(20)),
             Duration::ZERO

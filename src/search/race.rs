@@ -153,9 +153,11 @@ pub fn decide(budget: RaceBudget, entries: Vec<RaceEntry>, preferred: u64) -> Ra
         };
     };
     let tied = tied_with_best(&entries);
-    let distance = |i: usize| ((entries[i].batch_size as f64) / preferred.max(1) as f64)
-        .ln()
-        .abs();
+    let distance = |i: usize| {
+        ((entries[i].batch_size as f64) / preferred.max(1) as f64)
+            .ln()
+            .abs()
+    };
     let (winner, within_noise) = if tied.len() >= 2 {
         let pick = tied
             .iter()

@@ -271,7 +271,10 @@ pub fn preferred_batch(
             )
         }
         (Objective::Generalization, None) => {
-            let best = curve.iter().map(|p| p.samples_per_second).fold(0.0, f64::max);
+            let best = curve
+                .iter()
+                .map(|p| p.samples_per_second)
+                .fold(0.0, f64::max);
             let b = curve
                 .iter()
                 .filter(|p| p.samples_per_second >= 0.5 * best)

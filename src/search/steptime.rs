@@ -116,7 +116,10 @@ mod tests {
     #[test]
     fn recovers_fixed_and_per_sample_cost() {
         let model = StepTimeModel::fit(&curve(0.002, 400_000.0, &[8, 64, 512, 4096])).unwrap();
-        assert!((model.fixed_seconds / 0.002 - 1.0).abs() < 1e-6, "{model:?}");
+        assert!(
+            (model.fixed_seconds / 0.002 - 1.0).abs() < 1e-6,
+            "{model:?}"
+        );
         assert!((model.samples_per_second_limit / 400_000.0 - 1.0).abs() < 1e-6);
         assert!(model.max_relative_error < 1e-9);
         // Evaluated anywhere, not only at the tried points.

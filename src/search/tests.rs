@@ -67,7 +67,8 @@ impl FakeRunner {
     fn loss_at(&self, batch: u64, lr: f64, steps: u32, seed: u64) -> f64 {
         let progress =
             f64::from(steps) / (self.min_steps * (1.0 + self.noise_scale / batch as f64));
-        let wobble = ((seed.wrapping_mul(2654435761) % 1000) as f64 / 500.0 - 1.0) * self.seed_noise;
+        let wobble =
+            ((seed.wrapping_mul(2654435761) % 1000) as f64 / 500.0 - 1.0) * self.seed_noise;
         0.5 + 1.0 / (1.0 + progress) + 0.2 * (lr.ln() - self.best_lr(batch).ln()).powi(2) + wobble
     }
 
@@ -287,19 +288,28 @@ fn the_race_finds_the_batch_a_fixed_time_favours() {
     assert!(race.entries.len() >= 2);
     // Every candidate ran every seed, at the LR its rule gives, for the
     // same time.
-    let seconds = |e: &crate::search::race::RaceEntry| {
-        f64::from(e.steps) * runner.step_seconds(e.batch_size)
-    };
+    let seconds =
+        |e: &crate::search::race::RaceEntry| f64::from(e.steps) * runner.step_seconds(e.batch_size);
     let first = seconds(&race.entries[0]);
     for entry in &race.entries {
         assert!(entry.runs.len() >= 2, "{entry:?}");
-        assert!((seconds(entry) / first - 1.0).abs() < 0.1, "{:?}", race.entries);
+        assert!(
+            (seconds(entry) / first - 1.0).abs() < 0.1,
+            "{:?}",
+            race.entries
+        );
         let rule = race.entries[0].learning_rate
             * (entry.batch_size as f64 / race.entries[0].batch_size as f64).sqrt();
         assert!((entry.learning_rate / rule - 1.0).abs() < 1e-9);
     }
     // The race is evidence in the rationale.
-    assert!(rec.rationale.iter().any(|l| l.starts_with("race over batches")), "{:?}", rec.rationale);
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|l| l.starts_with("race over batches")),
+        "{:?}",
+        rec.rationale
+    );
     assert!(rec.trials.iter().any(|t| t.phase == Phase::Race));
 }
 
@@ -315,10 +325,19 @@ fn no_trial_or_recommendation_exceeds_the_training_set() {
     let cap = rec.batch_cap.as_ref().unwrap();
     assert_eq!(cap.training_samples, 142);
     assert!(cap.binding);
-    assert!(rec.batch_size <= cap.largest_batch, "{} > {}", rec.batch_size, cap.largest_batch);
+    assert!(
+        rec.batch_size <= cap.largest_batch,
+        "{} > {}",
+        rec.batch_size,
+        cap.largest_batch
+    );
     assert!(rec.updates_per_epoch.unwrap() >= 8);
     assert!(rec.throughput_curve.iter().all(|p| p.batch_size <= 142));
-    assert!(rec.rationale.iter().any(|l| l.contains("caps the batch")), "{:?}", rec.rationale);
+    assert!(
+        rec.rationale.iter().any(|l| l.contains("caps the batch")),
+        "{:?}",
+        rec.rationale
+    );
     // A stated dataset size bounds the search the same way.
     let runner = FakeRunner::new();
     let rec = advise_with(
@@ -338,10 +357,7 @@ fn an_uncertain_noise_scale_is_reported_and_widens_the_race() {
     let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
     let race = rec.race.as_ref().unwrap();
     let batches: Vec<u64> = race.entries.iter().map(|e| e.batch_size).collect();
-    let undecided = rec
-        .rationale
-        .iter()
-        .any(|l| l.contains("race decides"));
+    let undecided = rec.rationale.iter().any(|l| l.contains("race decides"));
     assert!(undecided, "{:?}", rec.rationale);
     // Candidates a factor of four apart, not two.
     assert!(
@@ -373,7 +389,11 @@ fn a_steeper_lr_rule_is_measured_as_such() {
     runner.alpha = 0.9;
     let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
     let alpha = rec.lr_rule.as_ref().unwrap().measured_alpha.unwrap();
-    assert!((alpha - 0.9).abs() < 0.15, "alpha {alpha}: {:#?}", rec.rationale);
+    assert!(
+        (alpha - 0.9).abs() < 0.15,
+        "alpha {alpha}: {:#?}",
+        rec.rationale
+    );
 }
 
 #[test]

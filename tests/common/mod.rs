@@ -271,7 +271,7 @@ pub fn drop_spec(dir: &Path, name: &str, text: &str) {
 }
 
 /// Checks a job's HTML report against its recommendation (the JSON the
-/// API serves): the five charts are there, charts with evidence to show
+/// API serves): the six charts are there, charts with evidence to show
 /// are not empty, no SVG holds NaN, and the trials table has every trial.
 pub fn check_report(name: &str, html: &str, rec: &serde_json::Value) {
     assert!(
@@ -285,8 +285,8 @@ pub fn check_report(name: &str, html: &str, rec: &serde_json::Value) {
         .collect();
     assert_eq!(
         svgs.len(),
-        5,
-        "{name}: expected 5 charts, found {}",
+        6,
+        "{name}: expected 6 charts, found {}",
         svgs.len()
     );
     let chart = |id: &str| -> &str {
@@ -310,6 +310,12 @@ pub fn check_report(name: &str, html: &str, rec: &serde_json::Value) {
     }
     if non_empty("lr_confirmations") {
         assert!(has_data("training"), "{name}: empty training-curve chart");
+    }
+    if rec["race"]["entries"].as_array().is_some_and(|e| {
+        e.iter()
+            .any(|e| e["runs"].as_array().is_some_and(|r| !r.is_empty()))
+    }) {
+        assert!(has_data("race"), "{name}: a race but an empty race chart");
     }
     // The budget line and the chosen points.
     assert!(chart("memory").contains("budget"), "{name}: no budget line");

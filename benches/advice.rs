@@ -3,9 +3,13 @@
 //!
 //! For each job (built from this repository's own data), a grid of batch
 //! sizes (geometric, from `search.min_batch` to the largest that fits,
-//! capped at the training set) x learning rates (half-decade steps) is
-//! trained with 3 seeds per cell, each cell with the schedule batchd
-//! recommends (linear warm-up over 5% of the steps, cosine decay to 10%):
+//! capped at the training set) x learning rates (half-decade steps from
+//! 1e-6 to 10) is trained with 3 seeds per cell, each cell with the schedule
+//! batchd recommends (linear warm-up over 5% of the steps, cosine decay to
+//! 10%). Each batch's row starts at the three LRs around the previous row's
+//! best and extends half a decade at a time while its best sits at an edge,
+//! so no row's best is an unexplored edge and cells a decade past a row's
+//! optimum are not paid for. The budget per cell:
 //! - for `balanced` and `throughput`, every cell gets the same wall-clock
 //!   training time (steps = time x measured samples/s / batch);
 //! - for `generalization`, the same number of epochs.
@@ -46,12 +50,20 @@ struct Job {
     example: &'static str,
     /// Overrides merged into the example spec (TOML).
     overrides: &'static str,
-    learning_rates: &'static [f64],
+    /// Where the first row of the grid starts.
+    first_lr: f64,
     batches: usize,
 }
 
-const ADAM_LRS: &[f64] = &[1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2];
-const SGD_LRS: &[f64] = &[1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1, 3.16e-1];
+const ADAM_START: f64 = 1e-3;
+const SGD_START: f64 = 3.16e-2;
+/// Most cells in one row of the grid.
+const MAX_ROW_CELLS: usize = 8;
+
+/// The LR ladder: half-decade steps from 1e-6 to 10.
+fn lr_ladder() -> Vec<f64> {
+    (-12..=2).map(|k| 10f64.powf(f64::from(k) / 2.0)).collect()
+}
 
 fn jobs() -> Vec<Job> {
     vec![
@@ -59,28 +71,28 @@ fn jobs() -> Vec<Job> {
             label: "mlp-synthetic (AdamW)",
             example: "mlp-synthetic.toml",
             overrides: "[training]\nepochs = 2\n",
-            learning_rates: ADAM_LRS,
+            first_lr: ADAM_START,
             batches: 6,
         },
         Job {
             label: "mlp-digits-csv (SGD)",
             example: "mlp-digits-csv.toml",
             overrides: "[training]\nepochs = 20\n[search]\nmin_batch = 4\n",
-            learning_rates: SGD_LRS,
+            first_lr: SGD_START,
             batches: 6,
         },
         Job {
             label: "cnn-digits (AdamW)",
             example: "cnn-digits-idx.toml",
             overrides: "[training]\nepochs = 2\n[search]\nmin_batch = 4\n",
-            learning_rates: ADAM_LRS,
+            first_lr: ADAM_START,
             batches: 5,
         },
         Job {
             label: "transformer-text (AdamW)",
             example: "transformer-text.toml",
             overrides: "precision = \"f32\"\n[training]\nepochs = 0.1\nworld_size = 1\n[search]\nmin_batch = 2\n",
-            learning_rates: ADAM_LRS,
+            first_lr: ADAM_START,
             batches: 5,
         },
     ]
@@ -170,7 +182,14 @@ fn steps_for(budget: Budget, batch: u64, speed: f64, train_samples: u64) -> u32 
     steps.floor().min(1e6) as u32
 }
 
-fn spec_for(job: &Job, policy: &str, time_budget: Option<f64>) -> JobSpec {
+/// The job's spec under `policy`; `time_budget` is the search's, and
+/// `training_seconds` the real run's wall-clock budget when it has one.
+fn spec_for(
+    job: &Job,
+    policy: &str,
+    time_budget: Option<f64>,
+    training_seconds: Option<f64>,
+) -> JobSpec {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jobs");
     let text = std::fs::read_to_string(dir.join(job.example)).expect("example spec");
     let mut document: toml::Value = toml::from_str(&text).expect("example parses");
@@ -188,6 +207,15 @@ fn spec_for(job: &Job, policy: &str, time_budget: Option<f64>) -> JobSpec {
         search.insert(
             "time_budget".into(),
             toml::Value::String(format!("{}s", seconds.round() as u64)),
+        );
+    }
+    if let Some(seconds) = training_seconds {
+        let training = table
+            .entry("training")
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        training.as_table_mut().expect("training table").insert(
+            "time_budget".into(),
+            toml::Value::String(format!("{seconds}s")),
         );
     }
     let origin = SpecOrigin {
@@ -257,11 +285,23 @@ fn grid(
     bench: &Bench,
     spec: &JobSpec,
     batches: &[(u64, f64)],
-    lrs: &[f64],
+    first_lr: f64,
     budget: Budget,
     train_samples: u64,
 ) -> Grid {
     let started = Instant::now();
+    let ladder = lr_ladder();
+    let nearest = |lr: f64| {
+        (0..ladder.len())
+            .min_by(|&a, &b| {
+                (ladder[a] / lr)
+                    .ln()
+                    .abs()
+                    .total_cmp(&(ladder[b] / lr).ln().abs())
+            })
+            .unwrap_or(0)
+    };
+    let mut start = nearest(first_lr);
     let mut cells = Vec::new();
     let mut left_out = Vec::new();
     for &(batch, speed) in batches {
@@ -270,7 +310,9 @@ fn grid(
             left_out.push(batch);
             continue;
         }
-        for &lr in lrs {
+        let mut row: std::collections::BTreeMap<usize, Cell> = Default::default();
+        let evaluate = |i: usize, row: &mut std::collections::BTreeMap<usize, Cell>| {
+            let lr = ladder[i];
             let losses: Vec<Option<f64>> = SEEDS
                 .iter()
                 .map(|&seed| bench.train(spec, batch, lr, steps, seed))
@@ -280,13 +322,45 @@ fn grid(
                 "    cell batch {batch:>6} lr {lr:.2e} steps {steps:>6}: {}",
                 mean.map_or("failed".into(), |m| format!("{m:.4} +- {spread:.4}"))
             );
-            cells.push(Cell {
-                batch,
-                lr,
-                mean,
-                spread,
-            });
+            row.insert(
+                i,
+                Cell {
+                    batch,
+                    lr,
+                    mean,
+                    spread,
+                },
+            );
+        };
+        for i in start.saturating_sub(1)..=(start + 1).min(ladder.len() - 1) {
+            evaluate(i, &mut row);
         }
+        // Extend while the row's best sits at an edge of what was tried.
+        while row.len() < MAX_ROW_CELLS {
+            let lo = *row.keys().next().unwrap_or(&0);
+            let hi = *row.keys().next_back().unwrap_or(&0);
+            let best = row
+                .iter()
+                .filter_map(|(i, c)| c.mean.map(|m| (*i, m)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(i, _)| i);
+            let next = match best {
+                Some(b) if b == lo && lo > 0 => lo - 1,
+                Some(b) if b == hi && hi + 1 < ladder.len() => hi + 1,
+                // Every LR failed: lower ones diverge less.
+                None if lo > 0 => lo - 1,
+                _ => break,
+            };
+            evaluate(next, &mut row);
+        }
+        if let Some((i, _)) = row
+            .iter()
+            .filter(|(_, c)| c.mean.is_some())
+            .min_by(|a, b| a.1.mean.unwrap().total_cmp(&b.1.mean.unwrap()))
+        {
+            start = *i;
+        }
+        cells.extend(row.into_values());
     }
     Grid {
         cells,
@@ -342,7 +416,7 @@ fn main() {
             continue;
         }
         eprintln!("== {}", job.label);
-        let spec = spec_for(&job, "balanced", None);
+        let spec = spec_for(&job, "balanced", None, None);
         let train_samples = bench.train_samples(&spec);
         let limit = spec.search.memory_limit.map_or(1 << 30, |l| l.bytes());
         let budget_bytes = (limit as f64 * (1.0 - spec.policy.memory_headroom_fraction)) as u64;
@@ -368,7 +442,7 @@ fn main() {
             &bench,
             &spec,
             &batches,
-            job.learning_rates,
+            job.first_lr,
             Budget::Seconds(cell_seconds),
             train_samples,
         );
@@ -377,7 +451,7 @@ fn main() {
             &bench,
             &spec,
             &batches,
-            job.learning_rates,
+            job.first_lr,
             Budget::Epochs(epochs),
             train_samples,
         );
@@ -388,7 +462,10 @@ fn main() {
                 (&wall, Budget::Seconds(cell_seconds))
             };
             let search_budget = (truth.seconds * SEARCH_SHARE).max(5.0);
-            let spec = spec_for(&job, policy, Some(search_budget));
+            // A wall-clock job tells batchd its training budget, as a user
+            // bounded by time would.
+            let training_seconds = matches!(budget, Budget::Seconds(_)).then_some(cell_seconds);
+            let spec = spec_for(&job, policy, Some(search_budget), training_seconds);
             let context = batchd::advise_cli::search_context(
                 TrialDevice::Cpu,
                 spec.search.memory_limit,
@@ -416,7 +493,14 @@ fn main() {
                 mean,
                 spread,
             };
-            let mut note = String::new();
+            let mut note = format!(
+                "grid {} cells x {} seeds in {:.0} s, search {:.0} s",
+                truth.cells.len(),
+                SEEDS.len(),
+                truth.seconds,
+                search_seconds
+            );
+            note.push_str("; ");
             if !truth.left_out.is_empty() {
                 note.push_str(&format!(
                     "grid left out {:?} (< {MIN_STEPS} steps in budget); ",
@@ -452,7 +536,7 @@ fn main() {
         }
     }
     println!(
-        "per-cell budget: {cell_seconds} s of training (balanced, throughput) or the job's epochs (generalization); {} seeds; warm-up {:.0}% then cosine to {:.0}%",
+        "per-cell budget: {cell_seconds} s of training (balanced, throughput) or the job's epochs (generalization); {} seeds; warm-up {:.0}% then cosine to {:.0}%; half-decade LRs, each row extended while its best sits at an edge",
         SEEDS.len(),
         WARMUP_FRACTION * 100.0,
         FINAL_LR_FRACTION * 100.0

@@ -67,7 +67,10 @@ pub struct LrSearch {
     pub max_lr: f64,
     pub sweep_steps: u32,
     pub confirmation_candidates: u32,
-    pub confirmation_steps: u32,
+    /// Accepted from older policy files and ignored: confirmation runs
+    /// now train for the search's planned run length.
+    #[serde(default, skip_serializing)]
+    pub confirmation_steps: Option<u32>,
     pub warmup_fraction: f64,
 }
 
@@ -222,7 +225,7 @@ impl Policy {
         if lr.confirmation_candidates == 0 {
             problems.push("lr_search.confirmation_candidates", "must be > 0, got 0");
         }
-        if lr.confirmation_steps == 0 {
+        if lr.confirmation_steps == Some(0) {
             problems.push("lr_search.confirmation_steps", "must be > 0, got 0");
         }
         problems.in_range("lr_search.warmup_fraction", lr.warmup_fraction, 0.0, 0.5);

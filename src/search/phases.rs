@@ -519,7 +519,31 @@ impl<R: TrialRunner> Session<'_, R> {
             }
             RaceBudget::Epochs { epochs }
         } else {
-            RaceBudget::WallClock { seconds }
+            // No run longer than the real training: the job's own time
+            // budget when it has one, else its epochs at the reference
+            // batch. A race that can afford the real job measures it.
+            let job_seconds = match self.spec.training.time_budget {
+                Some(budget) => budget.as_secs_f64(),
+                None => curve
+                    .speed(range.reference_batch)
+                    .map_or(f64::INFINITY, |speed| {
+                        self.spec.training.epochs * train_samples as f64 / speed
+                    }),
+            };
+            if job_seconds < seconds {
+                rationale.push(format!(
+                    "the real training run takes about {} ({}), less than the search could give each run, so runs train that long",
+                    format_duration(std::time::Duration::from_secs_f64(job_seconds)),
+                    if self.spec.training.time_budget.is_some() {
+                        "the job's training.time_budget".to_string()
+                    } else {
+                        format!("{} epochs at batch {}", self.spec.training.epochs, range.reference_batch)
+                    }
+                ));
+            }
+            RaceBudget::WallClock {
+                seconds: seconds.min(job_seconds),
+            }
         };
         rationale.push(format!(
             "every confirmation, race and check run trains for the same budget, {budget}, with linear warm-up and cosine decay to {:.0}% of the peak LR (about {runs:.0} runs in the {} left)",

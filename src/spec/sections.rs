@@ -646,6 +646,11 @@ pub struct TrainingSpec {
     /// wants; gradient accumulation makes up what does not fit.
     #[serde(default)]
     pub target_batch_size: Option<u64>,
+    /// The wall-clock time the real training run will get, when it is
+    /// bounded by time: race runs under the `balanced` and `throughput`
+    /// objectives then train at most this long.
+    #[serde(default, with = "crate::units::option_duration_text")]
+    pub time_budget: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -655,6 +660,8 @@ struct RawTraining {
     epochs: Option<f64>,
     world_size: Option<i64>,
     target_batch_size: Option<i64>,
+    #[serde(default, with = "crate::units::option_duration_text")]
+    time_budget: Option<Duration>,
 }
 
 pub(super) fn parse_training(
@@ -681,11 +688,18 @@ pub(super) fn parse_training(
     let target_batch_size = raw
         .target_batch_size
         .and_then(|n| problems.at_least("training.target_batch_size", n, 1));
+    if raw
+        .time_budget
+        .is_some_and(|t| t < Duration::from_millis(10))
+    {
+        problems.push("training.time_budget", "must be at least 10ms");
+    }
     (problems.len() == before).then_some(TrainingSpec {
         dataset_size,
         epochs,
         world_size: world_size as u32,
         target_batch_size,
+        time_budget: raw.time_budget,
     })
 }
 

@@ -192,7 +192,10 @@ pub mod option_duration_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Option<Duration>, D::Error> {
-        duration_text::deserialize(deserializer).map(Some)
+        // `null` (what `serialize` writes for `None`) reads back as `None`.
+        #[derive(Deserialize)]
+        struct Present(#[serde(with = "duration_text")] Duration);
+        Ok(Option::<Present>::deserialize(deserializer)?.map(|p| p.0))
     }
 }
 
@@ -230,6 +233,24 @@ mod tests {
         assert_eq!(ByteSize(4 << 30).to_string(), "4GiB");
         assert_eq!(ByteSize(3 << 29).to_string(), "1.5GiB");
         assert_eq!(ByteSize(100).to_string(), "100B");
+    }
+
+    #[test]
+    fn optional_durations_round_trip_through_json_including_none() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Holder {
+            #[serde(default, with = "option_duration_text")]
+            budget: Option<Duration>,
+        }
+        for value in [None, Some(Duration::from_millis(2500))] {
+            let text = serde_json::to_string(&Holder { budget: value }).unwrap();
+            let back: Holder = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.budget, value, "{text}");
+        }
+        let missing: Holder = serde_json::from_str("{}").unwrap();
+        assert_eq!(missing.budget, None);
+        let text: Holder = serde_json::from_str(r#"{"budget": "1m30s"}"#).unwrap();
+        assert_eq!(text.budget, Some(Duration::from_secs(90)));
     }
 
     #[test]

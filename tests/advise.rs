@@ -125,21 +125,55 @@ fn every_example_gets_a_recommendation_on_cpu() {
 
 #[test]
 fn a_memory_bound_mlp_is_tuned_completely() {
-    let (code, rec, stderr) = advise("examples/jobs/mlp-synthetic.toml", &["--lr-for", "1024"]);
+    // 40MiB binds below the 14,746-sample training set: a real max-fit
+    // search, then the whole range below it.
+    let (code, rec, stderr) = advise(
+        "examples/jobs/mlp-synthetic.toml",
+        &["--lr-for", "1024", "--memory-limit", "40MiB"],
+    );
     assert_eq!(code, 0, "{stderr}");
     check_recommendation("mlp-synthetic", &rec);
     assert_eq!(rec["partial"], false, "{}", rec["partial_reason"]);
-    // The 256MiB limit binds well below max_batch: a real max-fit search.
     let max_fit = rec["max_fit_batch_size"].as_u64().unwrap();
-    assert!(max_fit < 262_144, "{max_fit}");
+    assert!(max_fit < 14_746, "{max_fit}");
     assert!(
         rec["max_fit"]["first_failure"].is_array(),
         "a larger batch failed"
     );
-    assert!(rec["gradient_noise_scale"].as_f64().unwrap() > 0.0);
+    // The throughput ladder spans the range from min_batch up.
+    let curve: Vec<u64> = rec["throughput_curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["batch_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(curve.first(), Some(&8), "{curve:?}");
+    assert!(rec["step_time_model"]["fixed_seconds"].is_number());
+    // The race decided, and its winner is the recommendation.
+    let race = &rec["race"];
+    assert_eq!(race["winner"], rec["batch_size"], "{race:#}");
+    let entries = race["entries"].as_array().unwrap();
+    assert!(entries.len() >= 2, "{race:#}");
+    assert!(entries
+        .iter()
+        .all(|e| e["runs"].as_array().unwrap().len() >= 2));
+    // No batch beyond the data cap was raced or recommended.
+    let cap = rec["batch_cap"]["largest_batch"].as_u64().unwrap();
+    assert!(rec["batch_size"].as_u64().unwrap() <= cap);
+    assert!(entries
+        .iter()
+        .all(|e| e["batch_size"].as_u64().unwrap() <= cap));
     assert!(rec["learning_rate"].as_f64().unwrap() > 0.0);
-    assert!(rec["lr_rule"]["measured_alpha"].is_number());
+    assert!(rec["lr_rule"]["alpha"].is_number());
+    assert!(rec["learning_rate_interval"].is_array(), "{rec:#}");
+    assert_eq!(rec["lr_schedule"]["decay"], "cosine");
     assert!(rec["warmup_steps"].as_u64().unwrap() > 0);
+    let noise = &rec["gradient_noise"];
+    if noise.is_object() {
+        // Measured after training, with its uncertainty.
+        assert!(noise["after_steps"].as_u64().unwrap() > 0, "{noise:#}");
+        assert!(noise.get("stderr").is_some());
+    }
 }
 
 #[test]

@@ -179,10 +179,19 @@ impl<R: TrialRunner> Session<'_, R> {
         }
         let mut results: Vec<TrialResult> = Vec::new();
         while let Next::Try(batch) = search.next_step() {
-            if self.phase_left(Phase::MaxFit).is_zero() && search.result().batch_size.is_some() {
+            // A trial's cost grows with its batch: from the largest fit's
+            // speed, a trial that would overrun the phase is not started.
+            let estimate = results
+                .iter()
+                .filter(|r| r.is_ok())
+                .max_by_key(|r| r.batch_size)
+                .and_then(|r| r.samples_per_second)
+                .map_or(0.0, |speed| f64::from(policy.trials.fit_steps) * batch as f64 / speed);
+            let left = self.phase_left(Phase::MaxFit).as_secs_f64();
+            if (left <= 0.0 || estimate > left * 1.5) && search.result().batch_size.is_some() {
                 self.cut_short(
                     Phase::MaxFit,
-                    "the max-fit search stopped at its share of the budget; the largest fitting batch may be larger",
+                    format!("the max-fit search stopped before batch {batch}, whose trial would overrun its share of the budget; the largest fitting batch may be larger"),
                 );
                 break;
             }

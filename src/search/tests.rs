@@ -473,3 +473,60 @@ fn a_spent_time_budget_gives_a_partial_answer() {
         .iter()
         .any(|t| t.batch_size == rec.max_fit_batch_size && t.outcome == Outcome::Ok));
 }
+
+#[test]
+fn race_runs_never_train_longer_than_the_real_job() {
+    let runner = FakeRunner::new();
+    let rec = advise_with(
+        &runner,
+        &spec("balanced", "[training]\ntime_budget = \"2s\"\n"),
+        4 << 30,
+    )
+    .unwrap();
+    let race = rec.race.as_ref().unwrap();
+    assert_eq!(
+        race.budget,
+        crate::search::race::RaceBudget::WallClock { seconds: 2.0 }
+    );
+    for entry in &race.entries {
+        let seconds = f64::from(entry.steps) * runner.step_seconds(entry.batch_size);
+        assert!(seconds <= 2.0 + 1e-9 && seconds > 1.8, "{entry:?}");
+    }
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|l| l.contains("training.time_budget")),
+        "{:?}",
+        rec.rationale
+    );
+}
+
+#[test]
+fn the_generalization_race_gives_every_candidate_the_same_epochs() {
+    let mut runner = FakeRunner::new();
+    runner.train_samples = 20_000;
+    let rec = advise_with(
+        &runner,
+        &spec("generalization", "[training]\nepochs = 1\n"),
+        4 << 30,
+    )
+    .unwrap();
+    let race = rec.race.as_ref().unwrap();
+    let crate::search::race::RaceBudget::Epochs { epochs } = race.budget else {
+        panic!("{:?}", race.budget);
+    };
+    for entry in &race.entries {
+        let seen = f64::from(entry.steps) * entry.batch_size as f64 / 20_000.0;
+        assert!(
+            (seen - epochs).abs() <= entry.batch_size as f64 / 20_000.0 + 1e-9,
+            "{entry:?} vs {epochs}"
+        );
+    }
+    // Equal epochs favour the smaller batch: more updates.
+    assert_eq!(
+        race.winner,
+        race.entries.iter().map(|e| e.batch_size).min(),
+        "{}",
+        race.verdict
+    );
+}

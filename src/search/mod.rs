@@ -82,6 +82,8 @@ struct Session<'a, R: TrialRunner> {
     records: Vec<TrialRecord>,
     /// Phases the budget cut short, each with what was left out.
     cut: Vec<(Phase, String)>,
+    /// Refinements beyond the plan the budget left out (not partial).
+    skipped: Vec<String>,
     on_progress: &'a (dyn Fn(&Progress) + Send + Sync),
     train_samples: Option<u64>,
     /// Seconds a trial costs beyond its steps (process start, data, model
@@ -214,6 +216,7 @@ pub async fn advise<R: TrialRunner>(
         plan: BudgetPlan::new(spec.search.time_budget),
         records: Vec::new(),
         cut: Vec::new(),
+        skipped: Vec::new(),
         on_progress,
         train_samples: None,
         overheads: Vec::new(),

@@ -78,6 +78,8 @@ pub(super) struct RangePhase {
 pub(super) struct RunPlan {
     pub budget: RaceBudget,
     pub train_samples: u64,
+    /// Candidates the race can afford at this run length.
+    pub candidates: usize,
     pub rationale: Vec<String>,
 }
 
@@ -186,7 +188,9 @@ impl<R: TrialRunner> Session<'_, R> {
                 .filter(|r| r.is_ok())
                 .max_by_key(|r| r.batch_size)
                 .and_then(|r| r.samples_per_second)
-                .map_or(0.0, |speed| f64::from(policy.trials.fit_steps) * batch as f64 / speed);
+                .map_or(0.0, |speed| {
+                    f64::from(policy.trials.fit_steps) * batch as f64 / speed
+                });
             let left = self.phase_left(Phase::MaxFit).as_secs_f64();
             if (left <= 0.0 || estimate > left * 1.5) && search.result().batch_size.is_some() {
                 self.cut_short(
@@ -412,7 +416,7 @@ impl<R: TrialRunner> Session<'_, R> {
         }
         if let Some(p) = plateau_batch {
             rationale.push(format!(
-                "throughput stops improving by {:.0}% per doubling past batch {p} ({:.0} samples/s)",
+                "throughput comes within {:.0}% of its best from batch {p} on ({:.0} samples/s)",
                 policy.throughput_gain_threshold * 100.0,
                 expected_speed(&points, p).unwrap_or(0.0)
             ));
@@ -486,16 +490,117 @@ impl<R: TrialRunner> Session<'_, R> {
     pub(super) fn plan_training_runs(&mut self, curve: &CurvePhase, range: &RangePhase) -> RunPlan {
         let policy = &self.spec.policy;
         let race = &policy.race;
-        // Room for two extensions past an edge.
-        let confirmations = f64::from(policy.lr_search.confirmation_candidates) + 2.0;
-        let racing = f64::from(race.candidates * race.seeds + 2 * race.extra_seeds);
-        let checks = 2.0;
-        let runs = confirmations + racing + checks;
+        let initial = f64::from(policy.lr_search.confirmation_candidates);
         let left = self.time_left().as_secs_f64();
         // Training runs also validate and measure the noise scale, and
         // their processes live longer: a margin over the probes' overhead.
         let overhead = self.overhead_seconds() * 1.5 + 0.1;
-        let seconds = (left / runs - overhead).max(0.05);
+        let train_samples = self
+            .train_samples
+            .or(self.spec.training.dataset_size)
+            .unwrap_or(curve.top);
+        let mut rationale = Vec::new();
+        let mut candidates = race.candidates;
+        // The full plan: two extensions past an edge, the race with its
+        // extra seeds, two checks.
+        let mut confirmations = initial + 2.0;
+        let mut racing = f64::from(candidates * race.seeds + 2 * race.extra_seeds);
+        let mut checks = 2.0;
+        let fill = (left / (confirmations + racing + checks) - overhead).max(0.05);
+        let budget = if policy.objective == Objective::Generalization {
+            // Equal epochs: as many of the job's epochs as the smallest
+            // likely candidate (a quarter of the reference batch, where
+            // samples are slowest) can afford in the per-run time.
+            let smallest = (range.reference_batch / 4).max(curve.floor);
+            let per_sample = curve
+                .step_seconds(smallest)
+                .map_or(f64::INFINITY, |t| t / smallest as f64);
+            let job_epochs = self.spec.training.epochs;
+            let full_run = job_epochs * train_samples as f64 * per_sample;
+            let affordable_runs = (left / (full_run + overhead)).floor();
+            let lean = initial + f64::from(2 * race.seeds.min(2)) + 1.0;
+            let epochs = if full_run <= fill {
+                job_epochs
+            } else if affordable_runs >= lean {
+                let spare = affordable_runs - initial - 1.0;
+                candidates = race
+                    .candidates
+                    .min((spare / f64::from(race.seeds)).floor() as u32)
+                    .max(2);
+                confirmations =
+                    initial + (spare - f64::from(candidates * race.seeds)).clamp(0.0, 2.0);
+                racing = f64::from(candidates * race.seeds);
+                checks = (affordable_runs - confirmations - racing).max(1.0);
+                rationale.push(format!(
+                    "runs train the job's {job_epochs} epochs: the budget affords about {affordable_runs:.0} such runs, so {candidates} candidates race"
+                ));
+                job_epochs
+            } else {
+                let epochs = (fill / (per_sample * train_samples as f64)).clamp(0.01, job_epochs);
+                rationale.push(format!(
+                    "confirmation and race runs train {epochs:.2} epochs each ({job_epochs} in the job): all the budget affords at batch {smallest}; longer runs tend to favour lower LRs than these"
+                ));
+                epochs
+            };
+            RaceBudget::Epochs { epochs }
+        } else {
+            // The real run's length: the job's own time budget when it has
+            // one, else its epochs at the reference batch. The best batch
+            // and LR depend on it (longer runs favour larger batches and
+            // lower LRs), so runs train exactly that long whenever the
+            // budget affords a lean plan at that length: the initial
+            // confirmations, two seeds of two candidates, one check.
+            let job_seconds = match self.spec.training.time_budget {
+                Some(budget) => budget.as_secs_f64(),
+                None => curve
+                    .speed(range.reference_batch)
+                    .map_or(f64::INFINITY, |speed| {
+                        self.spec.training.epochs * train_samples as f64 / speed
+                    }),
+            };
+            let source = if self.spec.training.time_budget.is_some() {
+                "the job's training.time_budget".to_string()
+            } else {
+                format!(
+                    "{} epochs at batch {}",
+                    self.spec.training.epochs, range.reference_batch
+                )
+            };
+            let affordable_runs = (left / (job_seconds + overhead)).floor();
+            let lean = initial + f64::from(2 * race.seeds.min(2)) + 1.0;
+            let seconds = if job_seconds <= fill {
+                rationale.push(format!(
+                    "runs train as long as the real training run, about {} ({source})",
+                    format_duration(std::time::Duration::from_secs_f64(job_seconds))
+                ));
+                job_seconds
+            } else if affordable_runs >= lean {
+                // Fewer runs at the real length: fewer candidates if need
+                // be, extensions and extra seeds only as time allows.
+                let spare = affordable_runs - initial - 1.0;
+                candidates = race
+                    .candidates
+                    .min((spare / f64::from(race.seeds)).floor() as u32)
+                    .max(2);
+                confirmations =
+                    initial + (spare - f64::from(candidates * race.seeds)).clamp(0.0, 2.0);
+                racing = f64::from(candidates * race.seeds);
+                checks = (affordable_runs - confirmations - racing).max(1.0);
+                rationale.push(format!(
+                    "runs train as long as the real training run, {} ({source}): the budget affords about {affordable_runs:.0} such runs, so {candidates} candidates race",
+                    format_duration(std::time::Duration::from_secs_f64(job_seconds))
+                ));
+                job_seconds
+            } else {
+                rationale.push(format!(
+                    "runs train {}, shorter than the real training run ({}, {source}): the budget affords too few runs of that length; longer runs tend to favour larger batches and lower LRs than these",
+                    format_duration(std::time::Duration::from_secs_f64(fill)),
+                    format_duration(std::time::Duration::from_secs_f64(job_seconds))
+                ));
+                fill
+            };
+            RaceBudget::WallClock { seconds }
+        };
         let elapsed = self.elapsed().as_secs_f64();
         self.plan.replan(
             elapsed,
@@ -505,63 +610,16 @@ impl<R: TrialRunner> Session<'_, R> {
                 (Phase::LrCheck, checks),
             ],
         );
-        let train_samples = self
-            .train_samples
-            .or(self.spec.training.dataset_size)
-            .unwrap_or(curve.top);
-        let mut rationale = Vec::new();
-        let budget = if policy.objective == Objective::Generalization {
-            // Equal epochs: as many of the job's epochs as the smallest
-            // likely candidate (a quarter of the reference batch, where
-            // samples are slowest) can afford in the per-run time.
-            let smallest = (range.reference_batch / 4).max(curve.floor);
-            let per_sample = curve
-                .step_seconds(smallest)
-                .map_or(f64::INFINITY, |t| t / smallest as f64);
-            let affordable = seconds / (per_sample * train_samples as f64);
-            let epochs = self.spec.training.epochs.min(affordable).max(0.01);
-            if epochs < self.spec.training.epochs {
-                rationale.push(format!(
-                    "confirmation and race runs train {epochs:.2} epochs each ({} in the job): all the budget affords at batch {smallest}",
-                    self.spec.training.epochs
-                ));
-            }
-            RaceBudget::Epochs { epochs }
-        } else {
-            // No run longer than the real training: the job's own time
-            // budget when it has one, else its epochs at the reference
-            // batch. A race that can afford the real job measures it.
-            let job_seconds = match self.spec.training.time_budget {
-                Some(budget) => budget.as_secs_f64(),
-                None => curve
-                    .speed(range.reference_batch)
-                    .map_or(f64::INFINITY, |speed| {
-                        self.spec.training.epochs * train_samples as f64 / speed
-                    }),
-            };
-            if job_seconds < seconds {
-                rationale.push(format!(
-                    "the real training run takes about {} ({}), less than the search could give each run, so runs train that long",
-                    format_duration(std::time::Duration::from_secs_f64(job_seconds)),
-                    if self.spec.training.time_budget.is_some() {
-                        "the job's training.time_budget".to_string()
-                    } else {
-                        format!("{} epochs at batch {}", self.spec.training.epochs, range.reference_batch)
-                    }
-                ));
-            }
-            RaceBudget::WallClock {
-                seconds: seconds.min(job_seconds),
-            }
-        };
         rationale.push(format!(
-            "every confirmation, race and check run trains for the same budget, {budget}, with linear warm-up and cosine decay to {:.0}% of the peak LR (about {runs:.0} runs in the {} left)",
+            "every confirmation, race and check run trains for the same budget, {budget}, with linear warm-up and cosine decay to {:.0}% of the peak LR (about {:.0} runs in the {} left)",
             race.final_lr_fraction * 100.0,
+            confirmations + racing + checks,
             format_duration(self.time_left())
         ));
         RunPlan {
             budget,
             train_samples,
+            candidates: candidates as usize,
             rationale,
         }
     }
@@ -637,10 +695,15 @@ impl<R: TrialRunner> Session<'_, R> {
             if self.phase_left(Phase::LrConfirmation).as_secs_f64()
                 < self.seconds_for(curve, batch, steps) * 0.5
             {
-                self.cut_short(
-                    Phase::LrConfirmation,
-                    format!("LR {lr:.2e} at batch {batch} was not confirmed"),
-                );
+                let what = format!("LR {lr:.2e} at batch {batch} was not confirmed");
+                if index > n as usize {
+                    // An extension past an edge: a refinement, not the plan.
+                    self.skipped.push(format!(
+                        "{what} (the best sat at an edge; no time to look further)"
+                    ));
+                } else {
+                    self.cut_short(Phase::LrConfirmation, what);
+                }
                 break;
             }
             let result = self
@@ -752,7 +815,7 @@ impl<R: TrialRunner> Session<'_, R> {
             .noise
             .as_ref()
             .is_some_and(NoiseScale::is_decisive);
-        let count = policy.race.candidates as usize;
+        let count = runs.candidates.max(1);
         let candidates = if policy.objective == Objective::Throughput {
             // The throughput objective leans large: the plateau and below.
             let center = round_batch(preferred / 2, policy.batch_multiple).max(curve.floor);
@@ -819,6 +882,7 @@ impl<R: TrialRunner> Session<'_, R> {
                     curve,
                     &mut entries[i],
                     base_seed + u64::from(round),
+                    true,
                     &mut samples,
                 )
                 .await;
@@ -831,7 +895,7 @@ impl<R: TrialRunner> Session<'_, R> {
             }
             for i in tied {
                 let seed = base_seed + u64::from(policy.race.seeds + extra);
-                self.race_run(curve, &mut entries[i], seed, &mut samples)
+                self.race_run(curve, &mut entries[i], seed, false, &mut samples)
                     .await;
             }
         }
@@ -887,20 +951,30 @@ impl<R: TrialRunner> Session<'_, R> {
         }
     }
 
+    /// One seed of one candidate; `planned` runs that the budget cuts
+    /// make the search partial, extra seeds for ties do not.
     async fn race_run(
         &mut self,
         curve: &CurvePhase,
         entry: &mut RaceEntry,
         seed: u64,
+        planned: bool,
         samples: &mut Vec<GradNoiseSample>,
     ) {
         if self.phase_left(Phase::Race).as_secs_f64()
             < self.seconds_for(curve, entry.batch_size, entry.steps) * 0.5
         {
-            self.cut_short(
-                Phase::Race,
-                format!("batch {} ran fewer seeds than planned", entry.batch_size),
-            );
+            if planned {
+                self.cut_short(
+                    Phase::Race,
+                    format!("batch {} ran fewer seeds than planned", entry.batch_size),
+                );
+            } else {
+                self.skipped.push(format!(
+                    "batch {} got no extra seed to break its tie (no time)",
+                    entry.batch_size
+                ));
+            }
             return;
         }
         let result = self
@@ -971,10 +1045,11 @@ impl<R: TrialRunner> Session<'_, R> {
             if self.phase_left(Phase::LrCheck).as_secs_f64()
                 < self.seconds_for(curve, batch, steps) * 0.5
             {
-                self.cut_short(
-                    Phase::LrCheck,
-                    format!("LR {candidate:.2e} at batch {batch} was not checked"),
-                );
+                // The check refines an LR the race already used: skipping
+                // it leaves a tested answer, so it is noted, not partial.
+                self.skipped.push(format!(
+                    "LR {candidate:.2e} at batch {batch} was not checked (no time)"
+                ));
                 break;
             }
             let result = self
@@ -1233,6 +1308,9 @@ impl<R: TrialRunner> Session<'_, R> {
             .as_ref()
             .map(|n| goodput_curve(&curve.points, n.value, world))
             .unwrap_or_default();
+        for what in &self.skipped {
+            rationale.push(format!("left out: {what}"));
+        }
         for (phase, what) in &self.cut {
             rationale.push(format!("{} phase cut short: {what}", phase.as_str()));
         }

@@ -231,7 +231,7 @@ pub fn preferred_batch(
                 format!("goodput objective without a usable noise scale: the throughput plateau ({b}) is the model's choice")
             } else {
                 format!(
-                    "throughput objective: {b} is the largest batch whose doubling still gained at least {:.0}% samples per second",
+                    "throughput objective: from {b} on, throughput is within {:.0}% of its best: the plateau",
                     policy.throughput_gain_threshold * 100.0
                 )
             };

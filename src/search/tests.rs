@@ -530,3 +530,27 @@ fn the_generalization_race_gives_every_candidate_the_same_epochs() {
         race.verdict
     );
 }
+
+#[test]
+fn a_tight_budget_races_fewer_candidates_at_the_real_length() {
+    let runner = FakeRunner::new();
+    let mut spec = spec("balanced", "[training]\ntime_budget = \"3s\"\n");
+    // 30 s of search affords about nine 3 s runs: the lean plan.
+    spec.search.time_budget = std::time::Duration::from_secs(30);
+    let rec = advise_with(&runner, &spec, 4 << 30).unwrap();
+    let race = rec.race.as_ref().unwrap();
+    assert_eq!(
+        race.budget,
+        crate::search::race::RaceBudget::WallClock { seconds: 3.0 },
+        "{:?}",
+        rec.rationale
+    );
+    assert_eq!(race.entries.len(), 2, "{:?}", race.entries);
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|l| l.contains("2 candidates race")),
+        "{:?}",
+        rec.rationale
+    );
+}

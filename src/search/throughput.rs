@@ -34,25 +34,24 @@ pub fn ladder(top: u64, bottom: u64, multiple: u64, points: usize) -> Vec<u64> {
     sizes
 }
 
-/// The largest batch that still pays: walking up the curve, the last size
-/// whose step up from the previous gained at least `gain` (a share of
-/// samples per second, scaled to a doubling).
+/// The batch where more stops paying: the smallest measured batch within
+/// one doubling's worth of gain (`gain`, a share of samples per second) of
+/// the best speed on the curve. Judged against the best rather than pair by
+/// pair, so one noisy dip at small batches does not end the climb.
 pub fn plateau(curve: &[CurvePoint], gain: f64) -> Option<u64> {
-    let mut sorted = curve.to_vec();
-    sorted.sort_by_key(|p| p.batch_size);
-    let mut best = sorted.first()?.batch_size;
-    for pair in sorted.windows(2) {
-        let ratio = pair[1].batch_size as f64 / pair[0].batch_size as f64;
-        let speedup = pair[1].samples_per_second / pair[0].samples_per_second;
-        // Per doubling, so uneven steps compare fairly.
-        let per_doubling = speedup.powf(1.0 / ratio.log2().max(1e-9));
-        if per_doubling - 1.0 >= gain {
-            best = pair[1].batch_size;
-        } else {
-            break;
-        }
+    let best = curve
+        .iter()
+        .map(|p| p.samples_per_second)
+        .filter(|s| s.is_finite())
+        .fold(f64::NAN, f64::max);
+    if !best.is_finite() {
+        return None;
     }
-    Some(best)
+    curve
+        .iter()
+        .filter(|p| p.samples_per_second >= best / (1.0 + gain))
+        .map(|p| p.batch_size)
+        .min()
 }
 
 /// Samples per second at any batch, interpolated in log-log space between
@@ -103,10 +102,14 @@ mod tests {
             .iter()
             .map(|&b| point(b, b as f64 / (0.01 + 0.0001 * b as f64)))
             .collect();
-        // Gains per doubling: 1.53, 1.39, 1.24, 1.13, 1.07 -> 10% threshold stops at 512.
+        // Speeds 2424 .. 9110: within 10% of the best from 512 on.
         assert_eq!(plateau(&curve, 0.10), Some(512));
-        assert_eq!(plateau(&curve, 0.50), Some(64));
+        assert_eq!(plateau(&curve, 0.50), Some(256));
         assert_eq!(plateau(&curve, 0.0), Some(1024));
+        // A dip at a small batch does not end the climb.
+        let mut dipped = curve.clone();
+        dipped[1].samples_per_second = 1000.0;
+        assert_eq!(plateau(&dipped, 0.10), Some(512));
     }
 
     #[test]

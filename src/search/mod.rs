@@ -53,6 +53,19 @@ pub enum SearchError {
     },
 }
 
+/// Wall time of a training run over its timed steps, before any run has
+/// measured it: untimed data sampling, validation and noise measurement.
+const DEFAULT_RUN_RATIO: f64 = 1.25;
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return None;
+    }
+    sorted.sort_by(f64::total_cmp);
+    Some(sorted[sorted.len() / 2])
+}
+
 /// A small LR that will not diverge, for trials that only measure memory
 /// and speed.
 fn probe_lr(spec: &JobSpec) -> f64 {
@@ -89,6 +102,9 @@ struct Session<'a, R: TrialRunner> {
     /// Seconds a trial costs beyond its steps (process start, data, model
     /// build, validation), measured on the trials so far.
     overheads: Vec<f64>,
+    /// Wall time of each training run over its timed stepping: what
+    /// validation, noise measurement, data sampling and start-up add.
+    run_ratios: Vec<f64>,
 }
 
 impl<R: TrialRunner> Session<'_, R> {
@@ -114,12 +130,27 @@ impl<R: TrialRunner> Session<'_, R> {
 
     /// The median per-trial overhead seen so far (1 s before any trial).
     fn overhead_seconds(&self) -> f64 {
-        if self.overheads.is_empty() {
-            return 1.0;
+        median(&self.overheads).unwrap_or(1.0)
+    }
+
+    /// Wall seconds of a training run whose timed steps take `stepping`:
+    /// from the runs so far, else a margin over the probes' overhead.
+    fn run_seconds(&self, stepping: f64) -> f64 {
+        let fixed = self.overhead_seconds() * 1.5 + 0.1;
+        match median(&self.run_ratios) {
+            Some(ratio) => (stepping * ratio).max(fixed),
+            None => stepping * DEFAULT_RUN_RATIO + fixed,
         }
-        let mut sorted = self.overheads.clone();
-        sorted.sort_by(f64::total_cmp);
-        sorted[sorted.len() / 2]
+    }
+
+    /// The timed stepping a run may have to take `seconds` of wall time.
+    fn stepping_within(&self, seconds: f64) -> f64 {
+        let fixed = self.overhead_seconds() * 1.5 + 0.1;
+        let stepping = match median(&self.run_ratios) {
+            Some(ratio) => seconds / ratio,
+            None => (seconds - fixed) / DEFAULT_RUN_RATIO,
+        };
+        stepping.max(0.05)
     }
 
     fn request(&self, batch: u64, steps: u32, schedule: LrSchedule) -> TrialRequest {
@@ -160,6 +191,7 @@ impl<R: TrialRunner> Session<'_, R> {
         };
         let batch = request.batch_size;
         let steps = request.steps;
+        let validated = request.record.validation_loss;
         let result = self.runner.run(request).await;
         if self.train_samples.is_none() {
             self.train_samples = result.train_samples;
@@ -168,6 +200,9 @@ impl<R: TrialRunner> Session<'_, R> {
             let stepping = f64::from(result.steps_completed) * batch as f64 / speed;
             self.overheads
                 .push((result.wall_seconds - stepping).max(0.0));
+            if validated && stepping > 0.0 {
+                self.run_ratios.push(result.wall_seconds / stepping);
+            }
         }
         if result.outcome == Outcome::Timeout && self.time_left().is_zero() {
             self.cut_short(phase, "the time budget ran out during a trial");
@@ -220,6 +255,7 @@ pub async fn advise<R: TrialRunner>(
         on_progress,
         train_samples: None,
         overheads: Vec::new(),
+        run_ratios: Vec::new(),
     };
     let fit = session.max_fit().await?;
     let cap = session.batch_cap(&fit);

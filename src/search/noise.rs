@@ -72,7 +72,8 @@ pub fn pooled_noise_scale(
     groups: usize,
     after_steps: u32,
 ) -> Option<NoiseScale> {
-    let mut estimates: Vec<(f64, f64)> = Vec::new();
+    // (|G|^2, tr(Sigma), weight of the |G|^2 estimate) per group.
+    let mut estimates: Vec<(f64, f64, f64)> = Vec::new();
     let mut pairs: Vec<(u64, u64)> = Vec::new();
     let mut measurements = 0;
     for sample in samples {
@@ -102,8 +103,13 @@ pub fn pooled_noise_scale(
             } else {
                 (g + 1) * size
             };
-            if let Some(e) = estimate(&big[g * size..end], &small[g * size..end], b_big, b_small) {
-                estimates.push(e);
+            if let Some((g2, trace)) =
+                estimate(&big[g * size..end], &small[g * size..end], b_big, b_small)
+            {
+                // |G_B|^2 scatters by about tr(Sigma)/B: a pair with a large
+                // big batch pins |G|^2 down far better than one of 8 and 4,
+                // so |G|^2 is averaged with inverse-variance weights B^2.
+                estimates.push((g2, trace, b_big * b_big));
             }
         }
     }
@@ -111,25 +117,27 @@ pub fn pooled_noise_scale(
     if n == 0 {
         return None;
     }
-    let g2 = estimates.iter().map(|e| e.0).sum::<f64>() / n as f64;
-    let trace = estimates.iter().map(|e| e.1).sum::<f64>() / n as f64;
-    if g2 <= 0.0 || trace <= 0.0 {
-        return None;
-    }
+    let ratio = |skip: Option<usize>| -> Option<(f64, f64)> {
+        let kept = || {
+            estimates
+                .iter()
+                .enumerate()
+                .filter(move |(i, _)| Some(*i) != skip)
+                .map(|(_, e)| e)
+        };
+        let weight: f64 = kept().map(|e| e.2).sum();
+        let count = kept().count() as f64;
+        let g2 = kept().map(|e| e.0 * e.2).sum::<f64>() / weight;
+        let trace = kept().map(|e| e.1).sum::<f64>() / count;
+        (g2 > 0.0 && trace > 0.0).then_some((g2, trace))
+    };
+    let (g2, trace) = ratio(None)?;
     let value = trace / g2;
     let stderr = if n >= 2 {
+        // Jackknife over groups; a leave-one-out estimate that loses the
+        // signal (|G|^2 <= 0) makes the error unbounded, honestly.
         let leave_one_out: Vec<f64> = (0..n)
-            .map(|i| {
-                let g = (g2 * n as f64 - estimates[i].0) / (n - 1) as f64;
-                let t = (trace * n as f64 - estimates[i].1) / (n - 1) as f64;
-                // A leave-one-out mean at or below zero: the signal is lost
-                // in noise, which an infinite error says honestly.
-                if g > 0.0 {
-                    t / g
-                } else {
-                    f64::INFINITY
-                }
-            })
+            .map(|i| ratio(Some(i)).map_or(f64::INFINITY, |(g, t)| t / g))
             .collect();
         if leave_one_out.iter().any(|v| !v.is_finite()) {
             f64::INFINITY
@@ -144,7 +152,8 @@ pub fn pooled_noise_scale(
     } else {
         f64::NAN
     };
-    let (big_batch, small_batch) = pairs[0];
+    // The pair named is the one that weighs most: the largest batch.
+    let (big_batch, small_batch) = pairs.iter().copied().max().unwrap_or(pairs[0]);
     Some(NoiseScale {
         value,
         stderr,
@@ -301,6 +310,7 @@ mod tests {
         let pooled = pooled_noise_scale(&samples, 5, 300).unwrap();
         assert!((pooled.value / 500.0 - 1.0).abs() < 0.2, "{pooled:?}");
         assert_eq!(pooled.pairs, [(512, 64), (128, 16)]);
+        assert_eq!((pooled.big_batch, pooled.small_batch), (512, 64));
         assert_eq!(pooled.groups, 10);
         assert_eq!(pooled.after_steps, 300);
         assert!(pooled.stderr > 0.0 && pooled.is_decisive(), "{pooled:?}");

@@ -492,9 +492,6 @@ impl<R: TrialRunner> Session<'_, R> {
         let race = &policy.race;
         let initial = f64::from(policy.lr_search.confirmation_candidates);
         let left = self.time_left().as_secs_f64();
-        // Training runs also validate and measure the noise scale, and
-        // their processes live longer: a margin over the probes' overhead.
-        let overhead = self.overhead_seconds() * 1.5 + 0.1;
         let train_samples = self
             .train_samples
             .or(self.spec.training.dataset_size)
@@ -506,7 +503,7 @@ impl<R: TrialRunner> Session<'_, R> {
         let mut confirmations = initial + 2.0;
         let mut racing = f64::from(candidates * race.seeds + 2 * race.extra_seeds);
         let mut checks = 2.0;
-        let fill = (left / (confirmations + racing + checks) - overhead).max(0.05);
+        let fill = self.stepping_within(left / (confirmations + racing + checks));
         let budget = if policy.objective == Objective::Generalization {
             // Equal epochs: as many of the job's epochs as the smallest
             // likely candidate (a quarter of the reference batch, where
@@ -517,7 +514,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 .map_or(f64::INFINITY, |t| t / smallest as f64);
             let job_epochs = self.spec.training.epochs;
             let full_run = job_epochs * train_samples as f64 * per_sample;
-            let affordable_runs = (left / (full_run + overhead)).floor();
+            let affordable_runs = (left / self.run_seconds(full_run)).floor();
             let lean = initial + f64::from(2 * race.seeds.min(2)) + 1.0;
             let epochs = if full_run <= fill {
                 job_epochs
@@ -566,7 +563,7 @@ impl<R: TrialRunner> Session<'_, R> {
                     self.spec.training.epochs, range.reference_batch
                 )
             };
-            let affordable_runs = (left / (job_seconds + overhead)).floor();
+            let affordable_runs = (left / self.run_seconds(job_seconds)).floor();
             let lean = initial + f64::from(2 * race.seeds.min(2)) + 1.0;
             let seconds = if job_seconds <= fill {
                 rationale.push(format!(
@@ -661,11 +658,21 @@ impl<R: TrialRunner> Session<'_, R> {
         self.trial(phase, request).await
     }
 
+    /// Wall seconds a training run of `steps` at `batch` should take.
     fn seconds_for(&self, curve: &CurvePhase, batch: u64, steps: u32) -> f64 {
-        curve
-            .step_seconds(batch)
-            .map_or(0.0, |t| t * f64::from(steps))
-            + self.overhead_seconds()
+        self.run_seconds(
+            curve
+                .step_seconds(batch)
+                .map_or(0.0, |t| t * f64::from(steps)),
+        )
+    }
+
+    /// Whether a run estimated at `seconds` may start in `phase`: half of
+    /// it may borrow from the next phase, none from beyond the budget (a
+    /// run killed at the budget's end measures nothing).
+    fn run_fits(&self, phase: Phase, seconds: f64) -> bool {
+        self.phase_left(phase).as_secs_f64() >= seconds * 0.5
+            && self.time_left().as_secs_f64() >= seconds
     }
 
     /// Phase 4: the best LR at the reference batch from runs of the planned
@@ -692,9 +699,7 @@ impl<R: TrialRunner> Session<'_, R> {
         while index < lrs.len() {
             let lr = lrs[index];
             index += 1;
-            if self.phase_left(Phase::LrConfirmation).as_secs_f64()
-                < self.seconds_for(curve, batch, steps) * 0.5
-            {
+            if !self.run_fits(Phase::LrConfirmation, self.seconds_for(curve, batch, steps)) {
                 let what = format!("LR {lr:.2e} at batch {batch} was not confirmed");
                 if index > n as usize {
                     // An extension past an edge: a refinement, not the plan.
@@ -961,9 +966,10 @@ impl<R: TrialRunner> Session<'_, R> {
         planned: bool,
         samples: &mut Vec<GradNoiseSample>,
     ) {
-        if self.phase_left(Phase::Race).as_secs_f64()
-            < self.seconds_for(curve, entry.batch_size, entry.steps) * 0.5
-        {
+        if !self.run_fits(
+            Phase::Race,
+            self.seconds_for(curve, entry.batch_size, entry.steps),
+        ) {
             if planned {
                 self.cut_short(
                     Phase::Race,
@@ -1042,9 +1048,7 @@ impl<R: TrialRunner> Session<'_, R> {
         while index < lrs.len() {
             let candidate = lrs[index];
             index += 1;
-            if self.phase_left(Phase::LrCheck).as_secs_f64()
-                < self.seconds_for(curve, batch, steps) * 0.5
-            {
+            if !self.run_fits(Phase::LrCheck, self.seconds_for(curve, batch, steps)) {
                 // The check refines an LR the race already used: skipping
                 // it leaves a tested answer, so it is noted, not partial.
                 self.skipped.push(format!(

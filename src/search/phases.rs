@@ -340,7 +340,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 r.batch_size == batch
                     && r.is_ok()
                     && r.samples_per_second.is_some()
-                    && r.steps_completed >= 1 + MIN_TIMED_STEPS
+                    && r.steps_completed > MIN_TIMED_STEPS
             })
         };
         let mut ladder = full_range_ladder(floor, top, policy.batch_multiple, LADDER_POINTS);
@@ -882,10 +882,10 @@ impl<R: TrialRunner> Session<'_, R> {
         let base_seed = self.spec.search.seed;
         // Seed-major, so a budget cut still leaves every candidate a run.
         for round in 0..policy.race.seeds {
-            for i in 0..entries.len() {
+            for entry in entries.iter_mut() {
                 self.race_run(
                     curve,
-                    &mut entries[i],
+                    entry,
                     base_seed + u64::from(round),
                     true,
                     &mut samples,
@@ -1099,9 +1099,8 @@ impl<R: TrialRunner> Session<'_, R> {
             validation_loss: center_loss,
             interpolated: false,
         };
-        let chosen = if best.best_tested_lr == lr {
-            best.clone()
-        } else if best.validation_loss < center_loss - threshold {
+        let chosen = if best.best_tested_lr == lr || best.validation_loss < center_loss - threshold
+        {
             best.clone()
         } else {
             raced

@@ -369,6 +369,23 @@ fn grid(
     }
 }
 
+fn print_row(row: &Row) {
+    let gap = match (row.best.and_then(|b| b.mean), row.pick.mean) {
+        (Some(best), Some(pick)) => format!("{:.1}", (pick - best) / best * 100.0),
+        _ => "-".into(),
+    };
+    println!(
+        "{:<26}{:<15} {:<33} {:<33} {:>7} {:>8.1}{}",
+        row.job,
+        row.policy,
+        row.best.as_ref().map_or("-".into(), fmt_cell),
+        fmt_cell(&row.pick),
+        gap,
+        row.search_seconds / row.grid_seconds * 100.0,
+        if row.partial { "  PARTIAL" } else { "" }
+    );
+}
+
 struct Row {
     job: String,
     policy: String,
@@ -408,6 +425,21 @@ fn main() {
         .ok()
         .map(|s| s.split(',').map(str::to_string).collect());
     let mut rows: Vec<Row> = Vec::new();
+    println!(
+        "per-cell budget: {cell_seconds} s of training (balanced, throughput) or the job's epochs (generalization); {} seeds; warm-up {:.0}% then cosine to {:.0}%; half-decade LRs, each row extended while its best sits at an edge",
+        SEEDS.len(),
+        WARMUP_FRACTION * 100.0,
+        FINAL_LR_FRACTION * 100.0
+    );
+    println!(
+        "{:<26}{:<15} {:<33} {:<33} {:>7} {:>8}",
+        "job",
+        "policy",
+        "best cell (batch lr loss±sd)",
+        "batchd (batch lr loss±sd)",
+        "gap %",
+        "search %"
+    );
     for job in jobs() {
         if only
             .as_ref()
@@ -523,7 +555,7 @@ fn main() {
             if std::env::var_os("BATCHD_BENCH_VERBOSE").is_some() {
                 eprintln!("{}", batchd::advise_cli::render(&spec, &rec, None));
             }
-            rows.push(Row {
+            let row = Row {
                 job: job.label.to_string(),
                 policy: policy.to_string(),
                 best: truth.best(),
@@ -532,39 +564,10 @@ fn main() {
                 grid_seconds: truth.seconds,
                 partial: rec.partial,
                 note,
-            });
+            };
+            print_row(&row);
+            rows.push(row);
         }
-    }
-    println!(
-        "per-cell budget: {cell_seconds} s of training (balanced, throughput) or the job's epochs (generalization); {} seeds; warm-up {:.0}% then cosine to {:.0}%; half-decade LRs, each row extended while its best sits at an edge",
-        SEEDS.len(),
-        WARMUP_FRACTION * 100.0,
-        FINAL_LR_FRACTION * 100.0
-    );
-    println!(
-        "{:<26}{:<15} {:<33} {:<33} {:>7} {:>8}",
-        "job",
-        "policy",
-        "best cell (batch lr loss±sd)",
-        "batchd (batch lr loss±sd)",
-        "gap %",
-        "search %"
-    );
-    for row in &rows {
-        let gap = match (row.best.and_then(|b| b.mean), row.pick.mean) {
-            (Some(best), Some(pick)) => format!("{:.1}", (pick - best) / best * 100.0),
-            _ => "-".into(),
-        };
-        println!(
-            "{:<26}{:<15} {:<33} {:<33} {:>7} {:>8.1}{}",
-            row.job,
-            row.policy,
-            row.best.as_ref().map_or("-".into(), fmt_cell),
-            fmt_cell(&row.pick),
-            gap,
-            row.search_seconds / row.grid_seconds * 100.0,
-            if row.partial { "  PARTIAL" } else { "" }
-        );
     }
     println!();
     for row in &rows {

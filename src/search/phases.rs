@@ -515,19 +515,21 @@ impl<R: TrialRunner> Session<'_, R> {
             let job_epochs = self.spec.training.epochs;
             let full_run = job_epochs * train_samples as f64 * per_sample;
             let affordable_runs = (left / self.run_seconds(full_run)).floor();
-            let lean = initial + f64::from(2 * race.seeds.min(2)) + 1.0;
+            // The leanest plan worth running at the real length: the initial
+            // confirmations and two seeds of two candidates.
+            let lean = initial + f64::from(2 * race.seeds.min(2));
             let epochs = if full_run <= fill {
                 job_epochs
             } else if affordable_runs >= lean {
-                let spare = affordable_runs - initial - 1.0;
+                let spare = affordable_runs - initial;
                 candidates = race
                     .candidates
                     .min((spare / f64::from(race.seeds)).floor() as u32)
                     .max(2);
                 confirmations =
-                    initial + (spare - f64::from(candidates * race.seeds)).clamp(0.0, 2.0);
+                    initial + (spare - f64::from(candidates * race.seeds) - 1.0).clamp(0.0, 2.0);
                 racing = f64::from(candidates * race.seeds);
-                checks = (affordable_runs - confirmations - racing).max(1.0);
+                checks = (affordable_runs - confirmations - racing).max(0.5);
                 rationale.push(format!(
                     "runs train the job's {job_epochs} epochs: the budget affords about {affordable_runs:.0} such runs, so {candidates} candidates race"
                 ));
@@ -564,7 +566,9 @@ impl<R: TrialRunner> Session<'_, R> {
                 )
             };
             let affordable_runs = (left / self.run_seconds(job_seconds)).floor();
-            let lean = initial + f64::from(2 * race.seeds.min(2)) + 1.0;
+            // The leanest plan worth running at the real length: the initial
+            // confirmations and two seeds of two candidates.
+            let lean = initial + f64::from(2 * race.seeds.min(2));
             let seconds = if job_seconds <= fill {
                 rationale.push(format!(
                     "runs train as long as the real training run, about {} ({source})",
@@ -574,15 +578,15 @@ impl<R: TrialRunner> Session<'_, R> {
             } else if affordable_runs >= lean {
                 // Fewer runs at the real length: fewer candidates if need
                 // be, extensions and extra seeds only as time allows.
-                let spare = affordable_runs - initial - 1.0;
+                let spare = affordable_runs - initial;
                 candidates = race
                     .candidates
                     .min((spare / f64::from(race.seeds)).floor() as u32)
                     .max(2);
                 confirmations =
-                    initial + (spare - f64::from(candidates * race.seeds)).clamp(0.0, 2.0);
+                    initial + (spare - f64::from(candidates * race.seeds) - 1.0).clamp(0.0, 2.0);
                 racing = f64::from(candidates * race.seeds);
-                checks = (affordable_runs - confirmations - racing).max(1.0);
+                checks = (affordable_runs - confirmations - racing).max(0.5);
                 rationale.push(format!(
                     "runs train as long as the real training run, {} ({source}): the budget affords about {affordable_runs:.0} such runs, so {candidates} candidates race",
                     format_duration(std::time::Duration::from_secs_f64(job_seconds))

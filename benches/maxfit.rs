@@ -106,7 +106,7 @@ fn lightning_power(
             break;
         }
         last_ok = Some(batch);
-        if batch >= LIGHTNING_MAX_VAL {
+        if batch >= max_val {
             break;
         }
         batch = (batch * 2).min(max_val);

@@ -107,7 +107,9 @@ pub struct BestLr {
     pub interpolated: bool,
 }
 
-pub fn best_lr(runs: &[Confirmation]) -> Option<BestLr> {
+/// The finished runs as (LR, validation loss), sorted by LR, with the index
+/// of the lowest loss.
+fn scored_by_lr(runs: &[Confirmation]) -> Option<(Vec<(f64, f64)>, usize)> {
     let mut scored: Vec<(f64, f64)> = runs
         .iter()
         .filter_map(|r| {
@@ -117,31 +119,61 @@ pub fn best_lr(runs: &[Confirmation]) -> Option<BestLr> {
         })
         .collect();
     scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (index, &(lr, loss)) = scored
+    let index = scored
         .iter()
         .enumerate()
-        .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))?;
-    let batch_size = runs.first()?.batch_size;
+        .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))?
+        .0;
+    Some((scored, index))
+}
+
+/// A bowl in log-LR through the run at `index` and its two neighbours:
+/// y = a (x - vertex)^2 + floor, when they make one (a > 0).
+struct Bowl {
+    a: f64,
+    vertex: f64,
+    floor: f64,
+    /// The neighbours' log-LRs: the vertex is trusted only between them.
+    span: (f64, f64),
+}
+
+fn bowl_around(scored: &[(f64, f64)], index: usize) -> Option<Bowl> {
+    if index == 0 || index + 1 >= scored.len() {
+        return None;
+    }
+    let (x0, y0) = (scored[index - 1].0.ln(), scored[index - 1].1);
+    let (x1, y1) = (scored[index].0.ln(), scored[index].1);
+    let (x2, y2) = (scored[index + 1].0.ln(), scored[index + 1].1);
+    let denominator = (x0 - x1) * (x0 - x2) * (x1 - x2);
+    let a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denominator;
+    let b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denominator;
+    if a <= 0.0 {
+        return None;
+    }
+    let vertex = -b / (2.0 * a);
+    let c = y1 - a * x1 * x1 - b * x1;
+    Some(Bowl {
+        a,
+        vertex,
+        floor: a * vertex * vertex + b * vertex + c,
+        span: (x0, x2),
+    })
+}
+
+pub fn best_lr(runs: &[Confirmation]) -> Option<BestLr> {
+    let (scored, index) = scored_by_lr(runs)?;
+    let (lr, loss) = scored[index];
     let mut result = BestLr {
-        batch_size,
+        batch_size: runs.first()?.batch_size,
         learning_rate: lr,
         best_tested_lr: lr,
         validation_loss: loss,
         interpolated: false,
     };
-    if index > 0 && index + 1 < scored.len() {
-        let (x0, y0) = (scored[index - 1].0.ln(), scored[index - 1].1);
-        let (x1, y1) = (lr.ln(), loss);
-        let (x2, y2) = (scored[index + 1].0.ln(), scored[index + 1].1);
-        let denominator = (x0 - x1) * (x0 - x2) * (x1 - x2);
-        let a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denominator;
-        let b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denominator;
-        if a > 0.0 {
-            let vertex = -b / (2.0 * a);
-            if vertex > x0 && vertex < x2 {
-                result.learning_rate = vertex.exp();
-                result.interpolated = true;
-            }
+    if let Some(bowl) = bowl_around(&scored, index) {
+        if bowl.vertex > bowl.span.0 && bowl.vertex < bowl.span.1 {
+            result.learning_rate = bowl.vertex.exp();
+            result.interpolated = true;
         }
     }
     Some(result)
@@ -152,37 +184,16 @@ pub fn best_lr(runs: &[Confirmation]) -> Option<BestLr> {
 /// within it, bounded by the LRs tried; the tried LRs within it when the
 /// points make no bowl.
 pub fn lr_interval(runs: &[Confirmation], tolerance: f64) -> Option<(f64, f64)> {
-    let mut scored: Vec<(f64, f64)> = runs
-        .iter()
-        .filter_map(|r| {
-            r.validation_loss
-                .filter(|l| l.is_finite())
-                .map(|l| (r.learning_rate, l))
-        })
-        .collect();
-    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (index, &(_, best)) = scored
-        .iter()
-        .enumerate()
-        .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))?;
+    let (scored, index) = scored_by_lr(runs)?;
+    let best = scored[index].1;
     let lowest = scored.first()?.0;
     let highest = scored.last()?.0;
-    if index > 0 && index + 1 < scored.len() {
-        let (x0, y0) = (scored[index - 1].0.ln(), scored[index - 1].1);
-        let (x1, y1) = (scored[index].0.ln(), scored[index].1);
-        let (x2, y2) = (scored[index + 1].0.ln(), scored[index + 1].1);
-        let d = (x0 - x1) * (x0 - x2) * (x1 - x2);
-        let a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / d;
-        let b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / d;
-        if a > 0.0 {
-            let vertex = -b / (2.0 * a);
-            let floor = a * vertex * vertex + b * vertex + (y1 - a * x1 * x1 - b * x1);
-            let half = ((best.min(floor) + tolerance - floor).max(0.0) / a).sqrt();
-            return Some((
-                (vertex - half).exp().clamp(lowest, highest),
-                (vertex + half).exp().clamp(lowest, highest),
-            ));
-        }
+    if let Some(bowl) = bowl_around(&scored, index) {
+        let half = ((best.min(bowl.floor) + tolerance - bowl.floor).max(0.0) / bowl.a).sqrt();
+        return Some((
+            (bowl.vertex - half).exp().clamp(lowest, highest),
+            (bowl.vertex + half).exp().clamp(lowest, highest),
+        ));
     }
     let within: Vec<f64> = scored
         .iter()

@@ -123,6 +123,30 @@ pub(super) struct CheckPhase {
     pub rationale: Vec<String>,
 }
 
+/// The run counts (candidates, confirmations, race runs, checks) when only
+/// `affordable` runs of the real length fit: fewer candidates if need be,
+/// extensions and extra seeds only as time allows. `None` below the leanest
+/// plan worth running: the initial confirmations and two seeds of two
+/// candidates.
+fn lean_plan(
+    affordable: f64,
+    initial: f64,
+    race: &crate::policy::RaceSettings,
+) -> Option<(u32, f64, f64, f64)> {
+    if affordable < initial + f64::from(2 * race.seeds.min(2)) {
+        return None;
+    }
+    let spare = affordable - initial;
+    let candidates = race
+        .candidates
+        .min((spare / f64::from(race.seeds)).floor() as u32)
+        .max(2);
+    let racing = f64::from(candidates * race.seeds);
+    let confirmations = initial + (spare - racing - 1.0).clamp(0.0, 2.0);
+    let checks = (affordable - confirmations - racing).max(0.5);
+    Some((candidates, confirmations, racing, checks))
+}
+
 /// Rounds down to the policy's multiple; batches below it stay.
 fn round_batch(batch: u64, multiple: u64) -> u64 {
     let m = multiple.max(1);
@@ -515,21 +539,11 @@ impl<R: TrialRunner> Session<'_, R> {
             let job_epochs = self.spec.training.epochs;
             let full_run = job_epochs * train_samples as f64 * per_sample;
             let affordable_runs = (left / self.run_seconds(full_run)).floor();
-            // The leanest plan worth running at the real length: the initial
-            // confirmations and two seeds of two candidates.
-            let lean = initial + f64::from(2 * race.seeds.min(2));
+            let lean = lean_plan(affordable_runs, initial, race);
             let epochs = if full_run <= fill {
                 job_epochs
-            } else if affordable_runs >= lean {
-                let spare = affordable_runs - initial;
-                candidates = race
-                    .candidates
-                    .min((spare / f64::from(race.seeds)).floor() as u32)
-                    .max(2);
-                confirmations =
-                    initial + (spare - f64::from(candidates * race.seeds) - 1.0).clamp(0.0, 2.0);
-                racing = f64::from(candidates * race.seeds);
-                checks = (affordable_runs - confirmations - racing).max(0.5);
+            } else if let Some(plan) = lean {
+                (candidates, confirmations, racing, checks) = plan;
                 rationale.push(format!(
                     "runs train the job's {job_epochs} epochs: the budget affords about {affordable_runs:.0} such runs, so {candidates} candidates race"
                 ));
@@ -566,27 +580,15 @@ impl<R: TrialRunner> Session<'_, R> {
                 )
             };
             let affordable_runs = (left / self.run_seconds(job_seconds)).floor();
-            // The leanest plan worth running at the real length: the initial
-            // confirmations and two seeds of two candidates.
-            let lean = initial + f64::from(2 * race.seeds.min(2));
+            let lean = lean_plan(affordable_runs, initial, race);
             let seconds = if job_seconds <= fill {
                 rationale.push(format!(
                     "runs train as long as the real training run, about {} ({source})",
                     format_duration(std::time::Duration::from_secs_f64(job_seconds))
                 ));
                 job_seconds
-            } else if affordable_runs >= lean {
-                // Fewer runs at the real length: fewer candidates if need
-                // be, extensions and extra seeds only as time allows.
-                let spare = affordable_runs - initial;
-                candidates = race
-                    .candidates
-                    .min((spare / f64::from(race.seeds)).floor() as u32)
-                    .max(2);
-                confirmations =
-                    initial + (spare - f64::from(candidates * race.seeds) - 1.0).clamp(0.0, 2.0);
-                racing = f64::from(candidates * race.seeds);
-                checks = (affordable_runs - confirmations - racing).max(0.5);
+            } else if let Some(plan) = lean {
+                (candidates, confirmations, racing, checks) = plan;
                 rationale.push(format!(
                     "runs train as long as the real training run, {} ({source}): the budget affords about {affordable_runs:.0} such runs, so {candidates} candidates race",
                     format_duration(std::time::Duration::from_secs_f64(job_seconds))

@@ -732,9 +732,9 @@ impl<R: TrialRunner> Session<'_, R> {
                 losses: result.losses.clone(),
             });
             if index == lrs.len() && extensions < MAX_EXTENSIONS {
+                let min = lrs.iter().copied().fold(f64::MAX, f64::min);
+                let max = lrs.iter().copied().fold(0.0, f64::max);
                 if let Some(best) = best_lr(&confirmations) {
-                    let min = lrs.iter().copied().fold(f64::MAX, f64::min);
-                    let max = lrs.iter().copied().fold(0.0, f64::max);
                     if best.best_tested_lr == min {
                         lrs.push(min / LR_STEP);
                         extensions += 1;
@@ -742,6 +742,11 @@ impl<R: TrialRunner> Session<'_, R> {
                         lrs.push(max * LR_STEP);
                         extensions += 1;
                     }
+                } else if confirmations.iter().all(|c| c.outcome == "diverged") {
+                    // Every LR was too high (a range test misled by a
+                    // noisy loss does that): look below them all.
+                    lrs.push(min / LR_STEP.powi(2));
+                    extensions += 1;
                 }
             }
         }

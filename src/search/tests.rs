@@ -32,6 +32,12 @@ pub(crate) struct FakeRunner {
     seed_noise: f64,
     /// Relative wobble of the squared gradient norms.
     grad_wobble: f64,
+    /// Where the LR range test's loss bottoms out, as a multiple of the
+    /// best LR (a noisy sweep can put it far off).
+    sweep_bottom: f64,
+    /// Training runs whose peak LR exceeds this multiple of the best LR
+    /// diverge.
+    diverges_above: Option<f64>,
     calls: AtomicUsize,
     seen: Mutex<Vec<u64>>,
 }
@@ -51,6 +57,8 @@ impl FakeRunner {
             min_steps: 200.0,
             seed_noise: 0.002,
             grad_wobble: 0.02,
+            sweep_bottom: 1.0,
+            diverges_above: None,
             calls: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
         }
@@ -129,7 +137,7 @@ impl FakeRunner {
                 // A sweep: the loss responds to the LR of each step, and
                 // explodes far past the best LR.
                 LrSchedule::ExponentialSweep { .. } => {
-                    let x = (lr / self.best_lr(batch)).log10();
+                    let x = (lr / (self.best_lr(batch) * self.sweep_bottom)).log10();
                     if x < 0.0 {
                         2.0 - 1.0 / (1.0 + (-x).powi(2))
                     } else {
@@ -139,6 +147,15 @@ impl FakeRunner {
                 _ => 2.3 - 0.5 * f64::from(step) / f64::from(request.steps),
             };
             result.losses.push(loss);
+        }
+        let peak_lr = request.schedule.peak_lr();
+        let too_high = self
+            .diverges_above
+            .is_some_and(|ratio| peak_lr > ratio * self.best_lr(batch));
+        if too_high && !matches!(request.schedule, LrSchedule::ExponentialSweep { .. }) {
+            result.outcome = Outcome::Diverged;
+            result.reason = Some(format!("lr {peak_lr:.3e} is too high"));
+            return result;
         }
         if request.record.validation_loss {
             let lr = request.schedule.peak_lr();
@@ -363,6 +380,29 @@ fn an_uncertain_noise_scale_is_reported_and_widens_the_race() {
     assert!(
         batches.windows(2).all(|w| w[1] as f64 / w[0] as f64 >= 3.5),
         "{batches:?}"
+    );
+}
+
+#[test]
+fn confirmations_that_all_diverge_are_followed_by_lower_lrs() {
+    let mut runner = FakeRunner::new();
+    // The sweep bottoms out 1000x too high, so its suggestion (a tenth)
+    // is 100x too high, and every LR above 10x the best diverges: all
+    // three confirmations (31.6x to 316x) do.
+    runner.sweep_bottom = 1000.0;
+    runner.diverges_above = Some(10.0);
+    let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
+    assert!(
+        rec.lr_confirmations.iter().any(|c| c.outcome == "diverged"),
+        "{:#?}",
+        rec.lr_confirmations
+    );
+    let truth = runner.best_lr(rec.effective_batch_size);
+    let lr = rec.learning_rate.unwrap();
+    assert!(
+        (1.0 / 3.0..=3.0).contains(&(lr / truth)),
+        "LR {lr} against the best {truth}: {:#?}",
+        rec.rationale
     );
 }
 

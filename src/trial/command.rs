@@ -18,14 +18,12 @@ use serde::Deserialize;
 use tokio::process::Command;
 
 use super::classify::{classify, Observation};
+use super::divergence::first_divergence;
 use super::runner::{
     apply_report, collect_stderr_tail, effective_limit, empty_result, failed, supervise,
     MemorySampler, RunnerOptions,
 };
-use super::{
-    GradNoiseSample, Outcome, TrialDevice, TrialRequest, TrialResult, WorkerReport,
-    EXPLOSION_FACTOR, EXPLOSION_STEPS,
-};
+use super::{GradNoiseSample, Outcome, TrialDevice, TrialRequest, TrialResult, WorkerReport};
 use crate::spec::CommandSpec;
 
 /// Variables the command inherits from batchd's environment; everything
@@ -203,7 +201,7 @@ pub fn read_report(text: &str, request: &TrialRequest) -> Result<WorkerReport, S
         }
     }
     report.steps_completed = report.losses.len() as u32;
-    if let Some((step, reason)) = divergence(&report.losses, &report.learning_rates) {
+    if let Some((step, reason)) = first_divergence(&report.losses, &report.learning_rates) {
         report.outcome = Some(Outcome::Diverged);
         report.reason = Some(reason);
         report.losses.truncate(step + 1);
@@ -238,35 +236,6 @@ pub fn read_report(text: &str, request: &TrialRequest) -> Result<WorkerReport, S
             .push("BATCHD_VALIDATE was set but the command reported no val_loss".into());
     }
     Ok(report)
-}
-
-/// Where a run diverged: the first non-finite loss, or a loss that stays
-/// [`EXPLOSION_FACTOR`] times the first for [`EXPLOSION_STEPS`] steps (the
-/// built-in engine's rule).
-fn divergence(losses: &[f64], lrs: &[f64]) -> Option<(usize, String)> {
-    let first = *losses.first()?;
-    let mut exploding_for = 0;
-    for (step, &loss) in losses.iter().enumerate() {
-        let lr = lrs.get(step).copied().unwrap_or(f64::NAN);
-        if !loss.is_finite() {
-            return Some((
-                step,
-                format!("loss became {loss} at step {step} (lr {lr:.3e})"),
-            ));
-        }
-        if step > 0 && first.is_finite() && loss > EXPLOSION_FACTOR * first.max(1e-3) {
-            exploding_for += 1;
-        } else {
-            exploding_for = 0;
-        }
-        if exploding_for >= EXPLOSION_STEPS {
-            return Some((
-                step,
-                format!("loss exploded from {first:.4} to {loss:.4} at step {step} (lr {lr:.3e})"),
-            ));
-        }
-    }
-    None
 }
 
 /// A report file of its own for each trial.
@@ -551,11 +520,13 @@ mod tests {
         let report = read_report(&text, &request).unwrap();
         assert_eq!(report.outcome, Some(Outcome::Diverged));
         assert!(report.reason.unwrap().contains("step 1"));
+        // Growing tenfold a step: caught when it passes a hundredfold,
+        // and the losses after it are dropped.
         let text = [
             line(0, "1.0", 0.0),
-            line(1, "5.0", 1.0),
-            line(2, "6.0", 2.0),
-            line(3, "9.0", 3.0),
+            line(1, "10.0", 1.0),
+            line(2, "100.0", 2.0),
+            line(3, "1000.0", 3.0),
             line(4, "1.0", 4.0),
         ]
         .concat();

@@ -16,10 +16,9 @@ use crate::spec::OptimizerSpec;
 
 use super::cuda::ContextProbe;
 use super::data::{Dataset, SplitMix64};
+use super::divergence::DivergenceWatch;
 use super::models::{forward_flops_per_sample, DeviceBatch, Model};
-use super::{
-    Fault, GradNoiseSample, Outcome, TrialRequest, WorkerReport, EXPLOSION_FACTOR, EXPLOSION_STEPS,
-};
+use super::{Fault, GradNoiseSample, Outcome, TrialRequest, WorkerReport};
 
 /// Receives per-step progress from the loop.
 pub trait ProgressSink {
@@ -240,8 +239,7 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
     report.setup_seconds = setup.as_secs_f64();
     let mut warmup_time = Duration::ZERO;
     let mut timed: Vec<f64> = Vec::new();
-    let mut first_loss: Option<f64> = None;
-    let mut exploding_for = 0u32;
+    let mut divergence = DivergenceWatch::default();
 
     for step in 0..steps {
         if step == 1.min(steps - 1) && step > 0 {
@@ -286,24 +284,9 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
             timed.push(elapsed.as_secs_f64());
         }
 
-        if !loss_value.is_finite() {
+        if let Some(why) = divergence.observe(step as usize, loss_value, lr) {
             report.outcome = Some(Outcome::Diverged);
-            report.reason = Some(format!(
-                "loss became {loss_value} at step {step} (lr {lr:.3e})"
-            ));
-            break;
-        }
-        let first = *first_loss.get_or_insert(loss_value);
-        if step > 0 && loss_value > EXPLOSION_FACTOR * first.max(1e-3) {
-            exploding_for += 1;
-        } else {
-            exploding_for = 0;
-        }
-        if exploding_for >= EXPLOSION_STEPS {
-            report.outcome = Some(Outcome::Diverged);
-            report.reason = Some(format!(
-                "loss exploded from {first:.4} to {loss_value:.4} at step {step} (lr {lr:.3e})"
-            ));
+            report.reason = Some(why);
             break;
         }
     }

@@ -11,6 +11,7 @@ pub mod classify;
 pub mod command;
 pub mod cuda;
 pub mod data;
+mod divergence;
 pub mod engine;
 pub mod memory;
 pub mod models;
@@ -78,12 +79,6 @@ impl std::fmt::Display for TrialDevice {
         }
     }
 }
-
-/// A loss this many times the first step's loss counts as exploding...
-pub(crate) const EXPLOSION_FACTOR: f64 = 4.0;
-/// ...once it stays there this many steps in a row: wide networks under
-/// Adam often spike on their first update and recover.
-pub(crate) const EXPLOSION_STEPS: u32 = 3;
 
 /// The learning rate at each step of a trial.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

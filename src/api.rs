@@ -89,11 +89,15 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Problem> {
     let Some(token) = &settings.api_token else {
         return Ok(());
     };
+    // The scheme is case-insensitive (RFC 7235); the token is compared in
+    // constant time, so its bytes cannot be guessed one by one from timing.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token.as_str()) {
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, credentials)| credentials.trim());
+    if given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())) {
         Ok(())
     } else {
         Err(Problem::new(
@@ -104,20 +108,42 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Problem> {
     }
 }
 
-/// The syntax of a posted spec, from its content type.
-fn syntax_of(headers: &HeaderMap) -> crate::validation::Syntax {
+/// Equality whose time depends on the lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        let y = b.get(i % b.len().max(1)).copied().unwrap_or(0);
+        difference |= usize::from(x ^ y);
+    }
+    difference == 0
+}
+
+/// The syntax of a posted spec, from its content type. Only the documented
+/// types are accepted: a web page may send `text/plain` cross-site without
+/// a preflight, so taking any body as TOML would let it submit jobs.
+fn syntax_of(headers: &HeaderMap) -> Result<crate::validation::Syntax, Problem> {
     use crate::validation::Syntax;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
         .unwrap_or("")
+        .trim()
         .to_ascii_lowercase();
-    if content_type.contains("json") {
-        Syntax::Json
-    } else if content_type.contains("yaml") {
-        Syntax::Yaml
-    } else {
-        Syntax::Toml
+    match essence.as_str() {
+        "application/json" => Ok(Syntax::Json),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => Ok(Syntax::Yaml),
+        "application/toml" => Ok(Syntax::Toml),
+        _ => Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported content type",
+            format!(
+                "a job spec is posted as application/toml, application/json or application/yaml, not `{content_type}`"
+            ),
+        )),
     }
 }
 
@@ -159,8 +185,11 @@ async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
     if let Err(problem) = authorize(&shared, &headers) {
         return problem.into_response();
     }
-    let syntax = syntax_of(&headers);
-    let Ok(text) = std::str::from_utf8(&body) else {
+    let syntax = match syntax_of(&headers) {
+        Ok(syntax) => syntax,
+        Err(problem) => return problem.into_response(),
+    };
+    let Ok(text) = String::from_utf8(body.to_vec()) else {
         return Problem::new(
             StatusCode::BAD_REQUEST,
             "Invalid body",
@@ -168,12 +197,27 @@ async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         )
         .into_response();
     };
-    let origin = crate::spec::SpecOrigin {
-        label: "<request body>".into(),
-        default_name: None,
-        base_dir: None,
+    // Parsing is CPU work an attacker controls: off the runtime's threads.
+    let policies = shared.settings();
+    let parsed = tokio::task::spawn_blocking(move || {
+        let origin = crate::spec::SpecOrigin {
+            label: "<request body>".into(),
+            default_name: None,
+            base_dir: None,
+        };
+        let parsed = crate::spec::parse_spec(&text, syntax, &origin, &policies.policies);
+        (text, parsed)
+    })
+    .await;
+    let Ok((text, parsed)) = parsed else {
+        return Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Cannot parse the spec",
+            "the parser stopped unexpectedly",
+        )
+        .into_response();
     };
-    let spec = match crate::spec::parse_spec(text, syntax, &origin, &shared.settings().policies) {
+    let spec = match parsed {
         Ok(spec) => spec,
         Err(errors) => {
             let mut problem = Problem::new(
@@ -212,19 +256,25 @@ async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         problem.errors = errors;
         return problem.into_response();
     }
-    if shared.job(&spec.name).is_some() {
-        return Problem::new(
+    let exists = || {
+        Problem::new(
             StatusCode::CONFLICT,
             "Job exists",
             format!(
-                "a job named `{}` exists; DELETE it first or change the spec's file",
+                "a job named `{}` exists, or its file does; DELETE it first or change the spec's name",
                 spec.name
             ),
         )
-        .into_response();
+        .into_response()
+    };
+    // Name claims one at a time: the check, the file and the rescan that
+    // makes it a job happen together.
+    let _claim = shared.claims.lock().await;
+    if shared.job(&spec.name).is_some() {
+        return exists();
     }
     // The spec becomes a file in the jobs folder, so it persists and the
-    // watcher treats it like any other.
+    // watcher treats it like any other. Created only where no file is.
     let extension = match syntax {
         crate::validation::Syntax::Json => "json",
         crate::validation::Syntax::Yaml => "yaml",
@@ -235,23 +285,37 @@ async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         .config
         .jobs_dir
         .join(format!("{}.{extension}", spec.name));
-    if let Err(error) = crate::state::write_atomically(&path, text.as_bytes()) {
-        return Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Cannot store the spec",
-            error.to_string(),
-        )
-        .into_response();
+    let created = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || crate::state::create_atomically(&path, text.as_bytes()))
+            .await
+    };
+    match created {
+        Ok(Ok(())) => {}
+        Ok(Err(crate::state::StateError::Exists(_))) => return exists(),
+        Ok(Err(error)) => {
+            return Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Cannot store the spec",
+                error.to_string(),
+            )
+            .into_response()
+        }
+        Err(_) => {
+            return Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Cannot store the spec",
+                "the writer stopped unexpectedly",
+            )
+            .into_response()
+        }
     }
     crate::daemon::reconcile_now(&shared).await;
     match shared.job(&spec.name) {
-        Some(job) => (StatusCode::CREATED, Json(job)).into_response(),
-        None => Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Job not created",
-            "the stored spec was not picked up",
-        )
-        .into_response(),
+        Some(job) if job.source_path == path => (StatusCode::CREATED, Json(job)).into_response(),
+        // Another file in the folder already names this job: the new file
+        // is an invalid entry now, and saying 201 would be a lie.
+        _ => exists(),
     }
 }
 
@@ -263,10 +327,16 @@ async fn delete_job(
     if let Err(problem) = authorize(&shared, &headers) {
         return problem.into_response();
     }
+    let _claim = shared.claims.lock().await;
     let Some(job) = shared.job(&name) else {
         return no_such_job(&name);
     };
     if let Err(error) = std::fs::remove_file(&job.source_path) {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            // Gone already (removed by hand, or by a racing request).
+            crate::daemon::reconcile_now(&shared).await;
+            return no_such_job(&name);
+        }
         return Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Cannot remove the spec",

@@ -404,9 +404,11 @@ fn check_document(
         return Err(Failure::Unreadable("no such file".into()));
     }
     match (kind, policies) {
-        (DocumentKind::Spec, Some(policies)) => load_spec_file(path, policies)
-            .map(|spec| format!("job `{}`: {}", spec.name, spec.summary()))
-            .map_err(Failure::Invalid),
+        (DocumentKind::Spec, Some(policies)) => {
+            load_spec_file(path, policies, crate::spec::DEFAULT_SPEC_FILE_LIMIT)
+                .map(|spec| format!("job `{}`: {}", spec.name, spec.summary()))
+                .map_err(Failure::Invalid)
+        }
         (DocumentKind::Policy, _) => load_policy_file(path)
             .map(|(policy, _)| format!("policy `{}`: {}", policy.name, policy.summary()))
             .map_err(Failure::Invalid),

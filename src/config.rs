@@ -33,6 +33,9 @@ pub struct Config {
     pub max_concurrent_jobs: u32,
     /// Largest HTTP request body accepted.
     pub max_request_body: ByteSize,
+    /// Largest spec file the watcher reads from the jobs folder; a larger
+    /// one becomes an `invalid` job saying so.
+    pub max_spec_file: ByteSize,
     /// Folders that specs posted over HTTP may read data from.
     pub data_roots: Vec<PathBuf>,
     /// File holding the bearer token that protects state-changing endpoints.
@@ -53,6 +56,7 @@ impl Default for Config {
             policies_dir: PathBuf::from("/etc/batchd/policies"),
             max_concurrent_jobs: 16,
             max_request_body: ByteSize(ByteSize::MIB),
+            max_spec_file: ByteSize(crate::spec::DEFAULT_SPEC_FILE_LIMIT),
             data_roots: Vec::new(),
             api_token_file: None,
             allow_command_jobs_over_http: false,
@@ -143,6 +147,12 @@ impl Config {
             problems.push(
                 "max_request_body",
                 format!("must be at least 1KiB, got {}", self.max_request_body),
+            );
+        }
+        if self.max_spec_file.bytes() < 1024 {
+            problems.push(
+                "max_spec_file",
+                format!("must be at least 1KiB, got {}", self.max_spec_file),
             );
         }
         for (i, root) in self.data_roots.iter().enumerate() {

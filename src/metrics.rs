@@ -69,6 +69,9 @@ pub struct Metrics {
     queue_depth: IntGauge,
     searches_running: IntGauge,
     nvml_up: IntGauge,
+    /// Rescans of the jobs folder: flat while nothing changes but the
+    /// periodic rescan (a watcher woken by its own reads climbed fast).
+    pub rescans: prometheus::IntCounter,
     /// Scrapes reset and refill the gauges; two at once would interleave.
     scrape: Mutex<()>,
 }
@@ -186,6 +189,14 @@ impl Metrics {
                 )?;
                 registry.register(Box::new(gauge.clone()))?;
                 gauge
+            },
+            rescans: {
+                let counter = prometheus::IntCounter::new(
+                    "batchd_jobs_folder_rescans_total",
+                    "Rescans of the jobs folder, periodic and event-driven.",
+                )?;
+                registry.register(Box::new(counter.clone()))?;
+                counter
             },
             registry,
             scrape: Mutex::new(()),

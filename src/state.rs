@@ -28,6 +28,8 @@ pub enum StateError {
     },
     #[error("cannot encode state: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("{} exists already", .0.display())]
+    Exists(PathBuf),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -165,13 +167,41 @@ pub struct StateStore {
 impl StateStore {
     /// Opens (creating when needed) the state folder.
     pub fn open(root: &Path) -> Result<StateStore, StateError> {
+        fs::create_dir_all(root).map_err(io(root))?;
         for dir in [
-            root.to_path_buf(),
             root.join("recommendations"),
             root.join("history"),
             root.join("corrupt"),
         ] {
+            // Something else where a folder belongs is corrupt state like
+            // any other: set it aside and go on.
+            if dir.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+                let aside = root.join(format!("{name}.not-a-folder.{stamp}"));
+                fs::rename(&dir, &aside).map_err(io(&dir))?;
+                tracing::warn!(
+                    "{} was not a folder; moved it to {} and started afresh",
+                    dir.display(),
+                    aside.display()
+                );
+            }
             fs::create_dir_all(&dir).map_err(io(&dir))?;
+        }
+        for dir in [
+            root.to_path_buf(),
+            root.join("recommendations"),
+            root.join("history"),
+        ] {
+            let swept = sweep_temporaries(&dir);
+            if swept > 0 {
+                tracing::info!(
+                    "removed {swept} temporary files an interrupted write left in {}",
+                    dir.display()
+                );
+            }
         }
         Ok(StateStore {
             root: root.to_path_buf(),
@@ -386,23 +416,90 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
 /// Writes `bytes` to `path` so that readers see the old file or the new
 /// one, never a mix: temporary file, fsync, rename, fsync of the folder.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let temporary = write_temporary(path, bytes)?;
+    let renamed = fs::rename(&temporary, path).map_err(io(path));
+    if renamed.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    renamed?;
+    sync_folder(path);
+    Ok(())
+}
+
+/// Creates `path` with `bytes`, whole or not at all, and only if nothing is
+/// there yet: two writers of one new name get one success and one
+/// [`StateError::Exists`], never a silent replacement.
+pub fn create_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let temporary = write_temporary(path, bytes)?;
+    // A hard link fails when the name exists, where a rename replaces.
+    let linked = fs::hard_link(&temporary, path);
+    let _ = fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => {
+            sync_folder(path);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(StateError::Exists(path.to_path_buf()))
+        }
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+/// The prefix of every temporary file [`write_atomically`] makes.
+const TEMPORARY_MARK: &str = ".tmp.";
+
+/// A temporary file beside `path` holding `bytes`, synced; removed again
+/// when writing fails (a full disk must not leave debris).
+fn write_temporary(path: &Path, bytes: &[u8]) -> Result<PathBuf, StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     // Unique per write: tasks of one process may write at the same time.
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let serial = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temporary = dir.join(format!(".{name}.tmp.{}.{serial}", std::process::id()));
-    let mut file = fs::File::create(&temporary).map_err(io(&temporary))?;
-    file.write_all(bytes).map_err(io(&temporary))?;
-    file.sync_all().map_err(io(&temporary))?;
-    drop(file);
-    fs::rename(&temporary, path).map_err(io(path))?;
-    if let Ok(folder) = fs::File::open(dir) {
-        // Makes the rename itself durable; failure here loses nothing
-        // already written.
+    let temporary = dir.join(format!(
+        ".{name}{TEMPORARY_MARK}{}.{serial}",
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut file = fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    match written {
+        Ok(()) => Ok(temporary),
+        Err(e) => {
+            let _ = fs::remove_file(&temporary);
+            Err(io(&temporary)(e))
+        }
+    }
+}
+
+/// Makes a rename or link in `path`'s folder durable; failure here loses
+/// nothing already written.
+fn sync_folder(path: &Path) {
+    if let Ok(folder) = fs::File::open(path.parent().unwrap_or(Path::new("."))) {
         let _ = folder.sync_all();
     }
-    Ok(())
+}
+
+/// Removes the temporary files a killed writer left in `dir` (their
+/// writer's process is gone, or is an earlier run of this one).
+pub fn sweep_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mine = format!("{TEMPORARY_MARK}{}.", std::process::id());
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with('.') && name.contains(TEMPORARY_MARK) && !name.contains(&mine)
+        })
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 #[cfg(test)]

@@ -50,8 +50,8 @@ pub fn load_with_overrides(
     memory_limit: Option<&str>,
 ) -> Result<(JobSpec, DeviceChoice, Option<ByteSize>), CliError> {
     let policies = load_policies(cli)?;
-    let spec =
-        load_spec_file(spec_path, &policies).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let spec = load_spec_file(spec_path, &policies, crate::spec::DEFAULT_SPEC_FILE_LIMIT)
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
     let choice = match device {
         Some(text) => DeviceChoice::parse(text).map_err(CliError::Usage)?,
         None => spec.search.device,

@@ -64,10 +64,21 @@ impl fmt::Display for DocumentErrors {
     }
 }
 
+/// The most errors kept for one document: a file of a million junk keys
+/// must not become a million stored errors (the rest are counted).
+pub const MAX_ERRORS_KEPT: usize = 50;
+
+/// The deepest nesting of arrays, tables and dotted keys a document may
+/// have. Checked on the text before parsing: parsers take time (and stack)
+/// that grows faster than the depth, and no job spec needs more than a few.
+pub const MAX_NESTING: usize = 32;
+
 /// Collects field errors under a path prefix while a document is checked.
 #[derive(Debug, Default)]
 pub struct Problems {
     errors: Vec<FieldError>,
+    /// Errors past [`MAX_ERRORS_KEPT`], counted but not kept.
+    dropped: usize,
 }
 
 impl Problems {
@@ -76,22 +87,39 @@ impl Problems {
     }
 
     pub fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(FieldError::new(field, message));
+        self.extend([FieldError::new(field, message)]);
     }
 
     pub fn extend(&mut self, errors: impl IntoIterator<Item = FieldError>) {
-        self.errors.extend(errors);
+        for error in errors {
+            if self.errors.len() < MAX_ERRORS_KEPT {
+                self.errors.push(error);
+            } else {
+                self.dropped += 1;
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.errors.is_empty()
     }
 
+    /// Errors found, kept or not.
     pub fn len(&self) -> usize {
-        self.errors.len()
+        self.errors.len() + self.dropped
     }
 
-    pub fn into_errors(self) -> Vec<FieldError> {
+    /// The kept errors, and one more that counts those left out.
+    pub fn into_errors(mut self) -> Vec<FieldError> {
+        if self.dropped > 0 {
+            self.errors.push(FieldError::new(
+                "",
+                format!(
+                    "{} more errors not shown (only the first {MAX_ERRORS_KEPT} are kept)",
+                    self.dropped
+                ),
+            ));
+        }
         self.errors
     }
 
@@ -102,7 +130,7 @@ impl Problems {
         } else {
             Err(DocumentErrors {
                 source: source.to_string(),
-                errors: self.errors,
+                errors: self.into_errors(),
             })
         }
     }
@@ -169,6 +197,13 @@ impl Syntax {
 /// Parses document text into a generic value; a syntax error is reported
 /// with its line and column, because half-written files end up here.
 pub fn parse_document(text: &str, syntax: Syntax) -> Result<Value, FieldError> {
+    let depth = nesting_depth(text, syntax);
+    if depth > MAX_NESTING {
+        return Err(FieldError::new(
+            "",
+            format!("the document nests {depth} levels deep; at most {MAX_NESTING} are accepted"),
+        ));
+    }
     match syntax {
         Syntax::Toml => {
             let table: toml::Table = toml::from_str(text).map_err(|e| {
@@ -195,6 +230,61 @@ pub fn parse_document(text: &str, syntax: Syntax) -> Result<Value, FieldError> {
         Syntax::Json => serde_json::from_str(text)
             .map_err(|e| FieldError::new("", format!("JSON syntax error: {e}"))),
     }
+}
+
+/// How deep `text` nests: open brackets and braces outside strings and
+/// comments, plus (in TOML) the dots of a line's dotted key or table
+/// header, each of which opens a table. An over-estimate at worst (a
+/// bracket in a YAML plain scalar counts), which only matters past
+/// [`MAX_NESTING`]. YAML block nesting needs a space of indentation per
+/// level, so the size limit bounds it.
+fn nesting_depth(text: &str, syntax: Syntax) -> usize {
+    let mut deepest = 0;
+    let mut depth: usize = 0;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut comment = false;
+    // TOML: dots seen in the key part of the current line.
+    let mut key_dots = 0;
+    let mut in_key = true;
+    // A line inside a multi-line array holds values, not keys.
+    let mut line_starts_at_top = true;
+    for c in text.chars() {
+        if c == '\n' {
+            comment = false;
+            key_dots = 0;
+            in_key = true;
+            line_starts_at_top = depth == 0;
+            if syntax != Syntax::Json && quote != Some('"') {
+                quote = None;
+            }
+            continue;
+        }
+        if comment {
+            continue;
+        }
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && q == '"' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' if syntax != Syntax::Json || c == '"' => quote = Some(c),
+            '#' if syntax != Syntax::Json => comment = true,
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth = depth.saturating_sub(1),
+            '.' if syntax == Syntax::Toml && in_key && line_starts_at_top => key_dots += 1,
+            '=' => in_key = false,
+            _ => {}
+        }
+        deepest = deepest.max(depth + key_dots);
+    }
+    deepest
 }
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
@@ -446,6 +536,43 @@ mod tests {
     struct Inner {
         hidden: Vec<u64>,
         classes: u64,
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = format!("a: {}{}", "[".repeat(60_000), "]".repeat(60_000));
+        let started = std::time::Instant::now();
+        let error = parse_document(&deep, Syntax::Yaml).unwrap_err();
+        assert!(error.message.contains("60000 levels"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let json = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+        assert!(parse_document(&json, Syntax::Json).is_err());
+        let dotted = format!("{} = 1", vec!["a"; 40].join("."));
+        assert!(parse_document(&dotted, Syntax::Toml).is_err());
+        // Brackets in strings and comments, floats in multi-line arrays and
+        // ordinary dotted keys are no nesting.
+        let fine = "name = \"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\" # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n\
+                    model.kind = \"mlp\"\nx = [\n  0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.1, 2.2, 2.3, 2.4, 2.5, 2.6, 2.7, 2.8, 2.9, 3.1, 3.2, 3.3, 3.4, 3.5, 3.6,\n]\n[a.b.c]\nd = 1\n";
+        assert!(parse_document(fine, Syntax::Toml).is_ok());
+        assert_eq!(nesting_depth(fine, Syntax::Toml), 3);
+        assert_eq!(
+            nesting_depth("{\"a\": \"[[[[\", \"b\": [[1]]}", Syntax::Json),
+            3
+        );
+    }
+
+    #[test]
+    fn errors_past_the_cap_are_counted_not_kept() {
+        let mut problems = Problems::new();
+        for i in 0..10_000 {
+            problems.push(format!("junk{i}"), "unknown field");
+        }
+        assert_eq!(problems.len(), 10_000);
+        let errors = problems.into_errors();
+        assert_eq!(errors.len(), MAX_ERRORS_KEPT + 1);
+        assert!(errors[MAX_ERRORS_KEPT]
+            .message
+            .contains(&format!("{} more errors", 10_000 - MAX_ERRORS_KEPT)));
     }
 
     #[test]

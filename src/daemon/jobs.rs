@@ -1,5 +1,6 @@
 //! The job table and its reconciliation with the jobs folder.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -142,8 +143,11 @@ impl Job {
     }
 }
 
-/// Editor droppings and partial downloads, which are never specs.
-fn is_spec_file(path: &Path) -> bool {
+/// Editor droppings and partial downloads, which are never specs. Any
+/// other entry with a spec's extension is read, so that a FIFO, a folder
+/// or a dangling link named `x.toml` becomes an `invalid` job saying what
+/// it is rather than being skipped without a word.
+fn is_spec_name(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
@@ -151,7 +155,6 @@ fn is_spec_file(path: &Path) -> bool {
         && !name.ends_with('~')
         && !name.starts_with('#')
         && Syntax::from_path(path).is_some()
-        && path.is_file()
 }
 
 /// A command job runs code as the daemon's user, so the jobs folder's
@@ -188,18 +191,28 @@ fn trusted(path: &Path, spec: JobSpec) -> Result<JobSpec, crate::validation::Doc
     }
 }
 
-/// Brings the job table in line with the jobs folder: new or changed specs
-/// are (re)queued, invalid ones become `invalid` jobs with their errors,
-/// removed ones are retired (a running search is cancelled; the
-/// recommendation stays in the state folder and is reused if the same spec
-/// comes back).
-pub fn reconcile(shared: &Shared) {
+/// One file of the jobs folder as a rescan read it.
+struct Found {
+    path: PathBuf,
+    loaded: Result<JobSpec, Vec<FieldError>>,
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Reads every spec of the jobs folder. No lock is held: a slow or hostile
+/// file delays only the rescan.
+fn read_folder(shared: &Shared) -> Vec<Found> {
     let settings = shared.settings();
     let dir = &settings.config.jobs_dir;
+    let limit = settings.config.max_spec_file.bytes();
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_spec_file(p))
+            .filter(|p| is_spec_name(p))
             .collect(),
         Err(error) => {
             tracing::warn!("cannot read the jobs folder {}: {error}", dir.display());
@@ -207,53 +220,179 @@ pub fn reconcile(shared: &Shared) {
         }
     };
     files.sort();
-    let mut seen = Vec::new();
+    files
+        .into_iter()
+        .map(|path| {
+            let loaded = load_spec_file(&path, &settings.policies, limit)
+                .and_then(|spec| trusted(&path, spec))
+                .map_err(|e| e.errors);
+            Found { path, loaded }
+        })
+        .collect()
+}
+
+/// What the folder asks the table to hold: one entry per key.
+enum Wanted {
+    Valid(PathBuf, Box<JobSpec>),
+    Invalid(PathBuf, Vec<FieldError>),
+}
+
+/// Gives every file its job-table key. A job name belongs to the file that
+/// holds it in the table already (else to the first file in name order);
+/// any other file naming it is an `invalid` entry that names both files,
+/// and the job that owns the name runs undisturbed. An invalid file is
+/// keyed by its stem unless that is taken, then by its whole file name, so
+/// `x.toml` and `x.json` never collapse into one entry.
+fn assign_keys(found: Vec<Found>, owners: &BTreeMap<String, PathBuf>) -> BTreeMap<String, Wanted> {
+    let mut wanted: BTreeMap<String, Wanted> = BTreeMap::new();
+    let mut invalid: Vec<(PathBuf, Vec<FieldError>)> = Vec::new();
+    let (mut valid, failed): (Vec<Found>, Vec<Found>) =
+        found.into_iter().partition(|f| f.loaded.is_ok());
+    for f in failed {
+        invalid.push((f.path, f.loaded.err().unwrap_or_default()));
+    }
+    // The current owner of each name goes first.
+    valid.sort_by_key(|f| {
+        let name = f
+            .loaded
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        (owners.get(&name) != Some(&f.path), f.path.clone())
+    });
+    for f in valid {
+        let Ok(spec) = f.loaded else { continue };
+        match wanted.get(&spec.name) {
+            Some(Wanted::Valid(owner, _)) => {
+                let message = format!(
+                    "job `{}` is already defined by {}; {} names it too: rename one of them",
+                    spec.name,
+                    file_name(owner),
+                    file_name(&f.path)
+                );
+                invalid.push((f.path, vec![FieldError::new("name", message)]));
+            }
+            _ => {
+                wanted.insert(spec.name.clone(), Wanted::Valid(f.path, Box::new(spec)));
+            }
+        }
+    }
+    invalid.sort_by(|a, b| a.0.cmp(&b.0));
+    for (path, errors) in invalid {
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("job")
+            .to_string();
+        let name = file_name(&path);
+        let key = [stem, name.clone()]
+            .into_iter()
+            .chain((1..).map(|n| format!("{name}~{n}")))
+            .find(|key| !wanted.contains_key(key))
+            .expect("an endless list has a free key");
+        wanted.insert(key, Wanted::Invalid(path, errors));
+    }
+    wanted
+}
+
+/// Brings the job table in line with the jobs folder: new or changed specs
+/// are (re)queued, invalid ones become `invalid` jobs with their errors,
+/// removed ones are retired (a running search is cancelled; the
+/// recommendation stays in the state folder and is reused if the same spec
+/// comes back). Files are read, and stored work looked up, with no lock on
+/// the job table; only the final swap takes it.
+pub fn reconcile(shared: &Shared) {
+    // One rescan at a time (the watcher, POST and DELETE all ask for one).
+    let _one_at_a_time = shared
+        .reconciling
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let found = read_folder(shared);
+    shared.metrics.rescans.inc();
+    let snapshot: BTreeMap<String, (PathBuf, Option<String>, JobState)> = match shared.jobs.lock() {
+        Ok(jobs) => jobs
+            .iter()
+            .map(|(name, job)| {
+                let entry = (job.source_path.clone(), job.spec_hash.clone(), job.state);
+                (name.clone(), entry)
+            })
+            .collect(),
+        Err(_) => return,
+    };
+    let owners = snapshot
+        .iter()
+        .filter(|(_, (_, _, state))| *state != JobState::Invalid)
+        .map(|(name, (path, _, _))| (name.clone(), path.clone()))
+        .collect();
+    let wanted = assign_keys(found, &owners);
+    // New and changed jobs, restored from the state folder outside the lock.
+    let mut replacements: Vec<(String, Job)> = Vec::new();
+    for (key, want) in wanted.iter() {
+        let current = snapshot.get(key);
+        match want {
+            Wanted::Valid(path, spec) => {
+                let unchanged = current.is_some_and(|(_, hash, state)| {
+                    hash.as_deref() == Some(spec.content_hash.as_str())
+                        && *state != JobState::Invalid
+                });
+                if !unchanged {
+                    replacements.push((
+                        key.clone(),
+                        Job::restore(shared, path.clone(), (**spec).clone()),
+                    ));
+                }
+            }
+            Wanted::Invalid(path, errors) => {
+                replacements.push((
+                    key.clone(),
+                    Job::invalid(key.clone(), path.clone(), errors.clone()),
+                ));
+            }
+        }
+    }
     let mut to_queue = Vec::new();
     {
         let Ok(mut jobs) = shared.jobs.lock() else {
             return;
         };
-        for path in files {
-            let stem = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("job")
-                .to_string();
-            match load_spec_file(&path, &settings.policies).and_then(|spec| trusted(&path, spec)) {
-                Ok(spec) => {
-                    let name = spec.name.clone();
-                    seen.push(name.clone());
-                    let unchanged = jobs.get(&name).is_some_and(|j| {
-                        j.spec_hash.as_deref() == Some(spec.content_hash.as_str())
-                            && j.state != JobState::Invalid
-                    });
-                    if unchanged {
-                        continue;
-                    }
-                    shared.cancel_if_running(&name);
-                    let job = Job::restore(shared, path.clone(), spec);
-                    if job.state == JobState::Queued {
-                        to_queue.push(name.clone());
-                    }
-                    jobs.insert(name, job);
-                }
-                Err(errors) => {
-                    seen.push(stem.clone());
-                    let already = jobs
-                        .get(&stem)
-                        .is_some_and(|j| j.state == JobState::Invalid && j.errors == errors.errors);
-                    if already {
-                        continue;
-                    }
-                    shared.cancel_if_running(&stem);
-                    tracing::warn!("job {stem} is invalid: {errors}");
-                    jobs.insert(stem.clone(), Job::invalid(stem, path, errors.errors));
-                }
+        for (key, job) in replacements {
+            let same_invalid = jobs.get(&key).is_some_and(|j| {
+                j.state == JobState::Invalid
+                    && job.state == JobState::Invalid
+                    && j.errors == job.errors
+                    && j.source_path == job.source_path
+            });
+            if same_invalid {
+                continue;
             }
+            shared.cancel_if_running(&key);
+            if job.state == JobState::Invalid {
+                tracing::warn!(
+                    "job {} is invalid: {}",
+                    key.escape_debug(),
+                    job.errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                        .escape_debug()
+                );
+            }
+            if job.state == JobState::Queued {
+                to_queue.push(key.clone());
+            }
+            jobs.insert(key, job);
         }
-        let retired: Vec<String> = jobs.keys().filter(|n| !seen.contains(n)).cloned().collect();
+        let retired: Vec<String> = jobs
+            .keys()
+            .filter(|n| !wanted.contains_key(*n))
+            .cloned()
+            .collect();
         for name in retired {
-            tracing::info!("job {name}: spec removed, job retired (its recommendation stays in the state folder)");
+            tracing::info!(
+                "job {}: spec removed, job retired (its recommendation stays in the state folder)",
+                name.escape_debug()
+            );
             shared.cancel_if_running(&name);
             jobs.remove(&name);
         }

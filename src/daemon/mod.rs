@@ -41,14 +41,21 @@ pub struct Settings {
 impl Settings {
     pub fn new(config: Config, policies: PolicySet) -> anyhow::Result<Settings> {
         use anyhow::Context;
+        // An empty or unreadable token file is an error, never "no
+        // authentication": that would open the API without a word.
         let api_token = match &config.api_token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
+            Some(path) => {
+                let token = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read the API token file {}", path.display()))?
                     .trim()
-                    .to_string(),
-            )
-            .filter(|t| !t.is_empty()),
+                    .to_string();
+                anyhow::ensure!(
+                    !token.is_empty(),
+                    "the API token file {} is empty: put a token in it, or remove api_token_file from the configuration",
+                    path.display()
+                );
+                Some(token)
+            }
             None => None,
         };
         Ok(Settings {
@@ -86,6 +93,11 @@ pub struct Shared {
     /// Wakes the watcher for an immediate rescan.
     rescan: Notify,
     pub ready: AtomicBool,
+    /// Held for a whole rescan, so rescans never interleave.
+    reconciling: Mutex<()>,
+    /// Held by POST and DELETE from their check to their rescan, so two
+    /// requests never claim one name.
+    pub(crate) claims: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -110,6 +122,8 @@ impl Shared {
             queued: Notify::new(),
             rescan: Notify::new(),
             ready: AtomicBool::new(false),
+            reconciling: Mutex::new(()),
+            claims: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -293,6 +307,8 @@ pub async fn serve(settings: Settings, reload: Reloader) -> anyhow::Result<()> {
             config.jobs_dir.display()
         )
     })?;
+    // Temporary files of POSTs a killed daemon left behind.
+    crate::state::sweep_temporaries(&config.jobs_dir);
     let store = StateStore::open(&config.state_dir)?;
     let interrupted = store.mark_interrupted_runs();
     if interrupted > 0 {

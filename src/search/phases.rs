@@ -204,26 +204,42 @@ impl<R: TrialRunner> Session<'_, R> {
             search.cap_at_dataset(size);
         }
         let mut results: Vec<TrialResult> = Vec::new();
-        while let Next::Try(batch) = search.next_step() {
+        // The smallest batch passed over because its trial would overrun.
+        let mut passed_over: Option<u64> = None;
+        let steps = policy.trials.fit_steps;
+        while let Next::Try(proposed) = search.next_step() {
             // A trial's cost grows with its batch: from the largest fit's
             // speed, a trial that would overrun the phase is not started.
-            let estimate = results
+            let speed = results
                 .iter()
                 .filter(|r| r.is_ok())
                 .max_by_key(|r| r.batch_size)
-                .and_then(|r| r.samples_per_second)
-                .map_or(0.0, |speed| {
-                    f64::from(policy.trials.fit_steps) * batch as f64 / speed
-                });
+                .and_then(|r| r.samples_per_second);
+            let estimate = speed.map_or(0.0, |s| f64::from(steps) * proposed as f64 / s);
             let left = self.phase_left(Phase::MaxFit).as_secs_f64();
-            if (left <= 0.0 || estimate > left * 1.5) && search.result().batch_size.is_some() {
-                self.cut_short(
-                    Phase::MaxFit,
-                    format!("the max-fit search stopped before batch {batch}, whose trial would overrun its share of the budget; the largest fitting batch may be larger"),
-                );
-                break;
+            let mut batch = proposed;
+            if let (true, Some(largest)) = (
+                left <= 0.0 || estimate > left * 1.5,
+                search.result().batch_size,
+            ) {
+                passed_over = Some(passed_over.map_or(proposed, |p| p.min(proposed)));
+                // Instead, the largest batch whose trial fits the time left:
+                // a far better lower bound than stopping where the doubling
+                // happened to be (which confined slow models to tiny batches).
+                let affordable = speed.map_or(0, |s| {
+                    let seconds = (left - self.overhead_seconds()).max(0.0);
+                    round_batch(
+                        (seconds * s / f64::from(steps)) as u64,
+                        policy.batch_multiple,
+                    )
+                });
+                let worth_it = affordable as f64 >= largest as f64 * 1.25;
+                let untried = !results.iter().any(|r| r.batch_size == affordable);
+                if !(worth_it && untried && affordable < proposed) {
+                    break;
+                }
+                batch = affordable;
             }
-            let steps = policy.trials.fit_steps;
             let mut attempt = 0;
             let (result, probe) = loop {
                 attempt += 1;
@@ -272,6 +288,20 @@ impl<R: TrialRunner> Session<'_, R> {
             results.push(result);
         }
         let max_fit = search.result();
+        if let (Some(over), Some(answer)) = (passed_over, max_fit.batch_size) {
+            // Unless a failure between the answer and the passed-over batch
+            // closed the bracket, memory may allow more than was tried.
+            let bracketed = max_fit
+                .first_failure
+                .as_ref()
+                .is_some_and(|(fail, _)| *fail <= over);
+            if !bracketed {
+                self.cut_short(
+                    Phase::MaxFit,
+                    format!("the max-fit search stopped at batch {answer}: a trial of batch {over} would overrun its share of the budget, so the largest fitting batch may be larger"),
+                );
+            }
+        }
         let Some(batch) = max_fit.batch_size else {
             return Err(SearchError::NothingFits {
                 min_batch: spec.search.min_batch,

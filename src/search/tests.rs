@@ -38,6 +38,9 @@ pub(crate) struct FakeRunner {
     /// Training runs whose peak LR exceeds this multiple of the best LR
     /// diverge.
     diverges_above: Option<f64>,
+    /// Trials take the wall time their steps model (for tests of the
+    /// budget); otherwise they return at once.
+    sleeps: bool,
     calls: AtomicUsize,
     seen: Mutex<Vec<u64>>,
 }
@@ -59,6 +62,7 @@ impl FakeRunner {
             grad_wobble: 0.02,
             sweep_bottom: 1.0,
             diverges_above: None,
+            sleeps: false,
             calls: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
         }
@@ -147,6 +151,11 @@ impl FakeRunner {
                 _ => 2.3 - 0.5 * f64::from(step) / f64::from(request.steps),
             };
             result.losses.push(loss);
+        }
+        if self.sleeps {
+            let seconds = f64::from(request.steps) * self.step_seconds(batch);
+            std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+            result.wall_seconds = seconds;
         }
         let peak_lr = request.schedule.peak_lr();
         let too_high = self
@@ -512,6 +521,25 @@ fn a_spent_time_budget_gives_a_partial_answer() {
         .trials
         .iter()
         .any(|t| t.batch_size == rec.max_fit_batch_size && t.outcome == Outcome::Ok));
+}
+
+#[test]
+fn slow_trials_still_push_the_max_fit_as_far_as_its_time_allows() {
+    let mut runner = FakeRunner::new();
+    runner.sleeps = true;
+    let mut spec = spec("balanced", "");
+    spec.search.time_budget = std::time::Duration::from_secs(8);
+    // Memory would allow about 82,000; a 4-step trial at batch B takes
+    // 0.04 + 8e-5 B seconds, and the max-fit share of 8 s is 1.12 s.
+    let rec = advise_with(&runner, &spec, 4 << 30).unwrap();
+    let fit = rec.max_fit_batch_size;
+    assert!(fit >= 3000, "max fit {fit}: {:#?}", rec.rationale);
+    assert!(
+        rec.phases_cut.contains(&Phase::MaxFit),
+        "{:?}",
+        rec.phases_cut
+    );
+    assert!(rec.seconds < 8.0 * 1.1, "took {} s", rec.seconds);
 }
 
 #[test]

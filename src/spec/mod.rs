@@ -6,6 +6,7 @@
 //! `jobs/a.toml: model.hidden[1]: must be > 0, got 0`.
 
 mod command;
+pub mod read;
 mod sections;
 
 use std::path::{Path, PathBuf};
@@ -147,7 +148,14 @@ impl SpecOrigin {
 
 /// Reads, parses and validates a spec file. The file's extension picks the
 /// syntax. Data files are checked for existence.
-pub fn load_spec_file(path: &Path, policies: &PolicySet) -> Result<JobSpec, DocumentErrors> {
+/// The largest spec file read unless configured otherwise.
+pub const DEFAULT_SPEC_FILE_LIMIT: u64 = 1 << 20;
+
+pub fn load_spec_file(
+    path: &Path,
+    policies: &PolicySet,
+    max_bytes: u64,
+) -> Result<JobSpec, DocumentErrors> {
     let origin = SpecOrigin::file(path);
     let fail = |error: FieldError| DocumentErrors {
         source: origin.label.clone(),
@@ -159,8 +167,8 @@ pub fn load_spec_file(path: &Path, policies: &PolicySet) -> Result<JobSpec, Docu
             "unsupported file extension: job specs are .toml, .yaml, .yml or .json",
         ))
     })?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| fail(FieldError::new("", format!("cannot read file: {e}"))))?;
+    let text = read::read_spec_text(path, max_bytes)
+        .map_err(|e| fail(FieldError::new("", format!("the file {e}"))))?;
     let spec = parse_spec(&text, syntax, &origin, policies)?;
     let mut problems = Problems::new();
     check_data_files(&spec, &mut problems);

@@ -1,0 +1,387 @@
+//! The defects a fault-and-abuse campaign found in `batchd serve`, each
+//! driven against the real binary so none comes back: a watcher woken by
+//! its own reads, job names that collide, hostile nesting, FIFOs and huge
+//! files in the jobs folder, empty token files, racing POSTs, a stream of
+//! writes starving the rescan, leftover temporary files and state folders
+//! that are files.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{drop_spec, free_port, http, Daemon, TINY};
+
+fn folders() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let jobs = root.path().join("jobs");
+    let state = root.path().join("state");
+    std::fs::create_dir_all(&jobs).unwrap();
+    (root, jobs, state)
+}
+
+/// A spec that fails validation (an unknown key): read on every rescan,
+/// never searched, so cheap to keep many of.
+fn invalid_spec(n: usize) -> String {
+    format!("name = \"junk{n}\"\nunknown_key_{n} = 1\n{TINY}")
+}
+
+fn counter(daemon: &Daemon, name: &str) -> f64 {
+    let (_, text) = daemon.get("/metrics");
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not exported"))
+}
+
+fn job(daemon: &Daemon, name: &str) -> serde_json::Value {
+    daemon
+        .json(&format!("/v1/jobs/{}", common::url_encode(name)))
+        .1
+}
+
+fn first_error(job: &serde_json::Value) -> String {
+    job["errors"][0]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn an_idle_watcher_does_not_wake_itself() {
+    let (_root, jobs, state) = folders();
+    for n in 0..40 {
+        drop_spec(&jobs, &format!("junk{n}.toml"), &invalid_spec(n));
+    }
+    let daemon = Daemon::start(&jobs, &state, free_port());
+    daemon.wait_for(Duration::from_secs(20), |d| {
+        d.job_state("junk39") == "invalid"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let before = counter(&daemon, "batchd_jobs_folder_rescans_total");
+    std::thread::sleep(Duration::from_secs(11));
+    let rescans = counter(&daemon, "batchd_jobs_folder_rescans_total") - before;
+    // Only the periodic rescan (every 5 s) runs while nothing changes; a
+    // watcher reacting to its own opens rescanned every 300 ms.
+    assert!(rescans <= 3.0, "{rescans} rescans in 11 idle seconds");
+}
+
+#[test]
+fn two_files_naming_one_job_do_not_restart_each_other() {
+    let (_root, jobs, state) = folders();
+    let daemon = Daemon::start(&jobs, &state, free_port());
+    drop_spec(&jobs, "a.toml", &format!("name = \"x\"\n{TINY}"));
+    daemon.wait_for(Duration::from_secs(20), |d| !d.job_state("x").is_empty());
+    drop_spec(&jobs, "b.toml", &format!("name = \"x\"\n{TINY}"));
+    // A valid y.toml beside an invalid y.json.
+    drop_spec(&jobs, "y.toml", TINY);
+    drop_spec(&jobs, "y.json", "{\"model\": ");
+    daemon.wait_for(Duration::from_secs(20), |d| {
+        d.job_state("b") == "invalid" && d.job_state("y.json") == "invalid"
+    });
+    let b = job(&daemon, "b");
+    let said = first_error(&b);
+    assert!(said.contains("a.toml") && said.contains("b.toml"), "{b:#}");
+    assert_eq!(b["errors"][0]["field"], "name");
+    assert!(first_error(&job(&daemon, "y.json")).contains("syntax"));
+    // Over several rescans the job keeps its file and is never cancelled.
+    std::thread::sleep(Duration::from_secs(6));
+    let x = job(&daemon, "x");
+    assert!(
+        x["source_path"].as_str().unwrap().ends_with("a.toml"),
+        "{x:#}"
+    );
+    let runs = x["history"].as_array().cloned().unwrap_or_default();
+    assert!(
+        runs.iter().all(|r| r["outcome"] != "cancelled"),
+        "the job was restarted: {runs:#?}"
+    );
+    assert!(runs.len() <= 1, "{} runs of x", runs.len());
+    assert_ne!(job(&daemon, "y")["state"], "invalid");
+}
+
+#[test]
+fn deep_nesting_is_refused_quickly_and_health_stays_up() {
+    let (_root, jobs, state) = folders();
+    let daemon = Daemon::start(&jobs, &state, free_port());
+    let deep = format!("a: {}{}", "[".repeat(60_000), "]".repeat(60_000));
+    let port = daemon.port;
+    let posts: Vec<_> = (0..2)
+        .map(|_| {
+            let deep = deep.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let answer = http(port, "POST", "/v1/jobs", "application/yaml", &deep, None);
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let (status, _) = daemon.get("/healthz");
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    for post in posts {
+        let ((status, body), took) = post.join().unwrap();
+        assert_eq!(status, 422, "{body}");
+        assert!(body.contains("levels deep"), "{body}");
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+    }
+    // The same document dropped as a file is an invalid job, not a hang.
+    std::fs::write(jobs.join("deep.yaml"), &deep).unwrap();
+    daemon.wait_for(Duration::from_secs(20), |d| {
+        d.job_state("deep") == "invalid"
+    });
+    assert!(first_error(&job(&daemon, "deep")).contains("levels deep"));
+}
+
+#[test]
+fn odd_files_in_the_jobs_folder_become_invalid_jobs_that_say_why() {
+    let (_root, jobs, state) = folders();
+    let fifo = std::ffi::CString::new(jobs.join("pipe.toml").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    std::fs::create_dir(jobs.join("folder.toml")).unwrap();
+    std::os::unix::fs::symlink(jobs.join("nowhere"), jobs.join("dangling.toml")).unwrap();
+    std::os::unix::fs::symlink(jobs.join("loop.toml"), jobs.join("loop.toml")).unwrap();
+    // Three files of garbage with one stem stay three entries.
+    for ext in ["toml", "json", "yaml"] {
+        std::fs::write(jobs.join(format!("g.{ext}")), "{{{ not a spec").unwrap();
+    }
+    // Over the 1 MiB file limit, and a small file of many junk keys.
+    let huge: String = (0..120_000).map(|i| format!("k{i} = 1\n")).collect();
+    std::fs::write(jobs.join("huge.toml"), &huge).unwrap();
+    let junk: String = (0..5_000).map(|i| format!("k{i} = 1\n")).collect();
+    std::fs::write(jobs.join("junk.toml"), &junk).unwrap();
+
+    let daemon = Daemon::start(&jobs, &state, free_port());
+    daemon.wait_for(Duration::from_secs(20), |d| {
+        d.job_state("junk") == "invalid"
+    });
+    for (name, says) in [
+        ("pipe", "FIFO"),
+        ("folder", "folder"),
+        ("dangling", "symbolic link to nothing"),
+        ("loop", "loop"),
+        ("huge", "over the limit"),
+    ] {
+        let entry = job(&daemon, name);
+        assert_eq!(entry["state"], "invalid", "{name}: {entry:#}");
+        assert!(first_error(&entry).contains(says), "{name}: {entry:#}");
+    }
+    let (_, listed) = daemon.json("/v1/jobs");
+    let garbage = listed["jobs"]
+        .as_array()
+        .or(listed.as_array())
+        .unwrap()
+        .iter()
+        .filter(|j| {
+            let path = Path::new(j["source_path"].as_str().unwrap_or(""));
+            path.file_stem().is_some_and(|s| s == "g") && j["state"] == "invalid"
+        })
+        .count();
+    assert_eq!(garbage, 3, "{listed:#}");
+    let junk = job(&daemon, "junk");
+    let errors = junk["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 51, "{} errors kept", errors.len());
+    assert!(errors[50]["message"]
+        .as_str()
+        .unwrap()
+        .contains("more errors"));
+    // The daemon answers throughout: the FIFO blocked nothing.
+    assert_eq!(daemon.get("/healthz").0, 200);
+}
+
+fn serve_with_config(root: &Path, config: &str) -> std::process::Output {
+    let path = root.join("batchd.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_batchd"))
+        .env("BATCHD_CONFIG", &path)
+        .args(["serve", "--jobs-dir"])
+        .arg(root.join("jobs"))
+        .arg("--state-dir")
+        .arg(root.join("state"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn an_empty_token_file_is_an_error_not_an_open_api() {
+    let (root, _jobs, _state) = folders();
+    let token = root.path().join("token");
+    std::fs::write(&token, "\n").unwrap();
+    let output = serve_with_config(
+        root.path(),
+        &format!("api_token_file = {:?}\n", token.display().to_string()),
+    );
+    assert!(!output.status.success(), "started with an empty token file");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("empty") && stderr.contains(token.to_str().unwrap()),
+        "{stderr}"
+    );
+    // No colour codes when stderr is not a terminal (journald).
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive_and_the_token_still_required() {
+    let (root, jobs, state) = folders();
+    let token = root.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let config = root.path().join("batchd.toml");
+    std::fs::write(
+        &config,
+        format!("api_token_file = {:?}\n", token.display().to_string()),
+    )
+    .unwrap();
+    let daemon = Daemon::start_with(&jobs, &state, free_port(), &config);
+    let send = |authorization: &str| {
+        let request = format!(
+            "DELETE /v1/jobs/none HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: {authorization}\r\n\r\n"
+        );
+        raw(daemon.port, &request)
+    };
+    assert!(send("bearer s3cret").starts_with("HTTP/1.1 404"));
+    assert!(send("BEARER s3cret").starts_with("HTTP/1.1 404"));
+    assert!(send("Bearer s3cre").starts_with("HTTP/1.1 401"));
+    assert!(send("Bearer s3cret2").starts_with("HTTP/1.1 401"));
+    assert!(send("Basic s3cret").starts_with("HTTP/1.1 401"));
+}
+
+/// The raw response to a raw request.
+fn raw(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[test]
+fn posts_never_replace_a_file_and_racing_posts_get_one_201() {
+    let (_root, jobs, state) = folders();
+    let daemon = Daemon::start(&jobs, &state, free_port());
+    // foo.toml holds job bar; posting a job named foo must not overwrite it.
+    drop_spec(&jobs, "foo.toml", &format!("name = \"bar\"\n{TINY}"));
+    daemon.wait_for(Duration::from_secs(20), |d| !d.job_state("bar").is_empty());
+    let foo = format!("name = \"foo\"\n{TINY}");
+    let (status, body) = daemon.send("POST", "/v1/jobs", "application/toml", &foo, None);
+    assert_eq!(status, 409, "{body}");
+    assert!(std::fs::read_to_string(jobs.join("foo.toml"))
+        .unwrap()
+        .contains("name = \"bar\""));
+    assert!(!job(&daemon, "bar")["state"].is_null());
+    // text/plain is not a spec type (a web page can send it cross-site).
+    let (status, _) = daemon.send("POST", "/v1/jobs", "text/plain", &foo, None);
+    assert_eq!(status, 415);
+
+    let port = daemon.port;
+    for round in 0..5 {
+        let spec = format!("name = \"race{round}\"\n{TINY}");
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let spec = spec.clone();
+                std::thread::spawn(move || {
+                    http(port, "POST", "/v1/jobs", "application/toml", &spec, None).0
+                })
+            })
+            .collect();
+        let mut statuses: Vec<u16> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+        statuses.sort();
+        assert_eq!(statuses, [201, 409], "round {round}");
+        // DELETE racing DELETE: one 204, one 404, never a 500.
+        let name = format!("/v1/jobs/race{round}");
+        let deleters: Vec<_> = (0..2)
+            .map(|_| {
+                let name = name.clone();
+                std::thread::spawn(move || http(port, "DELETE", &name, "", "", None).0)
+            })
+            .collect();
+        let mut statuses: Vec<u16> = deleters.into_iter().map(|r| r.join().unwrap()).collect();
+        statuses.sort();
+        assert_eq!(statuses, [204, 404], "round {round}");
+    }
+}
+
+#[test]
+fn a_file_rewritten_without_pause_does_not_hide_a_new_spec() {
+    let (_root, jobs, state) = folders();
+    let daemon = Daemon::start(&jobs, &state, free_port());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let busy = jobs.join("busy.toml");
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                std::fs::write(&busy, format!("# rewrite {n}\n{TINY}")).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    drop_spec(&jobs, "newcomer.toml", &invalid_spec(1));
+    let started = Instant::now();
+    let seen = loop {
+        if daemon.job_state("newcomer") == "invalid" {
+            break Some(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(12) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let seen = seen.expect("the new spec stayed unseen while the other file was rewritten");
+    assert!(seen < Duration::from_secs(7), "seen after {seen:?}");
+}
+
+#[test]
+fn leftover_temporary_files_are_swept_and_state_folders_that_are_files_set_aside() {
+    let (_root, jobs, state) = folders();
+    std::fs::create_dir_all(state.join("recommendations")).unwrap();
+    // A regular file where the history folder belongs.
+    std::fs::write(state.join("history"), "not a folder").unwrap();
+    let debris = [
+        jobs.join(".a.toml.tmp.999999.0"),
+        state.join("recommendations").join(".r.json.tmp.999999.1"),
+    ];
+    for path in &debris {
+        std::fs::write(path, "half a write").unwrap();
+    }
+    let daemon = Daemon::start(&jobs, &state, free_port());
+    assert_eq!(daemon.get("/healthz").0, 200);
+    for path in &debris {
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
+    assert!(state.join("history").is_dir());
+    let aside = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("history.not-a-folder")
+        });
+    assert!(aside, "the file was not kept aside");
+}

@@ -219,16 +219,65 @@ pub fn parse_document(text: &str, syntax: Syntax) -> Result<Value, FieldError> {
                     format!("TOML syntax error{location}: {}", e.message().trim()),
                 )
             })?;
+            // JSON has no NaN or infinity: converted, they would become
+            // null and read as "unset", so a NaN limit meant no limit.
+            let table = toml::Value::Table(table);
+            if let Some(field) = first_non_finite_toml(&table, "") {
+                return Err(non_finite(field));
+            }
             serde_json::to_value(table)
                 .map_err(|e| FieldError::new("", format!("unsupported TOML value: {e}")))
         }
         Syntax::Yaml => {
-            let value: Value = serde_yaml_ng::from_str(text)
+            let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)
                 .map_err(|e| FieldError::new("", format!("YAML syntax error: {e}")))?;
-            Ok(value)
+            if let Some(field) = first_non_finite_yaml(&value, "") {
+                return Err(non_finite(field));
+            }
+            serde_json::to_value(value)
+                .map_err(|e| FieldError::new("", format!("unsupported YAML value: {e}")))
         }
         Syntax::Json => serde_json::from_str(text)
             .map_err(|e| FieldError::new("", format!("JSON syntax error: {e}"))),
+    }
+}
+
+fn non_finite(field: String) -> FieldError {
+    FieldError::new(field, "must be a finite number, got NaN or infinity")
+}
+
+/// The path of the first NaN or infinite float in a TOML value.
+fn first_non_finite_toml(value: &toml::Value, path: &str) -> Option<String> {
+    match value {
+        toml::Value::Float(f) if !f.is_finite() => Some(path.to_string()),
+        toml::Value::Table(table) => table
+            .iter()
+            .find_map(|(key, v)| first_non_finite_toml(v, &join_path(path, key))),
+        toml::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| first_non_finite_toml(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// The path of the first NaN or infinite float in a YAML value.
+fn first_non_finite_yaml(value: &serde_yaml_ng::Value, path: &str) -> Option<String> {
+    use serde_yaml_ng::Value as Y;
+    match value {
+        Y::Number(n) if n.as_f64().is_some_and(|f| !f.is_finite()) => Some(path.to_string()),
+        Y::Mapping(map) => map.iter().find_map(|(key, v)| {
+            let key = key
+                .as_str()
+                .map_or_else(|| format!("{key:?}"), str::to_string);
+            first_non_finite_yaml(v, &join_path(path, &key))
+        }),
+        Y::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| first_non_finite_yaml(v, &format!("{path}[{i}]"))),
+        Y::Tagged(tagged) => first_non_finite_yaml(&tagged.value, path),
+        _ => None,
     }
 }
 
@@ -559,6 +608,18 @@ mod tests {
             nesting_depth("{\"a\": \"[[[[\", \"b\": [[1]]}", Syntax::Json),
             3
         );
+    }
+
+    #[test]
+    fn non_finite_numbers_are_errors_naming_their_field() {
+        let error = parse_document("[search]\nmemory_limit = nan\n", Syntax::Toml).unwrap_err();
+        assert_eq!(error.field, "search.memory_limit");
+        assert!(error.message.contains("finite"), "{error}");
+        let error = parse_document("[optimizer]\nbetas = [0.9, inf]\n", Syntax::Toml).unwrap_err();
+        assert_eq!(error.field, "optimizer.betas[1]");
+        let error = parse_document("optimizer:\n  weight_decay: .nan\n", Syntax::Yaml).unwrap_err();
+        assert_eq!(error.field, "optimizer.weight_decay");
+        assert!(parse_document("a:\n  b: 1.5\n", Syntax::Yaml).is_ok());
     }
 
     #[test]

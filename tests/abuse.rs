@@ -385,3 +385,117 @@ fn leftover_temporary_files_are_swept_and_state_folders_that_are_files_set_aside
         });
     assert!(aside, "the file was not kept aside");
 }
+
+#[test]
+fn non_finite_and_absurd_numbers_are_errors_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = "memory_limit = \"512MiB\"";
+    for (name, from, to, field, says) in [
+        (
+            "nan",
+            limit,
+            "memory_limit = nan",
+            "search.memory_limit",
+            "finite",
+        ),
+        (
+            "inf",
+            limit,
+            "memory_limit = inf",
+            "search.memory_limit",
+            "finite",
+        ),
+        (
+            "decay",
+            "kind = \"adam\"",
+            "kind = \"adam\"\nweight_decay = nan",
+            "optimizer.weight_decay",
+            "finite",
+        ),
+        (
+            "huge",
+            limit,
+            "memory_limit = \"17179869184GiB\"",
+            "search.memory_limit",
+            "at most",
+        ),
+    ] {
+        let text = TINY.replace(from, to);
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_batchd"))
+            .env("BATCHD_CONFIG", "/dev/null")
+            .arg("validate")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!output.status.success(), "{name} passed validation: {said}");
+        assert!(
+            said.contains(field) && said.contains(says),
+            "{name}: {said}"
+        );
+    }
+}
+
+/// Pids of processes whose command line is exactly `cmdline`.
+fn pids_running(cmdline: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let line = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let line = String::from_utf8_lossy(&line).replace('\0', " ");
+            (line.trim() == cmdline).then_some(pid)
+        })
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is dead: only its exit status is left.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_restart_after_kill_9_kills_what_a_command_trial_forked() {
+    let (_root, jobs, state) = folders();
+    // Unusual sleep lengths, so the test finds only its own processes.
+    let spec = "runner = \"command\"\ncommand = [\"sh\", \"-c\", \"sleep 97.25 & sleep 98.25\"]\n\
+                workdir = \"/tmp\"\n[policy_overrides.trials]\ndeadline = \"60s\"\n\
+                [optimizer]\nkind = \"sgd\"\n";
+    drop_spec(&jobs, "forks.toml", spec);
+    let port = free_port();
+    let mut daemon = Daemon::start(&jobs, &state, port);
+    daemon.wait_for(Duration::from_secs(30), |_| {
+        !pids_running("sleep 97.25").is_empty() && !pids_running("sleep 98.25").is_empty()
+    });
+    let left: Vec<u32> = [pids_running("sleep 97.25"), pids_running("sleep 98.25")].concat();
+    daemon.child.kill().unwrap(); // SIGKILL
+    daemon.child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // The parent-death signal took the shell only; its children live on.
+    assert!(left.iter().all(|pid| alive(*pid)), "{left:?}");
+    drop(daemon);
+    let daemon = Daemon::start(&jobs, &state, port);
+    let started = Instant::now();
+    while left.iter().any(|pid| alive(*pid)) && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let survivors: Vec<u32> = left.iter().copied().filter(|pid| alive(*pid)).collect();
+    drop(daemon);
+    for pid in &survivors {
+        // SAFETY: cleaning up after a failed assertion.
+        unsafe {
+            libc::kill(*pid as i32, libc::SIGKILL);
+        }
+    }
+    assert!(survivors.is_empty(), "left running: {survivors:?}");
+}

@@ -309,6 +309,11 @@ pub async fn serve(settings: Settings, reload: Reloader) -> anyhow::Result<()> {
     })?;
     // Temporary files of POSTs a killed daemon left behind.
     crate::state::sweep_temporaries(&config.jobs_dir);
+    // And the processes of its command trials (a script's own children).
+    let orphans = crate::trial::command::kill_orphaned_trials();
+    if orphans > 0 {
+        tracing::warn!("killed {orphans} processes left by the trials of a batchd that died");
+    }
     let store = StateStore::open(&config.state_dir)?;
     let interrupted = store.mark_interrupted_runs();
     if interrupted > 0 {

@@ -799,10 +799,18 @@ pub(super) fn parse_search(value: Option<&Value>, problems: &mut Problems) -> Op
         );
     }
     if let Some(limit) = raw.memory_limit {
+        // Above a petabyte is a typo, and past 2^53 the value no longer
+        // survives the JSON a trial request travels in.
+        const MOST: u64 = 1 << 50;
         if limit.bytes() < ByteSize::MIB {
             problems.push(
                 "search.memory_limit",
                 format!("must be at least 1MiB, got {limit}"),
+            );
+        } else if limit.bytes() > MOST {
+            problems.push(
+                "search.memory_limit",
+                format!("must be at most {}, got {limit}", ByteSize(MOST)),
             );
         }
     }

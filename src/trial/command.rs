@@ -82,6 +82,11 @@ pub fn environment(
         crate::policy::serde_plain(&request.spec.precision),
     );
     set("BATCHD_REPORT", report.display().to_string());
+    // Marks every process of the trial (children inherit it) with its
+    // owner, so a daemon restarted after `kill -9` can find what its
+    // predecessor left behind: the parent-death signal reaches only the
+    // trial's first process.
+    set(OWNER_VARIABLE, std::process::id().to_string());
     set(
         "BATCHD_VALIDATE",
         u8::from(request.record.validation_loss).to_string(),
@@ -246,6 +251,57 @@ fn report_path() -> PathBuf {
         "batchd-report-{}-{serial}.jsonl",
         std::process::id()
     ))
+}
+
+/// The environment variable naming the batchd process a trial belongs to.
+const OWNER_VARIABLE: &str = "BATCHD_TRIAL_OWNER";
+
+/// Kills what the trials of dead batchd processes left running: every
+/// process carrying [`OWNER_VARIABLE`] whose owner is gone, with its whole
+/// process group. Trials of a live batchd (another daemon, a CLI search)
+/// are left alone. Returns how many processes were found. A process that
+/// cleared its environment and left the group escapes this sweep.
+pub fn kill_orphaned_trials() -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    // SAFETY: getpgrp has no preconditions.
+    let own_group = unsafe { libc::getpgrp() };
+    let marker = format!("{OWNER_VARIABLE}=");
+    let mut found = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let owner = environ
+            .split(|b| *b == 0)
+            .filter_map(|var| std::str::from_utf8(var).ok())
+            .find_map(|var| var.strip_prefix(&marker))
+            .and_then(|owner| owner.parse::<i32>().ok());
+        let Some(owner) = owner else { continue };
+        let owner_alive = std::path::Path::new(&format!("/proc/{owner}")).exists();
+        if owner_alive || owner == std::process::id() as i32 {
+            continue;
+        }
+        found += 1;
+        // SAFETY: getpgid and kill on a pid read from /proc; a process that
+        // exited meanwhile makes them fail harmlessly.
+        unsafe {
+            let group = libc::getpgid(pid);
+            if group > 1 && group != own_group {
+                libc::kill(-group, libc::SIGKILL);
+            }
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    found
 }
 
 /// Kills a trial's whole process group when dropped: at the trial's end
@@ -464,6 +520,8 @@ mod tests {
         assert_eq!(get("BATCHD_REPORT"), Some("/r.jsonl"));
         assert_eq!(get("BATCHD_GRAD_NOISE_SMALL_BATCH"), Some("8"));
         assert_eq!(get("BATCHD_PRECISION"), Some("f32"));
+        let owner = std::process::id().to_string();
+        assert_eq!(get("BATCHD_TRIAL_OWNER"), Some(owner.as_str()));
     }
 
     #[test]

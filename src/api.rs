@@ -69,8 +69,101 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/", get(index_page))
         .route("/jobs/{name}", get(job_page))
+        .fallback(no_such_endpoint)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response(
+            problems_for_framework_errors,
+        ))
+        .layer(axum::middleware::from_fn(check_request_headers))
         .with_state(shared)
+}
+
+async fn no_such_endpoint() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "No such endpoint",
+        "see /openapi.json for the endpoints",
+    )
+}
+
+/// The errors axum itself answers (405, 413, a body it could not read) as
+/// RFC 9457 problems like every other error; HTML pages stay HTML.
+async fn problems_for_framework_errors(response: Response) -> Response {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let ours = content_type.starts_with("application/problem+json")
+        || content_type.starts_with("text/html")
+        || content_type.starts_with("application/json");
+    if !(status.is_client_error() || status.is_server_error()) || ours {
+        return response;
+    }
+    let title = status.canonical_reason().unwrap_or("Error");
+    let (parts, body) = response.into_parts();
+    let detail = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let detail = if detail.is_empty() {
+        title.to_string()
+    } else {
+        detail
+    };
+    let mut answer = Problem::new(status, title, detail).into_response();
+    // Keep headers such as `Allow` on a 405.
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
+}
+
+/// HTTP/1.1 requires `Host`; and a state-changing request a browser sends
+/// from another site carries an `Origin` that is not this server, which
+/// is refused (the token, when set, is the other guard).
+async fn check_request_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if request.version() == axum::http::Version::HTTP_11 && host.is_none() {
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Missing Host header",
+            "HTTP/1.1 requests must carry a Host header",
+        )
+        .into_response();
+    }
+    let changes_state = !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if changes_state {
+        if let Some(origin) = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+        {
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            if host.as_deref() != Some(origin_host) {
+                return Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "Cross-site request refused",
+                    format!("a request from {origin} may not change this daemon's jobs"),
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(request).await
 }
 
 /// The 404 of every endpoint under `/v1/jobs/{name}`.

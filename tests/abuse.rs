@@ -499,3 +499,103 @@ fn a_restart_after_kill_9_kills_what_a_command_trial_forked() {
     }
     assert!(survivors.is_empty(), "left running: {survivors:?}");
 }
+
+#[test]
+fn every_http_error_is_a_problem_and_odd_requests_are_refused() {
+    let (_root, jobs, state) = folders();
+    let daemon = Daemon::start(&jobs, &state, free_port());
+    let problem = |response: &str, status: &str| {
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{response}"
+        );
+        assert!(
+            response
+                .to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{response}"
+        );
+        let body = response.split_once("\r\n\r\n").unwrap().1;
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["status"].to_string(), status, "{body}");
+    };
+    let request = |head: &str, body: &str| {
+        raw(
+            daemon.port,
+            &format!(
+                "{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    problem(
+        &request("GET /nowhere HTTP/1.1\r\nHost: localhost", ""),
+        "404",
+    );
+    problem(
+        &request("PUT /v1/jobs HTTP/1.1\r\nHost: localhost", ""),
+        "405",
+    );
+    let big = "x".repeat(2 << 20);
+    problem(
+        &request(
+            "POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/toml",
+            &big,
+        ),
+        "413",
+    );
+    problem(&request("GET /healthz HTTP/1.1", ""), "400");
+    let cross_site = request(
+        "POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example\r\nContent-Type: application/toml",
+        TINY,
+    );
+    problem(&cross_site, "403");
+    assert!(std::fs::read_dir(&jobs).unwrap().next().is_none());
+}
+
+#[test]
+fn command_jobs_from_writable_places_or_running_writable_scripts_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (root, jobs, state) = folders();
+    // A world-writable folder outside the jobs folder, and a 0644 spec in
+    // it reached through a symbolic link.
+    let open = root.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let command = |script: &str, workdir: &Path| {
+        format!(
+            "runner = \"command\"\ncommand = [\"python3\", \"{script}\"]\nworkdir = {:?}\n[optimizer]\nkind = \"sgd\"\n",
+            workdir.display().to_string()
+        )
+    };
+    let scripts = root.path().join("scripts");
+    std::fs::create_dir(&scripts).unwrap();
+    std::fs::write(scripts.join("train.py"), "print('hi')\n").unwrap();
+    std::fs::write(scripts.join("open.py"), "print('hi')\n").unwrap();
+    std::fs::set_permissions(
+        scripts.join("open.py"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    std::fs::write(open.join("linked.toml"), command("train.py", &scripts)).unwrap();
+    std::fs::set_permissions(
+        open.join("linked.toml"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(open.join("linked.toml"), jobs.join("linked.toml")).unwrap();
+    drop_spec(&jobs, "script.toml", &command("open.py", &scripts));
+    drop_spec(&jobs, "fine.toml", &command("train.py", &scripts));
+    let daemon = Daemon::start(&jobs, &state, free_port());
+    daemon.wait_for(Duration::from_secs(20), |d| {
+        d.job_state("linked") == "invalid" && d.job_state("script") == "invalid"
+    });
+    let linked = first_error(&job(&daemon, "linked"));
+    assert!(
+        linked.contains("writable by everyone") && linked.contains("open"),
+        "{linked}"
+    );
+    let script = first_error(&job(&daemon, "script"));
+    assert!(script.contains("open.py"), "{script}");
+    assert_ne!(job(&daemon, "fine")["state"], "invalid");
+}

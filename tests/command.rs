@@ -165,10 +165,20 @@ fn the_whole_search_runs_on_a_command_job() {
     );
     let batch = rec["batch_size"].as_u64().unwrap();
     assert!(batch >= 1 && batch <= max_fit);
-    assert!(
-        rec["gradient_noise_scale"].as_f64().unwrap() > 0.0,
-        "{rec:#}"
-    );
+    // The noise scale is measured only on runs at batch 8 or more; when
+    // this cheap script's throughput plateau keeps every run below that,
+    // the recommendation must say it could not be measured.
+    match rec["gradient_noise_scale"].as_f64() {
+        Some(noise) => assert!(noise > 0.0, "{rec:#}"),
+        None => assert!(
+            rec["rationale"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l.as_str().unwrap().contains("could not be measured")),
+            "{rec:#}"
+        ),
+    }
     assert!(rec["learning_rate"].as_f64().unwrap() > 0.0);
     assert!(rec["expected_samples_per_second"].as_f64().unwrap() > 0.0);
     assert!(!rec["lr_range_tests"].as_array().unwrap().is_empty());

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod policy;
 pub mod report;
 pub mod search;
+pub mod server;
 pub mod spec;
 pub mod state;
 pub mod trial;

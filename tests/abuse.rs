@@ -599,3 +599,37 @@ fn command_jobs_from_writable_places_or_running_writable_scripts_are_refused() {
     assert!(script.contains("open.py"), "{script}");
     assert_ne!(job(&daemon, "fine")["state"], "invalid");
 }
+
+#[test]
+fn slow_and_idle_connections_are_closed() {
+    use std::io::{Read, Write};
+    let (_root, jobs, state) = folders();
+    let daemon = Daemon::start(&jobs, &state, free_port());
+    let closed_within = |prelude: &str| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(40)))
+            .unwrap();
+        stream.write_all(prelude.as_bytes()).unwrap();
+        let started = Instant::now();
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&sink).into_owned(),
+        )
+    };
+    // Half a request head, then nothing; a connection never used; a body
+    // promised and never sent.
+    let (slow_head, _) = closed_within("GET /healthz HTTP/1.1\r\nHost: localhost\r\n");
+    assert!(slow_head < Duration::from_secs(15), "{slow_head:?}");
+    let (idle, _) = closed_within("");
+    assert!(idle < Duration::from_secs(15), "{idle:?}");
+    let (slow_body, answer) = closed_within(
+        "POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/toml\r\nContent-Length: 100\r\n\r\nname",
+    );
+    assert!(slow_body < Duration::from_secs(35), "{slow_body:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // And the daemon serves others throughout.
+    assert_eq!(daemon.get("/healthz").0, 200);
+}

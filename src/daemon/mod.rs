@@ -370,9 +370,7 @@ pub async fn serve(settings: Settings, reload: Reloader) -> anyhow::Result<()> {
     notifier.ready(&shared.status_line());
     let app = crate::api::router(shared.clone());
     let lifecycle = lifecycle(shared.clone(), notifier.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(lifecycle)
-        .await?;
+    crate::server::serve(listener, app, lifecycle).await?;
     // Stop the running searches: dropping them drops their trials, whose
     // worker processes are killed.
     scheduler_task.abort();

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -276,15 +277,80 @@ fn read_folder(shared: &Shared) -> Vec<Found> {
         }
     };
     files.sort();
-    files
+    // Valid specs whose file has not changed since the last rescan (same
+    // inode, size, modification and change times, same settings) are not
+    // read or parsed again: an idle folder of a thousand jobs costs a
+    // thousand stats per rescan, not a thousand parses. The trust check
+    // (permissions) runs every time, since a chmod elsewhere can change it.
+    let generation = Arc::as_ptr(&settings) as usize;
+    // Taken out for the rescan (rescans never overlap), so no lock is held
+    // while files are read; what this rescan saw goes back at the end.
+    let previous = std::mem::take(
+        &mut *shared
+            .spec_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    );
+    let mut cache = std::collections::HashMap::new();
+    let found = files
         .into_iter()
         .map(|path| {
-            let loaded = load_spec_file(&path, &settings.policies, limit)
-                .and_then(|spec| trusted(&path, spec))
-                .map_err(|e| e.errors);
-            Found { path, loaded }
+            let stamp = FileStamp::of(&path, generation);
+            let cached = previous
+                .get(&path)
+                .filter(|(seen, _)| stamp.is_some() && *seen == stamp)
+                .map(|(_, spec)| spec.clone());
+            let loaded = match cached {
+                // Its data files may have gone since: those are checked.
+                Some(spec) => {
+                    let mut problems = crate::validation::Problems::new();
+                    crate::spec::check_data_files(&spec, &mut problems);
+                    problems.finish(&path.display().to_string(), spec)
+                }
+                None => load_spec_file(&path, &settings.policies, limit),
+            };
+            let loaded = loaded.and_then(|spec| trusted(&path, spec));
+            if let Ok(spec) = &loaded {
+                cache.insert(path.clone(), (stamp, spec.clone()));
+            }
+            Found {
+                path,
+                loaded: loaded.map_err(|e| e.errors),
+            }
         })
-        .collect()
+        .collect();
+    *shared
+        .spec_cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = cache;
+    found
+}
+
+/// What identifies one version of a file, for the rescan's cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified_ns: i128,
+    changed_ns: i128,
+    /// The settings (policies) the spec was resolved with.
+    generation: usize,
+}
+
+impl FileStamp {
+    fn of(path: &Path, generation: usize) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        meta.is_file().then(|| FileStamp {
+            device: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            changed_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            generation,
+        })
+    }
 }
 
 /// What the folder asks the table to hold: one entry per key.

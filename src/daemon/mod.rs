@@ -95,6 +95,9 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Held for a whole rescan, so rescans never interleave.
     reconciling: Mutex<()>,
+    /// The specs the last rescan read, by file, with the file's stamp.
+    pub(crate) spec_cache:
+        Mutex<HashMap<std::path::PathBuf, (Option<jobs::FileStamp>, crate::spec::JobSpec)>>,
     /// Held by POST and DELETE from their check to their rescan, so two
     /// requests never claim one name.
     pub(crate) claims: tokio::sync::Mutex<()>,
@@ -123,6 +126,7 @@ impl Shared {
             rescan: Notify::new(),
             ready: AtomicBool::new(false),
             reconciling: Mutex::new(()),
+            spec_cache: Mutex::new(HashMap::new()),
             claims: tokio::sync::Mutex::new(()),
         }
     }

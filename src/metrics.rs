@@ -32,18 +32,69 @@ const TRIAL_DURATION_BUCKETS: [f64; 12] = [
     0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
-/// One job as the metrics see it.
-pub struct JobView<'a> {
-    pub name: &'a str,
-    pub state: &'a str,
-    pub recommendation: Option<&'a Recommendation>,
+/// One job as the metrics see it: its name, state and the recommendation's
+/// figures (taken under the job table's lock, so a scrape never copies
+/// whole recommendations).
+pub struct JobView {
+    pub name: String,
+    pub state: &'static str,
+    /// One value per [`JOB_VALUES`] family, `None` when not known.
+    pub values: [Option<f64>; 6],
 }
+
+impl JobView {
+    pub fn new(name: &str, state: &'static str, rec: Option<&Recommendation>) -> JobView {
+        let values = rec.map_or([None; 6], |rec| {
+            [
+                Some(rec.batch_size as f64),
+                rec.learning_rate,
+                Some(rec.max_fit_batch_size as f64),
+                rec.gradient_noise_scale,
+                rec.expected_samples_per_second,
+                rec.expected_peak_memory_bytes.map(|b| b as f64),
+            ]
+        });
+        JobView {
+            name: name.to_string(),
+            state,
+            values,
+        }
+    }
+}
+
+/// The per-job gauge families, in [`JobView::values`] order.
+const JOB_VALUES: [(&str, &str); 6] = [
+    (
+        "batchd_job_recommended_batch_size",
+        "Recommended per-device batch size.",
+    ),
+    (
+        "batchd_job_learning_rate",
+        "Recommended learning rate for the recommended effective batch.",
+    ),
+    (
+        "batchd_job_max_fit_batch_size",
+        "Largest batch measured to fit the memory budget.",
+    ),
+    (
+        "batchd_job_gradient_noise_scale",
+        "Measured gradient noise scale (critical batch, in samples).",
+    ),
+    (
+        "batchd_job_expected_throughput_samples_per_second",
+        "Expected training throughput at the recommended batch.",
+    ),
+    (
+        "batchd_job_expected_peak_memory_bytes",
+        "Expected peak device memory at the recommended batch.",
+    ),
+];
 
 /// The daemon at one moment.
 pub struct Snapshot<'a> {
     /// `None` when NVML is unavailable.
     pub gpus: Option<&'a [GpuInfo]>,
-    pub jobs: Vec<JobView<'a>>,
+    pub jobs: Vec<JobView>,
     pub queue_depth: usize,
     pub searches_running: usize,
 }
@@ -56,13 +107,6 @@ pub struct Metrics {
     gpu_utilization: GaugeVec,
     gpu_temperature: GaugeVec,
     gpu_power: GaugeVec,
-    job_batch_size: GaugeVec,
-    job_learning_rate: GaugeVec,
-    job_max_fit: GaugeVec,
-    job_noise_scale: GaugeVec,
-    job_throughput: GaugeVec,
-    job_peak_memory: GaugeVec,
-    job_state: GaugeVec,
     jobs: IntGaugeVec,
     trials: IntCounterVec,
     trial_duration: HistogramVec,
@@ -85,7 +129,6 @@ impl Metrics {
             Ok::<_, prometheus::Error>(vec)
         };
         let gpu = ["gpu", "uuid"];
-        let job = ["job_name"];
         let metrics = Metrics {
             gpu_memory_total: gauge_vec(
                 "batchd_gpu_memory_total_bytes",
@@ -109,41 +152,6 @@ impl Metrics {
                 &gpu,
             )?,
             gpu_power: gauge_vec("batchd_gpu_power_watts", "GPU power draw.", &gpu)?,
-            job_batch_size: gauge_vec(
-                "batchd_job_recommended_batch_size",
-                "Recommended per-device batch size.",
-                &job,
-            )?,
-            job_learning_rate: gauge_vec(
-                "batchd_job_learning_rate",
-                "Recommended learning rate for the recommended effective batch.",
-                &job,
-            )?,
-            job_max_fit: gauge_vec(
-                "batchd_job_max_fit_batch_size",
-                "Largest batch measured to fit the memory budget.",
-                &job,
-            )?,
-            job_noise_scale: gauge_vec(
-                "batchd_job_gradient_noise_scale",
-                "Measured gradient noise scale (critical batch, in samples).",
-                &job,
-            )?,
-            job_throughput: gauge_vec(
-                "batchd_job_expected_throughput_samples_per_second",
-                "Expected training throughput at the recommended batch.",
-                &job,
-            )?,
-            job_peak_memory: gauge_vec(
-                "batchd_job_expected_peak_memory_bytes",
-                "Expected peak device memory at the recommended batch.",
-                &job,
-            )?,
-            job_state: gauge_vec(
-                "batchd_job_state",
-                "1 for the job's current state, 0 for the others.",
-                &["job_name", "state"],
-            )?,
             jobs: {
                 let vec = IntGaugeVec::new(Opts::new("batchd_jobs", "Jobs by state."), &["state"])?;
                 registry.register(Box::new(vec.clone()))?;
@@ -240,7 +248,9 @@ impl Metrics {
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
             tracing::warn!("cannot encode metrics: {error}");
         }
-        String::from_utf8(buffer).unwrap_or_default()
+        let mut text = String::from_utf8(buffer).unwrap_or_default();
+        render_jobs(&mut text, &snapshot.jobs);
+        text
     }
 
     fn set_gauges(&self, snapshot: &Snapshot) {
@@ -251,13 +261,6 @@ impl Metrics {
             &self.gpu_utilization,
             &self.gpu_temperature,
             &self.gpu_power,
-            &self.job_batch_size,
-            &self.job_learning_rate,
-            &self.job_max_fit,
-            &self.job_noise_scale,
-            &self.job_throughput,
-            &self.job_peak_memory,
-            &self.job_state,
         ] {
             vec.reset();
         }
@@ -295,35 +298,62 @@ impl Metrics {
             let count = snapshot.jobs.iter().filter(|j| j.state == state).count();
             self.jobs.with_label_values(&[state]).set(count as i64);
         }
-        for job in &snapshot.jobs {
-            for state in JOB_STATES {
-                self.job_state
-                    .with_label_values(&[job.name, state])
-                    .set(f64::from(u8::from(job.state == state)));
-            }
-            let Some(rec) = job.recommendation else {
-                continue;
-            };
-            let values = [
-                (&self.job_batch_size, Some(rec.batch_size as f64)),
-                (&self.job_learning_rate, rec.learning_rate),
-                (&self.job_max_fit, Some(rec.max_fit_batch_size as f64)),
-                (&self.job_noise_scale, rec.gradient_noise_scale),
-                (&self.job_throughput, rec.expected_samples_per_second),
-                (
-                    &self.job_peak_memory,
-                    rec.expected_peak_memory_bytes.map(|b| b as f64),
-                ),
-            ];
-            for (vec, value) in values {
-                if let Some(value) = value.filter(|v| v.is_finite()) {
-                    vec.with_label_values(&[job.name]).set(value);
-                }
-            }
-        }
         self.queue_depth.set(snapshot.queue_depth as i64);
         self.searches_running.set(snapshot.searches_running as i64);
     }
+}
+
+/// The per-job series, written straight into the exposition text. With a
+/// thousand jobs they are most of a scrape, and building them as registry
+/// metrics each time (a reset, thousands of label lookups, then a copy of
+/// each series for the encoder) made the scrape several times slower.
+fn render_jobs(out: &mut String, jobs: &[JobView]) {
+    use std::fmt::Write;
+    // Job names come from file names in the invalid case: escaped as the
+    // exposition format requires.
+    let names: Vec<String> = jobs.iter().map(|j| escape_label(&j.name)).collect();
+    for (index, (family, help)) in JOB_VALUES.iter().enumerate() {
+        let mut wrote_header = false;
+        for (job, name) in jobs.iter().zip(&names) {
+            let Some(value) = job.values[index].filter(|v| v.is_finite()) else {
+                continue;
+            };
+            if !wrote_header {
+                let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} gauge");
+                wrote_header = true;
+            }
+            let _ = writeln!(out, "{family}{{job_name=\"{name}\"}} {value}");
+        }
+    }
+    if jobs.is_empty() {
+        return;
+    }
+    out.push_str(
+        "# HELP batchd_job_state 1 for the job's current state, 0 for the others.\n# TYPE batchd_job_state gauge\n",
+    );
+    for (job, name) in jobs.iter().zip(&names) {
+        for state in JOB_STATES {
+            let on = u8::from(job.state == state);
+            let _ = writeln!(
+                out,
+                "batchd_job_state{{job_name=\"{name}\",state=\"{state}\"}} {on}"
+            );
+        }
+    }
+}
+
+/// A label value as the text exposition format writes it.
+fn escape_label(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 /// A trial runner that counts its trials' outcomes and durations.
@@ -404,16 +434,8 @@ mod tests {
         let text = metrics.render(&Snapshot {
             gpus: Some(&gpus),
             jobs: vec![
-                JobView {
-                    name: "a",
-                    state: "running",
-                    recommendation: None,
-                },
-                JobView {
-                    name: "b",
-                    state: "invalid",
-                    recommendation: None,
-                },
+                JobView::new("a", "running", None),
+                JobView::new("b\"\n", "invalid", None),
             ],
             queue_depth: 3,
             searches_running: 1,
@@ -428,14 +450,14 @@ mod tests {
         assert!(text.contains("batchd_job_state{job_name=\"a\",state=\"running\"} 1"));
         assert!(text.contains("batchd_job_state{job_name=\"a\",state=\"done\"} 0"));
         assert!(text.contains("batchd_jobs{state=\"running\"} 1"));
+        assert!(
+            text.contains("batchd_job_state{job_name=\"b\\\"\\n\",state=\"invalid\"} 1"),
+            "{text}"
+        );
         metrics.observe_trial(Outcome::OutOfMemory, 3.0);
         let text = metrics.render(&Snapshot {
             gpus: None,
-            jobs: vec![JobView {
-                name: "b",
-                state: "invalid",
-                recommendation: None,
-            }],
+            jobs: vec![JobView::new("b", "invalid", None)],
             queue_depth: 0,
             searches_running: 0,
         });

@@ -263,22 +263,21 @@ impl Shared {
     /// The Prometheus scrape: GPU state read now, jobs as they stand.
     pub fn metrics_text(&self) -> String {
         let gpus = self.gpu_probe.as_ref().and_then(|p| p.snapshot().ok());
-        let jobs: Vec<Job> = self
+        let jobs: Vec<JobView> = self
             .jobs
             .lock()
-            .map(|jobs| jobs.values().cloned().collect())
+            .map(|jobs| {
+                jobs.values()
+                    .map(|job| {
+                        JobView::new(&job.name, job.state.as_str(), job.recommendation.as_ref())
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         let searches_running = self.running.lock().map_or(0, |r| r.len());
         self.metrics.render(&Snapshot {
             gpus: gpus.as_ref().map(|s| s.gpus.as_slice()),
-            jobs: jobs
-                .iter()
-                .map(|job| JobView {
-                    name: &job.name,
-                    state: job.state.as_str(),
-                    recommendation: job.recommendation.as_ref(),
-                })
-                .collect(),
+            jobs,
             queue_depth: self.queue_depth(),
             searches_running,
         })

@@ -217,28 +217,14 @@ impl<R: TrialRunner> Session<'_, R> {
                 .and_then(|r| r.samples_per_second);
             let estimate = speed.map_or(0.0, |s| f64::from(steps) * proposed as f64 / s);
             let left = self.phase_left(Phase::MaxFit).as_secs_f64();
-            let mut batch = proposed;
-            if let (true, Some(largest)) = (
-                left <= 0.0 || estimate > left * 1.5,
-                search.result().batch_size,
-            ) {
-                passed_over = Some(passed_over.map_or(proposed, |p| p.min(proposed)));
-                // Instead, the largest batch whose trial fits the time left:
-                // a far better lower bound than stopping where the doubling
-                // happened to be (which confined slow models to tiny batches).
-                let affordable = speed.map_or(0, |s| {
-                    let seconds = (left - self.overhead_seconds()).max(0.0);
-                    round_batch(
-                        (seconds * s / f64::from(steps)) as u64,
-                        policy.batch_multiple,
-                    )
-                });
-                let worth_it = affordable as f64 >= largest as f64 * 1.25;
-                let untried = !results.iter().any(|r| r.batch_size == affordable);
-                if !(worth_it && untried && affordable < proposed) {
-                    break;
-                }
-                batch = affordable;
+            let batch = proposed;
+            if (left <= 0.0 || estimate > left * 1.5) && search.result().batch_size.is_some() {
+                // Not replaced by a smaller probe that fits the time left:
+                // tried on the advice bench, the bigger max fit it found
+                // made the ladder, race and LR check that follow cost more
+                // than the phases had, and the advice got worse (README).
+                passed_over = Some(proposed);
+                break;
             }
             let mut attempt = 0;
             let (result, probe) = loop {

@@ -524,16 +524,15 @@ fn a_spent_time_budget_gives_a_partial_answer() {
 }
 
 #[test]
-fn slow_trials_still_push_the_max_fit_as_far_as_its_time_allows() {
+fn slow_max_fit_trials_stop_within_their_share_and_say_so() {
     let mut runner = FakeRunner::new();
     runner.sleeps = true;
     let mut spec = spec("balanced", "");
     spec.search.time_budget = std::time::Duration::from_secs(8);
     // Memory would allow about 82,000; a 4-step trial at batch B takes
-    // 0.04 + 8e-5 B seconds, and the max-fit share of 8 s is 1.12 s.
+    // 0.04 + 8e-5 B seconds, and the max-fit share of 8 s is 1.12 s: the
+    // search stops short, says so, and the whole search stays in budget.
     let rec = advise_with(&runner, &spec, 4 << 30).unwrap();
-    let fit = rec.max_fit_batch_size;
-    assert!(fit >= 3000, "max fit {fit}: {:#?}", rec.rationale);
     assert!(
         rec.phases_cut.contains(&Phase::MaxFit),
         "{:?}",

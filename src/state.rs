@@ -574,6 +574,42 @@ mod tests {
         }
     }
 
+    /// Entries of `dir` other than `keep`.
+    fn debris(dir: &Path, keep: &[&str]) -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !keep.contains(&n.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn failed_writes_leave_no_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename fails: a folder holds the name.
+        fs::create_dir(dir.path().join("taken.json")).unwrap();
+        assert!(write_atomically(&dir.path().join("taken.json"), b"{}").is_err());
+        // The link fails: a file holds the name, which is kept as it was.
+        fs::write(dir.path().join("spec.toml"), "old").unwrap();
+        let error = create_atomically(&dir.path().join("spec.toml"), b"new").unwrap_err();
+        assert!(matches!(error, StateError::Exists(_)), "{error}");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("spec.toml")).unwrap(),
+            "old"
+        );
+        assert_eq!(
+            debris(dir.path(), &["taken.json", "spec.toml"]),
+            Vec::<String>::new()
+        );
+        // Temporaries of a dead writer are swept; this process's are not.
+        fs::write(dir.path().join(".x.json.tmp.999999.0"), "half").unwrap();
+        let mine = format!(".y.json.tmp.{}.0", std::process::id());
+        fs::write(dir.path().join(&mine), "in flight").unwrap();
+        assert_eq!(sweep_temporaries(dir.path()), 1);
+        assert_eq!(debris(dir.path(), &["taken.json", "spec.toml"]), vec![mine]);
+    }
+
     #[test]
     fn recommendations_survive_a_reopen_and_follow_their_key() {
         let dir = tempfile::tempdir().unwrap();

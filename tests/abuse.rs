@@ -240,14 +240,7 @@ fn an_empty_token_file_is_an_error_not_an_open_api() {
 #[test]
 fn the_bearer_scheme_is_case_insensitive_and_the_token_still_required() {
     let (root, jobs, state) = folders();
-    let token = root.path().join("token");
-    std::fs::write(&token, "s3cret\n").unwrap();
-    let config = root.path().join("batchd.toml");
-    std::fs::write(
-        &config,
-        format!("api_token_file = {:?}\n", token.display().to_string()),
-    )
-    .unwrap();
+    let config = common::config_with_token(root.path(), "s3cret");
     let daemon = Daemon::start_with(&jobs, &state, free_port(), &config);
     let send = |authorization: &str| {
         let request = format!(

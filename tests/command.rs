@@ -171,11 +171,7 @@ fn the_whole_search_runs_on_a_command_job() {
     match rec["gradient_noise_scale"].as_f64() {
         Some(noise) => assert!(noise > 0.0, "{rec:#}"),
         None => assert!(
-            rec["rationale"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|l| l.as_str().unwrap().contains("could not be measured")),
+            common::rationale_says(&rec, "could not be measured"),
             "{rec:#}"
         ),
     }
@@ -193,14 +189,8 @@ fn the_daemon_runs_command_jobs_from_its_folder_but_not_from_http() {
     let jobs = root.path().join("jobs");
     let state = root.path().join("state");
     std::fs::create_dir_all(&jobs).unwrap();
+    let config = common::config_with_token(root.path(), "s3cret");
     let token = root.path().join("token");
-    std::fs::write(&token, "s3cret\n").unwrap();
-    let config = root.path().join("batchd.toml");
-    std::fs::write(
-        &config,
-        format!("api_token_file = {:?}\n", token.display().to_string()),
-    )
-    .unwrap();
     let daemon = Daemon::start_with(&jobs, &state, free_port(), &config);
 
     let small = "[search]\nmax_batch = 512\nmemory_limit = \"256MiB\"\ntime_budget = \"120s\"\n";

@@ -212,11 +212,7 @@ fn every_metric_the_dashboard_names_is_exported_by_a_running_daemon() {
     let unmeasured_noise = rec["gradient_noise_scale"].is_null();
     if unmeasured_noise {
         assert!(
-            rec["rationale"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|l| l.as_str().unwrap().contains("could not be measured")),
+            common::rationale_says(&rec, "could not be measured"),
             "{rec:#}"
         );
     }

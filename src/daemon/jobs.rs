@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -282,7 +281,7 @@ fn read_folder(shared: &Shared) -> Vec<Found> {
     // read or parsed again: an idle folder of a thousand jobs costs a
     // thousand stats per rescan, not a thousand parses. The trust check
     // (permissions) runs every time, since a chmod elsewhere can change it.
-    let generation = Arc::as_ptr(&settings) as usize;
+    let generation = settings.generation;
     // Taken out for the rescan (rescans never overlap), so no lock is held
     // while files are read; what this rescan saw goes back at the end.
     let previous = std::mem::take(
@@ -335,11 +334,11 @@ pub(crate) struct FileStamp {
     modified_ns: i128,
     changed_ns: i128,
     /// The settings (policies) the spec was resolved with.
-    generation: usize,
+    generation: u64,
 }
 
 impl FileStamp {
-    fn of(path: &Path, generation: usize) -> Option<FileStamp> {
+    fn of(path: &Path, generation: u64) -> Option<FileStamp> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(path).ok()?;
         meta.is_file().then(|| FileStamp {

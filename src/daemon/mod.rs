@@ -14,7 +14,7 @@ pub mod sdnotify;
 mod watcher;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
@@ -36,6 +36,9 @@ pub struct Settings {
     pub policies: PolicySet,
     /// The bearer token state-changing endpoints require, when configured.
     pub api_token: Option<String>,
+    /// Distinct for every load: what was resolved under other settings
+    /// (the rescan's cached specs) is not reused.
+    pub generation: u64,
 }
 
 impl Settings {
@@ -58,10 +61,12 @@ impl Settings {
             }
             None => None,
         };
+        static LOADS: AtomicU64 = AtomicU64::new(0);
         Ok(Settings {
             config,
             policies,
             api_token,
+            generation: LOADS.fetch_add(1, Ordering::Relaxed),
         })
     }
 }

@@ -331,3 +331,25 @@ pub fn check_report(name: &str, html: &str, rec: &serde_json::Value) {
         "{name}: no batch size"
     );
 }
+
+/// A daemon configuration in `dir` whose API token file holds `token`.
+pub fn config_with_token(dir: &Path, token: &str) -> std::path::PathBuf {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let config = dir.join("batchd.toml");
+    std::fs::write(
+        &config,
+        format!("api_token_file = {:?}\n", token_file.display().to_string()),
+    )
+    .unwrap();
+    config
+}
+
+/// Whether a recommendation's rationale has a line containing `text`.
+pub fn rationale_says(rec: &serde_json::Value, text: &str) -> bool {
+    rec["rationale"].as_array().is_some_and(|lines| {
+        lines
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains(text)))
+    })
+}

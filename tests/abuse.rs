@@ -626,3 +626,56 @@ fn slow_and_idle_connections_are_closed() {
     // And the daemon serves others throughout.
     assert_eq!(daemon.get("/healthz").0, 200);
 }
+
+#[test]
+fn a_newline_in_a_file_name_cannot_forge_a_log_line() {
+    let (root, jobs, state) = folders();
+    let log_path = root.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    std::fs::write(
+        jobs.join("evil\nFORGED job done, batch 1\n.toml"),
+        "{{{ not a spec",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_batchd"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("BATCHD_CONFIG", "tests/fixtures/empty-config.toml")
+        .args(["serve", "--jobs-dir"])
+        .arg(&jobs)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let logged = |needle: &str| std::fs::read_to_string(&log_path).unwrap().contains(needle);
+    while !logged("is invalid") && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Removing the file logs its name a second time.
+    std::fs::remove_file(jobs.join("evil\nFORGED job done, batch 1\n.toml")).unwrap();
+    while !logged("retired") && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.contains("is invalid") && text.contains("retired"),
+        "{text}"
+    );
+    assert!(text.contains("evil\\nFORGED"), "{text}");
+    for line in text.lines() {
+        assert!(
+            !line.starts_with("FORGED"),
+            "a forged line: {line:?} in\n{text}"
+        );
+        assert!(
+            !line.trim().is_empty() && !line.starts_with(".toml"),
+            "{line:?} in\n{text}"
+        );
+    }
+}

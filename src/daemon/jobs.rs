@@ -490,13 +490,12 @@ pub fn reconcile(shared: &Shared) {
             if job.state == JobState::Invalid {
                 tracing::warn!(
                     "job {} is invalid: {}",
-                    key.escape_debug(),
+                    key,
                     job.errors
                         .iter()
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join("; ")
-                        .escape_debug()
                 );
             }
             if job.state == JobState::Queued {
@@ -512,7 +511,7 @@ pub fn reconcile(shared: &Shared) {
         for name in retired {
             tracing::info!(
                 "job {}: spec removed, job retired (its recommendation stays in the state folder)",
-                name.escape_debug()
+                name
             );
             shared.cancel_if_running(&name);
             jobs.remove(&name);

@@ -6,6 +6,8 @@
 //!   connections);
 //! - a request, body included, must be answered within [`REQUEST_TIMEOUT`]
 //!   (408 otherwise);
+//! - a response write may stay blocked for at most [`WRITE_STALL_TIMEOUT`]
+//!   (a client that stops reading is dropped);
 //! - at most [`MAX_CONNECTIONS`] connections are served at once; more wait
 //!   in the kernel's accept queue.
 //!
@@ -13,18 +15,24 @@
 //! builder has the header timeout.)
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
 /// Time allowed for a request head, idle time between requests included.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for reading a request's body and answering it.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a response write may make no progress before the connection is
+/// dropped.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 512;
 /// How long open connections may finish their responses at shutdown.
@@ -70,7 +78,8 @@ pub async fn serve(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection =
+                builder.serve_connection(TokioIo::new(WriteStallLimit::new(stream)), service);
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
@@ -111,4 +120,90 @@ async fn answer_in_time(
         )
             .into_response(),
     }
+}
+
+/// A stream whose writes fail with `TimedOut` once they have been blocked
+/// for [`WRITE_STALL_TIMEOUT`]: hyper has no write timeout of its own.
+struct WriteStallLimit<S> {
+    inner: S,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteStallLimit<S> {
+    fn new(inner: S) -> Self {
+        WriteStallLimit {
+            inner,
+            stalled: None,
+        }
+    }
+
+    /// What to answer for a write that made `progress` (or did not).
+    fn judge<T>(&mut self, cx: &mut Context<'_>, progress: Poll<T>) -> Poll<std::io::Result<T>> {
+        match progress {
+            Poll::Ready(done) => {
+                self.stalled = None;
+                Poll::Ready(Ok(done))
+            }
+            Poll::Pending => {
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL_TIMEOUT)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client stopped reading",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteStallLimit<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStallLimit<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let progress = Pin::new(&mut self.inner).poll_write(cx, buf);
+        flatten(self.judge(cx, progress))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let progress = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        flatten(self.judge(cx, progress))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let progress = Pin::new(&mut self.inner).poll_flush(cx);
+        flatten(self.judge(cx, progress))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let progress = Pin::new(&mut self.inner).poll_shutdown(cx);
+        flatten(self.judge(cx, progress))
+    }
+}
+
+fn flatten<T>(poll: Poll<std::io::Result<std::io::Result<T>>>) -> Poll<std::io::Result<T>> {
+    poll.map(|result| result.and_then(|inner| inner))
 }

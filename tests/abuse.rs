@@ -679,3 +679,40 @@ fn a_newline_in_a_file_name_cannot_forge_a_log_line() {
         );
     }
 }
+
+#[test]
+fn a_client_that_stops_reading_is_dropped() {
+    use std::io::{Read, Write};
+    let (_root, jobs, state) = folders();
+    let daemon = Daemon::start(&jobs, &state, free_port());
+    // Far more pipelined responses than the socket buffers hold.
+    const REQUESTS: usize = 20_000;
+    let stream = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(REQUESTS);
+        // Blocks once the daemon stops reading; fails once it hangs up.
+        let _ = writer.write_all(request.as_bytes());
+    });
+    std::thread::sleep(Duration::from_secs(40));
+    let mut reader = stream;
+    reader
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut answers = Vec::new();
+    let ended = reader.read_to_end(&mut answers);
+    let served = String::from_utf8_lossy(&answers)
+        .matches("HTTP/1.1 200")
+        .count();
+    // The daemon gave up on the connection: the stream ended (or was
+    // reset) before all the answers came.
+    assert!(served < REQUESTS, "{served} answers, {ended:?}");
+    assert!(
+        ended.is_ok()
+            || ended
+                .as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+        "{ended:?} after {served} answers"
+    );
+    assert_eq!(daemon.get("/healthz").0, 200);
+}

@@ -498,12 +498,9 @@ fn main() {
             // bounded by time would.
             let training_seconds = matches!(budget, Budget::Seconds(_)).then_some(cell_seconds);
             let spec = spec_for(&job, policy, Some(search_budget), training_seconds);
-            let context = batchd::advise_cli::search_context(
-                TrialDevice::Cpu,
-                spec.search.memory_limit,
-                None,
-            )
-            .expect("search context");
+            let context =
+                batchd::machine::search_context(TrialDevice::Cpu, spec.search.memory_limit, None)
+                    .expect("search context");
             let started = Instant::now();
             let rec: Recommendation = bench
                 .runtime
@@ -553,7 +550,10 @@ fn main() {
                 fmt_cell(&pick)
             );
             if std::env::var_os("BATCHD_BENCH_VERBOSE").is_some() {
-                eprintln!("{}", batchd::advise_cli::render(&spec, &rec, None));
+                eprintln!(
+                    "{}",
+                    batchd::report::text::recommendation(&spec, &rec, None)
+                );
             }
             let row = Row {
                 job: job.label.to_string(),

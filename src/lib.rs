@@ -8,25 +8,26 @@
 //! - [`trial`]: isolated training trials (Burn lives only in its engine);
 //! - [`search`]: max-fit search, throughput, noise scale, LR pairing, advice;
 //! - [`state`]: recommendations kept across restarts;
-//! - [`daemon`], [`api`]: `batchd serve`, its job table and HTTP API;
-//! - [`cli`]: the command line.
+//! - [`job`]: a job's lifecycle states;
+//! - [`machine`]: the devices, what `auto` means, memory budgets;
+//! - [`daemon`]: `batchd serve`, its job table, scheduler and HTTP API;
+//! - [`report`]: recommendations as HTML pages and as text.
+//!
+//! The command line is the binary's (`src/cli/`), not the library's.
 
-pub mod advise_cli;
-pub mod api;
-pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod gpu;
+pub mod job;
 pub mod logging;
+pub mod machine;
 pub mod metrics;
 pub mod policy;
 pub mod report;
 pub mod search;
-pub mod server;
 pub mod spec;
 pub mod state;
 pub mod trial;
-pub mod trial_cli;
 pub mod units;
 pub mod validation;
 

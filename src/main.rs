@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cli;
+
 fn main() -> ExitCode {
     // A trial worker skips argument parsing and logging: its stdout is a
     // protocol, and its start-up time is part of every trial's cost.
@@ -12,9 +14,9 @@ fn main() -> ExitCode {
     {
         return ExitCode::from(batchd::trial::worker::main() as u8);
     }
-    let cli = batchd::cli::Cli::parse();
+    let cli = cli::Cli::parse();
     batchd::logging::init(&cli.log);
-    match batchd::cli::run(cli) {
+    match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("batchd: {error:#}");

@@ -20,11 +20,9 @@ use prometheus::{
 };
 
 use crate::gpu::GpuInfo;
+use crate::job::JobState;
 use crate::search::Recommendation;
 use crate::trial::{Outcome, TrialRequest, TrialResult, TrialRunner};
-
-/// The job states a job's state gauge covers.
-pub const JOB_STATES: [&str; 5] = ["queued", "running", "done", "failed", "invalid"];
 
 /// Trial durations: from a cached-kernel MLP step (< 1 s) to a max-fit
 /// trial on a large GPU (minutes).
@@ -37,13 +35,13 @@ const TRIAL_DURATION_BUCKETS: [f64; 12] = [
 /// whole recommendations).
 pub struct JobView {
     pub name: String,
-    pub state: &'static str,
+    pub state: JobState,
     /// One value per [`JOB_VALUES`] family, `None` when not known.
     pub values: [Option<f64>; 6],
 }
 
 impl JobView {
-    pub fn new(name: &str, state: &'static str, rec: Option<&Recommendation>) -> JobView {
+    pub fn new(name: &str, state: JobState, rec: Option<&Recommendation>) -> JobView {
         let values = rec.map_or([None; 6], |rec| {
             [
                 Some(rec.batch_size as f64),
@@ -225,8 +223,8 @@ impl Metrics {
                 .trial_duration
                 .with_label_values(&[outcome.as_str()]);
         }
-        for state in JOB_STATES {
-            metrics.jobs.with_label_values(&[state]);
+        for state in JobState::ALL {
+            metrics.jobs.with_label_values(&[state.as_str()]);
         }
         Ok(metrics)
     }
@@ -294,9 +292,11 @@ impl Metrics {
                 }
             }
         }
-        for state in JOB_STATES {
+        for state in JobState::ALL {
             let count = snapshot.jobs.iter().filter(|j| j.state == state).count();
-            self.jobs.with_label_values(&[state]).set(count as i64);
+            self.jobs
+                .with_label_values(&[state.as_str()])
+                .set(count as i64);
         }
         self.queue_depth.set(snapshot.queue_depth as i64);
         self.searches_running.set(snapshot.searches_running as i64);
@@ -332,7 +332,7 @@ fn render_jobs(out: &mut String, jobs: &[JobView]) {
         "# HELP batchd_job_state 1 for the job's current state, 0 for the others.\n# TYPE batchd_job_state gauge\n",
     );
     for (job, name) in jobs.iter().zip(&names) {
-        for state in JOB_STATES {
+        for state in JobState::ALL {
             let on = u8::from(job.state == state);
             let _ = writeln!(
                 out,
@@ -434,8 +434,8 @@ mod tests {
         let text = metrics.render(&Snapshot {
             gpus: Some(&gpus),
             jobs: vec![
-                JobView::new("a", "running", None),
-                JobView::new("b\"\n", "invalid", None),
+                JobView::new("a", JobState::Running, None),
+                JobView::new("b\"\n", JobState::Invalid, None),
             ],
             queue_depth: 3,
             searches_running: 1,
@@ -457,7 +457,7 @@ mod tests {
         metrics.observe_trial(Outcome::OutOfMemory, 3.0);
         let text = metrics.render(&Snapshot {
             gpus: None,
-            jobs: vec![JobView::new("b", "invalid", None)],
+            jobs: vec![JobView::new("b", JobState::Invalid, None)],
             queue_depth: 0,
             searches_running: 0,
         });

@@ -48,6 +48,16 @@ pub enum Objective {
     Generalization,
 }
 
+impl std::fmt::Display for Objective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Objective::Goodput => "goodput",
+            Objective::Throughput => "throughput",
+            Objective::Generalization => "generalization",
+        })
+    }
+}
+
 /// How the learning rate moves with batch size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -58,6 +68,16 @@ pub enum LrScaling {
     Linear,
     /// lr ~ sqrt(B) (Malladi et al. 2022), the rule for Adam-family optimizers.
     Sqrt,
+}
+
+impl std::fmt::Display for LrScaling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LrScaling::Measured => "measured",
+            LrScaling::Linear => "linear",
+            LrScaling::Sqrt => "sqrt",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -289,21 +309,12 @@ impl Policy {
     pub fn summary(&self) -> String {
         format!(
             "objective {}, headroom {:.0}%, batch multiple {}, accumulation <= {}, lr scaling {}",
-            serde_plain(&self.objective),
+            self.objective,
             self.memory_headroom_fraction * 100.0,
             self.batch_multiple,
             self.max_accumulation_steps,
-            serde_plain(&self.lr_scaling),
+            self.lr_scaling,
         )
-    }
-}
-
-/// The name a unit enum serializes to, for messages.
-pub(crate) fn serde_plain<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(Value::String(s)) => s,
-        Ok(other) => other.to_string(),
-        Err(_) => String::from("?"),
     }
 }
 

@@ -6,40 +6,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::Shared;
+pub use crate::job::JobState;
 use crate::search::Recommendation;
 use crate::spec::{load_spec_file, JobSpec};
 use crate::state::{CacheKey, RunOutcome};
 use crate::validation::{FieldError, Syntax};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Queued,
-    Running,
-    Done,
-    Failed,
-    Invalid,
-}
-
-impl JobState {
-    pub const ALL: [JobState; 5] = [
-        JobState::Queued,
-        JobState::Running,
-        JobState::Done,
-        JobState::Failed,
-        JobState::Invalid,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Done => "done",
-            JobState::Failed => "failed",
-            JobState::Invalid => "invalid",
-        }
-    }
-}
 
 /// One job as the API shows it.
 #[derive(Debug, Clone, Serialize)]

@@ -1,34 +1,37 @@
 //! `batchd serve`: the watched jobs folder ([`watcher`]), the job table
 //! ([`jobs`]), the scheduler ([`scheduler`]) and the lifecycle: systemd
-//! notifications ([`sdnotify`]), SIGHUP reload, SIGTERM/SIGINT shutdown.
-//! The HTTP API is in [`crate::api`].
+//! notifications ([`sdnotify`]), reload and shutdown as the edge asks
+//! ([`Control`]), the HTTP API ([`api`], served by [`http`]).
 //!
 //! Finished recommendations are stored by spec content hash, device model
 //! and batchd version, and every run of a job's search is kept in its
 //! history, so a restart does not redo finished (or failed) work; runs a
 //! crashed daemon left behind are marked interrupted and run again.
 
+pub mod api;
+pub mod http;
 pub mod jobs;
 pub mod scheduler;
 pub mod sdnotify;
 mod watcher;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
 
 pub use jobs::{reconcile, Job, JobState};
-pub use scheduler::DeviceSlot;
 
 use crate::config::Config;
 use crate::gpu::{open_probe, GpuProbe};
+use crate::machine::Machine;
 use crate::metrics::{JobView, MeteredRunner, Metrics, Snapshot};
 use crate::policy::PolicySet;
 use crate::spec::DeviceChoice;
 use crate::state::{CacheKey, RunOutcome, StateStore};
-use crate::trial::{ProcessTrialRunner, RunnerOptions, TrialDevice};
+use crate::trial::{ProcessTrialRunner, RunnerOptions, TrialDevice, TrialRunner};
 
 /// What a SIGHUP reloads: the configuration, the policies, the API token.
 pub struct Settings {
@@ -41,22 +44,37 @@ pub struct Settings {
     pub generation: u64,
 }
 
+/// Why settings cannot be (re)loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read the API token file {}: {source}", path.display())]
+    TokenUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the API token file {} is empty: put a token in it, or remove api_token_file from the configuration", path.display())]
+    TokenEmpty { path: PathBuf },
+    /// The configuration or a policy is invalid (the loader's report).
+    #[error("{0}")]
+    Invalid(String),
+}
+
 impl Settings {
-    pub fn new(config: Config, policies: PolicySet) -> anyhow::Result<Settings> {
-        use anyhow::Context;
+    pub fn new(config: Config, policies: PolicySet) -> Result<Settings, SettingsError> {
         // An empty or unreadable token file is an error, never "no
         // authentication": that would open the API without a word.
         let api_token = match &config.api_token_file {
             Some(path) => {
                 let token = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read the API token file {}", path.display()))?
+                    .map_err(|source| SettingsError::TokenUnreadable {
+                        path: path.clone(),
+                        source,
+                    })?
                     .trim()
                     .to_string();
-                anyhow::ensure!(
-                    !token.is_empty(),
-                    "the API token file {} is empty: put a token in it, or remove api_token_file from the configuration",
-                    path.display()
-                );
+                if token.is_empty() {
+                    return Err(SettingsError::TokenEmpty { path: path.clone() });
+                }
                 Some(token)
             }
             None => None,
@@ -72,7 +90,76 @@ impl Settings {
 }
 
 /// Loads the settings again, the way the command line first did.
-pub type Reloader = Box<dyn Fn() -> anyhow::Result<Settings> + Send + Sync>;
+pub type Reloader = Box<dyn Fn() -> Result<Settings, SettingsError> + Send + Sync>;
+
+/// Why a reload was refused (the running settings stay).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("the reload did not finish: {0}")]
+    Aborted(#[from] tokio::task::JoinError),
+}
+
+/// Why the daemon could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create the jobs folder {}: {source}", path.display())]
+    JobsFolder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("cannot register the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("serving HTTP failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// What the daemon's edge (signals, in `batchd serve`) asks of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Load the configuration and policies again (SIGHUP).
+    Reload,
+    /// Stop (SIGTERM, SIGINT); a closed channel means the same.
+    Shutdown,
+}
+
+/// What the daemon runs on, passed in so tests can give fakes.
+pub struct Edges<R> {
+    pub machine: Machine,
+    /// Runs trials: [`ProcessTrialRunner`] in production.
+    pub runner: R,
+    pub reload: Reloader,
+    pub notifier: Arc<sdnotify::Notifier>,
+}
+
+impl Edges<ProcessTrialRunner> {
+    /// This machine, trials in child processes of this binary, systemd
+    /// when it supervises us.
+    pub fn production(settings: &Settings, reload: Reloader) -> std::io::Result<Self> {
+        let gpu_probe: Option<Arc<dyn GpuProbe>> = match open_probe() {
+            Ok(probe) => Some(Arc::from(probe)),
+            Err(error) => {
+                tracing::info!("no GPU found ({error}), using CPU");
+                None
+            }
+        };
+        let machine = Machine::discover(gpu_probe.clone());
+        let mut options = RunnerOptions::current_exe()?;
+        options.gpu_probe = gpu_probe;
+        options.kernel_cache_dir = Some(crate::machine::daemon_kernel_cache(
+            &settings.config.state_dir,
+        ));
+        Ok(Edges {
+            machine,
+            runner: ProcessTrialRunner::new(options),
+            reload,
+            notifier: Arc::new(sdnotify::Notifier::from_env()),
+        })
+    }
+}
 
 /// A search in progress.
 pub(crate) struct RunningSearch {
@@ -86,9 +173,8 @@ pub struct Shared {
     settings: RwLock<Arc<Settings>>,
     reload: Reloader,
     pub store: StateStore,
-    /// Devices searches run on, one search each at a time.
-    pub devices: Vec<DeviceSlot>,
-    pub gpu_probe: Option<Arc<dyn GpuProbe>>,
+    /// Devices searches run on (one search each at a time), and NVML.
+    pub machine: Machine,
     pub metrics: Arc<Metrics>,
     pub jobs: Mutex<BTreeMap<String, Job>>,
     pub(crate) running: Mutex<HashMap<String, RunningSearch>>,
@@ -113,16 +199,14 @@ impl Shared {
         settings: Settings,
         reload: Reloader,
         store: StateStore,
-        devices: Vec<DeviceSlot>,
-        gpu_probe: Option<Arc<dyn GpuProbe>>,
+        machine: Machine,
         metrics: Arc<Metrics>,
     ) -> Shared {
         Shared {
             settings: RwLock::new(Arc::new(settings)),
             reload,
             store,
-            devices,
-            gpu_probe,
+            machine,
             metrics,
             jobs: Mutex::new(BTreeMap::new()),
             running: Mutex::new(HashMap::new()),
@@ -155,14 +239,9 @@ impl Shared {
 
     /// Device models whose stored answers fit a job asking for `choice`.
     pub fn models_for(&self, choice: DeviceChoice) -> Vec<String> {
-        let has_gpu = self
-            .devices
-            .iter()
-            .any(|d| matches!(d.device, TrialDevice::Cuda(_)));
         let mut models: Vec<String> = self
-            .devices
-            .iter()
-            .filter(|d| d.serves(choice, has_gpu))
+            .machine
+            .serving(choice)
             .map(|d| d.model.clone())
             .collect();
         models.dedup();
@@ -240,7 +319,7 @@ impl Shared {
     /// Reloads configuration and policies, then re-reads every spec (a
     /// changed policy changes the specs' hashes, so their jobs run again).
     /// Settings that only a restart can change are named in the result.
-    pub async fn reload(self: &Arc<Self>) -> anyhow::Result<Vec<&'static str>> {
+    pub async fn reload(self: &Arc<Self>) -> Result<Vec<&'static str>, ReloadError> {
         let this = self.clone();
         let new = tokio::task::spawn_blocking(move || (this.reload)()).await??;
         let old = self.settings();
@@ -267,15 +346,17 @@ impl Shared {
 
     /// The Prometheus scrape: GPU state read now, jobs as they stand.
     pub fn metrics_text(&self) -> String {
-        let gpus = self.gpu_probe.as_ref().and_then(|p| p.snapshot().ok());
+        let gpus = self
+            .machine
+            .gpu_probe
+            .as_ref()
+            .and_then(|p| p.snapshot().ok());
         let jobs: Vec<JobView> = self
             .jobs
             .lock()
             .map(|jobs| {
                 jobs.values()
-                    .map(|job| {
-                        JobView::new(&job.name, job.state.as_str(), job.recommendation.as_ref())
-                    })
+                    .map(|job| JobView::new(&job.name, job.state, job.recommendation.as_ref()))
                     .collect()
             })
             .unwrap_or_default();
@@ -305,15 +386,19 @@ pub async fn reconcile_now(shared: &Arc<Shared>) {
     let _ = tokio::task::spawn_blocking(move || reconcile(&shared)).await;
 }
 
-/// Starts the daemon and runs until SIGTERM or SIGINT.
-pub async fn serve(settings: Settings, reload: Reloader) -> anyhow::Result<()> {
-    use anyhow::Context;
+/// Runs the daemon on `listener` until `control` says to stop (or
+/// closes): recovers what a previous run left, scans the jobs folder,
+/// schedules searches on `edges.machine`, serves the HTTP API.
+pub async fn run<R: TrialRunner + 'static>(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    control: tokio::sync::mpsc::Receiver<Control>,
+    edges: Edges<R>,
+) -> Result<(), DaemonError> {
     let config = &settings.config;
-    std::fs::create_dir_all(&config.jobs_dir).with_context(|| {
-        format!(
-            "cannot create the jobs folder {}",
-            config.jobs_dir.display()
-        )
+    std::fs::create_dir_all(&config.jobs_dir).map_err(|source| DaemonError::JobsFolder {
+        path: config.jobs_dir.clone(),
+        source,
     })?;
     // Temporary files of POSTs a killed daemon left behind.
     crate::state::sweep_temporaries(&config.jobs_dir);
@@ -329,36 +414,26 @@ pub async fn serve(settings: Settings, reload: Reloader) -> anyhow::Result<()> {
             "{interrupted} search(es) were interrupted by the last stop; they run again"
         );
     }
-    let gpu_probe: Option<Arc<dyn GpuProbe>> = match open_probe() {
-        Ok(probe) => Some(Arc::from(probe)),
-        Err(error) => {
-            tracing::info!("no GPU found ({error}), using CPU");
-            None
-        }
-    };
-    let devices = scheduler::machine_devices(gpu_probe.as_deref());
-    for slot in &devices {
+    for slot in &edges.machine.devices {
         tracing::info!("device {} ({})", slot.device, slot.model);
     }
-    let mut options = RunnerOptions::current_exe()?;
-    options.gpu_probe = gpu_probe.clone();
-    options.kernel_cache_dir = Some(config.state_dir.join("kernel-cache"));
-    let metrics = Arc::new(Metrics::new().context("cannot register the metrics")?);
+    let metrics = Arc::new(Metrics::new()?);
     let runner = Arc::new(MeteredRunner {
-        inner: ProcessTrialRunner::new(options),
+        inner: edges.runner,
         metrics: metrics.clone(),
     });
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let notifier = edges.notifier;
     let shared = Arc::new(Shared::new(
-        settings, reload, store, devices, gpu_probe, metrics,
+        settings,
+        edges.reload,
+        store,
+        edges.machine,
+        metrics,
     ));
     reconcile_now(&shared).await;
     shared.ready.store(true, Ordering::SeqCst);
     let scheduler_task = tokio::spawn(scheduler::run(shared.clone(), runner));
     let watcher_task = tokio::spawn(watcher::run(shared.clone()));
-    let notifier = Arc::new(sdnotify::Notifier::from_env());
     let watchdog_task = notifier.watchdog_interval().map(|interval| {
         let notifier = notifier.clone();
         let shared = shared.clone();
@@ -376,9 +451,9 @@ pub async fn serve(settings: Settings, reload: Reloader) -> anyhow::Result<()> {
     });
     tracing::info!("listening on http://{}", listener.local_addr()?);
     notifier.ready(&shared.status_line());
-    let app = crate::api::router(shared.clone());
-    let lifecycle = lifecycle(shared.clone(), notifier.clone());
-    crate::server::serve(listener, app, lifecycle).await?;
+    let app = api::router(shared.clone());
+    let lifecycle = lifecycle(shared.clone(), control, notifier.clone());
+    http::serve(listener, app, lifecycle).await?;
     // Stop the running searches: dropping them drops their trials, whose
     // worker processes are killed.
     scheduler_task.abort();
@@ -422,38 +497,27 @@ fn record_interrupted(shared: &Shared) {
     }
 }
 
-/// Handles signals until one asks for shutdown: SIGHUP reloads, SIGTERM
-/// and SIGINT stop.
-async fn lifecycle(shared: Arc<Shared>, notifier: Arc<sdnotify::Notifier>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut hangup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        notifier.stopping();
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
-            _ = hangup.recv() => {
-                tracing::info!("SIGHUP: reloading the configuration and policies");
-                notifier.reloading();
-                match shared.reload().await {
-                    Ok(need_restart) if need_restart.is_empty() => tracing::info!("reloaded"),
-                    Ok(need_restart) => tracing::warn!(
-                        "reloaded; {} changed but only take effect after a restart",
-                        need_restart.join(", ")
-                    ),
-                    Err(error) => tracing::error!(
-                        "reload failed, keeping the running configuration: {error:#}"
-                    ),
-                }
-                notifier.ready(&shared.status_line());
+/// Follows the edge's requests until one asks for shutdown: reloads on
+/// [`Control::Reload`], tells systemd what happens.
+async fn lifecycle(
+    shared: Arc<Shared>,
+    mut control: tokio::sync::mpsc::Receiver<Control>,
+    notifier: Arc<sdnotify::Notifier>,
+) {
+    while let Some(Control::Reload) = control.recv().await {
+        tracing::info!("reloading the configuration and policies");
+        notifier.reloading();
+        match shared.reload().await {
+            Ok(need_restart) if need_restart.is_empty() => tracing::info!("reloaded"),
+            Ok(need_restart) => tracing::warn!(
+                "reloaded; {} changed but only take effect after a restart",
+                need_restart.join(", ")
+            ),
+            Err(error) => {
+                tracing::error!("reload failed, keeping the running configuration: {error}")
             }
         }
+        notifier.ready(&shared.status_line());
     }
     tracing::info!("shutting down");
     notifier.stopping();
@@ -462,6 +526,7 @@ async fn lifecycle(shared: Arc<Shared>, notifier: Arc<sdnotify::Notifier>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::DeviceSlot;
     use crate::search::tests::FakeRunner;
     use crate::trial::{TrialRequest, TrialResult, TrialRunner};
     use std::time::Duration;
@@ -532,14 +597,16 @@ mod tests {
         let settings = Settings::new(config, PolicySet::builtin()).unwrap();
         let shared = Arc::new(Shared::new(
             settings,
-            Box::new(|| anyhow::bail!("no reload in tests")),
+            Box::new(|| Err(SettingsError::Invalid("no reload in tests".into()))),
             store,
-            vec![
-                slot(TrialDevice::Cuda(0)),
-                slot(TrialDevice::Cuda(1)),
-                slot(TrialDevice::Cpu),
-            ],
-            None,
+            Machine {
+                devices: vec![
+                    slot(TrialDevice::Cuda(0)),
+                    slot(TrialDevice::Cuda(1)),
+                    slot(TrialDevice::Cpu),
+                ],
+                gpu_probe: None,
+            },
             Arc::new(Metrics::new().unwrap()),
         ));
         let runner = Arc::new(CountingRunner {

@@ -10,64 +10,16 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::jobs::JobState;
 use super::{RunningSearch, Shared};
+use crate::machine::DeviceSlot;
 use crate::search::{advise, Progress, Recommendation};
 use crate::spec::{DeviceChoice, JobSpec};
 use crate::state::{CacheKey, RunOutcome, RunRecord};
 use crate::trial::{TrialDevice, TrialRunner};
-
-/// A device searches run on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeviceSlot {
-    pub device: TrialDevice,
-    /// The model name, part of a recommendation's cache key.
-    pub model: String,
-}
-
-impl DeviceSlot {
-    /// Whether a job that asks for `choice` may run here. `auto` means any
-    /// GPU on a machine that has one, else the CPU.
-    pub fn serves(&self, choice: DeviceChoice, machine_has_gpu: bool) -> bool {
-        match (choice, self.device) {
-            (DeviceChoice::Auto, TrialDevice::Cuda(_)) => true,
-            (DeviceChoice::Auto, TrialDevice::Cpu) => !machine_has_gpu,
-            (DeviceChoice::Cpu, TrialDevice::Cpu) => true,
-            (DeviceChoice::Cuda(wanted), TrialDevice::Cuda(index)) => wanted == index,
-            _ => false,
-        }
-    }
-}
-
-/// The devices of this machine: every CUDA device the driver shows, and
-/// the CPU.
-pub fn machine_devices(probe: Option<&dyn crate::gpu::GpuProbe>) -> Vec<DeviceSlot> {
-    let count = crate::trial::cuda::device_count().unwrap_or(0);
-    let gpus = probe
-        .and_then(|p| p.snapshot().ok())
-        .map(|s| s.gpus)
-        .unwrap_or_default();
-    let mut slots: Vec<DeviceSlot> = (0..count)
-        .map(|index| DeviceSlot {
-            device: TrialDevice::Cuda(index),
-            // NVML and CUDA number GPUs alike unless CUDA_DEVICE_ORDER says
-            // otherwise; the name is only used as a cache key.
-            model: gpus
-                .iter()
-                .find(|g| g.index == index)
-                .map_or_else(|| format!("cuda:{index}"), |g| g.name.clone()),
-        })
-        .collect();
-    slots.push(DeviceSlot {
-        device: TrialDevice::Cpu,
-        model: "cpu".into(),
-    });
-    slots
-}
 
 /// What the scheduler does next.
 #[derive(Debug, Default, PartialEq)]
@@ -85,13 +37,11 @@ pub fn plan(
     busy: &HashSet<TrialDevice>,
     max_concurrent: usize,
 ) -> Plan {
-    let has_gpu = devices
-        .iter()
-        .any(|d| matches!(d.device, TrialDevice::Cuda(_)));
+    let has_gpu = crate::machine::has_gpu(devices);
     let mut taken = busy.clone();
     let mut plan = Plan::default();
     for (name, choice) in queue {
-        let mut candidates = devices.iter().filter(|d| d.serves(*choice, has_gpu));
+        let mut candidates = devices.iter().filter(|d| d.device.serves(*choice, has_gpu));
         let Some(first) = candidates.next() else {
             plan.unservable.push(name.clone());
             continue;
@@ -157,11 +107,12 @@ fn take_startable(shared: &Shared) -> Vec<Startable> {
         })
         .collect();
     let busy: HashSet<TrialDevice> = running.values().map(|r| r.device).collect();
-    let plan = plan(&entries, &shared.devices, &busy, max_concurrent);
+    let plan = plan(&entries, &shared.machine.devices, &busy, max_concurrent);
     queue.retain(|name| {
         !plan.unservable.contains(name) && !plan.start.iter().any(|(n, _)| n == name)
     });
     let available: Vec<String> = shared
+        .machine
         .devices
         .iter()
         .map(|d| d.device.to_string())
@@ -188,7 +139,13 @@ fn take_startable(shared: &Shared) -> Vec<Startable> {
         let Some(spec) = job.spec.clone() else {
             continue;
         };
-        let Some(slot) = shared.devices.iter().find(|d| d.device == device).cloned() else {
+        let Some(slot) = shared
+            .machine
+            .devices
+            .iter()
+            .find(|d| d.device == device)
+            .cloned()
+        else {
             continue;
         };
         job.state = JobState::Running;
@@ -300,13 +257,12 @@ async fn search<R: TrialRunner>(
     slot: &DeviceSlot,
     cancel: &Notify,
 ) -> SearchEnd {
-    let context = match crate::advise_cli::search_context(
-        slot.device,
-        spec.search.memory_limit,
-        shared.gpu_probe.as_deref(),
-    ) {
+    let context = match shared
+        .machine
+        .search_context(slot.device, spec.search.memory_limit)
+    {
         Ok(context) => context,
-        Err(error) => return SearchEnd::Failed(error),
+        Err(error) => return SearchEnd::Failed(error.to_string()),
     };
     let progress_shared = shared.clone();
     let progress_name = name.to_string();

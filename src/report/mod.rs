@@ -8,9 +8,11 @@
 //! shows the phase and the trials done.
 
 pub mod svg;
+pub mod text;
 
 use std::fmt::Write;
 
+use crate::job::JobState;
 use crate::search::Recommendation;
 use crate::state::RunRecord;
 use crate::units::ByteSize;
@@ -22,7 +24,7 @@ pub const REFRESH_SECONDS: u32 = 3;
 /// One job as a page shows it.
 pub struct JobView<'a> {
     pub name: &'a str,
-    pub state: &'a str,
+    pub state: JobState,
     pub phase: Option<&'a str>,
     pub trials_done: usize,
     pub device: Option<&'a str>,
@@ -36,7 +38,7 @@ pub struct JobView<'a> {
 
 impl JobView<'_> {
     fn live(&self) -> bool {
-        matches!(self.state, "queued" | "running")
+        matches!(self.state, JobState::Queued | JobState::Running)
     }
 }
 
@@ -123,10 +125,10 @@ pub fn index_page(jobs: &[JobView]) -> String {
             html,
             "<tr><td><a href=\"/jobs/{name}\">{name}</a></td><td><span class=\"state state-{state}\">{state}</span>{phase}</td><td>{device}</td><td class=\"num\">{batch}</td><td class=\"num\">{lr}</td><td class=\"num\">{max_fit}</td><td class=\"num\">{trials}</td></tr>",
             name = escape(job.name),
-            state = escape(job.state),
+            state = job.state,
             phase = job
                 .phase
-                .filter(|_| job.state == "running")
+                .filter(|_| job.state == JobState::Running)
                 .map(|p| format!(" {}", escape(p)))
                 .unwrap_or_default(),
             device = escape(job.device.unwrap_or("-")),
@@ -155,7 +157,7 @@ pub fn job_page(job: &JobView, nav: bool) -> String {
         html,
         "<h1>{}</h1><p><span class=\"state state-{state}\">{state}</span>",
         escape(job.name),
-        state = escape(job.state)
+        state = job.state
     );
     if let Some(device) = job.device {
         let _ = write!(html, " on {}", escape(device));
@@ -223,7 +225,7 @@ fn runs_table(html: &mut String, runs: &[RunRecord]) {
         let seconds = run.finished_at_unix_s.map_or("-".into(), |end| {
             end.saturating_sub(run.started_at_unix_s).to_string()
         });
-        let outcome = crate::policy::serde_plain(&run.outcome);
+        let outcome = run.outcome.to_string();
         let _ = write!(
             html,
             "<tr><td>{}</td><td class=\"num\">{seconds}</td><td>{} ({})</td><td>{}{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
@@ -281,7 +283,7 @@ fn recommendation_sections(html: &mut String, rec: &Recommendation) {
             r.reference_lr,
             r.reference_batch,
             r.alpha,
-            escape(&crate::policy::serde_plain(&r.kind))
+            escape(&r.kind.to_string())
         )
     });
     row(
@@ -360,7 +362,7 @@ fn recommendation_sections(html: &mut String, rec: &Recommendation) {
             rec.seconds,
             escape(&rec.device),
             escape(&rec.policy),
-            escape(&crate::policy::serde_plain(&rec.objective)),
+            escape(&rec.objective.to_string()),
             escape(&rec.batchd_version)
         ),
     );
@@ -846,7 +848,7 @@ mod tests {
     fn a_live_job_page_refreshes_and_shows_progress() {
         let view = JobView {
             name: "mlp<1>",
-            state: "running",
+            state: JobState::Running,
             phase: Some("max_fit"),
             trials_done: 3,
             device: Some("cpu"),
@@ -860,7 +862,7 @@ mod tests {
         assert!(html.contains("phase <b>max_fit</b>, 3 trial(s) done"));
         assert!(html.contains("mlp&lt;1&gt;"));
         let done = JobView {
-            state: "done",
+            state: JobState::Done,
             ..view
         };
         assert!(!job_page(&done, true).contains("http-equiv"));
@@ -891,7 +893,7 @@ mod full_report_tests {
         let context = SearchContext {
             device: TrialDevice::Cpu,
             memory_limit_bytes: 4 << 30,
-            memory_limit_source: "test".into(),
+            memory_limit_source: crate::machine::MemorySource::Given("test".into()),
         };
         let rec = advise(&spec, &context, &FakeRunner::new(), &|_| {})
             .await
@@ -899,7 +901,7 @@ mod full_report_tests {
         let html = job_page(
             &JobView {
                 name: "r",
-                state: "done",
+                state: JobState::Done,
                 phase: None,
                 trials_done: rec.trial_count,
                 device: Some("cpu"),

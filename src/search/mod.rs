@@ -19,19 +19,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{JobSpec, OptimizerSpec};
-use crate::trial::{LrSchedule, Outcome, TrialDevice, TrialRequest, TrialResult, TrialRunner};
+use crate::trial::{LrSchedule, Outcome, TrialRequest, TrialResult, TrialRunner};
 use plan::BudgetPlan;
 pub use recommend::{Phase, Recommendation, TrialRecord};
 
-/// Where and within what the search runs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SearchContext {
-    pub device: TrialDevice,
-    /// Memory the trials may use before the policy's headroom.
-    pub memory_limit_bytes: u64,
-    /// Where that limit came from, for the report.
-    pub memory_limit_source: String,
-}
+pub use crate::machine::SearchContext;
 
 /// A progress report while the search runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

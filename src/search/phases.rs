@@ -1293,7 +1293,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 rule.reference_batch,
                 rule.reference_lr,
                 rule.alpha,
-                crate::policy::serde_plain(&rule.kind),
+                rule.kind,
                 rule.measured_alpha.map_or("n/a".to_string(), |a| format!("{a:.2}")),
                 rule.textbook_alpha
             ));
@@ -1321,11 +1321,11 @@ impl<R: TrialRunner> Session<'_, R> {
             speed_at(&curve.points, curve.model.as_ref(), batch).map(|s| s * f64::from(world));
         let measured_precision = match self.ctx.device {
             TrialDevice::Cpu => "f32".to_string(),
-            TrialDevice::Cuda(_) => crate::policy::serde_plain(&spec.precision),
+            TrialDevice::Cuda(_) => spec.precision.to_string(),
         };
         let precision = precision_advice(
             matches!(self.ctx.device, TrialDevice::Cuda(_)),
-            &crate::policy::serde_plain(&spec.precision),
+            &spec.precision.to_string(),
             &measured_precision,
         );
         if world > 1 {
@@ -1375,7 +1375,7 @@ impl<R: TrialRunner> Session<'_, R> {
             max_fit_batch_size: fit.batch,
             max_fit: fit.max_fit,
             memory_limit_bytes: self.ctx.memory_limit_bytes,
-            memory_limit_source: self.ctx.memory_limit_source.clone(),
+            memory_limit_source: self.ctx.memory_limit_source.to_string(),
             memory_budget_bytes: self.budget_bytes,
             memory_headroom_fraction: policy.memory_headroom_fraction,
             expected_peak_memory_bytes: expected_peak,

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::policy::PolicySet;
 use crate::spec::{parse_spec, SpecOrigin};
-use crate::trial::{GradNoiseSample, TrialResult};
+use crate::trial::{GradNoiseSample, TrialDevice, TrialResult};
 use crate::validation::Syntax;
 
 /// A job whose truths are known.
@@ -216,7 +216,7 @@ fn context(limit: u64) -> SearchContext {
     SearchContext {
         device: TrialDevice::Cpu,
         memory_limit_bytes: limit,
-        memory_limit_source: "test".into(),
+        memory_limit_source: crate::machine::MemorySource::Given("test".into()),
     }
 }
 

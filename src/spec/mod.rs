@@ -58,7 +58,7 @@ impl JobSpec {
         format!(
             "{what}, {}, {}, policy {}",
             self.optimizer.kind(),
-            crate::policy::serde_plain(&self.precision),
+            self.precision,
             self.policy_name
         )
     }

@@ -77,10 +77,7 @@ pub fn environment(
     // The trial's GPU becomes the command's only (and first) GPU; a CPU
     // trial sees none.
     set("CUDA_VISIBLE_DEVICES", visible);
-    set(
-        "BATCHD_PRECISION",
-        crate::policy::serde_plain(&request.spec.precision),
-    );
+    set("BATCHD_PRECISION", request.spec.precision.to_string());
     set("BATCHD_REPORT", report.display().to_string());
     // Marks every process of the trial (children inherit it) with its
     // owner, so a daemon restarted after `kill -9` can find what its

@@ -63,22 +63,7 @@ pub(crate) mod json_float {
     }
 }
 
-/// Where a trial runs, resolved (never `auto`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "index")]
-pub enum TrialDevice {
-    Cpu,
-    Cuda(u32),
-}
-
-impl std::fmt::Display for TrialDevice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TrialDevice::Cpu => f.write_str("cpu"),
-            TrialDevice::Cuda(i) => write!(f, "cuda:{i}"),
-        }
-    }
-}
+pub use crate::machine::TrialDevice;
 
 /// The learning rate at each step of a trial.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

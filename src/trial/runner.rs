@@ -14,17 +14,13 @@ use super::classify::{classify, KillReason, Observation};
 use super::memory::{parse_refusal, read_rss};
 use super::worker::WorkerEvent;
 use super::{ExitInfo, Outcome, TrialDevice, TrialRequest, TrialResult, TrialRunner, WorkerReport};
-use crate::gpu::{GpuProbe, SystemMemory};
+use crate::gpu::GpuProbe;
 
 /// The hidden subcommand a worker runs as.
 pub const WORKER_SUBCOMMAND: &str = "__trial-worker";
 
 /// Keep this much of the end of a worker's stderr.
 const STDERR_TAIL_BYTES: usize = 8 * 1024;
-
-/// Share of the machine's available memory a CPU trial may take when no
-/// limit is given: the rest keeps the machine out of swap.
-const DEFAULT_CPU_MEMORY_SHARE: f64 = 0.8;
 
 type ProgressCallback = Arc<dyn Fn(&WorkerEvent) + Send + Sync>;
 
@@ -357,8 +353,7 @@ pub(super) async fn supervise(
 pub(super) fn effective_limit(request: &TrialRequest) -> Option<u64> {
     match (request.memory_limit_bytes, request.device) {
         (Some(limit), _) => Some(limit),
-        (None, TrialDevice::Cpu) => SystemMemory::read()
-            .map(|memory| (memory.available_bytes as f64 * DEFAULT_CPU_MEMORY_SHARE) as u64),
+        (None, TrialDevice::Cpu) => crate::machine::cpu_memory_budget(),
         (None, TrialDevice::Cuda(_)) => None,
     }
 }

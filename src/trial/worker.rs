@@ -17,11 +17,12 @@ use burn::backend::{Autodiff, Cuda, Flex};
 use burn::tensor::{bf16, f16};
 use serde::{Deserialize, Serialize};
 
-use super::cuda::{check_device, ContextProbe};
+use super::cuda::ContextProbe;
 use super::data::Dataset;
 use super::engine::{self, ProgressSink, TrialContext};
 use super::memory::{own_rss, peak_heap_bytes, set_heap_cap};
 use super::{Outcome, TrialDevice, TrialRequest, WorkerReport};
+use crate::machine::check_cuda_device;
 use crate::spec::Precision;
 
 /// Exit status of a worker that panicked on any thread.
@@ -180,8 +181,8 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
     }
     if let TrialDevice::Cuda(index) = request.device {
         // Before loading data: a machine without the device fails fast.
-        if let Err(reason) = check_device(index) {
-            return invalid(reason);
+        if let Err(reason) = check_cuda_device(index) {
+            return invalid(reason.to_string());
         }
     }
     let (Some(model), Some(data)) = (request.spec.model(), request.spec.data()) else {
@@ -204,7 +205,7 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
             if request.spec.precision != Precision::F32 {
                 report.warnings.push(format!(
                     "the CPU backend trains in f32; the requested {} was not used",
-                    crate::policy::serde_plain(&request.spec.precision)
+                    request.spec.precision
                 ));
             }
             events.send(&WorkerEvent::Started {

@@ -1,180 +1,22 @@
-//! `batchd advise`: the whole search for one spec, in the foreground.
+//! The readable, plain-text form of a recommendation (`batchd advise`).
 
-use std::sync::Arc;
-
-use crate::cli::{AdviseArgs, Cli, CliError};
-use crate::gpu::{open_probe, GpuProbe, SystemMemory};
-use crate::search::{advise, Recommendation, SearchContext, SearchError};
+use crate::search::Recommendation;
 use crate::spec::JobSpec;
-use crate::trial::{ProcessTrialRunner, RunnerOptions, TrialDevice};
-use crate::trial_cli::{default_kernel_cache, load_with_overrides, resolve_device};
 use crate::units::{format_duration, ByteSize};
-
-/// Share of available host memory CPU trials may use without a limit.
-const CPU_MEMORY_SHARE: f64 = 0.8;
-
-/// The memory a search may use on `device`: the spec's (or flag's) limit,
-/// capped by what is free. On a GPU, memory other processes hold (NVML)
-/// comes out of the budget.
-pub fn search_context(
-    device: TrialDevice,
-    limit: Option<ByteSize>,
-    probe: Option<&dyn GpuProbe>,
-) -> Result<SearchContext, String> {
-    let (available, source) = match device {
-        TrialDevice::Cpu => {
-            let memory = SystemMemory::read().ok_or("cannot read /proc/meminfo")?;
-            (
-                (memory.available_bytes as f64 * CPU_MEMORY_SHARE) as u64,
-                format!(
-                    "{:.0}% of the {} of host memory available",
-                    CPU_MEMORY_SHARE * 100.0,
-                    ByteSize(memory.available_bytes)
-                ),
-            )
-        }
-        TrialDevice::Cuda(index) => {
-            let gpu = probe
-                .and_then(|p| p.snapshot().ok())
-                .and_then(|s| s.gpus.into_iter().find(|g| g.index == index));
-            match gpu {
-                Some(gpu) => {
-                    let others: u64 = gpu
-                        .processes
-                        .iter()
-                        .filter_map(|p| p.used_memory_bytes)
-                        .sum();
-                    (
-                        gpu.memory_free_bytes,
-                        format!(
-                            "free memory of cuda:{index} ({}, NVML): {} total, {} held by {} other process(es)",
-                            gpu.name,
-                            ByteSize(gpu.memory_total_bytes),
-                            ByteSize(others.max(gpu.memory_used_bytes)),
-                            gpu.processes.len()
-                        ),
-                    )
-                }
-                None => match limit {
-                    Some(limit) => (
-                        limit.bytes(),
-                        "the spec's memory_limit (NVML unavailable)".into(),
-                    ),
-                    None => {
-                        return Err(format!(
-                        "cannot read cuda:{index}'s memory through NVML; set search.memory_limit"
-                    ))
-                    }
-                },
-            }
-        }
-    };
-    let (bytes, source) = match limit {
-        Some(limit) if limit.bytes() <= available => {
-            (limit.bytes(), "the spec's memory_limit".to_string())
-        }
-        Some(limit) => (
-            available,
-            format!("{source} (below the spec's memory_limit of {limit})"),
-        ),
-        None => (available, source),
-    };
-    Ok(SearchContext {
-        device,
-        memory_limit_bytes: bytes,
-        memory_limit_source: source,
-    })
-}
-
-pub fn run(cli: &Cli, args: &AdviseArgs) -> Result<(), CliError> {
-    let (spec, choice, limit) = load_with_overrides(
-        cli,
-        &args.spec,
-        args.device.as_deref(),
-        args.memory_limit.as_deref(),
-    )?;
-    let device = resolve_device(choice);
-    let probe: Option<Arc<dyn GpuProbe>> = open_probe().ok().map(Arc::from);
-    let context = search_context(device, limit, probe.as_deref())
-        .map_err(|e| CliError::Other(anyhow::anyhow!(e)))?;
-
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    let mut options = RunnerOptions::current_exe().map_err(anyhow::Error::from)?;
-    options.gpu_probe = probe;
-    options.kernel_cache_dir = args.kernel_cache.clone().or_else(default_kernel_cache);
-    let runner = ProcessTrialRunner::new(options);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)?;
-    let progress_bar = bar.clone();
-    let on_progress = move |p: &crate::search::Progress| {
-        progress_bar.set_message(format!(
-            "{} trials | {}: {}",
-            p.trials_done,
-            p.phase.as_str(),
-            p.message
-        ));
-    };
-    let outcome = runtime.block_on(advise(&spec, &context, &runner, &on_progress));
-    bar.finish_and_clear();
-    let recommendation = match outcome {
-        Ok(recommendation) => recommendation,
-        Err(SearchError::InvalidRequest(reason)) => {
-            return Err(CliError::Invalid(format!(
-                "{}: {reason}",
-                args.spec.display()
-            )))
-        }
-        Err(error) => return Err(CliError::Other(anyhow::anyhow!("{error}"))),
-    };
-    if let Some(path) = &args.report {
-        let page = crate::report::job_page(
-            &crate::report::JobView {
-                name: &spec.name,
-                state: "done",
-                phase: None,
-                trials_done: recommendation.trial_count,
-                device: Some(&recommendation.device),
-                error: None,
-                errors: Vec::new(),
-                recommendation: Some(&recommendation),
-                history: &[],
-            },
-            false,
-        );
-        crate::state::write_atomically(path, page.as_bytes())
-            .map_err(|e| CliError::Other(anyhow::anyhow!("--report {}: {e}", path.display())))?;
-    }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&recommendation).map_err(anyhow::Error::from)?
-        );
-    } else {
-        print!("{}", render(&spec, &recommendation, args.lr_for));
-    }
-    Ok(())
-}
 
 fn opt<T>(value: Option<T>, f: impl Fn(T) -> String) -> String {
     value.map(f).unwrap_or_else(|| "-".into())
 }
 
-/// The readable report of a recommendation.
-pub fn render(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>) -> String {
+/// The readable report of a recommendation; `lr_for` adds the LR the
+/// rule gives at that effective batch.
+pub fn recommendation(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "batchd advice for {} (policy {}, objective {}) on {}: {} trials in {}{}\n\n",
         rec.job,
         rec.policy,
-        crate::policy::serde_plain(&rec.objective),
+        rec.objective,
         rec.device,
         rec.trial_count,
         format_duration(std::time::Duration::from_secs_f64(rec.seconds)),
@@ -203,7 +45,7 @@ pub fn render(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>) -> Stri
                 rule.reference_lr,
                 rule.reference_batch,
                 rule.alpha,
-                crate::policy::serde_plain(&rule.kind),
+                rule.kind,
                 opt(rule.measured_alpha, |a| format!("{a:.2}")),
                 rule.textbook_alpha
             ),

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::daemon::{JobState, Shared};
+use super::{JobState, Shared};
 use crate::gpu::Inventory;
 
 /// An RFC 9457 problem.
@@ -519,7 +519,7 @@ fn report_view<'a>(
 ) -> crate::report::JobView<'a> {
     crate::report::JobView {
         name: &job.name,
-        state: job.state.as_str(),
+        state: job.state,
         phase: job.phase.as_deref(),
         trials_done: job.trials_done,
         device: job.device.as_deref(),
@@ -651,7 +651,7 @@ async fn get_recommendation(
         return Problem::new(
             StatusCode::CONFLICT,
             "No recommendation yet",
-            format!("job `{name}` is {}", crate::policy::serde_plain(&job.state)),
+            format!("job `{name}` is {}", job.state),
         )
         .into_response();
     };
@@ -689,7 +689,7 @@ async fn get_recommendation(
 }
 
 async fn gpus(State(shared): State<Arc<Shared>>) -> Json<Inventory> {
-    let probe = shared.gpu_probe.clone();
+    let probe = shared.machine.gpu_probe.clone();
     let inventory = tokio::task::spawn_blocking(move || match probe {
         Some(probe) => Inventory::take(Ok(probe.as_ref())),
         None => {

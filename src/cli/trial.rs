@@ -2,76 +2,25 @@
 
 use std::sync::Arc;
 
-use crate::cli::{load_policies, Cli, CliError, TrialArgs};
-use crate::gpu::open_probe;
-use crate::spec::{load_spec_file, DeviceChoice, JobSpec, OptimizerSpec};
-use crate::trial::{
-    cuda, Outcome, ProcessTrialRunner, RunnerOptions, TrialDevice, TrialRequest, TrialResult,
-    TrialRunner,
+use super::{load_with_overrides, Cli, CliError, TrialArgs};
+use batchd::gpu::{open_probe, GpuProbe};
+use batchd::machine::{user_kernel_cache, Machine};
+use batchd::spec::{JobSpec, OptimizerSpec};
+use batchd::trial::{
+    Outcome, ProcessTrialRunner, RunnerOptions, TrialRequest, TrialResult, TrialRunner,
 };
-use crate::units::{format_duration, ByteSize};
-
-/// Resolves `auto` to the first CUDA device when the driver sees one.
-pub fn resolve_device(choice: DeviceChoice) -> TrialDevice {
-    match choice {
-        DeviceChoice::Cpu => TrialDevice::Cpu,
-        DeviceChoice::Cuda(index) => TrialDevice::Cuda(index),
-        DeviceChoice::Auto => match cuda::device_count() {
-            Ok(count) if count > 0 => TrialDevice::Cuda(0),
-            _ => TrialDevice::Cpu,
-        },
-    }
-}
+use batchd::units::{format_duration, ByteSize};
 
 /// A sane first learning rate for a quick trial when the user gives none.
-pub fn default_lr(spec: &JobSpec) -> f64 {
+fn default_lr(spec: &JobSpec) -> f64 {
     match spec.optimizer {
         OptimizerSpec::Sgd { .. } => 0.05,
         OptimizerSpec::Adam { .. } | OptimizerSpec::AdamW { .. } => 1e-3,
     }
 }
 
-/// Where compiled CUDA kernels are kept for the current user.
-pub fn default_kernel_cache() -> Option<std::path::PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache"))
-        })?;
-    Some(base.join("batchd").join("kernels"))
-}
-
-/// The spec of a foreground command with its `--device` and
-/// `--memory-limit` flags applied over the spec's own settings.
-pub fn load_with_overrides(
-    cli: &Cli,
-    spec_path: &std::path::Path,
-    device: Option<&str>,
-    memory_limit: Option<&str>,
-) -> Result<(JobSpec, DeviceChoice, Option<ByteSize>), CliError> {
-    let policies = load_policies(cli)?;
-    let spec = load_spec_file(spec_path, &policies, crate::spec::DEFAULT_SPEC_FILE_LIMIT)
-        .map_err(|e| CliError::Invalid(e.to_string()))?;
-    let choice = match device {
-        Some(text) => DeviceChoice::parse(text).map_err(CliError::Usage)?,
-        None => spec.search.device,
-    };
-    let limit = match memory_limit {
-        Some(text) => Some(
-            ByteSize::parse(text).map_err(|e| CliError::Usage(format!("--memory-limit: {e}")))?,
-        ),
-        None => spec.search.memory_limit,
-    };
-    Ok((spec, choice, limit))
-}
-
 pub fn run(cli: &Cli, args: &TrialArgs) -> Result<(), CliError> {
-    let (spec, choice, memory_limit) = load_with_overrides(
-        cli,
-        &args.spec,
-        args.device.as_deref(),
-        args.memory_limit.as_deref(),
-    )?;
+    let (spec, choice, memory_limit) = load_with_overrides(cli, &args.run)?;
     if args.batch_size == 0 {
         return Err(CliError::Usage("--batch-size must be > 0".into()));
     }
@@ -80,7 +29,8 @@ pub fn run(cli: &Cli, args: &TrialArgs) -> Result<(), CliError> {
         return Err(CliError::Usage("--steps must be > 0".into()));
     }
     let lr = args.lr.unwrap_or_else(|| default_lr(&spec));
-    let device = resolve_device(choice);
+    let probe: Option<Arc<dyn GpuProbe>> = open_probe().ok().map(Arc::from);
+    let device = Machine::discover(probe.clone()).resolve(choice);
     let mut request = TrialRequest::new(spec, device, args.batch_size, steps, lr);
     request.warmup_steps = request
         .spec
@@ -92,8 +42,8 @@ pub fn run(cli: &Cli, args: &TrialArgs) -> Result<(), CliError> {
     request.record.validation_loss = args.validation;
 
     let mut options = RunnerOptions::current_exe().map_err(anyhow::Error::from)?;
-    options.gpu_probe = open_probe().ok().map(Arc::from);
-    options.kernel_cache_dir = args.kernel_cache.clone().or_else(default_kernel_cache);
+    options.gpu_probe = probe;
+    options.kernel_cache_dir = args.run.kernel_cache.clone().or_else(user_kernel_cache);
     let runner = ProcessTrialRunner::new(options);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -103,7 +53,7 @@ pub fn run(cli: &Cli, args: &TrialArgs) -> Result<(), CliError> {
     let name = request.spec.name.clone();
     let result = runtime.block_on(runner.run(request));
 
-    if args.json {
+    if args.run.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&result).map_err(anyhow::Error::from)?
@@ -122,7 +72,7 @@ pub fn run(cli: &Cli, args: &TrialArgs) -> Result<(), CliError> {
 }
 
 /// The human-readable summary of a trial.
-pub fn render(name: &str, result: &TrialResult) -> String {
+fn render(name: &str, result: &TrialResult) -> String {
     let mut out = format!("trial {name}: {}", result.outcome);
     if let Some(reason) = &result.reason {
         out.push_str(&format!(" ({reason})"));
@@ -130,7 +80,7 @@ pub fn render(name: &str, result: &TrialResult) -> String {
     out.push('\n');
     let precision = result
         .precision
-        .map(|p| crate::policy::serde_plain(&p))
+        .map(|p| p.to_string())
         .unwrap_or_else(|| "-".into());
     out.push_str(&format!(
         "  device {} ({}, {precision}), batch {}, {}/{} steps",

@@ -1,0 +1,286 @@
+//! The command line, the binary's edge: argument definitions, dispatch,
+//! and the mapping of every failure to an exit code. Only this wing (and
+//! `main.rs`) uses `anyhow`; the library's errors are typed.
+//!
+//! Exit codes (documented in the README): 0 success, 2 usage error (clap),
+//! 64 invalid spec, configuration or policy, 1 any other failure.
+
+mod advise;
+mod serve;
+mod show;
+mod trial;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use batchd::config::{Config, Overrides};
+use batchd::policy::PolicySet;
+use batchd::spec::{load_spec_file, DeviceChoice, JobSpec};
+use batchd::units::ByteSize;
+use batchd::validation::DocumentErrors;
+
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_INVALID: u8 = 64;
+
+/// An error at the command line's edge, carrying its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A spec, configuration or policy is invalid (exit 64).
+    #[error("{0}")]
+    Invalid(String),
+    /// The command was used wrongly in a way clap could not catch (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else (exit 1).
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            CliError::Invalid(_) => EXIT_INVALID,
+            CliError::Usage(_) => EXIT_USAGE,
+            CliError::Other(_) => EXIT_FAILURE,
+        })
+    }
+}
+
+fn invalid(errors: &[DocumentErrors]) -> CliError {
+    CliError::Invalid(
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
+/// batchd: an auto-tuning batch-size advisor.
+///
+/// It measures, with short isolated training trials, the largest batch that
+/// fits a GPU (or the CPU), the throughput curve, the gradient noise scale and
+/// the best learning rate, and recommends a batch size, LR, warm-up and
+/// gradient accumulation under a policy.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "batchd", version, propagate_version = true)]
+pub struct Cli {
+    /// Daemon configuration file [default: /etc/batchd/batchd.toml when it exists]
+    #[arg(long, global = true, value_name = "FILE", env = "BATCHD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Folder of extra or replacement policies (overrides the configuration)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub policies_dir: Option<PathBuf>,
+
+    /// Log filter, e.g. `info` or `batchd=debug` (also RUST_LOG)
+    #[arg(long, global = true, value_name = "FILTER", default_value = "info")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the daemon: watch the jobs folder, run trials, serve the HTTP API.
+    Serve(ServeArgs),
+    /// Tune one job spec in the foreground and print the recommendation.
+    ///
+    /// Runs the whole search: the largest batch that fits (with the policy's
+    /// headroom), the throughput curve, the gradient noise scale, an LR range
+    /// test and confirmation runs, then recommends batch size, LR, warm-up,
+    /// accumulation and precision with the evidence. Respects the spec's
+    /// search.time_budget (a partial answer is marked as such). Exits 0 with
+    /// a recommendation, 64 for an invalid spec, 1 when nothing fits.
+    Advise(AdviseArgs),
+    /// Run one isolated training trial: does this batch fit, and how fast is it?
+    ///
+    /// The trial runs in a child process with a deadline and a memory limit
+    /// (--memory-limit, else the spec's search.memory_limit). Exits 0 when
+    /// the outcome is `ok`, 1 for any other outcome (out_of_memory,
+    /// diverged, timeout, crashed), 64 for an invalid spec or request.
+    Trial(TrialArgs),
+    /// List NVIDIA GPUs (via NVML) with memory, load and compute processes.
+    ///
+    /// Without an NVIDIA driver it says so, shows the system memory, and
+    /// exits 0: batchd then uses the CPU backend.
+    Gpus(GpusArgs),
+    /// Check job specs (or policies, or a configuration) and report every error.
+    ///
+    /// Each PATH is a file or a folder; a folder's .toml, .yaml, .yml and
+    /// .json files are all checked. Exits 64 when any file is invalid.
+    Validate(ValidateArgs),
+    /// List the available policies, one line each.
+    Policies(PoliciesArgs),
+    /// Print the effective daemon configuration (file, defaults and flags).
+    Config(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Watched folder of job specs (overrides the configuration)
+    #[arg(long, value_name = "DIR")]
+    pub jobs_dir: Option<PathBuf>,
+    /// State folder for recommendations and history (overrides the configuration)
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Address for the HTTP API, e.g. 127.0.0.1:8477 (overrides the configuration)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// The flags `advise` and `trial` share: which spec, and where it runs.
+#[derive(Debug, Clone, Args)]
+pub struct SpecRunArgs {
+    /// The job spec file (.toml, .yaml, .yml or .json)
+    pub spec: PathBuf,
+    /// Device: auto, cpu or cuda:N (overrides the spec)
+    #[arg(long, value_name = "D")]
+    pub device: Option<String>,
+    /// Memory limit, e.g. 4GiB (overrides the spec)
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
+    /// Folder for compiled CUDA kernels shared between trials
+    /// [default: ~/.cache/batchd/kernels]
+    #[arg(long, value_name = "DIR")]
+    pub kernel_cache: Option<PathBuf>,
+    /// Print the result as JSON (for advise: the HTTP API's recommendation)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AdviseArgs {
+    #[command(flatten)]
+    pub run: SpecRunArgs,
+    /// Also print the learning rate for this effective batch size
+    #[arg(long, value_name = "N")]
+    pub lr_for: Option<u64>,
+    /// Also write an HTML report with charts of the evidence to FILE
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrialArgs {
+    #[command(flatten)]
+    pub run: SpecRunArgs,
+    /// Batch size to try
+    #[arg(long, value_name = "N")]
+    pub batch_size: u64,
+    /// Training steps
+    #[arg(long, value_name = "S")]
+    pub steps: Option<u32>,
+    /// Learning rate
+    #[arg(long, value_name = "X")]
+    pub lr: Option<f64>,
+    /// Also compute the held-out validation loss
+    #[arg(long)]
+    pub validation: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GpusArgs {
+    /// Print the inventory as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DocumentKind {
+    Spec,
+    Policy,
+    Config,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// Files or folders to check
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// What the files are
+    #[arg(long = "as", value_enum, default_value = "spec")]
+    pub kind: DocumentKind,
+    /// Print one JSON object per file
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PoliciesArgs {
+    /// Print the full policies as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Serve(args) => serve::run(&cli, args),
+        Command::Advise(args) => advise::run(&cli, args),
+        Command::Trial(args) => trial::run(&cli, args),
+        Command::Gpus(args) => show::gpus(args),
+        Command::Validate(args) => validate::run(&cli, args),
+        Command::Policies(args) => show::policies(&cli, args),
+        Command::Config(args) => show::config(&cli, args),
+    }
+}
+
+/// The configuration with command-line overrides applied.
+pub fn load_config(cli: &Cli, serve: &ServeArgs) -> Result<Config, CliError> {
+    let config = Config::load(cli.config.as_deref()).map_err(|e| invalid(&[e]))?;
+    Ok(config.apply(&Overrides {
+        jobs_dir: serve.jobs_dir.clone(),
+        state_dir: serve.state_dir.clone(),
+        policies_dir: cli.policies_dir.clone(),
+        listen: serve.listen,
+    }))
+}
+
+/// The policy set: built-ins plus the configured folder.
+pub fn load_policies(cli: &Cli) -> Result<PolicySet, CliError> {
+    let dir = match &cli.policies_dir {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(CliError::Usage(format!(
+                    "--policies-dir {}: not a folder",
+                    dir.display()
+                )));
+            }
+            dir.clone()
+        }
+        None => {
+            let config = Config::load(cli.config.as_deref()).map_err(|e| invalid(&[e]))?;
+            config.policies_dir
+        }
+    };
+    PolicySet::load(Some(&dir)).map_err(|errors| invalid(&errors))
+}
+
+/// The spec of a foreground command with its `--device` and
+/// `--memory-limit` flags applied over the spec's own settings.
+pub fn load_with_overrides(
+    cli: &Cli,
+    args: &SpecRunArgs,
+) -> Result<(JobSpec, DeviceChoice, Option<ByteSize>), CliError> {
+    let policies = load_policies(cli)?;
+    let spec = load_spec_file(&args.spec, &policies, batchd::spec::DEFAULT_SPEC_FILE_LIMIT)
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
+    let choice = match &args.device {
+        Some(text) => DeviceChoice::parse(text).map_err(CliError::Usage)?,
+        None => spec.search.device,
+    };
+    let limit = match &args.memory_limit {
+        Some(text) => Some(
+            ByteSize::parse(text).map_err(|e| CliError::Usage(format!("--memory-limit: {e}")))?,
+        ),
+        None => spec.search.memory_limit,
+    };
+    Ok((spec, choice, limit))
+}

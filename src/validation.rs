@@ -192,6 +192,15 @@ impl Syntax {
             _ => None,
         }
     }
+
+    /// The file extension a document of this syntax is stored under.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Syntax::Toml => "toml",
+            Syntax::Yaml => "yaml",
+            Syntax::Json => "json",
+        }
+    }
 }
 
 /// Parses document text into a generic value; a syntax error is reported

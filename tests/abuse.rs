@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{drop_spec, free_port, http, Daemon, TINY};
+use common::{drop_spec, http, Daemon, TINY};
 
 fn folders() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let root = tempfile::tempdir().unwrap();
@@ -55,7 +55,7 @@ fn an_idle_watcher_does_not_wake_itself() {
     for n in 0..40 {
         drop_spec(&jobs, &format!("junk{n}.toml"), &invalid_spec(n));
     }
-    let daemon = Daemon::start(&jobs, &state, free_port());
+    let daemon = Daemon::start(&jobs, &state, 0);
     daemon.wait_for(Duration::from_secs(20), |d| {
         d.job_state("junk39") == "invalid"
     });
@@ -71,7 +71,7 @@ fn an_idle_watcher_does_not_wake_itself() {
 #[test]
 fn two_files_naming_one_job_do_not_restart_each_other() {
     let (_root, jobs, state) = folders();
-    let daemon = Daemon::start(&jobs, &state, free_port());
+    let daemon = Daemon::start(&jobs, &state, 0);
     drop_spec(&jobs, "a.toml", &format!("name = \"x\"\n{TINY}"));
     daemon.wait_for(Duration::from_secs(20), |d| !d.job_state("x").is_empty());
     drop_spec(&jobs, "b.toml", &format!("name = \"x\"\n{TINY}"));
@@ -105,7 +105,7 @@ fn two_files_naming_one_job_do_not_restart_each_other() {
 #[test]
 fn deep_nesting_is_refused_quickly_and_health_stays_up() {
     let (_root, jobs, state) = folders();
-    let daemon = Daemon::start(&jobs, &state, free_port());
+    let daemon = Daemon::start(&jobs, &state, 0);
     let deep = format!("a: {}{}", "[".repeat(60_000), "]".repeat(60_000));
     let port = daemon.port;
     let posts: Vec<_> = (0..2)
@@ -155,7 +155,7 @@ fn odd_files_in_the_jobs_folder_become_invalid_jobs_that_say_why() {
     let junk: String = (0..5_000).map(|i| format!("k{i} = 1\n")).collect();
     std::fs::write(jobs.join("junk.toml"), &junk).unwrap();
 
-    let daemon = Daemon::start(&jobs, &state, free_port());
+    let daemon = Daemon::start(&jobs, &state, 0);
     daemon.wait_for(Duration::from_secs(20), |d| {
         d.job_state("junk") == "invalid"
     });
@@ -202,7 +202,7 @@ fn serve_with_config(root: &Path, config: &str) -> std::process::Output {
         .arg(root.join("jobs"))
         .arg("--state-dir")
         .arg(root.join("state"))
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -241,7 +241,7 @@ fn an_empty_token_file_is_an_error_not_an_open_api() {
 fn the_bearer_scheme_is_case_insensitive_and_the_token_still_required() {
     let (root, jobs, state) = folders();
     let config = common::config_with_token(root.path(), "s3cret");
-    let daemon = Daemon::start_with(&jobs, &state, free_port(), &config);
+    let daemon = Daemon::start_with(&jobs, &state, 0, &config);
     let send = |authorization: &str| {
         let request = format!(
             "DELETE /v1/jobs/none HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: {authorization}\r\n\r\n"
@@ -271,7 +271,7 @@ fn raw(port: u16, request: &str) -> String {
 #[test]
 fn posts_never_replace_a_file_and_racing_posts_get_one_201() {
     let (_root, jobs, state) = folders();
-    let daemon = Daemon::start(&jobs, &state, free_port());
+    let daemon = Daemon::start(&jobs, &state, 0);
     // foo.toml holds job bar; posting a job named foo must not overwrite it.
     drop_spec(&jobs, "foo.toml", &format!("name = \"bar\"\n{TINY}"));
     daemon.wait_for(Duration::from_secs(20), |d| !d.job_state("bar").is_empty());
@@ -317,7 +317,7 @@ fn posts_never_replace_a_file_and_racing_posts_get_one_201() {
 #[test]
 fn a_file_rewritten_without_pause_does_not_hide_a_new_spec() {
     let (_root, jobs, state) = folders();
-    let daemon = Daemon::start(&jobs, &state, free_port());
+    let daemon = Daemon::start(&jobs, &state, 0);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
@@ -362,7 +362,7 @@ fn leftover_temporary_files_are_swept_and_state_folders_that_are_files_set_aside
     for path in &debris {
         std::fs::write(path, "half a write").unwrap();
     }
-    let daemon = Daemon::start(&jobs, &state, free_port());
+    let daemon = Daemon::start(&jobs, &state, 0);
     assert_eq!(daemon.get("/healthz").0, 200);
     for path in &debris {
         assert!(!path.exists(), "{} left behind", path.display());
@@ -465,7 +465,7 @@ fn a_restart_after_kill_9_kills_what_a_command_trial_forked() {
                 workdir = \"/tmp\"\n[policy_overrides.trials]\ndeadline = \"60s\"\n\
                 [optimizer]\nkind = \"sgd\"\n";
     drop_spec(&jobs, "forks.toml", spec);
-    let port = free_port();
+    let port = 0;
     let mut daemon = Daemon::start(&jobs, &state, port);
     daemon.wait_for(Duration::from_secs(30), |_| {
         !pids_running("sleep 97.25").is_empty() && !pids_running("sleep 98.25").is_empty()
@@ -496,7 +496,7 @@ fn a_restart_after_kill_9_kills_what_a_command_trial_forked() {
 #[test]
 fn every_http_error_is_a_problem_and_odd_requests_are_refused() {
     let (_root, jobs, state) = folders();
-    let daemon = Daemon::start(&jobs, &state, free_port());
+    let daemon = Daemon::start(&jobs, &state, 0);
     let problem = |response: &str, status: &str| {
         assert!(
             response.starts_with(&format!("HTTP/1.1 {status}")),
@@ -579,7 +579,7 @@ fn command_jobs_from_writable_places_or_running_writable_scripts_are_refused() {
     std::os::unix::fs::symlink(open.join("linked.toml"), jobs.join("linked.toml")).unwrap();
     drop_spec(&jobs, "script.toml", &command("open.py", &scripts));
     drop_spec(&jobs, "fine.toml", &command("train.py", &scripts));
-    let daemon = Daemon::start(&jobs, &state, free_port());
+    let daemon = Daemon::start(&jobs, &state, 0);
     daemon.wait_for(Duration::from_secs(20), |d| {
         d.job_state("linked") == "invalid" && d.job_state("script") == "invalid"
     });
@@ -597,7 +597,7 @@ fn command_jobs_from_writable_places_or_running_writable_scripts_are_refused() {
 fn slow_and_idle_connections_are_closed() {
     use std::io::{Read, Write};
     let (_root, jobs, state) = folders();
-    let daemon = Daemon::start(&jobs, &state, free_port());
+    let daemon = Daemon::start(&jobs, &state, 0);
     let closed_within = |prelude: &str| {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
         stream
@@ -637,7 +637,7 @@ fn a_newline_in_a_file_name_cannot_forge_a_log_line() {
         "{{{ not a spec",
     )
     .unwrap();
-    let port = free_port();
+    let port = 0;
     let mut child = Command::new(env!("CARGO_BIN_EXE_batchd"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("BATCHD_CONFIG", "tests/fixtures/empty-config.toml")
@@ -684,7 +684,7 @@ fn a_newline_in_a_file_name_cannot_forge_a_log_line() {
 fn a_client_that_stops_reading_is_dropped() {
     use std::io::{Read, Write};
     let (_root, jobs, state) = folders();
-    let daemon = Daemon::start(&jobs, &state, free_port());
+    let daemon = Daemon::start(&jobs, &state, 0);
     // Far more pipelined responses than the socket buffers hold.
     const REQUESTS: usize = 20_000;
     let stream = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();

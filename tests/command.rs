@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{drop_spec, free_port, Daemon};
+use common::{drop_spec, Daemon};
 
 fn script_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/command")
@@ -191,7 +191,7 @@ fn the_daemon_runs_command_jobs_from_its_folder_but_not_from_http() {
     std::fs::create_dir_all(&jobs).unwrap();
     let config = common::config_with_token(root.path(), "s3cret");
     let token = root.path().join("token");
-    let daemon = Daemon::start_with(&jobs, &state, free_port(), &config);
+    let daemon = Daemon::start_with(&jobs, &state, 0, &config);
 
     let small = "[search]\nmax_batch = 512\nmemory_limit = \"256MiB\"\ntime_budget = \"120s\"\n";
     let text = format!("name = \"posted\"\n{}", spec("train", "posted", small));
@@ -245,7 +245,7 @@ fn the_daemon_runs_command_jobs_from_its_folder_but_not_from_http() {
         ),
     )
     .unwrap();
-    let daemon = Daemon::start_with(&jobs, &state, free_port(), &config);
+    let daemon = Daemon::start_with(&jobs, &state, 0, &config);
     let (status, body) = daemon.send(
         "POST",
         "/v1/jobs",

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{drop_spec, free_port, Daemon, TINY};
+use common::{drop_spec, Daemon, TINY};
 
 #[test]
 fn the_daemon_tunes_dropped_specs_serves_them_and_keeps_them_across_restarts() {
@@ -15,7 +15,7 @@ fn the_daemon_tunes_dropped_specs_serves_them_and_keeps_them_across_restarts() {
     let jobs = root.path().join("jobs");
     let state = root.path().join("state");
     std::fs::create_dir_all(&jobs).unwrap();
-    let port = free_port();
+    let port = 0;
     let daemon = Daemon::start(&jobs, &state, port);
     assert_eq!(daemon.json("/healthz").1["status"], "ok");
 
@@ -154,7 +154,7 @@ fn jobs_are_submitted_retuned_and_deleted_over_http_with_a_token() {
         ),
     )
     .unwrap();
-    let daemon = Daemon::start_with(&jobs, &state, free_port(), &config);
+    let daemon = Daemon::start_with(&jobs, &state, 0, &config);
 
     let spec = format!("name = \"posted\"\n{TINY}");
     // No token, a wrong token: 401 problem+json.
@@ -307,7 +307,7 @@ fn a_daemon_killed_mid_trial_leaves_no_orphans_and_recovers() {
     let jobs = root.path().join("jobs");
     let state = root.path().join("state");
     std::fs::create_dir_all(&jobs).unwrap();
-    let port = free_port();
+    let port = 0;
     let mut daemon = Daemon::start(&jobs, &state, port);
     // A job whose trials take a while: a small CNN on the CPU.
     let slow = "[model]\nkind = \"cnn\"\nheight = 16\nwidth = 16\nchannels = 3\nstages = [8, 16]\nclasses = 4\n[data]\nkind = \"synthetic\"\nsamples = 1024\n[optimizer]\nkind = \"sgd\"\n[search]\nmax_batch = 512\nmemory_limit = \"512MiB\"\ntime_budget = \"60s\"\n";
@@ -398,7 +398,7 @@ fn the_daemon_notifies_systemd_and_reloads_policies_on_sighup() {
     let daemon = Daemon::start_with_env(
         &jobs,
         &state,
-        free_port(),
+        0,
         &config,
         &[
             ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),

@@ -12,8 +12,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{JobState, Shared};
+use super::{JobState, ServiceError, Shared};
 use crate::gpu::Inventory;
+use crate::validation::FieldError;
 
 /// An RFC 9457 problem.
 pub struct Problem {
@@ -166,14 +167,48 @@ async fn check_request_headers(
     next.run(request).await
 }
 
-/// The 404 of every endpoint under `/v1/jobs/{name}`.
-fn no_such_job(name: &str) -> Response {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "No such job",
-        format!("no job named `{name}`"),
-    )
-    .into_response()
+/// The problem a refused request of the job table is.
+fn problem_for(error: ServiceError) -> Problem {
+    let status = match &error {
+        ServiceError::NoSuchJob(_) => StatusCode::NOT_FOUND,
+        ServiceError::InvalidSpec(_) | ServiceError::DataOutsideRoots(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        ServiceError::CommandJobsRefused => StatusCode::FORBIDDEN,
+        ServiceError::Exists(_)
+        | ServiceError::InvalidJob(_)
+        | ServiceError::NoRecommendation { .. } => StatusCode::CONFLICT,
+        ServiceError::Store(_)
+        | ServiceError::Remove { .. }
+        | ServiceError::TaskLost(_)
+        | ServiceError::Unavailable => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let title = match &error {
+        ServiceError::NoSuchJob(_) => "No such job",
+        ServiceError::InvalidSpec(_) | ServiceError::DataOutsideRoots(_) => "Invalid job spec",
+        ServiceError::CommandJobsRefused => "Command jobs are not accepted over HTTP",
+        ServiceError::Exists(_) => "Job exists",
+        ServiceError::InvalidJob(_) => "Cannot retune",
+        ServiceError::NoRecommendation { .. } => "No recommendation yet",
+        ServiceError::Store(_) => "Cannot store the spec",
+        ServiceError::Remove { .. } => "Cannot remove the spec",
+        ServiceError::TaskLost(_) | ServiceError::Unavailable => "Internal error",
+    };
+    let mut problem = Problem::new(status, title, error.to_string());
+    problem.errors = match error {
+        ServiceError::InvalidSpec(errors) => errors.errors,
+        ServiceError::DataOutsideRoots(errors) => errors,
+        ServiceError::CommandJobsRefused => vec![FieldError::new(
+            "runner",
+            "\"command\" is not accepted over HTTP by this daemon",
+        )],
+        _ => Vec::new(),
+    };
+    problem
+}
+
+fn refused(error: ServiceError) -> Response {
+    problem_for(error).into_response()
 }
 
 /// State-changing endpoints need the bearer token when one is configured.
@@ -240,40 +275,6 @@ fn syntax_of(headers: &HeaderMap) -> Result<crate::validation::Syntax, Problem> 
     }
 }
 
-/// Data files of a posted spec must lie under a configured data root:
-/// the API must not become a way to read any file the daemon can.
-fn check_data_roots(
-    shared: &Shared,
-    spec: &crate::spec::JobSpec,
-) -> Vec<crate::validation::FieldError> {
-    let roots: Vec<std::path::PathBuf> = shared
-        .settings()
-        .config
-        .data_roots
-        .iter()
-        .filter_map(|r| r.canonicalize().ok())
-        .collect();
-    spec.data_files()
-        .into_iter()
-        .filter_map(|(field, file)| {
-            let inside = file
-                .canonicalize()
-                .ok()
-                .is_some_and(|f| roots.iter().any(|r| f.starts_with(r)));
-            (!inside).then(|| {
-                crate::validation::FieldError::new(
-                    field,
-                    if roots.is_empty() {
-                        "specs posted over HTTP may read no files: the daemon has no data_roots configured".to_string()
-                    } else {
-                        format!("{} is not under a configured data root", file.display())
-                    },
-                )
-            })
-        })
-        .collect()
-}
-
 async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(problem) = authorize(&shared, &headers) {
         return problem.into_response();
@@ -290,125 +291,9 @@ async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         )
         .into_response();
     };
-    // Parsing is CPU work an attacker controls: off the runtime's threads.
-    let policies = shared.settings();
-    let parsed = tokio::task::spawn_blocking(move || {
-        let origin = crate::spec::SpecOrigin {
-            label: "<request body>".into(),
-            default_name: None,
-            base_dir: None,
-        };
-        let parsed = crate::spec::parse_spec(&text, syntax, &origin, &policies.policies);
-        (text, parsed)
-    })
-    .await;
-    let Ok((text, parsed)) = parsed else {
-        return Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Cannot parse the spec",
-            "the parser stopped unexpectedly",
-        )
-        .into_response();
-    };
-    let spec = match parsed {
-        Ok(spec) => spec,
-        Err(errors) => {
-            let mut problem = Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Invalid job spec",
-                errors.to_string(),
-            );
-            problem.errors = errors.errors;
-            return problem.into_response();
-        }
-    };
-    if spec.command().is_some() {
-        let settings = shared.settings();
-        if !(settings.config.allow_command_jobs_over_http && settings.api_token.is_some()) {
-            let mut problem = Problem::new(
-                StatusCode::FORBIDDEN,
-                "Command jobs are not accepted over HTTP",
-                "a spec with runner = \"command\" runs code as the daemon's user; drop it into the jobs folder instead, or set allow_command_jobs_over_http (with api_token_file) in the daemon's configuration",
-            );
-            problem.errors = vec![crate::validation::FieldError::new(
-                "runner",
-                "\"command\" is not accepted over HTTP by this daemon",
-            )];
-            return problem.into_response();
-        }
-    }
-    let errors = check_data_roots(&shared, &spec);
-    if !errors.is_empty() {
-        let detail = errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        let mut problem =
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid job spec", detail);
-        problem.errors = errors;
-        return problem.into_response();
-    }
-    let exists = || {
-        Problem::new(
-            StatusCode::CONFLICT,
-            "Job exists",
-            format!(
-                "a job named `{}` exists, or its file does; DELETE it first or change the spec's name",
-                spec.name
-            ),
-        )
-        .into_response()
-    };
-    // Name claims one at a time: the check, the file and the rescan that
-    // makes it a job happen together.
-    let _claim = shared.claims.lock().await;
-    if shared.job(&spec.name).is_some() {
-        return exists();
-    }
-    // The spec becomes a file in the jobs folder, so it persists and the
-    // watcher treats it like any other. Created only where no file is.
-    let extension = match syntax {
-        crate::validation::Syntax::Json => "json",
-        crate::validation::Syntax::Yaml => "yaml",
-        crate::validation::Syntax::Toml => "toml",
-    };
-    let path = shared
-        .settings()
-        .config
-        .jobs_dir
-        .join(format!("{}.{extension}", spec.name));
-    let created = {
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || crate::state::create_atomically(&path, text.as_bytes()))
-            .await
-    };
-    match created {
-        Ok(Ok(())) => {}
-        Ok(Err(crate::state::StateError::Exists(_))) => return exists(),
-        Ok(Err(error)) => {
-            return Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Cannot store the spec",
-                error.to_string(),
-            )
-            .into_response()
-        }
-        Err(_) => {
-            return Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Cannot store the spec",
-                "the writer stopped unexpectedly",
-            )
-            .into_response()
-        }
-    }
-    crate::daemon::reconcile_now(&shared).await;
-    match shared.job(&spec.name) {
-        Some(job) if job.source_path == path => (StatusCode::CREATED, Json(job)).into_response(),
-        // Another file in the folder already names this job: the new file
-        // is an invalid entry now, and saying 201 would be a lie.
-        _ => exists(),
+    match shared.submit(text, syntax).await {
+        Ok(job) => (StatusCode::CREATED, Json(job)).into_response(),
+        Err(error) => refused(error),
     }
 }
 
@@ -420,25 +305,10 @@ async fn delete_job(
     if let Err(problem) = authorize(&shared, &headers) {
         return problem.into_response();
     }
-    let _claim = shared.claims.lock().await;
-    let Some(job) = shared.job(&name) else {
-        return no_such_job(&name);
-    };
-    if let Err(error) = std::fs::remove_file(&job.source_path) {
-        if error.kind() == std::io::ErrorKind::NotFound {
-            // Gone already (removed by hand, or by a racing request).
-            crate::daemon::reconcile_now(&shared).await;
-            return no_such_job(&name);
-        }
-        return Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Cannot remove the spec",
-            error.to_string(),
-        )
-        .into_response();
+    match shared.delete(&name).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => refused(error),
     }
-    crate::daemon::reconcile_now(&shared).await;
-    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn retune_job(
@@ -449,12 +319,9 @@ async fn retune_job(
     if let Err(problem) = authorize(&shared, &headers) {
         return problem.into_response();
     }
-    if shared.job(&name).is_none() {
-        return no_such_job(&name);
-    }
     match shared.retune(&name) {
-        Ok(()) => (StatusCode::ACCEPTED, Json(shared.job(&name))).into_response(),
-        Err(reason) => Problem::new(StatusCode::CONFLICT, "Cannot retune", reason).into_response(),
+        Ok(job) => (StatusCode::ACCEPTED, Json(job)).into_response(),
+        Err(error) => refused(error),
     }
 }
 
@@ -539,35 +406,26 @@ fn report_view<'a>(
 
 /// The HTML index of all jobs.
 async fn index_page(State(shared): State<Arc<Shared>>) -> Response {
-    let jobs: Vec<crate::daemon::Job> = shared
-        .jobs
-        .lock()
-        .map(|jobs| jobs.values().cloned().collect())
-        .unwrap_or_default();
+    let jobs = shared.list();
     let views: Vec<crate::report::JobView> = jobs.iter().map(|j| report_view(j, &[])).collect();
     html(StatusCode::OK, crate::report::index_page(&views))
 }
 
 /// A job's HTML report (live while it runs).
 async fn job_page(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    match shared.job(&name) {
-        Some(job) => {
-            let store = shared.store.clone();
-            let history = tokio::task::spawn_blocking(move || store.history(&name).0)
-                .await
-                .unwrap_or_default();
-            html(
-                StatusCode::OK,
-                crate::report::job_page(&report_view(&job, &history), true),
-            )
-        }
-        None => html(
+    match shared.get_with_history(&name).await {
+        Ok((job, history)) => html(
+            StatusCode::OK,
+            crate::report::job_page(&report_view(&job, &history), true),
+        ),
+        Err(ServiceError::NoSuchJob(_)) => html(
             StatusCode::NOT_FOUND,
             format!(
                 "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>No such job</title></head><body><h1>No such job</h1><p>There is no job named <code>{}</code>. <a href=\"/\">All jobs</a></p></body></html>\n",
                 crate::report::escape(&name)
             ),
         ),
+        Err(error) => refused(error),
     }
 }
 
@@ -604,33 +462,25 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn list_jobs(State(shared): State<Arc<Shared>>) -> Response {
     let jobs: Vec<serde_json::Value> = shared
-        .jobs
-        .lock()
-        .map(|jobs| {
-            jobs.values()
-                .map(|job| {
-                    let mut value = serde_json::to_value(job).unwrap_or_default();
-                    value["batch_size"] = json!(job.recommendation.as_ref().map(|r| r.batch_size));
-                    value
-                })
-                .collect()
+        .list()
+        .iter()
+        .map(|job| {
+            let mut value = serde_json::to_value(job).unwrap_or_default();
+            value["batch_size"] = json!(job.recommendation.as_ref().map(|r| r.batch_size));
+            value
         })
-        .unwrap_or_default();
+        .collect();
     Json(json!({ "jobs": jobs })).into_response()
 }
 
 async fn get_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    match shared.job(&name) {
-        Some(job) => {
+    match shared.get_with_history(&name).await {
+        Ok((job, history)) => {
             let mut value = serde_json::to_value(&job).unwrap_or_default();
-            let store = shared.store.clone();
-            let history = tokio::task::spawn_blocking(move || store.history(&name).0)
-                .await
-                .unwrap_or_default();
             value["history"] = json!(history);
             Json(value).into_response()
         }
-        None => no_such_job(&name),
+        Err(error) => refused(error),
     }
 }
 
@@ -644,16 +494,9 @@ async fn get_recommendation(
     Path(name): Path<String>,
     Query(query): Query<RecommendationQuery>,
 ) -> Response {
-    let Some(job) = shared.job(&name) else {
-        return no_such_job(&name);
-    };
-    let Some(recommendation) = job.recommendation.filter(|_| job.state == JobState::Done) else {
-        return Problem::new(
-            StatusCode::CONFLICT,
-            "No recommendation yet",
-            format!("job `{name}` is {}", job.state),
-        )
-        .into_response();
+    let recommendation = match shared.recommendation(&name) {
+        Ok(recommendation) => recommendation,
+        Err(error) => return refused(error),
     };
     match query.batch_size {
         None => Json(recommendation).into_response(),

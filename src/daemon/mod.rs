@@ -13,6 +13,7 @@ pub mod http;
 pub mod jobs;
 pub mod scheduler;
 pub mod sdnotify;
+mod service;
 mod watcher;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -23,6 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::Notify;
 
 pub use jobs::{reconcile, Job, JobState};
+pub use service::ServiceError;
 
 use crate::config::Config;
 use crate::gpu::{open_probe, GpuProbe};
@@ -30,7 +32,7 @@ use crate::machine::Machine;
 use crate::metrics::{JobView, MeteredRunner, Metrics, Snapshot};
 use crate::policy::PolicySet;
 use crate::spec::DeviceChoice;
-use crate::state::{CacheKey, RunOutcome, StateStore};
+use crate::state::{RunOutcome, StateStore};
 use crate::trial::{ProcessTrialRunner, RunnerOptions, TrialDevice, TrialRunner};
 
 /// What a SIGHUP reloads: the configuration, the policies, the API token.
@@ -248,41 +250,7 @@ impl Shared {
         models
     }
 
-    /// Forgets a job's recommendation and queues it again.
-    pub fn retune(&self, name: &str) -> Result<(), String> {
-        let (hash, choice) = {
-            let mut jobs = self
-                .jobs
-                .lock()
-                .map_err(|_| "job table unavailable".to_string())?;
-            let job = jobs
-                .get_mut(name)
-                .ok_or_else(|| format!("no job named `{name}`"))?;
-            let (Some(hash), Some(spec)) = (job.spec_hash.clone(), job.spec.as_ref()) else {
-                return Err(format!("job `{name}` is invalid; fix its spec first"));
-            };
-            let choice = spec.search.device;
-            if matches!(job.state, JobState::Queued | JobState::Running) {
-                return Ok(());
-            }
-            job.state = JobState::Queued;
-            job.recommendation = None;
-            job.reused = false;
-            job.error = None;
-            job.trials_done = 0;
-            job.phase = None;
-            (hash, choice)
-        };
-        for model in self.models_for(choice) {
-            self.store
-                .remove_recommendation(&CacheKey::new(&hash, &model))
-                .map_err(|e| e.to_string())?;
-        }
-        self.enqueue(name);
-        Ok(())
-    }
-
-    fn enqueue(&self, name: &str) {
+    pub(crate) fn enqueue(&self, name: &str) {
         if let Ok(mut queue) = self.queue.lock() {
             if !queue.iter().any(|n| n == name) {
                 queue.push_back(name.to_string());

@@ -42,6 +42,8 @@ impl Daemon {
         Daemon::start_with_env(jobs, state, port, config, &[])
     }
 
+    /// Starts `batchd serve` on `port`; port 0 lets the daemon bind any free
+    /// port (no race with other tests), read back from its log.
     pub fn start_with_env(
         jobs: &Path,
         state: &Path,
@@ -49,7 +51,7 @@ impl Daemon {
         config: &Path,
         env: &[(&str, &str)],
     ) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_batchd"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_batchd"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("BATCHD_CONFIG", config)
             .envs(env.iter().copied())
@@ -59,9 +61,10 @@ impl Daemon {
             .arg(state)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("batchd serve starts");
+        let port = bound_port(child.stderr.take().unwrap());
         let daemon = Daemon { child, port };
         daemon.wait_for(Duration::from_secs(30), |d| d.get("/readyz").0 == 200);
         daemon
@@ -233,11 +236,41 @@ pub fn daemon_with_a_tuned_job(root: &Path, env: &[(&str, &str)]) -> Daemon {
     std::fs::create_dir_all(&jobs).unwrap();
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/empty-config.toml");
     drop_spec(&jobs, "tiny.toml", TINY);
-    let daemon = Daemon::start_with_env(&jobs, &state, free_port(), &config, env);
+    let daemon = Daemon::start_with_env(&jobs, &state, 0, &config, env);
     daemon.wait_for(Duration::from_secs(150), |d| d.job_state("tiny") == "done");
     daemon
 }
 
+/// The port a daemon says it listens on (its log's "listening on" line);
+/// the rest of its log is drained so the daemon never blocks on it.
+fn bound_port(stderr: std::process::ChildStderr) -> u16 {
+    use std::io::BufRead;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sender = Some(sender);
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(address) = line.split("listening on http://").nth(1) {
+                if let Some(port) = address
+                    .trim()
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                {
+                    if let Some(sender) = sender.take() {
+                        let _ = sender.send(port);
+                    }
+                }
+            }
+        }
+    });
+    receiver
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the daemon says where it listens")
+}
+
+/// A port free now, for tests that must know it before the daemon starts
+/// (a restart on the same port, a Prometheus configuration).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -56,6 +56,8 @@ pub enum CudaError {
     Init(String),
     #[error("cannot count CUDA devices: {0}")]
     Count(String),
+    #[error("cannot open a CUDA context on cuda:{index}: {reason}")]
+    Context { index: u32, reason: String },
     #[error("cuda:{index} does not exist: the driver sees {count} CUDA device{}", if *count == 1 { "" } else { "s" })]
     NoSuchDevice { index: u32, count: u32 },
 }

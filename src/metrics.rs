@@ -213,7 +213,7 @@ impl Metrics {
         )?;
         metrics.registry.register(Box::new(build_info.clone()))?;
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), "0.21.0"])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::trial::BURN_VERSION])
             .set(1);
         // Known label sets exist from the start, so a dashboard shows zeros
         // rather than "No data" before the first trial.

@@ -249,7 +249,7 @@ impl StateStore {
         match read_json::<History>(&path) {
             Ok(Some(history)) => (history.runs, None),
             Ok(None) => (Vec::new(), None),
-            Err(reason) => (Vec::new(), Some(self.set_aside(&path, &reason))),
+            Err(reason) => (Vec::new(), Some(self.set_aside(&path, &reason.to_string()))),
         }
     }
 
@@ -320,7 +320,7 @@ impl StateStore {
                     Ok(Some(history)) => history,
                     Ok(None) => continue,
                     Err(reason) => {
-                        tracing::warn!("{}", self.set_aside(&path, &reason));
+                        tracing::warn!("{}", self.set_aside(&path, &reason.to_string()));
                         continue;
                     }
                 }
@@ -388,7 +388,7 @@ impl StateStore {
                 None,
                 Some(self.set_aside(&path, "its key does not match its file name")),
             ),
-            Err(reason) => (None, Some(self.set_aside(&path, &reason))),
+            Err(reason) => (None, Some(self.set_aside(&path, &reason.to_string()))),
         }
     }
 
@@ -415,14 +415,23 @@ impl StateStore {
 
 /// Reads JSON: `Ok(None)` when the file does not exist, `Err` with the
 /// reason when it exists but cannot be used.
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, Unusable> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| e.to_string()),
+            .map_err(Unusable::Json),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(Unusable::Io(e)),
     }
+}
+
+/// Why a state file that exists cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Json(serde_json::Error),
 }
 
 /// Writes `bytes` to `path` so that readers see the old file or the new

@@ -20,7 +20,7 @@ impl ByteSize {
         self.0
     }
 
-    pub fn parse(text: &str) -> Result<ByteSize, String> {
+    pub fn parse(text: &str) -> Result<ByteSize, UnitError> {
         let text = text.trim();
         let split = text
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -28,7 +28,7 @@ impl ByteSize {
         let (number, unit) = text.split_at(split);
         let number: f64 = number
             .parse()
-            .map_err(|_| format!("`{text}` is not a size; write e.g. \"4GiB\" or \"512MiB\""))?;
+            .map_err(|_| UnitError::NotASize(text.to_string()))?;
         let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1.0,
             "k" | "kb" => 1e3,
@@ -39,15 +39,11 @@ impl ByteSize {
             "mi" | "mib" => Self::MIB as f64,
             "gi" | "gib" => Self::GIB as f64,
             "ti" | "tib" => (1u64 << 40) as f64,
-            other => {
-                return Err(format!(
-                    "unknown size unit `{other}`; use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)"
-                ))
-            }
+            other => return Err(UnitError::SizeUnit(other.to_string())),
         };
         let bytes = number * multiplier;
         if !bytes.is_finite() || bytes > u64::MAX as f64 {
-            return Err(format!("`{text}` is too large"));
+            return Err(UnitError::TooLarge(text.to_string()));
         }
         Ok(ByteSize(bytes.round() as u64))
     }
@@ -102,11 +98,32 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// Why a size or a duration does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("`{0}` is not a size; write e.g. \"4GiB\" or \"512MiB\"")]
+    NotASize(String),
+    #[error("unknown size unit `{0}`; use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)")]
+    SizeUnit(String),
+    #[error("`{0}` is too large")]
+    TooLarge(String),
+    #[error("empty duration")]
+    EmptyDuration,
+    #[error("`{0}`: a number needs a unit (ms, s, m, h)")]
+    NoDurationUnit(String),
+    #[error("`{0}` is not a duration; write e.g. \"10m\" or \"90s\"")]
+    NotADuration(String),
+    #[error("unknown duration unit `{unit}` in `{text}`; use ms, s, m or h")]
+    DurationUnit { unit: String, text: String },
+    #[error("`{0}` is not a usable duration")]
+    UnusableDuration(String),
+}
+
 /// Parses `"90s"`, `"10m"`, `"1h30m"`, `"500ms"` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let text = text.trim();
     if text.is_empty() {
-        return Err("empty duration".into());
+        return Err(UnitError::EmptyDuration);
     }
     if let Ok(seconds) = text.parse::<f64>() {
         return seconds_to_duration(seconds, text);
@@ -116,7 +133,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("`{text}`: a number needs a unit (ms, s, m, h)"))?;
+            .ok_or_else(|| UnitError::NoDurationUnit(text.to_string()))?;
         let (number, after) = rest.split_at(digits);
         let unit_len = after
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -124,16 +141,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let (unit, next) = after.split_at(unit_len);
         let number: f64 = number
             .parse()
-            .map_err(|_| format!("`{text}` is not a duration; write e.g. \"10m\" or \"90s\""))?;
+            .map_err(|_| UnitError::NotADuration(text.to_string()))?;
         let scale = match unit.trim() {
             "ms" => 0.001,
             "s" | "sec" => 1.0,
             "m" | "min" => 60.0,
             "h" => 3600.0,
             other => {
-                return Err(format!(
-                    "unknown duration unit `{other}` in `{text}`; use ms, s, m or h"
-                ))
+                return Err(UnitError::DurationUnit {
+                    unit: other.to_string(),
+                    text: text.to_string(),
+                })
             }
         };
         total += number * scale;
@@ -142,9 +160,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     seconds_to_duration(total, text)
 }
 
-fn seconds_to_duration(seconds: f64, text: &str) -> Result<Duration, String> {
+fn seconds_to_duration(seconds: f64, text: &str) -> Result<Duration, UnitError> {
     if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
-        return Err(format!("`{text}` is not a usable duration"));
+        return Err(UnitError::UnusableDuration(text.to_string()));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -224,6 +242,7 @@ mod tests {
         assert_eq!(ByteSize::parse("1024").unwrap().bytes(), 1024);
         assert!(ByteSize::parse("4 parsecs")
             .unwrap_err()
+            .to_string()
             .contains("unknown size unit"));
         assert!(ByteSize::parse("lots").is_err());
     }

@@ -273,7 +273,7 @@ pub fn load_with_overrides(
     let spec = load_spec_file(&args.spec, &policies, batchd::spec::DEFAULT_SPEC_FILE_LIMIT)
         .map_err(|e| CliError::Invalid(e.to_string()))?;
     let choice = match &args.device {
-        Some(text) => DeviceChoice::parse(text).map_err(CliError::Usage)?,
+        Some(text) => DeviceChoice::parse(text).map_err(|e| CliError::Usage(e.to_string()))?,
         None => spec.search.device,
     };
     let limit = match &args.memory_limit {

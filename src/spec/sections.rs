@@ -723,7 +723,7 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
-    pub fn parse(text: &str) -> Result<DeviceChoice, String> {
+    pub fn parse(text: &str) -> Result<DeviceChoice, NotADevice> {
         match text.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
@@ -732,12 +732,15 @@ impl DeviceChoice {
                 .strip_prefix("cuda:")
                 .and_then(|index| index.parse().ok())
                 .map(DeviceChoice::Cuda)
-                .ok_or_else(|| {
-                    format!("`{text}` is not a device; use \"auto\", \"cpu\" or \"cuda:N\"")
-                }),
+                .ok_or_else(|| NotADevice(text.to_string())),
         }
     }
 }
+
+/// A device name that is none of `auto`, `cpu`, `cuda:N`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a device; use \"auto\", \"cpu\" or \"cuda:N\"")]
+pub struct NotADevice(pub String);
 
 impl std::fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -71,14 +71,19 @@ fn plausible_peak_flops(device: TrialDevice, cpu_count: usize) -> f64 {
     }
 }
 
+/// Why a reported success cannot be believed: the first check it failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct Implausible(pub String);
+
 /// Cross-checks a success the worker reported. `Err` names the first
 /// check that failed.
-pub fn cross_check(obs: &Observation<'_>, report: &WorkerReport) -> Result<(), String> {
+pub fn cross_check(obs: &Observation<'_>, report: &WorkerReport) -> Result<(), Implausible> {
     if report.steps_completed != obs.steps || report.losses.len() != obs.steps as usize {
-        return Err(format!(
+        return Err(Implausible(format!(
             "the worker reported success after {} of {} steps",
             report.steps_completed, obs.steps
-        ));
+        )));
     }
     if let Some((step, loss)) = report
         .losses
@@ -86,9 +91,9 @@ pub fn cross_check(obs: &Observation<'_>, report: &WorkerReport) -> Result<(), S
         .enumerate()
         .find(|(_, l)| !l.is_finite())
     {
-        return Err(format!(
+        return Err(Implausible(format!(
             "loss at step {step} is {loss}, yet the worker reported success"
-        ));
+        )));
     }
     if report.losses.len() >= 3
         && report
@@ -96,30 +101,32 @@ pub fn cross_check(obs: &Observation<'_>, report: &WorkerReport) -> Result<(), S
             .windows(2)
             .all(|w| w[0].to_bits() == w[1].to_bits())
     {
-        return Err(format!(
+        return Err(Implausible(format!(
             "the loss is bit-identical ({}) at all {} steps although every step draws a new batch: the results are not real",
             report.losses[0],
             report.losses.len()
-        ));
+        )));
     }
     if let (Some(peak), Some(total)) = (obs.peak_memory_bytes, obs.device_memory_total_bytes) {
         if peak >= total {
-            return Err(format!(
+            return Err(Implausible(format!(
                 "peak memory {peak} bytes is not below the device's capacity {total}"
-            ));
+            )));
         }
     }
     if let Some(speed) = report.samples_per_second {
         if !speed.is_finite() || speed <= 0.0 {
-            return Err(format!("measured speed {speed} samples/s is not a speed"));
+            return Err(Implausible(format!(
+                "measured speed {speed} samples/s is not a speed"
+            )));
         }
         let implied = speed * report.train_flops_per_sample;
         let peak = plausible_peak_flops(obs.device, obs.cpu_count);
         if report.train_flops_per_sample > 0.0 && implied > peak {
-            return Err(format!(
+            return Err(Implausible(format!(
                 "{speed:.0} samples/s would need {:.2e} FLOP/s, more than this device can do ({peak:.2e}): the steps did not really run",
                 implied
-            ));
+            )));
         }
     }
     Ok(())

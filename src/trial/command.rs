@@ -128,9 +128,14 @@ fn tolerate_non_finite(line: &str) -> String {
         .replace("NaN", "null")
 }
 
+/// What is wrong with a command's report file, naming the line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadReport(pub String);
+
 /// Turns the report file into the report batchd's own worker would send.
 /// `Err` says what is wrong with the file, naming the line.
-pub fn read_report(text: &str, request: &TrialRequest) -> Result<WorkerReport, String> {
+pub fn read_report(text: &str, request: &TrialRequest) -> Result<WorkerReport, BadReport> {
     let mut report = WorkerReport {
         outcome: Some(Outcome::Ok),
         backend: "command".into(),
@@ -155,26 +160,28 @@ pub fn read_report(text: &str, request: &TrialRequest) -> Result<WorkerReport, S
         let number = index + 1;
         let line: ReportLine = serde_json::from_str(&tolerate_non_finite(raw)).map_err(|e| {
             let shown: String = raw.chars().take(80).collect();
-            format!("report line {number} is not a step record ({e}): `{shown}`")
+            BadReport(format!(
+                "report line {number} is not a step record ({e}): `{shown}`"
+            ))
         })?;
         let expected = report.losses.len() as u32;
         if line.step != expected {
-            return Err(format!(
+            return Err(BadReport(format!(
                 "report line {number} is step {} where step {expected} was due (steps count from 0, in order)",
                 line.step
-            ));
+            )));
         }
         if line.step >= request.steps {
-            return Err(format!(
+            return Err(BadReport(format!(
                 "report line {number} is step {}, but the trial has {} steps",
                 line.step, request.steps
-            ));
+            )));
         }
         if !line.time.is_finite() || times.last().is_some_and(|t| line.time < *t) {
-            return Err(format!(
+            return Err(BadReport(format!(
                 "report line {number}: `time` {} goes backwards (use a monotonic clock)",
                 line.time
-            ));
+            )));
         }
         report
             .losses
@@ -328,7 +335,7 @@ pub async fn run(
     let mut result = empty_result(&request, limit);
     result.backend = "command".into();
     if let Err(reason) = request.check() {
-        return failed(result, Outcome::InvalidRequest, reason, started);
+        return failed(result, Outcome::InvalidRequest, reason.to_string(), started);
     }
     let Some(program) = command.argv.first() else {
         return failed(
@@ -552,19 +559,24 @@ mod tests {
     #[test]
     fn garbled_out_of_order_and_backwards_reports_are_named() {
         let request = request(4);
-        let error =
-            read_report(&[line(0, "1", 0.0), "oops\n".into()].concat(), &request).unwrap_err();
+        let error = read_report(&[line(0, "1", 0.0), "oops\n".into()].concat(), &request)
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("report line 2 is not a step record"),
             "{error}"
         );
-        let error =
-            read_report(&[line(0, "1", 0.0), line(2, "1", 1.0)].concat(), &request).unwrap_err();
+        let error = read_report(&[line(0, "1", 0.0), line(2, "1", 1.0)].concat(), &request)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("step 2 where step 1 was due"), "{error}");
-        let error =
-            read_report(&[line(0, "1", 5.0), line(1, "1", 1.0)].concat(), &request).unwrap_err();
+        let error = read_report(&[line(0, "1", 5.0), line(1, "1", 1.0)].concat(), &request)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("goes backwards"), "{error}");
-        let error = read_report("{\"step\": 0, \"loss\": 1}\n", &request).unwrap_err();
+        let error = read_report("{\"step\": 0, \"loss\": 1}\n", &request)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("missing field `time`"), "{error}");
     }
 

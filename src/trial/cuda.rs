@@ -4,6 +4,8 @@
 //! second opinion beside NVML's per-process figure. (Whether the driver
 //! loads at all is [`crate::machine::cuda_device_count`]'s question.)
 
+use crate::machine::CudaError;
+
 /// A handle on the device's primary context (the one Burn's CUDA backend
 /// also uses), for free/total memory queries from the worker's main thread.
 pub struct ContextProbe {
@@ -11,9 +13,12 @@ pub struct ContextProbe {
 }
 
 impl ContextProbe {
-    pub fn new(index: u32) -> Result<ContextProbe, String> {
-        let context = cudarc::driver::CudaContext::new(index as usize)
-            .map_err(|e| format!("cannot open a CUDA context on cuda:{index}: {e}"))?;
+    pub fn new(index: u32) -> Result<ContextProbe, CudaError> {
+        let context =
+            cudarc::driver::CudaContext::new(index as usize).map_err(|e| CudaError::Context {
+                index,
+                reason: e.to_string(),
+            })?;
         Ok(ContextProbe { context })
     }
 

@@ -65,6 +65,15 @@ pub(crate) mod json_float {
 
 pub use crate::machine::TrialDevice;
 
+/// The Burn release the trial engine is built with (Cargo.toml pins it
+/// exactly; a test keeps the two in step).
+pub const BURN_VERSION: &str = "0.21.0";
+
+/// Why a trial request cannot run; the words become the trial's reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRequest(pub String);
+
 /// The learning rate at each step of a trial.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -145,7 +154,7 @@ impl LrSchedule {
     }
 
     /// Every LR is finite and positive.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), InvalidRequest> {
         let ok = |x: f64| x.is_finite() && x > 0.0;
         match *self {
             LrSchedule::Constant { lr }
@@ -153,21 +162,23 @@ impl LrSchedule {
             | LrSchedule::WarmupCosine { lr, .. }
                 if !ok(lr) =>
             {
-                Err(format!("learning rate must be finite and > 0, got {lr}"))
+                Err(InvalidRequest(format!(
+                    "learning rate must be finite and > 0, got {lr}"
+                )))
             }
             LrSchedule::WarmupCosine { final_fraction, .. }
                 if !(0.0..=1.0).contains(&final_fraction) =>
             {
-                Err(format!(
+                Err(InvalidRequest(format!(
                     "final_fraction must be in 0..=1, got {final_fraction}"
-                ))
+                )))
             }
             LrSchedule::ExponentialSweep { min_lr, max_lr }
                 if !ok(min_lr) || !ok(max_lr) || max_lr <= min_lr =>
             {
-                Err(format!(
+                Err(InvalidRequest(format!(
                     "a sweep needs 0 < min_lr < max_lr, got {min_lr} .. {max_lr}"
-                ))
+                )))
             }
             _ => Ok(()),
         }
@@ -274,37 +285,37 @@ impl TrialRequest {
     }
 
     /// Checks the request before any work; a failure is `invalid_request`.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), InvalidRequest> {
         if self.batch_size == 0 {
-            return Err("batch_size must be > 0".into());
+            return Err(InvalidRequest("batch_size must be > 0".into()));
         }
         if self.steps == 0 {
-            return Err("steps must be > 0".into());
+            return Err(InvalidRequest("steps must be > 0".into()));
         }
         if self.warmup_steps >= self.steps {
-            return Err(format!(
+            return Err(InvalidRequest(format!(
                 "warmup_steps ({}) must be less than steps ({}) so some steps are timed",
                 self.warmup_steps, self.steps
-            ));
+            )));
         }
         self.schedule.check()?;
         if let Some(noise) = self.record.grad_noise {
             if noise.small_batch == 0 || noise.small_batch >= self.batch_size {
-                return Err(format!(
+                return Err(InvalidRequest(format!(
                     "grad_noise.small_batch must be in 1..{} (below the trial's batch), got {}",
                     self.batch_size, noise.small_batch
-                ));
+                )));
             }
             if noise.measurements == 0 || noise.measurements > self.steps - self.warmup_steps {
-                return Err(format!(
+                return Err(InvalidRequest(format!(
                     "grad_noise.measurements must be in 1..={} (the timed steps), got {}",
                     self.steps - self.warmup_steps,
                     noise.measurements
-                ));
+                )));
             }
         }
         if self.deadline.is_zero() {
-            return Err("deadline must be > 0".into());
+            return Err(InvalidRequest("deadline must be > 0".into()));
         }
         Ok(())
     }
@@ -477,6 +488,13 @@ pub trait TrialRunner: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_burn_version_named_is_the_one_cargo_pins() {
+        let manifest = include_str!("../../Cargo.toml");
+        let pin = format!("burn = {{ version = \"={BURN_VERSION}\"");
+        assert!(manifest.contains(&pin), "Cargo.toml does not pin {pin}");
+    }
 
     #[test]
     fn sweep_runs_from_min_to_max_exponentially() {

@@ -174,7 +174,7 @@ fn invalid(reason: String) -> WorkerReport {
 
 fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant) -> WorkerReport {
     if let Err(reason) = request.check() {
-        return invalid(reason);
+        return invalid(reason.to_string());
     }
     if let (TrialDevice::Cpu, Some(limit)) = (request.device, request.memory_limit_bytes) {
         set_heap_cap(limit);
@@ -229,7 +229,7 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
             }
             let probe = match ContextProbe::new(index) {
                 Ok(probe) => probe,
-                Err(reason) => return invalid(reason),
+                Err(reason) => return invalid(reason.to_string()),
             };
             let mut report = WorkerReport {
                 backend: "cuda".into(),

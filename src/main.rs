@@ -9,9 +9,7 @@ mod cli;
 fn main() -> ExitCode {
     // A trial worker skips argument parsing and logging: its stdout is a
     // protocol, and its start-up time is part of every trial's cost.
-    if std::env::args_os().nth(1).as_deref()
-        == Some(batchd::trial::runner::WORKER_SUBCOMMAND.as_ref())
-    {
+    if std::env::args_os().nth(1).as_deref() == Some(batchd::trial::WORKER_SUBCOMMAND.as_ref()) {
         return ExitCode::from(batchd::trial::worker::main() as u8);
     }
     let cli = cli::Cli::parse();

@@ -217,3 +217,56 @@ fn the_checks_see_imports_in_every_form() {
     imports.get_mut("b").unwrap().clear();
     assert!(cycle_through(&imports, "a").is_none());
 }
+
+/// Sibling files of one folder (`super::name` imports) form no cycle: the
+/// worker runner and the command runner share `supervise`, not each other.
+#[test]
+fn sibling_modules_import_each_other_without_cycles() {
+    let tree = tree();
+    let mut folders: BTreeMap<PathBuf, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for (file, code) in &tree.code {
+        let name = file.file_stem().unwrap().to_str().unwrap();
+        if name == "mod" {
+            continue;
+        }
+        let siblings = folders
+            .entry(file.parent().unwrap().to_path_buf())
+            .or_default();
+        let names = modules_named(code, "super::");
+        siblings.insert(
+            name.to_string(),
+            names.into_iter().filter(|n| n != name).collect(),
+        );
+    }
+    let mut cycles = Vec::new();
+    for (folder, siblings) in &folders {
+        for name in siblings.keys() {
+            if let Some(cycle) = cycle_through(siblings, name) {
+                cycles.push(format!("{}: {}", folder.display(), cycle.join(" -> ")));
+            }
+        }
+    }
+    assert!(cycles.is_empty(), "sibling cycles:\n{}", cycles.join("\n"));
+}
+
+#[test]
+fn the_trial_parent_and_the_trial_worker_share_only_the_protocol() {
+    let tree = tree();
+    for (file, code) in &tree.code {
+        let relative = file.strip_prefix(&tree.src).unwrap();
+        let relative_text = relative.display().to_string();
+        if relative.starts_with("trial/parent") {
+            assert!(
+                !code.contains("trial::worker"),
+                "{relative_text} reaches into the worker"
+            );
+            assert!(!code.contains("burn::"), "{relative_text} uses Burn");
+        }
+        if relative.starts_with("trial/worker") {
+            assert!(
+                !code.contains("trial::parent"),
+                "{relative_text} reaches into the parent"
+            );
+        }
+    }
+}

@@ -387,7 +387,7 @@ fn report_view<'a>(
     crate::report::JobView {
         name: &job.name,
         state: job.state,
-        phase: job.phase.as_deref(),
+        phase: job.phase,
         trials_done: job.trials_done,
         device: job.device.as_deref(),
         error: job.error.as_deref(),

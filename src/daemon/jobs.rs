@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::Shared;
 pub use crate::job::JobState;
-use crate::search::Recommendation;
+use crate::search::{Phase, Recommendation};
 use crate::spec::{load_spec_file, JobSpec};
 use crate::state::{CacheKey, RunOutcome};
 use crate::validation::{FieldError, Syntax};
@@ -22,7 +22,7 @@ pub struct Job {
     /// The device its search runs (or ran) on.
     pub device: Option<String>,
     /// Current phase of a running search.
-    pub phase: Option<String>,
+    pub phase: Option<Phase>,
     pub trials_done: usize,
     /// Validation errors of an invalid spec.
     pub errors: Vec<FieldError>,

@@ -371,7 +371,7 @@ pub async fn run<R: TrialRunner + 'static>(
     // Temporary files of POSTs a killed daemon left behind.
     crate::state::sweep_temporaries(&config.jobs_dir);
     // And the processes of its command trials (a script's own children).
-    let orphans = crate::trial::command::kill_orphaned_trials();
+    let orphans = crate::trial::kill_orphaned_trials();
     if orphans > 0 {
         tracing::warn!("killed {orphans} processes left by the trials of a batchd that died");
     }

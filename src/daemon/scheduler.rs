@@ -269,7 +269,7 @@ async fn search<R: TrialRunner>(
     let progress_hash = spec.content_hash.clone();
     let on_progress = move |p: &Progress| {
         progress_shared.update_job(&progress_name, &progress_hash, |job| {
-            job.phase = Some(p.phase.as_str().to_string());
+            job.phase = Some(p.phase);
             job.trials_done = p.trials_done;
         });
     };

@@ -13,7 +13,7 @@ pub mod text;
 use std::fmt::Write;
 
 use crate::job::JobState;
-use crate::search::Recommendation;
+use crate::search::{Phase, Recommendation};
 use crate::state::RunRecord;
 use crate::units::ByteSize;
 use svg::{Chart, Format, Point, Rule, Scale, Series, Style, BUDGET_COLOR, PALETTE};
@@ -25,7 +25,7 @@ pub const REFRESH_SECONDS: u32 = 3;
 pub struct JobView<'a> {
     pub name: &'a str,
     pub state: JobState,
-    pub phase: Option<&'a str>,
+    pub phase: Option<Phase>,
     pub trials_done: usize,
     pub device: Option<&'a str>,
     pub error: Option<&'a str>,
@@ -129,7 +129,7 @@ pub fn index_page(jobs: &[JobView]) -> String {
             phase = job
                 .phase
                 .filter(|_| job.state == JobState::Running)
-                .map(|p| format!(" {}", escape(p)))
+                .map(|p| format!(" {p}"))
                 .unwrap_or_default(),
             device = escape(job.device.unwrap_or("-")),
             batch = rec.map_or("-".into(), |r| r.batch_size.to_string()),
@@ -166,7 +166,7 @@ pub fn job_page(job: &JobView, nav: bool) -> String {
         let _ = write!(
             html,
             " <span class=\"progress\">phase <b>{}</b>, {} trial(s) done</span> <span class=\"live-note\">(this page refreshes every {REFRESH_SECONDS} s)</span>",
-            escape(job.phase.unwrap_or("waiting for a device")),
+            job.phase.map_or("waiting for a device", Phase::as_str),
             job.trials_done
         );
     }
@@ -849,7 +849,7 @@ mod tests {
         let view = JobView {
             name: "mlp<1>",
             state: JobState::Running,
-            phase: Some("max_fit"),
+            phase: Some(Phase::MaxFit),
             trials_done: 3,
             device: Some("cpu"),
             error: None,

@@ -7,6 +7,7 @@
 pub mod lr;
 pub mod maxfit;
 pub mod noise;
+mod phase;
 mod phases;
 pub mod plan;
 pub mod race;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::recommend::Phase;
+use super::phase::Phase;
 
 /// Shares of the search budget, in phase order. They add up to 1.
 pub const PHASE_SHARES: [(Phase, f64); 6] = [

@@ -5,41 +5,13 @@ use serde::{Deserialize, Serialize};
 use super::lr::{BestLr, Confirmation, LrRule, RangeTest};
 use super::maxfit::MaxFit;
 use super::noise::{efficiency, NoiseScale};
+pub use super::phase::Phase;
 use super::plan::BudgetPlan;
 use super::race::Race;
 use super::steptime::{speed_at, StepTimeModel};
 use super::throughput::{interpolate, plateau, CurvePoint};
 use crate::policy::{Objective, Policy};
 use crate::trial::Outcome;
-
-/// The phases of a search, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    MaxFit,
-    Throughput,
-    LrRangeTest,
-    NoiseScale,
-    LrConfirmation,
-    /// Candidate batches trained for the same budget with several seeds.
-    Race,
-    /// LRs either side of the rule's at the race winner.
-    LrCheck,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::MaxFit => "max_fit",
-            Phase::Throughput => "throughput",
-            Phase::LrRangeTest => "lr_range_test",
-            Phase::NoiseScale => "noise_scale",
-            Phase::LrConfirmation => "lr_confirmation",
-            Phase::Race => "race",
-            Phase::LrCheck => "lr_check",
-        }
-    }
-}
 
 /// One trial of the search, as evidence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

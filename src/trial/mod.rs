@@ -7,15 +7,9 @@
 //! side ([`runner`]) spawns the worker, enforces deadlines and memory limits,
 //! samples memory, classifies the outcome and cross-checks every success.
 
-pub mod classify;
-pub mod command;
-pub mod cuda;
-pub mod data;
 mod divergence;
-pub mod engine;
 pub mod memory;
-pub mod models;
-pub mod runner;
+mod parent;
 pub mod worker;
 
 use std::future::Future;
@@ -26,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{JobSpec, Precision};
 
-pub use runner::{ProcessTrialRunner, RunnerOptions};
+pub use parent::{kill_orphaned_trials, ProcessTrialRunner, RunnerOptions};
 
 /// JSON has no NaN or infinity: non-finite floats travel as `null` and come
 /// back as NaN, so a diverged trial's losses survive the protocol.
@@ -64,6 +58,34 @@ pub(crate) mod json_float {
 }
 
 pub use crate::machine::TrialDevice;
+
+/// The hidden subcommand a worker runs as.
+pub const WORKER_SUBCOMMAND: &str = "__trial-worker";
+
+/// Exit status of a worker that panicked on any thread.
+pub const PANIC_EXIT_CODE: i32 = 70;
+/// Prefix of the line the panic hook writes on stderr.
+pub const PANIC_MARKER: &str = "batchd-worker: panic on thread";
+
+/// One line of the worker protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    Started {
+        pid: u32,
+        device: String,
+        backend: String,
+    },
+    Progress {
+        step: u32,
+        #[serde(with = "json_float")]
+        loss: f64,
+        lr: f64,
+    },
+    Result {
+        report: Box<WorkerReport>,
+    },
+}
 
 /// The Burn release the trial engine is built with (Cargo.toml pins it
 /// exactly; a test keeps the two in step).

@@ -18,13 +18,15 @@ use serde::Deserialize;
 use tokio::process::Command;
 
 use super::classify::{classify, Observation};
-use super::divergence::first_divergence;
-use super::runner::{
+use super::supervise::{
     apply_report, collect_stderr_tail, effective_limit, empty_result, failed, supervise,
     MemorySampler, RunnerOptions,
 };
-use super::{GradNoiseSample, Outcome, TrialDevice, TrialRequest, TrialResult, WorkerReport};
 use crate::spec::CommandSpec;
+use crate::trial::divergence::first_divergence;
+use crate::trial::{
+    GradNoiseSample, Outcome, TrialDevice, TrialRequest, TrialResult, WorkerReport,
+};
 
 /// Variables the command inherits from batchd's environment; everything
 /// else is cleared. PATH finds interpreters, HOME and the locale keep

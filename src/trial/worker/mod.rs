@@ -15,42 +15,23 @@ use std::time::Instant;
 
 use burn::backend::{Autodiff, Cuda, Flex};
 use burn::tensor::{bf16, f16};
-use serde::{Deserialize, Serialize};
 
-use super::cuda::ContextProbe;
-use super::data::Dataset;
-use super::engine::{self, ProgressSink, TrialContext};
-use super::memory::{own_rss, peak_heap_bytes, set_heap_cap};
-use super::{Outcome, TrialDevice, TrialRequest, WorkerReport};
+mod cuda;
+mod data;
+mod engine;
+mod models;
+
 use crate::machine::check_cuda_device;
 use crate::spec::Precision;
-
-/// Exit status of a worker that panicked on any thread.
-pub const PANIC_EXIT_CODE: i32 = 70;
-/// Prefix of the line the panic hook writes on stderr.
-pub const PANIC_MARKER: &str = "batchd-worker: panic on thread";
+use crate::trial::memory::{own_rss, peak_heap_bytes, set_heap_cap};
+use crate::trial::{
+    Outcome, TrialDevice, TrialRequest, WorkerEvent, WorkerReport, PANIC_EXIT_CODE, PANIC_MARKER,
+};
+use cuda::ContextProbe;
+use data::Dataset;
+use engine::{ProgressSink, TrialContext};
 
 static PANICKED: AtomicBool = AtomicBool::new(false);
-
-/// One line of the worker protocol.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum WorkerEvent {
-    Started {
-        pid: u32,
-        device: String,
-        backend: String,
-    },
-    Progress {
-        step: u32,
-        #[serde(with = "super::json_float")]
-        loss: f64,
-        lr: f64,
-    },
-    Result {
-        report: Box<WorkerReport>,
-    },
-}
 
 struct EventWriter {
     out: File,

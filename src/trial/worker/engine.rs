@@ -9,16 +9,16 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, Optimizer, SgdConfig};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 
 use crate::spec::OptimizerSpec;
 
 use super::cuda::ContextProbe;
 use super::data::{Dataset, SplitMix64};
-use super::divergence::DivergenceWatch;
 use super::models::{forward_flops_per_sample, DeviceBatch, Model};
-use super::{Fault, GradNoiseSample, Outcome, TrialRequest, WorkerReport};
+use crate::trial::divergence::DivergenceWatch;
+use crate::trial::{Fault, GradNoiseSample, Outcome, TrialRequest, WorkerReport};
 
 /// Receives per-step progress from the loop.
 pub trait ProgressSink {
@@ -340,9 +340,4 @@ fn validation_loss<B: AutodiffBackend>(
         total += model.loss(&batch).into_scalar().elem::<f64>();
     }
     total / batches as f64
-}
-
-/// Name of the backend a device type belongs to, for reports.
-pub fn backend_name<B: Backend>(device: &B::Device) -> String {
-    B::name(device)
 }

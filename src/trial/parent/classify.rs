@@ -3,8 +3,7 @@
 //! `ok` is cross-checked, because a worker can believe it succeeded when it
 //! did not (Burn 0.21 on a CUDA out-of-memory).
 
-use super::worker::{PANIC_EXIT_CODE, PANIC_MARKER};
-use super::{ExitInfo, Outcome, TrialDevice, WorkerReport};
+use crate::trial::{ExitInfo, Outcome, TrialDevice, WorkerReport, PANIC_EXIT_CODE, PANIC_MARKER};
 
 /// Why the parent killed the worker, if it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,216 @@
+//! The parent side of a trial: spawn a worker (this same binary), feed it
+//! the request, watch it, kill it when it overstays or overeats, and turn
+//! what happened into a [`TrialResult`].
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+use super::classify::{classify, Observation};
+use super::supervise::{
+    apply_report, collect_stderr_tail, effective_limit, empty_result, failed, max_option,
+    supervise, MemorySampler, RunnerOptions,
+};
+use crate::trial::memory::parse_refusal;
+use crate::trial::{
+    Outcome, TrialDevice, TrialRequest, TrialResult, TrialRunner, WorkerEvent, WorkerReport,
+    WORKER_SUBCOMMAND,
+};
+
+/// Runs each trial in a fresh worker process.
+#[derive(Clone)]
+pub struct ProcessTrialRunner {
+    options: RunnerOptions,
+}
+
+impl ProcessTrialRunner {
+    pub fn new(options: RunnerOptions) -> ProcessTrialRunner {
+        ProcessTrialRunner { options }
+    }
+
+    async fn run_trial(&self, mut request: TrialRequest) -> TrialResult {
+        let started = Instant::now();
+        if request.kernel_cache_dir.is_none() {
+            request.kernel_cache_dir = self.options.kernel_cache_dir.clone();
+        }
+        let limit = effective_limit(&request);
+        let mut result = empty_result(&request, limit);
+        let payload = match serde_json::to_vec(&request) {
+            Ok(payload) => payload,
+            Err(e) => {
+                return failed(
+                    result,
+                    Outcome::InvalidRequest,
+                    format!("cannot encode the request: {e}"),
+                    started,
+                )
+            }
+        };
+
+        let mut command = Command::new(&self.options.worker_exe);
+        command
+            .arg(WORKER_SUBCOMMAND)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_BACKTRACE", "0")
+            .kill_on_drop(true);
+        if std::env::var_os("CUDA_PATH").is_none()
+            && std::path::Path::new("/usr/local/cuda").is_dir()
+        {
+            // cubecl compiles kernels with NVRTC, which needs the CUDA headers.
+            command.env("CUDA_PATH", "/usr/local/cuda");
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                return failed(
+                    result,
+                    Outcome::Crashed,
+                    format!(
+                        "cannot start the worker {}: {e}",
+                        self.options.worker_exe.display()
+                    ),
+                    started,
+                )
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+
+        if let Some(mut stdin) = child.stdin.take() {
+            // A worker that dies before reading is classified from its exit.
+            let _ = stdin.write_all(&payload).await;
+            let _ = stdin.shutdown().await;
+        }
+        let stdout = child.stdout.take();
+        let on_event = self.options.on_event.clone();
+        let events = tokio::spawn(async move {
+            let mut report: Option<WorkerReport> = None;
+            let mut garbled = 0usize;
+            if let Some(stdout) = stdout {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match serde_json::from_str::<WorkerEvent>(&line) {
+                        Ok(event) => {
+                            if let Some(callback) = &on_event {
+                                callback(&event);
+                            }
+                            if let WorkerEvent::Result { report: r } = event {
+                                report = Some(*r);
+                            }
+                        }
+                        Err(_) => garbled += 1,
+                    }
+                }
+            }
+            (report, garbled)
+        });
+        let stderr_tail = collect_stderr_tail(child.stderr.take());
+
+        let mut sampler =
+            MemorySampler::new(request.device, pid, false, self.options.gpu_probe.clone());
+        let (exit, killed) = supervise(
+            &mut child,
+            &mut sampler,
+            request.deadline,
+            self.options.sample_interval,
+            limit,
+            None,
+        )
+        .await;
+        let (report, garbled) = events.await.unwrap_or((None, 0));
+        let stderr_tail = stderr_tail.await.unwrap_or_default();
+
+        // The peak: the parent's samples, and the worker's own figures.
+        let (peak, source) = match request.device {
+            TrialDevice::Cpu => {
+                let own = report.as_ref().and_then(|r| r.peak_rss_bytes);
+                (max_option(sampler.peak, own), "rss")
+            }
+            TrialDevice::Cuda(_) => match sampler.peak {
+                Some(peak) => (Some(peak), "nvml"),
+                None => (
+                    report.as_ref().and_then(|r| r.cuda_memory_delta_bytes),
+                    "cuda_context",
+                ),
+            },
+        };
+        let device_total = report
+            .as_ref()
+            .and_then(|r| r.device_memory_total_bytes)
+            .or(sampler.device_total);
+        let observation = Observation {
+            device: request.device,
+            steps: request.steps,
+            deadline_seconds: request.deadline.as_secs_f64(),
+            killed,
+            exit: &exit,
+            report: report.as_ref(),
+            stderr_tail: &stderr_tail,
+            peak_memory_bytes: peak,
+            memory_limit_bytes: limit,
+            device_memory_total_bytes: device_total,
+            cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            foreign: false,
+        };
+        let (outcome, mut reason) = classify(&observation);
+        // A heap allocation the worker's cap refused was never resident, so
+        // the RSS peak understates the need: count the live heap plus the
+        // refused request.
+        let mut peak = peak;
+        if outcome == Outcome::OutOfMemory {
+            if let Some((refused, live)) = parse_refusal(&stderr_tail) {
+                let needed = live + refused;
+                reason = Some(format!(
+                    "needed at least {} ({} of heap live plus a refused allocation of {}){}",
+                    crate::units::ByteSize(needed),
+                    crate::units::ByteSize(live),
+                    crate::units::ByteSize(refused),
+                    limit
+                        .map(|l| format!(", limit {}", crate::units::ByteSize(l)))
+                        .unwrap_or_default()
+                ));
+                peak = max_option(peak, Some(needed));
+            }
+        }
+        if garbled > 0 && outcome != Outcome::Ok {
+            let note = format!("{garbled} unreadable line(s) on the worker's stdout");
+            reason = Some(reason.map_or(note.clone(), |r| format!("{r}; {note}")));
+        }
+
+        if let Some(report) = report {
+            result.backend = report.backend.clone();
+            if !report.device_name.is_empty() && report.device_name != "cpu" {
+                result.device = format!("{} ({})", result.device, report.device_name);
+            }
+            result.startup_seconds = report.startup_seconds;
+            result.setup_seconds = Some(report.setup_seconds);
+            apply_report(&mut result, report);
+        }
+        if garbled > 0 {
+            result.warnings.push(format!(
+                "{garbled} unreadable line(s) on the worker's stdout were ignored"
+            ));
+        }
+        result.outcome = outcome;
+        result.reason = reason;
+        result.peak_memory_bytes = peak;
+        result.peak_memory_source = peak.map(|_| source.to_string());
+        result.device_memory_total_bytes = device_total;
+        result.exit = Some(exit);
+        result.stderr_tail = stderr_tail;
+        result.wall_seconds = started.elapsed().as_secs_f64();
+        result
+    }
+}
+
+impl TrialRunner for ProcessTrialRunner {
+    async fn run(&self, request: TrialRequest) -> TrialResult {
+        match request.spec.command().cloned() {
+            Some(command) => super::command::run(&self.options, request, &command).await,
+            None => self.run_trial(request).await,
+        }
+    }
+}

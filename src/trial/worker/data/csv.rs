@@ -1,0 +1,135 @@
+//! Tabular data from a CSV file: numeric features, a label column,
+//! standardized columns.
+
+use super::*;
+
+pub(super) fn csv_file(
+    path: &Path,
+    label_column: &LabelColumn,
+    has_header: bool,
+    delimiter: char,
+    classes: usize,
+    fraction: f64,
+) -> Result<ClassificationData, DataError> {
+    let bytes = read(path)?;
+    let text = String::from_utf8(bytes).map_err(|_| format_error(path, "is not UTF-8 text"))?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let header: Option<Vec<String>> = if has_header {
+        let (_, line) = lines.next().ok_or_else(|| format_error(path, "is empty"))?;
+        Some(
+            line.split(delimiter)
+                .map(|c| c.trim().trim_matches('"').to_string())
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let mut columns = header.as_ref().map(Vec::len);
+    let label_index = match (label_column, &header) {
+        (LabelColumn::Index(i), _) => *i,
+        (LabelColumn::Name(name), Some(header)) => {
+            header.iter().position(|c| c == name).ok_or_else(|| {
+                format_error(
+                    path,
+                    format!(
+                        "no column named `{name}`; the header has: {}",
+                        header.join(", ")
+                    ),
+                )
+            })?
+        }
+        (LabelColumn::Name(name), None) => {
+            return Err(format_error(
+                path,
+                format!("label column `{name}` needs a header row"),
+            ))
+        }
+    };
+    let mut inputs = Vec::new();
+    let mut labels = Vec::new();
+    for (number, line) in lines {
+        let row = number + 1;
+        let cells: Vec<&str> = line.split(delimiter).map(str::trim).collect();
+        let expected = *columns.get_or_insert(cells.len());
+        if cells.len() != expected {
+            return Err(format_error(
+                path,
+                format!(
+                    "line {row} has {} columns, expected {expected}",
+                    cells.len()
+                ),
+            ));
+        }
+        if label_index >= cells.len() {
+            return Err(format_error(
+                path,
+                format!(
+                    "label column index {label_index} is past the last column ({})",
+                    cells.len() - 1
+                ),
+            ));
+        }
+        for (i, cell) in cells.iter().enumerate() {
+            let value: f64 = cell.trim_matches('"').parse().map_err(|_| {
+                let column = header
+                    .as_ref()
+                    .map_or_else(|| i.to_string(), |h| format!("`{}`", h[i]));
+                format_error(
+                    path,
+                    format!("line {row}, column {column}: `{cell}` is not a number"),
+                )
+            })?;
+            if i == label_index {
+                if value.fract() != 0.0 || value < 0.0 || value >= classes as f64 {
+                    return Err(format_error(
+                        path,
+                        format!("line {row}: label {value} is out of range for {classes} classes (0..{})", classes - 1),
+                    ));
+                }
+                labels.push(value as i32);
+            } else {
+                inputs.push(value as f32);
+            }
+        }
+    }
+    if labels.len() < 2 {
+        return Err(format_error(path, "needs at least 2 data rows"));
+    }
+    let sample_len = inputs.len() / labels.len();
+    standardize(&mut inputs, sample_len);
+    let (train, valid) = split_indices(labels.len(), fraction, labels.len() as u64);
+    Ok(ClassificationData {
+        sample_len,
+        image_shape: None,
+        inputs,
+        labels,
+        train,
+        valid,
+    })
+}
+
+/// Scales each feature column to zero mean and unit variance (constant
+/// columns are left at zero).
+fn standardize(values: &mut [f32], columns: usize) {
+    if columns == 0 {
+        return;
+    }
+    let rows = values.len() / columns;
+    for c in 0..columns {
+        let column = (0..rows).map(|r| f64::from(values[r * columns + c]));
+        let mean = column.clone().sum::<f64>() / rows as f64;
+        let var = column.map(|v| (v - mean).powi(2)).sum::<f64>() / rows as f64;
+        let std = var.sqrt();
+        for r in 0..rows {
+            let v = &mut values[r * columns + c];
+            *v = if std > 1e-12 {
+                ((f64::from(*v) - mean) / std) as f32
+            } else {
+                0.0
+            };
+        }
+    }
+}

@@ -6,8 +6,13 @@
 //! `jobs/a.toml: model.hidden[1]: must be > 0, got 0`.
 
 mod command;
+mod data;
+mod kind;
+mod model;
+mod optimizer;
 pub mod read;
-mod sections;
+mod search;
+mod training;
 
 use std::path::{Path, PathBuf};
 
@@ -16,10 +21,11 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub use command::{CommandSpec, Workload};
-pub use sections::{
-    Activation, CnnSpec, DataSource, DataSpec, DeviceChoice, LabelColumn, MlpSpec, ModelSpec,
-    OptimizerSpec, Precision, SearchSpec, TrainingSpec, TransformerSpec, DEFAULT_MAX_BATCH,
-};
+pub use data::{DataSource, DataSpec, LabelColumn};
+pub use model::{Activation, CnnSpec, MlpSpec, ModelSpec, TransformerSpec};
+pub use optimizer::OptimizerSpec;
+pub use search::{DeviceChoice, NotADevice, SearchSpec, DEFAULT_MAX_BATCH};
+pub use training::{Precision, TrainingSpec};
 
 use crate::policy::{valid_name, Policy, PolicySet, DEFAULT_POLICY};
 use crate::validation::{
@@ -321,7 +327,7 @@ fn validate_document(
     let command = command::parse_command(object, origin.base_dir.as_deref(), problems);
     let is_builtin = matches!(command, Some(None));
     let model = match object.get("model") {
-        Some(value) if is_builtin => sections::parse_model(value, problems),
+        Some(value) if is_builtin => model::parse_model(value, problems),
         None if is_builtin => {
             problems.push(
                 "model",
@@ -332,9 +338,7 @@ fn validate_document(
         _ => None,
     };
     let data = match object.get("data") {
-        Some(value) if is_builtin => {
-            sections::parse_data(value, origin.base_dir.as_deref(), problems)
-        }
+        Some(value) if is_builtin => data::parse_data(value, origin.base_dir.as_deref(), problems),
         None if is_builtin => {
             problems.push(
                 "data",
@@ -345,7 +349,7 @@ fn validate_document(
         _ => None,
     };
     let optimizer = match object.get("optimizer") {
-        Some(value) => sections::parse_optimizer(value, problems),
+        Some(value) => optimizer::parse_optimizer(value, problems),
         None => {
             problems.push(
                 "optimizer",
@@ -358,8 +362,8 @@ fn validate_document(
         None => Some(Precision::F32),
         Some(value) => deserialize_section::<Precision>(value, "precision", problems),
     };
-    let training = sections::parse_training(object.get("training"), problems);
-    let search = sections::parse_search(object.get("search"), problems);
+    let training = training::parse_training(object.get("training"), problems);
+    let search = search::parse_search(object.get("search"), problems);
 
     if let (Some(model), Some(data)) = (&model, &data) {
         check_model_fits_data(model, data, problems);

@@ -86,12 +86,11 @@ pub fn run<B: AutodiffBackend>(
                 config =
                     config.with_weight_decay(Some(WeightDecayConfig::new(*weight_decay as f32)));
             }
-            if let Some(clip) = grad_clip_norm {
-                config =
-                    config.with_gradient_clipping(Some(GradientClippingConfig::Norm(*clip as f32)));
-            }
+            config = config.with_gradient_clipping(norm_clip(*grad_clip_norm));
             train(model, config.init::<B, Model<B>>(), &device, ctx, report);
         }
+        // Adam and AdamW are distinct Burn types; they differ only in how
+        // weight decay enters (into the gradient, or decoupled).
         OptimizerSpec::Adam {
             beta1,
             beta2,
@@ -99,18 +98,14 @@ pub fn run<B: AutodiffBackend>(
             weight_decay,
             grad_clip_norm,
         } => {
-            let mut config = AdamConfig::new()
+            let config = AdamConfig::new()
                 .with_beta_1(*beta1 as f32)
                 .with_beta_2(*beta2 as f32)
-                .with_epsilon(half_safe_epsilon(*epsilon, half, report) as f32);
-            if *weight_decay > 0.0 {
-                config =
-                    config.with_weight_decay(Some(WeightDecayConfig::new(*weight_decay as f32)));
-            }
-            if let Some(clip) = grad_clip_norm {
-                config =
-                    config.with_grad_clipping(Some(GradientClippingConfig::Norm(*clip as f32)));
-            }
+                .with_epsilon(half_safe_epsilon(*epsilon, half, report) as f32)
+                .with_weight_decay(
+                    (*weight_decay > 0.0).then(|| WeightDecayConfig::new(*weight_decay as f32)),
+                )
+                .with_grad_clipping(norm_clip(*grad_clip_norm));
             train(model, config.init::<B, Model<B>>(), &device, ctx, report);
         }
         OptimizerSpec::AdamW {
@@ -120,18 +115,20 @@ pub fn run<B: AutodiffBackend>(
             weight_decay,
             grad_clip_norm,
         } => {
-            let mut config = AdamWConfig::new()
+            let config = AdamWConfig::new()
                 .with_beta_1(*beta1 as f32)
                 .with_beta_2(*beta2 as f32)
                 .with_epsilon(half_safe_epsilon(*epsilon, half, report) as f32)
-                .with_weight_decay(*weight_decay as f32);
-            if let Some(clip) = grad_clip_norm {
-                config =
-                    config.with_grad_clipping(Some(GradientClippingConfig::Norm(*clip as f32)));
-            }
+                .with_weight_decay(*weight_decay as f32)
+                .with_grad_clipping(norm_clip(*grad_clip_norm));
             train(model, config.init::<B, Model<B>>(), &device, ctx, report);
         }
     }
+}
+
+/// Clipping by global norm, when the spec asks for it.
+fn norm_clip(max_norm: Option<f64>) -> Option<GradientClippingConfig> {
+    max_norm.map(|norm| GradientClippingConfig::Norm(norm as f32))
 }
 
 /// Burn trains f16 without f32 master weights, so an epsilon that

@@ -1,17 +1,11 @@
 //! `batchd advise`: the whole search for one spec, in the foreground.
 
-use std::sync::Arc;
-
-use super::{load_with_overrides, AdviseArgs, Cli, CliError};
-use batchd::gpu::{open_probe, GpuProbe};
-use batchd::machine::{user_kernel_cache, Machine};
+use super::{foreground, load_with_overrides, AdviseArgs, Cli, CliError};
 use batchd::search::{advise, SearchError};
-use batchd::trial::{ProcessTrialRunner, RunnerOptions};
 
 pub fn run(cli: &Cli, args: &AdviseArgs) -> Result<(), CliError> {
     let (spec, choice, limit) = load_with_overrides(cli, &args.run)?;
-    let probe: Option<Arc<dyn GpuProbe>> = open_probe().ok().map(Arc::from);
-    let machine = Machine::discover(probe.clone());
+    let (machine, runner, runtime) = foreground(&args.run)?;
     let device = machine.resolve(choice);
     let context = machine
         .search_context(device, limit)
@@ -23,15 +17,6 @@ pub fn run(cli: &Cli, args: &AdviseArgs) -> Result<(), CliError> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    let mut options = RunnerOptions::current_exe().map_err(anyhow::Error::from)?;
-    options.gpu_probe = probe;
-    options.kernel_cache_dir = args.run.kernel_cache.clone().or_else(user_kernel_cache);
-    let runner = ProcessTrialRunner::new(options);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)?;
     let progress_bar = bar.clone();
     let on_progress = move |p: &batchd::search::Progress| {
         progress_bar.set_message(format!(

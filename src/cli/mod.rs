@@ -14,12 +14,16 @@ mod validate;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use batchd::config::{Config, Overrides};
+use batchd::gpu::{open_probe, GpuProbe};
+use batchd::machine::{user_kernel_cache, Machine};
 use batchd::policy::PolicySet;
 use batchd::spec::{load_spec_file, DeviceChoice, JobSpec};
+use batchd::trial::{ProcessTrialRunner, RunnerOptions};
 use batchd::units::ByteSize;
 use batchd::validation::DocumentErrors;
 
@@ -261,6 +265,25 @@ pub fn load_policies(cli: &Cli) -> Result<PolicySet, CliError> {
         }
     };
     PolicySet::load(Some(&dir)).map_err(|errors| invalid(&errors))
+}
+
+/// What a foreground command runs trials with: this machine (CUDA driver
+/// and NVML), a runner of worker processes keeping kernels in
+/// `--kernel-cache` or the user's cache, and a small async runtime.
+pub fn foreground(
+    args: &SpecRunArgs,
+) -> Result<(Machine, ProcessTrialRunner, tokio::runtime::Runtime), CliError> {
+    let probe: Option<Arc<dyn GpuProbe>> = open_probe().ok().map(Arc::from);
+    let machine = Machine::discover(probe.clone());
+    let mut options = RunnerOptions::current_exe().map_err(anyhow::Error::from)?;
+    options.gpu_probe = probe;
+    options.kernel_cache_dir = args.kernel_cache.clone().or_else(user_kernel_cache);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)?;
+    Ok((machine, ProcessTrialRunner::new(options), runtime))
 }
 
 /// The spec of a foreground command with its `--device` and

@@ -1,14 +1,8 @@
 //! `batchd trial`: one isolated trial from the command line.
 
-use std::sync::Arc;
-
-use super::{load_with_overrides, Cli, CliError, TrialArgs};
-use batchd::gpu::{open_probe, GpuProbe};
-use batchd::machine::{user_kernel_cache, Machine};
+use super::{foreground, load_with_overrides, Cli, CliError, TrialArgs};
 use batchd::spec::{JobSpec, OptimizerSpec};
-use batchd::trial::{
-    Outcome, ProcessTrialRunner, RunnerOptions, TrialRequest, TrialResult, TrialRunner,
-};
+use batchd::trial::{Outcome, TrialRequest, TrialResult, TrialRunner};
 use batchd::units::{format_duration, ByteSize};
 
 /// A sane first learning rate for a quick trial when the user gives none.
@@ -29,8 +23,8 @@ pub fn run(cli: &Cli, args: &TrialArgs) -> Result<(), CliError> {
         return Err(CliError::Usage("--steps must be > 0".into()));
     }
     let lr = args.lr.unwrap_or_else(|| default_lr(&spec));
-    let probe: Option<Arc<dyn GpuProbe>> = open_probe().ok().map(Arc::from);
-    let device = Machine::discover(probe.clone()).resolve(choice);
+    let (machine, runner, runtime) = foreground(&args.run)?;
+    let device = machine.resolve(choice);
     let mut request = TrialRequest::new(spec, device, args.batch_size, steps, lr);
     request.warmup_steps = request
         .spec
@@ -41,15 +35,6 @@ pub fn run(cli: &Cli, args: &TrialArgs) -> Result<(), CliError> {
     request.memory_limit_bytes = memory_limit.map(ByteSize::bytes);
     request.record.validation_loss = args.validation;
 
-    let mut options = RunnerOptions::current_exe().map_err(anyhow::Error::from)?;
-    options.gpu_probe = probe;
-    options.kernel_cache_dir = args.run.kernel_cache.clone().or_else(user_kernel_cache);
-    let runner = ProcessTrialRunner::new(options);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)?;
     let name = request.spec.name.clone();
     let result = runtime.block_on(runner.run(request));
 

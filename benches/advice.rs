@@ -508,7 +508,7 @@ fn main() {
                 .expect("advice");
             let search_seconds = started.elapsed().as_secs_f64();
             let batch = rec.effective_batch_size;
-            let lr = rec.learning_rate.unwrap_or(1e-3);
+            let lr = rec.lr.learning_rate.unwrap_or(1e-3);
             let speed = bench.speed(&spec, batch).unwrap_or(1.0);
             let steps = steps_for(budget, batch, speed, train_samples).max(MIN_STEPS);
             let losses: Vec<Option<f64>> = SEEDS
@@ -542,7 +542,7 @@ fn main() {
                     rec.partial_reason.clone().unwrap_or_default()
                 ));
             }
-            if let Some(noise) = &rec.gradient_noise {
+            if let Some(noise) = &rec.evidence.gradient_noise {
                 note.push_str(&format!("noise {}; ", noise.describe()));
             }
             eprintln!(

@@ -73,10 +73,12 @@ for name in ("daemon-gpu", "daemon-cpu"):
         rec = {}
     run = (job.get("history") or [{}])[-1]
     seconds = (run.get("finished_at_unix_s") or 0) - (run.get("started_at_unix_s") or 0)
-    sps = rec.get("expected_samples_per_second")
-    peak = rec.get("expected_peak_memory_bytes")
+    sps = (rec.get("throughput") or {}).get("expected_samples_per_second")
+    peak = (rec.get("memory") or {}).get("expected_peak_bytes")
+    max_fit = ((rec.get("memory") or {}).get("max_fit") or {}).get("batch_size")
+    trials = len((rec.get("evidence") or {}).get("trials") or []) or run.get("trials") or 0
     print(f"{name:<11} {job.get('device') or '-':<8} {job['state']:<7} {rec.get('batch_size') or '-':>7} "
-          f"{rec.get('max_fit_batch_size') or '-':>8} {rec.get('trial_count') or run.get('trials') or 0:>6} "
+          f"{max_fit or '-':>8} {trials:>6} "
           f"{(f'{sps:.0f}' if sps else '-'):>10} {(f'{peak / 2**30:.2f}GiB' if peak else '-'):>10}  "
           f"{run.get('outcome')} in {seconds} s {job.get('error') or ''}")
 PY

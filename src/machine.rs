@@ -16,9 +16,9 @@ use crate::units::ByteSize;
 /// no limit) may take: the rest keeps the machine out of swap.
 pub const CPU_MEMORY_SHARE: f64 = 0.8;
 
-/// Where a trial runs, resolved (never `auto`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "index")]
+/// Where a trial runs, resolved (never `auto`). Written as `cpu` or
+/// `cuda:N` in every document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TrialDevice {
     Cpu,
     Cuda(u32),
@@ -30,6 +30,39 @@ impl std::fmt::Display for TrialDevice {
             TrialDevice::Cpu => f.write_str("cpu"),
             TrialDevice::Cuda(i) => write!(f, "cuda:{i}"),
         }
+    }
+}
+
+impl std::str::FromStr for TrialDevice {
+    type Err = NotATrialDevice;
+
+    fn from_str(text: &str) -> Result<TrialDevice, NotATrialDevice> {
+        match text {
+            "cpu" => Ok(TrialDevice::Cpu),
+            _ => text
+                .strip_prefix("cuda:")
+                .and_then(|index| index.parse().ok())
+                .map(TrialDevice::Cuda)
+                .ok_or_else(|| NotATrialDevice(text.to_string())),
+        }
+    }
+}
+
+/// A device name that is neither `cpu` nor `cuda:N`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{0}` is not a device; expected \"cpu\" or \"cuda:N\"")]
+pub struct NotATrialDevice(pub String);
+
+impl Serialize for TrialDevice {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TrialDevice {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -182,8 +215,10 @@ pub struct SearchContext {
     pub memory_limit_source: MemorySource,
 }
 
-/// Where a search's memory budget came from.
-#[derive(Debug, Clone, PartialEq)]
+/// Where a search's memory budget came from. Documents carry it as an
+/// object tagged by `kind`; reports print its `Display` sentence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MemorySource {
     /// The spec's (or the command line's) `memory_limit`.
     SpecLimit,
@@ -205,7 +240,7 @@ pub enum MemorySource {
         spec_limit: ByteSize,
     },
     /// Set by a test or a benchmark.
-    Given(String),
+    Given { note: String },
 }
 
 impl std::fmt::Display for MemorySource {
@@ -234,14 +269,8 @@ impl std::fmt::Display for MemorySource {
                 machine,
                 spec_limit,
             } => write!(f, "{machine} (below the spec's memory_limit of {spec_limit})"),
-            MemorySource::Given(text) => f.write_str(text),
+            MemorySource::Given { note } => f.write_str(note),
         }
-    }
-}
-
-impl Serialize for MemorySource {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
     }
 }
 

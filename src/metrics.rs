@@ -45,11 +45,11 @@ impl JobView {
         let values = rec.map_or([None; 6], |rec| {
             [
                 Some(rec.batch_size as f64),
-                rec.learning_rate,
-                Some(rec.max_fit_batch_size as f64),
-                rec.gradient_noise_scale,
-                rec.expected_samples_per_second,
-                rec.expected_peak_memory_bytes.map(|b| b as f64),
+                rec.lr.learning_rate,
+                Some(rec.max_fit_batch_size() as f64),
+                rec.gradient_noise_scale(),
+                rec.throughput.expected_samples_per_second,
+                rec.memory.expected_peak_bytes.map(|b| b as f64),
             ]
         });
         JobView {

@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::search::Recommendation;
+use crate::machine::TrialDevice;
+use crate::search::{Recommendation, SCHEMA_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -113,7 +114,7 @@ impl std::fmt::Display for RunOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub spec_hash: String,
-    pub device: String,
+    pub device: TrialDevice,
     pub device_model: String,
     pub batchd_version: String,
     pub started_at_unix_s: u64,
@@ -127,7 +128,7 @@ pub struct RunRecord {
 
 impl RunRecord {
     /// A run that starts now, by this batchd.
-    pub fn started(spec_hash: &str, device: String, device_model: &str) -> RunRecord {
+    pub fn started(spec_hash: &str, device: TrialDevice, device_model: &str) -> RunRecord {
         RunRecord {
             spec_hash: spec_hash.to_string(),
             device,
@@ -388,7 +389,15 @@ impl StateStore {
                 None,
                 Some(self.set_aside(&path, "its key does not match its file name")),
             ),
-            Err(reason) => (None, Some(self.set_aside(&path, &reason.to_string()))),
+            Err(reason) => {
+                let reason = match stored_schema_version(&path) {
+                    Some(version) if version != SCHEMA_VERSION => format!(
+                        "it holds a recommendation of schema version {version}; this batchd reads version {SCHEMA_VERSION}"
+                    ),
+                    _ => reason.to_string(),
+                };
+                (None, Some(self.set_aside(&path, &reason)))
+            }
         }
     }
 
@@ -411,6 +420,17 @@ impl StateStore {
             ),
         }
     }
+}
+
+/// The schema version of the recommendation a stored file holds; 1 for
+/// the flat documents that had no version.
+fn stored_schema_version(path: &Path) -> Option<u32> {
+    let value: serde_json::Value = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
+    let recommendation = value.get("recommendation")?.as_object()?;
+    Some(match recommendation.get("schema_version") {
+        Some(version) => u32::try_from(version.as_u64()?).ok()?,
+        None => 1,
+    })
 }
 
 /// Reads JSON: `Ok(None)` when the file does not exist, `Err` with the
@@ -526,73 +546,11 @@ pub fn sweep_temporaries(dir: &Path) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Objective;
-    use crate::search::maxfit::MaxFit;
-    use crate::search::recommend::PrecisionAdvice;
 
     fn recommendation(batch: u64) -> Recommendation {
-        Recommendation {
-            job: "j".into(),
-            policy: "balanced".into(),
-            objective: Objective::Goodput,
-            device: "cpu".into(),
-            batchd_version: "test".into(),
-            batch_size: batch,
-            world_size: 1,
-            global_batch_size: batch,
-            gradient_accumulation_steps: 1,
-            effective_batch_size: batch,
-            learning_rate: Some(1e-3),
-            lr_rule: None,
-            warmup_steps: None,
-            updates_per_epoch: None,
-            total_updates: None,
-            dataset_size: None,
-            max_fit_batch_size: batch * 4,
-            max_fit: MaxFit {
-                batch_size: Some(batch * 4),
-                peak_bytes: Some(1 << 20),
-                budget_bytes: 1 << 30,
-                first_failure: None,
-                memory_model: None,
-                capped_by_max_batch: false,
-                capped_by_dataset: false,
-                flaky_batch_sizes: Vec::new(),
-                trials: 4,
-            },
-            memory_limit_bytes: 1 << 30,
-            memory_limit_source: "test".into(),
-            memory_budget_bytes: 1 << 30,
-            memory_headroom_fraction: 0.1,
-            expected_peak_memory_bytes: None,
-            expected_samples_per_second: None,
-            throughput_curve: Vec::new(),
-            throughput_plateau_batch_size: None,
-            gradient_noise_scale: None,
-            gradient_noise: None,
-            goodput_curve: Vec::new(),
-            lr_range_tests: Vec::new(),
-            lr_confirmations: Vec::new(),
-            best_lrs: Vec::new(),
-            precision: PrecisionAdvice {
-                measured: "f32".into(),
-                recommended: "f32".into(),
-                reason: String::new(),
-            },
-            rationale: Vec::new(),
-            partial: false,
-            partial_reason: None,
-            trials: Vec::new(),
-            trial_count: 0,
-            seconds: 1.0,
-            budget_plan: None,
-            step_time_model: None,
-            batch_cap: None,
-            race: None,
-            learning_rate_interval: None,
-            lr_schedule: None,
-            phases_cut: Vec::new(),
-        }
+        let mut recommendation = Recommendation::example(batch);
+        recommendation.memory.max_fit.batch_size = Some(batch * 4);
+        recommendation
     }
 
     /// Entries of `dir` other than `keep`.
@@ -664,6 +622,28 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_recommendation_is_set_aside_naming_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let key = CacheKey::new("abc", "cpu");
+        let flat = serde_json::json!({
+            "key": key,
+            "job": "j",
+            "stored_at": 1,
+            "recommendation": {"job": "j", "batch_size": 64, "max_fit_batch_size": 256},
+        });
+        fs::write(store.recommendation_path(&key), flat.to_string()).unwrap();
+        let (stored, warning) = store.get_recommendation(&key);
+        assert!(stored.is_none());
+        let warning = warning.unwrap();
+        assert!(
+            warning.contains("schema version 1") && warning.contains("reads version 2"),
+            "{warning}"
+        );
+        assert_eq!(fs::read_dir(dir.path().join("corrupt")).unwrap().count(), 1);
+    }
+
+    #[test]
     fn a_corrupt_file_is_set_aside_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
@@ -696,7 +676,7 @@ mod tests {
     fn run(hash: &str, started: u64) -> RunRecord {
         RunRecord {
             started_at_unix_s: started,
-            ..RunRecord::started(hash, "cpu".into(), "cpu")
+            ..RunRecord::started(hash, TrialDevice::Cpu, "cpu")
         }
     }
 

@@ -27,28 +27,29 @@ fn advise(spec: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
 
 /// What every recommendation must hold, whatever the job.
 fn check_recommendation(name: &str, rec: &serde_json::Value) {
+    assert_eq!(rec["schema_version"], 2, "{name}");
     for field in [
-        "batch_size",
-        "learning_rate",
-        "max_fit_batch_size",
-        "gradient_accumulation_steps",
-        "gradient_noise_scale",
-        "expected_peak_memory_bytes",
-        "expected_samples_per_second",
-        "policy",
-        "device",
-        "rationale",
-        "trials",
+        "/batch_size",
+        "/lr/learning_rate",
+        "/memory/max_fit/batch_size",
+        "/gradient_accumulation_steps",
+        "/evidence/gradient_noise",
+        "/memory/expected_peak_bytes",
+        "/throughput/expected_samples_per_second",
+        "/policy",
+        "/device",
+        "/rationale",
+        "/evidence/trials",
     ] {
-        assert!(rec.get(field).is_some(), "{name}: no `{field}`");
+        assert!(rec.pointer(field).is_some(), "{name}: no `{field}`");
     }
     let batch = rec["batch_size"].as_u64().unwrap();
-    let max_fit = rec["max_fit_batch_size"].as_u64().unwrap();
+    let max_fit = rec["memory"]["max_fit"]["batch_size"].as_u64().unwrap();
     assert!(
         batch >= 1 && batch <= max_fit,
         "{name}: batch {batch}, max fit {max_fit}"
     );
-    let trials = rec["trials"].as_array().unwrap();
+    let trials = rec["evidence"]["trials"].as_array().unwrap();
     assert!(!trials.is_empty());
     for trial in trials {
         for field in [
@@ -72,8 +73,8 @@ fn check_recommendation(name: &str, rec: &serde_json::Value) {
             .any(|t| t["batch_size"] == max_fit && t["outcome"] == "ok" && t["phase"] == "max_fit"),
         "{name}: max fit {max_fit} was never run successfully"
     );
-    let budget = rec["memory_budget_bytes"].as_u64().unwrap();
-    let peak = rec["max_fit"]["peak_bytes"].as_u64().unwrap();
+    let budget = rec["memory"]["max_fit"]["budget_bytes"].as_u64().unwrap();
+    let peak = rec["memory"]["max_fit"]["peak_bytes"].as_u64().unwrap();
     assert!(
         peak <= budget,
         "{name}: max-fit peak {peak} over the budget {budget}"
@@ -109,10 +110,10 @@ fn every_example_gets_a_recommendation_on_cpu() {
         eprintln!(
             "{name}: batch {} (max fit {}), lr {}, noise scale {}, {} trials, {:.0}s{}",
             rec["batch_size"],
-            rec["max_fit_batch_size"],
-            rec["learning_rate"],
-            rec["gradient_noise_scale"],
-            rec["trial_count"],
+            rec["memory"]["max_fit"]["batch_size"],
+            rec["lr"]["learning_rate"],
+            rec["evidence"]["gradient_noise"]["value"],
+            rec["evidence"]["trials"].as_array().map_or(0, Vec::len),
             rec["seconds"].as_f64().unwrap_or(0.0),
             if rec["partial"] == true {
                 " (partial)"
@@ -134,23 +135,23 @@ fn a_memory_bound_mlp_is_tuned_completely() {
     assert_eq!(code, 0, "{stderr}");
     check_recommendation("mlp-synthetic", &rec);
     assert_eq!(rec["partial"], false, "{}", rec["partial_reason"]);
-    let max_fit = rec["max_fit_batch_size"].as_u64().unwrap();
+    let max_fit = rec["memory"]["max_fit"]["batch_size"].as_u64().unwrap();
     assert!(max_fit < 14_746, "{max_fit}");
     assert!(
-        rec["max_fit"]["first_failure"].is_array(),
+        rec["memory"]["max_fit"]["first_failure"].is_array(),
         "a larger batch failed"
     );
     // The throughput ladder spans the range from min_batch up.
-    let curve: Vec<u64> = rec["throughput_curve"]
+    let curve: Vec<u64> = rec["throughput"]["curve"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| p["batch_size"].as_u64().unwrap())
         .collect();
     assert_eq!(curve.first(), Some(&8), "{curve:?}");
-    assert!(rec["step_time_model"]["fixed_seconds"].is_number());
+    assert!(rec["throughput"]["step_time_model"]["fixed_seconds"].is_number());
     // The race decided, and its winner is the recommendation.
-    let race = &rec["race"];
+    let race = &rec["evidence"]["race"];
     assert_eq!(race["winner"], rec["batch_size"], "{race:#}");
     let entries = race["entries"].as_array().unwrap();
     assert!(entries.len() >= 2, "{race:#}");
@@ -158,17 +159,19 @@ fn a_memory_bound_mlp_is_tuned_completely() {
         .iter()
         .all(|e| e["runs"].as_array().unwrap().len() >= 2));
     // No batch beyond the data cap was raced or recommended.
-    let cap = rec["batch_cap"]["largest_batch"].as_u64().unwrap();
+    let cap = rec["evidence"]["batch_cap"]["largest_batch"]
+        .as_u64()
+        .unwrap();
     assert!(rec["batch_size"].as_u64().unwrap() <= cap);
     assert!(entries
         .iter()
         .all(|e| e["batch_size"].as_u64().unwrap() <= cap));
-    assert!(rec["learning_rate"].as_f64().unwrap() > 0.0);
-    assert!(rec["lr_rule"]["alpha"].is_number());
-    assert!(rec["learning_rate_interval"].is_array(), "{rec:#}");
-    assert_eq!(rec["lr_schedule"]["decay"], "cosine");
-    assert!(rec["warmup_steps"].as_u64().unwrap() > 0);
-    let noise = &rec["gradient_noise"];
+    assert!(rec["lr"]["learning_rate"].as_f64().unwrap() > 0.0);
+    assert!(rec["lr"]["rule"]["alpha"].is_number());
+    assert!(rec["lr"]["interval"].is_array(), "{rec:#}");
+    assert_eq!(rec["schedule"]["decay"], "cosine");
+    assert!(rec["schedule"]["warmup_steps"].as_u64().unwrap() > 0);
+    let noise = &rec["evidence"]["gradient_noise"];
     if noise.is_object() {
         // Measured after training, with its uncertainty.
         assert!(noise["after_steps"].as_u64().unwrap() > 0, "{noise:#}");

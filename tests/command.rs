@@ -150,15 +150,15 @@ fn the_whole_search_runs_on_a_command_job() {
         String::from_utf8_lossy(&output.stderr)
     );
     let rec: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let max_fit = rec["max_fit_batch_size"].as_u64().unwrap();
+    let max_fit = rec["memory"]["max_fit"]["batch_size"].as_u64().unwrap();
     assert!(
         (400..=1400).contains(&max_fit),
         "max fit {max_fit}: {rec:#}"
     );
-    let max_fit_peak = rec["max_fit"]["peak_bytes"].as_u64().unwrap();
-    assert!(max_fit_peak <= rec["memory_budget_bytes"].as_u64().unwrap());
+    let max_fit_peak = rec["memory"]["max_fit"]["peak_bytes"].as_u64().unwrap();
+    assert!(max_fit_peak <= rec["memory"]["max_fit"]["budget_bytes"].as_u64().unwrap());
     // An out-of-memory was seen on the way (the search brackets the limit).
-    let trials = rec["trials"].as_array().unwrap();
+    let trials = rec["evidence"]["trials"].as_array().unwrap();
     assert!(
         trials.iter().any(|t| t["outcome"] == "out_of_memory"),
         "{rec:#}"
@@ -168,16 +168,24 @@ fn the_whole_search_runs_on_a_command_job() {
     // The noise scale is measured only on runs at batch 8 or more; when
     // this cheap script's throughput plateau keeps every run below that,
     // the recommendation must say it could not be measured.
-    match rec["gradient_noise_scale"].as_f64() {
+    match rec["evidence"]["gradient_noise"]["value"].as_f64() {
         Some(noise) => assert!(noise > 0.0, "{rec:#}"),
         None => assert!(
             common::rationale_says(&rec, "could not be measured"),
             "{rec:#}"
         ),
     }
-    assert!(rec["learning_rate"].as_f64().unwrap() > 0.0);
-    assert!(rec["expected_samples_per_second"].as_f64().unwrap() > 0.0);
-    assert!(!rec["lr_range_tests"].as_array().unwrap().is_empty());
+    assert!(rec["lr"]["learning_rate"].as_f64().unwrap() > 0.0);
+    assert!(
+        rec["throughput"]["expected_samples_per_second"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(!rec["evidence"]["lr_range_tests"]
+        .as_array()
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -214,8 +222,13 @@ fn the_daemon_runs_command_jobs_from_its_folder_but_not_from_http() {
     let (status, rec) = daemon.json("/v1/jobs/linear/recommendation");
     assert_eq!(status, 200);
     assert!(rec["batch_size"].as_u64().unwrap() >= 1);
-    assert!(rec["learning_rate"].as_f64().unwrap() > 0.0);
-    assert!(rec["gradient_noise_scale"].as_f64().is_some(), "{rec:#}");
+    assert!(rec["lr"]["learning_rate"].as_f64().unwrap() > 0.0);
+    assert!(
+        rec["evidence"]["gradient_noise"]["value"]
+            .as_f64()
+            .is_some(),
+        "{rec:#}"
+    );
 
     // A spec everyone may write is no trust boundary.
     use std::os::unix::fs::PermissionsExt;

@@ -53,8 +53,8 @@ fn the_daemon_tunes_dropped_specs_serves_them_and_keeps_them_across_restarts() {
     let (status, rec) = daemon.json("/v1/jobs/tiny/recommendation");
     assert_eq!(status, 200);
     let batch = rec["batch_size"].as_u64().unwrap();
-    assert!(batch >= 1 && batch <= rec["max_fit_batch_size"].as_u64().unwrap());
-    let trials = rec["trial_count"].as_u64().unwrap();
+    assert!(batch >= 1 && batch <= rec["memory"]["max_fit"]["batch_size"].as_u64().unwrap());
+    let trials = rec["evidence"]["trials"].as_array().unwrap().len() as u64;
     assert!(trials > 5);
     // The HTML report of the same job, and the index linking to it.
     let (status, page) = daemon.get("/jobs/tiny");
@@ -116,13 +116,16 @@ fn the_daemon_tunes_dropped_specs_serves_them_and_keeps_them_across_restarts() {
     assert_eq!(runs.len(), 1, "{job}");
     assert_eq!(runs[0]["outcome"], "done");
     assert_eq!(runs[0]["batch_size"], rec["batch_size"]);
-    assert_eq!(runs[0]["trials"], rec["trial_count"]);
+    assert_eq!(runs[0]["trials"], trials);
     // The page lists the run from before the restart.
     let (_, page) = daemon.get("/jobs/tiny");
     assert!(page.contains("<table class=\"runs\">"), "{page}");
     let (_, again) = daemon.json("/v1/jobs/tiny/recommendation");
     assert_eq!(again["batch_size"], rec["batch_size"]);
-    assert_eq!(again["trial_count"], trials);
+    assert_eq!(
+        again["evidence"]["trials"].as_array().unwrap().len() as u64,
+        trials
+    );
 
     // A corrupt state file is set aside, and the job simply runs again.
     let recommendations = state.join("recommendations");

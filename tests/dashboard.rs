@@ -209,7 +209,7 @@ fn every_metric_the_dashboard_names_is_exported_by_a_running_daemon() {
     // zero: the noise scale when the signal was lost in noise (the
     // recommendation says so).
     let (_, rec) = daemon.json("/v1/jobs/tiny/recommendation");
-    let unmeasured_noise = rec["gradient_noise_scale"].is_null();
+    let unmeasured_noise = rec["evidence"]["gradient_noise"]["value"].is_null();
     if unmeasured_noise {
         assert!(
             common::rationale_says(&rec, "could not be measured"),

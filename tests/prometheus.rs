@@ -131,6 +131,9 @@ fn prometheus_scrapes_the_daemon_and_answers_promql_with_the_recommendation() {
     // The target is healthy, and the trial counters reached Prometheus.
     assert_eq!(value_of(&query("up{job=\"batchd\"}")), Some(1.0));
     let trials = value_of(&query("sum(batchd_trials_total)")).unwrap();
-    let trial_count = recommendation["trial_count"].as_f64().unwrap();
+    let trial_count = recommendation["evidence"]["trials"]
+        .as_array()
+        .unwrap()
+        .len() as f64;
     assert_eq!(trials, trial_count, "every trial of the search was counted");
 }

@@ -332,7 +332,10 @@ async fn openapi() -> Json<serde_json::Value> {
         "openapi": "3.1.0",
         "info": {"title": "batchd", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Auto-tuning batch-size advisor. Errors are RFC 9457 problem+json."},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Recommendation": recommendation_schema()}
+        },
         "paths": {
             "/healthz": {"get": {"summary": "liveness", "responses": {"200": {"description": "alive"}}}},
             "/readyz": {"get": {"summary": "readiness (the jobs folder was scanned)", "responses": {"200": {"description": "ready"}, "503": problem}}},
@@ -357,7 +360,7 @@ async fn openapi() -> Json<serde_json::Value> {
                     {"name": "batch_size", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1},
                      "description": "return the LR for this effective batch from the fitted rule"}
                 ],
-                "get": {"summary": "the recommendation", "responses": {"200": {"description": "recommendation"}, "400": problem, "404": problem, "409": problem}}
+                "get": {"summary": "the recommendation", "responses": {"200": {"description": "recommendation (or, with batch_size, the LR for that batch)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Recommendation"}}}}, "400": problem, "404": problem, "409": problem}}
             },
             "/v1/gpus": {"get": {"summary": "GPU inventory", "responses": {"200": {"description": "inventory"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format 0.0.4)", "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}}}},
@@ -369,6 +372,90 @@ async fn openapi() -> Json<serde_json::Value> {
             "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
         }
     }))
+}
+
+/// The recommendation's fields, to the depth of its sections; docs/spec.md
+/// describes the objects inside them. A test holds this to the type.
+fn recommendation_schema() -> serde_json::Value {
+    let integer = json!({"type": "integer", "minimum": 0});
+    let nullable = |kind: &str| json!({"type": [kind, "null"]});
+    let object = |description: &str| json!({"type": "object", "description": description});
+    let array = |description: &str| json!({"type": "array", "description": description});
+    let section = |description: &str, properties: serde_json::Value| {
+        let required: Vec<&String> = properties
+            .as_object()
+            .map_or(Vec::new(), |p| p.keys().collect());
+        json!({"type": "object", "description": description, "properties": properties, "required": required})
+    };
+    let properties = json!({
+        "schema_version": {"type": "integer", "const": crate::search::SCHEMA_VERSION},
+        "job": {"type": "string"},
+        "policy": {"type": "string"},
+        "objective": {"type": "string", "enum": ["goodput", "throughput", "generalization"]},
+        "device": {"type": "string", "description": "cpu or cuda:N"},
+        "batchd_version": {"type": "string"},
+        "batch_size": integer,
+        "world_size": integer,
+        "global_batch_size": integer,
+        "gradient_accumulation_steps": integer,
+        "effective_batch_size": integer,
+        "lr": section("the learning rate for the effective batch and the rule that scales it", json!({
+            "learning_rate": nullable("number"),
+            "interval": {"type": ["array", "null"], "description": "[low, high] within seed noise of the best"},
+            "rule": {"type": ["object", "null"], "description": "lr = reference_lr x (B / reference_batch)^alpha"},
+        })),
+        "schedule": section("the run at the recommended batch and the LR's schedule", json!({
+            "dataset_size": nullable("integer"),
+            "updates_per_epoch": nullable("integer"),
+            "total_updates": nullable("integer"),
+            "warmup_steps": nullable("integer"),
+            "decay": {"type": "string"},
+            "final_lr_fraction": {"type": "number"},
+        })),
+        "memory": section("what memory allowed", json!({
+            "limit_bytes": integer,
+            "limit_source": object("where the limit came from, tagged by kind"),
+            "headroom_fraction": {"type": "number"},
+            "max_fit": object("the largest batch that fits under max_fit.budget_bytes"),
+            "expected_peak_bytes": nullable("integer"),
+        })),
+        "throughput": section("speed over batch size", json!({
+            "expected_samples_per_second": nullable("number"),
+            "curve": array("measured samples/s per batch"),
+            "plateau_batch_size": nullable("integer"),
+            "step_time_model": {"type": ["object", "null"], "description": "t(B) = fixed_seconds + B / samples_per_second_limit"},
+            "goodput_curve": array("throughput x statistical efficiency per batch"),
+        })),
+        "precision": section("precision advice", json!({
+            "measured": {"type": "string"},
+            "recommended": {"type": "string"},
+            "reason": {"type": "string"},
+        })),
+        "evidence": section("the measurements the answer rests on", json!({
+            "gradient_noise": {"type": ["object", "null"], "description": "the gradient noise scale B_simple (value, stderr, ...)"},
+            "lr_range_tests": array("LR range tests"),
+            "lr_confirmations": array("confirmation runs at fixed LRs"),
+            "best_lrs": array("the best LR per batch measured"),
+            "race": {"type": ["object", "null"], "description": "the batches raced, with their losses"},
+            "batch_cap": {"type": ["object", "null"], "description": "the largest batch the data allows"},
+            "budget_plan": object("the time budget per phase"),
+            "trials": array("every trial, in order"),
+        })),
+        "rationale": {"type": "array", "items": {"type": "string"}},
+        "partial": {"type": "boolean"},
+        "partial_reason": nullable("string"),
+        "phases_cut": {"type": "array", "items": {"type": "string"}},
+        "seconds": {"type": "number"},
+    });
+    let required: Vec<&String> = properties
+        .as_object()
+        .map_or(Vec::new(), |p| p.keys().collect());
+    json!({
+        "type": "object",
+        "description": "docs/spec.md, 'The recommendation', describes every field",
+        "properties": properties,
+        "required": required,
+    })
 }
 
 fn html(status: StatusCode, page: String) -> Response {
@@ -389,7 +476,7 @@ fn report_view<'a>(
         state: job.state,
         phase: job.phase,
         trials_done: job.trials_done,
-        device: job.device.as_deref(),
+        device: job.device,
         error: job.error.as_deref(),
         errors: job
             .errors
@@ -517,7 +604,7 @@ async fn get_recommendation(
                     "job": name,
                     "batch_size": batch,
                     "learning_rate": lr,
-                    "lr_rule": recommendation.lr_rule,
+                    "lr_rule": recommendation.lr.rule,
                 }))
                 .into_response(),
                 None => Problem::new(
@@ -547,4 +634,44 @@ async fn gpus(State(shared): State<Arc<Shared>>) -> Json<Inventory> {
         Inventory::take(Err(&error))
     });
     Json(inventory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn keys(value: &serde_json::Value) -> BTreeSet<String> {
+        value
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_openapi_schema_names_every_field_of_the_recommendation_and_no_other() {
+        let schema = recommendation_schema();
+        let document = serde_json::to_value(crate::search::Recommendation::example(64)).unwrap();
+        assert_eq!(keys(&schema["properties"]), keys(&document));
+        for (name, value) in document.as_object().unwrap() {
+            if let Some(section) = schema["properties"][name].get("properties") {
+                assert_eq!(keys(section), keys(value), "section `{name}`");
+            }
+        }
+        // docs/spec.md documents the same fields.
+        let spec = include_str!("../../docs/spec.md");
+        let documented = &spec[spec.find("## The recommendation").unwrap()..];
+        for (name, section) in schema["properties"].as_object().unwrap() {
+            assert!(
+                documented.contains(&format!("`{name}`")),
+                "docs/spec.md lacks `{name}`"
+            );
+            for field in keys(&section["properties"]) {
+                assert!(
+                    documented.contains(&format!("`{field}`")),
+                    "docs/spec.md lacks `{name}.{field}`"
+                );
+            }
+        }
+    }
 }

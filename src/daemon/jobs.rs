@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::Shared;
 pub use crate::job::JobState;
+use crate::machine::TrialDevice;
 use crate::search::{Phase, Recommendation};
 use crate::spec::{load_spec_file, JobSpec};
 use crate::state::{CacheKey, RunOutcome};
@@ -18,9 +19,8 @@ pub struct Job {
     pub name: String,
     pub source_path: PathBuf,
     pub state: JobState,
-    pub spec_hash: Option<String>,
     /// The device its search runs (or ran) on.
-    pub device: Option<String>,
+    pub device: Option<TrialDevice>,
     /// Current phase of a running search.
     pub phase: Option<Phase>,
     pub trials_done: usize,
@@ -32,17 +32,29 @@ pub struct Job {
     pub reused: bool,
     #[serde(skip)]
     pub recommendation: Option<Recommendation>,
-    #[serde(skip)]
+    /// Documents show the spec by its hash alone.
+    #[serde(rename = "spec_hash", serialize_with = "serialize_spec_hash")]
     pub(super) spec: Option<JobSpec>,
 }
 
+fn serialize_spec_hash<S: serde::Serializer>(
+    spec: &Option<JobSpec>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_some(&spec.as_ref().map(|spec| &spec.content_hash))
+}
+
 impl Job {
+    /// The content hash of a valid job's spec.
+    pub fn spec_hash(&self) -> Option<&str> {
+        self.spec.as_ref().map(|spec| spec.content_hash.as_str())
+    }
+
     fn invalid(name: String, path: PathBuf, errors: Vec<FieldError>) -> Job {
         Job {
             name,
             source_path: path,
             state: JobState::Invalid,
-            spec_hash: None,
             device: None,
             phase: None,
             trials_done: 0,
@@ -62,7 +74,6 @@ impl Job {
             name: name.clone(),
             source_path: path,
             state: JobState::Queued,
-            spec_hash: Some(spec.content_hash.clone()),
             device: None,
             phase: None,
             trials_done: 0,
@@ -85,8 +96,8 @@ impl Job {
             if let Some(stored) = stored {
                 job.state = JobState::Done;
                 job.reused = true;
-                job.device = Some(stored.recommendation.device.clone());
-                job.trials_done = stored.recommendation.trial_count;
+                job.device = Some(stored.recommendation.device);
+                job.trials_done = stored.recommendation.evidence.trials.len();
                 job.recommendation = Some(stored.recommendation);
                 tracing::info!("job {name}: recommendation reused from the state folder");
                 job.spec = Some(spec);
@@ -103,7 +114,7 @@ impl Job {
         }) {
             job.state = JobState::Failed;
             job.error = run.error.clone();
-            job.device = Some(run.device.clone());
+            job.device = Some(run.device);
             job.trials_done = run.trials;
             tracing::info!("job {name}: failed before with this spec (POST .../retune to retry)");
         } else {
@@ -405,7 +416,11 @@ pub fn reconcile(shared: &Shared) {
         Ok(jobs) => jobs
             .iter()
             .map(|(name, job)| {
-                let entry = (job.source_path.clone(), job.spec_hash.clone(), job.state);
+                let entry = (
+                    job.source_path.clone(),
+                    job.spec_hash().map(str::to_string),
+                    job.state,
+                );
                 (name.clone(), entry)
             })
             .collect(),

@@ -270,10 +270,7 @@ impl Shared {
     /// Updates a job if it still holds the same spec.
     fn update_job(&self, name: &str, hash: &str, update: impl FnOnce(&mut Job)) {
         if let Ok(mut jobs) = self.jobs.lock() {
-            if let Some(job) = jobs
-                .get_mut(name)
-                .filter(|j| j.spec_hash.as_deref() == Some(hash))
-            {
+            if let Some(job) = jobs.get_mut(name).filter(|j| j.spec_hash() == Some(hash)) {
                 update(job);
             }
         }
@@ -444,7 +441,7 @@ fn record_interrupted(shared: &Shared) {
         .map(|jobs| {
             jobs.values()
                 .filter(|j| j.state == JobState::Running)
-                .filter_map(|j| Some((j.name.clone(), j.spec_hash.clone()?)))
+                .filter_map(|j| Some((j.name.clone(), j.spec_hash()?.to_string())))
                 .collect()
         })
         .unwrap_or_default();

@@ -149,7 +149,7 @@ fn take_startable(shared: &Shared) -> Vec<Startable> {
             continue;
         };
         job.state = JobState::Running;
-        job.device = Some(device.to_string());
+        job.device = Some(device);
         job.phase = None;
         job.trials_done = 0;
         job.error = None;
@@ -183,7 +183,7 @@ async fn run_search<R: TrialRunner>(
     cancel: Arc<Notify>,
 ) {
     let hash = spec.content_hash.clone();
-    let record = RunRecord::started(&hash, slot.device.to_string(), &slot.model);
+    let record = RunRecord::started(&hash, slot.device, &slot.model);
     let started_at_unix_s = record.started_at_unix_s;
     if let Err(error) = shared.store.record_run(&name, &record) {
         tracing::warn!("job {name}: cannot record the run in its history: {error}");
@@ -205,9 +205,9 @@ async fn run_search<R: TrialRunner>(
             match &end {
                 SearchEnd::Done(recommendation) => {
                     run.outcome = RunOutcome::Done;
-                    run.trials = recommendation.trial_count;
+                    run.trials = recommendation.evidence.trials.len();
                     run.batch_size = Some(recommendation.batch_size);
-                    run.learning_rate = recommendation.learning_rate;
+                    run.learning_rate = recommendation.lr.learning_rate;
                 }
                 SearchEnd::Failed(error) => {
                     run.outcome = RunOutcome::Failed;
@@ -235,7 +235,7 @@ async fn run_search<R: TrialRunner>(
             tracing::info!("job {name}: done, batch {}", recommendation.batch_size);
             shared.update_job(&name, &hash, |job| {
                 job.state = JobState::Done;
-                job.trials_done = recommendation.trial_count;
+                job.trials_done = recommendation.evidence.trials.len();
                 job.recommendation = Some(*recommendation);
             });
         }

@@ -191,13 +191,13 @@ impl Shared {
             let job = jobs
                 .get_mut(name)
                 .ok_or_else(|| ServiceError::NoSuchJob(name.to_string()))?;
-            let (Some(hash), Some(spec)) = (job.spec_hash.clone(), job.spec.as_ref()) else {
+            let Some(spec) = job.spec.as_ref() else {
                 return Err(ServiceError::InvalidJob(name.to_string()));
             };
             if matches!(job.state, JobState::Queued | JobState::Running) {
                 return Ok(job.clone());
             }
-            let choice = spec.search.device;
+            let (hash, choice) = (spec.content_hash.clone(), spec.search.device);
             job.state = JobState::Queued;
             job.recommendation = None;
             job.reused = false;

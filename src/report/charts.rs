@@ -60,6 +60,7 @@ fn memory_chart(rec: &Recommendation) -> Chart {
     );
     c.y_format = Format::Bytes;
     let trials: Vec<Point> = rec
+        .evidence
         .trials
         .iter()
         .filter_map(|t| {
@@ -76,12 +77,12 @@ fn memory_chart(rec: &Recommendation) -> Chart {
                 ),
             );
             p.outcome = Some(t.outcome.as_str().to_string());
-            p.highlight = Some(t.batch_size) == rec.max_fit.batch_size
-                && t.peak_memory_bytes == rec.max_fit.peak_bytes;
+            p.highlight = Some(t.batch_size) == rec.memory.max_fit.batch_size
+                && t.peak_memory_bytes == rec.memory.max_fit.peak_bytes;
             Some(p)
         })
         .collect();
-    if let (Some(model), false) = (&rec.max_fit.memory_model, trials.is_empty()) {
+    if let (Some(model), false) = (&rec.memory.max_fit.memory_model, trials.is_empty()) {
         let low = trials.iter().map(|p| p.x).fold(f64::INFINITY, f64::min);
         let high = trials.iter().map(|p| p.x).fold(0.0, f64::max) * 1.5;
         let line = log_spaced(low.max(1.0), high.max(2.0), 40)
@@ -105,8 +106,8 @@ fn memory_chart(rec: &Recommendation) -> Chart {
     c.series
         .push(series("trials", Style::Points, PALETTE[0], trials));
     c.horizontal.push(Rule {
-        value: rec.memory_budget_bytes as f64,
-        label: format!("budget {}", ByteSize(rec.memory_budget_bytes)),
+        value: rec.memory_budget_bytes() as f64,
+        label: format!("budget {}", ByteSize(rec.memory_budget_bytes())),
         color: BUDGET_COLOR,
     });
     c
@@ -121,7 +122,8 @@ fn throughput_chart(rec: &Recommendation) -> Chart {
         "throughput was not measured",
     );
     let curve = rec
-        .throughput_curve
+        .throughput
+        .curve
         .iter()
         .map(|p| {
             let mut point = Point::new(
@@ -137,6 +139,7 @@ fn throughput_chart(rec: &Recommendation) -> Chart {
         })
         .collect();
     let trials = rec
+        .evidence
         .trials
         .iter()
         .filter_map(|t| {
@@ -185,7 +188,7 @@ fn lr_chart(rec: &Recommendation) -> Chart {
         "loss",
         "no LR range test ran (time budget or no fitting batch)",
     );
-    for (i, test) in rec.lr_range_tests.iter().enumerate() {
+    for (i, test) in rec.evidence.lr_range_tests.iter().enumerate() {
         let color = PALETTE[(2 * i) % PALETTE.len()];
         let raw = before_runaway(&test.learning_rates, &test.losses)
             .into_iter()
@@ -216,7 +219,8 @@ fn lr_chart(rec: &Recommendation) -> Chart {
         });
     }
     let confirmations =
-        rec.lr_confirmations
+        rec.evidence
+            .lr_confirmations
             .iter()
             .map(|run| {
                 // A run without a validation loss is drawn at its last
@@ -240,7 +244,7 @@ fn lr_chart(rec: &Recommendation) -> Chart {
                     ),
                 );
                 p.outcome = Some(run.outcome.clone());
-                p.highlight = rec.best_lrs.iter().any(|b| {
+                p.highlight = rec.evidence.best_lrs.iter().any(|b| {
                     b.batch_size == run.batch_size && b.best_tested_lr == run.learning_rate
                 });
                 p
@@ -264,6 +268,7 @@ fn goodput_chart(rec: &Recommendation) -> Chart {
         "goodput needs the throughput curve and the noise scale",
     );
     let goodput = rec
+        .throughput
         .goodput_curve
         .iter()
         .map(|g| {
@@ -280,6 +285,7 @@ fn goodput_chart(rec: &Recommendation) -> Chart {
         })
         .collect();
     let throughput = rec
+        .throughput
         .goodput_curve
         .iter()
         .map(|g| {
@@ -309,7 +315,7 @@ fn race_chart(rec: &Recommendation) -> Chart {
         "validation loss",
         "no race was run (no LR could be confirmed)",
     );
-    let Some(race) = &rec.race else {
+    let Some(race) = &rec.evidence.race else {
         return c;
     };
     let runs: Vec<Point> = race
@@ -368,7 +374,7 @@ fn training_chart(rec: &Recommendation) -> Chart {
         "no confirmation run recorded its losses",
     );
     c.x_scale = Scale::Linear;
-    for (i, run) in rec.lr_confirmations.iter().enumerate() {
+    for (i, run) in rec.evidence.lr_confirmations.iter().enumerate() {
         let steps: Vec<f64> = (0..run.losses.len()).map(|s| s as f64).collect();
         let points = before_runaway(&steps, &run.losses)
             .into_iter()

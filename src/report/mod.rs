@@ -18,6 +18,7 @@ pub use html::{escape, utc};
 pub use page::{index_page, job_page};
 
 use crate::job::JobState;
+use crate::machine::TrialDevice;
 use crate::search::{Phase, Recommendation};
 use crate::state::RunRecord;
 
@@ -30,7 +31,7 @@ pub struct JobView<'a> {
     pub state: JobState,
     pub phase: Option<Phase>,
     pub trials_done: usize,
-    pub device: Option<&'a str>,
+    pub device: Option<TrialDevice>,
     pub error: Option<&'a str>,
     /// Validation errors of an invalid spec: `(field, message)`.
     pub errors: Vec<(String, String)>,
@@ -59,7 +60,7 @@ mod tests {
 
     #[test]
     fn runs_are_listed_newest_first() {
-        let mut done = RunRecord::started("h", "cpu".into(), "cpu");
+        let mut done = RunRecord::started("h", TrialDevice::Cpu, "cpu");
         done.started_at_unix_s = 100;
         done.finished_at_unix_s = Some(130);
         done.outcome = crate::state::RunOutcome::Done;
@@ -91,7 +92,7 @@ mod tests {
             state: JobState::Running,
             phase: Some(Phase::MaxFit),
             trials_done: 3,
-            device: Some("cpu"),
+            device: Some(TrialDevice::Cpu),
             error: None,
             errors: Vec::new(),
             recommendation: None,
@@ -133,7 +134,9 @@ mod full_report_tests {
         let context = SearchContext {
             device: TrialDevice::Cpu,
             memory_limit_bytes: 4 << 30,
-            memory_limit_source: crate::machine::MemorySource::Given("test".into()),
+            memory_limit_source: crate::machine::MemorySource::Given {
+                note: "test".into(),
+            },
         };
         let rec = advise(&spec, &context, &FakeRunner::new(), &|_| {})
             .await
@@ -143,8 +146,8 @@ mod full_report_tests {
                 name: "r",
                 state: JobState::Done,
                 phase: None,
-                trials_done: rec.trial_count,
-                device: Some("cpu"),
+                trials_done: rec.evidence.trials.len(),
+                device: Some(TrialDevice::Cpu),
                 error: None,
                 errors: Vec::new(),
                 recommendation: Some(&rec),
@@ -168,7 +171,7 @@ mod full_report_tests {
         assert!(html.contains(&format!("<b>{}</b> per device", rec.batch_size)));
         assert_eq!(
             html.matches("<tr class=\"outcome-").count(),
-            rec.trials.len()
+            rec.evidence.trials.len()
         );
         assert!(!html.contains("<nav>"));
     }

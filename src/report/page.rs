@@ -83,11 +83,11 @@ pub fn index_page(jobs: &[JobView]) -> String {
                 .filter(|_| job.state == JobState::Running)
                 .map(|p| format!(" {p}"))
                 .unwrap_or_default(),
-            device = escape(job.device.unwrap_or("-")),
+            device = job.device.map_or_else(|| "-".to_string(), |d| d.to_string()),
             batch = rec.map_or("-".into(), |r| r.batch_size.to_string()),
-            lr = fmt_lr(rec.and_then(|r| r.learning_rate)),
-            max_fit = rec.map_or("-".into(), |r| r.max_fit_batch_size.to_string()),
-            trials = rec.map_or(job.trials_done, |r| r.trial_count),
+            lr = fmt_lr(rec.and_then(|r| r.lr.learning_rate)),
+            max_fit = rec.map_or("-".into(), |r| r.max_fit_batch_size().to_string()),
+            trials = rec.map_or(job.trials_done, |r| r.evidence.trials.len()),
         );
     }
     if jobs.is_empty() {
@@ -112,7 +112,7 @@ pub fn job_page(job: &JobView, nav: bool) -> String {
         state = job.state
     );
     if let Some(device) = job.device {
-        let _ = write!(html, " on {}", escape(device));
+        let _ = write!(html, " on {}", device);
     }
     if live {
         let _ = write!(
@@ -160,7 +160,7 @@ pub(super) fn runs_table(html: &mut String, runs: &[RunRecord]) {
             html,
             "<tr><td>{}</td><td class=\"num\">{seconds}</td><td>{} ({})</td><td>{}{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
             utc(run.started_at_unix_s),
-            escape(&run.device),
+            run.device,
             escape(&run.device_model),
             escape(&outcome),
             run.error
@@ -207,7 +207,7 @@ fn recommendation_sections(html: &mut String, rec: &Recommendation) {
             rec.effective_batch_size
         ),
     );
-    let rule = rec.lr_rule.as_ref().map_or(String::new(), |r| {
+    let rule = rec.lr.rule.as_ref().map_or(String::new(), |r| {
         format!(
             " (lr(N) = {:.3e} &times; (N / {})<sup>{:.2}</sup>, rule {})",
             r.reference_lr,
@@ -218,9 +218,9 @@ fn recommendation_sections(html: &mut String, rec: &Recommendation) {
     });
     row(
         "learning rate",
-        format!("<b>{}</b>{rule}", fmt_lr(rec.learning_rate)),
+        format!("<b>{}</b>{rule}", fmt_lr(rec.lr.learning_rate)),
     );
-    if let Some(warmup) = rec.warmup_steps {
+    if let Some(warmup) = rec.schedule.warmup_steps {
         row("warm-up", format!("{warmup} steps"));
     }
     row(
@@ -236,22 +236,26 @@ fn recommendation_sections(html: &mut String, rec: &Recommendation) {
         "expected peak memory",
         format!(
             "{} of a {} budget ({})",
-            fmt_bytes(rec.expected_peak_memory_bytes),
-            ByteSize(rec.memory_budget_bytes),
-            escape(&rec.memory_limit_source)
+            fmt_bytes(rec.memory.expected_peak_bytes),
+            ByteSize(rec.memory_budget_bytes()),
+            escape(&rec.memory.limit_source.to_string())
         ),
     );
     row(
         "expected throughput",
-        format!("{} samples/s", fmt_speed(rec.expected_samples_per_second)),
+        format!(
+            "{} samples/s",
+            fmt_speed(rec.throughput.expected_samples_per_second)
+        ),
     );
     row(
         "largest batch that fits",
-        rec.max_fit_batch_size.to_string(),
+        rec.max_fit_batch_size().to_string(),
     );
     row(
         "gradient noise scale",
-        rec.gradient_noise
+        rec.evidence
+            .gradient_noise
             .as_ref()
             .map_or("not measured".into(), |n| {
                 format!(
@@ -265,10 +269,10 @@ fn recommendation_sections(html: &mut String, rec: &Recommendation) {
                 )
             }),
     );
-    if let Some((lo, hi)) = rec.learning_rate_interval {
+    if let Some((lo, hi)) = rec.lr.interval {
         row("LR within noise", format!("{lo:.2e} .. {hi:.2e}"));
     }
-    if let Some(cap) = &rec.batch_cap {
+    if let Some(cap) = &rec.evidence.batch_cap {
         row(
             "data cap",
             format!(
@@ -288,9 +292,9 @@ fn recommendation_sections(html: &mut String, rec: &Recommendation) {
         "search",
         format!(
             "{} trials in {:.0} s on {}, policy {}, objective {}, batchd {}",
-            rec.trial_count,
+            rec.evidence.trials.len(),
             rec.seconds,
-            escape(&rec.device),
+            escape(&rec.device.to_string()),
             escape(&rec.policy),
             escape(&rec.objective.to_string()),
             escape(&rec.batchd_version)
@@ -315,7 +319,7 @@ fn recommendation_sections(html: &mut String, rec: &Recommendation) {
 
 fn trials_table(html: &mut String, rec: &Recommendation) {
     html.push_str("<h2>Trials</h2><table class=\"trials\"><thead><tr><th class=\"num\">#</th><th>phase</th><th class=\"num\">batch</th><th class=\"num\">lr</th><th>outcome</th><th class=\"num\">peak memory</th><th class=\"num\">samples/s</th><th class=\"num\">val loss</th><th class=\"num\">seconds</th></tr></thead><tbody>");
-    for (i, t) in rec.trials.iter().enumerate() {
+    for (i, t) in rec.evidence.trials.iter().enumerate() {
         let lr = match (t.learning_rate_start, t.learning_rate) {
             (Some(start), Some(end)) => format!("{start:.0e}..{end:.0e}"),
             (_, lr) => fmt_lr(lr),

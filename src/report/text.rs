@@ -18,7 +18,7 @@ pub fn recommendation(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>)
         rec.policy,
         rec.objective,
         rec.device,
-        rec.trial_count,
+        rec.evidence.trials.len(),
         format_duration(std::time::Duration::from_secs_f64(rec.seconds)),
         if rec.partial { " (PARTIAL)" } else { "" }
     ));
@@ -39,7 +39,7 @@ pub fn recommendation(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>)
     row(
         &mut out,
         "learning rate",
-        match (&rec.learning_rate, &rec.lr_rule) {
+        match (&rec.lr.learning_rate, &rec.lr.rule) {
             (Some(lr), Some(rule)) => format!(
                 "{lr:.3e}  (lr(N) = {:.3e} x (N / {})^{:.2}; rule {}, measured alpha {}, textbook {})",
                 rule.reference_lr,
@@ -52,10 +52,11 @@ pub fn recommendation(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>)
             _ => "- (not measured)".into(),
         },
     );
-    if let Some((lo, hi)) = rec.learning_rate_interval {
+    if let Some((lo, hi)) = rec.lr.interval {
         row(&mut out, "lr within noise", format!("{lo:.2e} .. {hi:.2e}"));
     }
-    if let Some(schedule) = &rec.lr_schedule {
+    {
+        let schedule = &rec.schedule;
         row(
             &mut out,
             "lr schedule",
@@ -72,10 +73,14 @@ pub fn recommendation(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>)
     row(
         &mut out,
         "warm-up",
-        match (rec.warmup_steps, rec.total_updates, rec.updates_per_epoch) {
+        match (
+            rec.schedule.warmup_steps,
+            rec.schedule.total_updates,
+            rec.schedule.updates_per_epoch,
+        ) {
             (Some(w), Some(t), Some(u)) => format!(
                 "{w} steps of {t} updates ({u} per epoch over {} samples)",
-                rec.dataset_size.unwrap_or(0)
+                rec.schedule.dataset_size.unwrap_or(0)
             ),
             _ => "-".into(),
         },
@@ -85,19 +90,20 @@ pub fn recommendation(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>)
         "largest fitting batch",
         format!(
             "{} (peak {}; budget {} = {} less {:.0}% headroom){}",
-            rec.max_fit_batch_size,
-            opt(rec.max_fit.peak_bytes, |b| ByteSize(b).to_string()),
-            ByteSize(rec.memory_budget_bytes),
-            ByteSize(rec.memory_limit_bytes),
-            rec.memory_headroom_fraction * 100.0,
-            rec.max_fit
+            rec.max_fit_batch_size(),
+            opt(rec.memory.max_fit.peak_bytes, |b| ByteSize(b).to_string()),
+            ByteSize(rec.memory_budget_bytes()),
+            ByteSize(rec.memory.limit_bytes),
+            rec.memory.headroom_fraction * 100.0,
+            rec.memory
+                .max_fit
                 .first_failure
                 .as_ref()
                 .map(|(b, why)| format!("; {b} failed: {why}"))
                 .unwrap_or_default()
         ),
     );
-    if let Some(cap) = &rec.batch_cap {
+    if let Some(cap) = &rec.evidence.batch_cap {
         row(
             &mut out,
             "data cap",
@@ -117,24 +123,24 @@ pub fn recommendation(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>)
     row(
         &mut out,
         "memory limit from",
-        rec.memory_limit_source.clone(),
+        rec.memory.limit_source.to_string(),
     );
     row(
         &mut out,
         "expected peak memory",
-        opt(rec.expected_peak_memory_bytes, |b| ByteSize(b).to_string()),
+        opt(rec.memory.expected_peak_bytes, |b| ByteSize(b).to_string()),
     );
     row(
         &mut out,
         "expected throughput",
-        opt(rec.expected_samples_per_second, |s| {
+        opt(rec.throughput.expected_samples_per_second, |s| {
             format!("{s:.0} samples/s")
         }),
     );
     row(
         &mut out,
         "gradient noise scale",
-        opt(rec.gradient_noise.as_ref(), |n| {
+        opt(rec.evidence.gradient_noise.as_ref(), |n| {
             format!(
                 "{} samples{}",
                 n.describe(),
@@ -162,8 +168,9 @@ pub fn recommendation(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>)
         );
     }
     out.push_str("\n  throughput curve (per device)\n");
-    for point in &rec.throughput_curve {
+    for point in &rec.throughput.curve {
         let goodput = rec
+            .throughput
             .goodput_curve
             .iter()
             .find(|g| g.batch_size == point.batch_size)
@@ -184,7 +191,7 @@ pub fn recommendation(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>)
             point.batch_size, point.samples_per_second
         ));
     }
-    if let Some(race) = &rec.race {
+    if let Some(race) = &rec.evidence.race {
         out.push_str(&format!("\n  race ({})\n", race.budget));
         for entry in &race.entries {
             let losses: Vec<String> = entry
@@ -216,7 +223,7 @@ pub fn recommendation(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>)
         "\n  trials\n    {:>3} {:<16}{:>9} {:>10} {:<15}{:>10}{:>13}{:>10}{:>8}\n",
         "#", "phase", "batch", "lr", "outcome", "peak", "samples/s", "val loss", "secs"
     ));
-    for (i, t) in rec.trials.iter().enumerate() {
+    for (i, t) in rec.evidence.trials.iter().enumerate() {
         let lr = match (t.learning_rate_start, t.learning_rate) {
             (Some(a), Some(b)) => format!("{a:.0e}..{b:.0e}"),
             (None, Some(b)) => format!("{b:.2e}"),

@@ -22,7 +22,10 @@ use serde::{Deserialize, Serialize};
 use crate::spec::{JobSpec, OptimizerSpec};
 use crate::trial::{LrSchedule, Outcome, TrialRequest, TrialResult, TrialRunner};
 use plan::BudgetPlan;
-pub use recommend::{Phase, Recommendation, TrialRecord};
+pub use recommend::{
+    Evidence, LrAdvice, MemoryAdvice, Phase, Recommendation, ScheduleAdvice, ThroughputAdvice,
+    TrialRecord, SCHEMA_VERSION,
+};
 
 pub use crate::machine::SearchContext;
 

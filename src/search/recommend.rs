@@ -10,6 +10,7 @@ use super::plan::BudgetPlan;
 use super::race::Race;
 use super::steptime::{speed_at, StepTimeModel};
 use super::throughput::{interpolate, plateau, CurvePoint};
+use crate::machine::{MemorySource, TrialDevice};
 use crate::policy::{Objective, Policy};
 use crate::trial::Outcome;
 
@@ -39,13 +40,23 @@ pub struct PrecisionAdvice {
     pub reason: String,
 }
 
+/// The version of the recommendation's JSON. Version 2 grouped the flat
+/// fields of version 1 into `lr`, `schedule`, `memory`, `throughput` and
+/// `evidence` and dropped the fields that repeated others.
+pub const SCHEMA_VERSION: u32 = 2;
+
 /// The answer batchd gives for a job, with the evidence behind each number.
+///
+/// The headline (batch sizes, device) sits at the top; each concern has its
+/// own section. docs/spec.md documents every field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recommendation {
+    /// [`SCHEMA_VERSION`] when written.
+    pub schema_version: u32,
     pub job: String,
     pub policy: String,
     pub objective: Objective,
-    pub device: String,
+    pub device: TrialDevice,
     pub batchd_version: String,
     /// Per-device batch size.
     pub batch_size: u64,
@@ -56,59 +67,88 @@ pub struct Recommendation {
     /// global_batch_size x gradient_accumulation_steps: the batch one
     /// optimizer step sees.
     pub effective_batch_size: u64,
-    /// The LR for the effective batch.
-    pub learning_rate: Option<f64>,
-    pub lr_rule: Option<LrRule>,
-    pub warmup_steps: Option<u64>,
-    pub updates_per_epoch: Option<u64>,
-    pub total_updates: Option<u64>,
-    pub dataset_size: Option<u64>,
-    pub max_fit_batch_size: u64,
-    pub max_fit: MaxFit,
-    pub memory_limit_bytes: u64,
-    pub memory_limit_source: String,
-    pub memory_budget_bytes: u64,
-    pub memory_headroom_fraction: f64,
-    pub expected_peak_memory_bytes: Option<u64>,
-    pub expected_samples_per_second: Option<f64>,
-    pub throughput_curve: Vec<CurvePoint>,
-    pub throughput_plateau_batch_size: Option<u64>,
-    /// B_simple in samples, when it could be measured.
-    pub gradient_noise_scale: Option<f64>,
-    pub gradient_noise: Option<NoiseScale>,
-    pub goodput_curve: Vec<GoodputPoint>,
-    pub lr_range_tests: Vec<RangeTest>,
-    pub lr_confirmations: Vec<Confirmation>,
-    pub best_lrs: Vec<BestLr>,
+    pub lr: LrAdvice,
+    pub schedule: ScheduleAdvice,
+    pub memory: MemoryAdvice,
+    pub throughput: ThroughputAdvice,
     pub precision: PrecisionAdvice,
+    pub evidence: Evidence,
     pub rationale: Vec<String>,
     /// The search stopped early (time budget); the answer is the best so far.
     pub partial: bool,
     pub partial_reason: Option<String>,
-    pub trials: Vec<TrialRecord>,
-    pub trial_count: usize,
-    pub seconds: f64,
-    /// The time budget as planned across the phases.
-    #[serde(default)]
-    pub budget_plan: Option<BudgetPlan>,
-    /// t(B) = t0 + B / r fitted to the throughput curve.
-    #[serde(default)]
-    pub step_time_model: Option<StepTimeModel>,
-    /// The largest batch the data allows, and whether it bound.
-    #[serde(default)]
-    pub batch_cap: Option<BatchCap>,
-    /// The candidates raced for the recommendation, with their losses.
-    #[serde(default)]
-    pub race: Option<Race>,
-    /// The LRs (for the effective batch) within noise of the best.
-    #[serde(default)]
-    pub learning_rate_interval: Option<(f64, f64)>,
-    /// How the LR should move during training.
-    #[serde(default)]
-    pub lr_schedule: Option<ScheduleAdvice>,
     /// Phases cut short by the time budget.
-    #[serde(default)]
     pub phases_cut: Vec<Phase>,
+    /// Wall-clock seconds the search took.
+    pub seconds: f64,
+}
+
+/// The learning rate for the effective batch and the rule behind it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LrAdvice {
+    pub learning_rate: Option<f64>,
+    /// The LRs (for the effective batch) within noise of the best.
+    pub interval: Option<(f64, f64)>,
+    /// lr = reference_lr x (B / reference_batch)^alpha, for any batch.
+    pub rule: Option<LrRule>,
+}
+
+/// How long training runs at the recommended batch, and how the LR moves:
+/// linear warm-up, then `decay` down to `final_lr_fraction` of the peak.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleAdvice {
+    pub dataset_size: Option<u64>,
+    pub updates_per_epoch: Option<u64>,
+    pub total_updates: Option<u64>,
+    pub warmup_steps: Option<u64>,
+    pub decay: String,
+    pub final_lr_fraction: f64,
+}
+
+/// What memory allowed and what the recommendation is expected to use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryAdvice {
+    /// The device's memory as the search saw it.
+    pub limit_bytes: u64,
+    pub limit_source: MemorySource,
+    /// The share of the limit kept free; the budget is `max_fit.budget_bytes`.
+    pub headroom_fraction: f64,
+    /// The largest batch that fits under the budget, and how it was found.
+    pub max_fit: MaxFit,
+    /// Measured at the recommended batch when it was tried, else modelled.
+    pub expected_peak_bytes: Option<u64>,
+}
+
+/// Speed: the measured curve, its model, and goodput over it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThroughputAdvice {
+    /// At the recommended batch, over all replicas.
+    pub expected_samples_per_second: Option<f64>,
+    pub curve: Vec<CurvePoint>,
+    pub plateau_batch_size: Option<u64>,
+    /// t(B) = t0 + B / r fitted to the curve.
+    pub step_time_model: Option<StepTimeModel>,
+    /// Throughput x statistical efficiency, when a noise scale was measured.
+    pub goodput_curve: Vec<GoodputPoint>,
+}
+
+/// The measurements the answer rests on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The gradient noise scale B_simple in samples, when it could be
+    /// measured.
+    pub gradient_noise: Option<NoiseScale>,
+    pub lr_range_tests: Vec<RangeTest>,
+    pub lr_confirmations: Vec<Confirmation>,
+    pub best_lrs: Vec<BestLr>,
+    /// The candidates raced for the recommendation, with their losses.
+    pub race: Option<Race>,
+    /// The largest batch the data allows, and whether it bound.
+    pub batch_cap: Option<BatchCap>,
+    /// The time budget as planned across the phases.
+    pub budget_plan: BudgetPlan,
+    /// Every trial, in the order it ran.
+    pub trials: Vec<TrialRecord>,
 }
 
 /// The largest batch the training data allows: the training set divided by
@@ -122,18 +162,102 @@ pub struct BatchCap {
     pub binding: bool,
 }
 
-/// The recommended schedule: linear warm-up, then cosine decay.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScheduleAdvice {
-    pub warmup_steps: Option<u64>,
-    pub decay: String,
-    pub final_lr_fraction: f64,
-}
-
 impl Recommendation {
     /// The LR for any effective batch, from the fitted rule.
     pub fn learning_rate_for(&self, batch: u64) -> Option<f64> {
-        self.lr_rule.as_ref().map(|rule| rule.lr_at(batch))
+        self.lr.rule.as_ref().map(|rule| rule.lr_at(batch))
+    }
+
+    /// B_simple in samples, when it was measured.
+    pub fn gradient_noise_scale(&self) -> Option<f64> {
+        self.evidence.gradient_noise.as_ref().map(|n| n.value)
+    }
+
+    /// The largest batch that fitted; 0 when none did.
+    pub fn max_fit_batch_size(&self) -> u64 {
+        self.memory.max_fit.batch_size.unwrap_or(0)
+    }
+
+    /// A small, self-consistent recommendation for tests elsewhere.
+    #[cfg(test)]
+    pub(crate) fn example(batch: u64) -> Recommendation {
+        Recommendation {
+            schema_version: SCHEMA_VERSION,
+            job: "j".into(),
+            policy: "balanced".into(),
+            objective: Objective::Goodput,
+            device: TrialDevice::Cpu,
+            batchd_version: "test".into(),
+            batch_size: batch,
+            world_size: 1,
+            global_batch_size: batch,
+            gradient_accumulation_steps: 1,
+            effective_batch_size: batch,
+            lr: LrAdvice {
+                learning_rate: Some(1e-3),
+                interval: None,
+                rule: None,
+            },
+            schedule: ScheduleAdvice {
+                dataset_size: None,
+                updates_per_epoch: None,
+                total_updates: None,
+                warmup_steps: None,
+                decay: "cosine".into(),
+                final_lr_fraction: 0.1,
+            },
+            memory: MemoryAdvice {
+                limit_bytes: 1 << 30,
+                limit_source: MemorySource::Given {
+                    note: "test".into(),
+                },
+                headroom_fraction: 0.1,
+                max_fit: MaxFit {
+                    batch_size: Some(batch),
+                    peak_bytes: Some(1 << 20),
+                    budget_bytes: 1 << 30,
+                    first_failure: None,
+                    memory_model: None,
+                    capped_by_max_batch: false,
+                    capped_by_dataset: false,
+                    flaky_batch_sizes: Vec::new(),
+                    trials: 4,
+                },
+                expected_peak_bytes: None,
+            },
+            throughput: ThroughputAdvice {
+                expected_samples_per_second: None,
+                curve: Vec::new(),
+                plateau_batch_size: None,
+                step_time_model: None,
+                goodput_curve: Vec::new(),
+            },
+            precision: PrecisionAdvice {
+                measured: "f32".into(),
+                recommended: "f32".into(),
+                reason: String::new(),
+            },
+            evidence: Evidence {
+                gradient_noise: None,
+                lr_range_tests: Vec::new(),
+                lr_confirmations: Vec::new(),
+                best_lrs: Vec::new(),
+                race: None,
+                batch_cap: None,
+                budget_plan: BudgetPlan::new(std::time::Duration::from_secs(60)),
+                trials: Vec::new(),
+            },
+            rationale: Vec::new(),
+            partial: false,
+            partial_reason: None,
+            phases_cut: Vec::new(),
+            seconds: 1.0,
+        }
+    }
+
+    /// The memory budget the search held trials to.
+    pub fn memory_budget_bytes(&self) -> u64 {
+        self.memory.max_fit.budget_bytes
     }
 }
 

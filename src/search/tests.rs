@@ -216,7 +216,9 @@ fn context(limit: u64) -> SearchContext {
     SearchContext {
         device: TrialDevice::Cpu,
         memory_limit_bytes: limit,
-        memory_limit_source: crate::machine::MemorySource::Given("test".into()),
+        memory_limit_source: crate::machine::MemorySource::Given {
+            note: "test".into(),
+        },
     }
 }
 
@@ -241,53 +243,54 @@ fn the_whole_search_finds_the_known_answers() {
     let budget = limit as f64 * 0.9;
     let truth = ((budget - runner.fixed_bytes) / runner.bytes_per_sample) as u64 / 8 * 8;
     assert!(
-        rec.max_fit_batch_size <= truth,
+        rec.max_fit_batch_size() <= truth,
         "{} > {truth}",
-        rec.max_fit_batch_size
+        rec.max_fit_batch_size()
     );
     assert!(
-        truth - rec.max_fit_batch_size <= 8.max(truth / 50),
+        truth - rec.max_fit_batch_size() <= 8.max(truth / 50),
         "{} vs {truth}",
-        rec.max_fit_batch_size
+        rec.max_fit_batch_size()
     );
     let fit_trials = rec
+        .evidence
         .trials
         .iter()
         .filter(|t| t.phase == Phase::MaxFit)
         .count();
     assert!(fit_trials <= 6, "{fit_trials} max-fit trials");
     // Noise scale recovered.
-    let noise = rec.gradient_noise_scale.unwrap();
+    let noise = rec.gradient_noise_scale().unwrap();
     assert!((noise / 2000.0 - 1.0).abs() < 0.15, "noise scale {noise}");
     // The goodput choice lies below the max fit and near the noise scale.
-    assert!(rec.batch_size < rec.max_fit_batch_size);
+    assert!(rec.batch_size < rec.max_fit_batch_size());
     assert!(rec.batch_size >= 256, "batch {}", rec.batch_size);
     // The LR at the chosen batch is close to the truth, and alpha measured.
-    let lr = rec.learning_rate.unwrap();
+    let lr = rec.lr.learning_rate.unwrap();
     let truth_lr = runner.best_lr(rec.effective_batch_size);
     assert!((lr / truth_lr).ln().abs() < 0.3, "lr {lr} vs {truth_lr}");
-    let alpha = rec.lr_rule.as_ref().unwrap().measured_alpha.unwrap();
+    let alpha = rec.lr.rule.as_ref().unwrap().measured_alpha.unwrap();
     assert!(
         (alpha - 0.5).abs() < 0.1,
         "alpha {alpha} {:?} {:?}",
-        rec.best_lrs,
-        rec.lr_confirmations
+        rec.evidence.best_lrs,
+        rec.evidence.lr_confirmations
     );
     // "What LR at batch N?" follows the rule.
     let at_4x = rec.learning_rate_for(rec.effective_batch_size * 4).unwrap();
-    assert!((at_4x / lr / 4f64.powf(rec.lr_rule.as_ref().unwrap().alpha) - 1.0).abs() < 1e-9);
+    assert!((at_4x / lr / 4f64.powf(rec.lr.rule.as_ref().unwrap().alpha) - 1.0).abs() < 1e-9);
     assert!(!rec.partial);
-    assert_eq!(rec.trial_count, rec.trials.len());
-    assert!(rec.expected_peak_memory_bytes.unwrap() <= rec.memory_budget_bytes);
-    assert!(rec.warmup_steps.unwrap() > 0);
+    assert_eq!(rec.evidence.trials.len(), rec.evidence.trials.len());
+    assert!(rec.memory.expected_peak_bytes.unwrap() <= rec.memory_budget_bytes());
+    assert!(rec.schedule.warmup_steps.unwrap() > 0);
     assert_eq!(
-        rec.updates_per_epoch,
+        rec.schedule.updates_per_epoch,
         Some(runner.train_samples.div_ceil(rec.effective_batch_size))
     );
     // The schedule the runs used is the one recommended.
-    let schedule = rec.lr_schedule.as_ref().unwrap();
+    let schedule = &rec.schedule;
     assert_eq!(schedule.decay, "cosine");
-    assert!(rec.learning_rate_interval.is_some());
+    assert!(rec.lr.interval.is_some());
 }
 
 /// The batch a fixed time favours: minimizing (c0 + c1 B)(1 + B_noise / B)
@@ -307,9 +310,9 @@ fn the_race_finds_the_batch_a_fixed_time_favours() {
         (0.5..=2.0).contains(&ratio),
         "batch {} vs {truth}: {:#?}",
         rec.batch_size,
-        rec.race
+        rec.evidence.race
     );
-    let race = rec.race.as_ref().unwrap();
+    let race = rec.evidence.race.as_ref().unwrap();
     assert_eq!(race.winner, Some(rec.batch_size));
     assert!(race.entries.len() >= 2);
     // Every candidate ran every seed, at the LR its rule gives, for the
@@ -336,7 +339,7 @@ fn the_race_finds_the_batch_a_fixed_time_favours() {
         "{:?}",
         rec.rationale
     );
-    assert!(rec.trials.iter().any(|t| t.phase == Phase::Race));
+    assert!(rec.evidence.trials.iter().any(|t| t.phase == Phase::Race));
 }
 
 #[test]
@@ -346,9 +349,13 @@ fn no_trial_or_recommendation_exceeds_the_training_set() {
     let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
     let seen = runner.seen.lock().unwrap().clone();
     assert!(seen.iter().all(|&b| b <= 142), "{seen:?}");
-    assert!(rec.max_fit_batch_size <= 142);
-    assert!(rec.max_fit.capped_by_dataset, "{:?}", rec.max_fit);
-    let cap = rec.batch_cap.as_ref().unwrap();
+    assert!(rec.max_fit_batch_size() <= 142);
+    assert!(
+        rec.memory.max_fit.capped_by_dataset,
+        "{:?}",
+        rec.memory.max_fit
+    );
+    let cap = rec.evidence.batch_cap.as_ref().unwrap();
     assert_eq!(cap.training_samples, 142);
     assert!(cap.binding);
     assert!(
@@ -357,8 +364,8 @@ fn no_trial_or_recommendation_exceeds_the_training_set() {
         rec.batch_size,
         cap.largest_batch
     );
-    assert!(rec.updates_per_epoch.unwrap() >= 8);
-    assert!(rec.throughput_curve.iter().all(|p| p.batch_size <= 142));
+    assert!(rec.schedule.updates_per_epoch.unwrap() >= 8);
+    assert!(rec.throughput.curve.iter().all(|p| p.batch_size <= 142));
     assert!(
         rec.rationale.iter().any(|l| l.contains("caps the batch")),
         "{:?}",
@@ -381,7 +388,7 @@ fn an_uncertain_noise_scale_is_reported_and_widens_the_race() {
     let mut runner = FakeRunner::new();
     runner.grad_wobble = 0.6;
     let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
-    let race = rec.race.as_ref().unwrap();
+    let race = rec.evidence.race.as_ref().unwrap();
     let batches: Vec<u64> = race.entries.iter().map(|e| e.batch_size).collect();
     let undecided = rec.rationale.iter().any(|l| l.contains("race decides"));
     assert!(undecided, "{:?}", rec.rationale);
@@ -402,12 +409,15 @@ fn confirmations_that_all_diverge_are_followed_by_lower_lrs() {
     runner.diverges_above = Some(10.0);
     let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
     assert!(
-        rec.lr_confirmations.iter().any(|c| c.outcome == "diverged"),
+        rec.evidence
+            .lr_confirmations
+            .iter()
+            .any(|c| c.outcome == "diverged"),
         "{:#?}",
-        rec.lr_confirmations
+        rec.evidence.lr_confirmations
     );
     let truth = runner.best_lr(rec.effective_batch_size);
-    let lr = rec.learning_rate.unwrap();
+    let lr = rec.lr.learning_rate.unwrap();
     assert!(
         (1.0 / 3.0..=3.0).contains(&(lr / truth)),
         "LR {lr} against the best {truth}: {:#?}",
@@ -423,7 +433,7 @@ fn candidates_within_the_seed_spread_get_another_seed() {
     runner.min_steps = 1.0;
     runner.seed_noise = 0.05;
     let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
-    let race = rec.race.as_ref().unwrap();
+    let race = rec.evidence.race.as_ref().unwrap();
     assert!(
         race.entries.iter().any(|e| e.runs.len() > 2),
         "{:#?}",
@@ -437,7 +447,7 @@ fn a_steeper_lr_rule_is_measured_as_such() {
     let mut runner = FakeRunner::new();
     runner.alpha = 0.9;
     let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
-    let alpha = rec.lr_rule.as_ref().unwrap().measured_alpha.unwrap();
+    let alpha = rec.lr.rule.as_ref().unwrap().measured_alpha.unwrap();
     assert!(
         (alpha - 0.9).abs() < 0.15,
         "alpha {alpha}: {:#?}",
@@ -455,8 +465,8 @@ fn policies_move_the_batch_the_expected_way() {
     let safe = advise_with(&runner, &spec("memory-safe", ""), limit).unwrap();
     assert!(generalization.batch_size < balanced.batch_size);
     assert!(throughput.batch_size >= balanced.batch_size);
-    assert!(safe.max_fit_batch_size < balanced.max_fit_batch_size);
-    assert!(safe.memory_budget_bytes < balanced.memory_budget_bytes);
+    assert!(safe.max_fit_batch_size() < balanced.max_fit_batch_size());
+    assert!(safe.memory_budget_bytes() < balanced.memory_budget_bytes());
 }
 
 #[test]
@@ -475,10 +485,10 @@ fn data_parallel_and_accumulation_shape_the_global_batch() {
         rec.global_batch_size * u64::from(rec.gradient_accumulation_steps)
     );
     // The LR is for the effective batch.
-    let lr = rec.learning_rate.unwrap();
+    let lr = rec.lr.learning_rate.unwrap();
     assert!((lr - rec.learning_rate_for(rec.effective_batch_size).unwrap()).abs() < 1e-15);
     // Memory stays per device.
-    assert!(rec.max_fit_batch_size <= ((0.9 * (1u64 << 30) as f64 - 200e6) / 50e3) as u64);
+    assert!(rec.max_fit_batch_size() <= ((0.9 * (1u64 << 30) as f64 - 200e6) / 50e3) as u64);
 }
 
 #[test]
@@ -486,8 +496,8 @@ fn crashes_bound_the_search_and_are_reported() {
     let mut runner = FakeRunner::new();
     runner.crash_from = Some(5000);
     let rec = advise_with(&runner, &spec("balanced", ""), 4 << 30).unwrap();
-    assert!(rec.max_fit_batch_size < 5000);
-    let (failed, why) = rec.max_fit.first_failure.clone().unwrap();
+    assert!(rec.max_fit_batch_size() < 5000);
+    let (failed, why) = rec.memory.max_fit.first_failure.clone().unwrap();
     assert!(failed >= 5000 && why.contains("crashed"), "{failed} {why}");
     // The first crash is retried once; once a retry reproduces it, later
     // crashes count at once.
@@ -515,12 +525,13 @@ fn a_spent_time_budget_gives_a_partial_answer() {
     spec.search.time_budget = std::time::Duration::from_millis(1);
     let rec = advise_with(&runner, &spec, 4 << 30).unwrap();
     assert!(rec.partial);
-    assert!(rec.partial_reason.unwrap().contains("time budget"));
+    assert!(rec.partial_reason.as_ref().unwrap().contains("time budget"));
     // Still an answer that was itself tested.
     assert!(rec
+        .evidence
         .trials
         .iter()
-        .any(|t| t.batch_size == rec.max_fit_batch_size && t.outcome == Outcome::Ok));
+        .any(|t| t.batch_size == rec.max_fit_batch_size() && t.outcome == Outcome::Ok));
 }
 
 #[test]
@@ -550,7 +561,7 @@ fn race_runs_never_train_longer_than_the_real_job() {
         4 << 30,
     )
     .unwrap();
-    let race = rec.race.as_ref().unwrap();
+    let race = rec.evidence.race.as_ref().unwrap();
     assert_eq!(
         race.budget,
         crate::search::race::RaceBudget::WallClock { seconds: 2.0 }
@@ -578,7 +589,7 @@ fn the_generalization_race_gives_every_candidate_the_same_epochs() {
         4 << 30,
     )
     .unwrap();
-    let race = rec.race.as_ref().unwrap();
+    let race = rec.evidence.race.as_ref().unwrap();
     let crate::search::race::RaceBudget::Epochs { epochs } = race.budget else {
         panic!("{:?}", race.budget);
     };
@@ -606,7 +617,7 @@ fn a_tight_budget_races_fewer_candidates_at_the_real_length() {
     // allowance for what a run costs beyond its steps): the lean plan.
     spec.search.time_budget = std::time::Duration::from_secs(30);
     let rec = advise_with(&runner, &spec, 4 << 30).unwrap();
-    let race = rec.race.as_ref().unwrap();
+    let race = rec.evidence.race.as_ref().unwrap();
     assert_eq!(
         race.budget,
         crate::search::race::RaceBudget::WallClock { seconds: 3.0 },

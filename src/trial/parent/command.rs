@@ -17,9 +17,8 @@ use std::time::Instant;
 use serde::Deserialize;
 use tokio::process::Command;
 
-use super::classify::{classify, Observation};
 use super::supervise::{
-    apply_report, collect_stderr_tail, effective_limit, empty_result, failed, supervise,
+    apply_report, collect_stderr_tail, effective_limit, empty_result, failed, supervise, Finished,
     MemorySampler, RunnerOptions,
 };
 use crate::spec::CommandSpec;
@@ -432,32 +431,21 @@ pub async fn run(
         TrialDevice::Cpu => "rss",
         TrialDevice::Cuda(_) => "nvml",
     };
-    let observation = Observation {
-        device: request.device,
-        steps: request.steps,
-        deadline_seconds: request.deadline.as_secs_f64(),
+    let finished = Finished {
+        exit,
         killed,
-        exit: &exit,
-        report: vouched.as_ref(),
-        stderr_tail: &stderr_tail,
+        stderr_tail,
         peak_memory_bytes: peak,
-        memory_limit_bytes: limit,
+        peak_memory_source: source,
         device_memory_total_bytes: sampler.device_total,
-        cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_limit_bytes: limit,
         foreign: true,
     };
-    let (outcome, reason) = classify(&observation);
+    let verdict = finished.classify(&request, vouched.as_ref());
     if let Some(Ok(report)) = parsed {
         apply_report(&mut result, report);
     }
-    result.outcome = outcome;
-    result.reason = reason;
-    result.peak_memory_bytes = peak;
-    result.peak_memory_source = peak.map(|_| source.to_string());
-    result.device_memory_total_bytes = sampler.device_total;
-    result.exit = Some(exit);
-    result.stderr_tail = stderr_tail;
-    result.wall_seconds = started.elapsed().as_secs_f64();
+    finished.record(&mut result, verdict, started);
     result
 }
 

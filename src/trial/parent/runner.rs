@@ -8,10 +8,9 @@ use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-use super::classify::{classify, Observation};
 use super::supervise::{
     apply_report, collect_stderr_tail, effective_limit, empty_result, failed, max_option,
-    supervise, MemorySampler, RunnerOptions,
+    supervise, Finished, MemorySampler, RunnerOptions,
 };
 use crate::trial::memory::parse_refusal;
 use crate::trial::{
@@ -141,27 +140,22 @@ impl ProcessTrialRunner {
             .as_ref()
             .and_then(|r| r.device_memory_total_bytes)
             .or(sampler.device_total);
-        let observation = Observation {
-            device: request.device,
-            steps: request.steps,
-            deadline_seconds: request.deadline.as_secs_f64(),
+        let mut finished = Finished {
+            exit,
             killed,
-            exit: &exit,
-            report: report.as_ref(),
-            stderr_tail: &stderr_tail,
+            stderr_tail,
             peak_memory_bytes: peak,
-            memory_limit_bytes: limit,
+            peak_memory_source: source,
             device_memory_total_bytes: device_total,
-            cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_limit_bytes: limit,
             foreign: false,
         };
-        let (outcome, mut reason) = classify(&observation);
+        let (outcome, mut reason) = finished.classify(&request, report.as_ref());
         // A heap allocation the worker's cap refused was never resident, so
         // the RSS peak understates the need: count the live heap plus the
         // refused request.
-        let mut peak = peak;
         if outcome == Outcome::OutOfMemory {
-            if let Some((refused, live)) = parse_refusal(&stderr_tail) {
+            if let Some((refused, live)) = parse_refusal(&finished.stderr_tail) {
                 let needed = live + refused;
                 reason = Some(format!(
                     "needed at least {} ({} of heap live plus a refused allocation of {}){}",
@@ -172,7 +166,7 @@ impl ProcessTrialRunner {
                         .map(|l| format!(", limit {}", crate::units::ByteSize(l)))
                         .unwrap_or_default()
                 ));
-                peak = max_option(peak, Some(needed));
+                finished.peak_memory_bytes = max_option(finished.peak_memory_bytes, Some(needed));
             }
         }
         if garbled > 0 && outcome != Outcome::Ok {
@@ -194,14 +188,7 @@ impl ProcessTrialRunner {
                 "{garbled} unreadable line(s) on the worker's stdout were ignored"
             ));
         }
-        result.outcome = outcome;
-        result.reason = reason;
-        result.peak_memory_bytes = peak;
-        result.peak_memory_source = peak.map(|_| source.to_string());
-        result.device_memory_total_bytes = device_total;
-        result.exit = Some(exit);
-        result.stderr_tail = stderr_tail;
-        result.wall_seconds = started.elapsed().as_secs_f64();
+        finished.record(&mut result, (outcome, reason), started);
         result
     }
 }

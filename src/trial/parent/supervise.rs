@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
-use super::classify::KillReason;
+use super::classify::{classify, KillReason, Observation};
 use crate::gpu::GpuProbe;
 use crate::trial::memory::read_rss;
 use crate::trial::{
@@ -151,6 +151,66 @@ pub(super) async fn supervise(
 
 /// The limit the parent enforces: the request's, or on CPU a share of the
 /// machine's available memory so a runaway trial cannot swap the machine.
+/// What the parent saw of a trial process that has ended, before it is
+/// classified. Both runners build one, so an observation and a result are
+/// made in one place.
+pub(super) struct Finished {
+    pub exit: ExitInfo,
+    pub killed: Option<KillReason>,
+    pub stderr_tail: String,
+    pub peak_memory_bytes: Option<u64>,
+    /// How the peak was measured: `rss`, `nvml` or `cuda_context`.
+    pub peak_memory_source: &'static str,
+    pub device_memory_total_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    /// A user's command rather than batchd's worker.
+    pub foreign: bool,
+}
+
+impl Finished {
+    /// The trial's outcome and its reason, from what was seen and from the
+    /// report the process wrote, if it is trusted.
+    pub fn classify(
+        &self,
+        request: &TrialRequest,
+        report: Option<&WorkerReport>,
+    ) -> (Outcome, Option<String>) {
+        classify(&Observation {
+            device: request.device,
+            steps: request.steps,
+            deadline_seconds: request.deadline.as_secs_f64(),
+            killed: self.killed,
+            exit: &self.exit,
+            report,
+            stderr_tail: &self.stderr_tail,
+            peak_memory_bytes: self.peak_memory_bytes,
+            memory_limit_bytes: self.memory_limit_bytes,
+            device_memory_total_bytes: self.device_memory_total_bytes,
+            cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            foreign: self.foreign,
+        })
+    }
+
+    /// Writes the verdict and what was seen into `result`.
+    pub fn record(
+        self,
+        result: &mut TrialResult,
+        (outcome, reason): (Outcome, Option<String>),
+        started: Instant,
+    ) {
+        result.outcome = outcome;
+        result.reason = reason;
+        result.peak_memory_bytes = self.peak_memory_bytes;
+        result.peak_memory_source = self
+            .peak_memory_bytes
+            .map(|_| self.peak_memory_source.to_string());
+        result.device_memory_total_bytes = self.device_memory_total_bytes;
+        result.exit = Some(self.exit);
+        result.stderr_tail = self.stderr_tail;
+        result.wall_seconds = started.elapsed().as_secs_f64();
+    }
+}
+
 pub(super) fn effective_limit(request: &TrialRequest) -> Option<u64> {
     match (request.memory_limit_bytes, request.device) {
         (Some(limit), _) => Some(limit),

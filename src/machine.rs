@@ -364,6 +364,17 @@ pub fn user_kernel_cache() -> Option<PathBuf> {
     Some(base.join("batchd").join("kernels"))
 }
 
+/// Where a user's foreground commands keep parsed datasets:
+/// `$XDG_CACHE_HOME/batchd/data`, else `~/.cache/batchd/data`.
+pub fn user_data_cache() -> Option<PathBuf> {
+    user_kernel_cache().and_then(|kernels| Some(kernels.parent()?.join("data")))
+}
+
+/// Where the daemon keeps parsed datasets between trials.
+pub fn daemon_data_cache(state_dir: &Path) -> PathBuf {
+    state_dir.join("data-cache")
+}
+
 /// Where the daemon keeps compiled CUDA kernels: in its state folder, which
 /// systemd lets it write.
 pub fn daemon_kernel_cache(state_dir: &Path) -> PathBuf {

@@ -87,6 +87,52 @@ fn assert_learns(name: &str, toml: &str, batch: u64, lr: f64) -> TrialResult {
 }
 
 #[test]
+fn trials_of_one_search_parse_a_csv_once_and_a_changed_one_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("digits.csv");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/digits.csv"),
+        &data,
+    )
+    .unwrap();
+    let toml = format!(
+        "[model]\nkind = \"mlp\"\nhidden = [16]\nclasses = 10\n[data]\nkind = \"csv\"\npath = {:?}\nlabel_column = \"label\"\n[optimizer]\nkind = \"adam\"\n",
+        data.display().to_string()
+    );
+    let cache = dir.path().join("cache");
+    let trial = |batch: u64| {
+        let mut request = request(spec(&toml), batch, 5, 1e-3);
+        request.data_cache_dir = Some(cache.clone());
+        let result = run(request);
+        assert!(
+            result.is_ok(),
+            "{:?}: {}",
+            result.reason,
+            result.stderr_tail
+        );
+        result
+    };
+    let first = trial(16);
+    assert_eq!(first.data_from_cache, Some(false), "the first trial parses");
+    let later: Vec<TrialResult> = [32, 64].into_iter().map(trial).collect();
+    assert!(later.iter().all(|r| r.data_from_cache == Some(true)));
+    assert_eq!(later[0].train_samples, first.train_samples);
+    eprintln!(
+        "data load: parsed {:.1} ms, cached {:.1} ms",
+        first.data_seconds.unwrap() * 1e3,
+        later[0].data_seconds.unwrap() * 1e3
+    );
+    // A changed file is parsed again.
+    let mut text = std::fs::read_to_string(&data).unwrap();
+    let row = text.lines().nth(1).unwrap().to_owned();
+    text.push_str(&row);
+    text.push('\n');
+    std::fs::write(&data, text).unwrap();
+    let changed = trial(16);
+    assert_eq!(changed.data_from_cache, Some(false));
+}
+
+#[test]
 fn mlp_learns_teacher_csv_and_idx_data() {
     assert_learns("mlp/synthetic", MLP_SYNTHETIC, 64, 3e-3);
     let csv = r#"

@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use batchd::config::{Config, Overrides};
 use batchd::gpu::{open_probe, GpuProbe};
-use batchd::machine::{user_kernel_cache, Machine};
+use batchd::machine::{user_data_cache, user_kernel_cache, Machine};
 use batchd::policy::PolicySet;
 use batchd::spec::{load_spec_file, DeviceChoice, JobSpec};
 use batchd::trial::{ProcessTrialRunner, RunnerOptions};
@@ -278,6 +278,7 @@ pub fn foreground(
     let mut options = RunnerOptions::current_exe().map_err(anyhow::Error::from)?;
     options.gpu_probe = probe;
     options.kernel_cache_dir = args.kernel_cache.clone().or_else(user_kernel_cache);
+    options.data_cache_dir = user_data_cache();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

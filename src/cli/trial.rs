@@ -9,7 +9,7 @@ use batchd::units::{format_duration, ByteSize};
 fn default_lr(spec: &JobSpec) -> f64 {
     match spec.optimizer {
         OptimizerSpec::Sgd { .. } => 0.05,
-        OptimizerSpec::Adam { .. } | OptimizerSpec::AdamW { .. } => 1e-3,
+        OptimizerSpec::Adam(_) | OptimizerSpec::AdamW(_) => 1e-3,
     }
 }
 

@@ -154,6 +154,9 @@ impl Edges<ProcessTrialRunner> {
         options.kernel_cache_dir = Some(crate::machine::daemon_kernel_cache(
             &settings.config.state_dir,
         ));
+        options.data_cache_dir = Some(crate::machine::daemon_data_cache(
+            &settings.config.state_dir,
+        ));
         Ok(Edges {
             machine,
             runner: ProcessTrialRunner::new(options),

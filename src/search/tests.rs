@@ -114,6 +114,8 @@ impl FakeRunner {
             step_seconds_median: None,
             startup_seconds: Some(0.1),
             setup_seconds: Some(0.1),
+            data_seconds: None,
+            data_from_cache: None,
             peak_memory_bytes: Some(peak),
             peak_memory_source: Some("rss".into()),
             memory_limit_bytes: request.memory_limit_bytes,

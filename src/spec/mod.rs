@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 pub use command::{CommandSpec, Workload};
 pub use data::{DataSource, DataSpec, LabelColumn};
 pub use model::{Activation, CnnSpec, MlpSpec, ModelSpec, TransformerSpec};
-pub use optimizer::OptimizerSpec;
+pub use optimizer::{AdamSettings, OptimizerSpec};
 pub use search::{DeviceChoice, NotADevice, SearchSpec, DEFAULT_MAX_BATCH};
 pub use training::{Precision, TrainingSpec};
 
@@ -478,9 +478,7 @@ kind = "adamw"
         assert_eq!(spec.search.max_batch, DEFAULT_MAX_BATCH);
         assert_eq!(spec.training.world_size, 1);
         assert_eq!(spec.data().unwrap().validation_fraction, 0.1);
-        assert!(
-            matches!(spec.optimizer, OptimizerSpec::AdamW { weight_decay, .. } if weight_decay == 0.01)
-        );
+        assert!(matches!(&spec.optimizer, OptimizerSpec::AdamW(adam) if adam.weight_decay == 0.01));
         assert_eq!(spec.content_hash.len(), 64);
     }
 

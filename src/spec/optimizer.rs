@@ -15,29 +15,28 @@ pub enum OptimizerSpec {
         weight_decay: f64,
         grad_clip_norm: Option<f64>,
     },
-    Adam {
-        beta1: f64,
-        beta2: f64,
-        epsilon: f64,
-        weight_decay: f64,
-        grad_clip_norm: Option<f64>,
-    },
+    Adam(AdamSettings),
     #[serde(rename = "adamw")]
-    AdamW {
-        beta1: f64,
-        beta2: f64,
-        epsilon: f64,
-        weight_decay: f64,
-        grad_clip_norm: Option<f64>,
-    },
+    AdamW(AdamSettings),
+}
+
+/// Adam's and AdamW's settings: the two differ only in how weight decay
+/// enters (into the gradient, or decoupled from it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdamSettings {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub epsilon: f64,
+    pub weight_decay: f64,
+    pub grad_clip_norm: Option<f64>,
 }
 
 impl OptimizerSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             OptimizerSpec::Sgd { .. } => "sgd",
-            OptimizerSpec::Adam { .. } => "adam",
-            OptimizerSpec::AdamW { .. } => "adamw",
+            OptimizerSpec::Adam(_) => "adam",
+            OptimizerSpec::AdamW(_) => "adamw",
         }
     }
 }
@@ -107,22 +106,17 @@ pub(super) fn parse_optimizer(value: &Value, problems: &mut Problems) -> Option<
         let weight_decay = raw.weight_decay.unwrap_or(default_decay);
         problems.in_range("optimizer.weight_decay", weight_decay, 0.0, 1.0);
         let grad_clip_norm = clip(raw.grad_clip_norm, problems);
+        let settings = AdamSettings {
+            beta1,
+            beta2,
+            epsilon,
+            weight_decay,
+            grad_clip_norm,
+        };
         if kind == "adam" {
-            OptimizerSpec::Adam {
-                beta1,
-                beta2,
-                epsilon,
-                weight_decay,
-                grad_clip_norm,
-            }
+            OptimizerSpec::Adam(settings)
         } else {
-            OptimizerSpec::AdamW {
-                beta1,
-                beta2,
-                epsilon,
-                weight_decay,
-                grad_clip_norm,
-            }
+            OptimizerSpec::AdamW(settings)
         }
     };
     (problems.len() == before).then_some(optimizer)

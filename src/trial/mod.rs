@@ -275,6 +275,9 @@ pub struct TrialRequest {
     /// Where CUDA kernels compiled by earlier trials are kept.
     #[serde(default)]
     pub kernel_cache_dir: Option<PathBuf>,
+    /// Where parsed tabular data is kept for the next trial.
+    #[serde(default)]
+    pub data_cache_dir: Option<PathBuf>,
     #[serde(default)]
     pub fault: Option<Fault>,
 }
@@ -302,6 +305,7 @@ impl TrialRequest {
             memory_limit_bytes: None,
             deadline,
             kernel_cache_dir: None,
+            data_cache_dir: None,
             fault: None,
         }
     }
@@ -445,6 +449,12 @@ pub struct WorkerReport {
     pub step_seconds_median: Option<f64>,
     pub setup_seconds: f64,
     pub startup_seconds: Option<f64>,
+    /// Seconds to load (or read back) the data, before the model is built.
+    #[serde(default)]
+    pub data_seconds: Option<f64>,
+    /// The data came from the parse cache rather than its file.
+    #[serde(default)]
+    pub data_from_cache: Option<bool>,
     /// The worker's own peak RSS (VmHWM).
     pub peak_rss_bytes: Option<u64>,
     /// CUDA: device memory in use by this worker's context as the driver saw
@@ -481,6 +491,11 @@ pub struct TrialResult {
     pub step_seconds_median: Option<f64>,
     pub startup_seconds: Option<f64>,
     pub setup_seconds: Option<f64>,
+    /// Seconds the worker took to load its data.
+    #[serde(default)]
+    pub data_seconds: Option<f64>,
+    #[serde(default)]
+    pub data_from_cache: Option<bool>,
     pub peak_memory_bytes: Option<u64>,
     /// How the peak was measured: `rss` (CPU), `nvml` (per-process GPU
     /// memory) or `cuda_context` (driver free-memory delta).

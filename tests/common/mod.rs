@@ -334,25 +334,32 @@ pub fn check_report(name: &str, html: &str, rec: &serde_json::Value) {
     let has_data = |id: &str| !chart(id).contains("class=\"chart-empty\"");
     assert!(has_data("memory"), "{name}: empty memory chart");
     assert!(has_data("throughput"), "{name}: empty throughput chart");
-    let non_empty = |field: &str| rec[field].as_array().is_some_and(|a| !a.is_empty());
-    if non_empty("lr_range_tests") || non_empty("lr_confirmations") {
+    let non_empty = |field: &str| {
+        rec.pointer(field)
+            .and_then(|v| v.as_array())
+            .is_some_and(|a| !a.is_empty())
+    };
+    if non_empty("/evidence/lr_range_tests") || non_empty("/evidence/lr_confirmations") {
         assert!(has_data("lr"), "{name}: LR data but an empty LR chart");
     }
-    if non_empty("goodput_curve") {
+    if non_empty("/throughput/goodput_curve") {
         assert!(has_data("goodput"), "{name}: empty goodput chart");
     }
-    if non_empty("lr_confirmations") {
+    if non_empty("/evidence/lr_confirmations") {
         assert!(has_data("training"), "{name}: empty training-curve chart");
     }
-    if rec["race"]["entries"].as_array().is_some_and(|e| {
-        e.iter()
-            .any(|e| e["runs"].as_array().is_some_and(|r| !r.is_empty()))
-    }) {
+    if rec["evidence"]["race"]["entries"]
+        .as_array()
+        .is_some_and(|e| {
+            e.iter()
+                .any(|e| e["runs"].as_array().is_some_and(|r| !r.is_empty()))
+        })
+    {
         assert!(has_data("race"), "{name}: a race but an empty race chart");
     }
     // The budget line and the chosen points.
     assert!(chart("memory").contains("budget"), "{name}: no budget line");
-    let trials = rec["trials"].as_array().map_or(0, |t| t.len());
+    let trials = rec["evidence"]["trials"].as_array().map_or(0, |t| t.len());
     assert_eq!(
         html.matches("<tr class=\"outcome-").count(),
         trials,

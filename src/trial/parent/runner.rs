@@ -31,6 +31,9 @@ impl ProcessTrialRunner {
 
     async fn run_trial(&self, mut request: TrialRequest) -> TrialResult {
         let started = Instant::now();
+        if request.data_cache_dir.is_none() {
+            request.data_cache_dir = self.options.data_cache_dir.clone();
+        }
         if request.kernel_cache_dir.is_none() {
             request.kernel_cache_dir = self.options.kernel_cache_dir.clone();
         }

@@ -32,6 +32,8 @@ pub struct RunnerOptions {
     pub gpu_probe: Option<Arc<dyn GpuProbe>>,
     /// Where CUDA kernels compiled by earlier trials are kept.
     pub kernel_cache_dir: Option<PathBuf>,
+    /// Where trials keep parsed datasets for the trials after them.
+    pub data_cache_dir: Option<PathBuf>,
     /// Called for every event a worker sends (progress, for live views).
     pub on_event: Option<ProgressCallback>,
 }
@@ -44,6 +46,7 @@ impl RunnerOptions {
             sample_interval: Duration::from_millis(25),
             gpu_probe: None,
             kernel_cache_dir: None,
+            data_cache_dir: None,
             on_event: None,
         })
     }
@@ -63,6 +66,8 @@ pub(super) fn apply_report(result: &mut TrialResult, report: WorkerReport) {
     result.samples_per_second = report.samples_per_second;
     result.step_seconds_median = report.step_seconds_median;
     result.grad_noise = report.grad_noise;
+    result.data_seconds = report.data_seconds;
+    result.data_from_cache = report.data_from_cache;
     result.warnings = report.warnings;
 }
 
@@ -250,6 +255,8 @@ pub(super) fn empty_result(request: &TrialRequest, limit: Option<u64>) -> TrialR
         step_seconds_median: None,
         startup_seconds: None,
         setup_seconds: None,
+        data_seconds: None,
+        data_from_cache: None,
         peak_memory_bytes: None,
         peak_memory_source: None,
         memory_limit_bytes: limit,

@@ -89,38 +89,24 @@ pub fn run<B: AutodiffBackend>(
             config = config.with_gradient_clipping(norm_clip(*grad_clip_norm));
             train(model, config.init::<B, Model<B>>(), &device, ctx, report);
         }
-        // Adam and AdamW are distinct Burn types; they differ only in how
-        // weight decay enters (into the gradient, or decoupled).
-        OptimizerSpec::Adam {
-            beta1,
-            beta2,
-            epsilon,
-            weight_decay,
-            grad_clip_norm,
-        } => {
+        // Adam and AdamW are distinct Burn types, so one arm each.
+        OptimizerSpec::Adam(adam) => {
+            let decay = adam.weight_decay as f32;
             let config = AdamConfig::new()
-                .with_beta_1(*beta1 as f32)
-                .with_beta_2(*beta2 as f32)
-                .with_epsilon(half_safe_epsilon(*epsilon, half, report) as f32)
-                .with_weight_decay(
-                    (*weight_decay > 0.0).then(|| WeightDecayConfig::new(*weight_decay as f32)),
-                )
-                .with_grad_clipping(norm_clip(*grad_clip_norm));
+                .with_beta_1(adam.beta1 as f32)
+                .with_beta_2(adam.beta2 as f32)
+                .with_epsilon(half_safe_epsilon(adam.epsilon, half, report) as f32)
+                .with_weight_decay((decay > 0.0).then(|| WeightDecayConfig::new(decay)))
+                .with_grad_clipping(norm_clip(adam.grad_clip_norm));
             train(model, config.init::<B, Model<B>>(), &device, ctx, report);
         }
-        OptimizerSpec::AdamW {
-            beta1,
-            beta2,
-            epsilon,
-            weight_decay,
-            grad_clip_norm,
-        } => {
+        OptimizerSpec::AdamW(adam) => {
             let config = AdamWConfig::new()
-                .with_beta_1(*beta1 as f32)
-                .with_beta_2(*beta2 as f32)
-                .with_epsilon(half_safe_epsilon(*epsilon, half, report) as f32)
-                .with_weight_decay(*weight_decay as f32)
-                .with_grad_clipping(norm_clip(*grad_clip_norm));
+                .with_beta_1(adam.beta1 as f32)
+                .with_beta_2(adam.beta2 as f32)
+                .with_epsilon(half_safe_epsilon(adam.epsilon, half, report) as f32)
+                .with_weight_decay(adam.weight_decay as f32)
+                .with_grad_clipping(norm_clip(adam.grad_clip_norm));
             train(model, config.init::<B, Model<B>>(), &device, ctx, report);
         }
     }

@@ -1,8 +1,11 @@
 //! Tabular data from a CSV file: numeric features, a label column,
 //! standardized columns.
 
+use super::cache::{self, Parsed};
 use super::*;
 
+/// Loads a CSV, from `cache` (a folder) when an earlier trial parsed the
+/// same bytes with the same settings; the flag says which.
 pub(super) fn csv_file(
     path: &Path,
     label_column: &LabelColumn,
@@ -10,8 +13,57 @@ pub(super) fn csv_file(
     delimiter: char,
     classes: usize,
     fraction: f64,
-) -> Result<ClassificationData, DataError> {
-    let bytes = read(path)?;
+    cache: Option<&Path>,
+) -> Result<(ClassificationData, bool), DataError> {
+    let settings = format!(
+        "csv label={label_column:?} header={has_header} delimiter={delimiter:?} classes={classes}"
+    );
+    let cached = cache.and_then(|dir| {
+        let entry = cache::entry_for_file(dir, path, &settings).ok()?;
+        cache::load(&entry)
+    });
+    let (parsed, from_cache) = match cached {
+        Some(parsed) => (parsed, true),
+        None => {
+            let bytes = read(path)?;
+            // Named by the bytes parsed, in case the file changed since.
+            let entry = cache.map(|dir| cache::entry(dir, &bytes, &settings));
+            let parsed = parse(path, bytes, label_column, has_header, delimiter, classes)?;
+            if let Some(entry) = &entry {
+                if let Err(error) = cache::store(entry, &parsed) {
+                    eprintln!(
+                        "batchd: cannot cache the parsed {}: {error}",
+                        path.display()
+                    );
+                }
+            }
+            (parsed, false)
+        }
+    };
+    let rows = parsed.labels.len();
+    let (train, valid) = split_indices(rows, fraction, rows as u64);
+    Ok((
+        ClassificationData {
+            sample_len: parsed.sample_len,
+            image_shape: None,
+            inputs: parsed.inputs,
+            labels: parsed.labels,
+            train,
+            valid,
+        },
+        from_cache,
+    ))
+}
+
+/// Parses and standardizes the samples of a CSV file.
+fn parse(
+    path: &Path,
+    bytes: Vec<u8>,
+    label_column: &LabelColumn,
+    has_header: bool,
+    delimiter: char,
+    classes: usize,
+) -> Result<Parsed, DataError> {
     let text = String::from_utf8(bytes).map_err(|_| format_error(path, "is not UTF-8 text"))?;
     let mut lines = text
         .lines()
@@ -100,14 +152,10 @@ pub(super) fn csv_file(
     }
     let sample_len = inputs.len() / labels.len();
     standardize(&mut inputs, sample_len);
-    let (train, valid) = split_indices(labels.len(), fraction, labels.len() as u64);
-    Ok(ClassificationData {
+    Ok(Parsed {
         sample_len,
-        image_shape: None,
         inputs,
         labels,
-        train,
-        valid,
     })
 }
 

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+mod cache;
 mod csv;
 mod idx;
 mod synthetic;
@@ -114,9 +115,27 @@ pub enum Batch {
 }
 
 impl Dataset {
-    /// Loads (or generates) the spec's data for its model.
-    pub fn load(data: &DataSpec, model: &ModelSpec) -> Result<Dataset, DataError> {
+    /// Loads (or generates) the spec's data for its model. Parsed tabular
+    /// data is kept in `cache` (a folder) for the next trial; the flag says
+    /// whether this load came from there.
+    pub fn load(
+        data: &DataSpec,
+        model: &ModelSpec,
+        cache: Option<&Path>,
+    ) -> Result<(Dataset, bool), DataError> {
         let fraction = data.validation_fraction;
+        let mut from_cache = false;
+        let dataset = Self::load_source(data, model, fraction, cache, &mut from_cache)?;
+        Ok((dataset, from_cache))
+    }
+
+    fn load_source(
+        data: &DataSpec,
+        model: &ModelSpec,
+        fraction: f64,
+        cache: Option<&Path>,
+        from_cache: &mut bool,
+    ) -> Result<Dataset, DataError> {
         match (&data.source, model) {
             (DataSource::Synthetic { seed, samples }, ModelSpec::Transformer(t)) => {
                 Ok(Dataset::Sequences(markov_sequences(
@@ -142,14 +161,16 @@ impl Dataset {
                 },
                 _,
             ) => {
-                let data = csv_file(
+                let (data, cached) = csv_file(
                     path,
                     label_column,
                     *has_header,
                     *delimiter,
                     classes_of(model),
                     fraction,
+                    cache,
                 )?;
+                *from_cache = cached;
                 Ok(Dataset::Classification(fit_to_model(data, model)?))
             }
             (DataSource::Idx { images, labels }, _) => {
@@ -341,8 +362,10 @@ mod tests {
             ',',
             10,
             0.2,
+            None,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(data.sample_len, 64);
         assert_eq!(data.labels.len(), 1797);
         let mean: f64 = (0..data.labels.len())
@@ -353,12 +376,64 @@ mod tests {
     }
 
     #[test]
+    fn a_csv_is_parsed_once_then_read_from_the_cache_until_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let path = dir.path().join("d.csv");
+        std::fs::write(&path, "a,b,label\n1,2,0\n3,4,1\n5,7,0\n").unwrap();
+        let load = || {
+            csv_file(
+                &path,
+                &LabelColumn::Index(2),
+                true,
+                ',',
+                2,
+                0.34,
+                Some(&cache),
+            )
+            .unwrap()
+        };
+        let (parsed, from_cache) = load();
+        assert!(!from_cache, "the first load parses");
+        let (cached, from_cache) = load();
+        assert!(from_cache, "the second load reads the cache");
+        assert_eq!(
+            (&cached.inputs, &cached.labels, &cached.train, &cached.valid),
+            (&parsed.inputs, &parsed.labels, &parsed.train, &parsed.valid)
+        );
+        std::fs::write(&path, "a,b,label\n1,2,0\n3,4,1\n5,9,1\n").unwrap();
+        let (changed, from_cache) = load();
+        assert!(!from_cache, "a changed file is parsed again");
+        assert_eq!(changed.labels, vec![0, 1, 1]);
+        // Other settings over the same bytes are another entry.
+        let (_, from_cache) = csv_file(
+            &path,
+            &LabelColumn::Index(2),
+            true,
+            ',',
+            3,
+            0.34,
+            Some(&cache),
+        )
+        .unwrap();
+        assert!(!from_cache);
+    }
+
+    #[test]
     fn csv_errors_are_precise() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.csv");
         std::fs::write(&path, "a,b,label\n1,2,0\n3,x,1\n").unwrap();
-        let error =
-            csv_file(&path, &LabelColumn::Name("label".into()), true, ',', 2, 0.2).unwrap_err();
+        let error = csv_file(
+            &path,
+            &LabelColumn::Name("label".into()),
+            true,
+            ',',
+            2,
+            0.2,
+            None,
+        )
+        .unwrap_err();
         assert!(
             error
                 .to_string()
@@ -366,15 +441,32 @@ mod tests {
             "{error}"
         );
         std::fs::write(&path, "a,b,label\n1,2,0\n3,4,7\n").unwrap();
-        let error =
-            csv_file(&path, &LabelColumn::Name("label".into()), true, ',', 2, 0.2).unwrap_err();
+        let error = csv_file(
+            &path,
+            &LabelColumn::Name("label".into()),
+            true,
+            ',',
+            2,
+            0.2,
+            None,
+        )
+        .unwrap_err();
         assert!(
             error
                 .to_string()
                 .contains("label 7 is out of range for 2 classes"),
             "{error}"
         );
-        let error = csv_file(&path, &LabelColumn::Name("y".into()), true, ',', 2, 0.2).unwrap_err();
+        let error = csv_file(
+            &path,
+            &LabelColumn::Name("y".into()),
+            true,
+            ',',
+            2,
+            0.2,
+            None,
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("no column named `y`"), "{error}");
         let error = csv_file(
             &dir.path().join("missing.csv"),
@@ -383,6 +475,7 @@ mod tests {
             ',',
             2,
             0.2,
+            None,
         )
         .unwrap_err();
         assert!(error.to_string().contains("cannot read"), "{error}");
@@ -406,8 +499,10 @@ mod tests {
             ',',
             10,
             0.2,
+            None,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(data.labels, csv.labels);
     }
 

@@ -68,8 +68,16 @@ fn render(name: &str, result: &TrialResult) -> String {
         .map(|p| p.to_string())
         .unwrap_or_else(|| "-".into());
     out.push_str(&format!(
-        "  device {} ({}, {precision}), batch {}, {}/{} steps",
-        result.device, result.backend, result.batch_size, result.steps_completed, result.steps
+        "  device {}{} ({}, {precision}), batch {}, {}/{} steps",
+        result.device,
+        result
+            .device_name
+            .as_ref()
+            .map_or_else(String::new, |name| format!(" ({name})")),
+        result.backend,
+        result.batch_size,
+        result.steps_completed,
+        result.steps
     ));
     if let Some(params) = result.parameter_count {
         out.push_str(&format!(", {params} parameters"));

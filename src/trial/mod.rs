@@ -73,7 +73,7 @@ pub const PANIC_MARKER: &str = "batchd-worker: panic on thread";
 pub enum WorkerEvent {
     Started {
         pid: u32,
-        device: String,
+        device: TrialDevice,
         backend: String,
     },
     Progress {
@@ -475,7 +475,10 @@ pub struct TrialResult {
     pub batch_size: u64,
     pub steps: u32,
     pub steps_completed: u32,
-    pub device: String,
+    pub device: TrialDevice,
+    /// The device's name as its driver gives it (`NVIDIA H200`), for GPUs.
+    #[serde(default)]
+    pub device_name: Option<String>,
     pub backend: String,
     pub precision: Option<Precision>,
     pub parameter_count: Option<u64>,

@@ -180,7 +180,7 @@ impl ProcessTrialRunner {
         if let Some(report) = report {
             result.backend = report.backend.clone();
             if !report.device_name.is_empty() && report.device_name != "cpu" {
-                result.device = format!("{} ({})", result.device, report.device_name);
+                result.device_name = Some(report.device_name.clone());
             }
             result.startup_seconds = report.startup_seconds;
             result.setup_seconds = Some(report.setup_seconds);

@@ -238,7 +238,8 @@ pub(super) fn empty_result(request: &TrialRequest, limit: Option<u64>) -> TrialR
         batch_size: request.batch_size,
         steps: request.steps,
         steps_completed: 0,
-        device: request.device.to_string(),
+        device: request.device,
+        device_name: None,
         backend: match request.device {
             TrialDevice::Cpu => "flex".into(),
             TrialDevice::Cuda(_) => "cuda".into(),

@@ -194,7 +194,7 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
             }
             events.send(&WorkerEvent::Started {
                 pid: std::process::id(),
-                device: "cpu".into(),
+                device: TrialDevice::Cpu,
                 backend: "flex".into(),
             });
             let ctx = TrialContext {
@@ -224,7 +224,7 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
             };
             events.send(&WorkerEvent::Started {
                 pid: std::process::id(),
-                device: format!("cuda:{index}"),
+                device: TrialDevice::Cuda(index),
                 backend: "cuda".into(),
             });
             let device = burn::backend::cuda::CudaDevice::new(index as usize);

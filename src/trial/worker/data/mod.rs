@@ -423,17 +423,20 @@ mod tests {
     fn csv_errors_are_precise() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.csv");
+        let error_with_label = |label: &str| {
+            csv_file(
+                &path,
+                &LabelColumn::Name(label.into()),
+                true,
+                ',',
+                2,
+                0.2,
+                None,
+            )
+            .unwrap_err()
+        };
         std::fs::write(&path, "a,b,label\n1,2,0\n3,x,1\n").unwrap();
-        let error = csv_file(
-            &path,
-            &LabelColumn::Name("label".into()),
-            true,
-            ',',
-            2,
-            0.2,
-            None,
-        )
-        .unwrap_err();
+        let error = error_with_label("label");
         assert!(
             error
                 .to_string()
@@ -441,32 +444,14 @@ mod tests {
             "{error}"
         );
         std::fs::write(&path, "a,b,label\n1,2,0\n3,4,7\n").unwrap();
-        let error = csv_file(
-            &path,
-            &LabelColumn::Name("label".into()),
-            true,
-            ',',
-            2,
-            0.2,
-            None,
-        )
-        .unwrap_err();
+        let error = error_with_label("label");
         assert!(
             error
                 .to_string()
                 .contains("label 7 is out of range for 2 classes"),
             "{error}"
         );
-        let error = csv_file(
-            &path,
-            &LabelColumn::Name("y".into()),
-            true,
-            ',',
-            2,
-            0.2,
-            None,
-        )
-        .unwrap_err();
+        let error = error_with_label("y");
         assert!(error.to_string().contains("no column named `y`"), "{error}");
         let error = csv_file(
             &dir.path().join("missing.csv"),

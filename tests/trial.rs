@@ -9,8 +9,8 @@ use std::time::Duration;
 use batchd::policy::PolicySet;
 use batchd::spec::{parse_spec, JobSpec, SpecOrigin};
 use batchd::trial::{
-    Fault, GradNoiseRequest, LrSchedule, Outcome, ProcessTrialRunner, RunnerOptions, TrialDevice,
-    TrialRequest, TrialResult, TrialRunner,
+    CpuBackend, Fault, GradNoiseRequest, LrSchedule, Outcome, ProcessTrialRunner, RunnerOptions,
+    TrialDevice, TrialRequest, TrialResult, TrialRunner,
 };
 use batchd::validation::Syntax;
 
@@ -367,6 +367,36 @@ fn a_leaking_worker_is_stopped_before_it_hurts_the_machine() {
         "{:?}",
         result.peak_memory_bytes
     );
+}
+
+#[test]
+fn cpu_trials_say_which_backend_trained_and_refuse_one_not_built() {
+    let result = run(request(spec(MLP_SYNTHETIC), 64, 10, 1e-3));
+    assert_eq!(result.outcome, Outcome::Ok, "{:?}", result.reason);
+    assert_eq!(result.backend, "flex", "auto picks Flex for an MLP");
+    for backend in CpuBackend::BUILT {
+        let mut req = request(spec(MLP_SYNTHETIC), 64, 10, 1e-3);
+        req.cpu_backend = *backend;
+        let result = run(req);
+        assert_eq!(
+            result.outcome,
+            Outcome::Ok,
+            "{backend:?}: {:?}",
+            result.reason
+        );
+        assert_eq!(result.backend, backend.name());
+    }
+    if !CpuBackend::BUILT.contains(&CpuBackend::Candle) {
+        let mut req = request(spec(MLP_SYNTHETIC), 64, 10, 1e-3);
+        req.cpu_backend = CpuBackend::Candle;
+        let result = run(req);
+        assert_eq!(result.outcome, Outcome::InvalidRequest);
+        let reason = result.reason.unwrap();
+        assert!(
+            reason.contains("built without the candle CPU backend"),
+            "{reason}"
+        );
+    }
 }
 
 #[test]

@@ -254,6 +254,48 @@ pub enum Fault {
     LeakMemory,
 }
 
+/// The Burn backend of a CPU trial. `Auto` picks per model kind from the
+/// measurements in the README (`cargo bench --bench backends`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuBackend {
+    #[default]
+    Auto,
+    Flex,
+    Ndarray,
+    Candle,
+}
+
+impl CpuBackend {
+    /// The backends this binary is built with, in the benchmark's order.
+    #[cfg(feature = "extra-cpu-backends")]
+    pub const BUILT: &'static [CpuBackend] =
+        &[CpuBackend::Flex, CpuBackend::Ndarray, CpuBackend::Candle];
+    #[cfg(not(feature = "extra-cpu-backends"))]
+    pub const BUILT: &'static [CpuBackend] = &[CpuBackend::Flex];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuBackend::Auto => "auto",
+            CpuBackend::Flex => "flex",
+            CpuBackend::Ndarray => "ndarray",
+            CpuBackend::Candle => "candle",
+        }
+    }
+
+    /// The backend `Auto` resolves to for a model: Flex for every kind.
+    /// Measured against ndarray and Candle on every example model (README,
+    /// `cargo bench --bench backends`), Flex was fastest on each, and
+    /// Candle cannot train the CNN at all.
+    pub fn auto_for(model: &crate::spec::ModelSpec) -> CpuBackend {
+        match model {
+            crate::spec::ModelSpec::Mlp(_)
+            | crate::spec::ModelSpec::Cnn(_)
+            | crate::spec::ModelSpec::Transformer(_) => CpuBackend::Flex,
+        }
+    }
+}
+
 /// Everything a worker needs to run one trial.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialRequest {
@@ -278,6 +320,9 @@ pub struct TrialRequest {
     /// Where parsed tabular data is kept for the next trial.
     #[serde(default)]
     pub data_cache_dir: Option<PathBuf>,
+    /// Which Burn backend trains a CPU trial (ignored on CUDA).
+    #[serde(default)]
+    pub cpu_backend: CpuBackend,
     #[serde(default)]
     pub fault: Option<Fault>,
 }
@@ -306,6 +351,7 @@ impl TrialRequest {
             deadline,
             kernel_cache_dir: None,
             data_cache_dir: None,
+            cpu_backend: CpuBackend::Auto,
             fault: None,
         }
     }
@@ -528,6 +574,37 @@ pub trait TrialRunner: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_backend_defaults_to_auto_and_auto_is_a_built_backend() {
+        let request: serde_json::Value = serde_json::json!("ndarray");
+        assert_eq!(
+            serde_json::from_value::<CpuBackend>(request).unwrap(),
+            CpuBackend::Ndarray
+        );
+        assert_eq!(CpuBackend::default(), CpuBackend::Auto);
+        for model in [
+            r#"{"kind":"mlp","input_size":4,"hidden":[8],"classes":2,"activation":"relu","dropout":0.0}"#,
+            r#"{"kind":"cnn","height":8,"width":8,"channels":1,"stages":[4],"blocks_per_stage":1,"classes":2}"#,
+            r#"{"kind":"transformer","vocab_size":16,"context_length":8,"d_model":8,"layers":1,"heads":2,"mlp_ratio":4,"dropout":0.0}"#,
+        ] {
+            let model: crate::spec::ModelSpec = serde_json::from_str(model).unwrap();
+            let chosen = CpuBackend::auto_for(&model);
+            assert!(CpuBackend::BUILT.contains(&chosen), "{chosen:?}");
+            assert_ne!(chosen, CpuBackend::Auto);
+        }
+    }
+
+    #[test]
+    fn flex_is_built_with_its_simd_kernels_and_threads() {
+        // Burn asks for its CPU backends without their default features;
+        // without these the CPU trials ran scalar on one core.
+        let manifest = include_str!("../../Cargo.toml");
+        assert!(
+            manifest.contains(r#"burn-flex = { version = "=0.21.0", default-features = false, features = ["std", "simd", "rayon"] }"#),
+            "Cargo.toml must name burn-flex with simd and rayon"
+        );
+    }
 
     #[test]
     fn the_burn_version_named_is_the_one_cargo_pins() {

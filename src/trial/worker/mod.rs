@@ -25,7 +25,8 @@ use crate::machine::check_cuda_device;
 use crate::spec::Precision;
 use crate::trial::memory::{own_rss, peak_heap_bytes, set_heap_cap};
 use crate::trial::{
-    Outcome, TrialDevice, TrialRequest, WorkerEvent, WorkerReport, PANIC_EXIT_CODE, PANIC_MARKER,
+    CpuBackend, Outcome, TrialDevice, TrialRequest, WorkerEvent, WorkerReport, PANIC_EXIT_CODE,
+    PANIC_MARKER,
 };
 use cuda::ContextProbe;
 use data::Dataset;
@@ -108,9 +109,24 @@ fn die_with_parent() {
     }
 }
 
+/// Keeps freed memory in the process for the next step. By default glibc
+/// maps every block over 128 KiB afresh and hands it back on free, so each
+/// step faulted in its activations page by page again (a tenth of an MLP
+/// step at batch 4096, and half its speed). A trial is short-lived and its
+/// RSS is measured at its peak, so holding freed memory changes no figure.
+fn keep_freed_memory() {
+    // SAFETY: mallopt only sets allocator parameters; called before any
+    // thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 /// Entry point of `batchd __trial-worker`. Returns the process exit code.
 pub fn main() -> i32 {
     let process_start = Instant::now();
+    keep_freed_memory();
     die_with_parent();
     install_panic_hook();
     let mut events = EventWriter { out: take_stdout() };
@@ -180,8 +196,19 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
     let data_seconds = loading.elapsed().as_secs_f64();
     let mut report = match request.device {
         TrialDevice::Cpu => {
+            let backend = match request.cpu_backend {
+                CpuBackend::Auto => CpuBackend::auto_for(model),
+                chosen => chosen,
+            };
+            if !CpuBackend::BUILT.contains(&backend) {
+                return invalid(format!(
+                    "this batchd was built without the {} CPU backend (cargo feature extra-cpu-backends)",
+                    backend.name()
+                ));
+            }
+            let name = backend.name().to_string();
             let mut report = WorkerReport {
-                backend: "flex".into(),
+                backend: name.clone(),
                 device_name: "cpu".into(),
                 precision: Some(Precision::F32),
                 ..WorkerReport::default()
@@ -195,7 +222,7 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
             events.send(&WorkerEvent::Started {
                 pid: std::process::id(),
                 device: TrialDevice::Cpu,
-                backend: "flex".into(),
+                backend: name,
             });
             let ctx = TrialContext {
                 request,
@@ -204,7 +231,7 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
                 cuda: None,
                 process_start,
             };
-            engine::run::<Autodiff<Flex>>(Default::default(), ctx, &mut report);
+            run_cpu(backend, ctx, &mut report);
             report
         }
         TrialDevice::Cuda(index) => {
@@ -251,6 +278,25 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
         report.peak_rss_bytes = report.peak_rss_bytes.map(|rss| rss.max(peak_heap_bytes()));
     }
     report
+}
+
+/// Trains on the chosen CPU backend. Only Flex is built by default (it is
+/// the fastest on every example model; see the README's backend table);
+/// ndarray and Candle come with the `extra-cpu-backends` feature, for the
+/// benchmark.
+fn run_cpu(backend: CpuBackend, ctx: TrialContext<'_>, report: &mut WorkerReport) {
+    match backend {
+        #[cfg(feature = "extra-cpu-backends")]
+        CpuBackend::Ndarray => {
+            engine::run::<Autodiff<burn::backend::NdArray>>(Default::default(), ctx, report)
+        }
+        #[cfg(feature = "extra-cpu-backends")]
+        #[allow(deprecated)] // Burn 0.21 deprecates Candle; benchmarked, not chosen
+        CpuBackend::Candle => {
+            engine::run::<Autodiff<burn::backend::Candle>>(Default::default(), ctx, report)
+        }
+        _ => engine::run::<Autodiff<Flex>>(Default::default(), ctx, report),
+    }
 }
 
 /// Keeps compiled CUDA kernels (PTX) and autotune results on disk so the

@@ -16,9 +16,9 @@ use crate::spec::OptimizerSpec;
 
 use super::cuda::ContextProbe;
 use super::data::{Dataset, SplitMix64};
-use super::models::{forward_flops_per_sample, DeviceBatch, Model};
+use super::models::{forward_flops_per_sample, DeviceBatch, HostMasks, Model};
 use crate::trial::divergence::DivergenceWatch;
-use crate::trial::{Fault, GradNoiseSample, Outcome, TrialRequest, WorkerReport};
+use crate::trial::{Fault, GradNoiseSample, Outcome, TrialDevice, TrialRequest, WorkerReport};
 
 /// Receives per-step progress from the loop.
 pub trait ProgressSink {
@@ -40,6 +40,10 @@ pub struct TrialContext<'a> {
 /// judged on the same samples).
 const VALIDATION_SAMPLES: usize = 1024;
 const VALIDATION_BATCH: usize = 256;
+
+/// Mixed into the trial's seed for its dropout masks, so they are not the
+/// data order's stream.
+const DROPOUT_STREAM: u64 = 0xD0_0D;
 
 /// Smallest Adam epsilon that survives half precision: 1e-8 rounds to zero
 /// in f16, and a zero epsilon turns the first update into 0/0.
@@ -63,7 +67,9 @@ pub fn run<B: AutodiffBackend>(
         Dataset::Sequences(d) => d.context_length,
     };
     B::seed(&device, ctx.request.seed);
-    let model = Model::<B>::new(model_spec, input_size, &device);
+    let host_masks = (ctx.request.device == TrialDevice::Cpu)
+        .then(|| HostMasks::new(ctx.request.seed ^ DROPOUT_STREAM));
+    let model = Model::<B>::new(model_spec, input_size, host_masks, &device);
     report.parameter_count = model.num_params() as u64;
     report.train_flops_per_sample = 3.0 * forward_flops_per_sample(model_spec, input_size);
     match &spec.optimizer {

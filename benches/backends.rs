@@ -5,7 +5,10 @@
 //! Each Burn figure is a real trial: a fresh worker process of the batchd
 //! binary on the example's own data, fp32, the spec's optimizer; samples/s
 //! is the mean over the timed steps after warm-up, as every trial reports
-//! it, and the peak is the worker's RSS. PyTorch runs `benches/torch_cpu.py`
+//! it, and the peak is the worker's RSS. Every cell (both sides) is timed
+//! over at least `MIN_SECONDS` of steps and is the median of `REPEATS`
+//! runs: on two shared cores a 0.1 s measurement moved by 1.6x between
+//! runs. PyTorch runs `benches/torch_cpu.py`
 //! (the interpreter is `BATCHD_TORCH_PYTHON`, else `python3`) on random
 //! inputs of the same shapes with the same optimizer, timed the same way;
 //! without PyTorch its column says "skipped". Its peak RSS includes
@@ -38,6 +41,9 @@ const EXAMPLES: &[&str] = &[
 
 const STEPS: u32 = 30;
 const WARMUP_STEPS: u32 = 5;
+const MIN_SECONDS: f64 = 1.0;
+const REPEATS: usize = 3;
+const MAX_STEPS: u32 = 5000;
 const MAX_SPEC_BYTES: u64 = 1 << 20;
 
 /// A small batch (where the searches land on these jobs on a CPU) and a
@@ -85,6 +91,17 @@ impl Cell {
     }
 }
 
+/// The run with the median speed (failures sort first, so a cell fails
+/// only when most of its runs do).
+fn median(mut runs: Vec<Cell>) -> Cell {
+    runs.sort_by(|a, b| {
+        a.speed()
+            .unwrap_or(-1.0)
+            .total_cmp(&b.speed().unwrap_or(-1.0))
+    });
+    runs.swap_remove(runs.len() / 2)
+}
+
 fn from_trial(result: TrialResult) -> Cell {
     match (result.is_ok(), result.samples_per_second) {
         (true, Some(speed)) => Cell::Ok(Measured {
@@ -105,6 +122,7 @@ fn torch(python: &str, spec: &JobSpec, input_size: usize, batch: u64) -> Cell {
         "batch": batch,
         "steps": STEPS - WARMUP_STEPS,
         "warmup": WARMUP_STEPS,
+        "min_seconds": MIN_SECONDS,
     });
     let output = match Command::new(python)
         .arg(&script)
@@ -189,7 +207,7 @@ fn main() {
     let backends = CpuBackend::BUILT;
 
     println!(
-        "CPU trial speed: {} steps ({} untimed), fp32, the spec's optimizer; {} CPUs",
+        "CPU trial speed: >= {} steps ({} untimed) and >= {MIN_SECONDS} s timed, median of {REPEATS} runs; fp32, the spec's optimizer; {} CPUs",
         STEPS,
         WARMUP_STEPS,
         std::thread::available_parallelism().map_or(0, |n| n.get())

@@ -6,7 +6,7 @@ the spec's optimizer in fp32, and prints one JSON line:
 {"torch": version, "threads": n, "samples_per_second": x, "peak_rss_bytes": y}.
 
 Usage: torch_cpu.py '{"model": {...}, "input_size": 64, "optimizer": {...},
-                      "batch": 256, "steps": 30, "warmup": 5}'
+                      "batch": 256, "steps": 30, "warmup": 5, "min_seconds": 1.0}'
 Without PyTorch it prints {"skipped": "..."} and exits 0.
 """
 
@@ -154,8 +154,10 @@ def main():
 
     for _ in range(request.get("warmup", 5)):
         step()
-    times = []
-    for _ in range(request["steps"]):
+    # At least `steps` steps and `min_seconds` of them, so fast models are
+    # timed over more than a few milliseconds.
+    times, min_seconds = [], request.get("min_seconds", 0.0)
+    while len(times) < request["steps"] or sum(times) < min_seconds:
         started = time.perf_counter()
         step()
         times.append(time.perf_counter() - started)

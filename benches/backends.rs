@@ -235,17 +235,33 @@ fn main() {
             let mut cells = Vec::new();
             let mut parameters = None;
             for backend in backends {
-                let mut request =
-                    TrialRequest::new(spec.clone(), TrialDevice::Cpu, batch, STEPS, 1e-4);
-                request.warmup_steps = WARMUP_STEPS;
-                request.deadline = Duration::from_secs(600);
-                request.cpu_backend = *backend;
-                let result = runtime.block_on(runner.run(request));
-                parameters = parameters.or(result.parameter_count);
-                cells.push(from_trial(result));
+                let trial = |steps: u32| {
+                    let mut request =
+                        TrialRequest::new(spec.clone(), TrialDevice::Cpu, batch, steps, 1e-4);
+                    request.warmup_steps = WARMUP_STEPS;
+                    request.deadline = Duration::from_secs(600);
+                    request.cpu_backend = *backend;
+                    runtime.block_on(runner.run(request))
+                };
+                // A first trial sizes the timed part to MIN_SECONDS.
+                let probe = trial(STEPS);
+                parameters = parameters.or(probe.parameter_count);
+                let steps = match probe.step_seconds_median {
+                    Some(step) if step > 0.0 => {
+                        let timed = (MIN_SECONDS / step).ceil() as u32;
+                        (timed + WARMUP_STEPS).clamp(STEPS, MAX_STEPS)
+                    }
+                    _ => STEPS,
+                };
+                let runs = (0..REPEATS).map(|_| from_trial(trial(steps))).collect();
+                cells.push(median(runs));
             }
             let width = input_width(&model, parameters);
-            let reference = torch(&python, &spec, width, batch);
+            let reference = median(
+                (0..REPEATS)
+                    .map(|_| torch(&python, &spec, width, batch))
+                    .collect(),
+            );
             let mut row = format!("{:<22}{:<26}{:>6}", spec.name, shape(&model, width), batch);
             for cell in &cells {
                 let ratio = match (cell.speed(), reference.speed()) {

@@ -264,15 +264,22 @@ pub enum CpuBackend {
     Flex,
     Ndarray,
     Candle,
+    /// libtorch through `tch` (feature `tch-backend`; libtorch 2.9 from
+    /// PyPI's torch wheel at build and run time).
+    Tch,
 }
 
 impl CpuBackend {
     /// The backends this binary is built with, in the benchmark's order.
-    #[cfg(feature = "extra-cpu-backends")]
-    pub const BUILT: &'static [CpuBackend] =
-        &[CpuBackend::Flex, CpuBackend::Ndarray, CpuBackend::Candle];
-    #[cfg(not(feature = "extra-cpu-backends"))]
-    pub const BUILT: &'static [CpuBackend] = &[CpuBackend::Flex];
+    pub const BUILT: &'static [CpuBackend] = &[
+        CpuBackend::Flex,
+        #[cfg(feature = "extra-cpu-backends")]
+        CpuBackend::Ndarray,
+        #[cfg(feature = "extra-cpu-backends")]
+        CpuBackend::Candle,
+        #[cfg(feature = "tch-backend")]
+        CpuBackend::Tch,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -280,18 +287,24 @@ impl CpuBackend {
             CpuBackend::Flex => "flex",
             CpuBackend::Ndarray => "ndarray",
             CpuBackend::Candle => "candle",
+            CpuBackend::Tch => "tch",
         }
     }
 
-    /// The backend `Auto` resolves to for a model: Flex for every kind.
-    /// Measured against ndarray and Candle on every example model (README,
-    /// `cargo bench --bench backends`), Flex was fastest on each, and
-    /// Candle cannot train the CNN at all.
+    /// The backend `Auto` resolves to for a model, from the README's
+    /// backend table: Flex was the fastest Burn-native backend on every
+    /// example model (ndarray trailed it, Candle cannot train the CNN).
+    /// libtorch, where built in (`tch-backend`), trained the CNN 1.1-3.4x
+    /// and the transformer 1.4-3.3x faster than Flex, but the MLPs at small
+    /// batches 1.7-2.8x slower, so it takes the CNN and the transformer only.
     pub fn auto_for(model: &crate::spec::ModelSpec) -> CpuBackend {
+        use crate::spec::ModelSpec;
         match model {
-            crate::spec::ModelSpec::Mlp(_)
-            | crate::spec::ModelSpec::Cnn(_)
-            | crate::spec::ModelSpec::Transformer(_) => CpuBackend::Flex,
+            ModelSpec::Mlp(_) => CpuBackend::Flex,
+            ModelSpec::Cnn(_) | ModelSpec::Transformer(_) if cfg!(feature = "tch-backend") => {
+                CpuBackend::Tch
+            }
+            ModelSpec::Cnn(_) | ModelSpec::Transformer(_) => CpuBackend::Flex,
         }
     }
 }

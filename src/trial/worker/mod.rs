@@ -201,8 +201,12 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
                 chosen => chosen,
             };
             if !CpuBackend::BUILT.contains(&backend) {
+                let feature = match backend {
+                    CpuBackend::Tch => "tch-backend",
+                    _ => "extra-cpu-backends",
+                };
                 return invalid(format!(
-                    "this batchd was built without the {} CPU backend (cargo feature extra-cpu-backends)",
+                    "this batchd was built without the {} CPU backend (cargo feature {feature})",
                     backend.name()
                 ));
             }
@@ -282,8 +286,8 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
 
 /// Trains on the chosen CPU backend. Only Flex is built by default (it is
 /// the fastest on every example model; see the README's backend table);
-/// ndarray and Candle come with the `extra-cpu-backends` feature, for the
-/// benchmark.
+/// ndarray and Candle come with the `extra-cpu-backends` feature and
+/// libtorch with `tch-backend`, for the benchmark.
 fn run_cpu(backend: CpuBackend, ctx: TrialContext<'_>, report: &mut WorkerReport) {
     match backend {
         #[cfg(feature = "extra-cpu-backends")]
@@ -295,6 +299,12 @@ fn run_cpu(backend: CpuBackend, ctx: TrialContext<'_>, report: &mut WorkerReport
         CpuBackend::Candle => {
             engine::run::<Autodiff<burn::backend::Candle>>(Default::default(), ctx, report)
         }
+        #[cfg(feature = "tch-backend")]
+        CpuBackend::Tch => engine::run::<Autodiff<burn::backend::LibTorch>>(
+            burn::backend::libtorch::LibTorchDevice::Cpu,
+            ctx,
+            report,
+        ),
         _ => engine::run::<Autodiff<Flex>>(Default::default(), ctx, report),
     }
 }

@@ -284,10 +284,11 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
     report
 }
 
-/// Trains on the chosen CPU backend. Only Flex is built by default (it is
-/// the fastest on every example model; see the README's backend table);
-/// ndarray and Candle come with the `extra-cpu-backends` feature and
-/// libtorch with `tch-backend`, for the benchmark.
+/// Trains on the chosen CPU backend. Only Flex is built by default (the
+/// fastest of Burn's own on every example model; see the README's backend
+/// table); ndarray and Candle come with `extra-cpu-backends`, for the
+/// benchmark, and libtorch with `tch-backend` (which `auto` then takes for
+/// the CNN and the transformer).
 fn run_cpu(backend: CpuBackend, ctx: TrialContext<'_>, report: &mut WorkerReport) {
     match backend {
         #[cfg(feature = "extra-cpu-backends")]

@@ -225,6 +225,9 @@ pub struct PoliciesArgs {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
+    if !matches!(cli.command, Command::Serve(_)) {
+        set_sighup_blocked(false);
+    }
     match &cli.command {
         Command::Serve(args) => serve::run(&cli, args),
         Command::Advise(args) => advise::run(&cli, args),
@@ -233,6 +236,23 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Validate(args) => validate::run(&cli, args),
         Command::Policies(args) => show::policies(&cli, args),
         Command::Config(args) => show::config(&cli, args),
+    }
+}
+
+/// Blocks or unblocks SIGHUP for the calling thread (and the threads it
+/// starts later). Child processes start with an empty mask (std resets it).
+pub fn set_sighup_blocked(blocked: bool) {
+    // SAFETY: plain signal-mask calls on a local, initialized set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        let how = if blocked {
+            libc::SIG_BLOCK
+        } else {
+            libc::SIG_UNBLOCK
+        };
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }
 

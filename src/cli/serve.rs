@@ -33,6 +33,9 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         let edges = Edges::production(&settings, Box::new(reload))
             .context("cannot find the batchd binary to run trials with")?;
         let control = signals().context("cannot install the signal handlers")?;
+        // main() blocked SIGHUP until now; one that came early is delivered
+        // here, to the handler, as a reload.
+        super::set_sighup_blocked(false);
         batchd::daemon::run(settings, listener, control, edges).await?;
         Ok::<(), anyhow::Error>(())
     })?;

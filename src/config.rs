@@ -45,6 +45,13 @@ pub struct Config {
     /// jobs come only from the jobs folder, whose permissions decide who
     /// may run code.
     pub allow_command_jobs_over_http: bool,
+    /// Host names (or `name:port`) the API answers to besides its listen
+    /// address and `localhost`. Any other `Host` header is refused before
+    /// a handler runs: a web page on a name rebound to this machine sends
+    /// its own name (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// How command trials are contained: `auto`, `cgroup` or `subreaper`.
+    pub trial_containment: crate::trial::Containment,
 }
 
 impl Default for Config {
@@ -60,6 +67,8 @@ impl Default for Config {
             data_roots: Vec::new(),
             api_token_file: None,
             allow_command_jobs_over_http: false,
+            allowed_hosts: Vec::new(),
+            trial_containment: crate::trial::Containment::Auto,
         }
     }
 }
@@ -154,6 +163,15 @@ impl Config {
                 "max_spec_file",
                 format!("must be at least 1KiB, got {}", self.max_spec_file),
             );
+        }
+        for (i, host) in self.allowed_hosts.iter().enumerate() {
+            let name = host.trim();
+            if name.is_empty() || name.contains(['/', ' ', '@', '*']) {
+                problems.push(
+                    format!("allowed_hosts[{i}]"),
+                    format!("must be a host name or address, optionally with :port, got `{host}`"),
+                );
+            }
         }
         for (i, root) in self.data_roots.iter().enumerate() {
             if !root.is_absolute() {

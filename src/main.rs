@@ -12,6 +12,10 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some(batchd::trial::WORKER_SUBCOMMAND.as_ref()) {
         return ExitCode::from(batchd::trial::worker::main() as u8);
     }
+    if std::env::args_os().nth(1).as_deref() == Some(batchd::trial::SUPERVISOR_SUBCOMMAND.as_ref())
+    {
+        return ExitCode::from(batchd::trial::supervisor_main() as u8);
+    }
     // Before anything else (a trial worker never serves): a SIGHUP
     // (systemd's reload) that arrives while the daemon starts must wait
     // for its handler, not kill the process by the default action. `cli::run` unblocks it again: `serve` once its

@@ -31,6 +31,9 @@ pub enum StateError {
     Encode(#[from] serde_json::Error),
     #[error("{} exists already", .0.display())]
     Exists(PathBuf),
+    /// Another batchd holds the state folder.
+    #[error("the state folder is in use by another batchd ({holder}, holding {}); two daemons on one state folder would run the same jobs twice and lose history. Stop it, or give this one its own --state-dir", path.display())]
+    Locked { path: PathBuf, holder: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -47,21 +50,31 @@ pub struct CacheKey {
     pub spec_hash: String,
     pub device_model: String,
     pub batchd_version: String,
+    /// The digest of the data files' contents (empty for a spec that names
+    /// none): the same spec over changed data is other work.
+    #[serde(default)]
+    pub data_digest: String,
 }
 
 impl CacheKey {
-    pub fn new(spec_hash: &str, device_model: &str) -> CacheKey {
+    pub fn new(spec_hash: &str, device_model: &str, data_digest: &str) -> CacheKey {
         CacheKey {
             spec_hash: spec_hash.to_string(),
             device_model: device_model.to_string(),
             batchd_version: env!("CARGO_PKG_VERSION").to_string(),
+            data_digest: data_digest.to_string(),
         }
     }
 
     /// A file-name-safe digest of the key.
     pub fn digest(&self) -> String {
         let mut hasher = Sha256::new();
-        for part in [&self.spec_hash, &self.device_model, &self.batchd_version] {
+        for part in [
+            &self.spec_hash,
+            &self.device_model,
+            &self.batchd_version,
+            &self.data_digest,
+        ] {
             hasher.update(part.as_bytes());
             hasher.update([0u8]);
         }
@@ -114,6 +127,9 @@ impl std::fmt::Display for RunOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub spec_hash: String,
+    /// The data's digest ([`CacheKey::data_digest`]).
+    #[serde(default)]
+    pub data_digest: String,
     pub device: TrialDevice,
     pub device_model: String,
     pub batchd_version: String,
@@ -128,9 +144,15 @@ pub struct RunRecord {
 
 impl RunRecord {
     /// A run that starts now, by this batchd.
-    pub fn started(spec_hash: &str, device: TrialDevice, device_model: &str) -> RunRecord {
+    pub fn started(
+        spec_hash: &str,
+        data_digest: &str,
+        device: TrialDevice,
+        device_model: &str,
+    ) -> RunRecord {
         RunRecord {
             spec_hash: spec_hash.to_string(),
+            data_digest: data_digest.to_string(),
             device,
             device_model: device_model.to_string(),
             batchd_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -144,10 +166,11 @@ impl RunRecord {
         }
     }
 
-    /// Whether this run answers the given work (same spec, device model
-    /// and batchd version).
+    /// Whether this run answers the given work (same spec, data, device
+    /// model and batchd version).
     pub fn answers(&self, key: &CacheKey) -> bool {
         self.spec_hash == key.spec_hash
+            && self.data_digest == key.data_digest
             && self.device_model == key.device_model
             && self.batchd_version == key.batchd_version
     }
@@ -163,10 +186,71 @@ struct History {
 /// Runs kept per job; older ones are dropped.
 const HISTORY_RUNS_KEPT: usize = 50;
 
+/// The largest state file read (a history or a recommendation). Real ones
+/// are kilobytes; anything larger is set aside as corrupt, unread.
+pub const MAX_STATE_FILE: u64 = 16 * 1024 * 1024;
+
+/// The file whose `flock` marks the state folder as held by a daemon.
+const LOCK_FILE: &str = "daemon.lock";
+
+/// A daemon's hold on its state folder, released when dropped (or when the
+/// process dies: the kernel drops the `flock`).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: fs::File,
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Takes the state folder `root` for this process alone, before anything
+/// in it is touched (opening the store sweeps temporary files): a second
+/// daemon on the same folder is refused, naming the holder, rather than
+/// marking the first one's live searches interrupted and running them
+/// twice.
+pub fn lock_state_folder(root: &Path) -> Result<StateLock, StateError> {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    fs::create_dir_all(root).map_err(io(root))?;
+    let path = root.join(LOCK_FILE);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(io(&path))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io(&path)(error));
+        }
+        let mut holder = String::new();
+        let _ = Read::by_ref(&mut file).take(256).read_to_string(&mut holder);
+        let holder = holder.trim();
+        return Err(StateError::Locked {
+            path,
+            holder: if holder.is_empty() {
+                "a process that has not written its pid yet".into()
+            } else {
+                holder.to_string()
+            },
+        });
+    }
+    let me = format!("pid {} on {}\n", std::process::id(), host_name());
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(me.as_bytes()));
+    written.map_err(io(&path))?;
+    Ok(StateLock { _file: file })
 }
 
 /// The state folder.
@@ -233,7 +317,7 @@ impl StateStore {
         let file = if safe {
             job.to_string()
         } else {
-            CacheKey::new(job, "").digest()
+            CacheKey::new(job, "", "").digest()
         };
         self.root.join("history").join(format!("{file}.json"))
     }
@@ -384,6 +468,18 @@ impl StateStore {
         let path = self.recommendation_path(key);
         match read_json::<StoredRecommendation>(&path) {
             Ok(None) => (None, None),
+            // Checked on every read: a document of another version parses
+            // (unknown fields are ignored) but does not mean the same.
+            Ok(Some(stored)) if stored.recommendation.schema_version != SCHEMA_VERSION => (
+                None,
+                Some(self.set_aside(
+                    &path,
+                    &format!(
+                        "it holds a recommendation of schema version {}; this batchd reads version {SCHEMA_VERSION}",
+                        stored.recommendation.schema_version
+                    ),
+                )),
+            ),
             Ok(Some(stored)) if stored.key == *key => (Some(stored), None),
             Ok(Some(_)) => (
                 None,
@@ -425,7 +521,8 @@ impl StateStore {
 /// The schema version of the recommendation a stored file holds; 1 for
 /// the flat documents that had no version.
 fn stored_schema_version(path: &Path) -> Option<u32> {
-    let value: serde_json::Value = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
+    let bytes = crate::spec::read::read_regular_file(path, MAX_STATE_FILE).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let recommendation = value.get("recommendation")?.as_object()?;
     Some(match recommendation.get("schema_version") {
         Some(version) => u32::try_from(version.as_u64()?).ok()?,
@@ -434,22 +531,28 @@ fn stored_schema_version(path: &Path) -> Option<u32> {
 }
 
 /// Reads JSON: `Ok(None)` when the file does not exist, `Err` with the
-/// reason when it exists but cannot be used.
+/// reason when it exists but cannot be used. The file is opened without
+/// blocking and checked on the opened descriptor, so a FIFO, a device (a
+/// link to `/dev/zero`) or a huge file is refused, never read.
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, Unusable> {
-    match fs::read(path) {
+    use crate::spec::read::ReadError;
+    match crate::spec::read::read_regular_file(path, MAX_STATE_FILE) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(Unusable::Json),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Unusable::Io(e)),
+        Err(_) if path.symlink_metadata().is_err() => Ok(None),
+        Err(ReadError::TooLarge { size, limit }) => Err(Unusable::TooLarge { size, limit }),
+        Err(e) => Err(Unusable::File(e)),
     }
 }
 
 /// Why a state file that exists cannot be used.
 #[derive(Debug, thiserror::Error)]
 enum Unusable {
-    #[error("{0}")]
-    Io(std::io::Error),
+    #[error("it {0}")]
+    File(crate::spec::read::ReadError),
+    #[error("it is {size} bytes, over the state-file limit of {limit}")]
+    TooLarge { size: u64, limit: u64 },
     #[error("{0}")]
     Json(serde_json::Error),
 }
@@ -503,7 +606,14 @@ fn write_temporary(path: &Path, bytes: &[u8]) -> Result<PathBuf, StateError> {
         std::process::id()
     ));
     let written = (|| {
-        let mut file = fs::File::create(&temporary)?;
+        // Never through a planted link or over a planted file.
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()
     })();
@@ -514,6 +624,13 @@ fn write_temporary(path: &Path, bytes: &[u8]) -> Result<PathBuf, StateError> {
             Err(io(&temporary)(e))
         }
     }
+}
+
+/// This machine's name, to say where a lock's holder runs.
+fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|n| n.trim().to_string())
+        .unwrap_or_else(|_| "this machine".into())
 }
 
 /// Makes a rename or link in `path`'s folder durable; failure here loses
@@ -592,7 +709,7 @@ mod tests {
     #[test]
     fn recommendations_survive_a_reopen_and_follow_their_key() {
         let dir = tempfile::tempdir().unwrap();
-        let key = CacheKey::new("abc", "NVIDIA H200");
+        let key = CacheKey::new("abc", "NVIDIA H200", "");
         {
             let store = StateStore::open(dir.path()).unwrap();
             store
@@ -605,11 +722,11 @@ mod tests {
         assert_eq!(stored.unwrap().recommendation.batch_size, 64);
         // Another device model or spec is other work.
         assert!(store
-            .get_recommendation(&CacheKey::new("abc", "cpu"))
+            .get_recommendation(&CacheKey::new("abc", "cpu", ""))
             .0
             .is_none());
         assert!(store
-            .get_recommendation(&CacheKey::new("abd", "NVIDIA H200"))
+            .get_recommendation(&CacheKey::new("abd", "NVIDIA H200", ""))
             .0
             .is_none());
         // No temporary files are left behind.
@@ -625,7 +742,7 @@ mod tests {
     fn a_version_1_recommendation_is_set_aside_naming_its_version() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
-        let key = CacheKey::new("abc", "cpu");
+        let key = CacheKey::new("abc", "cpu", "");
         let flat = serde_json::json!({
             "key": key,
             "job": "j",
@@ -647,7 +764,7 @@ mod tests {
     fn a_corrupt_file_is_set_aside_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
-        let key = CacheKey::new("abc", "cpu");
+        let key = CacheKey::new("abc", "cpu", "");
         fs::write(store.recommendation_path(&key), b"{ half a recommen").unwrap();
         let (stored, warning) = store.get_recommendation(&key);
         assert!(stored.is_none());
@@ -676,7 +793,7 @@ mod tests {
     fn run(hash: &str, started: u64) -> RunRecord {
         RunRecord {
             started_at_unix_s: started,
-            ..RunRecord::started(hash, TrialDevice::Cpu, "cpu")
+            ..RunRecord::started(hash, "", TrialDevice::Cpu, "cpu")
         }
     }
 
@@ -702,8 +819,8 @@ mod tests {
         assert_eq!(runs[0].batch_size, Some(64));
         assert!(runs[0].finished_at_unix_s.is_some());
         assert_eq!(runs[1].outcome, RunOutcome::Interrupted);
-        assert!(runs[1].answers(&CacheKey::new("h2", "cpu")));
-        assert!(!runs[1].answers(&CacheKey::new("h2", "NVIDIA H100")));
+        assert!(runs[1].answers(&CacheKey::new("h2", "cpu", "")));
+        assert!(!runs[1].answers(&CacheKey::new("h2", "NVIDIA H100", "")));
     }
 
     #[test]

@@ -75,7 +75,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .layer(axum::middleware::map_response(
             problems_for_framework_errors,
         ))
-        .layer(axum::middleware::from_fn(check_request_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            check_request_headers,
+        ))
         .with_state(shared)
 }
 
@@ -123,25 +126,103 @@ async fn problems_for_framework_errors(response: Response) -> Response {
     answer
 }
 
-/// HTTP/1.1 requires `Host`; and a state-changing request a browser sends
-/// from another site carries an `Origin` that is not this server, which
-/// is refused (the token, when set, is the other guard).
+/// Whether `host` (a `Host` header's value) names this daemon: its listen
+/// address, `localhost`, or a configured `allowed_hosts` entry. A web page
+/// on a name an attacker rebinds to 127.0.0.1 (DNS rebinding) sends its
+/// own name here, and its `Origin` matches that name, so this check, not
+/// the Origin check, is what keeps such a page out. IP literals other than
+/// the listen address are accepted only when the daemon listens on all
+/// addresses (a rebinding attack needs a name, never an IP literal).
+pub fn host_allowed(host: &str, listen: std::net::SocketAddr, allowed: &[String]) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    // `name`, `name:port`, `[v6]`, `[v6]:port`.
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((inside, tail)) if tail.is_empty() || is_port(tail) => inside.to_string(),
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if is_port(&format!(":{port}")) => name.to_string(),
+            Some(_) => return false,
+            None => host.clone(),
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(&name);
+    if name.is_empty() {
+        return false;
+    }
+    if name == "localhost" {
+        return true;
+    }
+    if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+        let bound = listen.ip();
+        if ip == bound || bound.is_unspecified() || (bound.is_loopback() && ip.is_loopback()) {
+            return true;
+        }
+    }
+    allowed.iter().any(|entry| {
+        let entry = entry.trim().to_ascii_lowercase();
+        let entry = entry.strip_suffix('.').unwrap_or(&entry);
+        // An entry with a port must match the whole header.
+        entry == name || entry == host
+    })
+}
+
+/// `:digits`, a port suffix.
+fn is_port(tail: &str) -> bool {
+    tail.strip_prefix(':')
+        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The checks every request passes before any handler runs, and before
+/// its body is read (so a refused request never gets `100 Continue`):
+///
+/// - HTTP/1.1 requires `Host`, and it must name this daemon
+///   ([`host_allowed`]; 421 otherwise);
+/// - a state-changing request a browser sends from another site carries an
+///   `Origin` that is not this server, which is refused (403);
+/// - a state-changing request needs the bearer token when one is
+///   configured (401);
+/// - a declared `Content-Length` over `max_request_body` is refused (413).
 async fn check_request_headers(
+    State(shared): State<Arc<Shared>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let settings = shared.settings();
     let host = request
         .headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    if request.version() == axum::http::Version::HTTP_11 && host.is_none() {
-        return Problem::new(
-            StatusCode::BAD_REQUEST,
-            "Missing Host header",
-            "HTTP/1.1 requests must carry a Host header",
-        )
-        .into_response();
+    match &host {
+        None if request.version() == axum::http::Version::HTTP_11 => {
+            return Problem::new(
+                StatusCode::BAD_REQUEST,
+                "Missing Host header",
+                "HTTP/1.1 requests must carry a Host header",
+            )
+            .into_response();
+        }
+        Some(host)
+            if !host_allowed(
+                host,
+                settings.config.listen,
+                &settings.config.allowed_hosts,
+            ) =>
+        {
+            let shown: String = host.chars().take(100).collect();
+            return Problem::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "Unknown host",
+                format!(
+                    "this daemon answers to its listen address, localhost and its allowed_hosts, not `{shown}` (a page on another name may be a DNS-rebinding attack)"
+                ),
+            )
+            .into_response();
+        }
+        _ => {}
     }
     let changes_state = !matches!(
         *request.method(),
@@ -163,6 +244,26 @@ async fn check_request_headers(
                 .into_response();
             }
         }
+        if let Err(problem) = authorize(&settings, request.headers()) {
+            return problem.into_response();
+        }
+    }
+    let limit = settings.config.max_request_body.bytes();
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Payload Too Large",
+            format!(
+                "the body is {} bytes, over the limit of {limit} (max_request_body)",
+                declared.unwrap_or(0)
+            ),
+        )
+        .into_response();
     }
     next.run(request).await
 }
@@ -176,6 +277,7 @@ fn problem_for(error: ServiceError) -> Problem {
         }
         ServiceError::CommandJobsRefused => StatusCode::FORBIDDEN,
         ServiceError::Exists(_)
+        | ServiceError::FileChanged { .. }
         | ServiceError::InvalidJob(_)
         | ServiceError::NoRecommendation { .. } => StatusCode::CONFLICT,
         ServiceError::Store(_)
@@ -188,6 +290,7 @@ fn problem_for(error: ServiceError) -> Problem {
         ServiceError::InvalidSpec(_) | ServiceError::DataOutsideRoots(_) => "Invalid job spec",
         ServiceError::CommandJobsRefused => "Command jobs are not accepted over HTTP",
         ServiceError::Exists(_) => "Job exists",
+        ServiceError::FileChanged { .. } => "The job's file changed",
         ServiceError::InvalidJob(_) => "Cannot retune",
         ServiceError::NoRecommendation { .. } => "No recommendation yet",
         ServiceError::Store(_) => "Cannot store the spec",
@@ -212,8 +315,7 @@ fn refused(error: ServiceError) -> Response {
 }
 
 /// State-changing endpoints need the bearer token when one is configured.
-fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Problem> {
-    let settings = shared.settings();
+fn authorize(settings: &super::Settings, headers: &HeaderMap) -> Result<(), Problem> {
     let Some(token) = &settings.api_token else {
         return Ok(());
     };
@@ -276,9 +378,6 @@ fn syntax_of(headers: &HeaderMap) -> Result<crate::validation::Syntax, Problem> 
 }
 
 async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(problem) = authorize(&shared, &headers) {
-        return problem.into_response();
-    }
     let syntax = match syntax_of(&headers) {
         Ok(syntax) => syntax,
         Err(problem) => return problem.into_response(),
@@ -299,12 +398,8 @@ async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
 
 async fn delete_job(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(problem) = authorize(&shared, &headers) {
-        return problem.into_response();
-    }
     match shared.delete(&name).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(error) => refused(error),
@@ -313,12 +408,8 @@ async fn delete_job(
 
 async fn retune_job(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(problem) = authorize(&shared, &headers) {
-        return problem.into_response();
-    }
     match shared.retune(&name) {
         Ok(job) => (StatusCode::ACCEPTED, Json(job)).into_response(),
         Err(error) => refused(error),
@@ -343,7 +434,7 @@ async fn openapi() -> Json<serde_json::Value> {
                 "get": {"summary": "all jobs", "responses": {"200": {"description": "jobs"}}},
                 "post": {"summary": "submit a job spec (TOML, or JSON/YAML by Content-Type)", "security": [{"bearer": []}],
                          "requestBody": {"content": {"application/toml": {}, "application/json": {}, "application/yaml": {}}},
-                         "responses": {"201": job, "401": problem, "403": problem, "409": problem, "413": {"description": "body too large"}, "422": problem}}
+                         "responses": {"201": job, "401": problem, "403": problem, "409": problem, "413": problem, "421": problem, "422": problem}}
             },
             "/v1/jobs/{name}": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
@@ -646,6 +737,41 @@ mod tests {
             .as_object()
             .map(|o| o.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn only_hosts_that_name_the_daemon_are_allowed() {
+        let loopback: std::net::SocketAddr = "127.0.0.1:8477".parse().unwrap();
+        let any: std::net::SocketAddr = "0.0.0.0:8477".parse().unwrap();
+        let allowed = vec!["gpu-box.lab".to_string(), "proxy.lab:443".to_string()];
+        for host in [
+            "localhost",
+            "LOCALHOST:8477",
+            "localhost.",
+            "127.0.0.1",
+            "127.0.0.1:8477",
+            "[::1]:8477",
+            "gpu-box.lab:9999",
+            "proxy.lab:443",
+        ] {
+            assert!(host_allowed(host, loopback, &allowed), "{host}");
+        }
+        for host in [
+            "attacker.example",
+            "attacker.example:8477",
+            "10.0.0.5:8477",
+            "proxy.lab:80",
+            "localhost.attacker.example",
+            "localhost:8477:1",
+            "[::1",
+            "",
+            ":8477",
+        ] {
+            assert!(!host_allowed(host, loopback, &allowed), "{host}");
+        }
+        // Listening on every address: any IP literal, still no strange names.
+        assert!(host_allowed("10.0.0.5:8477", any, &[]));
+        assert!(!host_allowed("attacker.example:8477", any, &[]));
     }
 
     #[test]

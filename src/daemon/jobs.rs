@@ -30,6 +30,10 @@ pub struct Job {
     pub error: Option<String>,
     /// The recommendation came from the state folder, not from new trials.
     pub reused: bool,
+    /// The identity of the data files the spec reads (a digest of their
+    /// contents): changed data is other work, tuned again.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub data_digest: String,
     #[serde(skip)]
     pub recommendation: Option<Recommendation>,
     /// Documents show the spec by its hash alone.
@@ -50,6 +54,11 @@ impl Job {
         self.spec.as_ref().map(|spec| spec.content_hash.as_str())
     }
 
+    /// What a valid job's work is: its spec and its data.
+    pub fn identity(&self) -> Option<(&str, &str)> {
+        Some((self.spec_hash()?, self.data_digest.as_str()))
+    }
+
     fn invalid(name: String, path: PathBuf, errors: Vec<FieldError>) -> Job {
         Job {
             name,
@@ -61,6 +70,7 @@ impl Job {
             errors,
             error: None,
             reused: false,
+            data_digest: String::new(),
             recommendation: None,
             spec: None,
         }
@@ -68,7 +78,7 @@ impl Job {
 
     /// A valid spec's job, restored from the state folder when its work
     /// was already done (or already failed) on this kind of device.
-    fn restore(shared: &Shared, path: PathBuf, spec: JobSpec) -> Job {
+    fn restore(shared: &Shared, path: PathBuf, spec: JobSpec, data_digest: String) -> Job {
         let name = spec.name.clone();
         let mut job = Job {
             name: name.clone(),
@@ -80,13 +90,14 @@ impl Job {
             errors: Vec::new(),
             error: None,
             reused: false,
+            data_digest,
             recommendation: None,
             spec: None,
         };
         let keys: Vec<CacheKey> = shared
             .models_for(spec.search.device)
             .iter()
-            .map(|model| CacheKey::new(&spec.content_hash, model))
+            .map(|model| CacheKey::new(&spec.content_hash, model, &job.data_digest))
             .collect();
         for key in &keys {
             let (stored, warning) = shared.store.get_recommendation(key);
@@ -412,15 +423,13 @@ pub fn reconcile(shared: &Shared) {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let found = read_folder(shared);
     shared.metrics.rescans.inc();
-    let snapshot: BTreeMap<String, (PathBuf, Option<String>, JobState)> = match shared.jobs.lock() {
+    type Identity = Option<(String, String)>;
+    let snapshot: BTreeMap<String, (PathBuf, Identity, JobState)> = match shared.jobs.lock() {
         Ok(jobs) => jobs
             .iter()
             .map(|(name, job)| {
-                let entry = (
-                    job.source_path.clone(),
-                    job.spec_hash().map(str::to_string),
-                    job.state,
-                );
+                let identity = job.identity().map(|(s, d)| (s.to_string(), d.to_string()));
+                let entry = (job.source_path.clone(), identity, job.state);
                 (name.clone(), entry)
             })
             .collect(),
@@ -434,18 +443,27 @@ pub fn reconcile(shared: &Shared) {
     let wanted = assign_keys(found, &owners);
     // New and changed jobs, restored from the state folder outside the lock.
     let mut replacements: Vec<(String, Job)> = Vec::new();
+    // Unchanged jobs whose spec now lives in another file (renamed): the
+    // job follows its file, so a DELETE removes the right one.
+    let mut moved: Vec<(String, PathBuf)> = Vec::new();
     for (key, want) in wanted.iter() {
         let current = snapshot.get(key);
         match want {
             Wanted::Valid(path, spec) => {
-                let unchanged = current.is_some_and(|(_, hash, state)| {
-                    hash.as_deref() == Some(spec.content_hash.as_str())
-                        && *state != JobState::Invalid
+                // Hashed when the data files changed since the last rescan.
+                let data = shared.data_digests.digest(spec);
+                let unchanged = current.is_some_and(|(_, identity, state)| {
+                    identity.as_ref().is_some_and(|(hash, old_data)| {
+                        *hash == spec.content_hash && *old_data == data
+                    }) && *state != JobState::Invalid
                 });
+                if unchanged && current.is_some_and(|(old, _, _)| old != path) {
+                    moved.push((key.clone(), path.clone()));
+                }
                 if !unchanged {
                     replacements.push((
                         key.clone(),
-                        Job::restore(shared, path.clone(), (**spec).clone()),
+                        Job::restore(shared, path.clone(), (**spec).clone(), data),
                     ));
                 }
             }
@@ -462,6 +480,16 @@ pub fn reconcile(shared: &Shared) {
         let Ok(mut jobs) = shared.jobs.lock() else {
             return;
         };
+        for (key, path) in moved {
+            if let Some(job) = jobs.get_mut(&key) {
+                tracing::info!(
+                    "job {key}: its spec moved from {} to {}",
+                    job.source_path.display(),
+                    path.display()
+                );
+                job.source_path = path;
+            }
+        }
         for (key, job) in replacements {
             let same_invalid = jobs.get(&key).is_some_and(|j| {
                 j.state == JobState::Invalid

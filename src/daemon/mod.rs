@@ -9,6 +9,7 @@
 //! crashed daemon left behind are marked interrupted and run again.
 
 pub mod api;
+mod data_identity;
 pub mod http;
 pub mod jobs;
 pub mod scheduler;
@@ -157,6 +158,7 @@ impl Edges<ProcessTrialRunner> {
         options.data_cache_dir = Some(crate::machine::daemon_data_cache(
             &settings.config.state_dir,
         ));
+        options.containment = settings.config.trial_containment;
         Ok(Edges {
             machine,
             runner: ProcessTrialRunner::new(options),
@@ -197,6 +199,8 @@ pub struct Shared {
     /// Held by POST and DELETE from their check to their rescan, so two
     /// requests never claim one name.
     pub(crate) claims: tokio::sync::Mutex<()>,
+    /// The digests of the jobs' data files, hashed again only on change.
+    pub(crate) data_digests: data_identity::DataDigests,
 }
 
 impl Shared {
@@ -222,6 +226,7 @@ impl Shared {
             reconciling: Mutex::new(()),
             spec_cache: Mutex::new(HashMap::new()),
             claims: tokio::sync::Mutex::new(()),
+            data_digests: data_identity::DataDigests::default(),
         }
     }
 
@@ -270,10 +275,10 @@ impl Shared {
         }
     }
 
-    /// Updates a job if it still holds the same spec.
-    fn update_job(&self, name: &str, hash: &str, update: impl FnOnce(&mut Job)) {
+    /// Updates a job if it still holds the same work: spec and data.
+    fn update_job(&self, name: &str, work: (&str, &str), update: impl FnOnce(&mut Job)) {
         if let Ok(mut jobs) = self.jobs.lock() {
-            if let Some(job) = jobs.get_mut(name).filter(|j| j.spec_hash() == Some(hash)) {
+            if let Some(job) = jobs.get_mut(name).filter(|j| j.identity() == Some(work)) {
                 update(job);
             }
         }
@@ -364,6 +369,9 @@ pub async fn run<R: TrialRunner + 'static>(
     edges: Edges<R>,
 ) -> Result<(), DaemonError> {
     let config = &settings.config;
+    // First of all: a second daemon on this state folder stops here,
+    // before it sweeps or marks anything of the first one's.
+    let _state_lock = crate::state::lock_state_folder(&config.state_dir)?;
     std::fs::create_dir_all(&config.jobs_dir).map_err(|source| DaemonError::JobsFolder {
         path: config.jobs_dir.clone(),
         source,

@@ -65,12 +65,13 @@ pub fn plan(
 pub(super) async fn run<R: TrialRunner + 'static>(shared: Arc<Shared>, runner: Arc<R>) {
     let mut searches = JoinSet::new();
     loop {
-        for (name, spec, slot, cancel) in take_startable(&shared) {
+        for (name, spec, data, slot, cancel) in take_startable(&shared) {
             searches.spawn(run_search(
                 shared.clone(),
                 runner.clone(),
                 name,
                 spec,
+                data,
                 slot,
                 cancel,
             ));
@@ -82,7 +83,8 @@ pub(super) async fn run<R: TrialRunner + 'static>(shared: Arc<Shared>, runner: A
     }
 }
 
-type Startable = (String, JobSpec, DeviceSlot, Arc<Notify>);
+/// A job to start: its name, spec, data digest, device and cancel switch.
+type Startable = (String, JobSpec, String, DeviceSlot, Arc<Notify>);
 
 /// Takes the jobs to start off the queue and marks them running. Locks in
 /// the daemon's order: jobs, running, queue.
@@ -162,7 +164,8 @@ fn take_startable(shared: &Shared) -> Vec<Startable> {
             },
         );
         tracing::info!("job {name}: running on {device} ({})", slot.model);
-        startable.push((name, spec, slot, cancel));
+        let data = job.data_digest.clone();
+        startable.push((name, spec, data, slot, cancel));
     }
     startable
 }
@@ -179,16 +182,17 @@ async fn run_search<R: TrialRunner>(
     runner: Arc<R>,
     name: String,
     spec: JobSpec,
+    data: String,
     slot: DeviceSlot,
     cancel: Arc<Notify>,
 ) {
     let hash = spec.content_hash.clone();
-    let record = RunRecord::started(&hash, slot.device, &slot.model);
+    let record = RunRecord::started(&hash, &data, slot.device, &slot.model);
     let started_at_unix_s = record.started_at_unix_s;
     if let Err(error) = shared.store.record_run(&name, &record) {
         tracing::warn!("job {name}: cannot record the run in its history: {error}");
     }
-    let end = search(&shared, runner.as_ref(), &name, &spec, &slot, &cancel).await;
+    let end = search(&shared, runner.as_ref(), &name, &spec, &data, &slot, &cancel).await;
     if let Ok(mut running) = shared.running.lock() {
         if running
             .get(&name)
@@ -225,7 +229,7 @@ async fn run_search<R: TrialRunner>(
     match end {
         SearchEnd::Cancelled => tracing::info!("job {name}: search cancelled"),
         SearchEnd::Done(recommendation) => {
-            let key = CacheKey::new(&hash, &slot.model);
+            let key = CacheKey::new(&hash, &slot.model, &data);
             if let Err(error) = shared
                 .store
                 .put_recommendation(&key, &name, &recommendation)
@@ -233,7 +237,7 @@ async fn run_search<R: TrialRunner>(
                 tracing::error!("job {name}: cannot store the recommendation: {error}");
             }
             tracing::info!("job {name}: done, batch {}", recommendation.batch_size);
-            shared.update_job(&name, &hash, |job| {
+            shared.update_job(&name, (&hash, &data), |job| {
                 job.state = JobState::Done;
                 job.trials_done = recommendation.evidence.trials.len();
                 job.recommendation = Some(*recommendation);
@@ -241,7 +245,7 @@ async fn run_search<R: TrialRunner>(
         }
         SearchEnd::Failed(error) => {
             tracing::warn!("job {name}: failed: {error}");
-            shared.update_job(&name, &hash, |job| {
+            shared.update_job(&name, (&hash, &data), |job| {
                 job.state = JobState::Failed;
                 job.error = Some(error);
             });
@@ -254,6 +258,7 @@ async fn search<R: TrialRunner>(
     runner: &R,
     name: &str,
     spec: &JobSpec,
+    data: &str,
     slot: &DeviceSlot,
     cancel: &Notify,
 ) -> SearchEnd {
@@ -267,8 +272,9 @@ async fn search<R: TrialRunner>(
     let progress_shared = shared.clone();
     let progress_name = name.to_string();
     let progress_hash = spec.content_hash.clone();
+    let progress_data = data.to_string();
     let on_progress = move |p: &Progress| {
-        progress_shared.update_job(&progress_name, &progress_hash, |job| {
+        progress_shared.update_job(&progress_name, (&progress_hash, &progress_data), |job| {
             job.phase = Some(p.phase);
             job.trials_done = p.trials_done;
         });

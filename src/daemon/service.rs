@@ -35,6 +35,13 @@ pub enum ServiceError {
     NoRecommendation { name: String, state: JobState },
     #[error("cannot store the spec: {0}")]
     Store(#[from] StateError),
+    /// The job's file no longer holds it (changed since the last rescan).
+    #[error("{} no longer holds job `{name}`{}; nothing was removed", path.display(), holds.as_ref().map(|h| format!(" (it holds `{h}`)")).unwrap_or_default())]
+    FileChanged {
+        name: String,
+        path: PathBuf,
+        holds: Option<String>,
+    },
     #[error("cannot remove the spec {}: {source}", path.display())]
     Remove {
         path: PathBuf,
@@ -45,6 +52,13 @@ pub enum ServiceError {
     TaskLost(&'static str),
     #[error("the job table is unavailable")]
     Unavailable,
+}
+
+/// Why a DELETE did not unlink.
+enum Unlink {
+    HoldsOther(String),
+    Changed,
+    Io(std::io::Error),
 }
 
 fn join(errors: &[FieldError]) -> String {
@@ -65,28 +79,37 @@ impl Shared {
         syntax: Syntax,
     ) -> Result<Job, ServiceError> {
         let settings = self.settings();
-        let parsed = tokio::task::spawn_blocking(move || {
+        // Parsing and every look at the disk (data roots, data files) run
+        // off the async runtime's threads.
+        let checked = tokio::task::spawn_blocking(move || {
             let origin = SpecOrigin {
                 label: "<request body>".into(),
                 default_name: None,
                 base_dir: None,
             };
-            let parsed = parse_spec(&text, syntax, &origin, &settings.policies);
-            (text, parsed)
+            let spec = parse_spec(&text, syntax, &origin, &settings.policies)
+                .map_err(ServiceError::InvalidSpec)?;
+            if spec.command().is_some()
+                && !(settings.config.allow_command_jobs_over_http && settings.api_token.is_some())
+            {
+                return Err(ServiceError::CommandJobsRefused);
+            }
+            let outside = data_outside_roots(&settings.config.data_roots, &spec);
+            if !outside.is_empty() {
+                return Err(ServiceError::DataOutsideRoots(outside));
+            }
+            // The data files must be usable before the spec becomes a file:
+            // a spec refused here leaves nothing behind in the jobs folder.
+            let mut problems = crate::validation::Problems::new();
+            crate::spec::check_data_files(&spec, &mut problems);
+            let spec = problems
+                .finish(&origin.label, spec)
+                .map_err(ServiceError::InvalidSpec)?;
+            Ok((text, spec))
         })
         .await;
-        let (text, parsed) = parsed.map_err(|_| ServiceError::TaskLost("parser"))?;
-        let spec = parsed.map_err(ServiceError::InvalidSpec)?;
+        let (text, spec) = checked.map_err(|_| ServiceError::TaskLost("parser"))??;
         let settings = self.settings();
-        if spec.command().is_some()
-            && !(settings.config.allow_command_jobs_over_http && settings.api_token.is_some())
-        {
-            return Err(ServiceError::CommandJobsRefused);
-        }
-        let outside = self.data_outside_roots(&spec);
-        if !outside.is_empty() {
-            return Err(ServiceError::DataOutsideRoots(outside));
-        }
         // Name claims one at a time: the check, the file and the rescan
         // that makes it a job happen together.
         let _claim = self.claims.lock().await;
@@ -161,22 +184,50 @@ impl Shared {
         }
     }
 
-    /// Removes a job's spec file, and so the job.
+    /// Removes a job's spec file, and so the job. The table is brought in
+    /// line with the folder first (a renamed spec is followed), and the file
+    /// is read again just before it is unlinked: only a file that still
+    /// holds this job is removed, never one that took its old name.
     pub async fn delete(self: &Arc<Self>, name: &str) -> Result<(), ServiceError> {
         let _claim = self.claims.lock().await;
+        reconcile_now(self).await;
         let job = self.get(name)?;
         let path = job.source_path.clone();
-        let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(&path))
-            .await
-            .map_err(|_| ServiceError::TaskLost("remover"))?;
+        let settings = self.settings();
+        let valid = job.spec.is_some();
+        let owner = name.to_string();
+        let removed = tokio::task::spawn_blocking(move || {
+            if valid {
+                let limit = settings.config.max_spec_file.bytes();
+                match crate::spec::load_spec_file(&path, &settings.policies, limit) {
+                    Ok(spec) if spec.name == owner => {}
+                    Ok(spec) => return Err(Unlink::HoldsOther(spec.name)),
+                    // Not a valid spec any more: the next rescan decides.
+                    Err(_) => return Err(Unlink::Changed),
+                }
+            }
+            std::fs::remove_file(&path).map_err(Unlink::Io)
+        })
+        .await
+        .map_err(|_| ServiceError::TaskLost("remover"))?;
         reconcile_now(self).await;
         match removed {
             Ok(()) => Ok(()),
+            Err(Unlink::HoldsOther(other)) => Err(ServiceError::FileChanged {
+                name: name.to_string(),
+                path: job.source_path,
+                holds: Some(other),
+            }),
+            Err(Unlink::Changed) => Err(ServiceError::FileChanged {
+                name: name.to_string(),
+                path: job.source_path,
+                holds: None,
+            }),
             // Gone already (removed by hand, or by a racing request).
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Err(Unlink::Io(error)) if error.kind() == std::io::ErrorKind::NotFound => {
                 Err(ServiceError::NoSuchJob(name.to_string()))
             }
-            Err(source) => Err(ServiceError::Remove {
+            Err(Unlink::Io(source)) => Err(ServiceError::Remove {
                 path: job.source_path,
                 source,
             }),
@@ -186,7 +237,7 @@ impl Shared {
     /// Forgets a job's recommendation and queues it again (a job already
     /// queued or running stays as it is).
     pub fn retune(&self, name: &str) -> Result<Job, ServiceError> {
-        let (hash, choice) = {
+        let (hash, data, choice) = {
             let mut jobs = self.jobs.lock().map_err(|_| ServiceError::Unavailable)?;
             let job = jobs
                 .get_mut(name)
@@ -197,51 +248,49 @@ impl Shared {
             if matches!(job.state, JobState::Queued | JobState::Running) {
                 return Ok(job.clone());
             }
-            let (hash, choice) = (spec.content_hash.clone(), spec.search.device);
+            let (hash, data, choice) = (
+                spec.content_hash.clone(),
+                job.data_digest.clone(),
+                spec.search.device,
+            );
             job.state = JobState::Queued;
             job.recommendation = None;
             job.reused = false;
             job.error = None;
             job.trials_done = 0;
             job.phase = None;
-            (hash, choice)
+            (hash, data, choice)
         };
         for model in self.models_for(choice) {
             self.store
-                .remove_recommendation(&CacheKey::new(&hash, &model))?;
+                .remove_recommendation(&CacheKey::new(&hash, &model, &data))?;
         }
         self.enqueue(name);
         self.get(name)
     }
+}
 
-    /// Data files of a posted spec must lie under a configured data root:
-    /// the API must not become a way to read any file the daemon can.
-    fn data_outside_roots(&self, spec: &JobSpec) -> Vec<FieldError> {
-        let roots: Vec<PathBuf> = self
-            .settings()
-            .config
-            .data_roots
-            .iter()
-            .filter_map(|r| r.canonicalize().ok())
-            .collect();
-        spec.data_files()
-            .into_iter()
-            .filter_map(|(field, file)| {
-                let inside = file
-                    .canonicalize()
-                    .ok()
-                    .is_some_and(|f| roots.iter().any(|r| f.starts_with(r)));
-                (!inside).then(|| {
-                    FieldError::new(
-                        field,
-                        if roots.is_empty() {
-                            "specs posted over HTTP may read no files: the daemon has no data_roots configured".to_string()
-                        } else {
-                            format!("{} is not under a configured data root", file.display())
-                        },
-                    )
-                })
+/// Data files of a posted spec must lie under a configured data root: the
+/// API must not become a way to read any file the daemon can.
+fn data_outside_roots(roots: &[PathBuf], spec: &JobSpec) -> Vec<FieldError> {
+    let roots: Vec<PathBuf> = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
+    spec.data_files()
+        .into_iter()
+        .filter_map(|(field, file)| {
+            let inside = file
+                .canonicalize()
+                .ok()
+                .is_some_and(|f| roots.iter().any(|r| f.starts_with(r)));
+            (!inside).then(|| {
+                FieldError::new(
+                    field,
+                    if roots.is_empty() {
+                        "specs posted over HTTP may read no files: the daemon has no data_roots configured".to_string()
+                    } else {
+                        format!("{} is not under a configured data root", file.display())
+                    },
+                )
             })
-            .collect()
-    }
+        })
+        .collect()
 }

@@ -41,6 +41,12 @@ fn kind_of(file_type: std::fs::FileType) -> &'static str {
 /// would otherwise hang the reader), then the opened descriptor itself is
 /// checked, so no swap between check and read can slip through.
 pub fn read_spec_text(path: &Path, limit: u64) -> Result<String, ReadError> {
+    String::from_utf8(read_regular_file(path, limit)?).map_err(|_| ReadError::NotText)
+}
+
+/// The bytes of the regular file at `path`, at most `limit`; opened and
+/// checked as [`read_spec_text`] says. State files use it too.
+pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -73,7 +79,7 @@ pub fn read_spec_text(path: &Path, limit: u64) -> Result<String, ReadError> {
             limit,
         });
     }
-    String::from_utf8(bytes).map_err(|_| ReadError::NotText)
+    Ok(bytes)
 }
 
 #[cfg(test)]

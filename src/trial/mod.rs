@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::spec::{JobSpec, Precision};
 
 pub use parent::{kill_orphaned_trials, ProcessTrialRunner, RunnerOptions};
+pub use parent::supervisor_main;
 
 /// JSON has no NaN or infinity: non-finite floats travel as `null` and come
 /// back as NaN, so a diverged trial's losses survive the protocol.
@@ -61,6 +62,27 @@ pub use crate::machine::TrialDevice;
 
 /// The hidden subcommand a worker runs as.
 pub const WORKER_SUBCOMMAND: &str = "__trial-worker";
+
+/// The hidden subcommand a command trial's supervisor runs as.
+pub const SUPERVISOR_SUBCOMMAND: &str = "__trial-supervisor";
+
+/// How a command trial's processes are held together, so that none
+/// outlives its trial or escapes its memory accounting (README, "Trial
+/// containment").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Containment {
+    /// A cgroup per trial where batchd has a delegated cgroup v2 subtree
+    /// (systemd's `Delegate=yes`), else the subreaper.
+    #[default]
+    Auto,
+    /// A cgroup v2 per trial under batchd's own cgroup; an error where the
+    /// cgroup cannot be made.
+    Cgroup,
+    /// A per-trial supervisor process that is the child subreaper of the
+    /// trial's processes.
+    Subreaper,
+}
 
 /// Exit status of a worker that panicked on any thread.
 pub const PANIC_EXIT_CODE: i32 = 70;

@@ -5,11 +5,18 @@
 //! the job's folder with a clean environment plus `BATCHD_*` variables
 //! (batch size, steps, LR schedule, seed, device, report path); the command
 //! appends one JSON line per step to `$BATCHD_REPORT`. batchd supervises it
-//! like its own workers: deadline, memory of the whole process group (RSS on
-//! CPU, NVML per process on CUDA), stderr tail; then it classifies the end
-//! from the exit status, the out-of-memory phrases of PyTorch, JAX and
+//! like its own workers: deadline, memory of all the trial's processes (RSS
+//! on CPU, NVML per process on CUDA), stderr tail; then it classifies the
+//! end from the exit status, the out-of-memory phrases of PyTorch, JAX and
 //! TensorFlow, and the report, which must be complete and well-formed.
+//!
+//! The command runs under a supervisor of its own (`supervisor.rs`), and in
+//! a cgroup of its own where batchd has a delegated one (`contain.rs`), so
+//! that nothing it starts outlives the trial or escapes its memory limit.
 
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
@@ -17,15 +24,27 @@ use std::time::Instant;
 use serde::Deserialize;
 use tokio::process::Command;
 
+use super::contain::{trial_cgroup, TrialProcesses};
 use super::supervise::{
     apply_report, collect_stderr_tail, effective_limit, empty_result, failed, supervise, Finished,
-    MemorySampler, RunnerOptions,
+    MemorySampler, RunnerOptions, Scope,
 };
+use super::supervisor::{START_FAILED_EXIT, SUPERVISOR_MARKER};
 use crate::spec::CommandSpec;
 use crate::trial::divergence::first_divergence;
 use crate::trial::{
     GradNoiseSample, Outcome, TrialDevice, TrialRequest, TrialResult, WorkerReport,
+    SUPERVISOR_SUBCOMMAND,
 };
+
+/// The longest line a report may hold (a step record is well under 1 KiB).
+/// The report is read line by line, so a command that writes a huge line
+/// costs batchd at most this much memory, and its trial is `crashed`.
+pub const REPORT_LINE_LIMIT: usize = 64 * 1024;
+
+/// How many names the report file is tried under before the trial fails:
+/// each name is fresh and random, so only a planted file can be in the way.
+const REPORT_NAME_ATTEMPTS: usize = 16;
 
 /// Variables the command inherits from batchd's environment; everything
 /// else is cleared. PATH finds interpreters, HOME and the locale keep
@@ -134,9 +153,20 @@ fn tolerate_non_finite(line: &str) -> String {
 #[error("{0}")]
 pub struct BadReport(pub String);
 
-/// Turns the report file into the report batchd's own worker would send.
-/// `Err` says what is wrong with the file, naming the line.
-pub fn read_report(text: &str, request: &TrialRequest) -> Result<WorkerReport, BadReport> {
+/// Turns a report's text into the report batchd's own worker would send.
+/// `Err` says what is wrong with it, naming the line.
+#[cfg(test)]
+fn read_report(text: &str, request: &TrialRequest) -> Result<WorkerReport, BadReport> {
+    parse_report(text.as_bytes(), request).map(|(report, _)| report)
+}
+
+/// Reads a report line by line, each line at most [`REPORT_LINE_LIMIT`]
+/// bytes and the whole at most that per step (blank lines are skipped but
+/// count). Returns the report and how many step records it held.
+fn parse_report(
+    mut reader: impl BufRead,
+    request: &TrialRequest,
+) -> Result<(WorkerReport, usize), BadReport> {
     let mut report = WorkerReport {
         outcome: Some(Outcome::Ok),
         backend: "command".into(),
@@ -154,11 +184,43 @@ pub fn read_report(text: &str, request: &TrialRequest) -> Result<WorkerReport, B
         big_sq_norms: Vec::new(),
         small_sq_norms: Vec::new(),
     });
-    for (index, raw) in text.lines().enumerate() {
+    let budget = (request.steps as u64 + 1) * (REPORT_LINE_LIMIT as u64 + 1);
+    let mut total = 0u64;
+    let mut buffer = Vec::new();
+    let mut number = 0usize;
+    loop {
+        buffer.clear();
+        let read = (&mut reader)
+            .take(REPORT_LINE_LIMIT as u64 + 1)
+            .read_until(b'\n', &mut buffer)
+            .map_err(|e| BadReport(format!("cannot read the report: {e}")))?;
+        if read == 0 {
+            break;
+        }
+        number += 1;
+        total += read as u64;
+        let ended = buffer.last() == Some(&b'\n');
+        if !ended && read > REPORT_LINE_LIMIT {
+            return Err(BadReport(format!(
+                "report line {number} is longer than the limit of {} per line (a step record is one short JSON line)",
+                crate::units::ByteSize(REPORT_LINE_LIMIT as u64)
+            )));
+        }
+        if total > budget {
+            return Err(BadReport(format!(
+                "the report is longer than {} ({} steps, at most {} a line)",
+                crate::units::ByteSize(budget),
+                request.steps,
+                crate::units::ByteSize(REPORT_LINE_LIMIT as u64)
+            )));
+        }
+        let Ok(raw) = std::str::from_utf8(&buffer) else {
+            return Err(BadReport(format!("report line {number} is not UTF-8")));
+        };
+        let raw = raw.trim_end_matches(['\n', '\r']);
         if raw.trim().is_empty() {
             continue;
         }
-        let number = index + 1;
         let line: ReportLine = serde_json::from_str(&tolerate_non_finite(raw)).map_err(|e| {
             let shown: String = raw.chars().take(80).collect();
             BadReport(format!(
@@ -245,17 +307,93 @@ pub fn read_report(text: &str, request: &TrialRequest) -> Result<WorkerReport, B
             .warnings
             .push("BATCHD_VALIDATE was set but the command reported no val_loss".into());
     }
-    Ok(report)
+    Ok((report, times.len()))
 }
 
-/// A report file of its own for each trial.
-fn report_path() -> PathBuf {
-    static TRIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let serial = TRIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    std::env::temp_dir().join(format!(
-        "batchd-report-{}-{serial}.jsonl",
-        std::process::id()
-    ))
+/// A trial's report file, made by batchd and read back through the
+/// descriptor that made it: a command that renames it or puts a link, a
+/// FIFO or `/dev/zero` in its place cannot make batchd read anything else.
+struct ReportFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl ReportFile {
+    /// A new, empty file `batchd-report-<pid>-<serial>-<random>.jsonl` in
+    /// the temporary folder. Made with `O_CREAT|O_EXCL|O_NOFOLLOW` and mode
+    /// 0600: a name that exists (a planted link above all) is never
+    /// followed or reused, and a fresh random name is tried instead.
+    fn create() -> std::io::Result<ReportFile> {
+        static TRIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let serial = TRIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir();
+        create_exclusive(&dir, || {
+            format!(
+                "batchd-report-{}-{serial}-{:016x}.jsonl",
+                std::process::id(),
+                random_u64()
+            )
+        })
+    }
+
+    /// The report, read line by line from the start: `None` when it holds
+    /// no step.
+    fn read(&mut self, request: &TrialRequest) -> Option<Result<WorkerReport, BadReport>> {
+        if let Err(e) = self.file.rewind() {
+            return Some(Err(BadReport(format!("cannot read the report: {e}"))));
+        }
+        let reader = BufReader::with_capacity(REPORT_LINE_LIMIT, &self.file);
+        match parse_report(reader, request) {
+            Ok((_, 0)) => None,
+            Ok((report, _)) => Some(Ok(report)),
+            Err(error) => Some(Err(error)),
+        }
+    }
+}
+
+impl Drop for ReportFile {
+    fn drop(&mut self) {
+        // Unlinks whatever holds the name now; a link is removed, never
+        // followed.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Creates a new file in `dir` under the first name from `names` that does
+/// not exist yet, with `O_CREAT|O_EXCL|O_NOFOLLOW` and mode 0600.
+fn create_exclusive(dir: &Path, mut names: impl FnMut() -> String) -> std::io::Result<ReportFile> {
+    let mut last = None;
+    for _ in 0..REPORT_NAME_ATTEMPTS {
+        let path = dir.join(names());
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        match opened {
+            Ok(file) => return Ok(ReportFile { path, file }),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => last = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::ErrorKind::AlreadyExists.into()))
+}
+
+/// 64 random bits from the kernel (the clock's nanoseconds should
+/// getrandom fail, which it does not on Linux 3.17 and later).
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom fills at most the 8 bytes it is given.
+    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if filled == bytes.len() as isize {
+        u64::from_ne_bytes(bytes)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
 }
 
 /// The environment variable naming the batchd process a trial belongs to.
@@ -309,22 +447,6 @@ pub fn kill_orphaned_trials() -> usize {
     found
 }
 
-/// Kills a trial's whole process group when dropped: at the trial's end
-/// (a data loader worker can outlive its parent) or when the search that
-/// awaited it is cancelled.
-struct GroupKiller(u32);
-
-impl Drop for GroupKiller {
-    fn drop(&mut self) {
-        if self.0 > 0 {
-            // SAFETY: signalling the process group this trial created.
-            unsafe {
-                libc::kill(-(self.0 as i32), libc::SIGKILL);
-            }
-        }
-    }
-}
-
 /// Runs one trial of a command job.
 pub async fn run(
     options: &RunnerOptions,
@@ -346,66 +468,106 @@ pub async fn run(
             started,
         );
     };
-    let report_file = report_path();
-    if let Err(error) = std::fs::write(&report_file, b"") {
-        let reason = format!(
-            "cannot create the report file {}: {error}",
-            report_file.display()
-        );
-        return failed(result, Outcome::Crashed, reason, started);
-    }
-    let mut process = Command::new(program);
+    let mut report = match ReportFile::create() {
+        Ok(report) => report,
+        Err(error) => {
+            let reason = format!(
+                "cannot create the report file in {}: {error}",
+                std::env::temp_dir().display()
+            );
+            return failed(result, Outcome::Crashed, reason, started);
+        }
+    };
+    let cgroup = match trial_cgroup(options.containment) {
+        Ok(cgroup) => cgroup,
+        Err(reason) => return failed(result, Outcome::Crashed, reason, started),
+    };
+    // The supervisor (this binary) starts the command in the same folder
+    // and environment; it shares the trial's process group, which it leads.
+    let mut process = Command::new(&options.worker_exe);
     process
-        .args(&command.argv[1..])
+        .arg(SUPERVISOR_SUBCOMMAND)
+        .arg("--")
+        .args(&command.argv)
         .current_dir(&command.workdir)
         .env_clear()
-        .envs(environment(&request, command, &report_file, |name| {
+        .envs(environment(&request, command, &report.path, |name| {
             std::env::var(name).ok()
         }))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    let join_cgroup = cgroup.as_ref().and_then(|c| c.join_fd());
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
-        process.pre_exec(|| {
-            // Dies with batchd, and can never gain privileges (no setuid).
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        process.pre_exec(move || {
+            // SIGTERM, not SIGKILL, when batchd dies: the supervisor then
+            // still kills the trial's processes. Checked after setting it,
+            // should batchd have died already.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // Nothing in the trial can gain privileges (no setuid).
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+            if let Some(fd) = join_cgroup {
+                // `0` moves the writer: the supervisor, before it runs
+                // anything, so the command is never outside the cgroup.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
     let mut child = match process.spawn() {
         Ok(child) => child,
         Err(error) => {
-            let _ = std::fs::remove_file(&report_file);
-            let reason = format!(
-                "cannot start `{program}` in {}: {error}",
-                command.workdir.display()
-            );
+            let reason = match &cgroup {
+                Some(cgroup) => format!(
+                    "cannot start `{program}` in {} inside the trial cgroup {}: {error}",
+                    command.workdir.display(),
+                    cgroup.dir().display()
+                ),
+                None => format!(
+                    "cannot start `{program}` in {}: {error}",
+                    command.workdir.display()
+                ),
+            };
             return failed(result, Outcome::Crashed, reason, started);
         }
     };
-    let pid = child.id().unwrap_or(0);
-    let group = GroupKiller(pid);
+    let processes = TrialProcesses::new(child.id().unwrap_or(0), cgroup);
     let stderr_tail = collect_stderr_tail(child.stderr.take());
-    let mut sampler = MemorySampler::new(request.device, pid, true, options.gpu_probe.clone());
+    let mut sampler = MemorySampler::new(
+        request.device,
+        Scope::Trial(&processes),
+        options.gpu_probe.clone(),
+    );
     let (exit, killed) = supervise(
         &mut child,
         &mut sampler,
         request.deadline,
         options.sample_interval,
         limit,
-        // Never 0: kill(-0) would signal batchd's own process group.
-        Some(pid).filter(|&pid| pid > 0),
     )
     .await;
-    drop(group);
-    let stderr_tail = stderr_tail.await.unwrap_or_default();
-    let text = std::fs::read_to_string(&report_file).unwrap_or_default();
-    let _ = std::fs::remove_file(&report_file);
-    let parsed = (!text.trim().is_empty()).then(|| read_report(&text, &request));
+    let (peak, device_total) = (sampler.peak, sampler.device_total);
+    let counted_by_cgroup = processes.counts_memory();
+    processes.finish();
+    let stderr_tail = stderr_tail.finish().await;
+    if exit.code == Some(START_FAILED_EXIT) {
+        let said = stderr_tail
+            .lines()
+            .find_map(|line| line.strip_prefix(SUPERVISOR_MARKER));
+        if let Some(said) = said {
+            return failed(result, Outcome::Crashed, said.trim().to_string(), started);
+        }
+    }
+    let parsed = report.read(&request);
+    drop(report);
 
     // Only a command that exited 0 vouches for its report; otherwise the
     // exit (and stderr) decides, and the partial report only adds losses.
@@ -426,8 +588,8 @@ pub async fn run(
         }),
         _ => None,
     };
-    let peak = sampler.peak;
     let source = match request.device {
+        TrialDevice::Cpu if counted_by_cgroup => "cgroup",
         TrialDevice::Cpu => "rss",
         TrialDevice::Cuda(_) => "nvml",
     };
@@ -437,7 +599,7 @@ pub async fn run(
         stderr_tail,
         peak_memory_bytes: peak,
         peak_memory_source: source,
-        device_memory_total_bytes: sampler.device_total,
+        device_memory_total_bytes: device_total,
         memory_limit_bytes: limit,
         foreign: true,
     };
@@ -591,5 +753,84 @@ mod tests {
         assert_eq!(report.outcome, Some(Outcome::Diverged));
         assert_eq!(report.steps_completed, 4);
         assert_eq!(report.losses.len(), 4);
+    }
+
+    #[test]
+    fn a_line_past_the_cap_is_refused_without_reading_it_whole() {
+        let request = request(4);
+        // Exactly at the cap is a line; one byte more is not.
+        let padded = format!(
+            "{{\"step\": 0, \"loss\": 1, \"time\": 0, \"pad\": \"{}\"}}",
+            "x".repeat(REPORT_LINE_LIMIT - 40)
+        );
+        assert_eq!(padded.len(), REPORT_LINE_LIMIT);
+        let report = read_report(&format!("{padded}\n"), &request).unwrap();
+        assert_eq!(report.steps_completed, 1);
+        let long = format!("{padded}x\n");
+        let error = read_report(&long, &request).unwrap_err().to_string();
+        assert!(
+            error.contains("report line 1 is longer than the limit of 64KiB"),
+            "{error}"
+        );
+        // An endless line (a reader that never runs out) ends at the cap.
+        let endless = std::io::BufReader::new(std::io::repeat(b'x'));
+        let error = parse_report(endless, &request).unwrap_err().to_string();
+        assert!(error.contains("longer than the limit"), "{error}");
+        // Endless blank lines end at the report's budget.
+        let blank = std::io::BufReader::new(std::io::repeat(b'\n'));
+        let error = parse_report(blank, &request).unwrap_err().to_string();
+        assert!(error.contains("the report is longer than"), "{error}");
+    }
+
+    #[test]
+    fn a_report_of_blank_lines_holds_no_step() {
+        let request = request(4);
+        let (_, records) = parse_report("\n  \n".as_bytes(), &request).unwrap();
+        assert_eq!(records, 0);
+    }
+
+    #[test]
+    fn a_planted_link_at_a_report_name_is_neither_followed_nor_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let canary = dir.path().join("canary");
+        std::fs::write(&canary, "precious").unwrap();
+        std::os::unix::fs::symlink(&canary, dir.path().join("first")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("second")).unwrap();
+        let mut names = ["first", "second", "third"].into_iter();
+        let report = create_exclusive(dir.path(), || names.next().unwrap().to_string()).unwrap();
+        assert_eq!(report.path, dir.path().join("third"));
+        assert_eq!(std::fs::read_to_string(&canary).unwrap(), "precious");
+        assert!(
+            !dir.path().join("nowhere").exists(),
+            "a dangling link was followed"
+        );
+        let meta = std::fs::symlink_metadata(&report.path).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // Every name taken: an error, not a reuse.
+        std::fs::write(dir.path().join("taken"), "").unwrap();
+        let error = create_exclusive(dir.path(), || "taken".to_string())
+            .err()
+            .unwrap();
+        assert_eq!(error.kind(), std::io::ErrorKind::AlreadyExists);
+        drop(report);
+        assert!(
+            !dir.path().join("third").exists(),
+            "removed after the trial"
+        );
+    }
+
+    #[test]
+    fn the_report_is_read_through_the_descriptor_batchd_made() {
+        let request = request(4);
+        let dir = tempfile::tempdir().unwrap();
+        let mut report = create_exclusive(dir.path(), || "r.jsonl".to_string()).unwrap();
+        std::fs::write(&report.path, line(0, "1.0", 0.0)).unwrap();
+        // The command swaps the name for something else afterwards.
+        std::fs::remove_file(&report.path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &report.path).unwrap();
+        let parsed = report.read(&request).unwrap().unwrap();
+        assert_eq!(parsed.steps_completed, 1);
     }
 }

@@ -3,14 +3,15 @@
 //! what happened into a [`TrialResult`].
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use super::supervise::{
-    apply_report, collect_stderr_tail, effective_limit, empty_result, failed, max_option,
-    supervise, Finished, MemorySampler, RunnerOptions,
+    apply_report, collect_stderr_tail, drain, effective_limit, empty_result, failed, max_option,
+    supervise, Finished, MemorySampler, RunnerOptions, Scope,
 };
 use crate::trial::memory::parse_refusal;
 use crate::trial::{
@@ -88,42 +89,45 @@ impl ProcessTrialRunner {
         }
         let stdout = child.stdout.take();
         let on_event = self.options.on_event.clone();
-        let events = tokio::spawn(async move {
-            let mut report: Option<WorkerReport> = None;
-            let mut garbled = 0usize;
-            if let Some(stdout) = stdout {
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    match serde_json::from_str::<WorkerEvent>(&line) {
-                        Ok(event) => {
-                            if let Some(callback) = &on_event {
-                                callback(&event);
-                            }
-                            if let WorkerEvent::Result { report: r } = event {
-                                report = Some(*r);
-                            }
-                        }
-                        Err(_) => garbled += 1,
-                    }
+        // The final report and the count of unreadable lines, kept outside
+        // the reader so they survive its abort (see `drain`).
+        let events: Arc<Mutex<(Option<WorkerReport>, usize)>> = Arc::default();
+        let seen = Arc::clone(&events);
+        let reader = tokio::spawn(async move {
+            let Some(stdout) = stdout else { return };
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let event = serde_json::from_str::<WorkerEvent>(&line);
+                if let (Ok(event), Some(callback)) = (&event, &on_event) {
+                    callback(event);
+                }
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                match event {
+                    Ok(WorkerEvent::Result { report }) => seen.0 = Some(*report),
+                    Ok(_) => {}
+                    Err(_) => seen.1 += 1,
                 }
             }
-            (report, garbled)
         });
         let stderr_tail = collect_stderr_tail(child.stderr.take());
 
-        let mut sampler =
-            MemorySampler::new(request.device, pid, false, self.options.gpu_probe.clone());
+        let mut sampler = MemorySampler::new(
+            request.device,
+            Scope::Process(pid),
+            self.options.gpu_probe.clone(),
+        );
         let (exit, killed) = supervise(
             &mut child,
             &mut sampler,
             request.deadline,
             self.options.sample_interval,
             limit,
-            None,
         )
         .await;
-        let (report, garbled) = events.await.unwrap_or((None, 0));
-        let stderr_tail = stderr_tail.await.unwrap_or_default();
+        drain(reader).await;
+        let (report, garbled) =
+            std::mem::take(&mut *events.lock().unwrap_or_else(|e| e.into_inner()));
+        let stderr_tail = stderr_tail.finish().await;
 
         // The peak: the parent's samples, and the worker's own figures.
         let (peak, source) = match request.device {

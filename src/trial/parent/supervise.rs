@@ -1,23 +1,30 @@
 //! Supervision shared by the worker runner and the command runner: the
-//! runner options, the deadline and memory watch over a child (or its
-//! whole process group), the stderr tail, and the result a failed or
-//! finished trial becomes.
+//! runner options, the deadline and memory watch over a child (or over all
+//! the processes of a command trial), the stderr tail, and the result a
+//! failed or finished trial becomes.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
 use super::classify::{classify, KillReason, Observation};
+use super::contain::{TrialProcesses, SUPERVISOR_GRACE};
 use crate::gpu::GpuProbe;
-use crate::trial::memory::read_rss;
+use crate::trial::memory::{read_rss, Rss};
 use crate::trial::{
     ExitInfo, Outcome, TrialDevice, TrialRequest, TrialResult, WorkerEvent, WorkerReport,
 };
 
 /// Keep this much of the end of a worker's stderr.
 const STDERR_TAIL_BYTES: usize = 8 * 1024;
+
+/// How long the parent still reads a trial's stderr (and a worker's
+/// stdout) once the process has exited: a descendant that inherited the
+/// pipe and outlives the trial would otherwise hold it open, and the trial
+/// past its deadline, for as long as it lives. What was read is kept.
+pub(super) const PIPE_DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 type ProgressCallback = Arc<dyn Fn(&WorkerEvent) + Send + Sync>;
 
@@ -36,6 +43,8 @@ pub struct RunnerOptions {
     pub data_cache_dir: Option<PathBuf>,
     /// Called for every event a worker sends (progress, for live views).
     pub on_event: Option<ProgressCallback>,
+    /// How command trials are contained.
+    pub containment: crate::trial::Containment,
 }
 
 impl RunnerOptions {
@@ -48,6 +57,7 @@ impl RunnerOptions {
             kernel_cache_dir: None,
             data_cache_dir: None,
             on_event: None,
+            containment: crate::trial::Containment::Auto,
         })
     }
 }
@@ -71,52 +81,83 @@ pub(super) fn apply_report(result: &mut TrialResult, report: WorkerReport) {
     result.warnings = report.warnings;
 }
 
-/// Keeps the last [`STDERR_TAIL_BYTES`] a child writes to stderr.
-pub(super) fn collect_stderr_tail(
-    stderr: Option<tokio::process::ChildStderr>,
-) -> tokio::task::JoinHandle<String> {
-    tokio::spawn(async move {
-        let mut tail: Vec<u8> = Vec::new();
-        if let Some(mut stderr) = stderr {
-            let mut chunk = [0u8; 4096];
-            while let Ok(read) = stderr.read(&mut chunk).await {
-                if read == 0 {
-                    break;
-                }
-                tail.extend_from_slice(&chunk[..read]);
-                if tail.len() > 2 * STDERR_TAIL_BYTES {
-                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-                }
-            }
-        }
+/// Waits at most [`PIPE_DRAIN_GRACE`] for a pipe reader to reach EOF,
+/// then stops it.
+pub(super) async fn drain(mut reader: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(PIPE_DRAIN_GRACE, &mut reader)
+        .await
+        .is_err()
+    {
+        reader.abort();
+    }
+}
+
+/// The last [`STDERR_TAIL_BYTES`] a child wrote to stderr, read as it comes.
+pub(super) struct StderrTail {
+    tail: Arc<Mutex<Vec<u8>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl StderrTail {
+    /// The tail, once the pipe is at EOF or [`PIPE_DRAIN_GRACE`] has passed.
+    pub async fn finish(self) -> String {
+        drain(self.reader).await;
+        let mut tail = std::mem::take(&mut *self.tail.lock().unwrap_or_else(|e| e.into_inner()));
         if tail.len() > STDERR_TAIL_BYTES {
             tail.drain(..tail.len() - STDERR_TAIL_BYTES);
         }
         String::from_utf8_lossy(&tail).into_owned()
-    })
+    }
 }
 
-/// Waits for a child while enforcing its deadline and memory limit. With
-/// `process_group`, the whole group is killed, not just the child.
+/// Starts keeping the last [`STDERR_TAIL_BYTES`] a child writes to stderr.
+pub(super) fn collect_stderr_tail(stderr: Option<tokio::process::ChildStderr>) -> StderrTail {
+    let tail = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&tail);
+    let reader = tokio::spawn(async move {
+        let Some(mut stderr) = stderr else { return };
+        let mut chunk = [0u8; 4096];
+        while let Ok(read) = stderr.read(&mut chunk).await {
+            if read == 0 {
+                break;
+            }
+            let mut tail = kept.lock().unwrap_or_else(|e| e.into_inner());
+            tail.extend_from_slice(&chunk[..read]);
+            if tail.len() > 2 * STDERR_TAIL_BYTES {
+                let excess = tail.len() - STDERR_TAIL_BYTES;
+                tail.drain(..excess);
+            }
+        }
+    });
+    StderrTail { tail, reader }
+}
+
+/// Waits for a child while enforcing its deadline and memory limit. A
+/// worker is killed alone; a command trial's supervisor is told to end the
+/// trial, and killed with the process group if it has not exited
+/// [`SUPERVISOR_GRACE`] later.
 pub(super) async fn supervise(
     child: &mut tokio::process::Child,
-    sampler: &mut MemorySampler,
+    sampler: &mut MemorySampler<'_>,
     deadline: Duration,
     sample_interval: Duration,
     limit: Option<u64>,
-    process_group: Option<u32>,
 ) -> (ExitInfo, Option<KillReason>) {
-    let kill = |child: &mut tokio::process::Child| {
-        if let Some(group) = process_group.filter(|&group| group > 0) {
-            // SAFETY: signalling a process group we created.
-            unsafe {
-                libc::kill(-(group as i32), libc::SIGKILL);
-            }
+    let trial = match sampler.scope {
+        Scope::Trial(processes) => Some(processes),
+        Scope::Process(_) => None,
+    };
+    let kill = |child: &mut tokio::process::Child| match trial {
+        Some(processes) => processes.terminate(),
+        None => {
+            let _ = child.start_kill();
         }
-        let _ = child.start_kill();
     };
     let deadline = tokio::time::sleep(deadline);
     tokio::pin!(deadline);
+    let escalation = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(escalation);
+    let mut escalated = false;
     let mut ticker = tokio::time::interval(sample_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut killed: Option<KillReason> = None;
@@ -126,6 +167,7 @@ pub(super) async fn supervise(
             _ = &mut deadline, if killed.is_none() => {
                 killed = Some(KillReason::Deadline);
                 kill(child);
+                escalation.as_mut().reset(tokio::time::Instant::now() + SUPERVISOR_GRACE);
             }
             _ = ticker.tick(), if killed.is_none() => {
                 let current = sampler.sample().await;
@@ -133,7 +175,14 @@ pub(super) async fn supervise(
                     if current > limit {
                         killed = Some(KillReason::MemoryLimit { peak: current, limit });
                         kill(child);
+                        escalation.as_mut().reset(tokio::time::Instant::now() + SUPERVISOR_GRACE);
                     }
+                }
+            }
+            _ = &mut escalation, if killed.is_some() && !escalated && trial.is_some() => {
+                escalated = true;
+                if let Some(processes) = trial {
+                    processes.kill_hard();
                 }
             }
         }
@@ -282,29 +331,33 @@ pub(super) fn failed(
     result
 }
 
-/// Samples a trial's memory: RSS on CPU, NVML per-process on CUDA; of the
-/// one process, or of its whole process group (a training script's data
-/// loader workers count against its trial).
-pub(super) struct MemorySampler {
+/// Whose memory a sampler measures.
+pub(super) enum Scope<'a> {
+    /// One process: batchd's own worker.
+    Process(u32),
+    /// Every process of a command trial (its supervisor left out): the
+    /// cgroup's counters or members, or the supervisor's descendants. Only
+    /// these are read, never the rest of the machine.
+    Trial(&'a TrialProcesses),
+}
+
+/// Samples a trial's memory: RSS on CPU (or a trial cgroup's working set),
+/// NVML per-process on CUDA; of the one worker, or of all of a command
+/// trial's processes (a training script's data loader workers, and what
+/// left its process group, count against its trial).
+pub(super) struct MemorySampler<'a> {
     device: TrialDevice,
-    pid: u32,
-    group: bool,
+    scope: Scope<'a>,
     probe: Option<Arc<dyn GpuProbe>>,
     pub peak: Option<u64>,
     pub device_total: Option<u64>,
 }
 
-impl MemorySampler {
-    pub fn new(
-        device: TrialDevice,
-        pid: u32,
-        group: bool,
-        probe: Option<Arc<dyn GpuProbe>>,
-    ) -> Self {
+impl<'a> MemorySampler<'a> {
+    pub fn new(device: TrialDevice, scope: Scope<'a>, probe: Option<Arc<dyn GpuProbe>>) -> Self {
         MemorySampler {
             device,
-            pid,
-            group,
+            scope,
             probe,
             peak: None,
             device_total: None,
@@ -312,10 +365,9 @@ impl MemorySampler {
     }
 
     fn pids(&self) -> Vec<u32> {
-        if self.group {
-            process_group_members(self.pid)
-        } else {
-            vec![self.pid]
+        match self.scope {
+            Scope::Process(pid) => vec![pid],
+            Scope::Trial(processes) => processes.pids(),
         }
     }
 
@@ -323,17 +375,21 @@ impl MemorySampler {
     pub async fn sample(&mut self) -> Option<u64> {
         let current = match self.device {
             TrialDevice::Cpu => {
-                let own = read_rss(self.pid)?;
-                let current: u64 = if self.group {
-                    self.pids()
-                        .into_iter()
-                        .filter_map(read_rss)
-                        .map(|r| r.current_bytes)
-                        .sum()
-                } else {
-                    own.current_bytes
+                let counted = match self.scope {
+                    Scope::Trial(processes) => processes.counted_memory(),
+                    Scope::Process(_) => None,
                 };
-                self.peak = max_option(self.peak, Some(own.peak_bytes.max(current)));
+                let (current, peak) = match counted {
+                    Some(current) => (current, current),
+                    None => {
+                        let rss: Vec<Rss> = self.pids().into_iter().filter_map(read_rss).collect();
+                        if rss.is_empty() {
+                            return None;
+                        }
+                        rss_figures(&rss)
+                    }
+                };
+                self.peak = max_option(self.peak, Some(peak));
                 current
             }
             TrialDevice::Cuda(index) => {
@@ -369,26 +425,56 @@ impl MemorySampler {
     }
 }
 
-/// Processes in the process group `group` (whose leader is `group`).
-fn process_group_members(group: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return vec![group];
-    };
-    let mut members: Vec<u32> = entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // Field 5 is the group; the name (field 2) may hold spaces.
-                    let after_name = &stat[stat.rfind(')')? + 1..];
-                    after_name.split_whitespace().nth(2)?.parse::<u32>().ok()
-                })
-                == Some(group)
-        })
-        .collect();
-    if !members.contains(&group) {
-        members.push(group);
+/// `(current, peak)` of processes sampled together: the summed RSS, and
+/// the larger of it and any one process's high-water mark (a spike between
+/// two samples).
+fn rss_figures(rss: &[Rss]) -> (u64, u64) {
+    let current: u64 = rss.iter().map(|r| r.current_bytes).sum();
+    let highest = rss.iter().map(|r| r.peak_bytes).max().unwrap_or(0);
+    (current, current.max(highest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Stdio;
+
+    #[test]
+    fn memory_of_several_processes_is_their_sum_or_one_peak() {
+        let rss = |current_bytes, peak_bytes| Rss {
+            current_bytes,
+            peak_bytes,
+        };
+        assert_eq!(rss_figures(&[rss(10, 12), rss(5, 5)]), (15, 15));
+        assert_eq!(rss_figures(&[rss(10, 40), rss(5, 5)]), (15, 40));
     }
-    members
+
+    #[tokio::test]
+    async fn stderr_held_open_by_a_descendant_is_read_only_briefly() {
+        // The shell writes a line and exits; its background sleep keeps the
+        // pipe open for 30 s.
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", "echo last words >&2; sleep 30 & exit 0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = child.id().unwrap() as i32;
+        let tail = collect_stderr_tail(child.stderr.take());
+        child.wait().await.unwrap();
+        let started = Instant::now();
+        let text = tail.finish().await;
+        let waited = started.elapsed();
+        // SAFETY: the process group this test created.
+        unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        }
+        assert!(text.contains("last words"), "{text:?}");
+        assert!(
+            waited < PIPE_DRAIN_GRACE + Duration::from_millis(500),
+            "waited {waited:?}"
+        );
+    }
 }

@@ -19,8 +19,22 @@ pub(super) fn csv_file(
         "csv label={label_column:?} header={has_header} delimiter={delimiter:?} classes={classes}"
     );
     let cached = cache.and_then(|dir| {
+        // An unreadable CSV is reported by the parse below.
         let entry = cache::entry_for_file(dir, path, &settings).ok()?;
-        cache::load(&entry)
+        match cache::load(&entry, classes) {
+            Ok(found) => found,
+            Err(error) => {
+                // Reported and removed, then replaced by the parse below.
+                eprintln!(
+                    "batchd: warning: the cached samples of {} in {} were not used and are \
+                     parsed again: {error}",
+                    path.display(),
+                    entry.path.display()
+                );
+                cache::discard(&entry);
+                None
+            }
+        }
     });
     let (parsed, from_cache) = match cached {
         Some(parsed) => (parsed, true),
@@ -147,8 +161,11 @@ fn parse(
             }
         }
     }
-    if labels.len() < 2 {
-        return Err(format_error(path, "needs at least 2 data rows"));
+    if labels.len() < MIN_SAMPLES {
+        return Err(format_error(
+            path,
+            format!("needs at least {MIN_SAMPLES} data rows"),
+        ));
     }
     let sample_len = inputs.len() / labels.len();
     standardize(&mut inputs, sample_len);

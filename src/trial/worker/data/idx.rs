@@ -43,13 +43,33 @@ pub(super) fn idx_files(
         ));
     }
     let (count, rows, cols) = (shape[0], shape[1], shape[2]);
-    let needed = header + count * rows * cols;
-    if image_bytes.len() < needed {
+    // Checked: a header's sizes can multiply past any address space (and
+    // would wrap to a small number unchecked), so they are compared with
+    // the file's length before anything is allocated for them.
+    let needed = rows
+        .checked_mul(cols)
+        .and_then(|pixels| pixels.checked_mul(count))
+        .and_then(|bytes| bytes.checked_add(header));
+    let Some(needed) = needed.filter(|&needed| needed <= image_bytes.len()) else {
         return Err(format_error(
             images,
             format!(
-                "is truncated: {} bytes, the header promises {needed}",
+                "is truncated or corrupt: its IDX header promises {count} images of \
+                 {rows}x{cols} pixels ({}), the file holds {} bytes",
+                needed.map_or_else(
+                    || "more bytes than fit in memory".into(),
+                    |n| format!("{n} bytes")
+                ),
                 image_bytes.len()
+            ),
+        ));
+    };
+    if count < MIN_SAMPLES || rows == 0 || cols == 0 {
+        return Err(format_error(
+            images,
+            format!(
+                "its IDX header promises {count} images of {rows}x{cols} pixels; \
+                 a trial needs at least {MIN_SAMPLES} images of at least one pixel"
             ),
         ));
     }
@@ -71,8 +91,17 @@ pub(super) fn idx_files(
             ),
         ));
     }
+    // `count` is at most the images file's length here, so this cannot
+    // overflow.
     if label_bytes.len() < label_header + count {
-        return Err(format_error(labels_path, "is truncated"));
+        return Err(format_error(
+            labels_path,
+            format!(
+                "is truncated: {} bytes, its IDX header promises {}",
+                label_bytes.len(),
+                label_header + count
+            ),
+        ));
     }
     let labels: Vec<i32> = label_bytes[label_header..label_header + count]
         .iter()

@@ -34,6 +34,10 @@ pub enum DataError {
     Shape(String),
 }
 
+/// Samples a dataset needs: one to train on and one to validate with
+/// ([`split_indices`] takes at least one of each).
+const MIN_SAMPLES: usize = 2;
+
 fn format_error(path: &Path, message: impl Into<String>) -> DataError {
     DataError::Format {
         path: path.to_path_buf(),
@@ -504,6 +508,57 @@ mod tests {
             error.to_string().contains("out of range for 5 classes"),
             "{error}"
         );
+    }
+
+    /// An IDX file with `kind` 0x08, the given sizes and `payload` bytes.
+    fn idx(dir: &Path, name: &str, sizes: &[u32], payload: usize) -> PathBuf {
+        let mut bytes = vec![0, 0, 0x08, sizes.len() as u8];
+        for size in sizes {
+            bytes.extend_from_slice(&size.to_be_bytes());
+        }
+        bytes.resize(bytes.len() + payload, 0);
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn idx_headers_that_overflow_or_overpromise_are_data_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = idx(dir.path(), "labels.idx", &[1 << 22], 1 << 22);
+        // 2^22 x 2^21 x 2^21 bytes is 2^64: wraps to 0 unchecked.
+        let images = idx(dir.path(), "images.idx", &[1 << 22, 1 << 21, 1 << 21], 0);
+        let error = idx_files(&images, &labels, 10, 0.2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("IDX header promises 4194304 images of 2097152x2097152 pixels")
+                && error.contains("more bytes than fit in memory"),
+            "{error}"
+        );
+        let images = idx(dir.path(), "images.idx", &[4, 8, 8], 255);
+        let labels = idx(dir.path(), "labels.idx", &[4], 4);
+        let error = idx_files(&images, &labels, 10, 0.2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("(272 bytes), the file holds 271 bytes"),
+            "{error}"
+        );
+        let short = idx(dir.path(), "short.idx", &[4], 3);
+        let images = idx(dir.path(), "images.idx", &[4, 8, 8], 256);
+        let error = idx_files(&images, &short, 10, 0.2).unwrap_err().to_string();
+        assert!(error.contains("is truncated: 11 bytes"), "{error}");
+        assert!(idx_files(&images, &labels, 10, 0.2).is_ok());
+        // Fewer images than a split needs, or empty images.
+        for sizes in [[0, 8, 8], [1, 8, 8], [4, 0, 8]] {
+            let images = idx(dir.path(), "images.idx", &sizes, 256);
+            let labels = idx(dir.path(), "labels.idx", &[sizes[0]], 4);
+            let error = idx_files(&images, &labels, 10, 0.2)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("a trial needs at least 2 images"), "{error}");
+        }
     }
 
     #[test]

@@ -1,0 +1,155 @@
+//! The identity of a job's data: a SHA-256 of the contents of every data
+//! file its spec names, so a recommendation is reused only for the data it
+//! was tuned on. Files are hashed again only when their stamp (device,
+//! inode, size, modification and change times) changes, so an idle folder
+//! costs a stat per data file per rescan.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use crate::spec::JobSpec;
+
+/// What identifies one version of a data file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified_ns: i128,
+    changed_ns: i128,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            device: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            changed_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+}
+
+/// Data-file digests by path, with the stamp each was taken at.
+#[derive(Debug, Default)]
+pub struct DataDigests {
+    memo: Mutex<HashMap<PathBuf, (Stamp, String)>>,
+}
+
+impl DataDigests {
+    /// The identity of the data `spec` reads: empty for a spec that names
+    /// no data files (synthetic data, a command job), else a digest over
+    /// each file's field and content digest. A file that cannot be read
+    /// contributes its error, so it still differs from any readable one.
+    /// Blocking: call it off the async runtime's threads.
+    pub fn digest(&self, spec: &JobSpec) -> String {
+        let files = spec.data_files();
+        if files.is_empty() {
+            return String::new();
+        }
+        let mut hasher = Sha256::new();
+        for (field, path) in files {
+            hasher.update(field.as_bytes());
+            hasher.update([0u8]);
+            hasher.update(self.file_digest(path).as_bytes());
+            hasher.update([0u8]);
+        }
+        hex(&hasher.finalize()[..16])
+    }
+
+    fn file_digest(&self, path: &Path) -> String {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            // A FIFO swapped in must not hang the rescan.
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path);
+        let file = match opened {
+            Ok(file) => file,
+            Err(error) => return format!("unreadable: {error}"),
+        };
+        let meta = match file.metadata() {
+            Ok(meta) if meta.is_file() => meta,
+            Ok(_) => return "not a regular file".into(),
+            Err(error) => return format!("unreadable: {error}"),
+        };
+        let stamp = Stamp::of(&meta);
+        let memo = |memo: &mut HashMap<PathBuf, (Stamp, String)>| {
+            memo.get(path)
+                .filter(|(seen, _)| *seen == stamp)
+                .map(|(_, digest)| digest.clone())
+        };
+        if let Some(digest) = self.memo.lock().ok().as_deref_mut().and_then(memo) {
+            return digest;
+        }
+        // Hashed with no lock held: a large file delays only this rescan.
+        let mut hasher = Sha256::new();
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let mut chunk = vec![0u8; 1 << 20];
+        loop {
+            match reader.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(read) => hasher.update(&chunk[..read]),
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return format!("unreadable: {error}"),
+            }
+        }
+        let digest = hex(&hasher.finalize());
+        if let Ok(mut memo) = self.memo.lock() {
+            memo.insert(path.to_path_buf(), (stamp, digest.clone()));
+        }
+        digest
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicySet;
+    use crate::spec::{parse_spec, SpecOrigin};
+    use crate::validation::Syntax;
+
+    fn csv_spec(path: &Path) -> JobSpec {
+        let text = format!(
+            "[model]\nkind = \"mlp\"\ninput_size = 2\nhidden = [4]\nclasses = 2\n\
+             [data]\nkind = \"csv\"\npath = \"{}\"\nlabel_column = \"y\"\n\
+             [optimizer]\nkind = \"adam\"\n",
+            path.display()
+        );
+        let origin = SpecOrigin {
+            label: "t.toml".into(),
+            default_name: Some("t".into()),
+            base_dir: None,
+        };
+        parse_spec(&text, Syntax::Toml, &origin, &PolicySet::builtin()).unwrap()
+    }
+
+    #[test]
+    fn changed_data_changes_the_digest_and_unchanged_data_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.csv");
+        std::fs::write(&path, "a,b,y\n1,2,0\n3,4,1\n").unwrap();
+        let spec = csv_spec(&path);
+        let digests = DataDigests::default();
+        let first = digests.digest(&spec);
+        assert_eq!(first.len(), 32);
+        assert_eq!(digests.digest(&spec), first);
+        std::fs::write(&path, "a,b,y\n1,2,0\n").unwrap();
+        let second = digests.digest(&spec);
+        assert_ne!(second, first);
+        // The same bytes again are the same data.
+        std::fs::write(&path, "a,b,y\n1,2,0\n3,4,1\n").unwrap();
+        assert_eq!(digests.digest(&spec), first);
+        std::fs::remove_file(&path).unwrap();
+        assert_ne!(digests.digest(&spec), first);
+    }
+}

@@ -233,7 +233,9 @@ pub fn lock_state_folder(root: &Path) -> Result<StateLock, StateError> {
             return Err(io(&path)(error));
         }
         let mut holder = String::new();
-        let _ = Read::by_ref(&mut file).take(256).read_to_string(&mut holder);
+        let _ = Read::by_ref(&mut file)
+            .take(256)
+            .read_to_string(&mut holder);
         let holder = holder.trim();
         return Err(StateError::Locked {
             path,

@@ -73,7 +73,8 @@ fn a_page_on_a_rebound_name_cannot_read_create_or_delete_jobs() {
     let daemon = Daemon::start_with(&jobs, &state, 0, &config);
     daemon.wait_for(Duration::from_secs(20), |d| !d.job_state("keep").is_empty());
     let port = daemon.port;
-    let attacker = format!("Host: attacker.example:{port}\r\nOrigin: http://attacker.example:{port}");
+    let attacker =
+        format!("Host: attacker.example:{port}\r\nOrigin: http://attacker.example:{port}");
     let wait = Duration::from_secs(10);
     let answer = raw(
         port,
@@ -83,7 +84,10 @@ fn a_page_on_a_rebound_name_cannot_read_create_or_delete_jobs() {
     );
     assert_eq!(status_of(&answer), 421, "{answer}");
     assert!(answer.contains("attacker.example"), "{answer}");
-    assert!(jobs.join("keep.toml").exists(), "the operator's spec was deleted");
+    assert!(
+        jobs.join("keep.toml").exists(),
+        "the operator's spec was deleted"
+    );
     let answer = raw(
         port,
         &format!("GET /v1/jobs HTTP/1.1\r\n{attacker}\r\nConnection: close"),
@@ -270,7 +274,10 @@ fn a_posted_spec_whose_data_is_unusable_is_refused_and_leaves_no_file() {
     .to_string();
     let (status, body) = daemon.send("POST", "/v1/jobs", "application/json", &spec, None);
     assert_eq!(status, 422, "{body}");
-    assert!(body.contains("data.path") && body.contains("/dev/zero"), "{body}");
+    assert!(
+        body.contains("data.path") && body.contains("/dev/zero"),
+        "{body}"
+    );
     let left: Vec<_> = std::fs::read_dir(&jobs).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(daemon.get("/v1/jobs/zero").0, 404);
@@ -408,14 +415,16 @@ fn a_sighup_during_start_up_is_a_reload_not_a_death() {
         let log = log.clone();
         std::thread::spawn(move || {
             use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 log.lock().unwrap().push_str(&(line + "\n"));
             }
         });
     }
     let started = Instant::now();
-    while !log.lock().unwrap().contains("reloaded") && started.elapsed() < Duration::from_secs(20)
-    {
+    while !log.lock().unwrap().contains("reloaded") && started.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let alive = child.try_wait().unwrap().is_none();

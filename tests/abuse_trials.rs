@@ -238,10 +238,16 @@ fn a_script_that_stops_its_supervisor_is_still_ended_at_its_deadline() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// Held by the tests that must not overlap: a daemon starting up kills
+/// the processes of dead batchd processes' trials, which would hide what
+/// `a_trial_whose_batchd_dies_leaves_nothing_behind` checks.
+static NO_DAEMON_STARTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_trial_whose_batchd_dies_leaves_nothing_behind() {
     // batchd is killed outright mid-trial: the supervisor's parent-death
     // signal makes it sweep, escaped processes included.
+    let _alone = NO_DAEMON_STARTS.lock().unwrap_or_else(|e| e.into_inner());
     let job = Job::new(
         "orphan",
         "setsid sleep 314 </dev/null >/dev/null 2>&1 &\ntouch started\nsleep 30\n",
@@ -584,6 +590,7 @@ fn listening_port(stderr: std::process::ChildStderr) -> u16 {
 
 #[test]
 fn cgroup_containment_runs_each_trial_in_a_cgroup_of_its_own() {
+    let _alone = NO_DAEMON_STARTS.lock().unwrap_or_else(|e| e.into_inner());
     let cgroup = match TestCgroup::make("batchd-abuse") {
         Ok(cgroup) => cgroup,
         Err(why) => {

@@ -206,11 +206,7 @@ async fn check_request_headers(
             .into_response();
         }
         Some(host)
-            if !host_allowed(
-                host,
-                settings.config.listen,
-                &settings.config.allowed_hosts,
-            ) =>
+            if !host_allowed(host, settings.config.listen, &settings.config.allowed_hosts) =>
         {
             let shown: String = host.chars().take(100).collect();
             return Problem::new(
@@ -396,20 +392,14 @@ async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
     }
 }
 
-async fn delete_job(
-    State(shared): State<Arc<Shared>>,
-    Path(name): Path<String>,
-) -> Response {
+async fn delete_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     match shared.delete(&name).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(error) => refused(error),
     }
 }
 
-async fn retune_job(
-    State(shared): State<Arc<Shared>>,
-    Path(name): Path<String>,
-) -> Response {
+async fn retune_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     match shared.retune(&name) {
         Ok(job) => (StatusCode::ACCEPTED, Json(job)).into_response(),
         Err(error) => refused(error),

@@ -192,7 +192,16 @@ async fn run_search<R: TrialRunner>(
     if let Err(error) = shared.store.record_run(&name, &record) {
         tracing::warn!("job {name}: cannot record the run in its history: {error}");
     }
-    let end = search(&shared, runner.as_ref(), &name, &spec, &data, &slot, &cancel).await;
+    let end = search(
+        &shared,
+        runner.as_ref(),
+        &name,
+        &spec,
+        &data,
+        &slot,
+        &cancel,
+    )
+    .await;
     if let Ok(mut running) = shared.running.lock() {
         if running
             .get(&name)

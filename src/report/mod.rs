@@ -60,7 +60,7 @@ mod tests {
 
     #[test]
     fn runs_are_listed_newest_first() {
-        let mut done = RunRecord::started("h", TrialDevice::Cpu, "cpu");
+        let mut done = RunRecord::started("h", "", TrialDevice::Cpu, "cpu");
         done.started_at_unix_s = 100;
         done.finished_at_unix_s = Some(130);
         done.outcome = crate::state::RunOutcome::Done;

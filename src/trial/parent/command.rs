@@ -761,7 +761,7 @@ mod tests {
         // Exactly at the cap is a line; one byte more is not.
         let padded = format!(
             "{{\"step\": 0, \"loss\": 1, \"time\": 0, \"pad\": \"{}\"}}",
-            "x".repeat(REPORT_LINE_LIMIT - 40)
+            "x".repeat(REPORT_LINE_LIMIT - 44)
         );
         assert_eq!(padded.len(), REPORT_LINE_LIMIT);
         let report = read_report(&format!("{padded}\n"), &request).unwrap();

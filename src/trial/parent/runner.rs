@@ -124,10 +124,10 @@ impl ProcessTrialRunner {
             limit,
         )
         .await;
-        drain(reader).await;
+        // Both pipes at once: each gets at most PIPE_DRAIN_GRACE.
+        let ((), stderr_tail) = tokio::join!(drain(reader), stderr_tail.finish());
         let (report, garbled) =
             std::mem::take(&mut *events.lock().unwrap_or_else(|e| e.into_inner()));
-        let stderr_tail = stderr_tail.finish().await;
 
         // The peak: the parent's samples, and the worker's own figures.
         let (peak, source) = match request.device {

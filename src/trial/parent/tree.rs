@@ -128,7 +128,6 @@ mod tests {
         let _ = child.wait();
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(!found.contains(&root));
-        let mut found = found;
         let mut by_scan = by_scan;
         found.sort_unstable();
         by_scan.sort_unstable();

@@ -188,11 +188,10 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
         );
     };
     let loading = std::time::Instant::now();
-    let (data, data_from_cache) =
-        match Dataset::load(data, model, request.data_cache_dir.as_deref()) {
-            Ok(loaded) => loaded,
-            Err(error) => return invalid(format!("cannot load the data: {error}")),
-        };
+    let (data, loaded) = match Dataset::load(data, model, request.data_cache_dir.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(error) => return invalid(format!("cannot load the data: {error}")),
+    };
     let data_seconds = loading.elapsed().as_secs_f64();
     let mut report = match request.device {
         TrialDevice::Cpu => {
@@ -276,7 +275,8 @@ fn run(request: &TrialRequest, events: &mut EventWriter, process_start: Instant)
     };
     report.train_samples = Some(data.train_len() as u64);
     report.data_seconds = Some(data_seconds);
-    report.data_from_cache = Some(data_from_cache);
+    report.data_from_cache = Some(loaded.from_cache);
+    report.warnings.extend(loaded.warnings);
     report.peak_rss_bytes = own_rss().map(|rss| rss.peak_bytes);
     if request.device == TrialDevice::Cpu {
         report.peak_rss_bytes = report.peak_rss_bytes.map(|rss| rss.max(peak_heap_bytes()));

@@ -214,9 +214,10 @@ pub(super) fn load(entry: &Entry, classes: usize) -> Result<Option<Parsed>, Entr
     let Some(values) = values else {
         return Err(impossible);
     };
-    // Bounded by the CSV's length now, so these fit in memory and a usize.
+    // Bounded by the CSV's length now (and the size below), so these fit
+    // a usize and nothing is allocated beyond what the file holds.
     let (rows, sample_len) = (rows as usize, sample_len as usize);
-    let expected = smallest + 4 * values;
+    let expected = smallest.saturating_add(values.saturating_mul(4));
     if actual != expected {
         return Err(EntryError::Size { actual, expected });
     }

@@ -4,8 +4,23 @@
 use super::cache::{self, Parsed};
 use super::*;
 
+/// Where a CSV's samples came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Source {
+    /// The cache entry an earlier trial stored.
+    Cache,
+    /// The file, parsed now; `refused` says why a cache entry was not used.
+    Parsed { refused: Option<String> },
+}
+
+impl Source {
+    pub(super) fn from_cache(&self) -> bool {
+        *self == Source::Cache
+    }
+}
+
 /// Loads a CSV, from `cache` (a folder) when an earlier trial parsed the
-/// same bytes with the same settings; the flag says which.
+/// same bytes with the same settings; the [`Source`] says which.
 pub(super) fn csv_file(
     path: &Path,
     label_column: &LabelColumn,
@@ -14,30 +29,31 @@ pub(super) fn csv_file(
     classes: usize,
     fraction: f64,
     cache: Option<&Path>,
-) -> Result<(ClassificationData, bool), DataError> {
+) -> Result<(ClassificationData, Source), DataError> {
     let settings = format!(
         "csv label={label_column:?} header={has_header} delimiter={delimiter:?} classes={classes}"
     );
+    let mut refused = None;
     let cached = cache.and_then(|dir| {
         // An unreadable CSV is reported by the parse below.
         let entry = cache::entry_for_file(dir, path, &settings).ok()?;
         match cache::load(&entry, classes) {
             Ok(found) => found,
             Err(error) => {
-                // Reported and removed, then replaced by the parse below.
-                eprintln!(
-                    "batchd: warning: the cached samples of {} in {} were not used and are \
-                     parsed again: {error}",
+                // Reported (in the trial's warnings) and removed, then
+                // replaced by the parse below.
+                refused = Some(format!(
+                    "the cached samples of {} in {} were not used and are parsed again: {error}",
                     path.display(),
                     entry.path.display()
-                );
+                ));
                 cache::discard(&entry);
                 None
             }
         }
     });
     let (parsed, from_cache) = match cached {
-        Some(parsed) => (parsed, true),
+        Some(parsed) => (parsed, Source::Cache),
         None => {
             let bytes = read(path)?;
             // Named by the bytes parsed, in case the file changed since.
@@ -51,7 +67,7 @@ pub(super) fn csv_file(
                     );
                 }
             }
-            (parsed, false)
+            (parsed, Source::Parsed { refused })
         }
     };
     let rows = parsed.labels.len();

@@ -102,6 +102,15 @@ pub struct SequenceData {
     pub split: usize,
 }
 
+/// How a dataset was loaded.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Read from the parsed-data cache.
+    pub from_cache: bool,
+    /// For the trial's report (a cache entry that was refused).
+    pub warnings: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 pub enum Dataset {
     Classification(ClassificationData),
@@ -122,15 +131,17 @@ impl Dataset {
     /// Loads (or generates) the spec's data for its model. Parsed tabular
     /// data is kept in `cache` (a folder) for the next trial; the flag says
     /// whether this load came from there.
+    /// Loads the data; [`Loaded`] says whether it came from the cache,
+    /// with any warning for the trial's report.
     pub fn load(
         data: &DataSpec,
         model: &ModelSpec,
         cache: Option<&Path>,
-    ) -> Result<(Dataset, bool), DataError> {
+    ) -> Result<(Dataset, Loaded), DataError> {
         let fraction = data.validation_fraction;
-        let mut from_cache = false;
-        let dataset = Self::load_source(data, model, fraction, cache, &mut from_cache)?;
-        Ok((dataset, from_cache))
+        let mut loaded = Loaded::default();
+        let dataset = Self::load_source(data, model, fraction, cache, &mut loaded)?;
+        Ok((dataset, loaded))
     }
 
     fn load_source(
@@ -138,7 +149,7 @@ impl Dataset {
         model: &ModelSpec,
         fraction: f64,
         cache: Option<&Path>,
-        from_cache: &mut bool,
+        loaded: &mut Loaded,
     ) -> Result<Dataset, DataError> {
         match (&data.source, model) {
             (DataSource::Synthetic { seed, samples }, ModelSpec::Transformer(t)) => {
@@ -174,7 +185,13 @@ impl Dataset {
                     fraction,
                     cache,
                 )?;
-                *from_cache = cached;
+                loaded.from_cache = cached.from_cache();
+                if let csv::Source::Parsed {
+                    refused: Some(warning),
+                } = cached
+                {
+                    loaded.warnings.push(warning);
+                }
                 Ok(Dataset::Classification(fit_to_model(data, model)?))
             }
             (DataSource::Idx { images, labels }, _) => {
@@ -398,16 +415,16 @@ mod tests {
             .unwrap()
         };
         let (parsed, from_cache) = load();
-        assert!(!from_cache, "the first load parses");
+        assert!(!from_cache.from_cache(), "the first load parses");
         let (cached, from_cache) = load();
-        assert!(from_cache, "the second load reads the cache");
+        assert!(from_cache.from_cache(), "the second load reads the cache");
         assert_eq!(
             (&cached.inputs, &cached.labels, &cached.train, &cached.valid),
             (&parsed.inputs, &parsed.labels, &parsed.train, &parsed.valid)
         );
         std::fs::write(&path, "a,b,label\n1,2,0\n3,4,1\n5,9,1\n").unwrap();
         let (changed, from_cache) = load();
-        assert!(!from_cache, "a changed file is parsed again");
+        assert!(!from_cache.from_cache(), "a changed file is parsed again");
         assert_eq!(changed.labels, vec![0, 1, 1]);
         // Other settings over the same bytes are another entry.
         let (_, from_cache) = csv_file(
@@ -420,7 +437,7 @@ mod tests {
             Some(&cache),
         )
         .unwrap();
-        assert!(!from_cache);
+        assert!(!from_cache.from_cache());
     }
 
     #[test]

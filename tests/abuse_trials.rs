@@ -254,7 +254,10 @@ fn a_trial_whose_batchd_dies_leaves_nothing_behind() {
         "sh",
         "",
     );
-    let mut child = job.start_trial(&[], &[]);
+    // A batchd killed outright cannot remove its report file: keep it here.
+    let tmp = job.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = job.start_trial(&[], &[("TMPDIR", tmp.to_str().unwrap())]);
     let started = Instant::now();
     while !job.path("started").exists() {
         assert!(

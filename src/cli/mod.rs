@@ -289,16 +289,20 @@ pub fn load_policies(cli: &Cli) -> Result<PolicySet, CliError> {
 
 /// What a foreground command runs trials with: this machine (CUDA driver
 /// and NVML), a runner of worker processes keeping kernels in
-/// `--kernel-cache` or the user's cache, and a small async runtime.
+/// `--kernel-cache` or the user's cache and containing command trials as
+/// the configuration says, and a small async runtime.
 pub fn foreground(
+    cli: &Cli,
     args: &SpecRunArgs,
 ) -> Result<(Machine, ProcessTrialRunner, tokio::runtime::Runtime), CliError> {
+    let config = Config::load(cli.config.as_deref()).map_err(|e| invalid(&[e]))?;
     let probe: Option<Arc<dyn GpuProbe>> = open_probe().ok().map(Arc::from);
     let machine = Machine::discover(probe.clone());
     let mut options = RunnerOptions::current_exe().map_err(anyhow::Error::from)?;
     options.gpu_probe = probe;
     options.kernel_cache_dir = args.kernel_cache.clone().or_else(user_kernel_cache);
     options.data_cache_dir = user_data_cache();
+    options.containment = config.trial_containment;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

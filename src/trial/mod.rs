@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{JobSpec, Precision};
 
-pub use parent::{kill_orphaned_trials, ProcessTrialRunner, RunnerOptions};
 pub use parent::supervisor_main;
+pub use parent::{kill_orphaned_trials, ProcessTrialRunner, RunnerOptions};
 
 /// JSON has no NaN or infinity: non-finite floats travel as `null` and come
 /// back as NaN, so a diverged trial's losses survive the protocol.
@@ -582,7 +582,8 @@ pub struct TrialResult {
     pub data_from_cache: Option<bool>,
     pub peak_memory_bytes: Option<u64>,
     /// How the peak was measured: `rss` (CPU), `nvml` (per-process GPU
-    /// memory) or `cuda_context` (driver free-memory delta).
+    /// memory), `cuda_context` (driver free-memory delta) or `cgroup` (the
+    /// trial cgroup's memory controller, a command trial's working set).
     pub peak_memory_source: Option<String>,
     pub memory_limit_bytes: Option<u64>,
     pub device_memory_total_bytes: Option<u64>,

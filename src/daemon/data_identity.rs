@@ -64,6 +64,12 @@ impl DataDigests {
     }
 
     fn file_digest(&self, path: &Path) -> String {
+        // A stat first: an unchanged file costs no open at all.
+        if let Ok(meta) = std::fs::metadata(path) {
+            if let Some(digest) = self.remembered(path, Stamp::of(&meta)) {
+                return digest;
+            }
+        }
         let opened = std::fs::OpenOptions::new()
             .read(true)
             // A FIFO swapped in must not hang the rescan.
@@ -79,17 +85,12 @@ impl DataDigests {
             Err(error) => return format!("unreadable: {error}"),
         };
         let stamp = Stamp::of(&meta);
-        let memo = |memo: &mut HashMap<PathBuf, (Stamp, String)>| {
-            memo.get(path)
-                .filter(|(seen, _)| *seen == stamp)
-                .map(|(_, digest)| digest.clone())
-        };
-        if let Some(digest) = self.memo.lock().ok().as_deref_mut().and_then(memo) {
+        if let Some(digest) = self.remembered(path, stamp) {
             return digest;
         }
         // Hashed with no lock held: a large file delays only this rescan.
         let mut hasher = Sha256::new();
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let mut reader = file;
         let mut chunk = vec![0u8; 1 << 20];
         loop {
             match reader.read(&mut chunk) {
@@ -104,6 +105,14 @@ impl DataDigests {
             memo.insert(path.to_path_buf(), (stamp, digest.clone()));
         }
         digest
+    }
+
+    /// The digest taken of `path` when it had `stamp`, if any.
+    fn remembered(&self, path: &Path, stamp: Stamp) -> Option<String> {
+        let memo = self.memo.lock().ok()?;
+        memo.get(path)
+            .filter(|(seen, _)| *seen == stamp)
+            .map(|(_, digest)| digest.clone())
     }
 }
 

@@ -14,7 +14,7 @@ pub(super) enum Source {
 }
 
 impl Source {
-    pub(super) fn from_cache(&self) -> bool {
+    pub(super) fn is_cached(&self) -> bool {
         *self == Source::Cache
     }
 }

@@ -185,7 +185,7 @@ impl Dataset {
                     fraction,
                     cache,
                 )?;
-                loaded.from_cache = cached.from_cache();
+                loaded.from_cache = cached.is_cached();
                 if let csv::Source::Parsed {
                     refused: Some(warning),
                 } = cached
@@ -415,16 +415,16 @@ mod tests {
             .unwrap()
         };
         let (parsed, from_cache) = load();
-        assert!(!from_cache.from_cache(), "the first load parses");
+        assert!(!from_cache.is_cached(), "the first load parses");
         let (cached, from_cache) = load();
-        assert!(from_cache.from_cache(), "the second load reads the cache");
+        assert!(from_cache.is_cached(), "the second load reads the cache");
         assert_eq!(
             (&cached.inputs, &cached.labels, &cached.train, &cached.valid),
             (&parsed.inputs, &parsed.labels, &parsed.train, &parsed.valid)
         );
         std::fs::write(&path, "a,b,label\n1,2,0\n3,4,1\n5,9,1\n").unwrap();
         let (changed, from_cache) = load();
-        assert!(!from_cache.from_cache(), "a changed file is parsed again");
+        assert!(!from_cache.is_cached(), "a changed file is parsed again");
         assert_eq!(changed.labels, vec![0, 1, 1]);
         // Other settings over the same bytes are another entry.
         let (_, from_cache) = csv_file(
@@ -437,7 +437,7 @@ mod tests {
             Some(&cache),
         )
         .unwrap();
-        assert!(!from_cache.from_cache());
+        assert!(!from_cache.is_cached());
     }
 
     #[test]

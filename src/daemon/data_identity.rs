@@ -40,6 +40,8 @@ impl Stamp {
 #[derive(Debug, Default)]
 pub struct DataDigests {
     memo: Mutex<HashMap<PathBuf, (Stamp, String)>>,
+    /// Paths asked about since the last [`DataDigests::forget_unused`].
+    used: Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl DataDigests {
@@ -63,7 +65,22 @@ impl DataDigests {
         hex(&hasher.finalize()[..16])
     }
 
+    /// Drops the digests of files no spec asked about since the last call
+    /// (one rescan): the memo holds what the jobs folder names, no more.
+    pub fn forget_unused(&self) {
+        let used = match self.used.lock() {
+            Ok(mut used) => std::mem::take(&mut *used),
+            Err(_) => return,
+        };
+        if let Ok(mut memo) = self.memo.lock() {
+            memo.retain(|path, _| used.contains(path));
+        }
+    }
+
     fn file_digest(&self, path: &Path) -> String {
+        if let Ok(mut used) = self.used.lock() {
+            used.insert(path.to_path_buf());
+        }
         // A stat first: an unchanged file costs no open at all.
         if let Ok(meta) = std::fs::metadata(path) {
             if let Some(digest) = self.remembered(path, Stamp::of(&meta)) {
@@ -160,5 +177,11 @@ mod tests {
         assert_eq!(digests.digest(&spec), first);
         std::fs::remove_file(&path).unwrap();
         assert_ne!(digests.digest(&spec), first);
+        // The rescan that asked keeps the digest; the next one, which no
+        // longer names the file, forgets it.
+        digests.forget_unused();
+        assert_eq!(digests.memo.lock().unwrap().len(), 1);
+        digests.forget_unused();
+        assert_eq!(digests.memo.lock().unwrap().len(), 0);
     }
 }

@@ -475,6 +475,7 @@ pub fn reconcile(shared: &Shared) {
             }
         }
     }
+    shared.data_digests.forget_unused();
     let mut to_queue = Vec::new();
     {
         let Ok(mut jobs) = shared.jobs.lock() else {

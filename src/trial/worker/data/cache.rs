@@ -381,6 +381,7 @@ fn create_first_free(names: impl IntoIterator<Item = PathBuf>) -> std::io::Resul
 
 /// Removes the oldest cache files beyond [`MAX_CACHED_DATASETS`].
 fn trim(dir: &Path) {
+    sweep_dead_temporaries(dir);
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -396,9 +397,51 @@ fn trim(dir: &Path) {
     }
 }
 
+/// Removes the temporaries of writers that died mid-store (`<entry>.tmp.
+/// <pid>.<serial>.<random>` whose process is gone): a killed worker would
+/// otherwise leave a dataset's worth of bytes behind for good. A live
+/// writer's, this process's included, are left alone.
+fn sweep_dead_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let Some((_, rest)) = name.split_once(".tmp.") else {
+                return false;
+            };
+            let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+                return false;
+            };
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        })
+        // A link is removed, never followed.
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temporaries_of_dead_writers_are_swept_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process has a pid this high (the kernel's limit is 4,194,304).
+        let dead = dir.path().join("abc.tmp.4194305.0.00ff");
+        let mine = dir
+            .path()
+            .join(format!("abc.tmp.{}.0.00ff", std::process::id()));
+        let entry = dir.path().join("abc.samples");
+        for file in [&dead, &mine, &entry] {
+            std::fs::write(file, b"x").unwrap();
+        }
+        assert_eq!(sweep_dead_temporaries(dir.path()), 1);
+        assert!(!dead.exists() && mine.exists() && entry.exists());
+    }
 
     const CSV: &[u8] = b"a,b,label\n1,2,1\n3,4,0\n5,6,1\n";
 

@@ -441,14 +441,10 @@ fn non_finite_and_absurd_numbers_are_errors_naming_the_field() {
 
 /// Pids of processes whose command line is exactly `cmdline`.
 fn pids_running(cmdline: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| {
-            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let line = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let line = String::from_utf8_lossy(&line).replace('\0', " ");
-            (line.trim() == cmdline).then_some(pid)
-        })
+    common::processes()
+        .into_iter()
+        .filter(|(_, line)| line.trim() == cmdline)
+        .map(|(pid, _)| pid)
         .collect()
 }
 

@@ -59,6 +59,21 @@ fn status_of(answer: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// `batchd serve` on any free loopback port, its stderr piped, for the
+/// tests that watch a daemon's start (`common::Daemon` waits for it).
+fn serve(jobs: &Path, state: &Path, config: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_batchd"));
+    command
+        .env("BATCHD_CONFIG", config)
+        .args(["serve", "--listen", "127.0.0.1:0", "--jobs-dir"])
+        .arg(jobs)
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
 fn config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("batchd.toml");
     std::fs::write(&path, text).unwrap();
@@ -161,19 +176,8 @@ fn a_second_daemon_on_one_state_folder_refuses_to_start_naming_the_first() {
     let first = Daemon::start(&jobs, &state, 0);
     let other_jobs = root.path().join("other-jobs");
     let started = Instant::now();
-    let second = Command::new(env!("CARGO_BIN_EXE_batchd"))
-        .env(
-            "BATCHD_CONFIG",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/empty-config.toml"),
-        )
-        .args(["serve", "--listen", "127.0.0.1:0", "--jobs-dir"])
-        .arg(&other_jobs)
-        .arg("--state-dir")
-        .arg(&state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
+    let empty = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/empty-config.toml");
+    let second = serve(&other_jobs, &state, &empty).output().unwrap();
     assert!(started.elapsed() < Duration::from_secs(20));
     let said = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{said}");
@@ -379,16 +383,7 @@ fn a_sighup_during_start_up_is_a_reload_not_a_death() {
     // land on a restarting daemon.
     let config = root.path().join("batchd.toml");
     mkfifo(&config);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_batchd"))
-        .env("BATCHD_CONFIG", &config)
-        .args(["serve", "--listen", "127.0.0.1:0", "--jobs-dir"])
-        .arg(&jobs)
-        .arg("--state-dir")
-        .arg(&state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = serve(&jobs, &state, &config).spawn().unwrap();
     let pid = child.id() as i32;
     assert!(
         feed_fifo(&config, "", Duration::from_secs(20)),

@@ -152,22 +152,16 @@ fn finish(mut child: Child, limit: Duration) -> Ended {
 
 /// `pid: cmdline` of every process whose environment holds `entry`.
 fn processes_with_env(entry: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| {
-            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-            environ
-                .split(|b| *b == 0)
-                .any(|var| var == entry.as_bytes())
-                .then(|| {
-                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                    format!(
-                        "{pid}: {}",
-                        String::from_utf8_lossy(&cmdline).replace('\0', " ")
-                    )
-                })
+    common::processes()
+        .into_iter()
+        .filter(|(pid, _)| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                environ
+                    .split(|b| *b == 0)
+                    .any(|var| var == entry.as_bytes())
+            })
         })
+        .map(|(pid, cmdline)| format!("{pid}: {cmdline}"))
         .collect()
 }
 

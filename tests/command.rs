@@ -50,16 +50,10 @@ fn trial(spec_path: &Path, batch: u64, extra: &[&str]) -> serde_json::Value {
 
 /// Processes whose command line carries `marker`.
 fn processes_with(marker: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| {
-            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline
-                .contains(marker)
-                .then(|| format!("{pid}: {cmdline}"))
-        })
+    common::processes()
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains(marker))
+        .map(|(pid, cmdline)| format!("{pid}: {cmdline}"))
         .collect()
 }
 

@@ -1,45 +1,23 @@
 //! The identity of a job's data: a SHA-256 of the contents of every data
 //! file its spec names, so a recommendation is reused only for the data it
-//! was tuned on. Files are hashed again only when their stamp (device,
-//! inode, size, modification and change times) changes, so an idle folder
+//! was tuned on. Files are hashed again only when their [`FileVersion`]
+//! (device, inode, size, modification and change times) changes, so an idle folder
 //! costs a stat per data file per rescan.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+use super::jobs::FileVersion;
 use crate::spec::JobSpec;
 
-/// What identifies one version of a data file without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    device: u64,
-    inode: u64,
-    size: u64,
-    modified_ns: i128,
-    changed_ns: i128,
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Stamp {
-        Stamp {
-            device: meta.dev(),
-            inode: meta.ino(),
-            size: meta.size(),
-            modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            changed_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
-        }
-    }
-}
-
-/// Data-file digests by path, with the stamp each was taken at.
+/// Data-file digests by path, with the file version each was taken at.
 #[derive(Debug, Default)]
 pub struct DataDigests {
-    memo: Mutex<HashMap<PathBuf, (Stamp, String)>>,
+    memo: Mutex<HashMap<PathBuf, (FileVersion, String)>>,
     /// Paths asked about since the last [`DataDigests::forget_unused`].
     used: Mutex<std::collections::HashSet<PathBuf>>,
 }
@@ -83,7 +61,7 @@ impl DataDigests {
         }
         // A stat first: an unchanged file costs no open at all.
         if let Ok(meta) = std::fs::metadata(path) {
-            if let Some(digest) = self.remembered(path, Stamp::of(&meta)) {
+            if let Some(digest) = self.remembered(path, FileVersion::of(&meta)) {
                 return digest;
             }
         }
@@ -92,7 +70,7 @@ impl DataDigests {
             // A FIFO swapped in must not hang the rescan.
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(path);
-        let file = match opened {
+        let mut file = match opened {
             Ok(file) => file,
             Err(error) => return format!("unreadable: {error}"),
         };
@@ -101,21 +79,14 @@ impl DataDigests {
             Ok(_) => return "not a regular file".into(),
             Err(error) => return format!("unreadable: {error}"),
         };
-        let stamp = Stamp::of(&meta);
+        let stamp = FileVersion::of(&meta);
         if let Some(digest) = self.remembered(path, stamp) {
             return digest;
         }
         // Hashed with no lock held: a large file delays only this rescan.
         let mut hasher = Sha256::new();
-        let mut reader = file;
-        let mut chunk = vec![0u8; 1 << 20];
-        loop {
-            match reader.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(read) => hasher.update(&chunk[..read]),
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(error) => return format!("unreadable: {error}"),
-            }
+        if let Err(error) = std::io::copy(&mut file, &mut hasher) {
+            return format!("unreadable: {error}");
         }
         let digest = hex(&hasher.finalize());
         if let Ok(mut memo) = self.memo.lock() {
@@ -125,7 +96,7 @@ impl DataDigests {
     }
 
     /// The digest taken of `path` when it had `stamp`, if any.
-    fn remembered(&self, path: &Path, stamp: Stamp) -> Option<String> {
+    fn remembered(&self, path: &Path, stamp: FileVersion) -> Option<String> {
         let memo = self.memo.lock().ok()?;
         memo.get(path)
             .filter(|(seen, _)| *seen == stamp)

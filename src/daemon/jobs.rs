@@ -318,28 +318,43 @@ fn read_folder(shared: &Shared) -> Vec<Found> {
     found
 }
 
-/// What identifies one version of a file, for the rescan's cache.
+/// What identifies one version of a file without reading it: the rescan's
+/// spec cache and the data-file digests both go by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileStamp {
+pub(crate) struct FileVersion {
     device: u64,
     inode: u64,
     size: u64,
     modified_ns: i128,
     changed_ns: i128,
+}
+
+impl FileVersion {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> FileVersion {
+        use std::os::unix::fs::MetadataExt;
+        FileVersion {
+            device: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            changed_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+}
+
+/// One version of a spec file, for the rescan's cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    version: FileVersion,
     /// The settings (policies) the spec was resolved with.
     generation: u64,
 }
 
 impl FileStamp {
     fn of(path: &Path, generation: u64) -> Option<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(path).ok()?;
         meta.is_file().then(|| FileStamp {
-            device: meta.dev(),
-            inode: meta.ino(),
-            size: meta.size(),
-            modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            changed_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            version: FileVersion::of(&meta),
             generation,
         })
     }

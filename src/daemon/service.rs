@@ -56,8 +56,9 @@ pub enum ServiceError {
 
 /// Why a DELETE did not unlink.
 enum Unlink {
-    HoldsOther(String),
-    Changed,
+    /// The file no longer holds the job: it names another (`Some`), or is
+    /// no valid spec now.
+    Changed(Option<String>),
     Io(std::io::Error),
 }
 
@@ -201,9 +202,9 @@ impl Shared {
                 let limit = settings.config.max_spec_file.bytes();
                 match crate::spec::load_spec_file(&path, &settings.policies, limit) {
                     Ok(spec) if spec.name == owner => {}
-                    Ok(spec) => return Err(Unlink::HoldsOther(spec.name)),
+                    Ok(spec) => return Err(Unlink::Changed(Some(spec.name))),
                     // Not a valid spec any more: the next rescan decides.
-                    Err(_) => return Err(Unlink::Changed),
+                    Err(_) => return Err(Unlink::Changed(None)),
                 }
             }
             std::fs::remove_file(&path).map_err(Unlink::Io)
@@ -213,15 +214,10 @@ impl Shared {
         reconcile_now(self).await;
         match removed {
             Ok(()) => Ok(()),
-            Err(Unlink::HoldsOther(other)) => Err(ServiceError::FileChanged {
+            Err(Unlink::Changed(holds)) => Err(ServiceError::FileChanged {
                 name: name.to_string(),
                 path: job.source_path,
-                holds: Some(other),
-            }),
-            Err(Unlink::Changed) => Err(ServiceError::FileChanged {
-                name: name.to_string(),
-                path: job.source_path,
-                holds: None,
+                holds,
             }),
             // Gone already (removed by hand, or by a racing request).
             Err(Unlink::Io(error)) if error.kind() == std::io::ErrorKind::NotFound => {

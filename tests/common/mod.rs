@@ -269,6 +269,19 @@ fn bound_port(stderr: std::process::ChildStderr) -> u16 {
         .expect("the daemon says where it listens")
 }
 
+/// `(pid, command line)` of every process on the machine, the command
+/// line's NULs as spaces (for tests that look for what a trial left).
+pub fn processes() -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+        })
+        .collect()
+}
+
 /// A port free now, for tests that must know it before the daemon starts
 /// (a restart on the same port, a Prometheus configuration).
 pub fn free_port() -> u16 {

@@ -53,6 +53,18 @@ impl std::str::FromStr for TrialDevice {
 #[error("`{0}` is not a device; expected \"cpu\" or \"cuda:N\"")]
 pub struct NotATrialDevice(pub String);
 
+impl utoipa::PartialSchema for TrialDevice {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^(cpu|cuda:[0-9]+)$"))
+            .description(Some("`cpu` or `cuda:N`"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TrialDevice {}
+
 impl Serialize for TrialDevice {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
@@ -217,7 +229,7 @@ pub struct SearchContext {
 
 /// Where a search's memory budget came from. Documents carry it as an
 /// object tagged by `kind`; reports print its `Display` sentence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MemorySource {
     /// The spec's (or the command line's) `memory_limit`.
@@ -236,6 +248,9 @@ pub enum MemorySource {
     SpecLimitUnchecked,
     /// The machine's figure, below the spec's limit.
     BelowSpecLimit {
+        // The schema refers to itself here; no_recursion stops utoipa
+        // collecting it forever.
+        #[schema(no_recursion)]
         machine: Box<MemorySource>,
         spec_limit: ByteSize,
     },

@@ -37,7 +37,7 @@ const BUILTIN: &[(&str, &str)] = &[
 ];
 
 /// What a recommendation optimizes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Objective {
     /// Throughput x statistical efficiency (Pollux).
@@ -59,7 +59,7 @@ impl std::fmt::Display for Objective {
 }
 
 /// How the learning rate moves with batch size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LrScaling {
     /// Fit lr ~ B^alpha from the best LR measured at two batch sizes.

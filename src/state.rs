@@ -98,7 +98,7 @@ pub struct StoredRecommendation {
 }
 
 /// How a run of a job's search ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunOutcome {
     /// Still running (or the daemon died; see `Interrupted`).
@@ -124,7 +124,7 @@ impl std::fmt::Display for RunOutcome {
 }
 
 /// One run of a job's search, as its history keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRecord {
     pub spec_hash: String,
     /// The data's digest ([`CacheKey::data_digest`]).
@@ -443,9 +443,11 @@ impl StateStore {
             stored_at: unix_now(),
             recommendation: recommendation.clone(),
         };
+        // Compact: indenting its point series would double the file
+        // (`jq .` reads it as well).
         write_atomically(
             &self.recommendation_path(key),
-            &serde_json::to_vec_pretty(&stored)?,
+            &serde_json::to_vec(&stored)?,
         )
     }
 

@@ -72,6 +72,19 @@ impl fmt::Display for ByteSize {
     }
 }
 
+/// Documents write a size as a whole number of bytes.
+impl utoipa::PartialSchema for ByteSize {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Integer)
+            .minimum(Some(0))
+            .description(Some("bytes"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ByteSize {}
+
 impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_u64(self.0)

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// One problem in a document, located by its field path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// Dotted path such as `model.hidden[1]`; empty for whole-document errors.
     pub field: String,

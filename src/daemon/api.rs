@@ -7,69 +7,218 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{JobState, ServiceError, Shared};
 use crate::gpu::Inventory;
 use crate::validation::FieldError;
 
-/// An RFC 9457 problem.
+/// An RFC 9457 problem: a status and its document.
 pub struct Problem {
     status: StatusCode,
-    title: &'static str,
-    detail: String,
-    /// Validation errors, each naming its field.
-    errors: Vec<crate::validation::FieldError>,
+    body: ProblemDocument,
+}
+
+/// The body of every error: RFC 9457 `application/problem+json`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemDocument {
+    /// Always `about:blank`: the status and title say what happened.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Validation errors, each naming its field (absent when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
 }
 
 impl Problem {
-    fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Problem {
+    fn new(status: StatusCode, title: &str, detail: impl Into<String>) -> Problem {
         Problem {
             status,
-            title,
-            detail: detail.into(),
-            errors: Vec::new(),
+            body: ProblemDocument {
+                kind: "about:blank".into(),
+                title: title.into(),
+                status: status.as_u16(),
+                detail: detail.into(),
+                errors: Vec::new(),
+            },
         }
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let mut body = json!({
-            "type": "about:blank",
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if !self.errors.is_empty() {
-            body["errors"] = json!(self.errors);
-        }
         (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
-            body.to_string(),
+            serde_json::to_string(&self.body).unwrap_or_default(),
         )
             .into_response()
     }
 }
 
+/// `/healthz` and `/readyz` when the answer is yes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` (alive) or `ready` (the jobs folder was scanned).
+    pub status: String,
+}
+
+/// One entry of `GET /v1/jobs`: the job and the headline of its advice.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobSummary {
+    #[serde(flatten)]
+    pub job: super::Job,
+    /// The recommended per-device batch, once the job is done.
+    pub batch_size: Option<u64>,
+    /// The recommended learning rate (for the effective batch), once done.
+    pub learning_rate: Option<f64>,
+}
+
+/// `GET /v1/jobs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobSummary>,
+}
+
+/// `GET /v1/jobs/{name}`: the job and the runs of its search.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: super::Job,
+    /// The last runs of the job's search, oldest first.
+    pub history: Vec<crate::state::RunRecord>,
+}
+
+/// `GET /v1/jobs/{name}/recommendation?batch_size=N`: the fitted rule's LR.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LrForBatch {
+    pub job: String,
+    /// The effective batch asked about.
+    pub batch_size: u64,
+    pub learning_rate: f64,
+    pub lr_rule: Option<crate::search::lr::LrRule>,
+}
+
+/// What the recommendation endpoint answers: the recommendation, or with
+/// `batch_size` the LR for that batch.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum RecommendationAnswer {
+    Recommendation(Box<crate::search::Recommendation>),
+    LrForBatch(LrForBatch),
+}
+
+/// The document's fixed parts; the paths and schemas come from the routes.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "batchd",
+        description = "Auto-tuning batch-size advisor. Errors are RFC 9457 application/problem+json (schema `Problem`); state-changing endpoints need `Authorization: Bearer` when the daemon has an api_token_file, and every request must name the daemon in its Host header."
+    ),
+    modifiers(&BearerSecurity),
+    components(schemas(ProblemDocument, FieldError))
+)]
+struct ApiDoc;
+
+struct BearerSecurity;
+
+impl utoipa::Modify for BearerSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route, each with its OpenAPI operation: a handler reaches the
+/// router only through `routes!`, so none can be left out of the document.
+fn documented_routes() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(list_jobs, post_job))
+        .routes(routes!(get_job, delete_job))
+        .routes(routes!(retune_job))
+        .routes(routes!(get_recommendation))
+        .routes(routes!(gpus))
+        .routes(routes!(openapi))
+        .routes(routes!(metrics))
+        .routes(routes!(index_page))
+        .routes(routes!(job_page))
+}
+
+/// The fields the daemon leaves out when they are empty, by schema. Every
+/// other property of a documented object is always written (null when it
+/// has no value), so the document marks it required.
+const OMITTED_WHEN_EMPTY: [(&str, &str); 4] = [
+    ("Job", "data_digest"),
+    ("Problem", "errors"),
+    ("Confirmation", "loss_steps"),
+    ("RaceRun", "loss_steps"),
+];
+
+/// The OpenAPI 3.1 document of the API, generated from its routes and types.
+pub fn openapi_document() -> serde_json::Value {
+    let mut document = documented_routes().split_for_parts().1;
+    document.info.version = env!("CARGO_PKG_VERSION").to_string();
+    let mut document = serde_json::to_value(document).unwrap_or_default();
+    // utoipa takes an `Option` field for one that may be missing; ours are
+    // written as null instead.
+    if let Some(schemas) = document
+        .pointer_mut("/components/schemas")
+        .and_then(|s| s.as_object_mut())
+    {
+        for (name, schema) in schemas.iter_mut() {
+            require_properties(schema, |field| {
+                !OMITTED_WHEN_EMPTY.contains(&(name.as_str(), field))
+            });
+        }
+    }
+    document
+}
+
+/// Marks the properties `written` accepts required, in `schema` and in the
+/// objects nested in it (variants of tagged enums, parts of an `allOf`).
+fn require_properties(schema: &mut serde_json::Value, written: impl Fn(&str) -> bool + Copy) {
+    match schema {
+        serde_json::Value::Object(object) => {
+            if let Some(properties) = object.get("properties").and_then(|p| p.as_object()) {
+                let required: Vec<serde_json::Value> = properties
+                    .keys()
+                    .filter(|field| written(field))
+                    .map(|field| serde_json::Value::String(field.clone()))
+                    .collect();
+                object.insert("required".into(), serde_json::Value::Array(required));
+            }
+            for key in ["oneOf", "allOf", "anyOf"] {
+                if let Some(parts) = object.get_mut(key) {
+                    require_properties(parts, written);
+                }
+            }
+        }
+        serde_json::Value::Array(parts) => {
+            for part in parts {
+                require_properties(part, written);
+            }
+        }
+        _ => {}
+    }
+}
+
 pub fn router(shared: Arc<Shared>) -> Router {
     let body_limit = shared.settings().config.max_request_body.bytes() as usize;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/v1/jobs", get(list_jobs).post(post_job))
-        .route("/v1/jobs/{name}", get(get_job).delete(delete_job))
-        .route("/v1/jobs/{name}/retune", post(retune_job))
-        .route("/v1/jobs/{name}/recommendation", get(get_recommendation))
-        .route("/v1/gpus", get(gpus))
-        .route("/openapi.json", get(openapi))
-        .route("/metrics", get(metrics))
-        .route("/", get(index_page))
-        .route("/jobs/{name}", get(job_page))
+    let (routes, _) = documented_routes().split_for_parts();
+    routes
         .fallback(no_such_endpoint)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::map_response(
@@ -294,7 +443,7 @@ fn problem_for(error: ServiceError) -> Problem {
         ServiceError::TaskLost(_) | ServiceError::Unavailable => "Internal error",
     };
     let mut problem = Problem::new(status, title, error.to_string());
-    problem.errors = match error {
+    problem.body.errors = match error {
         ServiceError::InvalidSpec(errors) => errors.errors,
         ServiceError::DataOutsideRoots(errors) => errors,
         ServiceError::CommandJobsRefused => vec![FieldError::new(
@@ -373,6 +522,21 @@ fn syntax_of(headers: &HeaderMap) -> Result<crate::validation::Syntax, Problem> 
     }
 }
 
+/// Submit a job spec: written to the jobs folder and queued.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body(description = "the spec: TOML, or JSON/YAML by Content-Type (max_request_body)",
+        content((String = "application/toml"), (Object = "application/json"), (String = "application/yaml"))),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "the job, queued", body = super::Job),
+        (status = 401, description = "no or wrong bearer token", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, description = "a cross-site request, or a command job while they are refused over HTTP", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, description = "a job of that name exists", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, description = "the body is over max_request_body", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 415, description = "not a spec's content type", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 421, description = "the Host header does not name this daemon", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "the spec is invalid: `errors` names every field", body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
 async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let syntax = match syntax_of(&headers) {
         Ok(syntax) => syntax,
@@ -392,6 +556,18 @@ async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
     }
 }
 
+/// Remove the job's spec file and retire the job (its recommendation stays stored).
+#[utoipa::path(delete, path = "/v1/jobs/{name}", tag = "jobs",
+    params(("name" = String, Path, description = "the job's name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "retired"),
+        (status = 401, description = "no or wrong bearer token", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, description = "a cross-site request", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, description = "no such job", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, description = "the job's file changed since it was read", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 421, description = "the Host header does not name this daemon", body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
 async fn delete_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     match shared.delete(&name).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -399,6 +575,18 @@ async fn delete_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>)
     }
 }
 
+/// Forget the job's recommendation and tune it again.
+#[utoipa::path(post, path = "/v1/jobs/{name}/retune", tag = "jobs",
+    params(("name" = String, Path, description = "the job's name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "queued again", body = super::Job),
+        (status = 401, description = "no or wrong bearer token", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, description = "a cross-site request", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, description = "no such job", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, description = "an invalid job cannot be tuned", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 421, description = "the Host header does not name this daemon", body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
 async fn retune_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     match shared.retune(&name) {
         Ok(job) => (StatusCode::ACCEPTED, Json(job)).into_response(),
@@ -406,137 +594,14 @@ async fn retune_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>)
     }
 }
 
-async fn openapi() -> Json<serde_json::Value> {
-    let problem = json!({"description": "error", "content": {"application/problem+json": {}}});
-    let job = json!({"description": "a job", "content": {"application/json": {}}});
-    Json(json!({
-        "openapi": "3.1.0",
-        "info": {"title": "batchd", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Auto-tuning batch-size advisor. Errors are RFC 9457 problem+json."},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Recommendation": recommendation_schema()}
-        },
-        "paths": {
-            "/healthz": {"get": {"summary": "liveness", "responses": {"200": {"description": "alive"}}}},
-            "/readyz": {"get": {"summary": "readiness (the jobs folder was scanned)", "responses": {"200": {"description": "ready"}, "503": problem}}},
-            "/v1/jobs": {
-                "get": {"summary": "all jobs", "responses": {"200": {"description": "jobs"}}},
-                "post": {"summary": "submit a job spec (TOML, or JSON/YAML by Content-Type)", "security": [{"bearer": []}],
-                         "requestBody": {"content": {"application/toml": {}, "application/json": {}, "application/yaml": {}}},
-                         "responses": {"201": job, "401": problem, "403": problem, "409": problem, "413": problem, "421": problem, "422": problem}}
-            },
-            "/v1/jobs/{name}": {
-                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "get": {"summary": "one job", "responses": {"200": job, "404": problem}},
-                "delete": {"summary": "remove the job's spec and retire it", "security": [{"bearer": []}], "responses": {"204": {"description": "retired"}, "401": problem, "404": problem}}
-            },
-            "/v1/jobs/{name}/retune": {
-                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "post": {"summary": "forget the recommendation and tune again", "security": [{"bearer": []}], "responses": {"202": job, "401": problem, "404": problem, "409": problem}}
-            },
-            "/v1/jobs/{name}/recommendation": {
-                "parameters": [
-                    {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
-                    {"name": "batch_size", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1},
-                     "description": "return the LR for this effective batch from the fitted rule"}
-                ],
-                "get": {"summary": "the recommendation", "responses": {"200": {"description": "recommendation (or, with batch_size, the LR for that batch)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Recommendation"}}}}, "400": problem, "404": problem, "409": problem}}
-            },
-            "/v1/gpus": {"get": {"summary": "GPU inventory", "responses": {"200": {"description": "inventory"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format 0.0.4)", "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}}}},
-            "/": {"get": {"summary": "HTML index of all jobs", "responses": {"200": {"description": "page", "content": {"text/html": {}}}}}},
-            "/jobs/{name}": {
-                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "get": {"summary": "a job's HTML report with charts; refreshes itself while the job runs", "responses": {"200": {"description": "page", "content": {"text/html": {}}}, "404": {"description": "no such job"}}}
-            },
-            "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
-        }
-    }))
-}
-
-/// The recommendation's fields, to the depth of its sections; docs/spec.md
-/// describes the objects inside them. A test holds this to the type.
-fn recommendation_schema() -> serde_json::Value {
-    let integer = json!({"type": "integer", "minimum": 0});
-    let nullable = |kind: &str| json!({"type": [kind, "null"]});
-    let object = |description: &str| json!({"type": "object", "description": description});
-    let array = |description: &str| json!({"type": "array", "description": description});
-    let section = |description: &str, properties: serde_json::Value| {
-        let required: Vec<&String> = properties
-            .as_object()
-            .map_or(Vec::new(), |p| p.keys().collect());
-        json!({"type": "object", "description": description, "properties": properties, "required": required})
-    };
-    let properties = json!({
-        "schema_version": {"type": "integer", "const": crate::search::SCHEMA_VERSION},
-        "job": {"type": "string"},
-        "policy": {"type": "string"},
-        "objective": {"type": "string", "enum": ["goodput", "throughput", "generalization"]},
-        "device": {"type": "string", "description": "cpu or cuda:N"},
-        "batchd_version": {"type": "string"},
-        "batch_size": integer,
-        "world_size": integer,
-        "global_batch_size": integer,
-        "gradient_accumulation_steps": integer,
-        "effective_batch_size": integer,
-        "lr": section("the learning rate for the effective batch and the rule that scales it", json!({
-            "learning_rate": nullable("number"),
-            "interval": {"type": ["array", "null"], "description": "[low, high] within seed noise of the best"},
-            "rule": {"type": ["object", "null"], "description": "lr = reference_lr x (B / reference_batch)^alpha"},
-        })),
-        "schedule": section("the run at the recommended batch and the LR's schedule", json!({
-            "dataset_size": nullable("integer"),
-            "updates_per_epoch": nullable("integer"),
-            "total_updates": nullable("integer"),
-            "warmup_steps": nullable("integer"),
-            "decay": {"type": "string"},
-            "final_lr_fraction": {"type": "number"},
-        })),
-        "memory": section("what memory allowed", json!({
-            "limit_bytes": integer,
-            "limit_source": object("where the limit came from, tagged by kind"),
-            "headroom_fraction": {"type": "number"},
-            "max_fit": object("the largest batch that fits under max_fit.budget_bytes"),
-            "expected_peak_bytes": nullable("integer"),
-        })),
-        "throughput": section("speed over batch size", json!({
-            "expected_samples_per_second": nullable("number"),
-            "curve": array("measured samples/s per batch"),
-            "plateau_batch_size": nullable("integer"),
-            "step_time_model": {"type": ["object", "null"], "description": "t(B) = fixed_seconds + B / samples_per_second_limit"},
-            "goodput_curve": array("throughput x statistical efficiency per batch"),
-        })),
-        "precision": section("precision advice", json!({
-            "measured": {"type": "string"},
-            "recommended": {"type": "string"},
-            "reason": {"type": "string"},
-        })),
-        "evidence": section("the measurements the answer rests on", json!({
-            "gradient_noise": {"type": ["object", "null"], "description": "the gradient noise scale B_simple (value, stderr, ...)"},
-            "lr_range_tests": array("LR range tests"),
-            "lr_confirmations": array("confirmation runs at fixed LRs"),
-            "best_lrs": array("the best LR per batch measured"),
-            "race": {"type": ["object", "null"], "description": "the batches raced, with their losses"},
-            "batch_cap": {"type": ["object", "null"], "description": "the largest batch the data allows"},
-            "budget_plan": object("the time budget per phase"),
-            "trials": array("every trial, in order"),
-        })),
-        "rationale": {"type": "array", "items": {"type": "string"}},
-        "partial": {"type": "boolean"},
-        "partial_reason": nullable("string"),
-        "phases_cut": {"type": "array", "items": {"type": "string"}},
-        "seconds": {"type": "number"},
-    });
-    let required: Vec<&String> = properties
-        .as_object()
-        .map_or(Vec::new(), |p| p.keys().collect());
-    json!({
-        "type": "object",
-        "description": "docs/spec.md, 'The recommendation', describes every field",
-        "properties": properties,
-        "required": required,
-    })
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object)))]
+async fn openapi() -> Response {
+    // Generated once: the routes and types do not change while serving.
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = DOCUMENT.get_or_init(|| openapi_document().to_string());
+    ([(header::CONTENT_TYPE, "application/json")], text.clone()).into_response()
 }
 
 fn html(status: StatusCode, page: String) -> Response {
@@ -573,13 +638,21 @@ fn report_view<'a>(
 }
 
 /// The HTML index of all jobs.
+#[utoipa::path(get, path = "/", tag = "pages",
+    responses((status = 200, description = "the page", body = String, content_type = "text/html")))]
 async fn index_page(State(shared): State<Arc<Shared>>) -> Response {
     let jobs = shared.list();
     let views: Vec<crate::report::JobView> = jobs.iter().map(|j| report_view(j, &[])).collect();
     html(StatusCode::OK, crate::report::index_page(&views))
 }
 
-/// A job's HTML report (live while it runs).
+/// A job's HTML report with charts; it refreshes itself while the job runs.
+#[utoipa::path(get, path = "/jobs/{name}", tag = "pages",
+    params(("name" = String, Path, description = "the job's name")),
+    responses(
+        (status = 200, description = "the report", body = String, content_type = "text/html"),
+        (status = 404, description = "no such job (an HTML page)", body = String, content_type = "text/html"),
+    ))]
 async fn job_page(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     match shared.get_with_history(&name).await {
         Ok((job, history)) => html(
@@ -598,6 +671,11 @@ async fn job_page(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -
 }
 
 /// The Prometheus scrape (text exposition format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses(
+        (status = 200, description = "the metrics", body = String, content_type = "text/plain"),
+        (status = 500, description = "the scrape failed", body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     // Reading NVML blocks for a few milliseconds: off the async workers.
     match tokio::task::spawn_blocking(move || shared.metrics_text()).await {
@@ -611,13 +689,27 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness: the daemon answers.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "alive", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
+/// Readiness: the jobs folder has been scanned.
+#[utoipa::path(get, path = "/readyz", tag = "meta",
+    responses(
+        (status = 200, description = "ready", body = Health),
+        (status = 503, description = "not scanned yet", body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if shared.ready.load(std::sync::atomic::Ordering::SeqCst) {
-        Json(json!({"status": "ready"})).into_response()
+        Json(Health {
+            status: "ready".into(),
+        })
+        .into_response()
     } else {
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -628,77 +720,133 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn list_jobs(State(shared): State<Arc<Shared>>) -> Response {
-    let jobs: Vec<serde_json::Value> = shared
+/// Every job, with the headline of its advice.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+    responses((status = 200, description = "the jobs, by name", body = JobList)))]
+async fn list_jobs(State(shared): State<Arc<Shared>>) -> Json<JobList> {
+    let jobs = shared
         .list()
-        .iter()
+        .into_iter()
         .map(|job| {
-            let mut value = serde_json::to_value(job).unwrap_or_default();
-            value["batch_size"] = json!(job.recommendation.as_ref().map(|r| r.batch_size));
-            value
+            let advice = job.recommendation.as_ref();
+            JobSummary {
+                batch_size: advice.map(|r| r.batch_size),
+                learning_rate: advice.and_then(|r| r.lr.learning_rate),
+                job,
+            }
         })
         .collect();
-    Json(json!({ "jobs": jobs })).into_response()
+    Json(JobList { jobs })
 }
 
+/// One job and the runs of its search.
+#[utoipa::path(get, path = "/v1/jobs/{name}", tag = "jobs",
+    params(("name" = String, Path, description = "the job's name")),
+    responses(
+        (status = 200, description = "the job", body = JobDetail),
+        (status = 404, description = "no such job", body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
 async fn get_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     match shared.get_with_history(&name).await {
-        Ok((job, history)) => {
-            let mut value = serde_json::to_value(&job).unwrap_or_default();
-            value["history"] = json!(history);
-            Json(value).into_response()
-        }
+        Ok((job, history)) => Json(JobDetail { job, history }).into_response(),
         Err(error) => refused(error),
     }
 }
 
-#[derive(Deserialize)]
-struct RecommendationQuery {
-    batch_size: Option<String>,
+/// How much of the evidence the recommendation carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EvidenceDetail {
+    /// Everything but the per-step training curves and the LR range
+    /// tests' point series (the default: a few tens of KB).
+    #[default]
+    Summary,
+    /// Everything the state folder keeps, curves included (each at most
+    /// `MAX_CURVE_POINTS` points).
+    Full,
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct RecommendationQuery {
+    /// Answer with the LR the fitted rule gives this effective batch instead.
+    #[param(value_type = Option<u64>, minimum = 1)]
+    batch_size: Option<String>,
+    /// `summary` (default) or `full`.
+    #[param(value_type = Option<EvidenceDetail>)]
+    evidence: Option<String>,
+}
+
+/// The job's recommendation, or with `batch_size` the LR for that batch.
+#[utoipa::path(get, path = "/v1/jobs/{name}/recommendation", tag = "jobs",
+    params(("name" = String, Path, description = "the job's name"), RecommendationQuery),
+    responses(
+        (status = 200, description = "the recommendation (docs/spec.md describes every field), or with batch_size the LR for that batch", body = RecommendationAnswer),
+        (status = 400, description = "a malformed query parameter", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, description = "no such job", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, description = "no recommendation yet, or no LR rule to scale", body = ProblemDocument, content_type = "application/problem+json"),
+    ))]
 async fn get_recommendation(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
     Query(query): Query<RecommendationQuery>,
 ) -> Response {
+    let detail = match query.evidence.as_deref() {
+        None | Some("summary") => EvidenceDetail::Summary,
+        Some("full") => EvidenceDetail::Full,
+        Some(other) => {
+            let shown: String = other.chars().take(40).collect();
+            return Problem::new(
+                StatusCode::BAD_REQUEST,
+                "Invalid query parameter",
+                format!("evidence: must be `summary` or `full`, got `{shown}`"),
+            )
+            .into_response();
+        }
+    };
     let recommendation = match shared.recommendation(&name) {
         Ok(recommendation) => recommendation,
         Err(error) => return refused(error),
     };
-    match query.batch_size {
-        None => Json(recommendation).into_response(),
-        Some(text) => {
-            let batch = match text.parse::<u64>() {
-                Ok(batch) if batch > 0 => batch,
-                _ => {
-                    return Problem::new(
-                        StatusCode::BAD_REQUEST,
-                        "Invalid query parameter",
-                        format!("batch_size: must be a whole number > 0, got `{text}`"),
-                    )
-                    .into_response()
-                }
-            };
-            match recommendation.learning_rate_for(batch) {
-                Some(lr) => Json(json!({
-                    "job": name,
-                    "batch_size": batch,
-                    "learning_rate": lr,
-                    "lr_rule": recommendation.lr.rule,
-                }))
-                .into_response(),
-                None => Problem::new(
-                    StatusCode::CONFLICT,
-                    "No learning-rate rule",
-                    format!("job `{name}` has no measured learning rate to scale"),
-                )
-                .into_response(),
-            }
+    let Some(text) = query.batch_size else {
+        let answer = match detail {
+            EvidenceDetail::Summary => recommendation.summary(),
+            EvidenceDetail::Full => recommendation,
+        };
+        return Json(answer).into_response();
+    };
+    let batch = match text.parse::<u64>() {
+        Ok(batch) if batch > 0 => batch,
+        _ => {
+            let shown: String = text.chars().take(40).collect();
+            return Problem::new(
+                StatusCode::BAD_REQUEST,
+                "Invalid query parameter",
+                format!("batch_size: must be a whole number > 0, got `{shown}`"),
+            )
+            .into_response();
         }
+    };
+    match recommendation.learning_rate_for(batch) {
+        Some(learning_rate) => Json(LrForBatch {
+            job: name,
+            batch_size: batch,
+            learning_rate,
+            lr_rule: recommendation.lr.rule,
+        })
+        .into_response(),
+        None => Problem::new(
+            StatusCode::CONFLICT,
+            "No learning-rate rule",
+            format!("job `{name}` has no measured learning rate to scale"),
+        )
+        .into_response(),
     }
 }
 
+/// The GPU inventory (NVML), or the CPU's memory without a GPU.
+#[utoipa::path(get, path = "/v1/gpus", tag = "meta",
+    responses((status = 200, description = "the inventory", body = Inventory)))]
 async fn gpus(State(shared): State<Arc<Shared>>) -> Json<Inventory> {
     let probe = shared.machine.gpu_probe.clone();
     let inventory = tokio::task::spawn_blocking(move || match probe {
@@ -764,30 +912,85 @@ mod tests {
         assert!(!host_allowed("attacker.example:8477", any, &[]));
     }
 
+    /// The document's schema for the recommendation lists exactly the
+    /// fields the type writes, section by section, and docs/spec.md
+    /// documents each of them.
     #[test]
-    fn the_openapi_schema_names_every_field_of_the_recommendation_and_no_other() {
-        let schema = recommendation_schema();
-        let document = serde_json::to_value(crate::search::Recommendation::example(64)).unwrap();
-        assert_eq!(keys(&schema["properties"]), keys(&document));
-        for (name, value) in document.as_object().unwrap() {
-            if let Some(section) = schema["properties"][name].get("properties") {
-                assert_eq!(keys(section), keys(value), "section `{name}`");
+    fn the_generated_recommendation_schema_matches_the_type_and_the_docs() {
+        let document = openapi_document();
+        let schemas = &document["components"]["schemas"];
+        let resolve = |schema: &serde_json::Value| -> serde_json::Value {
+            let mut schema = schema.clone();
+            // Option<Section> is written as oneOf [null, $ref].
+            if let Some(one_of) = schema.get("oneOf").and_then(|v| v.as_array()) {
+                if let Some(r) = one_of.iter().find(|s| s.get("$ref").is_some()) {
+                    schema = r.clone();
+                }
             }
-        }
-        // docs/spec.md documents the same fields.
+            match schema.get("$ref").and_then(|r| r.as_str()) {
+                Some(r) => schemas[r.trim_start_matches("#/components/schemas/")].clone(),
+                None => schema,
+            }
+        };
+        let schema = &schemas["Recommendation"];
+        let example = serde_json::to_value(crate::search::Recommendation::example(64)).unwrap();
+        assert_eq!(keys(&schema["properties"]), keys(&example));
         let spec = include_str!("../../docs/spec.md");
         let documented = &spec[spec.find("## The recommendation").unwrap()..];
-        for (name, section) in schema["properties"].as_object().unwrap() {
+        for (name, value) in example.as_object().unwrap() {
             assert!(
                 documented.contains(&format!("`{name}`")),
                 "docs/spec.md lacks `{name}`"
             );
-            for field in keys(&section["properties"]) {
-                assert!(
-                    documented.contains(&format!("`{field}`")),
-                    "docs/spec.md lacks `{name}.{field}`"
+            let section = resolve(&schema["properties"][name]);
+            if value.is_object() {
+                assert_eq!(
+                    keys(&section["properties"]),
+                    keys(value),
+                    "section `{name}`"
                 );
+                for field in keys(value) {
+                    assert!(
+                        documented.contains(&format!("`{field}`")),
+                        "docs/spec.md lacks `{name}.{field}`"
+                    );
+                }
             }
         }
+    }
+
+    #[test]
+    fn every_handler_is_documented_with_its_problems() {
+        let document = openapi_document();
+        let paths = document["paths"].as_object().unwrap();
+        for path in [
+            "/healthz",
+            "/readyz",
+            "/v1/jobs",
+            "/v1/jobs/{name}",
+            "/v1/jobs/{name}/retune",
+            "/v1/jobs/{name}/recommendation",
+            "/v1/gpus",
+            "/openapi.json",
+            "/metrics",
+            "/",
+            "/jobs/{name}",
+        ] {
+            assert!(paths.contains_key(path), "{path} missing");
+        }
+        for schema in [
+            "Problem",
+            "Job",
+            "Recommendation",
+            "JobList",
+            "JobDetail",
+            "Inventory",
+        ] {
+            assert!(
+                document["components"]["schemas"].get(schema).is_some(),
+                "schema {schema} missing"
+            );
+        }
+        assert_eq!(document["info"]["version"], env!("CARGO_PKG_VERSION"));
     }
 }

@@ -14,9 +14,10 @@ use crate::state::{CacheKey, RunOutcome};
 use crate::validation::{FieldError, Syntax};
 
 /// One job as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Job {
     pub name: String,
+    #[schema(value_type = String)]
     pub source_path: PathBuf,
     pub state: JobState,
     /// The device its search runs (or ran) on.
@@ -38,6 +39,7 @@ pub struct Job {
     pub recommendation: Option<Recommendation>,
     /// Documents show the spec by its hash alone.
     #[serde(rename = "spec_hash", serialize_with = "serialize_spec_hash")]
+    #[schema(value_type = Option<String>)]
     pub(super) spec: Option<JobSpec>,
 }
 
@@ -110,7 +112,7 @@ impl Job {
                 job.device = Some(stored.recommendation.device);
                 job.trials_done = stored.recommendation.evidence.trials.len();
                 job.recommendation = Some(stored.recommendation);
-                tracing::info!("job {name}: recommendation reused from the state folder");
+                tracing::info!(job = %name, "job {name}: recommendation reused from the state folder");
                 job.spec = Some(spec);
                 return job;
             }
@@ -127,9 +129,9 @@ impl Job {
             job.error = run.error.clone();
             job.device = Some(run.device);
             job.trials_done = run.trials;
-            tracing::info!("job {name}: failed before with this spec (POST .../retune to retry)");
+            tracing::info!(job = %name, "job {name}: failed before with this spec (POST .../retune to retry)");
         } else {
-            tracing::info!("job {name}: queued");
+            tracing::info!(job = %name, "job {name}: queued");
         }
         job.spec = Some(spec);
         job
@@ -498,8 +500,7 @@ pub fn reconcile(shared: &Shared) {
         };
         for (key, path) in moved {
             if let Some(job) = jobs.get_mut(&key) {
-                tracing::info!(
-                    "job {key}: its spec moved from {} to {}",
+                tracing::info!(job = %key, "job {key}: its spec moved from {} to {}",
                     job.source_path.display(),
                     path.display()
                 );
@@ -519,6 +520,7 @@ pub fn reconcile(shared: &Shared) {
             shared.cancel_if_running(&key);
             if job.state == JobState::Invalid {
                 tracing::warn!(
+                    job = %key,
                     "job {} is invalid: {}",
                     key,
                     job.errors
@@ -540,6 +542,7 @@ pub fn reconcile(shared: &Shared) {
             .collect();
         for name in retired {
             tracing::info!(
+                job = %name,
                 "job {}: spec removed, job retired (its recommendation stays in the state folder)",
                 name
             );

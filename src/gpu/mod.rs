@@ -28,7 +28,7 @@ pub enum GpuError {
 }
 
 /// A process holding memory on a GPU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GpuProcess {
     pub pid: u32,
     #[serde(default)]
@@ -39,7 +39,7 @@ pub struct GpuProcess {
 }
 
 /// One GPU's state at one moment. Fields a GPU does not report are `None`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GpuInfo {
     pub index: u32,
     pub name: String,
@@ -62,7 +62,7 @@ pub struct GpuInfo {
 }
 
 /// Everything the driver reports at one moment.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GpuSnapshot {
     #[serde(default)]
     pub driver_version: Option<String>,
@@ -134,7 +134,7 @@ pub fn open_probe() -> Result<Box<dyn GpuProbe>, GpuError> {
 }
 
 /// Host memory, from `/proc/meminfo`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SystemMemory {
     pub total_bytes: u64,
     pub available_bytes: u64,
@@ -156,7 +156,7 @@ impl SystemMemory {
 }
 
 /// Which backend trials will use by default on this machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DefaultBackend {
     Cuda,
@@ -164,7 +164,7 @@ pub enum DefaultBackend {
 }
 
 /// What `batchd gpus` reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Inventory {
     pub default_backend: DefaultBackend,
     pub nvml_available: bool,

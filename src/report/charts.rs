@@ -375,7 +375,7 @@ fn training_chart(rec: &Recommendation) -> Chart {
     );
     c.x_scale = Scale::Linear;
     for (i, run) in rec.evidence.lr_confirmations.iter().enumerate() {
-        let steps: Vec<f64> = (0..run.losses.len()).map(|s| s as f64).collect();
+        let steps = crate::search::curve::steps_of(run.losses.len(), &run.loss_steps);
         let points = before_runaway(&steps, &run.losses)
             .into_iter()
             .map(|(step, loss)| {

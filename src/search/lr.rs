@@ -6,11 +6,14 @@ use serde::{Deserialize, Serialize};
 use crate::policy::LrScaling;
 
 /// A smoothed LR range test and its suggestion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RangeTest {
     pub batch_size: u64,
     pub learning_rates: Vec<f64>,
+    /// Null where a step's loss was not finite.
+    #[schema(value_type = Vec<Option<f64>>)]
     pub losses: Vec<f64>,
+    #[schema(value_type = Vec<Option<f64>>)]
     pub smoothed: Vec<f64>,
     /// Where the smoothed loss is lowest.
     pub min_loss_lr: f64,
@@ -83,21 +86,27 @@ pub fn analyze_range_test(batch_size: u64, lrs: &[f64], losses: &[f64]) -> Optio
 }
 
 /// One confirmation run: an LR and the validation loss it reached.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Confirmation {
     pub batch_size: u64,
     pub learning_rate: f64,
     /// `None` when the run diverged or failed.
     pub validation_loss: Option<f64>,
     pub outcome: String,
-    /// Training loss at each step (for the report's training curves).
+    /// Training loss per step, for the report's charts (or per bucket of steps: `loss_steps`).
     #[serde(default, with = "crate::trial::json_float::vec")]
+    #[schema(value_type = Vec<Option<f64>>)]
     pub losses: Vec<f64>,
+    /// The step each point of `losses` ends at, when the curve was cut to
+    /// [`super::curve::MAX_CURVE_POINTS`] bucket means; absent when every
+    /// step has its point.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loss_steps: Vec<u32>,
 }
 
 /// The best LR among confirmation runs at one batch size, refined by a
 /// parabola through the best point and its neighbours in log-LR.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BestLr {
     pub batch_size: u64,
     pub learning_rate: f64,
@@ -204,7 +213,7 @@ pub fn lr_interval(runs: &[Confirmation], tolerance: f64) -> Option<(f64, f64)> 
 }
 
 /// How the LR moves with batch size: lr(N) = reference_lr x (N / reference_batch)^alpha.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LrRule {
     /// The rule in use: `measured`, `linear` or `sqrt`.
     pub kind: LrScaling,
@@ -295,6 +304,7 @@ mod tests {
                 validation_loss: Some(1.0 + (lr.ln() - 4e-3f64.ln()).powi(2)),
                 outcome: "ok".into(),
                 losses: Vec::new(),
+                loss_steps: Vec::new(),
             })
             .collect();
         let best = best_lr(&runs).unwrap();
@@ -316,6 +326,7 @@ mod tests {
                 validation_loss: Some(1.0 + (lr.ln() - 3e-3f64.ln()).powi(2)),
                 outcome: "ok".into(),
                 losses: Vec::new(),
+                loss_steps: Vec::new(),
             })
             .collect();
         // Loss within 0.25 of the best: |ln(lr / 3e-3)| <= 0.5.
@@ -335,6 +346,7 @@ mod tests {
                 validation_loss: None,
                 outcome: "diverged".into(),
                 losses: vec![2.0, f64::NAN],
+                loss_steps: Vec::new(),
             },
             Confirmation {
                 batch_size: 8,
@@ -342,6 +354,7 @@ mod tests {
                 validation_loss: Some(2.0),
                 outcome: "ok".into(),
                 losses: vec![2.5, 2.0],
+                loss_steps: Vec::new(),
             },
         ];
         assert_eq!(best_lr(&runs).unwrap().learning_rate, 0.01);

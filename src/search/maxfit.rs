@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `peak = fixed_bytes + bytes_per_sample x batch`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AffineMemory {
     pub fixed_bytes: f64,
     pub bytes_per_sample: f64,
@@ -99,7 +99,7 @@ pub struct MaxFitSearch {
 }
 
 /// The search's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MaxFit {
     /// The largest batch that ran successfully under the budget; `None`
     /// when not even the smallest allowed batch fits.

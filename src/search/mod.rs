@@ -4,6 +4,7 @@
 //! Written as pure logic over the [`TrialRunner`] trait: unit tests drive it
 //! with fake runners, the daemon and the CLI with real worker processes.
 
+pub mod curve;
 pub mod lr;
 pub mod maxfit;
 pub mod noise;
@@ -261,7 +262,10 @@ pub async fn advise<R: TrialRunner>(
     let reference = session.confirm_reference_lr(&curve, &range, &runs).await;
     let race = session.race(&curve, &reference, &runs).await;
     let check = session.lr_check(&curve, &reference, &race).await;
-    Ok(session.recommend(fit, cap, curve, range, reference, race, check, runs))
+    // Stored and served with its curves cut to what the charts need.
+    Ok(session
+        .recommend(fit, cap, curve, range, reference, race, check, runs)
+        .with_compact_curves())
 }
 
 #[cfg(test)]

@@ -15,12 +15,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::trial::GradNoiseSample;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NoiseScale {
     /// B_simple, in samples.
     pub value: f64,
     /// Standard error across the groups of measurements.
     #[serde(with = "crate::trial::json_float")]
+    #[schema(value_type = Option<f64>)]
     pub stderr: f64,
     pub big_batch: u64,
     pub small_batch: u64,

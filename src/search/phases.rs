@@ -747,6 +747,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 validation_loss: loss,
                 outcome: result.outcome.to_string(),
                 losses: result.losses.clone(),
+                loss_steps: Vec::new(),
             });
             if index == lrs.len() && extensions < MAX_EXTENSIONS {
                 let min = lrs.iter().copied().fold(f64::MAX, f64::min);
@@ -1029,6 +1030,7 @@ impl<R: TrialRunner> Session<'_, R> {
             validation_loss: loss,
             outcome: result.outcome.to_string(),
             losses: result.losses,
+            loss_steps: Vec::new(),
         });
     }
 
@@ -1069,6 +1071,7 @@ impl<R: TrialRunner> Session<'_, R> {
             validation_loss: first.validation_loss,
             outcome: first.outcome.clone(),
             losses: first.losses.clone(),
+            loss_steps: Vec::new(),
         });
         let mut lrs = vec![lr / LR_STEP, lr * LR_STEP];
         let mut index = 0;
@@ -1093,6 +1096,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 validation_loss: result.validation_loss.filter(|_| result.is_ok()),
                 outcome: result.outcome.to_string(),
                 losses: result.losses,
+                loss_steps: Vec::new(),
             });
             if index == lrs.len() && !extended {
                 // A clear win at an edge: one more step that way.

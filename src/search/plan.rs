@@ -21,14 +21,14 @@ pub const PHASE_SHARES: [(Phase, f64); 6] = [
     (Phase::LrCheck, 0.10),
 ];
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PhaseBudget {
     pub phase: Phase,
     /// Seconds into the search by which the phase must end.
     pub ends_at_seconds: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BudgetPlan {
     pub total_seconds: f64,
     pub phases: Vec<PhaseBudget>,

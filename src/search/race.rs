@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What every candidate of a race gets the same amount of.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum RaceBudget {
     /// Training seconds per run (steps = seconds / modelled step time).
@@ -28,18 +28,24 @@ impl std::fmt::Display for RaceBudget {
 }
 
 /// One seed of one candidate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RaceRun {
     pub seed: u64,
     /// `None` when the run diverged or failed.
     pub validation_loss: Option<f64>,
     pub outcome: String,
     #[serde(default, with = "crate::trial::json_float::vec")]
+    #[schema(value_type = Vec<Option<f64>>)]
     pub losses: Vec<f64>,
+    /// The step each point of `losses` ends at, when the curve was cut to
+    /// [`super::curve::MAX_CURVE_POINTS`] bucket means; absent when every
+    /// step has its point.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loss_steps: Vec<u32>,
 }
 
 /// One candidate batch with its LR and the runs at it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RaceEntry {
     pub batch_size: u64,
     pub learning_rate: f64,
@@ -77,7 +83,7 @@ impl RaceEntry {
 }
 
 /// The race as evidence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Race {
     pub budget: RaceBudget,
     pub entries: Vec<RaceEntry>,
@@ -241,6 +247,7 @@ mod tests {
                     validation_loss: *l,
                     outcome: if l.is_some() { "ok" } else { "diverged" }.into(),
                     losses: Vec::new(),
+                    loss_steps: Vec::new(),
                 })
                 .collect(),
         }

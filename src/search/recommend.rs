@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::curve::{downsample, MAX_CURVE_POINTS};
 use super::lr::{BestLr, Confirmation, LrRule, RangeTest};
 use super::maxfit::MaxFit;
 use super::noise::{efficiency, NoiseScale};
@@ -15,7 +16,7 @@ use crate::policy::{Objective, Policy};
 use crate::trial::Outcome;
 
 /// One trial of the search, as evidence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrialRecord {
     pub phase: Phase,
     pub batch_size: u64,
@@ -33,7 +34,7 @@ pub struct TrialRecord {
 }
 
 /// Precision advice with its reason.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PrecisionAdvice {
     pub measured: String,
     pub recommended: String,
@@ -49,7 +50,7 @@ pub const SCHEMA_VERSION: u32 = 2;
 ///
 /// The headline (batch sizes, device) sits at the top; each concern has its
 /// own section. docs/spec.md documents every field.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Recommendation {
     /// [`SCHEMA_VERSION`] when written.
     pub schema_version: u32,
@@ -84,7 +85,7 @@ pub struct Recommendation {
 }
 
 /// The learning rate for the effective batch and the rule behind it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LrAdvice {
     pub learning_rate: Option<f64>,
     /// The LRs (for the effective batch) within noise of the best.
@@ -95,7 +96,7 @@ pub struct LrAdvice {
 
 /// How long training runs at the recommended batch, and how the LR moves:
 /// linear warm-up, then `decay` down to `final_lr_fraction` of the peak.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleAdvice {
     pub dataset_size: Option<u64>,
     pub updates_per_epoch: Option<u64>,
@@ -106,7 +107,7 @@ pub struct ScheduleAdvice {
 }
 
 /// What memory allowed and what the recommendation is expected to use.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemoryAdvice {
     /// The device's memory as the search saw it.
     pub limit_bytes: u64,
@@ -120,7 +121,7 @@ pub struct MemoryAdvice {
 }
 
 /// Speed: the measured curve, its model, and goodput over it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ThroughputAdvice {
     /// At the recommended batch, over all replicas.
     pub expected_samples_per_second: Option<f64>,
@@ -133,7 +134,7 @@ pub struct ThroughputAdvice {
 }
 
 /// The measurements the answer rests on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Evidence {
     /// The gradient noise scale B_simple in samples, when it could be
     /// measured.
@@ -153,7 +154,7 @@ pub struct Evidence {
 
 /// The largest batch the training data allows: the training set divided by
 /// the policy's fewest updates per epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchCap {
     pub training_samples: u64,
     pub min_updates_per_epoch: u64,
@@ -163,6 +164,63 @@ pub struct BatchCap {
 }
 
 impl Recommendation {
+    /// The recommendation with every training curve cut to at most
+    /// [`MAX_CURVE_POINTS`] points (docs/spec.md: "Curves").
+    pub fn with_compact_curves(mut self) -> Recommendation {
+        let compact = |losses: &mut Vec<f64>, steps: &mut Vec<u32>| {
+            if steps.is_empty() && losses.len() > MAX_CURVE_POINTS {
+                (*losses, *steps) = downsample(losses, MAX_CURVE_POINTS);
+            }
+        };
+        for run in &mut self.evidence.lr_confirmations {
+            compact(&mut run.losses, &mut run.loss_steps);
+        }
+        for entry in self.evidence.race.iter_mut().flat_map(|r| &mut r.entries) {
+            for run in &mut entry.runs {
+                compact(&mut run.losses, &mut run.loss_steps);
+            }
+        }
+        self
+    }
+
+    /// The recommendation without its point series (training curves and
+    /// the LR range tests' sweeps): what the API serves unless asked for
+    /// `?evidence=full`. Every figure and verdict stays.
+    pub fn summary(mut self) -> Recommendation {
+        for run in &mut self.evidence.lr_confirmations {
+            run.losses.clear();
+            run.loss_steps.clear();
+        }
+        for entry in self.evidence.race.iter_mut().flat_map(|r| &mut r.entries) {
+            for run in &mut entry.runs {
+                run.losses.clear();
+                run.loss_steps.clear();
+            }
+        }
+        for test in &mut self.evidence.lr_range_tests {
+            test.learning_rates.clear();
+            test.losses.clear();
+            test.smoothed.clear();
+        }
+        self
+    }
+
+    /// The LR at `step` (0-based) of a training run of `total_steps`
+    /// optimizer steps under the recommended schedule: linear warm-up over
+    /// `schedule.warmup_steps`, then cosine decay to `final_lr_fraction` of
+    /// the peak at the last step. `None` without a measured LR. The Python
+    /// package's `Recommendation.lr_at` gives the same numbers.
+    pub fn lr_at(&self, step: u64, total_steps: u64) -> Option<f64> {
+        let lr = self.lr.learning_rate?;
+        let clamp = |x: u64| u32::try_from(x).unwrap_or(u32::MAX);
+        let schedule = crate::trial::LrSchedule::WarmupCosine {
+            lr,
+            warmup_steps: clamp(self.schedule.warmup_steps.unwrap_or(0)),
+            final_fraction: self.schedule.final_lr_fraction,
+        };
+        Some(schedule.lr_at(clamp(step), clamp(total_steps)))
+    }
+
     /// The LR for any effective batch, from the fitted rule.
     pub fn learning_rate_for(&self, batch: u64) -> Option<f64> {
         self.lr.rule.as_ref().map(|rule| rule.lr_at(batch))
@@ -261,7 +319,7 @@ impl Recommendation {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GoodputPoint {
     pub batch_size: u64,
     pub global_batch_size: u64,
@@ -426,6 +484,120 @@ pub fn expected_speed(curve: &[CurvePoint], batch: u64) -> Option<f64> {
 mod tests {
     use super::*;
     use crate::policy::PolicySet;
+
+    /// A recommendation the size of the held-out job's (4.4 MB served, of
+    /// which 2.6 MB per-step curves) and then some: 8 confirmation runs and
+    /// 4 race candidates x 3 seeds, 11,000 steps each, 120 trials.
+    fn held_out_sized() -> Recommendation {
+        use super::super::race::{RaceBudget, RaceEntry, RaceRun};
+        let losses = |seed: f64| -> Vec<f64> {
+            (0..11_000)
+                .map(|s| {
+                    let s = s as f64;
+                    0.3 + 2.0 * (-s / 3000.0).exp() + 0.05 * (s * 0.37 + seed).sin()
+                })
+                .collect()
+        };
+        let mut rec = Recommendation::example(256);
+        rec.evidence.lr_confirmations = (0..8)
+            .map(|i| Confirmation {
+                batch_size: 256,
+                learning_rate: 1e-4 * f64::from(i + 1),
+                validation_loss: Some(0.512_345_678_9),
+                outcome: "ok".into(),
+                losses: losses(f64::from(i)),
+                loss_steps: Vec::new(),
+            })
+            .collect();
+        rec.evidence.race = Some(Race {
+            budget: RaceBudget::WallClock { seconds: 120.0 },
+            entries: (0..4)
+                .map(|e| RaceEntry {
+                    batch_size: 64 << e,
+                    learning_rate: 1e-3,
+                    steps: 11_000,
+                    warmup_steps: 550,
+                    runs: (0..3)
+                        .map(|seed| RaceRun {
+                            seed,
+                            validation_loss: Some(0.5),
+                            outcome: "ok".into(),
+                            losses: losses(seed as f64 + 10.0 * f64::from(e)),
+                            loss_steps: Vec::new(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            winner: Some(256),
+            within_noise: false,
+            verdict: "batch 256 won by 0.8 standard deviations".into(),
+        });
+        rec.evidence.trials = (0..120)
+            .map(|i| TrialRecord {
+                phase: Phase::Race,
+                batch_size: 256,
+                learning_rate: Some(1.234_567_890_1e-3),
+                learning_rate_start: None,
+                steps: 11_000,
+                outcome: Outcome::Ok,
+                reason: Some(format!("trial {i} finished")),
+                peak_memory_bytes: Some(123_456_789),
+                samples_per_second: Some(12_345.678_901),
+                validation_loss: Some(0.512_345_678_9),
+                seconds: 12.345_678,
+            })
+            .collect();
+        rec.rationale = (0..20)
+            .map(|i| format!("sentence {i}: {}", "x".repeat(150)))
+            .collect();
+        rec
+    }
+
+    #[test]
+    fn a_held_out_sized_recommendation_is_stored_and_served_under_100_kb() {
+        let raw = held_out_sized();
+        let bytes = |r: &Recommendation| serde_json::to_vec(r).unwrap().len();
+        assert!(bytes(&raw) > 2_000_000, "the fixture has the problem");
+        let stored = raw.clone().with_compact_curves();
+        assert!(bytes(&stored) < 100_000, "stored: {} bytes", bytes(&stored));
+        let summary = stored.clone().summary();
+        assert!(
+            bytes(&summary) < 50_000,
+            "summary: {} bytes",
+            bytes(&summary)
+        );
+        eprintln!(
+            "held-out sized: {} bytes raw, {} stored (evidence=full), {} summary",
+            bytes(&raw),
+            bytes(&stored),
+            bytes(&summary)
+        );
+        // The compact curves still span the whole run, point for point.
+        let run = &stored.evidence.lr_confirmations[0];
+        assert_eq!(run.losses.len(), MAX_CURVE_POINTS);
+        assert_eq!(run.loss_steps.last(), Some(&10_999));
+        let whole = &raw.evidence.lr_confirmations[0].losses;
+        let first_bucket: f64 = whole[..110].iter().sum::<f64>() / 110.0;
+        assert!((run.losses[0] - first_bucket).abs() < 1e-4 * first_bucket);
+        // Compacting again changes nothing; the summary keeps every figure.
+        assert_eq!(stored.clone().with_compact_curves(), stored);
+        assert_eq!(summary.evidence.trials, stored.evidence.trials);
+        assert!(summary.evidence.lr_confirmations[0].losses.is_empty());
+    }
+
+    #[test]
+    fn lr_at_follows_warm_up_then_cosine_to_the_final_fraction() {
+        let mut rec = Recommendation::example(64);
+        rec.schedule.warmup_steps = Some(10);
+        rec.schedule.final_lr_fraction = 0.1;
+        let lr = rec.lr.learning_rate.unwrap();
+        assert_eq!(rec.lr_at(0, 100), Some(lr / 10.0));
+        assert_eq!(rec.lr_at(9, 100), Some(lr));
+        assert_eq!(rec.lr_at(10, 100), Some(lr));
+        assert!((rec.lr_at(99, 100).unwrap() - 0.1 * lr).abs() < 1e-15);
+        rec.lr.learning_rate = None;
+        assert_eq!(rec.lr_at(5, 100), None);
+    }
 
     fn curve() -> Vec<CurvePoint> {
         [32u64, 64, 128, 256, 512, 1024]

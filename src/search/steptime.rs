@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::throughput::{interpolate, CurvePoint};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepTimeModel {
     /// Seconds per step that do not grow with the batch.
     pub fixed_seconds: f64,

@@ -1,0 +1,27 @@
+"""batchd's Python side.
+
+- `batchd.trial.Trial`: the command-runner protocol (BATCHD_* in, report out).
+- `batchd.torch.train`: a PyTorch loop run under that protocol (torch optional).
+- `batchd.Client`: the daemon's HTTP API.
+- `batchd.Recommendation`: the advice, and the schedule to train with it.
+
+Only the standard library is needed, except by `batchd.torch`.
+"""
+from .client import Client, DaemonUnreachable, JobFailed, ProblemError
+from .recommendation import Recommendation
+from .schedule import schedule_lr, warmup_cosine_lr
+from .trial import Trial
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "Client",
+    "DaemonUnreachable",
+    "JobFailed",
+    "ProblemError",
+    "Recommendation",
+    "Trial",
+    "schedule_lr",
+    "warmup_cosine_lr",
+    "__version__",
+]

@@ -1,0 +1,160 @@
+"""Run a PyTorch model under batchd's command-runner protocol.
+
+    import batchd.torch
+    trial, device = batchd.torch.setup()          # reads BATCHD_*, seeds, picks the device
+    model = make_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=trial.lr(0))
+    batchd.torch.train(model, optimizer, torch.nn.CrossEntropyLoss(),
+                       batches=lambda n: make_batch(n), validation=lambda: make_batch(4096),
+                       trial=trial)
+
+`train` sets the LR of every param group each step, measures the gradient
+noise norms when batchd asks, reports the validation loss on the last step,
+runs under autocast (and a GradScaler for f16) as BATCHD_PRECISION says, and
+turns out-of-memory into the message and exit status batchd classifies.
+torch is imported only when used, so this module imports without it.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+from typing import Any, Callable, ContextManager, Iterable, Optional, Tuple, Union
+
+from ._loop import OOM_EXIT_CODE, Backend, BatchSource, TrainResult, run
+from .trial import Trial
+
+__all__ = ["setup", "device_for", "train", "TorchBackend", "TrainResult", "OOM_EXIT_CODE", "Backend"]
+
+
+def _torch() -> Any:
+    import torch  # noqa: PLC0415 - optional dependency
+
+    return torch
+
+
+def device_for(trial: Trial) -> Any:
+    """The torch.device for the trial: cuda when batchd asks for it and
+    CUDA is available (a warning on stderr when it is not), else cpu."""
+    torch = _torch()
+    if trial.device == "cuda":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        print("batchd.torch: BATCHD_DEVICE=cuda but torch sees no CUDA device; running on CPU",
+              file=sys.stderr, flush=True)
+    return torch.device("cpu")
+
+
+def setup(trial: Optional[Trial] = None) -> Tuple[Trial, Any]:
+    """Read the trial from the environment (unless given), seed Python's and
+    torch's generators with BATCHD_SEED, and return (trial, device)."""
+    trial = trial or Trial()
+    torch = _torch()
+    random.seed(trial.seed)
+    torch.manual_seed(trial.seed)
+    return trial, device_for(trial)
+
+
+class TorchBackend:
+    """The torch side of the loop: device moves, autocast, GradScaler, norms."""
+
+    def __init__(self, device: Any) -> None:
+        self.torch = _torch()
+        self.device = self.torch.device(device)
+
+    def prepare(self, model: Any) -> None:
+        model.to(self.device)
+
+    def to_device(self, batch: Any) -> Any:
+        torch = self.torch
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, dict):
+            return {k: self.to_device(v) for k, v in batch.items()}
+        if isinstance(batch, (tuple, list)):
+            return type(batch)(self.to_device(v) for v in batch)
+        return batch
+
+    def autocast(self, dtype: Optional[str]) -> ContextManager[Any]:
+        if dtype is None:
+            return contextlib.nullcontext()
+        return self.torch.autocast(self.device.type, dtype=getattr(self.torch, dtype))
+
+    def grad_scaler(self) -> Any:
+        amp = getattr(self.torch, "amp", None)
+        if amp is not None and hasattr(amp, "GradScaler"):
+            return amp.GradScaler(self.device.type)
+        return self.torch.cuda.amp.GradScaler()  # torch < 2.3
+
+    def grad_norm_sq(self, model: Any) -> float:
+        grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return 0.0
+        # One sum on the device, one transfer.
+        return float(sum(g.float().pow(2).sum() for g in grads))
+
+    def no_grad(self) -> ContextManager[Any]:
+        return self.torch.no_grad()
+
+    def count_parameters(self, model: Any) -> int:
+        return int(sum(p.numel() for p in model.parameters()))
+
+    def is_oom(self, error: BaseException) -> bool:
+        torch = self.torch
+        kinds = tuple(
+            k for k in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if k
+        )
+        if kinds and isinstance(error, kinds):
+            return True
+        if isinstance(error, MemoryError):
+            return True
+        text = str(error).lower()
+        return isinstance(error, RuntimeError) and (
+            "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+        )
+
+
+def train(
+    model: Any,
+    optimizer: Any,
+    loss_fn: Optional[Callable[..., Any]],
+    batches: BatchSource,
+    *,
+    validation: Optional[Union[Callable[[], Any], Iterable[Any]]] = None,
+    trial: Optional[Trial] = None,
+    forward: Optional[Callable[[Any, Any], Any]] = None,
+    train_samples: Optional[int] = None,
+    device: Any = None,
+    backend: Optional[Backend] = None,
+    exit_on_oom: bool = True,
+) -> TrainResult:
+    """Train for trial.steps steps at trial.batch_size, reporting each step.
+
+    batches: `batches(n)` returning a batch of n samples, or an iterable of
+        batches (a DataLoader built with batch_size=trial.batch_size), restarted
+        when it runs out. A batch is (inputs, targets), or anything `forward` takes.
+    validation: `validation()` returning the held-out loss or a batch, or an
+        iterable of batches (sample-weighted mean). Without it, the loss of a
+        fresh batch from `batches` (unseen in this trial).
+    forward: `(model, batch) -> loss`, instead of loss_fn(model(inputs), targets).
+    train_samples: the training set's size, for batchd's report.
+    device: where to train (default: device_for(trial)); backend: a stand-in
+        for TorchBackend (tests).
+    exit_on_oom: print "CUDA out of memory ..." to stderr and exit with
+        OOM_EXIT_CODE on an out-of-memory error (batchd reads it as such).
+    """
+    trial = trial or Trial()
+    if backend is None:
+        backend = TorchBackend(device if device is not None else device_for(trial))
+    return run(
+        trial,
+        backend,
+        model,
+        optimizer,
+        loss_fn,
+        batches,
+        validation=validation,
+        forward=forward,
+        train_samples=train_samples,
+        exit_on_oom=exit_on_oom,
+    )

@@ -52,6 +52,10 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     /// How command trials are contained: `auto`, `cgroup` or `subreaper`.
     pub trial_containment: crate::trial::Containment,
+    /// The log format: `text` for people (the default) or `json`, one
+    /// object per line with the job's name in a `job` field. The
+    /// `--log-format` flag wins; read at start (a reload keeps the format).
+    pub log_format: crate::logging::LogFormat,
 }
 
 impl Default for Config {
@@ -69,6 +73,7 @@ impl Default for Config {
             allow_command_jobs_over_http: false,
             allowed_hosts: Vec::new(),
             trial_containment: crate::trial::Containment::Auto,
+            log_format: crate::logging::LogFormat::Text,
         }
     }
 }
@@ -216,6 +221,11 @@ mod tests {
         assert_eq!(config.state_dir, Path::new("/srv/batchd"));
         assert_eq!(config.max_concurrent_jobs, 2);
         assert_eq!(config.jobs_dir, Path::new("/etc/batchd/jobs.d"));
+        assert_eq!(config.log_format, crate::logging::LogFormat::Text);
+        let json = Config::parse("log_format = \"json\"\n", Syntax::Toml, "c.toml").unwrap();
+        assert_eq!(json.log_format, crate::logging::LogFormat::Json);
+        let error = Config::parse("log_format = \"xml\"\n", Syntax::Toml, "c.toml").unwrap_err();
+        assert_eq!(error.errors[0].field, "log_format", "{error}");
         let config = config.apply(&Overrides {
             state_dir: Some("/tmp/s".into()),
             listen: Some("127.0.0.1:9000".parse().unwrap()),

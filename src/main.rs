@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     // other command at once (a terminal's hang-up still ends them).
     cli::set_sighup_blocked(true);
     let cli = cli::Cli::parse();
-    batchd::logging::init(&cli.log);
+    batchd::logging::init(&cli.log, cli::log_format(&cli));
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -2,10 +2,21 @@
 //! and the mapping of every failure to an exit code. Only this wing (and
 //! `main.rs`) uses `anyhow`; the library's errors are typed.
 //!
-//! Exit codes (documented in the README): 0 success, 2 usage error (clap),
-//! 64 invalid spec, configuration or policy, 1 any other failure.
+//! Exit codes (documented in the README):
+//!
+//! - 0 success;
+//! - 1 any other failure, a request the daemon refused included (its
+//!   problem document printed as one line);
+//! - 2 usage error (clap, or a flag's value checked later);
+//! - 64 invalid spec, configuration or policy (also a spec the daemon
+//!   refuses as invalid, HTTP 422);
+//! - 69 the daemon cannot be reached (client subcommands; sysexits'
+//!   EX_UNAVAILABLE).
 
 mod advise;
+mod client;
+mod completions;
+mod remote;
 mod serve;
 mod show;
 mod trial;
@@ -20,6 +31,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use batchd::config::{Config, Overrides};
 use batchd::gpu::{open_probe, GpuProbe};
+use batchd::logging::LogFormat;
 use batchd::machine::{user_data_cache, user_kernel_cache, Machine};
 use batchd::policy::PolicySet;
 use batchd::spec::{load_spec_file, DeviceChoice, JobSpec};
@@ -30,6 +42,7 @@ use batchd::validation::DocumentErrors;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_INVALID: u8 = 64;
+pub const EXIT_UNAVAILABLE: u8 = 69;
 
 /// An error at the command line's edge, carrying its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +53,14 @@ pub enum CliError {
     /// The command was used wrongly in a way clap could not catch (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// The daemon refused a client's request; its problem as one line
+    /// (exit 1; a refused spec, HTTP 422, is [`CliError::Invalid`]).
+    #[error("{0}")]
+    Refused(String),
+    /// The daemon cannot be reached: nothing listens, the host is unknown,
+    /// or it did not answer in time (exit 69).
+    #[error("{0}")]
+    Unreachable(String),
     /// Anything else (exit 1).
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -50,7 +71,8 @@ impl CliError {
         ExitCode::from(match self {
             CliError::Invalid(_) => EXIT_INVALID,
             CliError::Usage(_) => EXIT_USAGE,
-            CliError::Other(_) => EXIT_FAILURE,
+            CliError::Refused(_) | CliError::Other(_) => EXIT_FAILURE,
+            CliError::Unreachable(_) => EXIT_UNAVAILABLE,
         })
     }
 }
@@ -85,6 +107,18 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `batchd=debug` (also RUST_LOG)
     #[arg(long, global = true, value_name = "FILTER", default_value = "info")]
     pub log: String,
+
+    /// Log format: text for people, json for machines (one object per
+    /// line, the job's name in a `job` field) [default: the
+    /// configuration's log_format, else text]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        env = "BATCHD_LOG_FORMAT"
+    )]
+    pub log_format: Option<LogFormatArg>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -124,6 +158,133 @@ pub enum Command {
     Policies(PoliciesArgs),
     /// Print the effective daemon configuration (file, defaults and flags).
     Config(ServeArgs),
+    /// List a running daemon's jobs: state, phase, trials, batch and LR.
+    ///
+    /// The LR is the recommended one, for jobs that are done; a failed or
+    /// invalid job shows why. With --watch the table is redrawn every
+    /// second on a terminal, and written again whenever it changes when
+    /// stdout is a pipe or a file (with --json: one JSON document per
+    /// line), until interrupted.
+    Jobs(JobsArgs),
+    /// Print a job's recommendation and its rationale, as `advise` does.
+    ///
+    /// Asks the running daemon; the job must be done (a job still tuning
+    /// is refused with 409).
+    Show(ShowArgs),
+    /// Submit a job spec file to the running daemon.
+    ///
+    /// Sent as application/toml, application/json or application/yaml
+    /// after its extension. The daemon needs the API token when it has one.
+    /// Exits 64 when the daemon finds the spec invalid.
+    Submit(SubmitArgs),
+    /// Tune a job again (a failed job, or new hardware).
+    Retune(NameArgs),
+    /// Remove a job: the daemon cancels its search and deletes its spec file.
+    ///
+    /// Its recommendation stays in the state folder.
+    Rm(NameArgs),
+    /// Print the learning rate for another effective batch size, from the
+    /// job's fitted LR rule.
+    ///
+    /// Refused (409) when the job has no measured LR to scale.
+    Lr(LrArgs),
+    /// Print a shell completion script to stdout.
+    ///
+    /// bash: `batchd completions bash > /etc/bash_completion.d/batchd`;
+    /// zsh: into a folder of $fpath as `_batchd`; fish:
+    /// `~/.config/fish/completions/batchd.fish`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) to stdout, or write one per command.
+    ///
+    /// Without --out-dir: one page, batchd(1), with a section for every
+    /// subcommand (`batchd man | man -l -`). With --out-dir DIR: batchd.1
+    /// and batchd-SUBCOMMAND.1 in DIR, their paths printed.
+    Man(ManArgs),
+}
+
+/// `--log-format`'s values (the library's [`batchd::logging::LogFormat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+/// The flags every client subcommand shares: where the daemon is, its
+/// token, and JSON output.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The daemon's address [default: http:// and the configuration's
+    /// listen address]
+    #[arg(long, value_name = "URL", env = "BATCHD_URL")]
+    pub url: Option<String>,
+    /// File holding the API token [default: the configuration's
+    /// api_token_file, when readable]
+    #[arg(long, value_name = "FILE", env = "BATCHD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print the daemon's JSON answer as it is
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JobsArgs {
+    /// Keep the table up to date until interrupted (Ctrl-C)
+    #[arg(long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    /// The job's name
+    pub name: String,
+    /// Also print the learning rate for this effective batch size
+    #[arg(long, value_name = "N")]
+    pub lr_for: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    /// The job spec file (.toml, .json, .yaml or .yml)
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NameArgs {
+    /// The job's name
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LrArgs {
+    /// The job's name
+    pub name: String,
+    /// The effective batch size (per optimizer step)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {
+    /// Write one page per command into DIR instead
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -236,6 +397,28 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Validate(args) => validate::run(&cli, args),
         Command::Policies(args) => show::policies(&cli, args),
         Command::Config(args) => show::config(&cli, args),
+        Command::Jobs(args) => remote::jobs(&cli, args),
+        Command::Show(args) => remote::show(&cli, args),
+        Command::Submit(args) => remote::submit(&cli, args),
+        Command::Retune(args) => remote::retune(&cli, args),
+        Command::Rm(args) => remote::rm(&cli, args),
+        Command::Lr(args) => remote::lr(&cli, args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
+    }
+}
+
+/// The log format: `--log-format` (or `BATCHD_LOG_FORMAT`), else the
+/// configuration's `log_format`, else text. Logging starts before any
+/// command loads the configuration, so it is read here on its own; a
+/// configuration that does not load is the command's to report.
+pub fn log_format(cli: &Cli) -> LogFormat {
+    match cli.log_format {
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        None => Config::load(cli.config.as_deref())
+            .map(|config| config.log_format)
+            .unwrap_or_default(),
     }
 }
 

@@ -130,7 +130,7 @@ fn take_startable(shared: &Shared) -> Vec<Startable> {
                 "search.device = {wanted}: this machine has no such device (it has {})",
                 available.join(", ")
             ));
-            tracing::warn!("job {name}: {}", job.error.as_deref().unwrap_or_default());
+            tracing::warn!(job = %name, "job {name}: {}", job.error.as_deref().unwrap_or_default());
         }
     }
     let mut startable = Vec::new();
@@ -163,7 +163,7 @@ fn take_startable(shared: &Shared) -> Vec<Startable> {
                 cancel: cancel.clone(),
             },
         );
-        tracing::info!("job {name}: running on {device} ({})", slot.model);
+        tracing::info!(job = %name, "job {name}: running on {device} ({})", slot.model);
         let data = job.data_digest.clone();
         startable.push((name, spec, data, slot, cancel));
     }
@@ -190,7 +190,7 @@ async fn run_search<R: TrialRunner>(
     let record = RunRecord::started(&hash, &data, slot.device, &slot.model);
     let started_at_unix_s = record.started_at_unix_s;
     if let Err(error) = shared.store.record_run(&name, &record) {
-        tracing::warn!("job {name}: cannot record the run in its history: {error}");
+        tracing::warn!(job = %name, "job {name}: cannot record the run in its history: {error}");
     }
     let end = search(
         &shared,
@@ -233,19 +233,19 @@ async fn run_search<R: TrialRunner>(
             }
         });
     if let Err(error) = finished {
-        tracing::warn!("job {name}: cannot record the run's end in its history: {error}");
+        tracing::warn!(job = %name, "job {name}: cannot record the run's end in its history: {error}");
     }
     match end {
-        SearchEnd::Cancelled => tracing::info!("job {name}: search cancelled"),
+        SearchEnd::Cancelled => tracing::info!(job = %name, "job {name}: search cancelled"),
         SearchEnd::Done(recommendation) => {
             let key = CacheKey::new(&hash, &slot.model, &data);
             if let Err(error) = shared
                 .store
                 .put_recommendation(&key, &name, &recommendation)
             {
-                tracing::error!("job {name}: cannot store the recommendation: {error}");
+                tracing::error!(job = %name, "job {name}: cannot store the recommendation: {error}");
             }
-            tracing::info!("job {name}: done, batch {}", recommendation.batch_size);
+            tracing::info!(job = %name, "job {name}: done, batch {}", recommendation.batch_size);
             shared.update_job(&name, (&hash, &data), |job| {
                 job.state = JobState::Done;
                 job.trials_done = recommendation.evidence.trials.len();
@@ -253,7 +253,7 @@ async fn run_search<R: TrialRunner>(
             });
         }
         SearchEnd::Failed(error) => {
-            tracing::warn!("job {name}: failed: {error}");
+            tracing::warn!(job = %name, "job {name}: failed: {error}");
             shared.update_job(&name, (&hash, &data), |job| {
                 job.state = JobState::Failed;
                 job.error = Some(error);

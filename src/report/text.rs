@@ -1,4 +1,5 @@
-//! The readable, plain-text form of a recommendation (`batchd advise`).
+//! The readable, plain-text form of a recommendation (`batchd advise`,
+//! `batchd show`).
 
 use crate::search::Recommendation;
 use crate::spec::JobSpec;
@@ -9,8 +10,18 @@ fn opt<T>(value: Option<T>, f: impl Fn(T) -> String) -> String {
 }
 
 /// The readable report of a recommendation; `lr_for` adds the LR the
-/// rule gives at that effective batch.
+/// rule gives at that effective batch. The recommendation carries all it
+/// shows (the spec's replica count included, as `world_size`): this is
+/// [`advice`], kept with the spec for `batchd advise`'s callers.
 pub fn recommendation(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>) -> String {
+    debug_assert_eq!(spec.training.world_size.max(1), rec.world_size.max(1));
+    advice(rec, lr_for)
+}
+
+/// The readable report of a recommendation alone, as `batchd advise`
+/// prints it: what `batchd show` prints for a recommendation the daemon
+/// serves, whose spec it does not have.
+pub fn advice(rec: &Recommendation, lr_for: Option<u64>) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "batchd advice for {} (policy {}, objective {}) on {}: {} trials in {}{}\n\n",
@@ -160,11 +171,11 @@ pub fn recommendation(spec: &JobSpec, rec: &Recommendation, lr_for: Option<u64>)
             rec.precision.measured, rec.precision.recommended, rec.precision.reason
         ),
     );
-    if spec.training.world_size > 1 {
+    if rec.world_size > 1 {
         row(
             &mut out,
             "data parallel",
-            format!("{} replicas", spec.training.world_size),
+            format!("{} replicas", rec.world_size),
         );
     }
     out.push_str("\n  throughput curve (per device)\n");

@@ -306,6 +306,9 @@ impl Shared {
         if new.config.max_request_body != old.config.max_request_body {
             need_restart.push("max_request_body");
         }
+        if new.config.log_format != old.config.log_format {
+            need_restart.push("log_format");
+        }
         match self.settings.write() {
             Ok(mut settings) => *settings = Arc::new(new),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(new),

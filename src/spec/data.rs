@@ -179,7 +179,18 @@ pub(super) fn parse_data(
             let delimiter = match raw.delimiter.as_deref() {
                 None => ',',
                 Some("\\t") | Some("tab") => '\t',
-                Some(d) if d.chars().count() == 1 => d.chars().next().unwrap_or(','),
+                Some(d) if d.chars().count() == 1 => match d.chars().next().unwrap_or(',') {
+                    // The CSV reader splits on one byte; a quote starts a
+                    // quoted field, a line break ends a record.
+                    c if c.is_ascii() && !matches!(c, '"' | '\n' | '\r') => c,
+                    _ => {
+                        problems.push(
+                            "data.delimiter",
+                            format!("must be an ASCII character other than a quote or a line break, got {d:?}"),
+                        );
+                        ','
+                    }
+                },
                 Some(d) => {
                     problems.push(
                         "data.delimiter",

@@ -15,14 +15,17 @@
 //! removed and parsed again. The digest finds damage and swaps, not
 //! forgery: whoever can write the folder can also compute a digest.
 //!
-//! Layout (version 2): [`MAGIC`], the 32-byte key, rows and values per
+//! Layout (version 3): [`MAGIC`], the 32-byte key, rows and values per
 //! sample (u64 each), the inputs (rows x values f32), the labels (rows
-//! i32), then the SHA-256 of everything before it.
+//! i32), then the SHA-256 of everything before it. Version 3 has version
+//! 2's layout; it came with the `csv`-crate parser (quoting, one-hot text
+//! columns), so nothing the old parser stored is read (the key hashes the
+//! magic too).
 //!
 //! Limits: the folder holds at most [`MAX_CACHED_DATASETS`] files (the
-//! least recently written go first); an entry holds at most one value per
-//! [`SOURCE_BYTES_PER_VALUE`] bytes of its CSV and at least
-//! [`MIN_SAMPLES`] rows; temporary files are created new (never through an
+//! least recently written go first); an entry holds at most one CSV field
+//! per [`SOURCE_BYTES_PER_FIELD`] bytes of its CSV (a text field stands for
+//! up to [`MAX_TEXT_LEVELS`] values) and at least [`MIN_SAMPLES`] rows; temporary files are created new (never through an
 //! existing name or link), mode 0600, in up to [`TEMPORARY_ATTEMPTS`] tries.
 
 use std::fs::{File, OpenOptions};
@@ -34,17 +37,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
+use super::csv::MAX_TEXT_LEVELS;
 use super::MIN_SAMPLES;
 
 /// First bytes of a cache file, with the layout's version. Entries of an
 /// older layout fail the check and are replaced.
-const MAGIC: &[u8; 8] = b"BATCHD\x02\x00";
+const MAGIC: &[u8; 8] = b"BATCHD\x03\x00";
 /// Most dataset files kept in the cache folder.
 pub const MAX_CACHED_DATASETS: usize = 16;
-/// A CSV spends at least this many bytes per value (one character and a
-/// delimiter or line end), so an entry claiming more values than its CSV's
-/// length allows is forged or damaged.
-pub const SOURCE_BYTES_PER_VALUE: u64 = 2;
+/// A CSV spends at least this many bytes per field (one character, as an
+/// empty field is refused, and a delimiter or line end), so an entry
+/// claiming more fields than its CSV's length allows is forged or damaged.
+/// A numeric field or a label is one value; a text feature is one-hot
+/// encoded into at most [`MAX_TEXT_LEVELS`].
+pub const SOURCE_BYTES_PER_FIELD: u64 = 2;
 /// Names tried for a temporary file before storing gives up. Each name is
 /// fresh (process id, a serial and random bits), so a taken one means
 /// someone planted it; a few tries bound the work such a folder can cause.
@@ -205,12 +211,15 @@ pub(super) fn load(entry: &Entry, classes: usize) -> Result<Option<Parsed>, Entr
         sample_len,
         source_len: entry.source_len,
     };
-    // Every value of the samples, labels included, came from the CSV.
-    let most_values = entry.source_len / SOURCE_BYTES_PER_VALUE + 1;
-    let values = sample_len
+    // Every value of the samples came from a field of the CSV: a row's
+    // label from one, its values from at least one per MAX_TEXT_LEVELS.
+    let most_fields = entry.source_len / SOURCE_BYTES_PER_FIELD + 1;
+    let fields = sample_len
+        .div_ceil(MAX_TEXT_LEVELS as u64)
         .checked_add(1)
         .and_then(|per_row| per_row.checked_mul(rows))
-        .filter(|&values| values <= most_values && rows >= MIN_SAMPLES as u64);
+        .filter(|&fields| fields <= most_fields && rows >= MIN_SAMPLES as u64);
+    let values = fields.and_then(|_| sample_len.checked_add(1)?.checked_mul(rows));
     let Some(values) = values else {
         return Err(impossible);
     };

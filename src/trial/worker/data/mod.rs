@@ -30,6 +30,12 @@ pub enum DataError {
     },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Csv {
+        path: PathBuf,
+        #[source]
+        source: Box<csv::CsvError>,
+    },
     #[error("{0}")]
     Shape(String),
 }

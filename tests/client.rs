@@ -6,10 +6,10 @@ mod common;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{drop_spec, Daemon, TINY};
+use common::{drop_spec, run, Daemon, TINY};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -26,19 +26,6 @@ fn client(url: &str) -> Command {
         .env_remove("BATCHD_TOKEN_FILE")
         .env_remove("BATCHD_LOG_FORMAT");
     command
-}
-
-fn run(command: &mut Command) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command.output().expect("batchd runs");
-    (
-        status.code().expect("batchd exits normally"),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
 }
 
 /// A refusal: exit `code`, and one line on stderr starting with `start`.

@@ -1,8 +1,11 @@
 //! `batchd completions SHELL` and `batchd man`, generated from the clap
 //! definitions; and `--help` for the client subcommands.
 
+mod common;
+
+use common::run;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 fn batchd() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_batchd"));
@@ -14,19 +17,6 @@ fn batchd() -> Command {
         )
         .env_remove("BATCHD_LOG_FORMAT");
     command
-}
-
-fn run(command: &mut Command) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command.output().expect("batchd runs");
-    (
-        status.code().expect("batchd exits normally"),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
 }
 
 const SUBCOMMANDS: [&str; 15] = [

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// An outside program a test needs (Prometheus, promtool,
@@ -405,4 +405,18 @@ pub fn rationale_says(rec: &serde_json::Value, text: &str) -> bool {
             .iter()
             .any(|l| l.as_str().is_some_and(|l| l.contains(text)))
     })
+}
+
+/// `(exit code, stdout, stderr)` of a command that must exit normally.
+pub fn run(command: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("batchd runs");
+    (
+        status.code().expect("batchd exits normally"),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
 }

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use super::csv::MAX_TEXT_LEVELS;
+use super::MAX_TEXT_LEVELS;
 use super::MIN_SAMPLES;
 
 /// First bytes of a cache file, with the layout's version. Entries of an

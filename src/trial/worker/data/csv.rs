@@ -25,12 +25,9 @@ use std::collections::HashMap;
 use std::fmt;
 
 use super::cache::{self, Parsed};
+use super::MAX_TEXT_LEVELS;
 use super::*;
 
-/// Most distinct values (levels) a text feature column may have. Each
-/// level becomes one input, so a column with more is more likely an
-/// identifier or free text than a category, and is refused.
-pub const MAX_TEXT_LEVELS: usize = 32;
 /// Values of a column that an error shows.
 const SHOWN_VALUES: usize = 5;
 /// Characters of a value that an error shows.

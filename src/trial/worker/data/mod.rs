@@ -20,6 +20,12 @@ use text::text_corpus;
 
 use crate::spec::{DataSource, DataSpec, LabelColumn, ModelSpec};
 
+/// Most distinct values (levels) a CSV text feature column may have
+/// (`csv`; the cache sizes its entries by it). Each level becomes one
+/// input, so a column with more is more likely an identifier or free text
+/// than a category, and is refused.
+pub const MAX_TEXT_LEVELS: usize = 32;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("cannot read {path}: {source}")]

@@ -70,6 +70,9 @@ if STANDALONE:
             small = environ.get("BATCHD_GRAD_NOISE_SMALL_BATCH")
             # When set, also report |g|^2 at this smaller batch (see measure_noise).
             self.grad_noise_small_batch = int(small) if small else None
+            measurements = environ.get("BATCHD_GRAD_NOISE_MEASUREMENTS")
+            # On how many steps (the last ones); None: every step after warm-up.
+            self.grad_noise_measurements = int(measurements) if measurements else None
             self.report_path = environ["BATCHD_REPORT"]
             self._report = open(self.report_path, "a", buffering=1, encoding="utf-8")
 
@@ -77,8 +80,13 @@ if STANDALONE:
             return schedule_lr(self.schedule, step, self.steps)
 
         def measure_noise(self, step):
-            """Whether to report grad_norm_sq and grad_norm_sq_small at `step`."""
-            return self.grad_noise_small_batch is not None and step >= self.warmup_steps
+            """Whether to report grad_norm_sq and grad_norm_sq_small at `step`:
+            the last BATCHD_GRAD_NOISE_MEASUREMENTS steps after warm-up."""
+            if self.grad_noise_small_batch is None or step < self.warmup_steps:
+                return False
+            if self.grad_noise_measurements is None:
+                return True
+            return step >= self.steps - self.grad_noise_measurements
 
         def report(self, step, loss, samples=None, **extra):
             """extra: grad_norm_sq, grad_norm_sq_small, val_loss, parameters, train_samples."""

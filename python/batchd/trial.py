@@ -48,6 +48,7 @@ class Trial:
     validate: bool
     schedule: Dict[str, Any]
     grad_noise_small_batch: Optional[int]
+    grad_noise_measurements: Optional[int]
 
     def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
         self.batch_size = int(environ["BATCHD_BATCH_SIZE"])
@@ -61,6 +62,9 @@ class Trial:
         small = environ.get("BATCHD_GRAD_NOISE_SMALL_BATCH")
         # When set, also report |g|^2 at this smaller batch (see measure_noise).
         self.grad_noise_small_batch = int(small) if small else None
+        measurements = environ.get("BATCHD_GRAD_NOISE_MEASUREMENTS")
+        # On how many steps (the last ones); None: every step after warm-up.
+        self.grad_noise_measurements = int(measurements) if measurements else None
         self.report_path = environ["BATCHD_REPORT"]
         self._report: IO[str] = open(self.report_path, "a", buffering=1, encoding="utf-8")
 
@@ -69,8 +73,17 @@ class Trial:
         return schedule_lr(self.schedule, step, self.steps)
 
     def measure_noise(self, step: int) -> bool:
-        """Whether to report grad_norm_sq and grad_norm_sq_small at `step`."""
-        return self.grad_noise_small_batch is not None and step >= self.warmup_steps
+        """Whether to report grad_norm_sq and grad_norm_sq_small at `step`:
+        on the last BATCHD_GRAD_NOISE_MEASUREMENTS steps after warm-up, the
+        steps batchd's own worker measures (a batchd that does not say how
+        many gets every step after warm-up). A measured step does a second
+        backward pass, so batchd leaves it out of the speed figures: measuring
+        every step would leave none to time, and cost a pass per step."""
+        if self.grad_noise_small_batch is None or step < self.warmup_steps:
+            return False
+        if self.grad_noise_measurements is None:
+            return True
+        return step >= self.steps - self.grad_noise_measurements
 
     def report(self, step: int, loss: Any, samples: Optional[int] = None, **extra: Any) -> None:
         """Append the step's line to the report; `extra`: grad_norm_sq,

@@ -56,6 +56,20 @@ def test_measure_noise_only_after_warmup(trial_env):
     assert [trial.measure_noise(s) for s in range(4)] == [False, False, True, True]
 
 
+def test_measure_noise_on_the_last_steps_batchd_asks_for(trial_env):
+    env = trial_env(
+        BATCHD_GRAD_NOISE_SMALL_BATCH="4",
+        BATCHD_GRAD_NOISE_MEASUREMENTS="3",
+        BATCHD_WARMUP_STEPS="2",
+        BATCHD_STEPS="10",
+    )
+    trial = Trial(env)
+    assert [s for s in range(10) if trial.measure_noise(s)] == [7, 8, 9]
+    # Never inside the warm-up, even when more are asked for than remain.
+    trial = Trial(dict(env, BATCHD_GRAD_NOISE_MEASUREMENTS="9"))
+    assert [s for s in range(10) if trial.measure_noise(s)] == list(range(2, 10))
+
+
 def test_lr_follows_the_schedule_over_the_trials_steps(trial_env):
     schedule = {"kind": "warmup_cosine", "lr": 0.1, "warmup_steps": 2, "final_fraction": 0.1}
     trial = Trial(trial_env(BATCHD_LR_SCHEDULE=schedule, BATCHD_STEPS="9"))

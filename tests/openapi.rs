@@ -120,11 +120,17 @@ impl Checker {
 impl Checker {
     /// Where `instance` breaks `schema` (resolved in the strict components).
     fn errors(&self, schema: &Value, instance: &Value) -> Vec<String> {
-        let schema = json!({
+        let mut schema = json!({
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "components": self.components,
             "allOf": [schema],
         });
+        if schema["allOf"][0].get("$ref").is_some() {
+            // Closes a schema the strict components left open for its use
+            // inside an `allOf` (a plain `Job`) when it is the answer itself;
+            // a free-form `Object` (this document) stays open.
+            schema["unevaluatedProperties"] = json!(false);
+        }
         let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
         validator
             .iter_errors(instance)
@@ -328,6 +334,12 @@ fn real_responses_validate_against_the_generated_document() {
         201,
     );
     assert_eq!(posted["name"], "posted");
+    // A plain Job is closed too: an unnamed field fails.
+    let mut tampered = posted.clone();
+    tampered["surprise"] = json!(1);
+    assert!(!c
+        .errors(&json!({"$ref": "#/components/schemas/Job"}), &tampered)
+        .is_empty());
     c.check(
         &daemon,
         "POST",

@@ -7,7 +7,7 @@
 
 Only the standard library is needed, except by `batchd.torch`.
 """
-from .client import Client, DaemonUnreachable, JobFailed, ProblemError
+from .client import BatchdError, Client, DaemonUnreachable, JobFailed, ProblemError, TokenError
 from .recommendation import Recommendation
 from .schedule import schedule_lr, warmup_cosine_lr
 from .trial import Trial
@@ -15,11 +15,13 @@ from .trial import Trial
 __version__ = "0.2.0"
 
 __all__ = [
+    "BatchdError",
     "Client",
     "DaemonUnreachable",
     "JobFailed",
     "ProblemError",
     "Recommendation",
+    "TokenError",
     "Trial",
     "schedule_lr",
     "warmup_cosine_lr",

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -16,9 +17,26 @@ from typing import Any, Dict, List, Optional
 
 from .recommendation import Recommendation
 
-__all__ = ["Client", "ProblemError", "DaemonUnreachable", "JobFailed", "DEFAULT_URL"]
+__all__ = [
+    "Client",
+    "BatchdError",
+    "ProblemError",
+    "DaemonUnreachable",
+    "JobFailed",
+    "TokenError",
+    "DEFAULT_URL",
+    "MAX_BODY",
+    "MAX_TOKEN_FILE",
+]
 
 DEFAULT_URL = "http://127.0.0.1:8477"
+
+# The most bytes read of one answer: 64 MiB, plus the one byte that tells a
+# longer answer (refused with BatchdError) from one of exactly 64 MiB.
+MAX_BODY = 64 * 1024 * 1024 + 1
+
+# The largest token file read; a larger one is refused.
+MAX_TOKEN_FILE = 4096
 
 CONTENT_TYPES = {
     ".toml": "application/toml",
@@ -75,24 +93,79 @@ class JobFailed(BatchdError):
 
     def __init__(self, job: Dict[str, Any]) -> None:
         self.job = job
+        errors = job.get("errors")
         why = job.get("error") or "; ".join(
-            f"{e.get('field') or '(document)'}: {e.get('message', '')}" for e in job.get("errors") or []
+            f"{e.get('field') or '(document)'}: {e.get('message', '')}" if isinstance(e, dict) else str(e)
+            for e in (errors if isinstance(errors, list) else [])
         )
         super().__init__(f"job {job.get('name')!r} is {job.get('state')}" + (f": {why}" if why else ""))
 
 
-def _read_token(token_file: str) -> str:
-    with open(token_file, encoding="utf-8") as f:
-        token = f.read().strip()
-    if not token:
-        raise ValueError(f"token file {token_file} is empty")
+class TokenError(BatchdError, ValueError):
+    """The token (or its file) is unusable. The message never holds the token."""
+
+
+def _check_token(token: str, where: str) -> str:
+    bad = [c for c in token if not 0x21 <= ord(c) <= 0x7E]
+    if bad:
+        raise TokenError(
+            f"{where} holds {len(bad)} character(s) outside visible ASCII (0x21-0x7E), "
+            "such as spaces or line breaks inside it; a token is one line of visible ASCII"
+        )
     return token
+
+
+def _read_token(token_file: str) -> str:
+    with open(token_file, "rb") as f:
+        raw = f.read(MAX_TOKEN_FILE + 1)
+    if len(raw) > MAX_TOKEN_FILE:
+        raise TokenError(f"token file {token_file} is larger than {MAX_TOKEN_FILE} bytes; is it the right file?")
+    raw = raw.strip()  # ASCII whitespace only, e.g. the final newline
+    if not raw:
+        raise TokenError(f"token file {token_file} is empty")
+    return _check_token(raw.decode("latin-1"), f"token file {token_file}")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuses every redirect: the 3xx comes back as an HTTPError, so the
+    bearer token is never re-sent to another URL."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+        return None
+
+
+def _read_limited(stream: Any, url: str) -> bytes:
+    limit = MAX_BODY
+    parts: List[bytes] = []
+    size = 0
+    while size < limit:  # to the end: a short read then an IncompleteRead shows a cut answer
+        part = stream.read(limit - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    data = b"".join(parts)
+    if size >= limit:
+        raise BatchdError(f"batchd at {url} sent an answer larger than {limit - 1} bytes; not read")
+    remaining = getattr(stream, "length", None)
+    if isinstance(remaining, int) and remaining > 0:  # Content-Length promised more
+        raise http.client.IncompleteRead(data, remaining)
+    return data
+
+
+def _text(value: Any, default: str = "") -> str:
+    return default if value is None else str(value)
 
 
 class Client:
     """batchd's HTTP API. `url` defaults to $BATCHD_URL, else
     http://127.0.0.1:8477; the bearer token (sent on POST and DELETE) comes
-    from `token`, else `token_file`, else the file named by $BATCHD_TOKEN_FILE."""
+    from `token`, else `token_file`, else the file named by $BATCHD_TOKEN_FILE.
+
+    Redirects are not followed (a 3xx is a ProblemError) and the proxy
+    variables (http_proxy, ...) are ignored; `proxy="http://host:port"` sends
+    every request, the token included, through that proxy. Answers over 64 MiB
+    are refused with BatchdError."""
 
     def __init__(
         self,
@@ -100,13 +173,20 @@ class Client:
         token: Optional[str] = None,
         token_file: Optional[str] = None,
         timeout: float = 30,
+        proxy: Optional[str] = None,
     ) -> None:
         self.url = (url or os.environ.get("BATCHD_URL") or DEFAULT_URL).rstrip("/")
         if "://" not in self.url:
             self.url = "http://" + self.url
         token_file = token_file or os.environ.get("BATCHD_TOKEN_FILE") or None
+        if token:
+            _check_token(token, "the token")
         self.token = token if token is not None else (_read_token(token_file) if token_file else None)
         self.timeout = timeout
+        # No environment proxies (http_proxy would see the token in clear text),
+        # no redirects (they would re-send it elsewhere); `proxy` opts in to one.
+        proxies = {"http": proxy, "https": proxy} if proxy else {}
+        self._opener = urllib.request.build_opener(_NoRedirect(), urllib.request.ProxyHandler(proxies))
 
     def __repr__(self) -> str:
         return f"Client(url={self.url!r}, token={'set' if self.token else 'none'})"
@@ -132,37 +212,71 @@ class Client:
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(url, data=body, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as response:
-                data = response.read()
+            with self._opener.open(req, timeout=self.timeout) as response:
+                data = _read_limited(response, self.url)
         except urllib.error.HTTPError as error:
-            raise self._problem(error) from None
-        except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as error:
-            raise DaemonUnreachable(self.url, getattr(error, "reason", error)) from None
+            raise self._problem(error, self.url) from None
+        except urllib.error.URLError as error:
+            raise DaemonUnreachable(self.url, error.reason) from None
+        except http.client.HTTPException as error:
+            # Not HTTP, or broken off: BadStatusLine, IncompleteRead, RemoteDisconnected...
+            raise DaemonUnreachable(self.url, f"{type(error).__name__}: {error!s:.200}") from None
+        except (OSError, socket.timeout) as error:  # refused, reset, timed out
+            raise DaemonUnreachable(self.url, error) from None
         if not data:
             return None
-        return json.loads(data)
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as error:  # ValueError covers JSONDecodeError and bad UTF-8
+            raise BatchdError(f"batchd at {self.url} answered {method} {path} with something not JSON: {error}") from None
 
     @staticmethod
-    def _problem(error: urllib.error.HTTPError) -> ProblemError:
+    def _problem(error: urllib.error.HTTPError, url: str = "") -> BatchdError:
         try:
-            raw = error.read()
-        except OSError:
-            raw = b""
+            if 300 <= error.code < 400:
+                location = error.headers.get("Location") if error.headers else None
+                return ProblemError(
+                    error.code,
+                    str(error.reason or "Redirect"),
+                    "batchd answered with a redirect" + (f" to {location}" if location else "")
+                    + "; redirects are not followed (is the URL right?)",
+                )
+            try:
+                raw = _read_limited(error, url)
+            except BatchdError as too_big:
+                return too_big
+            except (OSError, http.client.HTTPException):
+                raw = b""
+        finally:
+            error.close()
         try:
             body = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):
             text = raw.decode("utf-8", "replace").strip()
             return ProblemError(error.code, str(error.reason or "HTTP error"), text[:500], body=raw)
+        status = body.get("status")
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            status = error.code
+        errors = body.get("errors")
         return ProblemError(
-            status=int(body.get("status", error.code)),
-            title=str(body.get("title", error.reason or "")),
-            detail=str(body.get("detail") or ""),
-            type=str(body.get("type", "about:blank")),
-            errors=[{"field": e.get("field", ""), "message": e.get("message", "")} for e in body.get("errors") or []],
+            status=status,
+            title=_text(body.get("title"), str(error.reason or "")),
+            detail=_text(body.get("detail")),
+            type=_text(body.get("type"), "about:blank"),
+            errors=[
+                {"field": _text(e.get("field")), "message": _text(e.get("message"))}
+                if isinstance(e, dict) else {"field": "", "message": _text(e)}
+                for e in (errors if isinstance(errors, list) else [])
+            ],
             body=body,
         )
+
+    def _object(self, answer: Any, what: str) -> Dict[str, Any]:
+        if not isinstance(answer, dict):
+            raise BatchdError(f"batchd at {self.url} answered {what} with {type(answer).__name__}, not a JSON object")
+        return answer
 
     @staticmethod
     def _job_path(name: str) -> str:
@@ -172,23 +286,33 @@ class Client:
 
     def jobs(self) -> List[Dict[str, Any]]:
         """Every job (GET /v1/jobs)."""
-        return list(self.request("GET", "/v1/jobs")["jobs"])
+        jobs = self._object(self.request("GET", "/v1/jobs"), "GET /v1/jobs").get("jobs")
+        if not isinstance(jobs, list):
+            raise BatchdError(f"batchd at {self.url} answered GET /v1/jobs without a list of jobs")
+        return list(jobs)
 
     def job(self, name: str) -> Dict[str, Any]:
         """One job with its history (GET /v1/jobs/NAME)."""
-        return dict(self.request("GET", self._job_path(name)))
+        return dict(self._object(self.request("GET", self._job_path(name)), "GET job"))
 
     def recommendation(self, name: str, evidence: str = "summary") -> Recommendation:
         """The job's recommendation; evidence="full" asks for every curve kept."""
         if evidence not in ("summary", "full"):
             raise ValueError(f"evidence must be 'summary' or 'full', got {evidence!r}")
         query = {"evidence": "full"} if evidence == "full" else None
-        return Recommendation.from_dict(self.request("GET", self._job_path(name) + "/recommendation", query=query))
+        answer = self._object(self.request("GET", self._job_path(name) + "/recommendation", query=query), "GET recommendation")
+        try:
+            return Recommendation.from_dict(answer)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise BatchdError(f"batchd at {self.url} sent a malformed recommendation: {error!r:.200}") from None
 
     def lr_for(self, name: str, batch: int) -> float:
         """The LR batchd's rule gives for an effective batch of `batch`."""
         answer = self.request("GET", self._job_path(name) + "/recommendation", query={"batch_size": int(batch)})
-        return float(answer["learning_rate"])
+        try:
+            return float(self._object(answer, "GET recommendation")["learning_rate"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise BatchdError(f"batchd at {self.url} sent a malformed learning rate: {error!r:.200}") from None
 
     def submit(self, path: str) -> Dict[str, Any]:
         """Submit a spec file (.toml, .json, .yaml/.yml); returns the new job."""
@@ -197,7 +321,8 @@ class Client:
             raise ValueError(f"{path}: a spec must end in .toml, .json, .yaml or .yml")
         with open(path, "rb") as f:
             body = f.read()
-        return dict(self.request("POST", "/v1/jobs", body=body, content_type=CONTENT_TYPES[extension]))
+        answer = self.request("POST", "/v1/jobs", body=body, content_type=CONTENT_TYPES[extension])
+        return dict(self._object(answer, "POST /v1/jobs"))
 
     def retune(self, name: str) -> Any:
         """Forget the stored recommendation and tune again."""

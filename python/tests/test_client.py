@@ -9,6 +9,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from batchd import Client, DaemonUnreachable, JobFailed, ProblemError, Recommendation
+from batchd import client as client_module
+from batchd.client import BatchdError, TokenError
 
 
 class FakeDaemon:
@@ -123,6 +125,8 @@ def test_token_file_from_the_environment(monkeypatch, tmp_path):
     assert Client(token="other").token == "other"
     token.write_text("  \n")
     with pytest.raises(ValueError, match="empty"):
+        Client()
+    with pytest.raises(TokenError, match="empty"):
         Client()
 
 
@@ -261,3 +265,230 @@ def test_non_json_error_body(daemon):
     with pytest.raises(ProblemError) as caught:
         Client(daemon.url).jobs()
     assert caught.value.status == 502 and "Bad Gateway" in caught.value.detail
+
+
+# Redirects, proxies, limits, malformed answers, token files --------------------
+
+
+def raw_route(payload, close=True):
+    """A route that writes `payload` (bytes) as the whole answer, status line included."""
+
+    def route(h, *args):
+        h.wfile.write(payload)
+        h.wfile.flush()
+        if close:
+            h.close_connection = True
+
+    return route
+
+
+def json_route(status, data, headers=()):
+    def route(h, *args):
+        h.send_response(status)
+        for name, value in headers:
+            h.send_header(name, value)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    return route
+
+
+@pytest.fixture
+def target(recommendation_data):
+    fake = FakeDaemon(recommendation_data)
+    yield fake
+    fake.close()
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_redirects_are_not_followed(daemon, target, code):
+    daemon.route = json_route(code, b"", [("Location", target.url + "/v1/jobs")])
+    client = Client(daemon.url, token="s3cret")
+    with pytest.raises(ProblemError) as caught:
+        client.retune("a")
+    assert caught.value.status == code
+    assert "redirects are not followed" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    with pytest.raises(ProblemError):
+        client.jobs()
+    assert target.requests == []  # the token went nowhere else, nor did a GET
+    assert len(daemon.requests) == 2
+
+
+def test_environment_proxies_are_ignored(daemon, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = "http://127.0.0.1:%d" % s.getsockname()[1]
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, dead)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    client = Client(daemon.url, token="s3cret", timeout=5)
+    assert [j["name"] for j in client.jobs()] == ["a", "b/c d"]
+    assert client.retune("a")["state"] == "queued"
+    assert daemon.requests[-1]["raw_path"] == "/v1/jobs/a/retune"  # direct, not a proxy's absolute URL
+
+
+def test_explicit_proxy_is_used(daemon):
+    # The fake answers a proxy's absolute-URL request as it would a direct one.
+    client = Client("http://batchd.invalid:1", proxy=daemon.url, timeout=5)
+    assert [j["name"] for j in client.jobs()] == ["a", "b/c d"]
+    assert daemon.requests[-1]["raw_path"] == "http://batchd.invalid:1/v1/jobs"
+
+
+def test_oversized_answer_is_refused(daemon, monkeypatch):
+    monkeypatch.setattr(client_module, "MAX_BODY", 1001)
+    body = json.dumps({"jobs": [], "pad": "x" * 2000}).encode()
+    daemon.route = json_route(200, body)
+    with pytest.raises(BatchdError, match="larger than 1000 bytes"):
+        Client(daemon.url).jobs()
+    exactly = json.dumps({"jobs": [], "pad": ""}).encode()
+    exactly = exactly.replace(b'""', b'"' + b"x" * (1000 - len(exactly)) + b'"')
+    assert len(exactly) == 1000
+    daemon.route = json_route(200, exactly)
+    assert Client(daemon.url).jobs() == []
+    daemon.route = json_route(500, body)
+    with pytest.raises(BatchdError, match="larger than 1000 bytes"):
+        Client(daemon.url).jobs()
+
+
+def test_oversized_answer_of_the_real_limit(daemon):
+    """More than 64 MiB, sent without a Content-Length: read no further than the limit."""
+
+    def route(h, *args):
+        h.send_response(200)
+        h.end_headers()
+        chunk = b" " * (1 << 20)
+        try:
+            for _ in range(80):
+                h.wfile.write(chunk)
+        except OSError:
+            pass  # the client stopped reading
+
+    daemon.route = route
+    with pytest.raises(BatchdError, match="larger than 67108864 bytes"):
+        Client(daemon.url, timeout=20).jobs()
+
+
+@pytest.mark.parametrize("body", [b"<html>hello</html>", b"\xff\xfe{}", b"[" * 100000, b'{"jobs": '])
+def test_non_json_success_is_a_batchd_error(daemon, body):
+    daemon.route = json_route(200, body)
+    with pytest.raises(BatchdError, match="not JSON") as caught:
+        Client(daemon.url).jobs()
+    assert not isinstance(caught.value, (ProblemError, DaemonUnreachable))
+
+
+@pytest.mark.parametrize("answer", [[], {"jobs": 5}, {"jobs": None}, "jobs", 3])
+def test_wrongly_shaped_answers_are_batchd_errors(daemon, answer):
+    daemon.route = json_route(200, json.dumps(answer).encode())
+    client = Client(daemon.url)
+    with pytest.raises(BatchdError):
+        client.jobs()
+    if not isinstance(answer, dict):
+        with pytest.raises(BatchdError):
+            client.job("a")
+        with pytest.raises(BatchdError):
+            client.recommendation("a")
+    with pytest.raises(BatchdError):
+        client.lr_for("a", 8)
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [
+        {"status": None, "title": None, "detail": None, "type": None, "errors": [1]},
+        {"status": "abc", "title": 5, "errors": "not a list"},
+        {"status": True, "errors": [None, "x", {"field": None, "message": 7}, {"field": "a.b", "message": "bad"}]},
+        {"status": 99999, "errors": {"field": "x"}},
+    ],
+)
+def test_malformed_problem_fields(daemon, problem):
+    daemon.route = json_route(422, json.dumps(problem).encode(), [("Content-Type", "application/problem+json")])
+    with pytest.raises(ProblemError) as caught:
+        Client(daemon.url).jobs()
+    error = caught.value
+    assert error.status == 422
+    assert all(isinstance(e["field"], str) and isinstance(e["message"], str) for e in error.errors)
+    str(error)  # no TypeError/AttributeError
+
+
+def test_job_failed_with_odd_errors():
+    error = JobFailed({"name": "j", "state": "invalid", "errors": [1, {"field": "x", "message": "m"}]})
+    assert "x: m" in str(error)
+    assert "is invalid" in str(JobFailed({"name": "j", "state": "invalid", "errors": "oops"}))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"HELLO\r\n",  # not HTTP: BadStatusLine
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"jobs\"",  # cut short: IncompleteRead
+        b"",  # closed without an answer: RemoteDisconnected
+        b"HTTP/1.1 200 OK\r\n" + b"X: " + b"y" * 70000 + b"\r\n\r\n",  # LineTooLong
+    ],
+)
+def test_broken_http_is_unreachable(daemon, payload):
+    daemon.route = raw_route(payload)
+    with pytest.raises(DaemonUnreachable) as caught:
+        Client(daemon.url, timeout=5).jobs()
+    assert "cannot be reached" in str(caught.value)
+
+
+def test_timeout_is_unreachable(daemon):
+    def route(h, *args):
+        time.sleep(1.0)
+
+    daemon.route = route
+    with pytest.raises(DaemonUnreachable):
+        Client(daemon.url, timeout=0.2).jobs()
+
+
+def test_timeout_while_reading_is_unreachable(daemon):
+    def route(h, *args):
+        h.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+        h.wfile.flush()
+        time.sleep(1.0)
+
+    daemon.route = route
+    with pytest.raises(DaemonUnreachable):
+        Client(daemon.url, timeout=0.2).jobs()
+
+
+SECRET = "tok-Zq8xVw3pLm"
+
+
+def test_token_file_too_big(tmp_path):
+    token = tmp_path / "token"
+    token.write_text(SECRET + "x" * 5000)
+    with pytest.raises(BatchdError, match="larger than 4096 bytes") as caught:
+        Client(token_file=str(token))
+    assert SECRET not in str(caught.value) and "xxxx" not in str(caught.value)
+    token.write_text(SECRET + "x" * (4096 - len(SECRET)))
+    assert Client(token_file=str(token)).token.startswith(SECRET)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [SECRET + "\nsecond-line", SECRET + " trailing-word", SECRET + "\x00", SECRET + "\u00e9", SECRET + "\r\nmore"],
+)
+def test_token_file_with_bad_characters(tmp_path, content):
+    token = tmp_path / "token"
+    token.write_bytes(content.encode("utf-8"))
+    with pytest.raises(BatchdError, match="visible ASCII") as caught:
+        Client(token_file=str(token))
+    message = str(caught.value)
+    assert SECRET not in message and "second-line" not in message and "more" not in message
+    assert isinstance(caught.value, ValueError)
+
+
+def test_token_file_whitespace_around_is_stripped(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("\n  " + SECRET + "\r\n\n")
+    assert Client(token_file=str(token)).token == SECRET
+
+
+def test_token_argument_is_checked():
+    with pytest.raises(TokenError) as caught:
+        Client(token=SECRET + "\nX-Injected: 1")
+    assert SECRET not in str(caught.value)

@@ -111,7 +111,9 @@ impl Job {
                 job.reused = true;
                 job.device = Some(stored.recommendation.device);
                 job.trials_done = stored.recommendation.evidence.trials.len();
-                job.recommendation = Some(stored.recommendation);
+                // One stored before curves were cut keeps them whole on
+                // disk; served and shown, it is cut like a new one.
+                job.recommendation = Some(stored.recommendation.with_compact_curves());
                 tracing::info!(job = %name, "job {name}: recommendation reused from the state folder");
                 job.spec = Some(spec);
                 return job;

@@ -110,17 +110,20 @@ pub enum CsvError {
         classes: usize,
     },
     #[error(
-        "text column {column} has {count} distinct values ({}), more than the {MAX_TEXT_LEVELS} a text column may have (each becomes one input); drop the column or encode it as numbers",
+        "text column {column} has {} distinct values ({}), more than the {MAX_TEXT_LEVELS} a text column may have (each becomes one input); drop the column or encode it as numbers",
+        counted(*.count, MAX_TEXT_LEVELS),
         listed(.values, *.count)
     )]
     TooManyLevels {
         column: Column,
+        /// Distinct values, counted up to [`LEVELS_COUNTED`] past the limit.
         count: usize,
         /// The first few levels in byte order.
         values: Vec<String>,
     },
     #[error(
-        "label column {column} has {count} distinct text values ({}), more than the model's {classes} classes",
+        "label column {column} has {} distinct text values ({}), more than the model's {classes} classes",
+        counted(*.count, *.classes),
         listed(.values, *.count)
     )]
     TooManyClasses {
@@ -143,6 +146,20 @@ fn shown(value: &str) -> String {
 }
 
 /// `values` (of `count`) as an error lists them.
+/// Distinct values a column is counted to past its limit before reading
+/// stops: a column of IDs in a huge file is refused at once, without
+/// keeping every value it holds.
+const LEVELS_COUNTED: usize = 1024;
+
+/// A refused column's count of distinct values, as far as it was counted.
+fn counted(count: usize, limit: usize) -> String {
+    if count > limit + LEVELS_COUNTED {
+        format!("more than {}", limit + LEVELS_COUNTED)
+    } else {
+        count.to_string()
+    }
+}
+
 fn listed(values: &[String], count: usize) -> String {
     let mut list: Vec<String> = values.iter().map(|v| format!("`{}`", shown(v))).collect();
     if count > values.len() {
@@ -426,7 +443,10 @@ fn parse(
             .position(|c| c == name)
             .ok_or_else(|| CsvError::NoColumn {
                 name: name.clone(),
-                header: header.join(", "),
+                header: listed(
+                    &header.iter().take(8).cloned().collect::<Vec<_>>(),
+                    header.len(),
+                ),
             })?,
         (LabelColumn::Name(name), None) => return Err(CsvError::NeedsHeader(name.clone())),
     };
@@ -490,7 +510,18 @@ fn parse(
                         }
                         number as u32
                     }
-                    _ => label.text(line, value, || column_of(i))?,
+                    _ => {
+                        let code = label.text(line, value, || column_of(i))?;
+                        if label.levels.len() > classes + LEVELS_COUNTED {
+                            return Err(CsvError::TooManyClasses {
+                                column: column_of(label_index),
+                                count: label.levels.len(),
+                                values: label.some_levels(),
+                                classes,
+                            });
+                        }
+                        code
+                    }
                 };
                 labels.push(code);
                 continue;
@@ -501,7 +532,17 @@ fn parse(
                     seen.number(line, value, || column_of(i))?;
                     number.to_bits()
                 }
-                _ => seen.text(line, value, || column_of(i))?,
+                _ => {
+                    let code = seen.text(line, value, || column_of(i))?;
+                    if seen.levels.len() > MAX_TEXT_LEVELS + LEVELS_COUNTED {
+                        return Err(CsvError::TooManyLevels {
+                            column: column_of(i),
+                            count: seen.levels.len(),
+                            values: seen.some_levels(),
+                        });
+                    }
+                    code
+                }
             };
             cells.push(word);
         }
@@ -733,6 +774,28 @@ mod tests {
             error.starts_with("text column 0 has 40 distinct values"),
             "{error}"
         );
+        // A column of IDs is refused once it is past counting, not after
+        // every value of the file is kept.
+        let error = refusal(&cities(5000), "label", 2);
+        assert!(
+            error.starts_with(&format!(
+                "text column `city` has more than {} distinct values",
+                MAX_TEXT_LEVELS + LEVELS_COUNTED
+            )),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_missing_label_column_names_a_few_of_the_header_s_columns() {
+        let header: Vec<String> = (0..10_000).map(|i| format!("f{i}")).collect();
+        let text = format!("{}\n{}\n", header.join(","), vec!["1"; 10_000].join(","));
+        let error = refusal(&text, "label", 2);
+        assert!(
+            error.starts_with("no column named `label`; the header has: `f0`, `f1`"),
+            "{error}"
+        );
+        assert!(error.ends_with("`f7`, …"), "{error}");
     }
 
     #[test]

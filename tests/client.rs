@@ -277,6 +277,58 @@ fn a_daemon_with_a_token_needs_it_from_the_client() {
         .arg("--token-file")
         .arg(&wrong));
     assert_one_line(&outcome, 1, "401 Unauthorized: ");
+    // A token that cannot travel in a header (an inner newline, a
+    // non-ASCII byte): a usage error that does not show it, nothing sent.
+    for (name, text) in [
+        ("two-lines", "tokpartA\ntokpartB\n"),
+        ("accented", "tokpartA\u{e9}tokpartB"),
+    ] {
+        let bad = root.path().join(name);
+        std::fs::write(&bad, text).unwrap();
+        let outcome = run(client(&url)
+            .arg("submit")
+            .arg(&spec)
+            .arg("--token-file")
+            .arg(&bad));
+        assert_one_line(&outcome, 2, "--token-file ");
+        assert!(
+            !outcome.2.contains("tokpart") && !outcome.1.contains("tokpart"),
+            "{}",
+            outcome.2
+        );
+    }
+    // Too large to be a token.
+    let big = root.path().join("big");
+    std::fs::write(&big, "t".repeat(5000)).unwrap();
+    let outcome = run(client(&url)
+        .arg("submit")
+        .arg(&spec)
+        .arg("--token-file")
+        .arg(&big));
+    assert_one_line(&outcome, 2, "--token-file ");
+    assert!(!outcome.2.contains("tttt"), "{}", outcome.2);
+    // A configured token file that cannot be read: the 401 says so.
+    let unreadable = root.path().join("client.toml");
+    let bad_token = root.path().join("two-lines");
+    std::fs::write(
+        &unreadable,
+        format!("api_token_file = {:?}\n", bad_token.display().to_string()),
+    )
+    .unwrap();
+    let outcome = run(client(&url)
+        .env("BATCHD_CONFIG", &unreadable)
+        .arg("submit")
+        .arg(&spec));
+    assert_one_line(&outcome, 1, "401 Unauthorized: ");
+    assert!(
+        outcome.2.contains(&format!(
+            "(could not read the configured api_token_file {}: ",
+            bad_token.display()
+        )) && outcome.2.trim_end().ends_with("; pass --token-file)"),
+        "{}",
+        outcome.2
+    );
+    assert!(!outcome.2.contains("tokpart"), "{}", outcome.2);
     // A token file that is not there: a usage error.
     let outcome = run(client(&url)
         .arg("submit")
@@ -302,12 +354,93 @@ fn a_daemon_with_a_token_needs_it_from_the_client() {
         .args(["retune", "posted"]));
     assert_eq!(code, 0, "{stderr}");
     // And without either, the configuration's api_token_file (the same
-    // configuration as the daemon's, as on a system install).
+    // configuration as the daemon's, as on a system install): sent to a
+    // loopback daemon even when named with --url (a daemon elsewhere gets
+    // only a --token-file; see the unit test of the decision).
+    let (code, _, stderr) = run(client(&url)
+        .env("BATCHD_CONFIG", &config)
+        .env_remove("BATCHD_URL")
+        .args(["retune", "posted", "--url", &url]));
+    assert_eq!(code, 0, "{stderr}");
     let (code, stdout, stderr) = run(client(&url)
         .env("BATCHD_CONFIG", &config)
         .args(["rm", "posted"]));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("removed job `posted`"), "{stdout}");
+    assert!(daemon.stop().success());
+}
+
+/// `child` ends within `limit`; its status, or a failure (after killing
+/// it) if it does not.
+fn exits_within(child: &mut std::process::Child, limit: Duration, what: &str) -> i32 {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} still running {limit:?} after its stdout was closed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_the_client_quietly() {
+    let root = tempfile::tempdir().unwrap();
+    let jobs = root.path().join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    let daemon = Daemon::start(&jobs, &root.path().join("state"), 0);
+    let url = url_of(&daemon);
+    let submit = |name: &str| {
+        let spec = root.path().join(format!("{name}.toml"));
+        std::fs::write(&spec, format!("name = \"{name}\"\n{TINY}")).unwrap();
+        let (code, _, stderr) = run(client(&url).arg("submit").arg(&spec));
+        assert_eq!(code, 0, "{stderr}");
+    };
+
+    // `jobs --watch [--json] | head -n1`: once the reader is gone, the next
+    // change ends the watch, with 0 and nothing on stderr.
+    for (round, args) in [&["jobs", "--watch", "--json"][..], &["jobs", "--watch"]]
+        .into_iter()
+        .enumerate()
+    {
+        let mut watch = client(&url)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        assert!(!first.is_empty(), "{args:?}");
+        drop(lines);
+        submit(&format!("job{round}"));
+        let code = exits_within(&mut watch, Duration::from_secs(5), &format!("{args:?}"));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut watch.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+
+    // The one-shot commands too: no panic (101) on a closed pipe.
+    for args in [&["jobs"][..], &["jobs", "--json"]] {
+        let mut command = client(&url);
+        let mut child = command
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let code = exits_within(&mut child, Duration::from_secs(10), &format!("{args:?}"));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        assert_eq!(stderr, "", "{args:?}");
+    }
     assert!(daemon.stop().success());
 }
 

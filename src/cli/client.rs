@@ -7,15 +7,19 @@
 //!   configuration's `listen` (an all-addresses listen is reached on
 //!   loopback).
 //! - The token is read from `--token-file` (or `BATCHD_TOKEN_FILE`), else
-//!   from the configuration's `api_token_file` when that is readable; it is
-//!   sent as `Authorization: Bearer`.
+//!   from the configuration's `api_token_file` when that is readable and
+//!   the daemon is the configuration's own (no `--url`) or on loopback: a
+//!   token is never sent to another host unless named with `--token-file`.
+//!   It is one line of printable ASCII, at most 4 KiB, and is sent as
+//!   `Authorization: Bearer` with the state-changing requests (POST,
+//!   DELETE) only, the ones the daemon checks it on.
 //! - A daemon that cannot be reached (refused, unknown host, timed out) is
 //!   exit 69 ([`CliError::Unreachable`]); a request it refuses is one line
 //!   from its problem document, exit 64 for an invalid spec (422) and 1
 //!   otherwise.
 
 use std::io::Read;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,11 +34,16 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest answer read; a recommendation is far smaller.
 const MAX_BODY: u64 = 64 * 1024 * 1024;
+/// The largest token file read; a token is one short line.
+const MAX_TOKEN: u64 = 4096;
 
 /// A connection's settings: where the daemon is, and the token.
 pub struct Client {
     base: String,
     token: Option<String>,
+    /// Why no token came from the configuration's `api_token_file`, when
+    /// that says something a 401 should be explained with.
+    token_hint: Option<String>,
     agent: ureq::Agent,
 }
 
@@ -52,12 +61,34 @@ impl Client {
             Some(url) => base_url(url)?,
             None => default_url(config.listen),
         };
-        let token = match &args.token_file {
-            Some(path) => Some(read_token(path).map_err(CliError::Usage)?),
-            None => config
-                .api_token_file
-                .as_deref()
-                .and_then(|path| read_token(path).ok()),
+        let mut token_hint = None;
+        let token = match (&args.token_file, config.api_token_file.as_deref()) {
+            (Some(path), _) => {
+                Some(read_token(path).map_err(|e| {
+                    CliError::Usage(format!("--token-file {}: {e}", path.display()))
+                })?)
+            }
+            (None, Some(path)) if may_send_config_token(args.url.is_some(), &base) => {
+                match read_token(path) {
+                    Ok(token) => Some(token),
+                    Err(e) if e.missing => None,
+                    Err(e) => {
+                        token_hint = Some(format!(
+                            "could not read the configured api_token_file {}: {e}; pass --token-file",
+                            path.display()
+                        ));
+                        None
+                    }
+                }
+            }
+            (None, Some(_)) => {
+                token_hint = Some(
+                    "the configured api_token_file is sent only to the configuration's own or a loopback address; pass --token-file"
+                        .to_string(),
+                );
+                None
+            }
+            (None, None) => None,
         };
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(CONNECT_TIMEOUT)
@@ -66,7 +97,12 @@ impl Client {
             .redirects(0)
             .user_agent(concat!("batchd/", env!("CARGO_PKG_VERSION")))
             .build();
-        Ok(Client { base, token, agent })
+        Ok(Client {
+            base,
+            token,
+            token_hint,
+            agent,
+        })
     }
 
     /// The daemon's address, as requests use it.
@@ -100,7 +136,10 @@ impl Client {
             .agent
             .request(method, &url)
             .set("Accept", "application/json, application/problem+json");
-        if let Some(token) = &self.token {
+        // The daemon checks the token on state-changing requests only: a
+        // read does not carry it.
+        let changes_state = matches!(method, "POST" | "DELETE");
+        if let Some(token) = self.token.as_ref().filter(|_| changes_state) {
             request = request.set("Authorization", &format!("Bearer {token}"));
         }
         let outcome = match body {
@@ -124,7 +163,12 @@ impl Client {
             }),
             Err(ureq::Error::Status(status, response)) => {
                 let body = read_body(response).unwrap_or_default();
-                let line = problem_line(status, &body);
+                let mut line = problem_line(status, &body);
+                if status == 401 && changes_state && self.token.is_none() {
+                    if let Some(hint) = &self.token_hint {
+                        line.push_str(&format!(" ({})", one_line(hint, 500)));
+                    }
+                }
                 Err(if status == 422 {
                     CliError::Invalid(line)
                 } else {
@@ -137,11 +181,15 @@ impl Client {
 
     fn unreachable(&self, error: &ureq::Transport) -> CliError {
         let mut detail = error.kind().to_string();
-        if let Some(message) = error.message() {
-            detail.push_str(&format!(": {message}"));
-        }
-        if let Some(source) = std::error::Error::source(error) {
-            detail.push_str(&format!(": {source}"));
+        // A bad header's message is the header line, which may be the
+        // `Authorization` one with the token: only its kind is shown.
+        if error.kind() != ureq::ErrorKind::BadHeader {
+            if let Some(message) = error.message() {
+                detail.push_str(&format!(": {message}"));
+            }
+            if let Some(source) = std::error::Error::source(error) {
+                detail.push_str(&format!(": {source}"));
+            }
         }
         let detail = one_line(&detail, 300);
         if matches!(
@@ -202,18 +250,78 @@ fn default_url(listen: SocketAddr) -> String {
     format!("http://{address}")
 }
 
-/// The token in a file, trimmed; empty is an error.
-fn read_token(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(format!(
-            "--token-file {}: the file is empty",
-            path.display()
-        ));
+/// Whether the configuration's `api_token_file` may be sent to the daemon
+/// at `base` (a URL as [`base_url`] gives it): to the configuration's own
+/// address (`explicit_url` false), or to one on this machine. A `--url`
+/// elsewhere gets a token only from `--token-file`.
+fn may_send_config_token(explicit_url: bool, base: &str) -> bool {
+    !explicit_url || is_loopback_url(base)
+}
+
+/// Whether an `http://` URL's host is a loopback one: 127.0.0.0/8, ::1 or
+/// `localhost`. The URL is read by the parser the request itself uses, so
+/// user information, backslashes, percent-encoding and short IPv4 forms
+/// name the host they will reach; a URL it cannot read is not loopback.
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(parsed) = ureq::request("GET", url).request_url() else {
+        return false;
+    };
+    let host = parsed.host();
+    if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.") {
+        return true;
     }
-    Ok(token.to_string())
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Why a token file gave no token. Its text never holds the token.
+#[derive(Debug)]
+struct TokenError {
+    /// The file is not there (which, for the configuration's, is no news).
+    missing: bool,
+    detail: String,
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// The token in a file: at most 4 KiB, surrounding whitespace stripped,
+/// one non-empty run of printable ASCII (0x21..=0x7E) — anything else
+/// could not travel in a header, and the error about it would show it.
+fn read_token(path: &Path) -> Result<String, TokenError> {
+    let fail = |detail: String| TokenError {
+        missing: false,
+        detail,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_TOKEN + 1).read_to_end(&mut bytes))
+        .map_err(|e| TokenError {
+            missing: e.kind() == std::io::ErrorKind::NotFound,
+            detail: e.to_string(),
+        })?;
+    if bytes.len() as u64 > MAX_TOKEN {
+        return Err(fail(format!(
+            "the file is larger than {} KiB; a token is one short line",
+            MAX_TOKEN / 1024
+        )));
+    }
+    let token = bytes.trim_ascii();
+    if token.is_empty() {
+        return Err(fail("the file is empty".to_string()));
+    }
+    if let Some(at) = token.iter().position(|b| !(0x21..=0x7E).contains(b)) {
+        return Err(fail(format!(
+            "the token has a space, control or non-ASCII byte at offset {at}; a token is one line of printable ASCII"
+        )));
+    }
+    Ok(String::from_utf8_lossy(token).into_owned())
 }
 
 fn read_body(response: ureq::Response) -> std::io::Result<String> {
@@ -404,5 +512,74 @@ mod tests {
         );
         assert_eq!(content_type_of(Path::new("a.txt")), None);
         assert_eq!(one_line("a\x1b[31mb", 10), "a\\u{1b}[31mb");
+    }
+
+    #[test]
+    fn the_configured_token_goes_only_to_the_configured_or_a_loopback_daemon() {
+        // No --url: the configuration's own listen address, wherever it is.
+        assert!(may_send_config_token(false, "http://10.0.0.5:8477"));
+        assert!(may_send_config_token(false, "http://127.0.0.1:8477"));
+        // --url on this machine.
+        for url in [
+            "http://127.0.0.1:8477",
+            "http://127.1.2.3:8477",
+            "http://localhost:8477",
+            "http://LOCALHOST",
+            "http://[::1]:8477",
+            "http://[::1]",
+            "http://127.0.0.1:8477/prefix",
+        ] {
+            assert!(may_send_config_token(true, url), "{url}");
+        }
+        // --url elsewhere.
+        for url in [
+            "http://10.0.0.5:8477",
+            "http://example.com:8477",
+            "http://localhost.example.com:8477",
+            "http://127.0.0.1.example.com",
+            "http://127.0.0.1@evil.example:8477",
+            "http://[::2]:8477",
+            "http://[::ffff:10.0.0.1]:8477",
+            "http://0.0.0.0:8477",
+            "http://[::1",
+            "http://evil.example\\@127.0.0.1:8477",
+            "http://evil.example%40127.0.0.1:8477",
+        ] {
+            assert!(!may_send_config_token(true, url), "{url}");
+        }
+        // The userinfo is no host.
+        assert!(!is_loopback_url("http://evil.example@:80"));
+        assert!(is_loopback_url("http://user@127.0.0.1:80"));
+        assert!(is_loopback_url("http://127.1:80"));
+        assert!(is_loopback_url("http://%6cocalhost:80"));
+    }
+
+    #[test]
+    fn a_token_is_one_line_of_printable_ascii_and_no_error_shows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  s3cret-Token_1\r\n").unwrap();
+        assert_eq!(read_token(&file).unwrap(), "s3cret-Token_1");
+        for bad in [
+            &b"s3cret\nsecond"[..],
+            b"s3cret second",
+            b"s3cret\x7fx",
+            "s3cr\u{e9}t".as_bytes(),
+            b"s3cret\x00",
+        ] {
+            std::fs::write(&file, bad).unwrap();
+            let error = read_token(&file).unwrap_err();
+            assert!(!error.missing);
+            assert!(!error.to_string().contains("s3cr"), "{error}");
+        }
+        std::fs::write(&file, " \n").unwrap();
+        assert!(read_token(&file).unwrap_err().to_string().contains("empty"));
+        std::fs::write(&file, "x".repeat(4097)).unwrap();
+        let error = read_token(&file).unwrap_err();
+        assert!(error.to_string().contains("4 KiB"), "{error}");
+        assert!(!error.to_string().contains("xxxx"), "{error}");
+        std::fs::write(&file, "x".repeat(4096)).unwrap();
+        assert_eq!(read_token(&file).unwrap().len(), 4096);
+        assert!(read_token(&dir.path().join("missing")).unwrap_err().missing);
     }
 }

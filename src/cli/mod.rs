@@ -217,8 +217,9 @@ pub struct ClientArgs {
     /// listen address]
     #[arg(long, value_name = "URL", env = "BATCHD_URL")]
     pub url: Option<String>,
-    /// File holding the API token [default: the configuration's
-    /// api_token_file, when readable]
+    /// File holding the API token, sent with POST and DELETE [default:
+    /// the configuration's api_token_file, when readable and the daemon is
+    /// the configured or a loopback one]
     #[arg(long, value_name = "FILE", env = "BATCHD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// Print the daemon's JSON answer as it is

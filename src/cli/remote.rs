@@ -18,11 +18,32 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest error shown in the jobs table.
 const ERROR_WIDTH: usize = 80;
 
-fn print_raw(body: &str) {
+/// `text` on stdout, flushed. A closed stdout (`batchd jobs | head -n1`)
+/// is no failure: the reader has what it wanted, and the command ends
+/// quietly with 0.
+fn print(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    output(out.write_all(text.as_bytes()).and_then(|()| out.flush()))
+}
+
+/// A write to stdout's outcome as the command's: a closed pipe is done,
+/// any other failure an error.
+fn output(outcome: std::io::Result<()>) -> Result<(), CliError> {
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::Other(anyhow::anyhow!(
+            "cannot write to stdout: {e}"
+        ))),
+    }
+}
+
+/// The daemon's answer as it came, on its own line(s).
+fn print_raw(body: &str) -> Result<(), CliError> {
     if body.ends_with('\n') {
-        print!("{body}");
+        print(body)
     } else {
-        println!("{body}");
+        print(&format!("{body}\n"))
     }
 }
 
@@ -46,21 +67,20 @@ pub fn jobs(cli: &Cli, args: &JobsArgs) -> Result<(), CliError> {
     if !args.watch {
         let body = client.get("/v1/jobs")?;
         if args.client.json {
-            print_raw(&body);
-            return Ok(());
+            return print_raw(&body);
         }
         let list = parse(&body, "GET /v1/jobs")?;
         let jobs = job_list(&list);
         lrs.update(&client, &jobs)?;
-        print!("{}", table(&jobs, &lrs));
-        return Ok(());
+        return print(&table(&jobs, &lrs));
     }
     watch(&client, args.client.json, &mut lrs)
 }
 
 /// `jobs --watch`: on a terminal the screen is redrawn every second; to a
 /// pipe or file the table (or with `--json` the document, one line) is
-/// written again only when it changes. Runs until interrupted. Once the
+/// written again only when it changes. Runs until interrupted, or until
+/// stdout is closed (which ends it with 0 at the next write). Once the
 /// daemon has answered, a failure is reported on stderr and retried.
 fn watch(client: &Client, json: bool, lrs: &mut LrCache) -> Result<(), CliError> {
     let terminal = !json && std::io::stdout().is_terminal();
@@ -82,18 +102,22 @@ fn watch(client: &Client, json: bool, lrs: &mut LrCache) -> Result<(), CliError>
                 answered = true;
                 last_error = None;
                 let mut out = std::io::stdout().lock();
-                if terminal {
-                    let _ = write!(
+                let written = if terminal {
+                    write!(
                         out,
                         "\x1b[H\x1b[2J{}  (every {}s; Ctrl-C to stop)\n\n{view}",
                         client.base(),
                         WATCH_INTERVAL.as_secs()
-                    );
+                    )
                 } else if shown.as_deref() != Some(view.as_str()) {
                     let separator = if shown.is_some() && !json { "\n" } else { "" };
-                    let _ = write!(out, "{separator}{view}");
+                    write!(out, "{separator}{view}")
+                } else {
+                    Ok(())
+                };
+                if let Err(error) = written.and_then(|()| out.flush()) {
+                    return output(Err(error));
                 }
-                let _ = out.flush();
                 shown = Some(view);
             }
             Err(error) if !answered => return Err(error),
@@ -101,11 +125,16 @@ fn watch(client: &Client, json: bool, lrs: &mut LrCache) -> Result<(), CliError>
                 let line = format!("batchd: {error} (retrying)");
                 if last_error.as_deref() != Some(line.as_str()) {
                     if terminal {
-                        println!("\x1b[H\x1b[2J{line}");
-                        let _ = std::io::stdout().flush();
+                        let mut out = std::io::stdout().lock();
+                        if let Err(error) =
+                            writeln!(out, "\x1b[H\x1b[2J{line}").and_then(|()| out.flush())
+                        {
+                            return output(Err(error));
+                        }
                         shown = None;
                     } else {
-                        eprintln!("{line}");
+                        // A diagnostic that cannot be shown is no reason to stop.
+                        let _ = writeln!(std::io::stderr().lock(), "{line}");
                     }
                     last_error = Some(line);
                 }
@@ -284,8 +313,7 @@ pub fn show(cli: &Cli, args: &ShowArgs) -> Result<(), CliError> {
     let client = Client::new(cli, &args.client)?;
     let body = client.get(&format!("/v1/jobs/{}/recommendation", segment(&args.name)))?;
     if args.client.json {
-        print_raw(&body);
-        return Ok(());
+        return print_raw(&body);
     }
     let recommendation: batchd::search::Recommendation =
         serde_json::from_str(&body).map_err(|e| {
@@ -298,11 +326,7 @@ pub fn show(cli: &Cli, args: &ShowArgs) -> Result<(), CliError> {
                 one_line(&args.name, 60)
             ))
         })?;
-    print!(
-        "{}",
-        batchd::report::text::advice(&recommendation, args.lr_for)
-    );
-    Ok(())
+    print(&batchd::report::text::advice(&recommendation, args.lr_for))
 }
 
 /// A one-line account of a job the daemon answered with.
@@ -330,12 +354,10 @@ pub fn submit(cli: &Cli, args: &SubmitArgs) -> Result<(), CliError> {
     let client = Client::new(cli, &args.client)?;
     let body = client.post("/v1/jobs", Some((content_type, &spec)))?;
     if args.client.json {
-        print_raw(&body);
-        return Ok(());
+        return print_raw(&body);
     }
     let job = parse(&body, "POST /v1/jobs")?;
-    println!("submitted {}", job_line(&job));
-    Ok(())
+    print(&format!("submitted {}\n", job_line(&job)))
 }
 
 /// `batchd retune NAME`.
@@ -343,12 +365,10 @@ pub fn retune(cli: &Cli, args: &NameArgs) -> Result<(), CliError> {
     let client = Client::new(cli, &args.client)?;
     let body = client.post(&format!("/v1/jobs/{}/retune", segment(&args.name)), None)?;
     if args.client.json {
-        print_raw(&body);
-        return Ok(());
+        return print_raw(&body);
     }
     let job = parse(&body, "POST .../retune")?;
-    println!("retuning {}", job_line(&job));
-    Ok(())
+    print(&format!("retuning {}\n", job_line(&job)))
 }
 
 /// `batchd rm NAME`.
@@ -356,14 +376,16 @@ pub fn rm(cli: &Cli, args: &NameArgs) -> Result<(), CliError> {
     let client = Client::new(cli, &args.client)?;
     client.delete(&format!("/v1/jobs/{}", segment(&args.name)))?;
     if args.client.json {
-        println!("{}", serde_json::json!({"job": args.name, "removed": true}));
+        print(&format!(
+            "{}\n",
+            serde_json::json!({"job": args.name, "removed": true})
+        ))
     } else {
-        println!(
-            "removed job `{}` (its spec file is deleted; its recommendation stays in the state folder)",
+        print(&format!(
+            "removed job `{}` (its spec file is deleted; its recommendation stays in the state folder)\n",
             one_line(&args.name, 60)
-        );
+        ))
     }
-    Ok(())
 }
 
 /// `batchd lr NAME --batch-size N`.
@@ -375,8 +397,7 @@ pub fn lr(cli: &Cli, args: &LrArgs) -> Result<(), CliError> {
         args.batch_size
     ))?;
     if args.client.json {
-        print_raw(&body);
-        return Ok(());
+        return print_raw(&body);
     }
     let answer = parse(&body, "GET .../recommendation?batch_size")?;
     let Some(lr) = answer.get("learning_rate").and_then(Value::as_f64) else {
@@ -401,12 +422,11 @@ pub fn lr(cli: &Cli, args: &LrArgs) -> Result<(), CliError> {
             )
         })
         .unwrap_or_default();
-    println!(
-        "{lr:.3e} for `{}` at effective batch {}{rule}",
+    print(&format!(
+        "{lr:.3e} for `{}` at effective batch {}{rule}\n",
         one_line(&args.name, 60),
         args.batch_size
-    );
-    Ok(())
+    ))
 }
 
 #[cfg(test)]

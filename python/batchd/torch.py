@@ -87,11 +87,17 @@ class TorchBackend:
         return self.torch.cuda.amp.GradScaler()  # torch < 2.3
 
     def grad_norm_sq(self, model: Any) -> float:
+        torch = self.torch
         grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
         if not grads:
             return 0.0
-        # One sum on the device, one transfer.
-        return float(sum(g.float().pow(2).sum() for g in grads))
+        # A dot product per tensor (no squared copy of the model: g.pow(2)
+        # took 30-70 ms a call at 21M parameters on 2 CPU cores, this 3-8
+        # ms), summed in f64 on the device, then one transfer. Relative
+        # error 9e-5 there; vector_norm is as fast but 6e-4 off, which the
+        # noise scale's difference of two norms would magnify.
+        flat = [g.float().reshape(-1) for g in grads]
+        return float(torch.stack([torch.dot(f, f) for f in flat]).double().sum())
 
     def no_grad(self) -> ContextManager[Any]:
         return self.torch.no_grad()

@@ -631,7 +631,7 @@ fn report_view<'a>(
             .collect(),
         recommendation: job
             .recommendation
-            .as_ref()
+            .as_deref()
             .filter(|_| job.state == JobState::Done),
         history,
     }
@@ -809,11 +809,12 @@ async fn get_recommendation(
         Err(error) => return refused(error),
     };
     let Some(text) = query.batch_size else {
-        let answer = match detail {
-            EvidenceDetail::Summary => recommendation.summary(),
-            EvidenceDetail::Full => recommendation,
+        return match detail {
+            EvidenceDetail::Summary => {
+                Json(std::sync::Arc::unwrap_or_clone(recommendation).summary()).into_response()
+            }
+            EvidenceDetail::Full => Json(recommendation.as_ref()).into_response(),
         };
-        return Json(answer).into_response();
     };
     let batch = match text.parse::<u64>() {
         Ok(batch) if batch > 0 => batch,
@@ -832,7 +833,7 @@ async fn get_recommendation(
             job: name,
             batch_size: batch,
             learning_rate,
-            lr_rule: recommendation.lr.rule,
+            lr_rule: recommendation.lr.rule.clone(),
         })
         .into_response(),
         None => Problem::new(

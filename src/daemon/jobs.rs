@@ -35,8 +35,11 @@ pub struct Job {
     /// contents): changed data is other work, tuned again.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub data_digest: String,
+    /// Shared: listing the jobs (every second under `batchd jobs
+    /// --watch`) clones the table under its lock, and a reference count is
+    /// all a recommendation costs there.
     #[serde(skip)]
-    pub recommendation: Option<Recommendation>,
+    pub recommendation: Option<std::sync::Arc<Recommendation>>,
     /// Documents show the spec by its hash alone.
     #[serde(rename = "spec_hash", serialize_with = "serialize_spec_hash")]
     #[schema(value_type = Option<String>)]
@@ -113,7 +116,9 @@ impl Job {
                 job.trials_done = stored.recommendation.evidence.trials.len();
                 // One stored before curves were cut keeps them whole on
                 // disk; served and shown, it is cut like a new one.
-                job.recommendation = Some(stored.recommendation.with_compact_curves());
+                job.recommendation = Some(std::sync::Arc::new(
+                    stored.recommendation.with_compact_curves(),
+                ));
                 tracing::info!(job = %name, "job {name}: recommendation reused from the state folder");
                 job.spec = Some(spec);
                 return job;

@@ -332,7 +332,7 @@ impl Shared {
             .lock()
             .map(|jobs| {
                 jobs.values()
-                    .map(|job| JobView::new(&job.name, job.state, job.recommendation.as_ref()))
+                    .map(|job| JobView::new(&job.name, job.state, job.recommendation.as_deref()))
                     .collect()
             })
             .unwrap_or_default();

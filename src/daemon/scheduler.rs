@@ -249,7 +249,7 @@ async fn run_search<R: TrialRunner>(
             shared.update_job(&name, (&hash, &data), |job| {
                 job.state = JobState::Done;
                 job.trials_done = recommendation.evidence.trials.len();
-                job.recommendation = Some(*recommendation);
+                job.recommendation = Some(std::sync::Arc::from(recommendation));
             });
         }
         SearchEnd::Failed(error) => {

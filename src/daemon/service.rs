@@ -174,7 +174,10 @@ impl Shared {
     }
 
     /// A finished job's recommendation.
-    pub fn recommendation(&self, name: &str) -> Result<Recommendation, ServiceError> {
+    pub fn recommendation(
+        &self,
+        name: &str,
+    ) -> Result<std::sync::Arc<Recommendation>, ServiceError> {
         let job = self.get(name)?;
         match job.recommendation {
             Some(recommendation) if job.state == JobState::Done => Ok(recommendation),

@@ -134,6 +134,12 @@ pub enum CsvError {
     },
     #[error("needs at least {MIN_SAMPLES} data rows")]
     TooFewRows,
+    #[error(
+        "{rows} rows of {per_sample} values each are {}, more than the {} a CSV may decode to (one-hot text columns count once per level)",
+        crate::units::ByteSize((*.rows as u64).saturating_mul(*.per_sample as u64).saturating_mul(4)),
+        crate::units::ByteSize(MAX_DECODED_BYTES)
+    )]
+    TooLarge { rows: usize, per_sample: usize },
 }
 
 /// A value as an error shows it: control characters escaped, long ones cut.
@@ -146,6 +152,22 @@ fn shown(value: &str) -> String {
 }
 
 /// `values` (of `count`) as an error lists them.
+/// The most a CSV may decode to (4-byte values): one-hot text columns can
+/// make the samples many times the file (a 2-byte field, 32 values), and
+/// the parsed data is also written to the data cache.
+const MAX_DECODED_BYTES: u64 = 8 << 30;
+
+/// Refuses a decoded size over `limit` bytes before it is allocated.
+fn check_decoded_size(rows: usize, per_sample: usize, limit: u64) -> Result<(), CsvError> {
+    let bytes = (rows as u64)
+        .checked_mul(per_sample as u64)
+        .and_then(|values| values.checked_mul(4));
+    match bytes {
+        Some(bytes) if bytes <= limit => Ok(()),
+        _ => Err(CsvError::TooLarge { rows, per_sample }),
+    }
+}
+
 /// Distinct values a column is counted to past its limit before reading
 /// stops: a column of IDs in a huge file is refused at once, without
 /// keeping every value it holds.
@@ -589,6 +611,7 @@ fn parse(
         }
     };
     let sample_len: usize = encodings.iter().map(Encoding::width).sum();
+    check_decoded_size(rows, sample_len, MAX_DECODED_BYTES)?;
     let mut inputs = vec![0f32; rows * sample_len];
     if !encodings.is_empty() {
         for (sample, words) in inputs
@@ -784,6 +807,29 @@ mod tests {
             )),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_csv_that_would_decode_past_the_limit_is_refused_before_allocating() {
+        assert!(check_decoded_size(1000, 32, 128_000).is_ok());
+        let error = check_decoded_size(1000, 33, 128_000).unwrap_err();
+        assert!(matches!(
+            error,
+            CsvError::TooLarge {
+                rows: 1000,
+                per_sample: 33
+            }
+        ));
+        assert!(
+            error
+                .to_string()
+                .starts_with("1000 rows of 33 values each are"),
+            "{error}"
+        );
+        // No overflow on absurd shapes.
+        assert!(check_decoded_size(usize::MAX, usize::MAX, u64::MAX).is_err());
+        assert!(check_decoded_size(1 << 20, 2048, MAX_DECODED_BYTES).is_ok());
+        assert!(check_decoded_size(1 << 20, 2049, MAX_DECODED_BYTES).is_err());
     }
 
     #[test]

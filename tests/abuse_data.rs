@@ -4,10 +4,13 @@
 //! sizes overflow. Each trial runs in its own cache folder
 //! (`$XDG_CACHE_HOME/batchd/data`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::quick_trial;
 use serde_json::Value;
 
 /// Rows, features and classes of the CSVs here: small, so a trial takes a
@@ -80,21 +83,7 @@ impl Setup {
     /// how long it took. Panics past `limit`.
     fn trial_within(&self, spec: &Path, extra: &[&str], limit: Duration) -> (Value, Duration) {
         let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_batchd"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("BATCHD_CONFIG", "tests/fixtures/empty-config.toml")
-            .env("XDG_CACHE_HOME", self.path().join("cache"))
-            .arg("trial")
-            .arg(spec)
-            .args([
-                "--batch-size",
-                "8",
-                "--steps",
-                "2",
-                "--device",
-                "cpu",
-                "--json",
-            ])
+        let mut child = quick_trial(spec, &self.path().join("cache"))
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,8 +1,12 @@
 //! Drives the real `batchd` binary: validate, policies, gpus, config, and
 //! the exit codes the README documents.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+use common::run;
 
 fn batchd() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_batchd"));
@@ -15,19 +19,6 @@ fn batchd() -> Command {
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn run(command: &mut Command) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command.output().expect("batchd runs");
-    (
-        status.code().expect("batchd exits normally"),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -4,9 +4,12 @@
 //! refuses: ragged rows, a text column of too many levels, a delimiter it
 //! cannot split on.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::quick_trial;
 use serde_json::Value;
 
 fn repo(path: &str) -> PathBuf {
@@ -35,23 +38,7 @@ fn csv_at(path: &Path, rest: &str) -> String {
 /// `batchd trial SPEC --batch-size 8 --steps 2 --json` on the CPU, with
 /// its own parsed-data cache under `dir`.
 fn trial(dir: &Path, spec: &Path) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_batchd"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("BATCHD_CONFIG", "tests/fixtures/empty-config.toml")
-        .env("XDG_CACHE_HOME", dir.join("cache"))
-        .arg("trial")
-        .arg(spec)
-        .args([
-            "--batch-size",
-            "8",
-            "--steps",
-            "2",
-            "--device",
-            "cpu",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let output = quick_trial(spec, &dir.join("cache")).output().unwrap();
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
             "{e}: {}\n{}",

@@ -6,9 +6,8 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
 
-use common::{daemon_with_a_tuned_job, Daemon, TINY};
+use common::{daemon_with_a_tuned_job, http_with_head, Daemon, TINY};
 use serde_json::{json, Value};
 
 /// The document's schemas made strict: an object schema that lists its
@@ -70,7 +69,8 @@ impl Checker {
         body: &str,
         expected: u16,
     ) -> Value {
-        let (status, headers, text) = raw(daemon.port, method, path, content_type, body);
+        let (status, headers, text) =
+            http_with_head(daemon.port, method, path, content_type, body, None);
         assert_eq!(status, expected, "{method} {path}: {text}");
         let operation = &self.document["paths"][template][method.to_ascii_lowercase()];
         assert!(
@@ -138,62 +138,6 @@ impl Checker {
             .map(|e| format!("{} at {}", e, e.instance_path))
             .collect()
     }
-}
-
-/// `(status, head, body)` of one request, read to the end.
-fn raw(
-    port: u16,
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: &str,
-) -> (u16, String, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !content_type.is_empty() {
-        request.push_str(&format!("Content-Type: {content_type}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).unwrap();
-    let answer = String::from_utf8_lossy(&answer).to_string();
-    let (head, rest) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    (status, head.to_string(), body)
-}
-
-fn dechunk(mut text: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = text.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        text = &rest[size + 2..];
-    }
-    out
 }
 
 #[test]

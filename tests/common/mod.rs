@@ -154,8 +154,21 @@ pub fn http(
     body: &str,
     token: Option<&str>,
 ) -> (u16, String) {
+    let (status, _, body) = http_with_head(port, method, path, content_type, body, token);
+    (status, body)
+}
+
+/// [`http`], with the answer's head (status line and headers) as well.
+pub fn http_with_head(
+    port: u16,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String, String) {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
+        return (0, String::new(), String::new());
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut headers = String::new();
@@ -170,7 +183,7 @@ pub fn http(
         body.len()
     );
     if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
+        return (0, String::new(), String::new());
     }
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
@@ -189,7 +202,7 @@ pub fn http(
     } else {
         body.to_string()
     };
-    (status, body)
+    (status, head.to_string(), body)
 }
 
 /// Joins an HTTP/1.1 chunked body (Prometheus answers this way).
@@ -419,4 +432,26 @@ pub fn run(command: &mut Command) -> (i32, String, String) {
         String::from_utf8_lossy(&stdout).into_owned(),
         String::from_utf8_lossy(&stderr).into_owned(),
     )
+}
+
+/// `batchd trial SPEC --batch-size 8 --steps 2 --device cpu --json`, its
+/// parsed-data cache under `cache_home` (the data tests' trial).
+pub fn quick_trial(spec: &Path, cache_home: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_batchd"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("BATCHD_CONFIG", "tests/fixtures/empty-config.toml")
+        .env("XDG_CACHE_HOME", cache_home)
+        .arg("trial")
+        .arg(spec)
+        .args([
+            "--batch-size",
+            "8",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+        ]);
+    command
 }

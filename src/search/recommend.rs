@@ -167,17 +167,9 @@ impl Recommendation {
     /// The recommendation with every training curve cut to at most
     /// [`MAX_CURVE_POINTS`] points (docs/spec.md: "Curves").
     pub fn with_compact_curves(mut self) -> Recommendation {
-        let compact = |losses: &mut Vec<f64>, steps: &mut Vec<u32>| {
+        for (losses, steps) in self.training_curves() {
             if steps.is_empty() && losses.len() > MAX_CURVE_POINTS {
                 (*losses, *steps) = downsample(losses, MAX_CURVE_POINTS);
-            }
-        };
-        for run in &mut self.evidence.lr_confirmations {
-            compact(&mut run.losses, &mut run.loss_steps);
-        }
-        for entry in self.evidence.race.iter_mut().flat_map(|r| &mut r.entries) {
-            for run in &mut entry.runs {
-                compact(&mut run.losses, &mut run.loss_steps);
             }
         }
         self
@@ -187,15 +179,9 @@ impl Recommendation {
     /// the LR range tests' sweeps): what the API serves unless asked for
     /// `?evidence=full`. Every figure and verdict stays.
     pub fn summary(mut self) -> Recommendation {
-        for run in &mut self.evidence.lr_confirmations {
-            run.losses.clear();
-            run.loss_steps.clear();
-        }
-        for entry in self.evidence.race.iter_mut().flat_map(|r| &mut r.entries) {
-            for run in &mut entry.runs {
-                run.losses.clear();
-                run.loss_steps.clear();
-            }
+        for (losses, steps) in self.training_curves() {
+            losses.clear();
+            steps.clear();
         }
         for test in &mut self.evidence.lr_range_tests {
             test.learning_rates.clear();
@@ -203,6 +189,24 @@ impl Recommendation {
             test.smoothed.clear();
         }
         self
+    }
+
+    /// Every confirmation and race run's training curve, as its losses and
+    /// the steps they end at.
+    fn training_curves(&mut self) -> impl Iterator<Item = (&mut Vec<f64>, &mut Vec<u32>)> {
+        let confirmations = self
+            .evidence
+            .lr_confirmations
+            .iter_mut()
+            .map(|run| (&mut run.losses, &mut run.loss_steps));
+        let races = self
+            .evidence
+            .race
+            .iter_mut()
+            .flat_map(|race| &mut race.entries)
+            .flat_map(|entry| &mut entry.runs)
+            .map(|run| (&mut run.losses, &mut run.loss_steps));
+        confirmations.chain(races)
     }
 
     /// The LR at `step` (0-based) of a training run of `total_steps`

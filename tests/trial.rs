@@ -447,6 +447,7 @@ fn sweeps_and_gradient_noise_are_recorded() {
     req.record.grad_noise = Some(GradNoiseRequest {
         small_batch: 8,
         measurements: 6,
+        from_step: None,
     });
     let result = run(req);
     assert!(

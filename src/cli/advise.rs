@@ -5,7 +5,7 @@ use batchd::search::{advise, SearchError};
 
 pub fn run(cli: &Cli, args: &AdviseArgs) -> Result<(), CliError> {
     let (spec, choice, limit) = load_with_overrides(cli, &args.run)?;
-    let (machine, runner, runtime) = foreground(cli, &args.run)?;
+    let (machine, runner, runtime) = foreground(cli, &args.run, true)?;
     let device = machine.resolve(choice);
     let context = machine
         .search_context(device, limit)

@@ -474,10 +474,12 @@ pub fn load_policies(cli: &Cli) -> Result<PolicySet, CliError> {
 /// What a foreground command runs trials with: this machine (CUDA driver
 /// and NVML), a runner of worker processes keeping kernels in
 /// `--kernel-cache` or the user's cache and containing command trials as
-/// the configuration says, and a small async runtime.
+/// the configuration says (`persistent`: offering command jobs one process
+/// for all their trials), and a small async runtime.
 pub fn foreground(
     cli: &Cli,
     args: &SpecRunArgs,
+    persistent: bool,
 ) -> Result<(Machine, ProcessTrialRunner, tokio::runtime::Runtime), CliError> {
     let config = Config::load(cli.config.as_deref()).map_err(|e| invalid(&[e]))?;
     let probe: Option<Arc<dyn GpuProbe>> = open_probe().ok().map(Arc::from);
@@ -487,6 +489,7 @@ pub fn foreground(
     options.kernel_cache_dir = args.kernel_cache.clone().or_else(user_kernel_cache);
     options.data_cache_dir = user_data_cache();
     options.containment = config.trial_containment;
+    options.persistent = persistent;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

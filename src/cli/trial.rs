@@ -23,7 +23,7 @@ pub fn run(cli: &Cli, args: &TrialArgs) -> Result<(), CliError> {
         return Err(CliError::Usage("--steps must be > 0".into()));
     }
     let lr = args.lr.unwrap_or_else(|| default_lr(&spec));
-    let (machine, runner, runtime) = foreground(cli, &args.run)?;
+    let (machine, runner, runtime) = foreground(cli, &args.run, false)?;
     let device = machine.resolve(choice);
     let mut request = TrialRequest::new(spec, device, args.batch_size, steps, lr);
     request.warmup_steps = request

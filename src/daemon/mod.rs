@@ -159,6 +159,7 @@ impl Edges<ProcessTrialRunner> {
             &settings.config.state_dir,
         ));
         options.containment = settings.config.trial_containment;
+        options.persistent = true;
         Ok(Edges {
             machine,
             runner: ProcessTrialRunner::new(options),

@@ -293,8 +293,12 @@ async fn search<R: TrialRunner>(
             Ok(recommendation) => SearchEnd::Done(Box::new(recommendation)),
             Err(error) => SearchEnd::Failed(error.to_string()),
         },
-        // Dropping the search drops its trial, whose child is killed.
-        _ = cancel.notified() => SearchEnd::Cancelled,
+        // Dropping the search drops its trial, whose child is killed; an
+        // idle persistent process of the job's is ended here.
+        _ = cancel.notified() => {
+            runner.release(slot.device).await;
+            SearchEnd::Cancelled
+        }
     }
 }
 

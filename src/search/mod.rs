@@ -54,6 +54,10 @@ pub enum SearchError {
 /// measured it: untimed data sampling, validation and noise measurement.
 const DEFAULT_RUN_RATIO: f64 = 1.25;
 
+/// Below this share of a run's wall time spent stepping, runs are not
+/// shortened to fit their planned time (see `Session::stepping_share`).
+const MIN_STEPPING_SHARE: f64 = 0.75;
+
 fn median(values: &[f64]) -> Option<f64> {
     let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     if sorted.is_empty() {
@@ -150,6 +154,24 @@ impl<R: TrialRunner> Session<'_, R> {
         stepping.max(0.05)
     }
 
+    /// The share of a run planned at T seconds its stepping may take, so
+    /// the run's wall time (start-up, noise measurement, validation
+    /// included) is T. Where that overhead is over a quarter of the run
+    /// (one fresh process per trial, whose start-up is seconds), runs keep
+    /// training T, as the real run would, and the plan counts the overhead
+    /// instead (`run_seconds`).
+    fn stepping_share(&self, budget: &race::RaceBudget) -> f64 {
+        let race::RaceBudget::WallClock { seconds } = *budget else {
+            return 1.0;
+        };
+        let share = self.stepping_within(seconds) / seconds;
+        if share >= MIN_STEPPING_SHARE {
+            share.min(1.0)
+        } else {
+            1.0
+        }
+    }
+
     fn request(&self, batch: u64, steps: u32, schedule: LrSchedule) -> TrialRequest {
         let mut request = TrialRequest::new(
             self.spec.clone(),
@@ -239,7 +261,7 @@ pub async fn advise<R: TrialRunner>(
 ) -> Result<Recommendation, SearchError> {
     let budget_bytes =
         (ctx.memory_limit_bytes as f64 * (1.0 - spec.policy.memory_headroom_fraction)) as u64;
-    let mut session = Session {
+    let session = Session {
         spec,
         ctx,
         runner,
@@ -254,18 +276,28 @@ pub async fn advise<R: TrialRunner>(
         overheads: Vec::new(),
         run_ratios: Vec::new(),
     };
-    let fit = session.max_fit().await?;
-    let cap = session.batch_cap(&fit);
-    let curve = session.throughput_curve(&fit, &cap).await;
-    let range = session.lr_range_test(&curve).await;
-    let runs = session.plan_training_runs(&curve, &range);
-    let reference = session.confirm_reference_lr(&curve, &range, &runs).await;
-    let race = session.race(&curve, &reference, &runs).await;
-    let check = session.lr_check(&curve, &reference, &race).await;
-    // Stored and served with its curves cut to what the charts need.
-    Ok(session
-        .recommend(fit, cap, curve, range, reference, race, check, runs)
-        .with_compact_curves())
+    let outcome = session.run_phases().await;
+    // What the runner kept for this search's trials (a command job's
+    // persistent process) goes now, not at its idle timeout.
+    runner.release(ctx.device).await;
+    outcome
+}
+
+impl<R: TrialRunner> Session<'_, R> {
+    async fn run_phases(mut self) -> Result<Recommendation, SearchError> {
+        let fit = self.max_fit().await?;
+        let cap = self.batch_cap(&fit);
+        let curve = self.throughput_curve(&fit, &cap).await;
+        let range = self.lr_range_test(&curve).await;
+        let runs = self.plan_training_runs(&curve, &range);
+        let reference = self.confirm_reference_lr(&curve, &range, &runs).await;
+        let race = self.race(&curve, &reference, &runs).await;
+        let check = self.lr_check(&curve, &reference, &race).await;
+        // Stored and served with its curves cut to what the charts need.
+        Ok(self
+            .recommend(fit, cap, curve, range, reference, race, check, runs)
+            .with_compact_curves())
+    }
 }
 
 #[cfg(test)]

@@ -85,11 +85,13 @@ pub(super) struct RunPlan {
 }
 
 impl RunPlan {
-    fn steps(&self, curve: &CurvePhase, batch: u64) -> u32 {
+    /// Steps of a run at `batch`; `share`: the part of a wall-clock run
+    /// its stepping may take (see `Session::stepping_share`).
+    fn steps(&self, curve: &CurvePhase, batch: u64, share: f64) -> u32 {
         let steps = match self.budget {
             RaceBudget::WallClock { seconds } => curve
                 .step_seconds(batch)
-                .map_or(f64::from(MIN_RUN_STEPS), |t| seconds / t),
+                .map_or(f64::from(MIN_RUN_STEPS), |t| seconds * share / t),
             RaceBudget::Epochs { epochs } => epochs * self.train_samples as f64 / batch as f64,
         };
         (steps.floor() as u32).clamp(MIN_RUN_STEPS, MAX_RUN_STEPS)
@@ -667,17 +669,12 @@ impl<R: TrialRunner> Session<'_, R> {
         request.seed = seed;
         request.warmup_steps = policy.trials.warmup_steps.min(steps / 4).max(1);
         request.record.validation_loss = true;
-        let measurements = (policy.trials.noise_scale_measurements * 4)
-            .min(steps - request.warmup_steps)
-            .min(steps / 4);
-        if batch >= 8 && measurements >= 2 {
-            // An eighth of the batch, but never a gradient of fewer than
-            // four samples: those are mostly noise about the noise.
-            request.record.grad_noise = Some(GradNoiseRequest {
-                small_batch: (batch / 8).max(4).min(batch / 2),
-                measurements,
-            });
-        }
+        request.record.grad_noise = noise_request(
+            batch,
+            steps,
+            request.warmup_steps,
+            policy.trials.noise_scale_measurements,
+        );
         self.trial(phase, request).await
     }
 
@@ -708,7 +705,7 @@ impl<R: TrialRunner> Session<'_, R> {
         runs: &RunPlan,
     ) -> ReferencePhase {
         let batch = range.reference_batch;
-        let steps = runs.steps(curve, batch);
+        let steps = runs.steps(curve, batch, self.stepping_share(&runs.budget));
         let n = self.spec.policy.lr_search.confirmation_candidates.max(1) as i32;
         let half = (n - 1) / 2;
         let mut lrs: Vec<f64> = (-half..=(n - 1 - half))
@@ -786,8 +783,7 @@ impl<R: TrialRunner> Session<'_, R> {
             .filter(|(loss, _)| *loss <= best_loss * 1.05 + 1e-9)
             .map(|(_, s)| s.clone())
             .collect();
-        let measured_from =
-            steps.saturating_sub(good.first().map_or(0, |s| s.big_sq_norms.len() as u32));
+        let measured_from = noise_from(steps, 0);
         let noise = pooled_noise_scale(
             &good,
             self.spec.policy.trials.noise_scale_measurements as usize,
@@ -892,10 +888,11 @@ impl<R: TrialRunner> Session<'_, R> {
         let alpha = self.transfer_alpha();
         let lr_for =
             |batch: u64| reference_lr.1 * (batch as f64 / reference_lr.0 as f64).powf(alpha);
+        let share = self.stepping_share(&runs.budget);
         let mut entries: Vec<RaceEntry> = candidates
             .iter()
             .map(|&batch| {
-                let steps = runs.steps(curve, batch);
+                let steps = runs.steps(curve, batch, share);
                 RaceEntry {
                     batch_size: batch,
                     learning_rate: lr_for(batch),
@@ -943,8 +940,7 @@ impl<R: TrialRunner> Session<'_, R> {
             .iter()
             .map(|e| e.steps)
             .min()
-            .unwrap_or(0)
-            .saturating_sub(policy.trials.noise_scale_measurements * 4);
+            .map_or(0, |steps| noise_from(steps, 0));
         let noise = pooled_noise_scale(
             &samples,
             policy.trials.noise_scale_measurements as usize,
@@ -1419,6 +1415,39 @@ impl<R: TrialRunner> Session<'_, R> {
     }
 }
 
+/// Where a run's noise measurements start: the second half of the run
+/// (the noise scale grows as the loss falls, and is steady there), never in
+/// the warm-up.
+fn noise_from(steps: u32, warmup: u32) -> u32 {
+    warmup.max(steps / 2)
+}
+
+/// The gradient-noise measurements of a training run of `steps`: 4 ×
+/// `groups` (20 by default) pairs at most, a quarter of the steps at most,
+/// spread evenly over the run's second half. Why that many: one pair's
+/// B_simple estimate scatters with a relative error of about 1.07 (measured
+/// on the PyTorch example, docs/design/persistent-command-trials.md §3), so
+/// the 40-60 pairs pooled over a search's confirmation runs give about ±15%;
+/// a measured step costs an extra small-batch pass (an eighth of the batch)
+/// and two norms, so a quarter of the steps keeps the surcharge under 10% of
+/// the run.
+pub(super) fn noise_request(
+    batch: u64,
+    steps: u32,
+    warmup: u32,
+    groups: u32,
+) -> Option<GradNoiseRequest> {
+    let from = noise_from(steps, warmup);
+    let measurements = (groups * 4).min(steps / 4).min(steps.saturating_sub(from));
+    // An eighth of the batch, but never a gradient of fewer than four
+    // samples: those are mostly noise about the noise.
+    (batch >= 8 && measurements >= 2).then(|| GradNoiseRequest {
+        small_batch: (batch / 8).max(4).min(batch / 2),
+        measurements,
+        from_step: Some(from),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1439,3 +1468,4 @@ mod tests {
         assert_eq!(full_range_ladder(1, 5, 8, 8), [1, 2, 5]);
     }
 }
+

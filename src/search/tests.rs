@@ -126,6 +126,8 @@ impl FakeRunner {
             exit: None,
             stderr_tail: String::new(),
             warnings: Vec::new(),
+            training_seconds: None,
+            process_trial: None,
         };
         if self.crash_from.is_some_and(|from| batch >= from) {
             result.outcome = Outcome::Crashed;

@@ -31,10 +31,19 @@ pub struct CommandSpec {
     pub workdir: PathBuf,
     /// Variables added to the clean environment the command gets.
     pub environment: BTreeMap<String, String>,
+    /// Whether batchd may offer the persistent trial mode (one process
+    /// running trial after trial; docs/command-runner.md). `persistent =
+    /// false` keeps one fresh process per trial.
+    #[serde(default = "persistent_by_default")]
+    pub persistent: bool,
+}
+
+fn persistent_by_default() -> bool {
+    true
 }
 
 /// Keys only a command job may use.
-pub(super) const COMMAND_KEYS: [&str; 3] = ["command", "workdir", "environment"];
+pub(super) const COMMAND_KEYS: [&str; 4] = ["command", "workdir", "environment", "persistent"];
 
 /// Reads `runner`, and for command jobs `command`, `workdir` and
 /// `environment`. `None` with problems pushed when they are wrong; `Some(None)`
@@ -167,10 +176,19 @@ pub(super) fn parse_command(
             format!("must be a table of NAME = \"value\", got {other}"),
         ),
     }
+    let persistent = match object.get("persistent") {
+        None => true,
+        Some(Value::Bool(persistent)) => *persistent,
+        Some(other) => {
+            problems.push("persistent", format!("must be true or false, got {other}"));
+            true
+        }
+    };
     (problems.len() == before).then_some(Some(CommandSpec {
         argv,
         workdir,
         environment,
+        persistent,
     }))
 }
 

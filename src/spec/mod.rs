@@ -108,6 +108,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "command",
     "workdir",
     "environment",
+    "persistent",
     "model",
     "data",
     "optimizer",

@@ -242,6 +242,30 @@ pub struct GradNoiseRequest {
     pub small_batch: u64,
     /// Steps (after warm-up) at which both norms are measured.
     pub measurements: u32,
+    /// Spread the measurements evenly over `from_step..steps` (see
+    /// [`GradNoiseRequest::steps`]); `None`: the last `measurements` steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_step: Option<u32>,
+}
+
+impl GradNoiseRequest {
+    /// The steps of a `steps`-step trial that measure both norms: with
+    /// `from_step` = h, the `measurements` = m steps h + ⌊(i + ½)(steps − h)/m⌋,
+    /// i < m, evenly spread (consecutive steps' gradients are correlated,
+    /// spread ones much less); otherwise the last m steps. The Python
+    /// helper (`Trial.measure_noise`) computes the same set.
+    pub fn steps(&self, steps: u32) -> std::collections::BTreeSet<u32> {
+        let m = self.measurements.min(steps);
+        match self.from_step {
+            Some(from) if from < steps && m > 0 => {
+                let span = u64::from(steps - from);
+                (0..u64::from(m))
+                    .map(|i| from + ((2 * i + 1) * span / (2 * u64::from(m))) as u32)
+                    .collect()
+            }
+            _ => (steps - m..steps).collect(),
+        }
+    }
 }
 
 /// What a trial records beyond losses and speed.
@@ -420,6 +444,17 @@ impl TrialRequest {
                     noise.measurements
                 )));
             }
+            if let Some(from) = noise.from_step {
+                if from < self.warmup_steps
+                    || from >= self.steps
+                    || noise.measurements > self.steps - from
+                {
+                    return Err(InvalidRequest(format!(
+                        "grad_noise.from_step must be in {}..{} with grad_noise.measurements ({}) steps after it, got {from}",
+                        self.warmup_steps, self.steps, noise.measurements
+                    )));
+                }
+            }
         }
         if self.deadline.is_zero() {
             return Err(InvalidRequest("deadline must be > 0".into()));
@@ -545,6 +580,10 @@ pub struct WorkerReport {
     pub grad_noise: Option<GradNoiseSample>,
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Seconds from the first step's start to the last step's end, as the
+    /// command's report times them (command trials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_seconds: Option<f64>,
 }
 
 /// The result of one trial.
@@ -593,6 +632,13 @@ pub struct TrialResult {
     /// The end of the worker's stderr, kept for failures.
     pub stderr_tail: String,
     pub warnings: Vec<String>,
+    /// Seconds spent stepping (command trials: from the report's times).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_seconds: Option<f64>,
+    /// Which trial of its process this was: 1 for a fresh process, k for
+    /// the k-th trial of a persistent one (command trials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_trial: Option<u32>,
 }
 
 impl TrialResult {
@@ -605,6 +651,13 @@ impl TrialResult {
 /// written against this trait so tests can use fakes.
 pub trait TrialRunner: Send + Sync {
     fn run(&self, request: TrialRequest) -> impl Future<Output = TrialResult> + Send;
+
+    /// The search on `device` is over: end what the runner keeps between
+    /// its trials (a command job's persistent process).
+    fn release(&self, device: TrialDevice) -> impl Future<Output = ()> + Send {
+        let _ = device;
+        async {}
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,6 +25,7 @@ use std::time::Instant;
 use serde::Deserialize;
 use tokio::process::Command;
 
+use super::classify::KillReason;
 use super::contain::{trial_cgroup, TrialProcesses};
 use super::supervise::{
     apply_report, collect_stderr_tail, effective_limit, empty_result, failed, supervise, Finished,
@@ -33,7 +35,7 @@ use super::supervisor::{START_FAILED_EXIT, SUPERVISOR_MARKER};
 use crate::spec::CommandSpec;
 use crate::trial::divergence::first_divergence;
 use crate::trial::{
-    GradNoiseSample, Outcome, TrialDevice, TrialRequest, TrialResult, WorkerReport,
+    ExitInfo, GradNoiseSample, Outcome, TrialDevice, TrialRequest, TrialResult, WorkerReport,
     SUPERVISOR_SUBCOMMAND,
 };
 
@@ -61,11 +63,29 @@ pub const INHERITED_VARIABLES: &[&str] = &[
     "CUDA_PATH",
 ];
 
-/// The environment of one trial's command.
+/// The environment of one trial's command: the process's part, then the
+/// trial's.
 pub fn environment(
     request: &TrialRequest,
     command: &CommandSpec,
     report: &Path,
+    inherited: impl Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
+    let mut vars = process_environment(request, command, inherited);
+    vars.extend(
+        trial_variables(request, report)
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.to_string(), value?))),
+    );
+    vars
+}
+
+/// The variables that stay the same from trial to trial of a job on one
+/// device: what a persistent process is started with besides the first
+/// trial's own.
+pub(super) fn process_environment(
+    request: &TrialRequest,
+    command: &CommandSpec,
     inherited: impl Fn(&str) -> Option<String>,
 ) -> Vec<(String, String)> {
     let mut vars: Vec<(String, String)> = INHERITED_VARIABLES
@@ -82,46 +102,60 @@ pub fn environment(
         TrialDevice::Cpu => ("cpu", String::new()),
         TrialDevice::Cuda(index) => ("cuda", index.to_string()),
     };
-    let schedule = serde_json::to_string(&request.schedule).unwrap_or_default();
     let mut set = |name: &str, value: String| vars.push((name.to_string(), value));
-    set("BATCHD_BATCH_SIZE", request.batch_size.to_string());
-    set("BATCHD_STEPS", request.steps.to_string());
-    set("BATCHD_WARMUP_STEPS", request.warmup_steps.to_string());
-    set(
-        "BATCHD_LR",
-        request.schedule.lr_at(0, request.steps).to_string(),
-    );
-    set("BATCHD_LR_SCHEDULE", schedule);
-    set("BATCHD_SEED", request.seed.to_string());
     set("BATCHD_DEVICE", device.to_string());
     // The trial's GPU becomes the command's only (and first) GPU; a CPU
     // trial sees none.
     set("CUDA_VISIBLE_DEVICES", visible);
     set("BATCHD_PRECISION", request.spec.precision.to_string());
-    set("BATCHD_REPORT", report.display().to_string());
     // Marks every process of the trial (children inherit it) with its
     // owner, so a daemon restarted after `kill -9` can find what its
     // predecessor left behind: the parent-death signal reaches only the
     // trial's first process.
     set(OWNER_VARIABLE, std::process::id().to_string());
-    set(
-        "BATCHD_VALIDATE",
-        u8::from(request.record.validation_loss).to_string(),
-    );
-    if let Some(noise) = request.record.grad_noise {
-        set(
-            "BATCHD_GRAD_NOISE_SMALL_BATCH",
-            noise.small_batch.to_string(),
-        );
-        set(
-            "BATCHD_GRAD_NOISE_MEASUREMENTS",
-            noise.measurements.to_string(),
-        );
-    }
-    if let Some(limit) = request.memory_limit_bytes {
-        set("BATCHD_MEMORY_LIMIT_BYTES", limit.to_string());
-    }
     vars
+}
+
+/// The variables that describe one trial, every one of them named: `None`
+/// for one this trial leaves unset (a persistent process unsets it).
+pub(super) fn trial_variables(
+    request: &TrialRequest,
+    report: &Path,
+) -> Vec<(&'static str, Option<String>)> {
+    let schedule = serde_json::to_string(&request.schedule).unwrap_or_default();
+    let noise = request.record.grad_noise;
+    vec![
+        ("BATCHD_BATCH_SIZE", Some(request.batch_size.to_string())),
+        ("BATCHD_STEPS", Some(request.steps.to_string())),
+        ("BATCHD_WARMUP_STEPS", Some(request.warmup_steps.to_string())),
+        (
+            "BATCHD_LR",
+            Some(request.schedule.lr_at(0, request.steps).to_string()),
+        ),
+        ("BATCHD_LR_SCHEDULE", Some(schedule)),
+        ("BATCHD_SEED", Some(request.seed.to_string())),
+        ("BATCHD_REPORT", Some(report.display().to_string())),
+        (
+            "BATCHD_VALIDATE",
+            Some(u8::from(request.record.validation_loss).to_string()),
+        ),
+        (
+            "BATCHD_GRAD_NOISE_SMALL_BATCH",
+            noise.map(|n| n.small_batch.to_string()),
+        ),
+        (
+            "BATCHD_GRAD_NOISE_MEASUREMENTS",
+            noise.map(|n| n.measurements.to_string()),
+        ),
+        (
+            "BATCHD_GRAD_NOISE_FROM",
+            noise.and_then(|n| n.from_step).map(|from| from.to_string()),
+        ),
+        (
+            "BATCHD_MEMORY_LIMIT_BYTES",
+            request.memory_limit_bytes.map(|limit| limit.to_string()),
+        ),
+    ]
 }
 
 /// One line of the command's report.
@@ -293,6 +327,10 @@ fn parse_report(
         durations.sort_by(f64::total_cmp);
         report.step_seconds_median = durations.get(durations.len() / 2).copied();
     }
+    // The first step has no start of its own: count it as a median step.
+    if let (Some(first), Some(last)) = (times.first(), times.last()) {
+        report.training_seconds = Some(last - first + report.step_seconds_median.unwrap_or(0.0));
+    }
     if let Some(sample) = noise {
         if sample.big_sq_norms.is_empty() {
             report.warnings.push(
@@ -313,8 +351,8 @@ fn parse_report(
 /// A trial's report file, made by batchd and read back through the
 /// descriptor that made it: a command that renames it or puts a link, a
 /// FIFO or `/dev/zero` in its place cannot make batchd read anything else.
-struct ReportFile {
-    path: PathBuf,
+pub(super) struct ReportFile {
+    pub path: PathBuf,
     file: File,
 }
 
@@ -323,7 +361,7 @@ impl ReportFile {
     /// the temporary folder. Made with `O_CREAT|O_EXCL|O_NOFOLLOW` and mode
     /// 0600: a name that exists (a planted link above all) is never
     /// followed or reused, and a fresh random name is tried instead.
-    fn create() -> std::io::Result<ReportFile> {
+    pub fn create() -> std::io::Result<ReportFile> {
         static TRIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let serial = TRIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir();
@@ -338,7 +376,7 @@ impl ReportFile {
 
     /// The report, read line by line from the start: `None` when it holds
     /// no step.
-    fn read(&mut self, request: &TrialRequest) -> Option<Result<WorkerReport, BadReport>> {
+    pub fn read(&mut self, request: &TrialRequest) -> Option<Result<WorkerReport, BadReport>> {
         if let Err(e) = self.file.rewind() {
             return Some(Err(BadReport(format!("cannot read the report: {e}"))));
         }
@@ -447,41 +485,135 @@ pub fn kill_orphaned_trials() -> usize {
     found
 }
 
-/// Runs one trial of a command job.
+/// Runs one trial of a command job in a fresh process.
 pub async fn run(
     options: &RunnerOptions,
     request: TrialRequest,
     command: &CommandSpec,
 ) -> TrialResult {
     let started = Instant::now();
-    let limit = effective_limit(&request);
-    let mut result = empty_result(&request, limit);
-    result.backend = "command".into();
-    if let Err(reason) = request.check() {
-        return failed(result, Outcome::InvalidRequest, reason.to_string(), started);
+    let (mut result, mut report) = match prepare(&request, command) {
+        Ok(prepared) => prepared,
+        Err(failure) => return failure.into_result(started),
+    };
+    let spawned = match spawn_supervised(options, &request, command, &report.path, None) {
+        Ok(spawned) => spawned,
+        Err(reason) => return failed(result, Outcome::Crashed, reason, started),
+    };
+    let Spawned {
+        mut child,
+        processes,
+        stderr,
+    } = spawned;
+    let stderr_tail = collect_stderr_tail(stderr);
+    let limit = result.memory_limit_bytes;
+    let mut sampler = MemorySampler::new(
+        request.device,
+        Scope::Trial(&processes),
+        options.gpu_probe.clone(),
+    );
+    let (exit, killed) = supervise(
+        &mut child,
+        &mut sampler,
+        request.deadline,
+        options.sample_interval,
+        limit,
+    )
+    .await;
+    let seen = Seen {
+        peak: sampler.peak,
+        device_total: sampler.device_total,
+        counted_by_cgroup: processes.counts_memory(),
+    };
+    processes.finish();
+    let stderr_tail = stderr_tail.finish().await;
+    if let Some(said) = start_failure(&exit, &stderr_tail) {
+        return failed(result, Outcome::Crashed, said, started);
     }
-    let Some(program) = command.argv.first() else {
-        return failed(
+    let parsed = report.read(&request);
+    drop(report);
+    conclude(&request, &mut result, exit, killed, stderr_tail, seen, parsed, started);
+    result
+}
+
+/// Why a command trial could not start, before any process ran.
+pub(super) struct NotStarted {
+    result: TrialResult,
+    outcome: Outcome,
+    reason: String,
+}
+
+impl NotStarted {
+    pub fn into_result(self, started: Instant) -> TrialResult {
+        failed(self.result, self.outcome, self.reason, started)
+    }
+}
+
+/// The checks before a command trial starts, its empty result and its
+/// report file.
+pub(super) fn prepare(
+    request: &TrialRequest,
+    command: &CommandSpec,
+) -> Result<(TrialResult, ReportFile), Box<NotStarted>> {
+    let limit = effective_limit(request);
+    let mut result = empty_result(request, limit);
+    result.backend = "command".into();
+    let refuse = |result, outcome, reason| {
+        Box::new(NotStarted {
+            result,
+            outcome,
+            reason,
+        })
+    };
+    if let Err(reason) = request.check() {
+        return Err(refuse(result, Outcome::InvalidRequest, reason.to_string()));
+    }
+    if command.argv.is_empty() {
+        return Err(refuse(
             result,
             Outcome::InvalidRequest,
             "the command is empty".into(),
-            started,
-        );
-    };
-    let mut report = match ReportFile::create() {
-        Ok(report) => report,
+        ));
+    }
+    match ReportFile::create() {
+        Ok(report) => Ok((result, report)),
         Err(error) => {
             let reason = format!(
                 "cannot create the report file in {}: {error}",
                 std::env::temp_dir().display()
             );
-            return failed(result, Outcome::Crashed, reason, started);
+            Err(refuse(result, Outcome::Crashed, reason))
         }
-    };
-    let cgroup = match trial_cgroup(options.containment) {
-        Ok(cgroup) => cgroup,
-        Err(reason) => return failed(result, Outcome::Crashed, reason, started),
-    };
+    }
+}
+
+/// A command trial's processes once started.
+pub(super) struct Spawned {
+    pub child: tokio::process::Child,
+    pub processes: TrialProcesses,
+    pub stderr: Option<tokio::process::ChildStderr>,
+}
+
+/// The descriptor number a persistent process finds its control socket
+/// on (`BATCHD_CONTROL_FD`).
+pub(super) const CONTROL_FD: libc::c_int = 3;
+
+/// Starts the command under its supervisor, in its own process group and,
+/// where there is one, its trial cgroup. `control`: the socket a persistent
+/// process talks to batchd over, passed as descriptor [`CONTROL_FD`].
+pub(super) fn spawn_supervised(
+    options: &RunnerOptions,
+    request: &TrialRequest,
+    command: &CommandSpec,
+    report: &Path,
+    control: Option<&OwnedFd>,
+) -> Result<Spawned, String> {
+    let program = &command.argv[0];
+    let cgroup = trial_cgroup(options.containment)?;
+    let mut environment = environment(request, command, report, |name| std::env::var(name).ok());
+    if control.is_some() {
+        environment.push((CONTROL_VARIABLE.into(), CONTROL_FD.to_string()));
+    }
     // The supervisor (this binary) starts the command in the same folder
     // and environment; it shares the trial's process group, which it leads.
     let mut process = Command::new(&options.worker_exe);
@@ -491,15 +623,14 @@ pub async fn run(
         .args(&command.argv)
         .current_dir(&command.workdir)
         .env_clear()
-        .envs(environment(&request, command, &report.path, |name| {
-            std::env::var(name).ok()
-        }))
+        .envs(environment)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0);
     let parent = std::process::id() as libc::pid_t;
     let join_cgroup = cgroup.as_ref().and_then(|c| c.join_fd());
+    let control = control.map(|fd| fd.as_raw_fd());
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         process.pre_exec(move || {
@@ -519,56 +650,73 @@ pub async fn run(
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            if let Some(fd) = control {
+                // dup2 leaves the copy open across exec; a socket already
+                // on the number keeps its close-on-exec flag, so clear it.
+                if fd == CONTROL_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                } else if libc::dup2(fd, CONTROL_FD) != CONTROL_FD {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
-    let mut child = match process.spawn() {
-        Ok(child) => child,
-        Err(error) => {
-            let reason = match &cgroup {
-                Some(cgroup) => format!(
-                    "cannot start `{program}` in {} inside the trial cgroup {}: {error}",
-                    command.workdir.display(),
-                    cgroup.dir().display()
-                ),
-                None => format!(
-                    "cannot start `{program}` in {}: {error}",
-                    command.workdir.display()
-                ),
-            };
-            return failed(result, Outcome::Crashed, reason, started);
-        }
-    };
+    let mut child = process.spawn().map_err(|error| match &cgroup {
+        Some(cgroup) => format!(
+            "cannot start `{program}` in {} inside the trial cgroup {}: {error}",
+            command.workdir.display(),
+            cgroup.dir().display()
+        ),
+        None => format!(
+            "cannot start `{program}` in {}: {error}",
+            command.workdir.display()
+        ),
+    })?;
     let processes = TrialProcesses::new(child.id().unwrap_or(0), cgroup);
-    let stderr_tail = collect_stderr_tail(child.stderr.take());
-    let mut sampler = MemorySampler::new(
-        request.device,
-        Scope::Trial(&processes),
-        options.gpu_probe.clone(),
-    );
-    let (exit, killed) = supervise(
-        &mut child,
-        &mut sampler,
-        request.deadline,
-        options.sample_interval,
-        limit,
-    )
-    .await;
-    let (peak, device_total) = (sampler.peak, sampler.device_total);
-    let counted_by_cgroup = processes.counts_memory();
-    processes.finish();
-    let stderr_tail = stderr_tail.finish().await;
-    if exit.code == Some(START_FAILED_EXIT) {
-        let said = stderr_tail
-            .lines()
-            .find_map(|line| line.strip_prefix(SUPERVISOR_MARKER));
-        if let Some(said) = said {
-            return failed(result, Outcome::Crashed, said.trim().to_string(), started);
-        }
-    }
-    let parsed = report.read(&request);
-    drop(report);
+    let stderr = child.stderr.take();
+    Ok(Spawned {
+        child,
+        processes,
+        stderr,
+    })
+}
 
+/// The variable naming the control socket's descriptor.
+pub(super) const CONTROL_VARIABLE: &str = "BATCHD_CONTROL_FD";
+
+/// The supervisor's own reason when it could not start the command.
+pub(super) fn start_failure(exit: &ExitInfo, stderr_tail: &str) -> Option<String> {
+    if exit.code != Some(START_FAILED_EXIT) {
+        return None;
+    }
+    stderr_tail
+        .lines()
+        .find_map(|line| line.strip_prefix(SUPERVISOR_MARKER))
+        .map(|said| said.trim().to_string())
+}
+
+/// What the memory watch saw of a trial.
+pub(super) struct Seen {
+    pub peak: Option<u64>,
+    pub device_total: Option<u64>,
+    pub counted_by_cgroup: bool,
+}
+
+/// Classifies a command trial that has ended (its process exited, or a
+/// persistent process said the trial's code returned with `exit`) and
+/// writes the verdict and the report into `result`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conclude(
+    request: &TrialRequest,
+    result: &mut TrialResult,
+    exit: ExitInfo,
+    killed: Option<KillReason>,
+    stderr_tail: String,
+    seen: Seen,
+    parsed: Option<Result<WorkerReport, BadReport>>,
+    started: Instant,
+) {
     // Only a command that exited 0 vouches for its report; otherwise the
     // exit (and stderr) decides, and the partial report only adds losses.
     let vouched = match (&parsed, exit.code) {
@@ -589,7 +737,7 @@ pub async fn run(
         _ => None,
     };
     let source = match request.device {
-        TrialDevice::Cpu if counted_by_cgroup => "cgroup",
+        TrialDevice::Cpu if seen.counted_by_cgroup => "cgroup",
         TrialDevice::Cpu => "rss",
         TrialDevice::Cuda(_) => "nvml",
     };
@@ -597,18 +745,18 @@ pub async fn run(
         exit,
         killed,
         stderr_tail,
-        peak_memory_bytes: peak,
+        peak_memory_bytes: seen.peak,
         peak_memory_source: source,
-        device_memory_total_bytes: device_total,
-        memory_limit_bytes: limit,
+        device_memory_total_bytes: seen.device_total,
+        memory_limit_bytes: result.memory_limit_bytes,
         foreign: true,
     };
-    let verdict = finished.classify(&request, vouched.as_ref());
+    let verdict = finished.classify(request, vouched.as_ref());
     if let Some(Ok(report)) = parsed {
-        apply_report(&mut result, report);
+        result.training_seconds = report.training_seconds;
+        apply_report(result, report);
     }
-    finished.record(&mut result, verdict, started);
-    result
+    finished.record(result, verdict, started);
 }
 
 #[cfg(test)]
@@ -648,6 +796,7 @@ mod tests {
         request.record.grad_noise = Some(GradNoiseRequest {
             small_batch: 8,
             measurements: 4,
+            from_step: None,
         });
         let command = request.spec.command().unwrap().clone();
         let vars = environment(&request, &command, Path::new("/r.jsonl"), |name| {
@@ -686,6 +835,7 @@ mod tests {
         request.record.grad_noise = Some(GradNoiseRequest {
             small_batch: 8,
             measurements: 1,
+            from_step: None,
         });
         let text = [
             line(0, "2.0", 10.0),

@@ -8,6 +8,7 @@
 mod classify;
 mod command;
 mod contain;
+mod persistent;
 mod runner;
 mod supervise;
 mod supervisor;

@@ -9,6 +9,7 @@ use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
+use super::persistent::Pool;
 use super::supervise::{
     apply_report, collect_stderr_tail, drain, effective_limit, empty_result, failed, max_option,
     supervise, Finished, MemorySampler, RunnerOptions, Scope,
@@ -19,15 +20,21 @@ use crate::trial::{
     WORKER_SUBCOMMAND,
 };
 
-/// Runs each trial in a fresh worker process.
+/// Runs each trial in a fresh worker process; a command job's trials in
+/// a persistent process of the job's when the options offer it and the
+/// script takes it (`persistent.rs`).
 #[derive(Clone)]
 pub struct ProcessTrialRunner {
     options: RunnerOptions,
+    pool: Arc<Pool>,
 }
 
 impl ProcessTrialRunner {
     pub fn new(options: RunnerOptions) -> ProcessTrialRunner {
-        ProcessTrialRunner { options }
+        ProcessTrialRunner {
+            options,
+            pool: Arc::default(),
+        }
     }
 
     async fn run_trial(&self, mut request: TrialRequest) -> TrialResult {
@@ -203,8 +210,15 @@ impl ProcessTrialRunner {
 impl TrialRunner for ProcessTrialRunner {
     async fn run(&self, request: TrialRequest) -> TrialResult {
         match request.spec.command().cloned() {
+            Some(command) if self.options.persistent && command.persistent => {
+                super::persistent::run(&self.options, &self.pool, request, &command).await
+            }
             Some(command) => super::command::run(&self.options, request, &command).await,
             None => self.run_trial(request).await,
         }
+    }
+
+    async fn release(&self, device: TrialDevice) {
+        self.pool.release(device).await;
     }
 }

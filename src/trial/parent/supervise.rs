@@ -45,6 +45,9 @@ pub struct RunnerOptions {
     pub on_event: Option<ProgressCallback>,
     /// How command trials are contained.
     pub containment: crate::trial::Containment,
+    /// Offer command jobs the persistent trial mode (one process for trial
+    /// after trial; a spec can still say `persistent = false`).
+    pub persistent: bool,
 }
 
 impl RunnerOptions {
@@ -58,6 +61,7 @@ impl RunnerOptions {
             data_cache_dir: None,
             on_event: None,
             containment: crate::trial::Containment::Auto,
+            persistent: false,
         })
     }
 }
@@ -102,12 +106,42 @@ impl StderrTail {
     /// The tail, once the pipe is at EOF or [`PIPE_DRAIN_GRACE`] has passed.
     pub async fn finish(self) -> String {
         drain(self.reader).await;
-        let mut tail = std::mem::take(&mut *self.tail.lock().unwrap_or_else(|e| e.into_inner()));
-        if tail.len() > STDERR_TAIL_BYTES {
-            tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-        }
-        String::from_utf8_lossy(&tail).into_owned()
+        let tail = std::mem::take(&mut *self.tail.lock().unwrap_or_else(|e| e.into_inner()));
+        tail_text(tail)
     }
+
+    /// What was written before the line `sentinel` (a persistent process's
+    /// end-of-trial mark), which is removed with it so the next trial's
+    /// tail starts after it. Waits at most `grace` for the line; then, or
+    /// at EOF, everything read so far.
+    pub async fn take_until(&self, sentinel: &str, grace: Duration) -> String {
+        let line = format!("{sentinel}\n");
+        let until = Instant::now() + grace;
+        loop {
+            {
+                let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+                let at = tail
+                    .windows(line.len())
+                    .position(|window| window == line.as_bytes());
+                if let Some(at) = at {
+                    let before: Vec<u8> = tail.drain(..at + line.len()).take(at).collect();
+                    return tail_text(before);
+                }
+                if self.reader.is_finished() || Instant::now() >= until {
+                    return tail_text(std::mem::take(&mut *tail));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// The last [`STDERR_TAIL_BYTES`] of `tail`, as text.
+fn tail_text(mut tail: Vec<u8>) -> String {
+    if tail.len() > STDERR_TAIL_BYTES {
+        tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+    }
+    String::from_utf8_lossy(&tail).into_owned()
 }
 
 /// Starts keeping the last [`STDERR_TAIL_BYTES`] a child writes to stderr.
@@ -143,6 +177,33 @@ pub(super) async fn supervise(
     sample_interval: Duration,
     limit: Option<u64>,
 ) -> (ExitInfo, Option<KillReason>) {
+    let never = std::future::pending::<Option<()>>();
+    match supervise_until(child, sampler, deadline, sample_interval, limit, never).await {
+        (Ended::Exited(exit), killed) => (exit, killed),
+        (Ended::Done(()), _) => unreachable!("a pending future never finishes"),
+    }
+}
+
+/// How a supervised wait ended.
+#[derive(Debug)]
+pub(super) enum Ended<T> {
+    /// The process exited.
+    Exited(ExitInfo),
+    /// `done` gave its value first (a persistent process's trial ended).
+    Done(T),
+}
+
+/// [`supervise`], also ending when `done` gives `Some` (`None`: it has
+/// nothing more to say, keep waiting for the exit). Once batchd has killed
+/// the trial, only the exit ends the wait.
+pub(super) async fn supervise_until<T>(
+    child: &mut tokio::process::Child,
+    sampler: &mut MemorySampler<'_>,
+    deadline: Duration,
+    sample_interval: Duration,
+    limit: Option<u64>,
+    done: impl std::future::Future<Output = Option<T>>,
+) -> (Ended<T>, Option<KillReason>) {
     let trial = match sampler.scope {
         Scope::Trial(processes) => Some(processes),
         Scope::Process(_) => None,
@@ -153,6 +214,8 @@ pub(super) async fn supervise(
             let _ = child.start_kill();
         }
     };
+    tokio::pin!(done);
+    let mut listening = true;
     let deadline = tokio::time::sleep(deadline);
     tokio::pin!(deadline);
     let escalation = tokio::time::sleep(Duration::ZERO);
@@ -164,6 +227,10 @@ pub(super) async fn supervise(
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
+            said = &mut done, if listening && killed.is_none() => match said {
+                Some(value) => return (Ended::Done(value), None),
+                None => listening = false,
+            },
             _ = &mut deadline, if killed.is_none() => {
                 killed = Some(KillReason::Deadline);
                 kill(child);
@@ -187,7 +254,12 @@ pub(super) async fn supervise(
             }
         }
     };
-    let exit = match status {
+    (Ended::Exited(exit_info(status)), killed)
+}
+
+/// A wait's result as batchd records it.
+pub(super) fn exit_info(status: std::io::Result<std::process::ExitStatus>) -> ExitInfo {
+    match status {
         Ok(status) => {
             use std::os::unix::process::ExitStatusExt;
             ExitInfo {
@@ -199,8 +271,7 @@ pub(super) async fn supervise(
             code: None,
             signal: None,
         },
-    };
-    (exit, killed)
+    }
 }
 
 /// The limit the parent enforces: the request's, or on CPU a share of the
@@ -316,6 +387,8 @@ pub(super) fn empty_result(request: &TrialRequest, limit: Option<u64>) -> TrialR
         exit: None,
         stderr_tail: String::new(),
         warnings: Vec::new(),
+        training_seconds: None,
+        process_trial: None,
     }
 }
 

@@ -94,6 +94,18 @@ pub fn main() -> i32 {
             return START_FAILED_EXIT;
         }
     };
+    // A persistent process's control socket is the command's alone: with
+    // the supervisor's copy closed, batchd reads EOF as soon as the command
+    // is gone, even while the supervisor is still sweeping.
+    if let Some(fd) = std::env::var(super::command::CONTROL_VARIABLE)
+        .ok()
+        .and_then(|fd| fd.parse::<libc::c_int>().ok())
+    {
+        // SAFETY: closes a descriptor batchd passed for the command only.
+        unsafe {
+            libc::close(fd);
+        }
+    }
     let mut status = wait_for(child, &signals);
     sweep(child, &mut status);
     // Without a status (a stop signal came first and the command was not

@@ -209,12 +209,12 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
     let n = request.batch_size as usize;
     let steps = request.steps;
     let mut rng = SplitMix64::new(request.seed ^ 0xDA7A);
-    // Gradient-noise measurements take the last steps; they cost an extra
-    // forward and backward pass, so they are not timed.
+    // Gradient-noise measurements cost an extra forward and backward pass,
+    // so their steps are not timed.
     let noise_steps: BTreeSet<u32> = request
         .record
         .grad_noise
-        .map(|noise| (steps - noise.measurements..steps).collect())
+        .map(|noise| noise.steps(steps))
         .unwrap_or_default();
     let mut noise = request.record.grad_noise.map(|noise| GradNoiseSample {
         big_batch: request.batch_size,

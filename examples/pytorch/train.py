@@ -8,6 +8,12 @@ noise norms, reports each step and the validation loss, applies
 BATCHD_PRECISION (autocast, and a GradScaler for f16) and reports CUDA
 out-of-memory as such. The `batchd` package comes from `pip install ./python`,
 or from PYTHONPATH as pytorch-mlp.toml sets it.
+
+batchd may run many trials in one process, running this module's code again
+for each (docs/python.md, "Persistent trials"). Nothing here needs caching:
+the teacher is drawn from the trial's seed, and the data comes from it. A
+script that reads a dataset at module level would wrap the reading in
+`@batchd.cache`, so that it is read once per process.
 """
 import os
 

@@ -4,9 +4,12 @@
 - `batchd.torch.train`: a PyTorch loop run under that protocol (torch optional).
 - `batchd.Client`: the daemon's HTTP API.
 - `batchd.Recommendation`: the advice, and the schedule to train with it.
+- `batchd.cache`: memoize data loading across the trials of a persistent
+  trial process (a plain call otherwise).
 
 Only the standard library is needed, except by `batchd.torch`.
 """
+from ._serve import cache
 from .client import BatchdError, Client, DaemonUnreachable, JobFailed, ProblemError, TokenError
 from .recommendation import Recommendation
 from .schedule import schedule_lr, warmup_cosine_lr
@@ -23,6 +26,7 @@ __all__ = [
     "Recommendation",
     "TokenError",
     "Trial",
+    "cache",
     "schedule_lr",
     "warmup_cosine_lr",
     "__version__",

@@ -41,8 +41,11 @@ class Backend(Protocol):
         """Mixed precision ("bfloat16", "float16"), or nothing for None."""
     def grad_scaler(self) -> Scaler:
         """A fresh gradient scaler (for f16)."""
-    def grad_norm_sq(self, model: Any) -> float:
-        """The squared norm of all the model's gradients, as a float."""
+    def grad_norm_sq(self, model: Any) -> Any:
+        """The squared norm of all the model's gradients, as a scalar on the
+        device (not yet a float: converting waits for the device)."""
+    def to_floats(self, values: Iterable[Any]) -> List[float]:
+        """Device scalars as Python floats, all with one wait for the device."""
     def no_grad(self) -> ContextManager[Any]:
         """No autograd inside."""
     def count_parameters(self, model: Any) -> int:
@@ -168,7 +171,7 @@ def run(
                 extra["train_samples"] = train_samples
             small = trial.grad_noise_small_batch or 0
             noise = trial.measure_noise(step) and 0 < small < samples
-            small_sq = 0.0
+            small_norm: Any = None
             if noise:
                 # |g|^2 on the first `small` samples, at the parameters the
                 # full batch's gradient is taken at (before the update).
@@ -176,13 +179,21 @@ def run(
                 with backend.autocast(amp):
                     small_loss = compute(model, head(batch, small))
                 _backward(small_loss, scaler)
-                small_sq = backend.grad_norm_sq(model) / _scale_sq(scaler)
+                small_norm = backend.grad_norm_sq(model)
             optimizer.zero_grad(set_to_none=True)
             with backend.autocast(amp):
                 loss = compute(model, batch)
             _backward(loss, scaler)
             if noise:
-                big_sq = backend.grad_norm_sq(model) / _scale_sq(scaler)
+                # Both norms (and the f16 scale) reach the host together:
+                # one wait for the device per measured step.
+                values = [small_norm, backend.grad_norm_sq(model)]
+                scale = _scale_tensor(scaler)
+                if scale is not None:
+                    values.append(scale)
+                floats = _to_floats(backend, values)
+                scale_sq = floats[2] ** 2 if scale is not None else _scale_sq(scaler)
+                small_sq, big_sq = floats[0] / scale_sq, floats[1] / scale_sq
                 # An overflowed f16 pass gives inf: such a pair is left out
                 # (the scaler skips that step too).
                 if _finite(big_sq) and _finite(small_sq):
@@ -210,8 +221,33 @@ def run(
         what = "CUDA out of memory" if cuda else "out of memory"
         print(f"batchd.torch: {what} at batch size {trial.batch_size}: "
               f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        flush = getattr(trial, "flush", None)
+        if flush is not None:
+            flush()  # the steps before the error, before the exit
         raise SystemExit(OOM_EXIT_CODE) from None
     return result
+
+
+def _to_floats(backend: Backend, values: List[Any]) -> List[float]:
+    """backend.to_floats, or float() of each for a backend without it."""
+    convert = getattr(backend, "to_floats", None)
+    if convert is None:
+        return [float(v) for v in values]
+    return [float(v) for v in convert(values)]
+
+
+def _scale_tensor(scaler: Optional[Scaler]) -> Any:
+    """torch's GradScaler's scale as a device tensor (read without a wait),
+    or None: then get_scale() gives it."""
+    if scaler is None:
+        return None
+    read = getattr(scaler, "_get_scale_async", None)
+    if read is None:
+        return None
+    try:
+        return read()
+    except Exception:  # noqa: BLE001 - a private API: fall back to get_scale()
+        return None
 
 
 def _scale_sq(scaler: Optional[Scaler]) -> float:

@@ -108,6 +108,17 @@ class Scaler:
         self.updates += 1
 
 
+class DeviceScalar:
+    """A norm still "on the device": float() of it waits (a sync), counted."""
+
+    def __init__(self, value, backend):
+        self.value, self.backend = value, backend
+
+    def __float__(self):
+        self.backend.syncs += 1
+        return float(self.value)
+
+
 class Backend:
     def __init__(self):
         self.autocasts = []
@@ -115,6 +126,8 @@ class Backend:
         self.moved = []
         self.no_grad_depth = 0
         self.prepared = None
+        self.syncs = 0  # waits for the "device": to_floats calls and float() of a norm
+        self.conversions = []  # how many values each to_floats call converted
 
     def prepare(self, model):
         self.prepared = model
@@ -133,7 +146,13 @@ class Backend:
         return self.scalers[-1]
 
     def grad_norm_sq(self, model):
-        return sum(g * g for g in model.param.grad)
+        return DeviceScalar(sum(g * g for g in model.param.grad), self)
+
+    def to_floats(self, values):
+        values = list(values)
+        self.conversions.append(len(values))
+        self.syncs += 1
+        return [v.value if isinstance(v, DeviceScalar) else float(v) for v in values]
 
     @contextlib.contextmanager
     def no_grad(self):
@@ -356,3 +375,47 @@ def test_head_and_batch_len():
     assert head((xs, [7, 8, 9]), 2) == ([[1, 2], [3, 4]], [7, 8])
     assert head({"a": xs, "b": [1, 2, 3]}, 1) == {"a": [[1, 2]], "b": [1]}
     assert batch_len((xs, [7, 8, 9])) == 3 and batch_len({"a": xs}) == 3 and batch_len(xs) == 3
+
+
+def test_one_conversion_per_measured_step(trial_env):
+    """Both norms reach the host together: one to_floats (one device wait)
+    per measured step, and no float() of a norm anywhere else."""
+    env = trial_env(BATCHD_GRAD_NOISE_SMALL_BATCH="4", BATCHD_GRAD_NOISE_MEASUREMENTS="3",
+                    BATCHD_WARMUP_STEPS="1", BATCHD_STEPS="10")
+    result, _, _, backend = run(env)
+    assert [n["step"] for n in result.noise] == [7, 8, 9]
+    assert backend.conversions == [2, 2, 2]
+    assert backend.syncs == 3
+    for f16 in (False, True):
+        env = trial_env(BATCHD_GRAD_NOISE_SMALL_BATCH="4", BATCHD_WARMUP_STEPS="1", BATCHD_STEPS="4",
+                        BATCHD_PRECISION="f16" if f16 else "f32")
+        _, _, _, backend = run(env)
+        assert backend.syncs == len(backend.conversions) == 3
+
+
+def test_measured_steps_spread_from_the_step_batchd_gives(trial_env):
+    env = trial_env(BATCHD_GRAD_NOISE_SMALL_BATCH="4", BATCHD_GRAD_NOISE_MEASUREMENTS="4",
+                    BATCHD_GRAD_NOISE_FROM="10", BATCHD_WARMUP_STEPS="2", BATCHD_STEPS="30")
+    result, model, _, backend = run(env)
+    # 10 + floor((i + 1/2) * 20 / 4): 12, 17, 22, 27.
+    assert [n["step"] for n in result.noise] == [12, 17, 22, 27]
+    lines = read_report(env)
+    assert [line["step"] for line in lines if "grad_norm_sq" in line] == [12, 17, 22, 27]
+    assert [line["step"] for line in lines if "grad_norm_sq_small" in line] == [12, 17, 22, 27]
+    assert backend.conversions == [2] * 4
+    assert sum(1 for n, _, _ in model.forwards if n == 4) == 4  # a small pass only where measured
+
+
+def test_a_backend_without_to_floats_still_works(trial_env):
+    """A stand-in written before to_floats: its norms are floats."""
+    env = trial_env(BATCHD_GRAD_NOISE_SMALL_BATCH="4", BATCHD_WARMUP_STEPS="4", BATCHD_STEPS="6")
+
+    class Old(Backend):
+        to_floats = None
+
+        def grad_norm_sq(self, model):
+            return sum(g * g for g in model.param.grad)
+
+    model = Model()
+    result = batchd.torch.train(model, Optimizer(model), mse, make_batches(), trial=Trial(env), backend=Old())
+    assert [n["step"] for n in result.noise] == [4, 5]

@@ -84,7 +84,9 @@ def test_report_lines(trial_env):
     trial.report(0, 2.5)
     trial.report(1, Scalar(2.25), samples=12, grad_norm_sq=Scalar(0.5), grad_norm_sq_small=2.0,
                  val_loss=None, parameters=1234)
-    lines = read_report(env)  # read while the trial still holds the file: flushed per line
+    assert read_report(env) == []  # buffered (written every second and at the last step)
+    trial.flush()
+    lines = read_report(env)  # read while the trial still holds the file
     assert len(lines) == 2
     first, second = lines
     assert first["step"] == 0 and first["loss"] == 2.5 and first["samples"] == 16 and first["lr"] == 0.05
@@ -101,6 +103,7 @@ def test_non_finite_values_are_written_as_null(trial_env):
     trial = Trial(env)
     trial.report(0, float("nan"), val_loss=float("inf"))
     trial.report(1, Scalar(float("-inf")))
+    trial.close()
     raw = open(env["BATCHD_REPORT"]).read()
     assert "NaN" not in raw and "Infinity" not in raw
     first, second = read_report(env)
@@ -111,6 +114,7 @@ def test_time_can_be_given(trial_env):
     env = trial_env()
     trial = Trial(env)
     trial.report(0, 1.0, time=12.5)
+    trial.close()
     assert read_report(env)[0]["time"] == 12.5
 
 
@@ -126,17 +130,57 @@ def test_appends_and_each_line_is_one_json_object(trial_env):
 
 
 def test_a_script_killed_after_reporting_leaves_complete_lines(trial_env):
-    """Lines reach the file as they are written: os._exit skips every flush."""
+    """Lines reach the file at the last step and at least every second, so
+    os._exit (which skips every flush) loses at most the last second's."""
     env = trial_env()
     code = (
-        f"import sys, os; sys.path.insert(0, {str(PYTHON_DIR)!r})\n"
+        f"import sys, os, time; sys.path.insert(0, {str(PYTHON_DIR)!r})\n"
         "from batchd.trial import Trial\n"
         "t = Trial()\n"
-        "for s in range(3): t.report(s, 1.0 / (s + 1))\n"
+        "for s in range(6): t.report(s, 1.0 / (s + 1))\n"
+        "t = Trial()\n"
+        "t.report(0, 1.0); t.report(1, 0.5)\n"
+        "time.sleep(1.05)\n"
+        "t.report(2, 0.25); t.report(3, 0.2)\n"
         "os._exit(0)\n"
     )
     subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), check=True)
-    assert [line["step"] for line in read_report(env)] == [0, 1, 2]
+    assert [line["step"] for line in read_report(env)] == list(range(6)) + [0, 1, 2]
+
+
+def test_buffered_lines_are_written_at_exit_and_before_a_traceback(trial_env):
+    env = trial_env()
+    head = (
+        f"import sys; sys.path.insert(0, {str(PYTHON_DIR)!r})\n"
+        "from batchd.trial import Trial\n"
+        "t = Trial()\n"
+        "t.report(0, 1.0); t.report(1, 0.5)\n"
+    )
+    subprocess.run([sys.executable, "-c", head + "sys.exit(0)\n"], env=dict(os.environ, **env), check=True)
+    assert [line["step"] for line in read_report(env)] == [0, 1]
+    open(env["BATCHD_REPORT"], "w").close()
+    hook = (
+        "import os\n"
+        "def check(*exc):\n"
+        "    with open(os.environ['BATCHD_REPORT']) as f: print('lines', len(f.readlines()), file=sys.stderr)\n"
+        "    os._exit(5)\n"
+        "sys.excepthook = check\n"
+    )
+    # Trial() wraps the hook set before it: the lines are written before it runs.
+    code = head.split("t = Trial()")[0] + hook + "t = Trial()\nt.report(0, 1.0); t.report(1, 0.5)\nraise ValueError\n"
+    done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True)
+    assert done.returncode == 5 and "lines 2" in done.stderr, done.stderr
+
+
+def test_close_is_idempotent_and_flushes(trial_env):
+    env = trial_env()
+    trial = Trial(env)
+    trial.report(0, 1.0)
+    trial.close()
+    trial.close()
+    with trial:
+        pass
+    assert [line["step"] for line in read_report(env)] == [0]
 
 
 def test_shim_reexports_the_package_when_importable():
@@ -168,5 +212,6 @@ def test_shim_standalone_writes_the_same_lines(trial_env):
     t = Trial(env)
     t.report(0, 1.5, time=1.0)
     t.report(1, float("nan"), samples=3, grad_norm_sq=0.5, grad_norm_sq_small=1.5, time=2.0)
+    t.close()
     assert read_report(env) == standalone
     assert not math.isnan(standalone[0]["lr"])

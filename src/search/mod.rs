@@ -52,7 +52,7 @@ pub enum SearchError {
 
 /// Wall time of a training run over its timed steps, before any run has
 /// measured it: untimed data sampling, validation and noise measurement.
-const DEFAULT_RUN_RATIO: f64 = 1.25;
+const DEFAULT_RUN_RATIO: f64 = 1.15;
 
 /// Below this share of a run's wall time spent stepping, runs are not
 /// shortened to fit their planned time (see `Session::stepping_share`).

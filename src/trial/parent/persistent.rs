@@ -615,8 +615,9 @@ async fn trial(
                 process.script = pid;
             }
             process.reserved_idle = done.cuda.map(|c| c.reserved_idle);
-            let rerun_failed = k > 1
-                && done.exit != 0
+            // Trial 1 is a re-run too (the helper re-runs the script from
+            // the top once it has taken over), so any trial may fail here.
+            let rerun_failed = done.exit != 0
                 && done.stage.as_deref() == Some("setup")
                 && result.outcome != Outcome::OutOfMemory;
             if rerun_failed {

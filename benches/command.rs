@@ -43,10 +43,7 @@ impl TrialRunner for Recording<'_> {
     async fn run(&self, request: TrialRequest) -> TrialResult {
         let run = request.record.validation_loss;
         let result = self.inner.run(request).await;
-        self.seen
-            .lock()
-            .unwrap()
-            .push((run, result.clone()));
+        self.seen.lock().unwrap().push((run, result.clone()));
         result
     }
 
@@ -79,14 +76,20 @@ fn spec(python: &Path, hidden: u32, run_seconds: f64, budget: f64) -> JobSpec {
     let text = text
         .replace(
             "command = [\"python3\", \"train.py\"]",
-            &format!("command = [{:?}, \"train.py\"]", python.display().to_string()),
+            &format!(
+                "command = [{:?}, \"train.py\"]",
+                python.display().to_string()
+            ),
         )
         .replace("HIDDEN = \"4096\"", &format!("HIDDEN = \"{hidden}\""))
         .replace(
             "epochs = 10\n",
             &format!("epochs = 10\ntime_budget = \"{run_seconds}s\"\n"),
         )
-        .replace("time_budget = \"240s\"", &format!("time_budget = \"{budget}s\""));
+        .replace(
+            "time_budget = \"240s\"",
+            &format!("time_budget = \"{budget}s\""),
+        );
     let origin = SpecOrigin {
         label: "bench".into(),
         default_name: Some("pytorch-mlp".into()),
@@ -111,8 +114,11 @@ struct ModeFigures {
     probe_overhead: f64,
     run_overhead: f64,
     training_share: f64,
+    training: f64,
     run_walls: Vec<f64>,
     search_seconds: f64,
+    /// What the plan gave each run (`None`: the race did not run).
+    planned: Option<f64>,
     pick: (u64, f64),
 }
 
@@ -134,10 +140,7 @@ fn measure(
         .expect("advice");
     let search_seconds = started.elapsed().as_secs_f64();
     let seen = recording.seen.into_inner().unwrap();
-    let training: f64 = seen
-        .iter()
-        .filter_map(|(_, r)| r.training_seconds)
-        .sum();
+    let training: f64 = seen.iter().filter_map(|(_, r)| r.training_seconds).sum();
     let overhead = |runs: bool| {
         let mut values: Vec<f64> = seen
             .iter()
@@ -157,12 +160,21 @@ fn measure(
         probe_overhead: overhead(false),
         run_overhead: overhead(true),
         training_share: training / search_seconds,
+        training,
         run_walls: seen
             .iter()
             .filter(|(run, r)| *run && r.is_ok())
             .map(|(_, r)| r.wall_seconds)
             .collect(),
         search_seconds,
+        planned: rec
+            .evidence
+            .race
+            .as_ref()
+            .and_then(|race| match race.budget {
+                batchd::search::race::RaceBudget::WallClock { seconds } => Some(seconds),
+                batchd::search::race::RaceBudget::Epochs { .. } => None,
+            }),
         pick: (
             rec.effective_batch_size,
             rec.lr.learning_rate.unwrap_or(f64::NAN),
@@ -264,7 +276,7 @@ fn main() {
     }
     println!();
     println!(
-        "| mode | trials ok/all | processes | overhead per trial, probe / run | training share of the search | runs planned at {run_seconds} s took | pick (batch, LR) | pick's loss | best cell | gap |"
+        "| mode | trials ok/all | processes | overhead per trial, probe / run | training: seconds, share of the search's wall time | runs: planned, took | pick (batch, LR) | pick's loss | best cell | gap |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut shares = Vec::new();
@@ -276,7 +288,8 @@ fn main() {
         walls.sort_by(f64::total_cmp);
         let walls_text = match (walls.first(), walls.last()) {
             (Some(lo), Some(hi)) => format!(
-                "{:.1}-{:.1} s (median {:.1})",
+                "{} s, {:.1}-{:.1} s (median {:.1})",
+                mode.planned.map_or("-".into(), |p| format!("{p:.1}")),
                 lo,
                 hi,
                 median(&mut walls.clone())
@@ -291,13 +304,14 @@ fn main() {
             _ => ("-".into(), "-".into()),
         };
         println!(
-            "| {} | {}/{} | {} | {:.2} s / {:.2} s | {:.0}% of {:.0} s | {} | {}, {:.2e} | {} | {} | {} |",
+            "| {} | {}/{} | {} | {:.2} s / {:.2} s | {:.0} s, {:.0}% of {:.0} s | {} | {}, {:.2e} | {} | {} | {} |",
             mode.name,
             mode.ok,
             mode.all,
             mode.processes,
             mode.probe_overhead,
             mode.run_overhead,
+            mode.training,
             mode.training_share * 100.0,
             mode.search_seconds,
             walls_text,
@@ -307,13 +321,14 @@ fn main() {
             best_text,
             gap
         );
-        shares.push(mode.training_share);
+        shares.push((mode.training, mode.training_share));
     }
     if let [fresh, persistent] = shares[..] {
         println!();
         println!(
-            "training per budget, persistent over one process per trial: {:.2}x",
-            persistent / fresh
+            "persistent over one process per trial: {:.2}x the training in the same {budget:.0}-s budget, {:.2}x the training per second of search",
+            persistent.0 / fresh.0,
+            persistent.1 / fresh.1
         );
     }
 }

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use batchd::policy::PolicySet;
 use batchd::spec::{parse_spec, SpecOrigin};
 use batchd::trial::{
-    Outcome, ProcessTrialRunner, RunnerOptions, TrialDevice, TrialRequest, TrialResult,
-    TrialRunner,
+    Outcome, ProcessTrialRunner, RunnerOptions, TrialDevice, TrialRequest, TrialResult, TrialRunner,
 };
 use batchd::validation::Syntax;
 
@@ -37,7 +36,10 @@ fn spec_text(script: &str, marker: &str, env: &[(&str, String)]) -> String {
             root().join("python").display().to_string()
         ));
     }
-    vars.extend(env.iter().map(|(name, value)| format!("{name} = {value:?}")));
+    vars.extend(
+        env.iter()
+            .map(|(name, value)| format!("{name} = {value:?}")),
+    );
     let environment = vars.join(", ");
     format!(
         "runner = \"command\"\n\
@@ -62,8 +64,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let pids = dir.path().join("pids");
         let marker = format!("persistent-{}-{}", std::process::id(), rand_suffix());
-        let mut vars: Vec<(&str, String)> =
-            vec![("PIDS_FILE", pids.display().to_string())];
+        let mut vars: Vec<(&str, String)> = vec![("PIDS_FILE", pids.display().to_string())];
         vars.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
         let origin = SpecOrigin {
             label: "test".into(),
@@ -122,8 +123,7 @@ impl Harness {
     }
 
     fn release(&self) {
-        self.runtime
-            .block_on(self.runner.release(TrialDevice::Cpu));
+        self.runtime.block_on(self.runner.release(TrialDevice::Cpu));
     }
 
     fn leftovers(&self) -> Vec<String> {
@@ -140,7 +140,11 @@ impl Harness {
         while !self.leftovers().is_empty() && start.elapsed() < limit {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(self.leftovers().is_empty(), "left running: {:?}", self.leftovers());
+        assert!(
+            self.leftovers().is_empty(),
+            "left running: {:?}",
+            self.leftovers()
+        );
     }
 }
 
@@ -200,7 +204,11 @@ fn an_out_of_memory_trial_ends_the_process_and_the_next_starts_fresh() {
     over.memory_limit_bytes = Some(160 << 20);
     let killed = h.run(over);
     assert_eq!(killed.outcome, Outcome::OutOfMemory, "{:?}", killed.reason);
-    assert!(killed.reason.as_deref().unwrap_or("").contains("limit"), "{:?}", killed.reason);
+    assert!(
+        killed.reason.as_deref().unwrap_or("").contains("limit"),
+        "{:?}",
+        killed.reason
+    );
     ok(&h.trial(8, 1));
     // The helper's own out-of-memory exit (status 3, the phrase on stderr).
     let oom = h.trial(8, 14);
@@ -227,7 +235,11 @@ fn a_crash_ends_the_process_and_says_why() {
     let crashed = h.trial(8, 13);
     assert_eq!(crashed.outcome, Outcome::Crashed);
     assert!(
-        crashed.reason.as_deref().unwrap_or("").contains("boom at step 1"),
+        crashed
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("boom at step 1"),
         "{:?} / {}",
         crashed.reason,
         crashed.stderr_tail
@@ -275,9 +287,18 @@ fn a_leak_between_trials_ends_the_process_and_a_divergence_does_not() {
     }
     let warned: Vec<&TrialResult> = results
         .iter()
-        .filter(|r| r.warnings.iter().any(|w| w.contains("did not return to its baseline")))
+        .filter(|r| {
+            r.warnings
+                .iter()
+                .any(|w| w.contains("did not return to its baseline"))
+        })
         .collect();
-    assert_eq!(warned.len(), 1, "{:?}", results.iter().map(|r| &r.warnings).collect::<Vec<_>>());
+    assert_eq!(
+        warned.len(),
+        1,
+        "{:?}",
+        results.iter().map(|r| &r.warnings).collect::<Vec<_>>()
+    );
     let pids = h.pids();
     assert_eq!(pids.iter().collect::<BTreeSet<_>>().len(), 2, "{pids:?}");
     h.release();
@@ -307,7 +328,10 @@ fn a_script_that_cannot_run_twice_falls_back_to_one_process_per_trial() {
     let second = h.trial(8, 1);
     ok(&second);
     assert!(
-        second.warnings.iter().any(|w| w.contains("one process per trial")),
+        second
+            .warnings
+            .iter()
+            .any(|w| w.contains("one process per trial")),
         "{:?}",
         second.warnings
     );
@@ -361,7 +385,10 @@ fn advise_spec(dir: &Path, marker: &str, pids: &Path, budget: &str) -> PathBuf {
          [optimizer]\nkind = \"sgd\"\n\
          [training]\ndataset_size = 20000\nepochs = 1\ntime_budget = \"3s\"\n\
          [search]\nmin_batch = 8\nmax_batch = 256\ntime_budget = \"{budget}\"\n",
-        root().join("tests/command/persistent.py").display().to_string(),
+        root()
+            .join("tests/command/persistent.py")
+            .display()
+            .to_string(),
         root().join("tests/command").display().to_string(),
         root().join("python").display().to_string(),
         pids.display().to_string(),

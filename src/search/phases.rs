@@ -81,6 +81,9 @@ pub(super) struct RunPlan {
     pub train_samples: u64,
     /// Candidates the race can afford at this run length.
     pub candidates: usize,
+    /// Seeds per candidate: the policy's, or more where the budget has
+    /// time left over.
+    pub seeds: u32,
     pub rationale: Vec<String>,
 }
 
@@ -149,6 +152,10 @@ fn lean_plan(
     let checks = (affordable - confirmations - racing).max(0.5);
     Some((candidates, confirmations, racing, checks))
 }
+
+/// The most seeds per race candidate a plan gives (the policy's own
+/// `race.seeds` allows as many).
+const MAX_RACE_SEEDS: u32 = 5;
 
 /// Rounds down to the policy's multiple; batches below it stay.
 fn round_batch(batch: u64, multiple: u64) -> u64 {
@@ -541,6 +548,7 @@ impl<R: TrialRunner> Session<'_, R> {
             .unwrap_or(curve.top);
         let mut rationale = Vec::new();
         let mut candidates = race.candidates;
+        let mut seeds = race.seeds;
         // The full plan: two extensions past an edge, the race with its
         // extra seeds, two checks.
         let mut confirmations = initial + 2.0;
@@ -605,6 +613,21 @@ impl<R: TrialRunner> Session<'_, R> {
                     "runs train as long as the real training run, about {} ({source})",
                     format_duration(std::time::Duration::from_secs_f64(job_seconds))
                 ));
+                // Time the full plan leaves over (cheap trials: a persistent
+                // command process, a fast model) buys the race more seeds,
+                // which narrows the seed-to-seed spread its verdict rests on.
+                let spare = affordable_runs - (confirmations + racing + checks);
+                let more = ((spare / f64::from(candidates)).floor().max(0.0) as u32)
+                    .min(MAX_RACE_SEEDS.saturating_sub(seeds));
+                if more > 0 {
+                    seeds += more;
+                    racing += f64::from(more * candidates);
+                    rationale.push(format!(
+                        "the budget affords about {affordable_runs:.0} such runs, more than the plan's {:.0}: {seeds} seeds per race candidate instead of {}",
+                        confirmations + racing - f64::from(more * candidates) + checks,
+                        race.seeds
+                    ));
+                }
                 job_seconds
             } else if let Some(plan) = lean {
                 (candidates, confirmations, racing, checks) = plan;
@@ -642,6 +665,7 @@ impl<R: TrialRunner> Session<'_, R> {
             budget,
             train_samples,
             candidates: candidates as usize,
+            seeds,
             rationale,
         }
     }
@@ -907,7 +931,7 @@ impl<R: TrialRunner> Session<'_, R> {
         let mut samples = reference.noise_samples.clone();
         let base_seed = self.spec.search.seed;
         // Seed-major, so a budget cut still leaves every candidate a run.
-        for round in 0..policy.race.seeds {
+        for round in 0..runs.seeds {
             for entry in entries.iter_mut() {
                 self.race_run(
                     curve,
@@ -925,7 +949,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 break;
             }
             for i in tied {
-                let seed = base_seed + u64::from(policy.race.seeds + extra);
+                let seed = base_seed + u64::from(runs.seeds + extra);
                 self.race_run(curve, &mut entries[i], seed, false, &mut samples)
                     .await;
             }
@@ -1468,4 +1492,3 @@ mod tests {
         assert_eq!(full_range_ladder(1, 5, 8, 8), [1, 2, 5]);
     }
 }
-

@@ -585,6 +585,41 @@ fn race_runs_never_train_longer_than_the_real_job() {
 }
 
 #[test]
+fn time_the_plan_leaves_over_buys_the_race_more_seeds() {
+    // Fake trials cost no time: a 2-s job's runs leave most of the search
+    // budget over, and the race spends it on seeds, up to five each.
+    let runner = FakeRunner::new();
+    let rec = advise_with(
+        &runner,
+        &spec("balanced", "[training]\ntime_budget = \"2s\"\n"),
+        4 << 30,
+    )
+    .unwrap();
+    let race = rec.evidence.race.as_ref().unwrap();
+    for entry in &race.entries {
+        assert!(entry.runs.len() >= 5, "{entry:?}");
+    }
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|l| l.contains("5 seeds per race candidate instead of 2")),
+        "{:?}",
+        rec.rationale
+    );
+    // A budget that affords only the plan keeps the policy's seeds.
+    let mut spec = spec("balanced", "[training]\ntime_budget = \"3s\"\n");
+    spec.search.time_budget = std::time::Duration::from_secs(30);
+    let rec = advise_with(&runner, &spec, 4 << 30).unwrap();
+    assert!(
+        !rec.rationale
+            .iter()
+            .any(|l| l.contains("seeds per race candidate")),
+        "{:?}",
+        rec.rationale
+    );
+}
+
+#[test]
 fn the_generalization_race_gives_every_candidate_the_same_epochs() {
     let mut runner = FakeRunner::new();
     runner.train_samples = 20_000;

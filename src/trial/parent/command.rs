@@ -127,7 +127,10 @@ pub(super) fn trial_variables(
     vec![
         ("BATCHD_BATCH_SIZE", Some(request.batch_size.to_string())),
         ("BATCHD_STEPS", Some(request.steps.to_string())),
-        ("BATCHD_WARMUP_STEPS", Some(request.warmup_steps.to_string())),
+        (
+            "BATCHD_WARMUP_STEPS",
+            Some(request.warmup_steps.to_string()),
+        ),
         (
             "BATCHD_LR",
             Some(request.schedule.lr_at(0, request.steps).to_string()),
@@ -532,7 +535,16 @@ pub async fn run(
     }
     let parsed = report.read(&request);
     drop(report);
-    conclude(&request, &mut result, exit, killed, stderr_tail, seen, parsed, started);
+    conclude(
+        &request,
+        &mut result,
+        exit,
+        killed,
+        stderr_tail,
+        seen,
+        parsed,
+        started,
+    );
     result
 }
 

@@ -34,8 +34,8 @@ use super::command::{
 };
 use super::contain::{TrialProcesses, SUPERVISOR_GRACE};
 use super::supervise::{
-    collect_stderr_tail, failed, supervise_until, Ended, MemorySampler, RunnerOptions,
-    Scope, StderrTail, PIPE_DRAIN_GRACE,
+    collect_stderr_tail, failed, supervise_until, Ended, MemorySampler, RunnerOptions, Scope,
+    StderrTail, PIPE_DRAIN_GRACE,
 };
 use crate::spec::CommandSpec;
 use crate::trial::{ExitInfo, Outcome, TrialDevice, TrialRequest, TrialResult};
@@ -151,9 +151,8 @@ impl Pool {
 /// trial of the same device whose key differs (a reloaded spec, another
 /// job) ends the process and starts another.
 fn process_key(request: &TrialRequest, command: &CommandSpec) -> String {
-    let environment = command::process_environment(request, command, |name| {
-        std::env::var(name).ok()
-    });
+    let environment =
+        command::process_environment(request, command, |name| std::env::var(name).ok());
     serde_json::json!({
         "argv": command.argv,
         "workdir": command.workdir,
@@ -479,7 +478,12 @@ async fn next_trial(
     reset_peaks(&process.processes);
     let env: serde_json::Map<String, serde_json::Value> = trial_variables(request, &report.path)
         .into_iter()
-        .map(|(name, value)| (name.to_string(), value.map_or(serde_json::Value::Null, Into::into)))
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                value.map_or(serde_json::Value::Null, Into::into),
+            )
+        })
         .collect();
     let line = serde_json::json!({
         "op": "trial",
@@ -629,9 +633,9 @@ async fn trial(
                 return (result, Verdict::Gone);
             }
             if let Some(why) = unhealthy(&mut process, supervisor, now, device_total, &done).await {
-                result.warnings.push(format!(
-                    "{why}: the next trial starts a fresh process"
-                ));
+                result
+                    .warnings
+                    .push(format!("{why}: the next trial starts a fresh process"));
                 retire(process);
                 return (result, Verdict::Gone);
             }
@@ -742,7 +746,13 @@ mod tests {
         let hello: Event =
             serde_json::from_str(r#"{"event":"hello","protocol":1,"pid":42,"python":"3.12"}"#)
                 .unwrap();
-        assert!(matches!(hello, Event::Hello { protocol: 1, pid: 42 }));
+        assert!(matches!(
+            hello,
+            Event::Hello {
+                protocol: 1,
+                pid: 42
+            }
+        ));
         let done: Event = serde_json::from_str(
             r#"{"event":"trial_done","trial":3,"exit":0,"stage":"train","threads":2,"cuda":{"max_reserved":10,"max_allocated":8,"reserved_idle":2}}"#,
         )
@@ -751,10 +761,20 @@ mod tests {
             panic!("not trial_done")
         };
         assert_eq!((done.trial, done.exit, done.threads), (3, 0, Some(2)));
-        assert_eq!(done.cuda.map(|c| (c.max_reserved, c.reserved_idle)), Some((10, 2)));
+        assert_eq!(
+            done.cuda.map(|c| (c.max_reserved, c.reserved_idle)),
+            Some((10, 2))
+        );
         let bare: Event =
             serde_json::from_str(r#"{"event":"trial_done","trial":1,"exit":3}"#).unwrap();
-        assert!(matches!(bare, Event::TrialDone(TrialDone { stage: None, cuda: None, .. })));
+        assert!(matches!(
+            bare,
+            Event::TrialDone(TrialDone {
+                stage: None,
+                cuda: None,
+                ..
+            })
+        ));
         assert!(serde_json::from_str::<Event>(r#"{"event":"bye"}"#).is_err());
     }
 
@@ -768,7 +788,10 @@ mod tests {
             .await
             .unwrap();
         let mut hello = None;
-        let done = trial_events(&mut events, 1, &mut hello).await.unwrap().unwrap();
+        let done = trial_events(&mut events, 1, &mut hello)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((hello, done.trial), (Some(7), 1));
         // The wrong trial number is a broken protocol.
         theirs
@@ -807,7 +830,10 @@ mod tests {
             .await
             .unwrap();
         let mut hello = None;
-        assert!(trial_events(&mut events, 1, &mut hello).await.unwrap().is_err());
+        assert!(trial_events(&mut events, 1, &mut hello)
+            .await
+            .unwrap()
+            .is_err());
         theirs
             .write_all(b"{\"event\":\"hello\",\"protocol\":2,\"pid\":1}\n")
             .await

@@ -140,6 +140,26 @@ fn measure(
         .expect("advice");
     let search_seconds = started.elapsed().as_secs_f64();
     let seen = recording.seen.into_inner().unwrap();
+    // What the search did and why, so a surprising row can be read.
+    println!("{name}: {search_seconds:.0} s, {} trials", seen.len());
+    for (run, r) in &seen {
+        println!(
+            "  batch {:>5} {:>4} steps{} {:<14} wall {:>5.2} s, training {:>5.2} s{}",
+            r.batch_size,
+            r.steps,
+            if *run { " run  " } else { " probe" },
+            r.outcome.to_string(),
+            r.wall_seconds,
+            r.training_seconds.unwrap_or(f64::NAN),
+            r.reason
+                .as_deref()
+                .map(|why| format!(" ({})", why.chars().take(80).collect::<String>()))
+                .unwrap_or_default()
+        );
+    }
+    for line in &rec.rationale {
+        println!("  | {line}");
+    }
     let training: f64 = seen.iter().filter_map(|(_, r)| r.training_seconds).sum();
     let overhead = |runs: bool| {
         let mut values: Vec<f64> = seen

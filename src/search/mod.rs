@@ -172,6 +172,29 @@ impl<R: TrialRunner> Session<'_, R> {
         }
     }
 
+    /// The wall time a run planned at `seconds` takes: `seconds` where its
+    /// steps are sized to fit it (see `stepping_share`), else its stepping
+    /// plus what runs cost beyond it.
+    fn planned_run_wall(&self, seconds: f64) -> f64 {
+        let budget = race::RaceBudget::WallClock { seconds };
+        if self.stepping_share(&budget) < 1.0 {
+            seconds
+        } else {
+            self.run_seconds(seconds)
+        }
+    }
+
+    /// The longest run length (as a wall-clock run budget) that fits in
+    /// `seconds` of wall time.
+    fn run_length_within(&self, seconds: f64) -> f64 {
+        let budget = race::RaceBudget::WallClock { seconds };
+        if self.stepping_share(&budget) < 1.0 {
+            seconds
+        } else {
+            self.stepping_within(seconds)
+        }
+    }
+
     fn request(&self, batch: u64, steps: u32, schedule: LrSchedule) -> TrialRequest {
         let mut request = TrialRequest::new(
             self.spec.clone(),

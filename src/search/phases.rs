@@ -92,12 +92,19 @@ impl RunPlan {
     /// its stepping may take (see `Session::stepping_share`).
     fn steps(&self, curve: &CurvePhase, batch: u64, share: f64) -> u32 {
         let steps = match self.budget {
+            // To the nearest step (a run of few long steps would otherwise
+            // lose up to a whole one), but never more training than the
+            // real run's.
             RaceBudget::WallClock { seconds } => curve
                 .step_seconds(batch)
-                .map_or(f64::from(MIN_RUN_STEPS), |t| seconds * share / t),
-            RaceBudget::Epochs { epochs } => epochs * self.train_samples as f64 / batch as f64,
+                .map_or(f64::from(MIN_RUN_STEPS), |t| {
+                    (seconds * share / t).round().min((seconds / t).floor())
+                }),
+            RaceBudget::Epochs { epochs } => {
+                (epochs * self.train_samples as f64 / batch as f64).floor()
+            }
         };
-        (steps.floor() as u32).clamp(MIN_RUN_STEPS, MAX_RUN_STEPS)
+        (steps as u32).clamp(MIN_RUN_STEPS, MAX_RUN_STEPS)
     }
 }
 
@@ -554,7 +561,8 @@ impl<R: TrialRunner> Session<'_, R> {
         let mut confirmations = initial + 2.0;
         let mut racing = f64::from(candidates * race.seeds + 2 * race.extra_seeds);
         let mut checks = 2.0;
-        let fill = self.stepping_within(left / (confirmations + racing + checks));
+        let per_run = left / (confirmations + racing + checks);
+        let fill = self.stepping_within(per_run);
         let budget = if policy.objective == Objective::Generalization {
             // Equal epochs: as many of the job's epochs as the smallest
             // likely candidate (a quarter of the reference batch, where
@@ -606,8 +614,10 @@ impl<R: TrialRunner> Session<'_, R> {
                     self.spec.training.epochs, range.reference_batch
                 )
             };
-            let affordable_runs = (left / self.run_seconds(job_seconds)).floor();
+            let affordable_runs = (left / self.planned_run_wall(job_seconds)).floor();
             let lean = lean_plan(affordable_runs, initial, race);
+            // A wall-clock run's length, which may include its overhead.
+            let fill = self.run_length_within(per_run);
             let seconds = if job_seconds <= fill {
                 rationale.push(format!(
                     "runs train as long as the real training run, about {} ({source})",

@@ -113,6 +113,7 @@ struct ModeFigures {
     processes: usize,
     probe_overhead: f64,
     run_overhead: f64,
+    validation: f64,
     training_share: f64,
     training: f64,
     run_walls: Vec<f64>,
@@ -161,14 +162,22 @@ fn measure(
         println!("  | {line}");
     }
     let training: f64 = seen.iter().filter_map(|(_, r)| r.training_seconds).sum();
+    // Beyond the steps and the validation (which the real run's own
+    // evaluation would replace): start-up, re-run, clean-up, batchd.
     let overhead = |runs: bool| {
         let mut values: Vec<f64> = seen
             .iter()
             .filter(|(run, r)| *run == runs && r.is_ok())
-            .filter_map(|(_, r)| Some(r.wall_seconds - r.training_seconds?))
+            .filter_map(|(_, r)| {
+                Some(r.wall_seconds - r.training_seconds? - r.validation_seconds.unwrap_or(0.0))
+            })
             .collect();
         median(&mut values)
     };
+    let mut validation: Vec<f64> = seen
+        .iter()
+        .filter_map(|(_, r)| r.validation_seconds)
+        .collect();
     ModeFigures {
         name,
         ok: seen.iter().filter(|(_, r)| r.is_ok()).count(),
@@ -179,6 +188,7 @@ fn measure(
             .count(),
         probe_overhead: overhead(false),
         run_overhead: overhead(true),
+        validation: median(&mut validation),
         training_share: training / search_seconds,
         training,
         run_walls: seen
@@ -296,7 +306,7 @@ fn main() {
     }
     println!();
     println!(
-        "| mode | trials ok/all | processes | overhead per trial, probe / run | training: seconds, share of the search's wall time | runs: planned, took | pick (batch, LR) | pick's loss | best cell | gap |"
+        "| mode | trials ok/all | processes | overhead per trial, probe / run (+ validation) | training: seconds, share of the search's wall time | runs: planned, took | pick (batch, LR) | pick's loss | best cell | gap |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut shares = Vec::new();
@@ -324,13 +334,14 @@ fn main() {
             _ => ("-".into(), "-".into()),
         };
         println!(
-            "| {} | {}/{} | {} | {:.2} s / {:.2} s | {:.0} s, {:.0}% of {:.0} s | {} | {}, {:.2e} | {} | {} | {} |",
+            "| {} | {}/{} | {} | {:.2} s / {:.2} s (+ {:.2} s) | {:.0} s, {:.0}% of {:.0} s | {} | {}, {:.2e} | {} | {} | {} |",
             mode.name,
             mode.ok,
             mode.all,
             mode.processes,
             mode.probe_overhead,
             mode.run_overhead,
+            mode.validation,
             mode.training,
             mode.training_share * 100.0,
             mode.search_seconds,

@@ -429,6 +429,16 @@ fn advise_runs_a_whole_search_in_few_processes_and_kill_9_leaves_nothing() {
         "{} processes for {trials} trials ({failed} not ok)",
         distinct.len()
     );
+    assert!(
+        rec["rationale"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap_or("").contains("persistent trials")),
+        "{}",
+        rec["rationale"]
+    );
+    assert_eq!(rec["evidence"]["trials"][1]["process_trial"], 2);
     let leftovers = || {
         common::processes()
             .into_iter()

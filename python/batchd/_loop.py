@@ -211,6 +211,8 @@ def run(
             if trial.validate and step == last:
                 result.val_loss = _validate(backend, model, compute, amp, validation, source, trial.batch_size)
                 extra["val_loss"] = result.val_loss
+                # Not training: batchd counts it apart from the steps.
+                extra["val_seconds"] = time.monotonic() - ended
             result.losses.append(value)
             result.lrs.append(lr)
             trial.report(step, value, samples=samples, time=ended, **extra)

@@ -260,6 +260,7 @@ impl<R: TrialRunner> Session<'_, R> {
             peak_memory_bytes: result.peak_memory_bytes,
             samples_per_second: result.samples_per_second,
             validation_loss: result.validation_loss,
+            process_trial: result.process_trial,
             seconds: result.wall_seconds,
         });
         (self.on_progress)(&Progress {

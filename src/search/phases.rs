@@ -1215,6 +1215,22 @@ impl<R: TrialRunner> Session<'_, R> {
         rationale.extend(reference.rationale);
         rationale.extend(raced.rationale);
         rationale.extend(check.rationale);
+        let reused = self
+            .records
+            .iter()
+            .filter(|r| r.process_trial.is_some_and(|k| k > 1))
+            .count();
+        if reused > 0 {
+            let started = self
+                .records
+                .iter()
+                .filter(|r| r.process_trial.is_none_or(|k| k == 1))
+                .count();
+            rationale.push(format!(
+                "the command ran {} trials in {started} process(es): persistent trials (docs/command-runner.md)",
+                self.records.len()
+            ));
+        }
         let batch = raced.batch;
         let world = spec.training.world_size.max(1);
         if raced.race.is_some() && raced.preferred != batch {

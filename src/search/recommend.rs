@@ -31,6 +31,10 @@ pub struct TrialRecord {
     pub samples_per_second: Option<f64>,
     pub validation_loss: Option<f64>,
     pub seconds: f64,
+    /// Command trials: 1 for a fresh process, k for the k-th trial of a
+    /// persistent one (docs/command-runner.md); null otherwise.
+    #[serde(default)]
+    pub process_trial: Option<u32>,
 }
 
 /// Precision advice with its reason.
@@ -549,6 +553,7 @@ mod tests {
                 samples_per_second: Some(12_345.678_901),
                 validation_loss: Some(0.512_345_678_9),
                 seconds: 12.345_678,
+                process_trial: Some(i + 1),
             })
             .collect();
         rec.rationale = (0..20)

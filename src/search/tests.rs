@@ -128,6 +128,7 @@ impl FakeRunner {
             warnings: Vec::new(),
             training_seconds: None,
             process_trial: None,
+            validation_seconds: None,
         };
         if self.crash_from.is_some_and(|from| batch >= from) {
             result.outcome = Outcome::Crashed;

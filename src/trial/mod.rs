@@ -584,6 +584,9 @@ pub struct WorkerReport {
     /// command's report times them (command trials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training_seconds: Option<f64>,
+    /// Seconds the validation took, as the command reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_seconds: Option<f64>,
 }
 
 /// The result of one trial.
@@ -639,6 +642,9 @@ pub struct TrialResult {
     /// the k-th trial of a persistent one (command trials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_trial: Option<u32>,
+    /// Seconds the validation took (command trials that report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_seconds: Option<f64>,
 }
 
 impl TrialResult {

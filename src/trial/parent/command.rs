@@ -174,6 +174,8 @@ struct ReportLine {
     grad_norm_sq: Option<f64>,
     grad_norm_sq_small: Option<f64>,
     val_loss: Option<f64>,
+    /// Seconds the validation took (after the step's `time`).
+    val_seconds: Option<f64>,
     parameters: Option<u64>,
     train_samples: Option<u64>,
 }
@@ -301,6 +303,9 @@ fn parse_report(
         }
         if line.val_loss.is_some() {
             report.validation_loss = line.val_loss;
+        }
+        if let Some(seconds) = line.val_seconds.filter(|s| s.is_finite() && *s >= 0.0) {
+            report.validation_seconds = Some(seconds);
         }
         if line.parameters.is_some() {
             report.parameter_count = line.parameters.unwrap_or(0);
@@ -766,6 +771,7 @@ pub(super) fn conclude(
     let verdict = finished.classify(request, vouched.as_ref());
     if let Some(Ok(report)) = parsed {
         result.training_seconds = report.training_seconds;
+        result.validation_seconds = report.validation_seconds;
         apply_report(result, report);
     }
     finished.record(result, verdict, started);

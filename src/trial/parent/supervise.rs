@@ -389,6 +389,7 @@ pub(super) fn empty_result(request: &TrialRequest, limit: Option<u64>) -> TrialR
         warnings: Vec::new(),
         training_seconds: None,
         process_trial: None,
+        validation_seconds: None,
     }
 }
 

@@ -31,7 +31,7 @@ use super::supervise::{
     apply_report, collect_stderr_tail, effective_limit, empty_result, failed, supervise, Finished,
     MemorySampler, RunnerOptions, Scope,
 };
-use super::supervisor::{START_FAILED_EXIT, SUPERVISOR_MARKER};
+use super::supervisor::{CONTROL_VARIABLE, START_FAILED_EXIT, SUPERVISOR_MARKER};
 use crate::spec::CommandSpec;
 use crate::trial::divergence::first_divergence;
 use crate::trial::{
@@ -698,9 +698,6 @@ pub(super) fn spawn_supervised(
         stderr,
     })
 }
-
-/// The variable naming the control socket's descriptor.
-pub(super) const CONTROL_VARIABLE: &str = "BATCHD_CONTROL_FD";
 
 /// The supervisor's own reason when it could not start the command.
 pub(super) fn start_failure(exit: &ExitInfo, stderr_tail: &str) -> Option<String> {

@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 
 use super::tree::descendants;
 
+/// The variable naming a persistent process's control socket descriptor
+/// (batchd sets it; the supervisor closes its own copy).
+pub const CONTROL_VARIABLE: &str = "BATCHD_CONTROL_FD";
+
 /// Starts a line the supervisor writes on stderr about its own failures.
 pub const SUPERVISOR_MARKER: &str = "batchd-supervisor:";
 
@@ -97,7 +101,7 @@ pub fn main() -> i32 {
     // A persistent process's control socket is the command's alone: with
     // the supervisor's copy closed, batchd reads EOF as soon as the command
     // is gone, even while the supervisor is still sweeping.
-    if let Some(fd) = std::env::var(super::command::CONTROL_VARIABLE)
+    if let Some(fd) = std::env::var(CONTROL_VARIABLE)
         .ok()
         .and_then(|fd| fd.parse::<libc::c_int>().ok())
     {

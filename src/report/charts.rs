@@ -2,6 +2,7 @@
 
 use super::svg::{Chart, Format, Point, Rule, Scale, Series, Style, BUDGET_COLOR, PALETTE};
 use crate::search::Recommendation;
+use crate::trial::Outcome;
 use crate::units::ByteSize;
 
 fn chart(id: &'static str, title: &str, x_label: &str, y_label: &str, empty: &str) -> Chart {
@@ -243,7 +244,7 @@ fn lr_chart(rec: &Recommendation) -> Chart {
                         run.outcome
                     ),
                 );
-                p.outcome = Some(run.outcome.clone());
+                p.outcome = Some(run.outcome.as_str().to_string());
                 p.highlight = rec.evidence.best_lrs.iter().any(|b| {
                     b.batch_size == run.batch_size && b.best_tested_lr == run.learning_rate
                 });
@@ -332,7 +333,7 @@ fn race_chart(rec: &Recommendation) -> Chart {
                         entry.batch_size, entry.learning_rate, run.seed, entry.steps
                     ),
                 );
-                p.outcome = Some(run.outcome.clone());
+                p.outcome = Some(run.outcome.as_str().to_string());
                 Some(p)
             })
         })
@@ -395,7 +396,7 @@ fn training_chart(rec: &Recommendation) -> Chart {
             PALETTE[i % PALETTE.len()],
             points,
         );
-        line.dashed = run.outcome != "ok";
+        line.dashed = run.outcome != Outcome::Ok;
         c.series.push(line);
     }
     c

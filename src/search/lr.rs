@@ -1,9 +1,11 @@
 //! Learning-rate pairing: reading an LR range test, judging confirmation
 //! runs, and the rule that moves the LR with batch size.
 
+use super::stats::mean;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::LrScaling;
+use crate::trial::Outcome;
 
 /// A smoothed LR range test and its suggestion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -32,12 +34,7 @@ pub fn smooth(losses: &[f64]) -> Vec<f64> {
     (0..n)
         .map(|i| {
             let window = &losses[i.saturating_sub(half)..(i + half + 1).min(n)];
-            let finite: Vec<f64> = window.iter().copied().filter(|l| l.is_finite()).collect();
-            if finite.is_empty() {
-                f64::NAN
-            } else {
-                finite.iter().sum::<f64>() / finite.len() as f64
-            }
+            mean(window).unwrap_or(f64::NAN)
         })
         .collect()
 }
@@ -92,7 +89,7 @@ pub struct Confirmation {
     pub learning_rate: f64,
     /// `None` when the run diverged or failed.
     pub validation_loss: Option<f64>,
-    pub outcome: String,
+    pub outcome: Outcome,
     /// Training loss per step, for the report's charts (or per bucket of steps: `loss_steps`).
     #[serde(default, with = "crate::trial::json_float::vec")]
     #[schema(value_type = Vec<Option<f64>>)]
@@ -302,7 +299,7 @@ mod tests {
                 batch_size: 32,
                 learning_rate: lr,
                 validation_loss: Some(1.0 + (lr.ln() - 4e-3f64.ln()).powi(2)),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 losses: Vec::new(),
                 loss_steps: Vec::new(),
             })
@@ -324,7 +321,7 @@ mod tests {
                 batch_size: 32,
                 learning_rate: lr,
                 validation_loss: Some(1.0 + (lr.ln() - 3e-3f64.ln()).powi(2)),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 losses: Vec::new(),
                 loss_steps: Vec::new(),
             })
@@ -344,7 +341,7 @@ mod tests {
                 batch_size: 8,
                 learning_rate: 0.1,
                 validation_loss: None,
-                outcome: "diverged".into(),
+                outcome: Outcome::Diverged,
                 losses: vec![2.0, f64::NAN],
                 loss_steps: Vec::new(),
             },
@@ -352,7 +349,7 @@ mod tests {
                 batch_size: 8,
                 learning_rate: 0.01,
                 validation_loss: Some(2.0),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 losses: vec![2.5, 2.0],
                 loss_steps: Vec::new(),
             },

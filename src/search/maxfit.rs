@@ -9,6 +9,7 @@
 //! that jumps or results that are not monotonic. The answer is always a
 //! batch that itself ran successfully at full trial length.
 
+use super::stats::{round_down, weighted_affine_fit, AffineFit};
 use serde::{Deserialize, Serialize};
 
 /// `peak = fixed_bytes + bytes_per_sample x batch`.
@@ -24,25 +25,11 @@ impl AffineMemory {
     /// small batches are swamped by fixed costs that do not grow linearly
     /// (allocator arenas, page granularity).
     pub fn fit(points: &[(u64, u64)]) -> Option<AffineMemory> {
-        if points.len() < 2 {
-            return None;
-        }
-        let weight = |b: u64| (b as f64).powi(2);
-        let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        for &(b, m) in points {
-            let (x, y, w) = (b as f64, m as f64, weight(b));
-            sw += w;
-            sx += w * x;
-            sy += w * y;
-            sxx += w * x * x;
-            sxy += w * x * y;
-        }
-        let denominator = sw * sxx - sx * sx;
-        if denominator.abs() < f64::EPSILON {
-            return None;
-        }
-        let slope = (sw * sxy - sx * sy) / denominator;
-        let intercept = (sy - slope * sx) / sw;
+        let weighted: Vec<(f64, f64, f64)> = points
+            .iter()
+            .map(|&(b, m)| (b as f64, m as f64, (b as f64).powi(2)))
+            .collect();
+        let AffineFit { intercept, slope } = weighted_affine_fit(&weighted)?;
         (slope > 0.0 && slope.is_finite()).then_some(AffineMemory {
             fixed_bytes: intercept,
             bytes_per_sample: slope,
@@ -169,12 +156,7 @@ impl MaxFitSearch {
     /// Rounds down to the policy's multiple (batches below it stay as
     /// they are), within the search bounds.
     fn round(&self, batch: u64) -> u64 {
-        let rounded = if batch >= self.multiple {
-            batch / self.multiple * self.multiple
-        } else {
-            batch
-        };
-        rounded.clamp(self.min_batch, self.max_batch)
+        round_down(batch, self.multiple).clamp(self.min_batch, self.max_batch)
     }
 
     fn tolerance(&self, batch: u64) -> u64 {

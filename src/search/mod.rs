@@ -13,6 +13,7 @@ mod phases;
 pub mod plan;
 pub mod race;
 pub mod recommend;
+pub mod stats;
 pub mod steptime;
 pub mod throughput;
 
@@ -27,6 +28,7 @@ pub use recommend::{
     Evidence, LrAdvice, MemoryAdvice, Phase, Recommendation, ScheduleAdvice, ThroughputAdvice,
     TrialRecord, SCHEMA_VERSION,
 };
+use stats::median;
 
 pub use crate::machine::SearchContext;
 
@@ -57,15 +59,6 @@ const DEFAULT_RUN_RATIO: f64 = 1.15;
 /// Below this share of a run's wall time spent stepping, runs are not
 /// shortened to fit their planned time (see `Session::stepping_share`).
 const MIN_STEPPING_SHARE: f64 = 0.75;
-
-fn median(values: &[f64]) -> Option<f64> {
-    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-    if sorted.is_empty() {
-        return None;
-    }
-    sorted.sort_by(f64::total_cmp);
-    Some(sorted[sorted.len() / 2])
-}
 
 /// A small LR that will not diverge, for trials that only measure memory
 /// and speed.

@@ -11,6 +11,7 @@
 //! before dividing, which is what this does, over groups of measurements so
 //! the spread between groups gives an uncertainty.
 
+use super::stats::sample_sd;
 use serde::{Deserialize, Serialize};
 
 use crate::trial::GradNoiseSample;
@@ -221,11 +222,8 @@ pub fn noise_scale(samples: &[GradNoiseSample], groups: usize) -> Option<NoiseSc
                 .map(|(g2, t)| t / g2)
         })
         .collect();
-    let stderr = if group_values.len() >= 2 {
-        let mean = group_values.iter().sum::<f64>() / group_values.len() as f64;
-        let var = group_values.iter().map(|v| (v - mean).powi(2)).sum::<f64>()
-            / (group_values.len() - 1) as f64;
-        (var / group_values.len() as f64).sqrt()
+    let stderr = if let Some(sd) = sample_sd(&group_values) {
+        sd / (group_values.len() as f64).sqrt()
     } else {
         f64::NAN
     };

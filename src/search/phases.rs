@@ -12,6 +12,7 @@ use super::recommend::{
     expected_speed, goodput_curve, precision_advice, preferred_batch, BatchCap, Evidence, LrAdvice,
     MemoryAdvice, ScheduleAdvice, ThroughputAdvice, SCHEMA_VERSION,
 };
+use super::stats::round_down;
 use super::steptime::{speed_at, StepTimeModel};
 use super::throughput::{plateau, CurvePoint};
 use super::{probe_lr, textbook_alpha, Phase, Recommendation, SearchError, Session};
@@ -164,16 +165,6 @@ fn lean_plan(
 /// `race.seeds` allows as many).
 const MAX_RACE_SEEDS: u32 = 5;
 
-/// Rounds down to the policy's multiple; batches below it stay.
-fn round_batch(batch: u64, multiple: u64) -> u64 {
-    let m = multiple.max(1);
-    if batch >= m {
-        batch / m * m
-    } else {
-        batch.max(1)
-    }
-}
-
 /// A geometric ladder from `floor` to `top` with at most `points` sizes,
 /// neighbours at least a factor of two apart, both ends included.
 pub(crate) fn full_range_ladder(floor: u64, top: u64, multiple: u64, points: usize) -> Vec<u64> {
@@ -192,7 +183,7 @@ pub(crate) fn full_range_ladder(floor: u64, top: u64, multiple: u64, points: usi
                     i as f64 / (count - 1) as f64
                 };
                 let raw = (floor as f64 * (top as f64 / floor as f64).powf(f)).round() as u64;
-                round_batch(raw, multiple).clamp(floor, top)
+                round_down(raw, multiple).clamp(floor, top)
             }
         })
         .collect();
@@ -359,7 +350,7 @@ impl<R: TrialRunner> Session<'_, R> {
     pub(super) fn batch_cap(&self, fit: &FitPhase) -> Option<BatchCap> {
         let samples = self.spec.training.dataset_size.or(self.train_samples)?;
         let per_epoch = self.spec.policy.min_updates_per_epoch.max(1);
-        let largest = round_batch(
+        let largest = round_down(
             (samples / per_epoch).max(self.spec.search.min_batch.max(1)),
             self.spec.policy.batch_multiple,
         );
@@ -493,7 +484,7 @@ impl<R: TrialRunner> Session<'_, R> {
     pub(super) async fn lr_range_test(&mut self, curve: &CurvePhase) -> RangePhase {
         let upper = curve.plateau.unwrap_or(curve.top).min(curve.top);
         let middle = ((curve.floor as f64) * (upper as f64)).sqrt();
-        let reference_batch = round_batch(middle as u64, self.spec.policy.batch_multiple)
+        let reference_batch = round_down(middle as u64, self.spec.policy.batch_multiple)
             .clamp(curve.floor, curve.top.max(curve.floor));
         let lr = &self.spec.policy.lr_search;
         let sweep = lr.sweep_steps;
@@ -776,7 +767,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 batch_size: batch,
                 learning_rate: lr,
                 validation_loss: loss,
-                outcome: result.outcome.to_string(),
+                outcome: result.outcome,
                 losses: result.losses.clone(),
                 loss_steps: Vec::new(),
             });
@@ -791,7 +782,7 @@ impl<R: TrialRunner> Session<'_, R> {
                         lrs.push(max * LR_STEP);
                         extensions += 1;
                     }
-                } else if confirmations.iter().all(|c| c.outcome == "diverged") {
+                } else if confirmations.iter().all(|c| c.outcome == Outcome::Diverged) {
                     // Every LR was too high (a range test misled by a
                     // noisy loss does that): look below them all.
                     lrs.push(min / LR_STEP.powi(2));
@@ -882,7 +873,7 @@ impl<R: TrialRunner> Session<'_, R> {
         let count = runs.candidates.max(1);
         let candidates = if policy.objective == Objective::Throughput {
             // The throughput objective leans large: the plateau and below.
-            let center = round_batch(preferred / 2, policy.batch_multiple).max(curve.floor);
+            let center = round_down(preferred / 2, policy.batch_multiple).max(curve.floor);
             race::candidates(
                 center,
                 2.0,
@@ -1058,7 +1049,7 @@ impl<R: TrialRunner> Session<'_, R> {
         entry.runs.push(RaceRun {
             seed,
             validation_loss: loss,
-            outcome: result.outcome.to_string(),
+            outcome: result.outcome,
             losses: result.losses,
             loss_steps: Vec::new(),
         });
@@ -1099,7 +1090,7 @@ impl<R: TrialRunner> Session<'_, R> {
             batch_size: batch,
             learning_rate: lr,
             validation_loss: first.validation_loss,
-            outcome: first.outcome.clone(),
+            outcome: first.outcome,
             losses: first.losses.clone(),
             loss_steps: Vec::new(),
         });
@@ -1124,7 +1115,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 batch_size: batch,
                 learning_rate: candidate,
                 validation_loss: result.validation_loss.filter(|_| result.is_ok()),
-                outcome: result.outcome.to_string(),
+                outcome: result.outcome,
                 losses: result.losses,
                 loss_steps: Vec::new(),
             });

@@ -6,6 +6,8 @@
 //!
 //! The judging is pure: the search feeds it runs and asks whom to re-seed.
 
+use super::stats::{mean, sample_sd};
+use crate::trial::Outcome;
 use serde::{Deserialize, Serialize};
 
 /// What every candidate of a race gets the same amount of.
@@ -33,7 +35,7 @@ pub struct RaceRun {
     pub seed: u64,
     /// `None` when the run diverged or failed.
     pub validation_loss: Option<f64>,
-    pub outcome: String,
+    pub outcome: Outcome,
     #[serde(default, with = "crate::trial::json_float::vec")]
     #[schema(value_type = Vec<Option<f64>>)]
     pub losses: Vec<f64>,
@@ -58,20 +60,12 @@ impl RaceEntry {
     /// Mean validation loss over the seeds; `None` when any seed failed (a
     /// setting that diverges on some seeds is not a recommendation).
     pub fn mean_loss(&self) -> Option<f64> {
-        let losses = self.losses()?;
-        (!losses.is_empty()).then(|| losses.iter().sum::<f64>() / losses.len() as f64)
+        mean(&self.losses()?)
     }
 
     /// Sample standard deviation over the seeds (`None` below two seeds).
     pub fn spread(&self) -> Option<f64> {
-        let losses = self.losses()?;
-        if losses.len() < 2 {
-            return None;
-        }
-        let mean = losses.iter().sum::<f64>() / losses.len() as f64;
-        let var =
-            losses.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (losses.len() - 1) as f64;
-        Some(var.sqrt())
+        sample_sd(&self.losses()?)
     }
 
     fn losses(&self) -> Option<Vec<f64>> {
@@ -245,7 +239,11 @@ mod tests {
                 .map(|(i, l)| RaceRun {
                     seed: i as u64,
                     validation_loss: *l,
-                    outcome: if l.is_some() { "ok" } else { "diverged" }.into(),
+                    outcome: if l.is_some() {
+                        Outcome::Ok
+                    } else {
+                        Outcome::Diverged
+                    },
                     losses: Vec::new(),
                     loss_steps: Vec::new(),
                 })

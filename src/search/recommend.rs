@@ -512,7 +512,7 @@ mod tests {
                 batch_size: 256,
                 learning_rate: 1e-4 * f64::from(i + 1),
                 validation_loss: Some(0.512_345_678_9),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 losses: losses(f64::from(i)),
                 loss_steps: Vec::new(),
             })
@@ -529,7 +529,7 @@ mod tests {
                         .map(|seed| RaceRun {
                             seed,
                             validation_loss: Some(0.5),
-                            outcome: "ok".into(),
+                            outcome: Outcome::Ok,
                             losses: losses(seed as f64 + 10.0 * f64::from(e)),
                             loss_steps: Vec::new(),
                         })

@@ -4,6 +4,7 @@
 //! goodput at any batch, not only at the tried points, and the duration of
 //! a trial before it runs.
 
+use super::stats::{weighted_affine_fit, AffineFit};
 use serde::{Deserialize, Serialize};
 
 use super::throughput::{interpolate, CurvePoint};
@@ -31,24 +32,12 @@ impl StepTimeModel {
                 (b, b / p.samples_per_second)
             })
             .collect();
-        if points.len() < 2 {
-            return None;
-        }
-        let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        for &(x, y) in &points {
-            let w = 1.0 / (y * y);
-            sw += w;
-            sx += w * x;
-            sy += w * y;
-            sxx += w * x * x;
-            sxy += w * x * y;
-        }
-        let denominator = sw * sxx - sx * sx;
-        if denominator.abs() <= f64::EPSILON * sw * sxx {
-            return None;
-        }
-        let mut slope = (sw * sxy - sx * sy) / denominator;
-        let mut intercept = (sy - slope * sx) / sw;
+        let weighted: Vec<(f64, f64, f64)> =
+            points.iter().map(|&(x, y)| (x, y, 1.0 / (y * y))).collect();
+        let AffineFit {
+            mut intercept,
+            mut slope,
+        } = weighted_affine_fit(&weighted)?;
         if intercept < 0.0 || slope <= 0.0 {
             // A negative fixed cost (or per-sample cost) is no physics: fit
             // the one-parameter model through the origin, or a pure fixed

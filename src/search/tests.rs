@@ -418,7 +418,7 @@ fn confirmations_that_all_diverge_are_followed_by_lower_lrs() {
         rec.evidence
             .lr_confirmations
             .iter()
-            .any(|c| c.outcome == "diverged"),
+            .any(|c| c.outcome == Outcome::Diverged),
         "{:#?}",
         rec.evidence.lr_confirmations
     );

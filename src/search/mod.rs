@@ -4,6 +4,7 @@
 //! Written as pure logic over the [`TrialRunner`] trait: unit tests drive it
 //! with fake runners, the daemon and the CLI with real worker processes.
 
+pub mod clock;
 pub mod curve;
 pub mod lr;
 pub mod maxfit;
@@ -17,12 +18,13 @@ pub mod stats;
 pub mod steptime;
 pub mod throughput;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{JobSpec, OptimizerSpec};
 use crate::trial::{LrSchedule, Outcome, TrialRequest, TrialResult, TrialRunner};
+use clock::{Clock, SystemClock};
 use plan::BudgetPlan;
 pub use recommend::{
     Evidence, LrAdvice, MemoryAdvice, Phase, Recommendation, ScheduleAdvice, ThroughputAdvice,
@@ -84,7 +86,9 @@ struct Session<'a, R: TrialRunner> {
     ctx: &'a SearchContext,
     runner: &'a R,
     budget_bytes: u64,
-    started: Instant,
+    clock: &'a dyn Clock,
+    /// The clock's reading when the search started.
+    started: Duration,
     plan: BudgetPlan,
     records: Vec<TrialRecord>,
     /// Phases the budget cut short, each with what was left out.
@@ -103,7 +107,7 @@ struct Session<'a, R: TrialRunner> {
 
 impl<R: TrialRunner> Session<'_, R> {
     fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+        self.clock.now().saturating_sub(self.started)
     }
 
     fn time_left(&self) -> Duration {
@@ -276,6 +280,18 @@ pub async fn advise<R: TrialRunner>(
     runner: &R,
     on_progress: &(dyn Fn(&Progress) + Send + Sync),
 ) -> Result<Recommendation, SearchError> {
+    advise_with_clock(spec, ctx, runner, on_progress, &SystemClock::default()).await
+}
+
+/// [`advise`] on the given clock (a [`clock::ManualClock`] in tests and
+/// simulations: the budget rules then follow simulated time).
+pub async fn advise_with_clock<R: TrialRunner>(
+    spec: &JobSpec,
+    ctx: &SearchContext,
+    runner: &R,
+    on_progress: &(dyn Fn(&Progress) + Send + Sync),
+    clock: &dyn Clock,
+) -> Result<Recommendation, SearchError> {
     let budget_bytes =
         (ctx.memory_limit_bytes as f64 * (1.0 - spec.policy.memory_headroom_fraction)) as u64;
     let session = Session {
@@ -283,7 +299,8 @@ pub async fn advise<R: TrialRunner>(
         ctx,
         runner,
         budget_bytes,
-        started: Instant::now(),
+        clock,
+        started: clock.now(),
         plan: BudgetPlan::new(spec.search.time_budget),
         records: Vec::new(),
         cut: Vec::new(),

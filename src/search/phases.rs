@@ -1451,7 +1451,7 @@ impl<R: TrialRunner> Session<'_, R> {
             partial: partial_reason.is_some(),
             partial_reason,
             phases_cut: self.cut.iter().map(|(p, _)| *p).collect(),
-            seconds: self.started.elapsed().as_secs_f64(),
+            seconds: self.clock.now().saturating_sub(self.started).as_secs_f64(),
         }
     }
 }

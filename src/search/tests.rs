@@ -675,3 +675,71 @@ fn a_tight_budget_races_fewer_candidates_at_the_real_length() {
         rec.rationale
     );
 }
+
+/// The fake runner on simulated time: each trial moves the clock by its
+/// steps at the fake's step time plus a fixed cost per trial (start-up).
+struct Timed<'a> {
+    inner: &'a FakeRunner,
+    clock: &'a crate::search::clock::ManualClock,
+    per_trial: f64,
+}
+
+impl TrialRunner for Timed<'_> {
+    fn run(&self, request: TrialRequest) -> impl std::future::Future<Output = TrialResult> + Send {
+        let mut result = self.inner.answer(&request);
+        let seconds =
+            f64::from(request.steps) * self.inner.step_seconds(request.batch_size) + self.per_trial;
+        result.wall_seconds = seconds;
+        self.clock
+            .advance(std::time::Duration::from_secs_f64(seconds));
+        async move { result }
+    }
+}
+
+fn advise_timed(per_trial: f64, budget: u64, run_seconds: u64) -> (Recommendation, FakeRunner) {
+    use crate::search::clock::Clock;
+    let runner = FakeRunner::new();
+    let clock = crate::search::clock::ManualClock::default();
+    let timed = Timed {
+        inner: &runner,
+        clock: &clock,
+        per_trial,
+    };
+    let mut spec = spec(
+        "balanced",
+        &format!("[training]\ntime_budget = \"{run_seconds}s\"\n"),
+    );
+    spec.search.time_budget = std::time::Duration::from_secs(budget);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let rec = runtime
+        .block_on(crate::search::advise_with_clock(
+            &spec,
+            &context(4 << 30),
+            &timed,
+            &|_| {},
+            &clock,
+        ))
+        .unwrap();
+    assert_eq!(rec.seconds, clock.now().as_secs_f64());
+    (rec, runner)
+}
+
+#[test]
+fn on_simulated_time_the_search_keeps_its_budget_and_runs_their_length() {
+    // Cheap trials (a persistent process): runs are sized so their wall
+    // time, overhead included, is the planned 20 s.
+    let (rec, runner) = advise_timed(0.2, 300, 20);
+    assert!(rec.seconds <= 300.0 * 1.05, "{} s", rec.seconds);
+    assert!(
+        rec.seconds > 200.0,
+        "{} s: the budget was left unused",
+        rec.seconds
+    );
+    let race = rec.evidence.race.as_ref().unwrap();
+    for entry in &race.entries {
+        let wall = f64::from(entry.steps) * runner.step_seconds(entry.batch_size) + 0.2;
+        assert!((18.0..=22.0).contains(&wall), "{entry:?}: {wall} s");
+    }
+}

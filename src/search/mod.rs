@@ -169,12 +169,17 @@ impl<R: TrialRunner> Session<'_, R> {
         }
     }
 
+    /// Whether a run planned at `seconds` has its steps sized so its wall
+    /// time is `seconds` (see `stepping_share`).
+    fn sized_to_wall(&self, seconds: f64) -> bool {
+        self.stepping_share(&race::RaceBudget::WallClock { seconds }) < 1.0
+    }
+
     /// The wall time a run planned at `seconds` takes: `seconds` where its
-    /// steps are sized to fit it (see `stepping_share`), else its stepping
-    /// plus what runs cost beyond it.
+    /// steps are sized to fit it, else its stepping plus what runs cost
+    /// beyond it.
     fn planned_run_wall(&self, seconds: f64) -> f64 {
-        let budget = race::RaceBudget::WallClock { seconds };
-        if self.stepping_share(&budget) < 1.0 {
+        if self.sized_to_wall(seconds) {
             seconds
         } else {
             self.run_seconds(seconds)
@@ -184,8 +189,7 @@ impl<R: TrialRunner> Session<'_, R> {
     /// The longest run length (as a wall-clock run budget) that fits in
     /// `seconds` of wall time.
     fn run_length_within(&self, seconds: f64) -> f64 {
-        let budget = race::RaceBudget::WallClock { seconds };
-        if self.stepping_share(&budget) < 1.0 {
+        if self.sized_to_wall(seconds) {
             seconds
         } else {
             self.stepping_within(seconds)

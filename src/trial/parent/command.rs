@@ -500,7 +500,7 @@ pub async fn run(
     command: &CommandSpec,
 ) -> TrialResult {
     let started = Instant::now();
-    let (mut result, mut report) = match prepare(&request, command) {
+    let (result, report) = match prepare(&request, command) {
         Ok(prepared) => prepared,
         Err(failure) => return failure.into_result(started),
     };
@@ -535,13 +535,39 @@ pub async fn run(
     };
     processes.finish();
     let stderr_tail = stderr_tail.finish().await;
+    conclude_exited(
+        &request,
+        result,
+        exit,
+        killed,
+        stderr_tail,
+        seen,
+        report,
+        started,
+    )
+}
+
+/// The result of a command trial whose process has exited: the
+/// supervisor's own start failure, else the verdict on its exit and
+/// report. A start failure leaves `exit` unset.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conclude_exited(
+    request: &TrialRequest,
+    mut result: TrialResult,
+    exit: ExitInfo,
+    killed: Option<KillReason>,
+    stderr_tail: String,
+    seen: Seen,
+    mut report: ReportFile,
+    started: Instant,
+) -> TrialResult {
     if let Some(said) = start_failure(&exit, &stderr_tail) {
         return failed(result, Outcome::Crashed, said, started);
     }
-    let parsed = report.read(&request);
+    let parsed = report.read(request);
     drop(report);
     conclude(
-        &request,
+        request,
         &mut result,
         exit,
         killed,

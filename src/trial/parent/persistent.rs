@@ -29,7 +29,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::Child;
 
 use super::command::{
-    self, conclude, prepare, spawn_supervised, start_failure, trial_variables, ReportFile, Seen,
+    self, conclude, conclude_exited, prepare, spawn_supervised, trial_variables, ReportFile, Seen,
     Spawned, REPORT_LINE_LIMIT,
 };
 use super::contain::{TrialProcesses, SUPERVISOR_GRACE};
@@ -550,25 +550,19 @@ async fn trial(
             } = *process;
             processes.finish();
             let stderr_tail = stderr.finish().await;
-            if let Some(said) = start_failure(&exit, &stderr_tail) {
-                return (
-                    failed(result, Outcome::Crashed, said, started),
-                    Verdict::Gone,
-                );
-            }
-            let parsed = report.read(request);
-            drop(report);
-            conclude(
+            let result = conclude_exited(
                 request,
-                &mut result,
+                result,
                 exit,
                 killed,
                 stderr_tail,
                 seen,
-                parsed,
+                report,
                 started,
             );
-            let verdict = if hello.is_none() {
+            // A script that started and never said hello declines the
+            // mode; one that could not start (no exit recorded) has not.
+            let verdict = if hello.is_none() && result.exit.is_some() {
                 Verdict::Declined
             } else {
                 Verdict::Gone

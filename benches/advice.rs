@@ -19,7 +19,16 @@
 //! with the same budget and the same seeds. One table compares them.
 //!
 //! Environment: `BATCHD_BENCH_JOBS=mlp-synthetic,cnn-digits` runs a subset;
-//! `BATCHD_BENCH_SECONDS` sets the per-cell training time (default 2.5).
+//! `BATCHD_BENCH_SECONDS` sets the per-cell training time (default 2.5);
+//! `BATCHD_BENCH_WORKER` names the `batchd` binary the trials run in
+//! (default: this build's), so a copied bench can measure an older build.
+//!
+//! `BATCHD_BENCH_REPEAT=5` measures repeatability instead: per job, the
+//! wall-clock grid only, then `balanced` advised that many times with
+//! search seeds 1..=N at the same budget, each pick trained on the grid's
+//! seeds. It prints every run (batch, LR, noise scale with |G|^2 and
+//! tr(Sigma), the race's verdict, the pick's loss and gap) and the spread
+//! (max/min) of batch, LR and noise scale across runs.
 //! Figures are printed, not asserted: the README keeps them.
 
 use std::path::Path;
@@ -409,7 +418,8 @@ fn fmt_cell(cell: &Cell) -> String {
 
 fn main() {
     let mut options = RunnerOptions::current_exe().expect("current exe");
-    options.worker_exe = env!("CARGO_BIN_EXE_batchd").into();
+    options.worker_exe = std::env::var_os("BATCHD_BENCH_WORKER")
+        .map_or_else(|| env!("CARGO_BIN_EXE_batchd").into(), Into::into);
     let bench = Bench {
         runner: ProcessTrialRunner::new(options),
         runtime: tokio::runtime::Builder::new_current_thread()
@@ -424,6 +434,10 @@ fn main() {
     let only: Option<Vec<String>> = std::env::var("BATCHD_BENCH_JOBS")
         .ok()
         .map(|s| s.split(',').map(str::to_string).collect());
+    let repeat: usize = std::env::var("BATCHD_BENCH_REPEAT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut rows: Vec<Row> = Vec::new();
     println!(
         "per-cell budget: {cell_seconds} s of training (balanced, throughput) or the job's epochs (generalization); {} seeds; warm-up {:.0}% then cosine to {:.0}%; half-decade LRs, each row extended while its best sits at an edge",
@@ -478,6 +492,10 @@ fn main() {
             Budget::Seconds(cell_seconds),
             train_samples,
         );
+        if repeat > 0 {
+            repeatability(&bench, &job, &wall, cell_seconds, train_samples, repeat);
+            continue;
+        }
         let epochs = spec.training.epochs;
         let per_epoch = grid(
             &bench,
@@ -580,4 +598,94 @@ fn main() {
             );
         }
     }
+}
+
+/// `BATCHD_BENCH_REPEAT`: the same job advised `runs` times under
+/// `balanced` with search seeds 1..=runs and the same budget.
+fn repeatability(
+    bench: &Bench,
+    job: &Job,
+    truth: &Grid,
+    cell_seconds: f64,
+    train_samples: u64,
+    runs: usize,
+) {
+    let search_budget = (truth.seconds * SEARCH_SHARE).max(5.0);
+    let best = truth.best();
+    println!(
+        "{}: best cell {}; search budget {search_budget:.0} s; {runs} searches",
+        job.label,
+        best.as_ref().map_or("-".into(), fmt_cell)
+    );
+    println!(
+        "{:>4} {:>6} {:>9} {:>28} {:>10} {:>10} {:>5} {:>6}  {:<22} {:>7}  race",
+        "seed", "batch", "lr", "noise scale", "|G|^2", "tr(Sigma)", "n", "after", "pick loss±sd", "gap %"
+    );
+    let mut picks: Vec<(u64, f64, Option<f64>)> = Vec::new();
+    let mut within = 0;
+    for seed in 1..=runs as u64 {
+        let mut spec = spec_for(job, "balanced", Some(search_budget), Some(cell_seconds));
+        spec.search.seed = seed;
+        let context =
+            batchd::machine::search_context(TrialDevice::Cpu, spec.search.memory_limit, None)
+                .expect("search context");
+        let rec: Recommendation = bench
+            .runtime
+            .block_on(advise(&spec, &context, &bench.runner, &|_| {}))
+            .expect("advice");
+        let batch = rec.effective_batch_size;
+        let lr = rec.lr.learning_rate.unwrap_or(1e-3);
+        let speed = bench.speed(&spec, batch).unwrap_or(1.0);
+        let steps =
+            steps_for(Budget::Seconds(cell_seconds), batch, speed, train_samples).max(MIN_STEPS);
+        let losses: Vec<Option<f64>> = SEEDS
+            .iter()
+            .map(|&s| bench.train(&spec, batch, lr, steps, s))
+            .collect();
+        let (mean, spread) = stats(&losses);
+        let gap = match (best.and_then(|b| b.mean), mean) {
+            (Some(b), Some(m)) => {
+                if best.is_some_and(|c| m - b <= c.spread) {
+                    within += 1;
+                }
+                format!("{:.1}", (m - b) / b * 100.0)
+            }
+            _ => "-".into(),
+        };
+        let noise = rec.evidence.gradient_noise.as_ref();
+        picks.push((batch, lr, noise.map(|n| n.value)));
+        let race = rec.evidence.race.as_ref().map_or("no race".to_string(), |r| {
+            if r.within_noise {
+                format!("within noise: {}", r.verdict)
+            } else {
+                r.verdict.clone()
+            }
+        });
+        println!(
+            "{seed:>4} {batch:>6} {lr:>9.2e} {:>28} {:>10} {:>10} {:>5} {:>6}  {:<22} {gap:>7}  {race}{}",
+            noise.map_or("-".into(), |n| n.describe()),
+            noise.map_or("-".into(), |n| format!("{:.3e}", n.gradient_sq_norm)),
+            noise.map_or("-".into(), |n| format!("{:.3e}", n.trace_sigma)),
+            noise.map_or("-".into(), |n| n.measurements.to_string()),
+            noise.map_or("-".into(), |n| n.after_steps.to_string()),
+            mean.map_or("failed".into(), |m| format!("{m:.4}±{spread:.4}")),
+            if rec.partial { " PARTIAL" } else { "" },
+        );
+    }
+    let spread = |values: Vec<f64>| {
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(0.0, f64::max);
+        if values.is_empty() || lo <= 0.0 {
+            "-".to_string()
+        } else {
+            format!("{:.2}x ({lo:.3e}..{hi:.3e})", hi / lo)
+        }
+    };
+    println!(
+        "{}: spread (max/min) batch {}, LR {}, noise scale {}; {within}/{runs} picks within the best cell's seed spread",
+        job.label,
+        spread(picks.iter().map(|p| p.0 as f64).collect()),
+        spread(picks.iter().map(|p| p.1).collect()),
+        spread(picks.iter().filter_map(|p| p.2).collect()),
+    );
 }

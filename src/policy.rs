@@ -48,6 +48,44 @@ pub enum Objective {
     Generalization,
 }
 
+/// How a race that ends within seed noise is decided: the tied candidates
+/// (within the seed-to-seed spread of the lowest mean) are equally good on
+/// the evidence, so a rule, not the luck of the seeds, picks among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TieRule {
+    /// The tied batch nearest (in log scale) the policy model's preferred
+    /// batch, which weighs throughput against the noise scale; the larger on
+    /// an exact tie of distances.
+    NearestPreferred,
+    /// The tied batch with the most samples per second on the measured
+    /// curve: the throughput objective's own measure.
+    Fastest,
+    /// The tied batch with the lowest mean loss: the lead within noise, as
+    /// before rules (kept for comparison; it is the seeds' luck).
+    LowestMean,
+}
+
+impl TieRule {
+    /// The rule an objective gets unless the policy names one.
+    pub fn default_for(objective: Objective) -> TieRule {
+        match objective {
+            Objective::Throughput => TieRule::Fastest,
+            Objective::Goodput | Objective::Generalization => TieRule::NearestPreferred,
+        }
+    }
+}
+
+impl std::fmt::Display for TieRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TieRule::NearestPreferred => "nearest the model's preferred batch",
+            TieRule::Fastest => "the fastest on the throughput curve",
+            TieRule::LowestMean => "the lowest mean, a lead within noise",
+        })
+    }
+}
+
 impl std::fmt::Display for Objective {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -146,6 +184,16 @@ pub struct RaceSettings {
     pub extra_seeds: u32,
     /// Where the recommended cosine decay ends, as a share of the peak LR.
     pub final_lr_fraction: f64,
+    /// How a race within noise is decided; unset: by the objective
+    /// ([`TieRule::default_for`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tie_rule: Option<TieRule>,
+}
+
+impl RaceSettings {
+    pub fn tie_rule(&self, objective: Objective) -> TieRule {
+        self.tie_rule.unwrap_or_else(|| TieRule::default_for(objective))
+    }
 }
 
 impl Default for RaceSettings {
@@ -155,6 +203,7 @@ impl Default for RaceSettings {
             seeds: 2,
             extra_seeds: 1,
             final_lr_fraction: 0.1,
+            tie_rule: None,
         }
     }
 }

@@ -239,9 +239,6 @@ pub fn fit_alpha(a: &BestLr, b: &BestLr) -> Option<f64> {
     alpha.is_finite().then_some(alpha)
 }
 
-/// Exponents real optimizers show: 0 (LR independent of batch) up to a bit
-/// past the linear rule. A measurement outside is noise, not a finding.
-pub const PLAUSIBLE_ALPHA: std::ops::RangeInclusive<f64> = 0.0..=1.2;
 
 #[cfg(test)]
 mod tests {

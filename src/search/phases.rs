@@ -113,8 +113,18 @@ pub(super) struct ReferencePhase {
     pub best: Option<BestLr>,
     pub runs: Vec<Confirmation>,
     pub noise: Option<NoiseScale>,
-    pub noise_samples: Vec<GradNoiseSample>,
+    /// For Adam-family optimizers: the noise scale of the preconditioned
+    /// gradients, which drives the model when measured.
+    pub preconditioned: Option<NoiseScale>,
     pub rationale: Vec<String>,
+}
+
+impl ReferencePhase {
+    /// The noise scale the model uses: the preconditioned one when there is
+    /// one (Adam-family optimizers), else the raw one.
+    pub fn model_noise(&self) -> Option<&NoiseScale> {
+        self.preconditioned.as_ref().or(self.noise.as_ref())
+    }
 }
 
 pub(super) struct RacePhase {
@@ -124,8 +134,9 @@ pub(super) struct RacePhase {
     /// The batch the recommendation takes, and the LR its runs used.
     pub batch: u64,
     pub learning_rate: Option<f64>,
-    /// The noise scale pooled over confirmation and race runs.
-    pub noise: Option<NoiseScale>,
+    /// The noise scale at each candidate's own point of training (its runs'
+    /// second halves), by samples seen.
+    pub noise_by_progress: Vec<NoiseScale>,
     pub rationale: Vec<String>,
 }
 
@@ -811,27 +822,57 @@ impl<R: TrialRunner> Session<'_, R> {
         let measured_from = noise_from(steps, 0);
         let noise = pooled_noise_scale(
             &good,
-            self.spec.policy.trials.noise_scale_measurements as usize,
             measured_from,
+            u64::from(measured_from) * batch,
+            u64::from(steps) * batch,
         );
+        let pre: Vec<GradNoiseSample> = good.iter().filter_map(|s| s.preconditioned()).collect();
+        let preconditioned = (pre.len() == good.len())
+            .then(|| {
+                pooled_noise_scale(
+                    &pre,
+                    measured_from,
+                    u64::from(measured_from) * batch,
+                    u64::from(steps) * batch,
+                )
+            })
+            .flatten();
+        let judge = |n: &NoiseScale| {
+            if n.is_lower_bound() {
+                ": the goodput model takes it as a bound, and the race reaches above it"
+            } else if n.is_decisive() {
+                ""
+            } else {
+                ": too uncertain to separate candidates, so the race decides over a wider spread"
+            }
+        };
         match &noise {
             Some(n) => rationale.push(format!(
-                "gradient noise scale B_simple = {} samples after {measured_from} steps of training (McCandlish et al. 2018; {} measurements at batches {} and {}){}",
+                "gradient noise scale B_simple = {} samples, measured over training samples {}..{} ({} runs at batch {batch}, steps {measured_from}..{steps}; {} measurements against batch {}; McCandlish et al. 2018){}",
                 n.describe(),
+                n.after_samples,
+                n.until_samples,
+                good.len(),
                 n.measurements,
-                n.big_batch,
                 n.small_batch,
-                if n.is_decisive() { "" } else { ": too uncertain to separate candidates, so the race decides over a wider spread" }
+                if preconditioned.is_some() { "" } else { judge(n) }
             )),
             None => rationale.push(
-                "the gradient noise scale could not be measured (too little time, or a signal lost in noise): the race decides".into(),
+                "the gradient noise scale could not be measured (too little time, or tr(Sigma) not clearly above zero): the race decides".into(),
             ),
+        }
+        if let Some(p) = &preconditioned {
+            rationale.push(format!(
+                "preconditioned by Adam's sqrt(v) + eps, the noise scale is {} samples: Adam steps along the preconditioned gradient, so this one drives the model (AdaptDL's AdamGradientNoiseScale){}",
+                p.describe(),
+                judge(p)
+            ));
         }
         ReferencePhase {
             best,
             runs: confirmations,
             noise,
-            noise_samples: good,
+            preconditioned,
             rationale,
         }
     }
@@ -856,20 +897,21 @@ impl<R: TrialRunner> Session<'_, R> {
     ) -> RacePhase {
         let policy = &self.spec.policy;
         let world = self.spec.training.world_size.max(1);
+        let noise = reference.model_noise();
         let (preferred, why) = preferred_batch(
             policy,
             &curve.points,
             curve.model.as_ref(),
-            reference.noise.as_ref(),
+            noise,
             curve.floor,
             curve.top,
             world,
         );
         let mut rationale = vec![why];
-        let decisive = reference
-            .noise
-            .as_ref()
-            .is_some_and(NoiseScale::is_decisive);
+        let decisive = noise.is_some_and(NoiseScale::is_decisive);
+        // A lower bound on the noise scale makes the model's batch a lower
+        // bound too: the race reaches above it rather than around it.
+        let bound = noise.is_some_and(NoiseScale::is_lower_bound);
         let count = runs.candidates.max(1);
         let candidates = if policy.objective == Objective::Throughput {
             // The throughput objective leans large: the plateau and below.
@@ -884,8 +926,13 @@ impl<R: TrialRunner> Session<'_, R> {
             )
         } else {
             let step = if decisive { 2.0 } else { 4.0 };
+            let center = if bound && policy.objective == Objective::Goodput {
+                round_down((preferred as f64 * step) as u64, policy.batch_multiple).min(curve.top)
+            } else {
+                preferred
+            };
             race::candidates(
-                preferred,
+                center,
                 step,
                 curve.floor,
                 curve.top,
@@ -906,7 +953,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 preferred,
                 batch: preferred,
                 learning_rate: None,
-                noise: reference.noise.clone(),
+                noise_by_progress: Vec::new(),
                 rationale,
             };
         };
@@ -929,19 +976,13 @@ impl<R: TrialRunner> Session<'_, R> {
                 }
             })
             .collect();
-        let mut samples = reference.noise_samples.clone();
+        let mut samples: Vec<Vec<GradNoiseSample>> = vec![Vec::new(); entries.len()];
         let base_seed = self.spec.search.seed;
         // Seed-major, so a budget cut still leaves every candidate a run.
         for round in 0..runs.seeds {
-            for entry in entries.iter_mut() {
-                self.race_run(
-                    curve,
-                    entry,
-                    base_seed + u64::from(round),
-                    true,
-                    &mut samples,
-                )
-                .await;
+            for (entry, samples) in entries.iter_mut().zip(samples.iter_mut()) {
+                self.race_run(curve, entry, base_seed + u64::from(round), true, samples)
+                    .await;
             }
         }
         for extra in 0..policy.race.extra_seeds {
@@ -951,36 +992,33 @@ impl<R: TrialRunner> Session<'_, R> {
             }
             for i in tied {
                 let seed = base_seed + u64::from(runs.seeds + extra);
-                self.race_run(curve, &mut entries[i], seed, false, &mut samples)
+                self.race_run(curve, &mut entries[i], seed, false, &mut samples[i])
                     .await;
             }
         }
-        let race = race::decide(runs.budget, entries, preferred);
+        let rule = policy.race.tie_rule(policy.objective);
+        let race = race::decide(runs.budget, entries, preferred, rule, &|b| curve.speed(b));
         rationale.push(format!(
             "race over batches {:?} ({}, each at the LR the rule lr ~ B^{alpha} gives from {:.3e} at {}): {}",
             candidates, race.budget, reference_lr.1, reference_lr.0, race.verdict
         ));
-        let steps_before = race
+        // Each candidate's runs measure the noise over their own second
+        // half: one point of training per candidate, never pooled across.
+        let mut noise_by_progress: Vec<NoiseScale> = race
             .entries
             .iter()
-            .map(|e| e.steps)
-            .min()
-            .map_or(0, |steps| noise_from(steps, 0));
-        let noise = pooled_noise_scale(
-            &samples,
-            policy.trials.noise_scale_measurements as usize,
-            steps_before,
-        )
-        .or_else(|| reference.noise.clone());
-        if let Some(n) = &noise {
-            if n.pairs.len() > 1 {
-                rationale.push(format!(
-                    "pooled over the confirmation and race runs ({} batch pairs), the noise scale after training is {}",
-                    n.pairs.len(),
-                    n.describe()
-                ));
-            }
-        }
+            .zip(&samples)
+            .filter_map(|(entry, samples)| {
+                let from = noise_from(entry.steps, 0);
+                pooled_noise_scale(
+                    samples,
+                    from,
+                    u64::from(from) * entry.batch_size,
+                    u64::from(entry.steps) * entry.batch_size,
+                )
+            })
+            .collect();
+        noise_by_progress.sort_by_key(|n| n.after_samples);
         let (batch, learning_rate) = match race.winner {
             Some(w) => (
                 w,
@@ -1001,7 +1039,7 @@ impl<R: TrialRunner> Session<'_, R> {
             preferred,
             batch,
             learning_rate,
-            noise,
+            noise_by_progress,
             rationale,
         }
     }
@@ -1191,7 +1229,7 @@ impl<R: TrialRunner> Session<'_, R> {
         cap: Option<BatchCap>,
         curve: CurvePhase,
         range: RangePhase,
-        reference: ReferencePhase,
+        mut reference: ReferencePhase,
         raced: RacePhase,
         check: CheckPhase,
         runs: RunPlan,
@@ -1203,7 +1241,7 @@ impl<R: TrialRunner> Session<'_, R> {
         rationale.extend(curve.rationale.iter().cloned());
         rationale.extend(range.rationale);
         rationale.extend(runs.rationale);
-        rationale.extend(reference.rationale);
+        rationale.extend(std::mem::take(&mut reference.rationale));
         rationale.extend(raced.rationale);
         rationale.extend(check.rationale);
         let reused = self
@@ -1273,27 +1311,33 @@ impl<R: TrialRunner> Session<'_, R> {
             }
             _ => None,
         };
-        if let Some(alpha) = measured_alpha {
-            if policy.lr_scaling == LrScaling::Measured
-                && !super::lr::PLAUSIBLE_ALPHA.contains(&alpha)
-            {
+        // Both best LRs come from single-seed runs (confirmations at the
+        // reference batch, the check at the chosen one), whose optimum moves
+        // by a grid step from seed to seed: their exponent is shown, never
+        // called measured. The textbook rule is used and named as such.
+        let textbook_kind = if textbook >= 1.0 {
+            LrScaling::Linear
+        } else {
+            LrScaling::Sqrt
+        };
+        let kind = match policy.lr_scaling {
+            LrScaling::Measured => {
                 rationale.push(format!(
-                    "the measured LR exponent {alpha:.2} lies outside the plausible {:.1}..{:.1} (single-seed runs are noisy), so the textbook exponent {textbook} is used",
-                    super::lr::PLAUSIBLE_ALPHA.start(),
-                    super::lr::PLAUSIBLE_ALPHA.end()
+                    "the policy asks for a measured LR exponent, but the best LRs at two batches come from single-seed runs, which do not measure it{}: the textbook rule ({textbook_kind}, alpha {textbook}) is used",
+                    measured_alpha.map_or(String::new(), |a| format!(" (their exponent {a:.2} is shown, not used)"))
                 ));
+                textbook_kind
             }
-        }
+            other => other,
+        };
         let lr_rule = best_lrs.first().map(|best| LrRule {
-            kind: policy.lr_scaling,
+            kind,
             reference_batch: best.batch_size,
             reference_lr: best.learning_rate,
-            alpha: match policy.lr_scaling {
+            alpha: match kind {
                 LrScaling::Linear => 1.0,
                 LrScaling::Sqrt => 0.5,
-                LrScaling::Measured => measured_alpha
-                    .filter(|a| super::lr::PLAUSIBLE_ALPHA.contains(a))
-                    .unwrap_or(textbook),
+                LrScaling::Measured => textbook,
             },
             measured_alpha,
             textbook_alpha: textbook,
@@ -1330,7 +1374,7 @@ impl<R: TrialRunner> Session<'_, R> {
         });
         if let (Some(rule), Some(lr)) = (&lr_rule, learning_rate) {
             rationale.push(format!(
-                "learning rate {lr:.3e} for the effective batch {effective}{}: best validation loss at batch {} was at {:.3e}; scaled with lr ~ B^{:.2} ({}; measured alpha {}, textbook {})",
+                "learning rate {lr:.3e} for the effective batch {effective}{}: best validation loss at batch {} was at {:.3e}; scaled with lr ~ B^{:.2} ({} rule; single-seed alpha {}, textbook {})",
                 interval.map_or(String::new(), |(lo, hi)| format!(" (within noise from {lo:.2e} to {hi:.2e})")),
                 rule.reference_batch,
                 rule.reference_lr,
@@ -1375,11 +1419,11 @@ impl<R: TrialRunner> Session<'_, R> {
                 "data-parallel over {world} replicas: {batch} per device, {global} globally; memory is per device, throughput assumes linear scaling"
             ));
         }
-        let noise = raced.noise;
-        let goodput = noise
-            .as_ref()
+        let goodput = reference
+            .model_noise()
             .map(|n| goodput_curve(&curve.points, n.value, world))
             .unwrap_or_default();
+        let noise = reference.noise;
         for what in &self.skipped {
             rationale.push(format!("left out: {what}"));
         }
@@ -1439,6 +1483,8 @@ impl<R: TrialRunner> Session<'_, R> {
             precision,
             evidence: Evidence {
                 gradient_noise: noise,
+                preconditioned_noise: reference.preconditioned,
+                noise_by_progress: raced.noise_by_progress,
                 lr_range_tests: range.test.into_iter().collect(),
                 lr_confirmations: confirmations,
                 best_lrs,

@@ -7,6 +7,7 @@
 //! The judging is pure: the search feeds it runs and asks whom to re-seed.
 
 use super::stats::{mean, sample_sd};
+use crate::policy::TieRule;
 use crate::trial::Outcome;
 use serde::{Deserialize, Serialize};
 
@@ -84,9 +85,12 @@ pub struct Race {
     /// The winning batch, when any candidate finished on every seed.
     pub winner: Option<u64>,
     /// The winner's lead over the runner-up was within the seed-to-seed
-    /// spread even after extra seeds: the pick fell to the model's choice
-    /// among the tied.
+    /// spread even after extra seeds.
     pub within_noise: bool,
+    /// The rule that picked among the tied candidates, when the race ended
+    /// within noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<TieRule>,
     pub verdict: String,
 }
 
@@ -138,48 +142,97 @@ pub fn needs_another_seed(entries: &[RaceEntry]) -> Vec<usize> {
     }
 }
 
-/// Names the winner: the lowest mean validation loss. When candidates are
-/// still within the seed-to-seed spread of it (after their extra seeds),
-/// the verdict says so: the lead is weak evidence, but the best there is;
-/// `preferred`, the policy model's choice, is named beside it.
-pub fn decide(budget: RaceBudget, entries: Vec<RaceEntry>, preferred: u64) -> Race {
+/// The tied candidate `rule` picks: `tied` indexes `entries`, `preferred`
+/// is the policy model's batch, `speed` the measured samples/s at a batch.
+pub fn break_tie(
+    entries: &[RaceEntry],
+    tied: &[usize],
+    rule: TieRule,
+    preferred: u64,
+    speed: &dyn Fn(u64) -> Option<f64>,
+) -> Option<usize> {
+    let batch = |i: usize| entries[i].batch_size;
+    match rule {
+        TieRule::LowestMean => tied.first().copied(),
+        TieRule::NearestPreferred => {
+            let distance = |i: usize| (batch(i) as f64 / preferred.max(1) as f64).ln().abs();
+            tied.iter().copied().min_by(|&a, &b| {
+                distance(a)
+                    .total_cmp(&distance(b))
+                    .then(batch(b).cmp(&batch(a)))
+            })
+        }
+        TieRule::Fastest => tied.iter().copied().max_by(|&a, &b| {
+            let (sa, sb) = (speed(batch(a)), speed(batch(b)));
+            sa.unwrap_or(0.0)
+                .total_cmp(&sb.unwrap_or(0.0))
+                .then(batch(a).cmp(&batch(b)))
+        }),
+    }
+}
+
+/// Names the winner: the lowest mean validation loss when it leads beyond
+/// the seed-to-seed spread; otherwise the tied candidates are equal on the
+/// evidence and `rule` picks among them (see [`break_tie`]), and the
+/// verdict says the rule decided.
+pub fn decide(
+    budget: RaceBudget,
+    entries: Vec<RaceEntry>,
+    preferred: u64,
+    rule: TieRule,
+    speed: &dyn Fn(u64) -> Option<f64>,
+) -> Race {
     let ranking = ranked(&entries);
     let Some(&(best, best_mean)) = ranking.first() else {
         return Race {
             budget,
             winner: None,
             within_noise: false,
+            decided_by: None,
             verdict: "no candidate finished the race on every seed".into(),
             entries,
         };
     };
     let tied = tied_with_best(&entries);
     let within_noise = tied.len() >= 2;
-    let entry = &entries[best];
-    let seeds = entry.runs.len();
-    let spread = entry
+    let lowest = &entries[best];
+    let seeds = lowest.runs.len();
+    let spread = lowest
         .spread()
         .map_or("n/a".to_string(), |s| format!("{s:.4}"));
-    let verdict = if within_noise {
-        format!(
-            "batches {:?} finished within the seed-to-seed spread of each other; {} has the lowest mean ({best_mean:.4} over {seeds} seeds, spread {spread}), a lead within noise (the model preferred {preferred})",
+    if within_noise {
+        let pick = break_tie(&entries, &tied, rule, preferred, speed).unwrap_or(best);
+        let winner = &entries[pick];
+        let verdict = format!(
+            "batches {:?} finished within the seed-to-seed spread of each other (lowest mean {best_mean:.4} at {} over {seeds} seeds, spread {spread}), so the tie rule decided: {} picks {} (mean {:.4}; the model preferred {preferred})",
             tied.iter().map(|&i| entries[i].batch_size).collect::<Vec<_>>(),
-            entry.batch_size,
-        )
-    } else {
-        let runner_up = ranking
-            .get(1)
-            .map(|&(i, m)| format!("; runner-up {} at {m:.4}", entries[i].batch_size))
-            .unwrap_or_default();
-        format!(
-            "batch {} won with mean validation loss {best_mean:.4} over {seeds} seeds (spread {spread}){runner_up}",
-            entry.batch_size,
-        )
-    };
+            lowest.batch_size,
+            rule,
+            winner.batch_size,
+            winner.mean_loss().unwrap_or(f64::NAN),
+        );
+        return Race {
+            budget,
+            winner: Some(winner.batch_size),
+            within_noise,
+            decided_by: Some(rule),
+            verdict,
+            entries,
+        };
+    }
+    let runner_up = ranking
+        .get(1)
+        .map(|&(i, m)| format!("; runner-up {} at {m:.4}", entries[i].batch_size))
+        .unwrap_or_default();
+    let verdict = format!(
+        "batch {} won with mean validation loss {best_mean:.4} over {seeds} seeds (spread {spread}){runner_up}",
+        lowest.batch_size,
+    );
     Race {
         budget,
-        winner: Some(entry.batch_size),
+        winner: Some(lowest.batch_size),
         within_noise,
+        decided_by: None,
         verdict,
         entries,
     }
@@ -253,6 +306,10 @@ mod tests {
 
     const BUDGET: RaceBudget = RaceBudget::WallClock { seconds: 4.0 };
 
+    fn no_speed(_: u64) -> Option<f64> {
+        None
+    }
+
     #[test]
     fn a_clear_lead_wins() {
         let race = decide(
@@ -263,9 +320,12 @@ mod tests {
                 entry(1024, &[Some(0.70), Some(0.69)]),
             ],
             1024,
+            TieRule::NearestPreferred,
+            &no_speed,
         );
         assert_eq!(race.winner, Some(256));
         assert!(!race.within_noise);
+        assert_eq!(race.decided_by, None);
         assert!(needs_another_seed(&race.entries).is_empty());
     }
 
@@ -277,11 +337,46 @@ mod tests {
             entry(1024, &[Some(0.90), Some(0.91)]),
         ];
         assert_eq!(needs_another_seed(&entries), vec![0, 1]);
-        let race = decide(BUDGET, entries, 300);
-        // The lowest mean wins, and the verdict does not pretend it is clear.
-        assert_eq!(race.winner, Some(64), "{}", race.verdict);
+        // The lowest mean (64) leads within noise: the rule decides, and the
+        // verdict says so.
+        let race = decide(
+            BUDGET,
+            entries.clone(),
+            300,
+            TieRule::NearestPreferred,
+            &no_speed,
+        );
+        assert_eq!(race.winner, Some(256), "{}", race.verdict);
         assert!(race.within_noise);
-        assert!(race.verdict.contains("within noise"), "{}", race.verdict);
+        assert_eq!(race.decided_by, Some(TieRule::NearestPreferred));
+        assert!(race.verdict.contains("the tie rule decided"), "{}", race.verdict);
+        let lowest = decide(BUDGET, entries, 300, TieRule::LowestMean, &no_speed);
+        assert_eq!(lowest.winner, Some(64), "{}", lowest.verdict);
+    }
+
+    #[test]
+    fn the_tie_rule_is_deterministic_and_follows_the_objective() {
+        // Three candidates all within noise; whichever order the seeds'
+        // luck ranks them in, the rule picks the same one.
+        let orders = [[0.50, 0.51, 0.52], [0.52, 0.50, 0.51], [0.51, 0.52, 0.50]];
+        let speed = |b: u64| Some(1000.0 * (b as f64).sqrt());
+        for losses in orders {
+            let entries: Vec<RaceEntry> = [64u64, 256, 1024]
+                .iter()
+                .zip(losses)
+                .map(|(&b, l)| entry(b, &[Some(l - 0.03), Some(l + 0.03)]))
+                .collect();
+            assert_eq!(tied_with_best(&entries).len(), 3);
+            let near = decide(BUDGET, entries.clone(), 200, TieRule::NearestPreferred, &speed);
+            assert_eq!(near.winner, Some(256), "{}", near.verdict);
+            let fast = decide(BUDGET, entries.clone(), 200, TieRule::Fastest, &speed);
+            assert_eq!(fast.winner, Some(1024), "{}", fast.verdict);
+            assert!(fast.verdict.contains("the fastest"), "{}", fast.verdict);
+        }
+        // Equal log distances: the larger (faster) batch.
+        let tied = vec![entry(64, &[Some(0.5), Some(0.52)]), entry(256, &[Some(0.5), Some(0.52)])];
+        let race = decide(BUDGET, tied, 128, TieRule::NearestPreferred, &speed);
+        assert_eq!(race.winner, Some(256));
     }
 
     #[test]
@@ -293,9 +388,17 @@ mod tests {
                 entry(256, &[Some(0.50), Some(0.50)]),
             ],
             64,
+            TieRule::NearestPreferred,
+            &no_speed,
         );
         assert_eq!(race.winner, Some(256));
-        let none = decide(BUDGET, vec![entry(64, &[None, None])], 64);
+        let none = decide(
+            BUDGET,
+            vec![entry(64, &[None, None])],
+            64,
+            TieRule::NearestPreferred,
+            &no_speed,
+        );
         assert_eq!(none.winner, None);
     }
 

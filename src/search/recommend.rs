@@ -142,7 +142,19 @@ pub struct ThroughputAdvice {
 pub struct Evidence {
     /// The gradient noise scale B_simple in samples, when it could be
     /// measured.
+    /// Measured over the reference batch's confirmation runs: one point of
+    /// training, stated in `after_samples..until_samples`.
     pub gradient_noise: Option<NoiseScale>,
+    /// The noise scale at each race candidate's own point of training, by
+    /// samples seen (the noise scale grows as the loss falls).
+    #[serde(default)]
+    pub noise_by_progress: Vec<NoiseScale>,
+    /// For Adam and AdamW: the noise scale of the gradients divided by
+    /// Adam's preconditioner sqrt(v_hat) + eps, at the same point as
+    /// `gradient_noise`. When present, it is the one the goodput and
+    /// generalization models use (AdaptDL's `AdamGradientNoiseScale`).
+    #[serde(default)]
+    pub preconditioned_noise: Option<NoiseScale>,
     pub lr_range_tests: Vec<RangeTest>,
     pub lr_confirmations: Vec<Confirmation>,
     pub best_lrs: Vec<BestLr>,
@@ -305,6 +317,8 @@ impl Recommendation {
             },
             evidence: Evidence {
                 gradient_noise: None,
+                noise_by_progress: Vec::new(),
+                preconditioned_noise: None,
                 lr_range_tests: Vec::new(),
                 lr_confirmations: Vec::new(),
                 best_lrs: Vec::new(),
@@ -413,8 +427,13 @@ pub fn preferred_batch(
                 Some((b, goodput, e)) => (
                     b,
                     format!(
-                        "goodput model: at {b} per device throughput x statistical efficiency peaks at {goodput:.0} samples/s of progress (efficiency {e:.2} against a noise scale of {})",
-                        noise.describe()
+                        "goodput model: at {b} per device throughput x statistical efficiency peaks at {goodput:.0} samples/s of progress (efficiency {e:.2} against a noise scale of {}){}",
+                        noise.describe(),
+                        if noise.is_lower_bound() {
+                            ": with only a lower bound on the noise scale, the peak is a lower bound too"
+                        } else {
+                            ""
+                        }
                     ),
                 ),
                 None => (top, "goodput model: no curve measured, so the top of the range".into()),
@@ -538,6 +557,7 @@ mod tests {
                 .collect(),
             winner: Some(256),
             within_noise: false,
+            decided_by: None,
             verdict: "batch 256 won by 0.8 standard deviations".into(),
         });
         rec.evidence.trials = (0..120)
@@ -622,15 +642,20 @@ mod tests {
     fn noise(value: f64) -> NoiseScale {
         NoiseScale {
             value,
+            bound: crate::search::noise::NoiseBound::Estimate,
+            low: value * 0.8,
+            high: Some(value * 1.2),
             stderr: 1.0,
             big_batch: 256,
             small_batch: 32,
             measurements: 10,
-            groups: 5,
             gradient_sq_norm: 1.0,
             trace_sigma: value,
+            gradient_sq_norm_z: 10.0,
             pairs: vec![(256, 32)],
             after_steps: 100,
+            after_samples: 25_600,
+            until_samples: 51_200,
         }
     }
 

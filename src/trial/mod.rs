@@ -506,7 +506,7 @@ impl std::fmt::Display for Outcome {
 }
 
 /// The two-batch gradient measurements of one trial.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GradNoiseSample {
     pub big_batch: u64,
     pub small_batch: u64,
@@ -514,9 +514,32 @@ pub struct GradNoiseSample {
     pub big_sq_norms: Vec<f64>,
     /// |G_small|^2 at the same steps and parameters.
     pub small_sq_norms: Vec<f64>,
+    /// For Adam and AdamW: the same norms of the gradients divided by
+    /// Adam's preconditioner sqrt(v_hat) + eps (empty otherwise, or when the
+    /// trainer cannot see the optimizer's state).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preconditioned_big_sq_norms: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preconditioned_small_sq_norms: Vec<f64>,
 }
 
 impl GradNoiseSample {
+    /// The preconditioned norms as a sample of their own, when every
+    /// measured step has them.
+    pub fn preconditioned(&self) -> Option<GradNoiseSample> {
+        let n = self.big_sq_norms.len();
+        (n > 0
+            && self.preconditioned_big_sq_norms.len() == n
+            && self.preconditioned_small_sq_norms.len() == n)
+            .then(|| GradNoiseSample {
+                big_batch: self.big_batch,
+                small_batch: self.small_batch,
+                big_sq_norms: self.preconditioned_big_sq_norms.clone(),
+                small_sq_norms: self.preconditioned_small_sq_norms.clone(),
+                ..GradNoiseSample::default()
+            })
+    }
+
     pub fn big_mean(&self) -> f64 {
         mean(&self.big_sq_norms)
     }

@@ -173,6 +173,9 @@ struct ReportLine {
     lr: Option<f64>,
     grad_norm_sq: Option<f64>,
     grad_norm_sq_small: Option<f64>,
+    /// The same norms after Adam's preconditioner (optional).
+    grad_norm_sq_pre: Option<f64>,
+    grad_norm_sq_small_pre: Option<f64>,
     val_loss: Option<f64>,
     /// Seconds the validation took (after the step's `time`).
     val_seconds: Option<f64>,
@@ -220,8 +223,7 @@ fn parse_report(
     let mut noise = request.record.grad_noise.map(|n| GradNoiseSample {
         big_batch: request.batch_size,
         small_batch: n.small_batch,
-        big_sq_norms: Vec::new(),
-        small_sq_norms: Vec::new(),
+        ..GradNoiseSample::default()
     });
     let budget = (request.steps as u64 + 1) * (REPORT_LINE_LIMIT as u64 + 1);
     let mut total = 0u64;
@@ -300,6 +302,11 @@ fn parse_report(
             sample.big_sq_norms.push(big);
             sample.small_sq_norms.push(small);
             noise_steps.push(line.step);
+            // Both or neither, at every measured step, or none at all.
+            if let (Some(big), Some(small)) = (line.grad_norm_sq_pre, line.grad_norm_sq_small_pre) {
+                sample.preconditioned_big_sq_norms.push(big);
+                sample.preconditioned_small_sq_norms.push(small);
+            }
         }
         if line.val_loss.is_some() {
             report.validation_loss = line.val_loss;

@@ -93,28 +93,139 @@ pub fn run<B: AutodiffBackend>(
                     config.with_weight_decay(Some(WeightDecayConfig::new(*weight_decay as f32)));
             }
             config = config.with_gradient_clipping(norm_clip(*grad_clip_norm));
-            train(model, config.init::<B, Model<B>>(), &device, ctx, report);
+            train(model, config.init::<B, Model<B>>(), None, &device, ctx, report);
         }
         // Adam and AdamW are distinct Burn types, so one arm each.
         OptimizerSpec::Adam(adam) => {
             let decay = adam.weight_decay as f32;
+            let epsilon = half_safe_epsilon(adam.epsilon, half, report);
             let config = AdamConfig::new()
                 .with_beta_1(adam.beta1 as f32)
                 .with_beta_2(adam.beta2 as f32)
-                .with_epsilon(half_safe_epsilon(adam.epsilon, half, report) as f32)
+                .with_epsilon(epsilon as f32)
                 .with_weight_decay((decay > 0.0).then(|| WeightDecayConfig::new(decay)))
                 .with_grad_clipping(norm_clip(adam.grad_clip_norm));
-            train(model, config.init::<B, Model<B>>(), &device, ctx, report);
+            let moment = SecondMoment::new(adam.beta2, epsilon);
+            train(model, config.init::<B, Model<B>>(), Some(moment), &device, ctx, report);
         }
         OptimizerSpec::AdamW(adam) => {
+            let epsilon = half_safe_epsilon(adam.epsilon, half, report);
             let config = AdamWConfig::new()
                 .with_beta_1(adam.beta1 as f32)
                 .with_beta_2(adam.beta2 as f32)
-                .with_epsilon(half_safe_epsilon(adam.epsilon, half, report) as f32)
+                .with_epsilon(epsilon as f32)
                 .with_weight_decay(adam.weight_decay as f32)
                 .with_grad_clipping(norm_clip(adam.grad_clip_norm));
-            train(model, config.init::<B, Model<B>>(), &device, ctx, report);
+            let moment = SecondMoment::new(adam.beta2, epsilon);
+            train(model, config.init::<B, Model<B>>(), Some(moment), &device, ctx, report);
         }
+    }
+}
+
+/// Adam's second-moment estimate v, kept beside the optimizer for the
+/// preconditioned noise scale (AdaptDL's `AdamGradientNoiseScale`): Adam
+/// steps along g / (sqrt(v) + eps), so the noise that matters to it is in
+/// those coordinates. Burn keeps its optimizer state private; the same EMA
+/// of the same gradients gives the same v (clipping aside, which Burn
+/// applies inside the step).
+struct SecondMoment {
+    beta2: f64,
+    epsilon: f64,
+    v: GradientsParams,
+    updates: i32,
+}
+
+impl SecondMoment {
+    fn new(beta2: f64, epsilon: f64) -> Self {
+        SecondMoment {
+            beta2,
+            epsilon,
+            v: GradientsParams::new(),
+            updates: 0,
+        }
+    }
+
+    /// Folds this step's gradients into v.
+    fn update<B: AutodiffBackend>(&mut self, model: &Model<B>, grads: &GradientsParams) {
+        let mut visitor = MomentUpdate::<B> {
+            grads,
+            moment: self,
+            _backend: std::marker::PhantomData,
+        };
+        model.visit(&mut visitor);
+        self.updates += 1;
+    }
+
+    /// |g / (sqrt(v_hat) + eps)|^2 with the bias-corrected v of the steps
+    /// before this one (the preconditioner the optimizer applies to g);
+    /// `None` before the first update.
+    fn preconditioned_norm<B: AutodiffBackend>(
+        &self,
+        model: &Model<B>,
+        grads: &GradientsParams,
+    ) -> Option<f64> {
+        if self.updates == 0 {
+            return None;
+        }
+        let correction = 1.0 - self.beta2.powi(self.updates);
+        let mut visitor = PreconditionedNorm::<B> {
+            grads,
+            moment: self,
+            correction,
+            total: None,
+        };
+        model.visit(&mut visitor);
+        visitor
+            .total
+            .map(|total| total.into_scalar().elem::<f64>())
+    }
+}
+
+struct MomentUpdate<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    moment: &'a mut SecondMoment,
+    _backend: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for MomentUpdate<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(grad) = self.grads.get::<B::InnerBackend, D>(param.id) else {
+            return;
+        };
+        let beta2 = self.moment.beta2;
+        let fresh = grad.powi_scalar(2).mul_scalar(1.0 - beta2);
+        let v = match self.moment.v.remove::<B::InnerBackend, D>(param.id) {
+            Some(old) => old.mul_scalar(beta2) + fresh,
+            None => fresh,
+        };
+        self.moment.v.register(param.id, v);
+    }
+}
+
+struct PreconditionedNorm<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    moment: &'a SecondMoment,
+    correction: f64,
+    total: Option<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for PreconditionedNorm<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let (Some(grad), Some(v)) = (
+            self.grads.get::<B::InnerBackend, D>(param.id),
+            self.moment.v.get::<B::InnerBackend, D>(param.id),
+        ) else {
+            return;
+        };
+        let scale = v
+            .div_scalar(self.correction)
+            .sqrt()
+            .add_scalar(self.moment.epsilon);
+        let sum = grad.div(scale).powi_scalar(2).sum();
+        self.total = Some(match self.total.take() {
+            Some(total) => total + sum,
+            None => sum,
+        });
     }
 }
 
@@ -201,6 +312,7 @@ fn median(values: &[f64]) -> Option<f64> {
 fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
     mut model: Model<B>,
     mut optimizer: O,
+    moment: Option<SecondMoment>,
     device: &B::Device,
     ctx: TrialContext<'_>,
     report: &mut WorkerReport,
@@ -221,7 +333,11 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
         small_batch: noise.small_batch,
         big_sq_norms: Vec::new(),
         small_sq_norms: Vec::new(),
+        preconditioned_big_sq_norms: Vec::new(),
+        preconditioned_small_sq_norms: Vec::new(),
     });
+    // Adam's v is only needed for the noise measurements.
+    let mut moment = moment.filter(|_| noise.is_some());
     let cuda_free_at_start = ctx.cuda.and_then(|c| c.memory()).map(|(free, _)| free);
     let mut cuda_free_min = cuda_free_at_start;
     let setup = ctx.process_start.elapsed();
@@ -247,10 +363,19 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
             let small_batch = batch.head(noise.as_ref().map_or(1, |s| s.small_batch as usize));
             let small_loss = model.loss(&small_batch);
             let small_grads = GradientsParams::from_grads(small_loss.backward(), &model);
-            Some((big, squared_norm(&model, &small_grads)))
+            let preconditioned = moment.as_ref().and_then(|m| {
+                Some((
+                    m.preconditioned_norm(&model, &grads)?,
+                    m.preconditioned_norm(&model, &small_grads)?,
+                ))
+            });
+            Some((big, squared_norm(&model, &small_grads), preconditioned))
         } else {
             None
         };
+        if let Some(moment) = moment.as_mut() {
+            moment.update(&model, &grads);
+        }
         model = optimizer.step(lr, model, grads);
         // Reading the loss waits for the queued work of this step.
         let loss_value = loss.into_scalar().elem::<f64>();
@@ -263,9 +388,13 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
         report.learning_rates.push(lr);
         report.steps_completed = step + 1;
         ctx.sink.step(step, loss_value, lr);
-        if let (Some(sample), Some((big, small))) = (noise.as_mut(), measured) {
+        if let (Some(sample), Some((big, small, preconditioned))) = (noise.as_mut(), measured) {
             sample.big_sq_norms.push(big);
             sample.small_sq_norms.push(small);
+            if let Some((big, small)) = preconditioned {
+                sample.preconditioned_big_sq_norms.push(big);
+                sample.preconditioned_small_sq_norms.push(small);
+            }
         }
         if step < request.warmup_steps {
             warmup_time += elapsed;

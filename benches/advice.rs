@@ -618,11 +618,22 @@ fn repeatability(
         best.as_ref().map_or("-".into(), fmt_cell)
     );
     println!(
-        "{:>4} {:>6} {:>9} {:>28} {:>10} {:>10} {:>5} {:>6}  {:<22} {:>7}  race",
-        "seed", "batch", "lr", "noise scale", "|G|^2", "tr(Sigma)", "n", "after", "pick loss±sd", "gap %"
+        "{:>4} {:>6} {:>9} {:>28} {:>10} {:>10} {:>5} {:>6} {:>28}  {:<22} {:>7}  race",
+        "seed",
+        "batch",
+        "lr",
+        "noise scale",
+        "|G|^2",
+        "tr(Sigma)",
+        "n",
+        "after",
+        "preconditioned",
+        "pick loss±sd",
+        "gap %"
     );
     let mut picks: Vec<(u64, f64, Option<f64>)> = Vec::new();
     let mut within = 0;
+    let mut pre: Vec<f64> = Vec::new();
     for seed in 1..=runs as u64 {
         let mut spec = spec_for(job, "balanced", Some(search_budget), Some(cell_seconds));
         spec.search.seed = seed;
@@ -654,20 +665,29 @@ fn repeatability(
         };
         let noise = rec.evidence.gradient_noise.as_ref();
         picks.push((batch, lr, noise.map(|n| n.value)));
-        let race = rec.evidence.race.as_ref().map_or("no race".to_string(), |r| {
-            if r.within_noise {
-                format!("within noise: {}", r.verdict)
-            } else {
-                r.verdict.clone()
-            }
-        });
+        pre.extend(rec.evidence.preconditioned_noise.as_ref().map(|n| n.value));
+        let race = rec
+            .evidence
+            .race
+            .as_ref()
+            .map_or("no race".to_string(), |r| {
+                if r.within_noise {
+                    format!("within noise: {}", r.verdict)
+                } else {
+                    r.verdict.clone()
+                }
+            });
         println!(
-            "{seed:>4} {batch:>6} {lr:>9.2e} {:>28} {:>10} {:>10} {:>5} {:>6}  {:<22} {gap:>7}  {race}{}",
+            "{seed:>4} {batch:>6} {lr:>9.2e} {:>28} {:>10} {:>10} {:>5} {:>6} {:>28}  {:<22} {gap:>7}  {race}{}",
             noise.map_or("-".into(), |n| n.describe()),
             noise.map_or("-".into(), |n| format!("{:.3e}", n.gradient_sq_norm)),
             noise.map_or("-".into(), |n| format!("{:.3e}", n.trace_sigma)),
             noise.map_or("-".into(), |n| n.measurements.to_string()),
             noise.map_or("-".into(), |n| n.after_steps.to_string()),
+            rec.evidence
+                .preconditioned_noise
+                .as_ref()
+                .map_or("-".into(), |n| n.describe()),
             mean.map_or("failed".into(), |m| format!("{m:.4}±{spread:.4}")),
             if rec.partial { " PARTIAL" } else { "" },
         );
@@ -682,10 +702,11 @@ fn repeatability(
         }
     };
     println!(
-        "{}: spread (max/min) batch {}, LR {}, noise scale {}; {within}/{runs} picks within the best cell's seed spread",
+        "{}: spread (max/min) batch {}, LR {}, noise scale {}, preconditioned {}; {within}/{runs} picks within the best cell's seed spread",
         job.label,
         spread(picks.iter().map(|p| p.0 as f64).collect()),
         spread(picks.iter().map(|p| p.1).collect()),
         spread(picks.iter().filter_map(|p| p.2).collect()),
+        spread(pre),
     );
 }

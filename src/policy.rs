@@ -192,7 +192,8 @@ pub struct RaceSettings {
 
 impl RaceSettings {
     pub fn tie_rule(&self, objective: Objective) -> TieRule {
-        self.tie_rule.unwrap_or_else(|| TieRule::default_for(objective))
+        self.tie_rule
+            .unwrap_or_else(|| TieRule::default_for(objective))
     }
 }
 

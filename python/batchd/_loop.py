@@ -46,6 +46,10 @@ class Backend(Protocol):
         device (not yet a float: converting waits for the device)."""
     def to_floats(self, values: Iterable[Any]) -> List[float]:
         """Device scalars as Python floats, all with one wait for the device."""
+    def preconditioned_norm_sq(self, model: Any, optimizer: Any) -> Any:
+        """|g / (sqrt(v_hat) + eps)|^2 with Adam's second moment v from the
+        optimizer's state, as a device scalar; None when the optimizer keeps
+        no such state (optional: a backend without it reports raw norms only)."""
     def no_grad(self) -> ContextManager[Any]:
         """No autograd inside."""
     def count_parameters(self, model: Any) -> int:
@@ -172,6 +176,8 @@ def run(
             small = trial.grad_noise_small_batch or 0
             noise = trial.measure_noise(step) and 0 < small < samples
             small_norm: Any = None
+            small_pre: Any = None
+            precondition = getattr(backend, "preconditioned_norm_sq", None)
             if noise:
                 # |g|^2 on the first `small` samples, at the parameters the
                 # full batch's gradient is taken at (before the update).
@@ -180,6 +186,10 @@ def run(
                     small_loss = compute(model, head(batch, small))
                 _backward(small_loss, scaler)
                 small_norm = backend.grad_norm_sq(model)
+                if precondition is not None:
+                    # Adam's v is the optimizer's, from the steps before this
+                    # one: the same preconditioner for both batches.
+                    small_pre = precondition(model, optimizer)
             optimizer.zero_grad(set_to_none=True)
             with backend.autocast(amp):
                 loss = compute(model, batch)
@@ -188,12 +198,18 @@ def run(
                 # Both norms (and the f16 scale) reach the host together:
                 # one wait for the device per measured step.
                 values = [small_norm, backend.grad_norm_sq(model)]
+                big_pre = precondition(model, optimizer) if small_pre is not None else None
+                if big_pre is not None:
+                    values += [small_pre, big_pre]
                 scale = _scale_tensor(scaler)
                 if scale is not None:
                     values.append(scale)
                 floats = _to_floats(backend, values)
-                scale_sq = floats[2] ** 2 if scale is not None else _scale_sq(scaler)
+                scale_sq = floats[-1] ** 2 if scale is not None else _scale_sq(scaler)
                 small_sq, big_sq = floats[0] / scale_sq, floats[1] / scale_sq
+                if big_pre is not None and _finite(floats[2]) and _finite(floats[3]):
+                    extra["grad_norm_sq_small_pre"] = floats[2] / scale_sq
+                    extra["grad_norm_sq_pre"] = floats[3] / scale_sq
                 # An overflowed f16 pass gives inf: such a pair is left out
                 # (the scaler skips that step too).
                 if _finite(big_sq) and _finite(small_sq):

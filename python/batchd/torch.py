@@ -109,6 +109,40 @@ class TorchBackend:
                 parts.append(torch.linalg.vector_norm(g, dtype=torch.float32).double().square())
         return torch.stack(parts).sum()
 
+    def preconditioned_norm_sq(self, model: Any, optimizer: Any) -> Any:
+        """|g / (sqrt(v_hat) + eps)|^2 over the model's gradients, with v the
+        optimizer's `exp_avg_sq` (Adam, AdamW and kin) bias-corrected by its
+        step count, as a 0-d f64 device tensor: the gradient in the
+        coordinates Adam steps in (AdaptDL's AdamGradientNoiseScale). None
+        when any parameter with a gradient has no such state yet (the first
+        step, or an optimizer without a second moment)."""
+        torch = self.torch
+        parts = []
+        for group in getattr(optimizer, "param_groups", []):
+            betas = group.get("betas")
+            eps = group.get("eps")
+            if not betas or eps is None:
+                return None
+            beta2 = float(betas[1])
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = optimizer.state.get(p, {})
+                v = state.get("exp_avg_sq")
+                step = state.get("step")
+                if v is None or step is None:
+                    return None
+                correction = 1.0 - beta2 ** float(step)
+                if correction <= 0.0:
+                    return None
+                scale = (v.detach().float() / correction).sqrt_().add_(float(eps))
+                g = p.grad.detach().float() / scale
+                flat = g.reshape(-1)
+                parts.append(torch.dot(flat, flat).double())
+        if not parts:
+            return None
+        return torch.stack(parts).sum()
+
     def to_floats(self, values: Iterable[Any]) -> List[float]:
         """Several device scalars as Python floats, with one transfer (one
         wait for the device)."""

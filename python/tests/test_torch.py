@@ -77,6 +77,58 @@ def test_noise_norm_is_the_gradient_of_the_first_samples(trial_env):
     assert line["grad_norm_sq"] == pytest.approx(norm(16), rel=1e-5)
 
 
+def test_adam_noise_norms_are_also_given_preconditioned(trial_env):
+    """For AdamW, each measured step also reports both norms divided by Adam's
+    sqrt(v_hat) + eps, with v the optimizer's state before that step's
+    update; the first step (no state yet) reports raw norms only."""
+    env = trial_env(BATCHD_STEPS="3", BATCHD_WARMUP_STEPS="0", BATCHD_GRAD_NOISE_SMALL_BATCH="4")
+    trial, model, optimizer, batch = setup_mlp(env)
+    data = [batch(16) for _ in range(3)]
+    reference = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    reference.load_state_dict(model.state_dict())
+    shadow = torch.optim.AdamW(reference.parameters(), lr=1.0, weight_decay=0.01)
+    expected = []
+    for step, (x, y) in enumerate(data):
+        lr = trial.lr(step)
+        for group in shadow.param_groups:
+            group["lr"] = lr
+
+        def norms(n):
+            reference.zero_grad()
+            torch.nn.functional.cross_entropy(reference(x[:n]), y[:n]).backward()
+            if not shadow.state:
+                return None
+            total = 0.0
+            for p in reference.parameters():
+                state = shadow.state[p]
+                v_hat = state["exp_avg_sq"] / (1 - 0.999 ** float(state["step"]))
+                total += float(((p.grad / (v_hat.sqrt() + 1e-8)) ** 2).sum())
+            return total
+
+        small = norms(4)
+        big = norms(16)
+        expected.append((small, big))
+        shadow.step()
+    batchd.torch.train(model, optimizer, torch.nn.CrossEntropyLoss(), data, trial=trial)
+    lines = read_report(env)
+    assert "grad_norm_sq_pre" not in lines[0] and "grad_norm_sq" in lines[0]
+    for line, (small, big) in zip(lines[1:], expected[1:]):
+        assert line["grad_norm_sq_small_pre"] == pytest.approx(small, rel=1e-4)
+        assert line["grad_norm_sq_pre"] == pytest.approx(big, rel=1e-4)
+        # Adam's coordinates scale each gradient entry to about one.
+        assert line["grad_norm_sq_pre"] > line["grad_norm_sq"]
+
+
+def test_sgd_reports_raw_noise_norms_only(trial_env):
+    env = trial_env(BATCHD_STEPS="3", BATCHD_WARMUP_STEPS="0", BATCHD_GRAD_NOISE_SMALL_BATCH="4")
+    trial, model, _, batch = setup_mlp(env)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    batchd.torch.train(model, optimizer, torch.nn.CrossEntropyLoss(), [batch(16) for _ in range(3)],
+                       trial=trial)
+    lines = read_report(env)
+    assert all("grad_norm_sq" in line and "grad_norm_sq_pre" not in line for line in lines)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "f16"])
 def test_mixed_precision_on_cpu(trial_env, precision):
     env = trial_env(BATCHD_PRECISION=precision, BATCHD_STEPS="6", BATCHD_WARMUP_STEPS="1",

@@ -239,7 +239,6 @@ pub fn fit_alpha(a: &BestLr, b: &BestLr) -> Option<f64> {
     alpha.is_finite().then_some(alpha)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

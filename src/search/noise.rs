@@ -165,7 +165,12 @@ fn moments(steps: &[Step]) -> Option<Moments> {
     let g2 = steps.iter().map(|s| s.weight * s.g2).sum::<f64>() / w;
     let trace = steps.iter().map(|s| s.trace).sum::<f64>() / n;
     let bessel = n / (n - 1.0);
-    let var_g2 = bessel * steps.iter().map(|s| (s.weight * (s.g2 - g2)).powi(2)).sum::<f64>() / (w * w);
+    let var_g2 = bessel
+        * steps
+            .iter()
+            .map(|s| (s.weight * (s.g2 - g2)).powi(2))
+            .sum::<f64>()
+        / (w * w);
     let var_trace = bessel * steps.iter().map(|s| (s.trace - trace).powi(2)).sum::<f64>() / (n * n);
     let cov = bessel
         * steps
@@ -390,12 +395,20 @@ mod tests {
             assert!(scale.low <= 20_000.0, "{scale:?}");
             if scale.is_lower_bound() {
                 assert!(scale.high.is_none() && !scale.is_decisive());
-                assert!(scale.describe().starts_with("at least"), "{}", scale.describe());
+                assert!(
+                    scale.describe().starts_with("at least"),
+                    "{}",
+                    scale.describe()
+                );
             }
             values.push(scale);
         }
         let bounds = values.iter().filter(|s| s.is_lower_bound()).count();
-        assert!(bounds >= 15, "only {bounds} of {} were bounds", values.len());
+        assert!(
+            bounds >= 15,
+            "only {bounds} of {} were bounds",
+            values.len()
+        );
     }
 
     #[test]
@@ -409,7 +422,10 @@ mod tests {
         };
         assert!(pooled_noise_scale(&[sample], 0, 0, 0).is_none());
         let one = exact(2.0, 1000.0, 512, 32, 1);
-        assert!(pooled_noise_scale(&[one], 0, 0, 0).is_none(), "one step has no spread");
+        assert!(
+            pooled_noise_scale(&[one], 0, 0, 0).is_none(),
+            "one step has no spread"
+        );
     }
 
     #[test]
@@ -420,12 +436,19 @@ mod tests {
         ];
         let pooled = pooled_noise_scale(&samples, 300, 0, 0).unwrap();
         assert!((pooled.value / 200.0 - 1.0).abs() < 0.3, "{pooled:?}");
-        assert!(pooled.low < 200.0 && pooled.high.unwrap() > 200.0, "{pooled:?}");
+        assert!(
+            pooled.low < 200.0 && pooled.high.unwrap() > 200.0,
+            "{pooled:?}"
+        );
         assert_eq!(pooled.pairs, [(256, 32), (64, 8)]);
         assert_eq!((pooled.big_batch, pooled.small_batch), (256, 32));
         assert_eq!(pooled.measurements, 60);
         assert!(pooled.is_decisive(), "{pooled:?}");
-        assert!(pooled.describe().contains("90% interval"), "{}", pooled.describe());
+        assert!(
+            pooled.describe().contains("90% interval"),
+            "{}",
+            pooled.describe()
+        );
     }
 
     #[test]

@@ -349,7 +349,11 @@ mod tests {
         assert_eq!(race.winner, Some(256), "{}", race.verdict);
         assert!(race.within_noise);
         assert_eq!(race.decided_by, Some(TieRule::NearestPreferred));
-        assert!(race.verdict.contains("the tie rule decided"), "{}", race.verdict);
+        assert!(
+            race.verdict.contains("the tie rule decided"),
+            "{}",
+            race.verdict
+        );
         let lowest = decide(BUDGET, entries, 300, TieRule::LowestMean, &no_speed);
         assert_eq!(lowest.winner, Some(64), "{}", lowest.verdict);
     }
@@ -367,14 +371,23 @@ mod tests {
                 .map(|(&b, l)| entry(b, &[Some(l - 0.03), Some(l + 0.03)]))
                 .collect();
             assert_eq!(tied_with_best(&entries).len(), 3);
-            let near = decide(BUDGET, entries.clone(), 200, TieRule::NearestPreferred, &speed);
+            let near = decide(
+                BUDGET,
+                entries.clone(),
+                200,
+                TieRule::NearestPreferred,
+                &speed,
+            );
             assert_eq!(near.winner, Some(256), "{}", near.verdict);
             let fast = decide(BUDGET, entries.clone(), 200, TieRule::Fastest, &speed);
             assert_eq!(fast.winner, Some(1024), "{}", fast.verdict);
             assert!(fast.verdict.contains("the fastest"), "{}", fast.verdict);
         }
         // Equal log distances: the larger (faster) batch.
-        let tied = vec![entry(64, &[Some(0.5), Some(0.52)]), entry(256, &[Some(0.5), Some(0.52)])];
+        let tied = vec![
+            entry(64, &[Some(0.5), Some(0.52)]),
+            entry(256, &[Some(0.5), Some(0.52)]),
+        ];
         let race = decide(BUDGET, tied, 128, TieRule::NearestPreferred, &speed);
         assert_eq!(race.winner, Some(256));
     }

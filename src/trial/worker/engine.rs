@@ -93,7 +93,14 @@ pub fn run<B: AutodiffBackend>(
                     config.with_weight_decay(Some(WeightDecayConfig::new(*weight_decay as f32)));
             }
             config = config.with_gradient_clipping(norm_clip(*grad_clip_norm));
-            train(model, config.init::<B, Model<B>>(), None, &device, ctx, report);
+            train(
+                model,
+                config.init::<B, Model<B>>(),
+                None,
+                &device,
+                ctx,
+                report,
+            );
         }
         // Adam and AdamW are distinct Burn types, so one arm each.
         OptimizerSpec::Adam(adam) => {
@@ -106,7 +113,14 @@ pub fn run<B: AutodiffBackend>(
                 .with_weight_decay((decay > 0.0).then(|| WeightDecayConfig::new(decay)))
                 .with_grad_clipping(norm_clip(adam.grad_clip_norm));
             let moment = SecondMoment::new(adam.beta2, epsilon);
-            train(model, config.init::<B, Model<B>>(), Some(moment), &device, ctx, report);
+            train(
+                model,
+                config.init::<B, Model<B>>(),
+                Some(moment),
+                &device,
+                ctx,
+                report,
+            );
         }
         OptimizerSpec::AdamW(adam) => {
             let epsilon = half_safe_epsilon(adam.epsilon, half, report);
@@ -117,7 +131,14 @@ pub fn run<B: AutodiffBackend>(
                 .with_weight_decay(adam.weight_decay as f32)
                 .with_grad_clipping(norm_clip(adam.grad_clip_norm));
             let moment = SecondMoment::new(adam.beta2, epsilon);
-            train(model, config.init::<B, Model<B>>(), Some(moment), &device, ctx, report);
+            train(
+                model,
+                config.init::<B, Model<B>>(),
+                Some(moment),
+                &device,
+                ctx,
+                report,
+            );
         }
     }
 }
@@ -175,9 +196,7 @@ impl SecondMoment {
             total: None,
         };
         model.visit(&mut visitor);
-        visitor
-            .total
-            .map(|total| total.into_scalar().elem::<f64>())
+        visitor.total.map(|total| total.into_scalar().elem::<f64>())
     }
 }
 

@@ -1,0 +1,214 @@
+//! Phase 5: the race of candidate batches around the model's choice, decided
+//! on validation loss (ties by the policy's rule).
+
+use super::*;
+
+impl<R: TrialRunner> Session<'_, R> {
+    /// Phase 5: the race. The policy's model names a preferred batch; the
+    /// candidates around it train for the same budget with several seeds,
+    /// and the lowest mean validation loss wins when it leads beyond the
+    /// seed-to-seed spread; otherwise the policy's tie rule picks.
+    pub(in crate::search) async fn race(
+        &mut self,
+        curve: &CurvePhase,
+        reference: &ReferencePhase,
+        runs: &RunPlan,
+    ) -> RacePhase {
+        let policy = &self.spec.policy;
+        let world = self.spec.training.world_size.max(1);
+        let noise = reference.model_noise();
+        let (preferred, why) = preferred_batch(
+            policy,
+            &curve.points,
+            curve.model.as_ref(),
+            noise,
+            curve.floor,
+            curve.top,
+            world,
+        );
+        let mut rationale = vec![why];
+        let decisive = noise.is_some_and(NoiseScale::is_decisive);
+        // A lower bound on the noise scale makes the model's batch a lower
+        // bound too: the race reaches above it rather than around it.
+        let bound = noise.is_some_and(NoiseScale::is_lower_bound);
+        let count = runs.candidates.max(1);
+        let candidates = if policy.objective == Objective::Throughput {
+            // The throughput objective leans large: the plateau and below.
+            let center = round_down(preferred / 2, policy.batch_multiple).max(curve.floor);
+            race::candidates(
+                center,
+                2.0,
+                curve.floor,
+                preferred.max(curve.floor),
+                policy.batch_multiple,
+                count,
+            )
+        } else {
+            let step = if decisive { 2.0 } else { 4.0 };
+            let center = if bound && policy.objective == Objective::Goodput {
+                round_down((preferred as f64 * step) as u64, policy.batch_multiple).min(curve.top)
+            } else {
+                preferred
+            };
+            race::candidates(
+                center,
+                step,
+                curve.floor,
+                curve.top,
+                policy.batch_multiple,
+                count,
+            )
+        };
+        let Some(reference_lr) = reference
+            .best
+            .as_ref()
+            .map(|b| (b.batch_size, b.learning_rate))
+        else {
+            rationale.push(format!(
+                "no LR was confirmed, so there was no race: the model's choice {preferred} stands"
+            ));
+            return RacePhase {
+                race: None,
+                preferred,
+                batch: preferred,
+                learning_rate: None,
+                noise_by_progress: Vec::new(),
+                rationale,
+            };
+        };
+        let alpha = self.transfer_alpha();
+        let lr_for =
+            |batch: u64| reference_lr.1 * (batch as f64 / reference_lr.0 as f64).powf(alpha);
+        let share = self.stepping_share(&runs.budget);
+        let mut entries: Vec<RaceEntry> = candidates
+            .iter()
+            .map(|&batch| {
+                let steps = runs.steps(curve, batch, share);
+                RaceEntry {
+                    batch_size: batch,
+                    learning_rate: lr_for(batch),
+                    steps,
+                    warmup_steps: ((f64::from(steps) * policy.lr_search.warmup_fraction).ceil()
+                        as u32)
+                        .max(1),
+                    runs: Vec::new(),
+                }
+            })
+            .collect();
+        let mut samples: Vec<Vec<GradNoiseSample>> = vec![Vec::new(); entries.len()];
+        let base_seed = self.spec.search.seed;
+        // Seed-major, so a budget cut still leaves every candidate a run.
+        for round in 0..runs.seeds {
+            for (entry, samples) in entries.iter_mut().zip(samples.iter_mut()) {
+                self.race_run(curve, entry, base_seed + u64::from(round), true, samples)
+                    .await;
+            }
+        }
+        for extra in 0..policy.race.extra_seeds {
+            let tied = race::needs_another_seed(&entries);
+            if tied.is_empty() {
+                break;
+            }
+            for i in tied {
+                let seed = base_seed + u64::from(runs.seeds + extra);
+                self.race_run(curve, &mut entries[i], seed, false, &mut samples[i])
+                    .await;
+            }
+        }
+        let rule = policy.race.tie_rule(policy.objective);
+        let race = race::decide(runs.budget, entries, preferred, rule, &|b| curve.speed(b));
+        rationale.push(format!(
+            "race over batches {:?} ({}, each at the LR the rule lr ~ B^{alpha} gives from {:.3e} at {}): {}",
+            candidates, race.budget, reference_lr.1, reference_lr.0, race.verdict
+        ));
+        // Each candidate's runs measure the noise over their own second
+        // half: one point of training per candidate, never pooled across.
+        let mut noise_by_progress: Vec<NoiseScale> = race
+            .entries
+            .iter()
+            .zip(&samples)
+            .filter_map(|(entry, samples)| {
+                let from = noise_from(entry.steps, 0);
+                pooled_noise_scale(
+                    samples,
+                    from,
+                    u64::from(from) * entry.batch_size,
+                    u64::from(entry.steps) * entry.batch_size,
+                )
+            })
+            .collect();
+        noise_by_progress.sort_by_key(|n| n.after_samples);
+        let (batch, learning_rate) = match race.winner {
+            Some(w) => (
+                w,
+                race.entries
+                    .iter()
+                    .find(|e| e.batch_size == w)
+                    .map(|e| e.learning_rate),
+            ),
+            None => {
+                rationale.push(format!(
+                    "no candidate finished every seed: the model's choice {preferred} stands"
+                ));
+                (preferred, Some(lr_for(preferred)))
+            }
+        };
+        RacePhase {
+            race: Some(race),
+            preferred,
+            batch,
+            learning_rate,
+            noise_by_progress,
+            rationale,
+        }
+    }
+
+    /// One seed of one candidate; `planned` runs that the budget cuts
+    /// make the search partial, extra seeds for ties do not.
+    pub(super) async fn race_run(
+        &mut self,
+        curve: &CurvePhase,
+        entry: &mut RaceEntry,
+        seed: u64,
+        planned: bool,
+        samples: &mut Vec<GradNoiseSample>,
+    ) {
+        if !self.run_fits(
+            Phase::Race,
+            self.seconds_for(curve, entry.batch_size, entry.steps),
+        ) {
+            if planned {
+                self.cut_short(
+                    Phase::Race,
+                    format!("batch {} ran fewer seeds than planned", entry.batch_size),
+                );
+            } else {
+                self.skipped.push(format!(
+                    "batch {} got no extra seed to break its tie (no time)",
+                    entry.batch_size
+                ));
+            }
+            return;
+        }
+        let result = self
+            .training_run(
+                Phase::Race,
+                entry.batch_size,
+                entry.learning_rate,
+                entry.steps,
+                seed,
+            )
+            .await;
+        let loss = result.validation_loss.filter(|_| result.is_ok());
+        if let (Some(_), Some(sample)) = (loss, result.grad_noise.clone()) {
+            samples.push(sample);
+        }
+        entry.runs.push(RaceRun {
+            seed,
+            validation_loss: loss,
+            outcome: result.outcome,
+            losses: result.losses,
+            loss_steps: Vec::new(),
+        });
+    }
+}

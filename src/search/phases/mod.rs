@@ -1,0 +1,266 @@
+//! The phases of a search, each a method returning a typed result with the
+//! rationale lines it contributes, one file per phase. `advise` in the
+//! parent module calls them in order.
+
+mod advice;
+mod check;
+mod contest;
+mod fit;
+mod ladder;
+mod range_test;
+mod reference;
+mod runs;
+
+use super::lr::{
+    analyze_range_test, best_lr, fit_alpha, lr_interval, BestLr, Confirmation, LrRule, RangeTest,
+};
+use super::maxfit::{prior_bytes_per_sample, MaxFit, MaxFitSearch, Next, Probe};
+use super::noise::{pooled_noise_scale, NoiseScale};
+use super::race::{self, Race, RaceBudget, RaceEntry, RaceRun};
+use super::recommend::{
+    expected_speed, goodput_curve, precision_advice, preferred_batch, BatchCap, Evidence, LrAdvice,
+    MemoryAdvice, ScheduleAdvice, ThroughputAdvice, SCHEMA_VERSION,
+};
+use super::stats::round_down;
+use super::steptime::{speed_at, StepTimeModel};
+use super::throughput::{plateau, CurvePoint};
+use super::{probe_lr, textbook_alpha, Phase, Recommendation, SearchError, Session};
+use crate::policy::{LrScaling, Objective};
+use crate::spec::Precision;
+use crate::trial::{
+    GradNoiseRequest, GradNoiseSample, LrSchedule, Outcome, TrialDevice, TrialResult, TrialRunner,
+};
+use crate::units::{format_duration, ByteSize};
+
+/// Most points on the throughput ladder, max-fit trials included.
+const LADDER_POINTS: usize = 8;
+/// Fewest steps of a confirmation or race run: fewer say nothing.
+const MIN_RUN_STEPS: u32 = 10;
+/// Most steps of one run, whatever the budget.
+const MAX_RUN_STEPS: u32 = 50_000;
+/// Confirmation runs beyond the policy's candidates when the best LR sits
+/// at an edge of those tried.
+const MAX_EXTENSIONS: usize = 3;
+/// Factor between neighbouring LR candidates (half a decade).
+const LR_STEP: f64 = 3.16;
+/// A max-fit trial counts towards the throughput curve once it timed at
+/// least this many steps.
+const MIN_TIMED_STEPS: u32 = 2;
+
+pub(super) struct FitPhase {
+    pub max_fit: MaxFit,
+    pub batch: u64,
+    pub results: Vec<TrialResult>,
+    pub rationale: Vec<String>,
+}
+
+pub(super) struct CurvePhase {
+    pub points: Vec<CurvePoint>,
+    pub model: Option<StepTimeModel>,
+    pub plateau: Option<u64>,
+    /// The range the advice may use: `min_batch` up to the max fit and the
+    /// data cap.
+    pub floor: u64,
+    pub top: u64,
+    pub rationale: Vec<String>,
+}
+
+impl CurvePhase {
+    fn speed(&self, batch: u64) -> Option<f64> {
+        speed_at(&self.points, self.model.as_ref(), batch)
+    }
+
+    fn step_seconds(&self, batch: u64) -> Option<f64> {
+        self.speed(batch).map(|s| batch as f64 / s)
+    }
+}
+
+pub(super) struct RangePhase {
+    pub reference_batch: u64,
+    pub test: Option<RangeTest>,
+    /// Where confirmation runs are centred.
+    pub center_lr: f64,
+    pub rationale: Vec<String>,
+}
+
+/// How long every confirmation, race and check run trains: the same
+/// wall-clock time, or the same epochs, so the LR found at the reference
+/// batch suits the runs it is transferred to.
+pub(super) struct RunPlan {
+    pub budget: RaceBudget,
+    pub train_samples: u64,
+    /// Candidates the race can afford at this run length.
+    pub candidates: usize,
+    /// Seeds per candidate: the policy's, or more where the budget has
+    /// time left over.
+    pub seeds: u32,
+    pub rationale: Vec<String>,
+}
+
+impl RunPlan {
+    /// Steps of a run at `batch`; `share`: the part of a wall-clock run
+    /// its stepping may take (see `Session::stepping_share`).
+    fn steps(&self, curve: &CurvePhase, batch: u64, share: f64) -> u32 {
+        let steps = match self.budget {
+            // To the nearest step (a run of few long steps would otherwise
+            // lose up to a whole one), but never more training than the
+            // real run's.
+            RaceBudget::WallClock { seconds } => curve
+                .step_seconds(batch)
+                .map_or(f64::from(MIN_RUN_STEPS), |t| {
+                    (seconds * share / t).round().min((seconds / t).floor())
+                }),
+            RaceBudget::Epochs { epochs } => {
+                (epochs * self.train_samples as f64 / batch as f64).floor()
+            }
+        };
+        (steps as u32).clamp(MIN_RUN_STEPS, MAX_RUN_STEPS)
+    }
+}
+
+pub(super) struct ReferencePhase {
+    pub best: Option<BestLr>,
+    pub runs: Vec<Confirmation>,
+    pub noise: Option<NoiseScale>,
+    /// For Adam-family optimizers: the noise scale of the preconditioned
+    /// gradients, which drives the model when measured.
+    pub preconditioned: Option<NoiseScale>,
+    pub rationale: Vec<String>,
+}
+
+impl ReferencePhase {
+    /// The noise scale the model uses: the preconditioned one when there is
+    /// one (Adam-family optimizers), else the raw one.
+    pub fn model_noise(&self) -> Option<&NoiseScale> {
+        self.preconditioned.as_ref().or(self.noise.as_ref())
+    }
+}
+
+pub(super) struct RacePhase {
+    pub race: Option<Race>,
+    /// The policy model's choice, before the race.
+    pub preferred: u64,
+    /// The batch the recommendation takes, and the LR its runs used.
+    pub batch: u64,
+    pub learning_rate: Option<f64>,
+    /// The noise scale at each candidate's own point of training (its runs'
+    /// second halves), by samples seen.
+    pub noise_by_progress: Vec<NoiseScale>,
+    pub rationale: Vec<String>,
+}
+
+pub(super) struct CheckPhase {
+    pub best: Option<BestLr>,
+    /// LRs at the chosen batch within noise of the best.
+    pub interval: Option<(f64, f64)>,
+    pub runs: Vec<Confirmation>,
+    pub rationale: Vec<String>,
+}
+
+/// The run counts (candidates, confirmations, race runs, checks) when only
+/// `affordable` runs of the real length fit: fewer candidates if need be,
+/// extensions and extra seeds only as time allows. `None` below the leanest
+/// plan worth running: the initial confirmations and two seeds of two
+/// candidates.
+fn lean_plan(
+    affordable: f64,
+    initial: f64,
+    race: &crate::policy::RaceSettings,
+) -> Option<(u32, f64, f64, f64)> {
+    if affordable < initial + f64::from(2 * race.seeds.min(2)) {
+        return None;
+    }
+    let spare = affordable - initial;
+    let candidates = race
+        .candidates
+        .min((spare / f64::from(race.seeds)).floor() as u32)
+        .max(2);
+    let racing = f64::from(candidates * race.seeds);
+    let confirmations = initial + (spare - racing - 1.0).clamp(0.0, 2.0);
+    let checks = (affordable - confirmations - racing).max(0.5);
+    Some((candidates, confirmations, racing, checks))
+}
+
+/// The most seeds per race candidate a plan gives (the policy's own
+/// `race.seeds` allows as many).
+const MAX_RACE_SEEDS: u32 = 5;
+
+/// A geometric ladder from `floor` to `top` with at most `points` sizes,
+/// neighbours at least a factor of two apart, both ends included.
+pub(crate) fn full_range_ladder(floor: u64, top: u64, multiple: u64, points: usize) -> Vec<u64> {
+    let floor = floor.max(1);
+    let top = top.max(floor);
+    let span = (top as f64 / floor as f64).log2();
+    let count = ((span.floor() as usize) + 1).clamp(1, points.max(1));
+    let mut sizes: Vec<u64> = (0..count)
+        .map(|i| {
+            if i + 1 == count {
+                top
+            } else {
+                let f = if count == 1 {
+                    0.0
+                } else {
+                    i as f64 / (count - 1) as f64
+                };
+                let raw = (floor as f64 * (top as f64 / floor as f64).powf(f)).round() as u64;
+                round_down(raw, multiple).clamp(floor, top)
+            }
+        })
+        .collect();
+    sizes.dedup();
+    sizes
+}
+
+/// Where a run's noise measurements start: the second half of the run
+/// (the noise scale grows as the loss falls, and is steady there), never in
+/// the warm-up.
+fn noise_from(steps: u32, warmup: u32) -> u32 {
+    warmup.max(steps / 2)
+}
+
+/// The gradient-noise measurements of a training run of `steps`: 4 ×
+/// `groups` (20 by default) pairs at most, a quarter of the steps at most,
+/// spread evenly over the run's second half. Why that many: one pair's
+/// B_simple estimate scatters with a relative error of about 1.07 (measured
+/// on the PyTorch example, docs/design/persistent-command-trials.md §3), so
+/// the 40-60 pairs pooled over a search's confirmation runs give about ±15%;
+/// a measured step costs an extra small-batch pass (an eighth of the batch)
+/// and two norms, so a quarter of the steps keeps the surcharge under 10% of
+/// the run.
+pub(super) fn noise_request(
+    batch: u64,
+    steps: u32,
+    warmup: u32,
+    groups: u32,
+) -> Option<GradNoiseRequest> {
+    let from = noise_from(steps, warmup);
+    let measurements = (groups * 4).min(steps / 4).min(steps.saturating_sub(from));
+    // An eighth of the batch, but never a gradient of fewer than four
+    // samples: those are mostly noise about the noise.
+    (batch >= 8 && measurements >= 2).then(|| GradNoiseRequest {
+        small_batch: (batch / 8).max(4).min(batch / 2),
+        measurements,
+        from_step: Some(from),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ladder_spans_the_whole_range_geometrically() {
+        let ladder = full_range_ladder(8, 14_744, 8, 8);
+        assert_eq!(ladder.first(), Some(&8));
+        assert_eq!(ladder.last(), Some(&14_744));
+        assert_eq!(ladder.len(), 8);
+        assert!(
+            ladder.windows(2).all(|w| w[1] as f64 / w[0] as f64 >= 2.0),
+            "{ladder:?}"
+        );
+        // A narrow range gives fewer points, never one below the floor.
+        assert_eq!(full_range_ladder(64, 200, 8, 8), [64, 200]);
+        assert_eq!(full_range_ladder(100, 100, 8, 8), [100]);
+        assert_eq!(full_range_ladder(1, 5, 8, 8), [1, 2, 5]);
+    }
+}

@@ -1,0 +1,198 @@
+//! The plan of the training runs (their length, count and seeds) and the one
+//! place a training run is started and charged to the budget.
+
+use super::*;
+
+impl<R: TrialRunner> Session<'_, R> {
+    /// Plans the length of every training run from the time left: the
+    /// confirmations, the race (with its extra seeds) and the LR check all
+    /// share it, in proportion to how many runs each makes.
+    pub(in crate::search) fn plan_training_runs(
+        &mut self,
+        curve: &CurvePhase,
+        range: &RangePhase,
+    ) -> RunPlan {
+        let policy = &self.spec.policy;
+        let race = &policy.race;
+        let initial = f64::from(policy.lr_search.confirmation_candidates);
+        let left = self.time_left().as_secs_f64();
+        let train_samples = self
+            .train_samples
+            .or(self.spec.training.dataset_size)
+            .unwrap_or(curve.top);
+        let mut rationale = Vec::new();
+        let mut candidates = race.candidates;
+        let mut seeds = race.seeds;
+        // The full plan: two extensions past an edge, the race with its
+        // extra seeds, two checks.
+        let mut confirmations = initial + 2.0;
+        let mut racing = f64::from(candidates * race.seeds + 2 * race.extra_seeds);
+        let mut checks = 2.0;
+        let per_run = left / (confirmations + racing + checks);
+        let fill = self.stepping_within(per_run);
+        let budget = if policy.objective == Objective::Generalization {
+            // Equal epochs: as many of the job's epochs as the smallest
+            // likely candidate (a quarter of the reference batch, where
+            // samples are slowest) can afford in the per-run time.
+            let smallest = (range.reference_batch / 4).max(curve.floor);
+            let per_sample = curve
+                .step_seconds(smallest)
+                .map_or(f64::INFINITY, |t| t / smallest as f64);
+            let job_epochs = self.spec.training.epochs;
+            let full_run = job_epochs * train_samples as f64 * per_sample;
+            let affordable_runs = (left / self.run_seconds(full_run)).floor();
+            let lean = lean_plan(affordable_runs, initial, race);
+            let epochs = if full_run <= fill {
+                job_epochs
+            } else if let Some(plan) = lean {
+                (candidates, confirmations, racing, checks) = plan;
+                rationale.push(format!(
+                    "runs train the job's {job_epochs} epochs: the budget affords about {affordable_runs:.0} such runs, so {candidates} candidates race"
+                ));
+                job_epochs
+            } else {
+                let epochs = (fill / (per_sample * train_samples as f64)).clamp(0.01, job_epochs);
+                rationale.push(format!(
+                    "confirmation and race runs train {epochs:.2} epochs each ({job_epochs} in the job): all the budget affords at batch {smallest}; longer runs tend to favour lower LRs than these"
+                ));
+                epochs
+            };
+            RaceBudget::Epochs { epochs }
+        } else {
+            // The real run's length: the job's own time budget when it has
+            // one, else its epochs at the reference batch. The best batch
+            // and LR depend on it (longer runs favour larger batches and
+            // lower LRs), so runs train exactly that long whenever the
+            // budget affords a lean plan at that length: the initial
+            // confirmations, two seeds of two candidates, one check.
+            let job_seconds = match self.spec.training.time_budget {
+                Some(budget) => budget.as_secs_f64(),
+                None => curve
+                    .speed(range.reference_batch)
+                    .map_or(f64::INFINITY, |speed| {
+                        self.spec.training.epochs * train_samples as f64 / speed
+                    }),
+            };
+            let source = if self.spec.training.time_budget.is_some() {
+                "the job's training.time_budget".to_string()
+            } else {
+                format!(
+                    "{} epochs at batch {}",
+                    self.spec.training.epochs, range.reference_batch
+                )
+            };
+            let affordable_runs = (left / self.planned_run_wall(job_seconds)).floor();
+            let lean = lean_plan(affordable_runs, initial, race);
+            // A wall-clock run's length, which may include its overhead.
+            let fill = self.run_length_within(per_run);
+            let seconds = if job_seconds <= fill {
+                rationale.push(format!(
+                    "runs train as long as the real training run, about {} ({source})",
+                    format_duration(std::time::Duration::from_secs_f64(job_seconds))
+                ));
+                // Time the full plan leaves over (cheap trials: a persistent
+                // command process, a fast model) buys the race more seeds,
+                // which narrows the seed-to-seed spread its verdict rests on.
+                let spare = affordable_runs - (confirmations + racing + checks);
+                let more = ((spare / f64::from(candidates)).floor().max(0.0) as u32)
+                    .min(MAX_RACE_SEEDS.saturating_sub(seeds));
+                if more > 0 {
+                    seeds += more;
+                    racing += f64::from(more * candidates);
+                    rationale.push(format!(
+                        "the budget affords about {affordable_runs:.0} such runs, more than the plan's {:.0}: {seeds} seeds per race candidate instead of {}",
+                        confirmations + racing - f64::from(more * candidates) + checks,
+                        race.seeds
+                    ));
+                }
+                job_seconds
+            } else if let Some(plan) = lean {
+                (candidates, confirmations, racing, checks) = plan;
+                rationale.push(format!(
+                    "runs train as long as the real training run, {} ({source}): the budget affords about {affordable_runs:.0} such runs, so {candidates} candidates race",
+                    format_duration(std::time::Duration::from_secs_f64(job_seconds))
+                ));
+                job_seconds
+            } else {
+                rationale.push(format!(
+                    "runs train {}, shorter than the real training run ({}, {source}): the budget affords too few runs of that length; longer runs tend to favour larger batches and lower LRs than these",
+                    format_duration(std::time::Duration::from_secs_f64(fill)),
+                    format_duration(std::time::Duration::from_secs_f64(job_seconds))
+                ));
+                fill
+            };
+            RaceBudget::WallClock { seconds }
+        };
+        let elapsed = self.elapsed().as_secs_f64();
+        self.plan.replan(
+            elapsed,
+            &[
+                (Phase::LrConfirmation, confirmations),
+                (Phase::Race, racing),
+                (Phase::LrCheck, checks),
+            ],
+        );
+        rationale.push(format!(
+            "every confirmation, race and check run trains for the same budget, {budget}, with linear warm-up and cosine decay to {:.0}% of the peak LR (about {:.0} runs in the {} left)",
+            race.final_lr_fraction * 100.0,
+            confirmations + racing + checks,
+            format_duration(self.time_left())
+        ));
+        RunPlan {
+            budget,
+            train_samples,
+            candidates: candidates as usize,
+            seeds,
+            rationale,
+        }
+    }
+
+    /// One training run as confirmations, races and checks use it: the
+    /// recommended schedule, validation loss at the end, and the gradient
+    /// noise over the last steps (after training, not at initialization).
+    pub(super) async fn training_run(
+        &mut self,
+        phase: Phase,
+        batch: u64,
+        lr: f64,
+        steps: u32,
+        seed: u64,
+    ) -> TrialResult {
+        let policy = &self.spec.policy;
+        let warmup = ((f64::from(steps) * policy.lr_search.warmup_fraction).ceil() as u32)
+            .clamp(1, steps.saturating_sub(1).max(1));
+        let schedule = LrSchedule::WarmupCosine {
+            lr,
+            warmup_steps: warmup,
+            final_fraction: policy.race.final_lr_fraction,
+        };
+        let mut request = self.request(batch, steps, schedule);
+        request.seed = seed;
+        request.warmup_steps = policy.trials.warmup_steps.min(steps / 4).max(1);
+        request.record.validation_loss = true;
+        request.record.grad_noise = noise_request(
+            batch,
+            steps,
+            request.warmup_steps,
+            policy.trials.noise_scale_measurements,
+        );
+        self.trial(phase, request).await
+    }
+
+    /// Wall seconds a training run of `steps` at `batch` should take.
+    pub(super) fn seconds_for(&self, curve: &CurvePhase, batch: u64, steps: u32) -> f64 {
+        self.run_seconds(
+            curve
+                .step_seconds(batch)
+                .map_or(0.0, |t| t * f64::from(steps)),
+        )
+    }
+
+    /// Whether a run estimated at `seconds` may start in `phase`: half of
+    /// it may borrow from the next phase, none from beyond the budget (a
+    /// run killed at the budget's end measures nothing).
+    pub(super) fn run_fits(&self, phase: Phase, seconds: f64) -> bool {
+        self.phase_left(phase).as_secs_f64() >= seconds * 0.5
+            && self.time_left().as_secs_f64() >= seconds
+    }
+}

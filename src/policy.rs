@@ -138,6 +138,7 @@ pub struct TrialBudget {
     pub fit_steps: u32,
     pub throughput_steps: u32,
     pub warmup_steps: u32,
+    /// Measured steps (pairs of gradient norms) per confirmation or race run.
     pub noise_scale_measurements: u32,
     #[serde(with = "crate::units::duration_text")]
     pub deadline: Duration,
@@ -318,11 +319,11 @@ impl Policy {
                 ),
             );
         }
-        if trials.noise_scale_measurements < 2 {
+        if !(2..=1000).contains(&trials.noise_scale_measurements) {
             problems.push(
                 "trials.noise_scale_measurements",
                 format!(
-                    "must be >= 2 to give an uncertainty, got {}",
+                    "must be in 2..=1000 (measured steps per run; 2 give an uncertainty), got {}",
                     trials.noise_scale_measurements
                 ),
             );

@@ -87,6 +87,9 @@ pub struct Race {
     /// The winner's lead over the runner-up was within the seed-to-seed
     /// spread even after extra seeds.
     pub within_noise: bool,
+    /// The policy model's choice the candidates were spread around.
+    #[serde(default)]
+    pub preferred: u64,
     /// The rule that picked among the tied candidates, when the race ended
     /// within noise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,6 +191,7 @@ pub fn decide(
             budget,
             winner: None,
             within_noise: false,
+            preferred,
             decided_by: None,
             verdict: "no candidate finished the race on every seed".into(),
             entries,
@@ -215,6 +219,7 @@ pub fn decide(
             budget,
             winner: Some(winner.batch_size),
             within_noise,
+            preferred,
             decided_by: Some(rule),
             verdict,
             entries,
@@ -232,6 +237,7 @@ pub fn decide(
         budget,
         winner: Some(lowest.batch_size),
         within_noise,
+        preferred,
         decided_by: None,
         verdict,
         entries,

@@ -557,6 +557,7 @@ mod tests {
                 .collect(),
             winner: Some(256),
             within_noise: false,
+            preferred: 256,
             decided_by: None,
             verdict: "batch 256 won by 0.8 standard deviations".into(),
         });

@@ -705,25 +705,34 @@ impl TrialRunner for Timed<'_> {
 }
 
 fn advise_timed(per_trial: f64, budget: u64, run_seconds: u64) -> (Recommendation, FakeRunner) {
+    let mut spec = spec(
+        "balanced",
+        &format!("[training]\ntime_budget = \"{run_seconds}s\"\n"),
+    );
+    spec.search.time_budget = std::time::Duration::from_secs(budget);
+    advise_on_simulated_time(FakeRunner::new(), &spec, per_trial)
+}
+
+/// The whole search on a [`crate::search::clock::ManualClock`] that each
+/// trial advances by its modelled wall time plus `per_trial`.
+fn advise_on_simulated_time(
+    runner: FakeRunner,
+    spec: &JobSpec,
+    per_trial: f64,
+) -> (Recommendation, FakeRunner) {
     use crate::search::clock::Clock;
-    let runner = FakeRunner::new();
     let clock = crate::search::clock::ManualClock::default();
     let timed = Timed {
         inner: &runner,
         clock: &clock,
         per_trial,
     };
-    let mut spec = spec(
-        "balanced",
-        &format!("[training]\ntime_budget = \"{run_seconds}s\"\n"),
-    );
-    spec.search.time_budget = std::time::Duration::from_secs(budget);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     let rec = runtime
         .block_on(crate::search::advise_with_clock(
-            &spec,
+            spec,
             &context(4 << 30),
             &timed,
             &|_| {},
@@ -750,4 +759,67 @@ fn on_simulated_time_the_search_keeps_its_budget_and_runs_their_length() {
         let wall = f64::from(entry.steps) * runner.step_seconds(entry.batch_size) + 0.2;
         assert!((18.0..=22.0).contains(&wall), "{entry:?}: {wall} s");
     }
+}
+
+#[test]
+fn a_race_within_seed_noise_is_decided_by_the_rule_whatever_the_search_seed() {
+    // Seed-to-seed wobble far above the loss differences between the
+    // candidates: every race ties, and the seeds' luck would pick the
+    // lowest mean. The rule picks the candidate nearest the model's
+    // preferred batch, the same one on every search seed.
+    let mut winners = Vec::new();
+    for seed in 1..=4 {
+        let mut runner = FakeRunner::new();
+        runner.seed_noise = 0.3;
+        let mut spec = spec(
+            "balanced",
+            "[training]\ntime_budget = \"20s\"\n",
+        );
+        spec.search.seed = seed;
+        spec.search.time_budget = std::time::Duration::from_secs(600);
+        let (rec, _) = advise_on_simulated_time(runner, &spec, 0.2);
+        let race = rec.evidence.race.as_ref().unwrap();
+        assert!(race.within_noise, "{}", race.verdict);
+        assert_eq!(
+            race.decided_by,
+            Some(crate::policy::TieRule::NearestPreferred),
+            "{}",
+            race.verdict
+        );
+        assert!(
+            rec.rationale.iter().any(|l| l.contains("the tie rule decided")),
+            "{:?}",
+            rec.rationale
+        );
+        let preferred = race.preferred;
+        let distance = |b: u64| (b as f64 / preferred as f64).ln().abs();
+        let winner = race.winner.unwrap();
+        assert!(
+            race.entries
+                .iter()
+                .all(|e| distance(winner) <= distance(e.batch_size)),
+            "{winner} is not the candidate nearest {preferred}: {}",
+            race.verdict
+        );
+        winners.push(winner);
+    }
+    assert!(winners.windows(2).all(|w| w[0] == w[1]), "{winners:?}");
+}
+
+#[test]
+fn with_only_a_lower_bound_on_the_noise_scale_a_tie_goes_to_the_fastest() {
+    let mut runner = FakeRunner::new();
+    runner.seed_noise = 0.3;
+    runner.grad_wobble = 0.6;
+    let mut spec = spec("balanced", "[training]\ntime_budget = \"20s\"\n");
+    spec.search.time_budget = std::time::Duration::from_secs(600);
+    let (rec, runner) = advise_on_simulated_time(runner, &spec, 0.2);
+    assert!(rec.evidence.gradient_noise.as_ref().unwrap().is_lower_bound());
+    let race = rec.evidence.race.as_ref().unwrap();
+    assert!(race.within_noise, "{}", race.verdict);
+    assert_eq!(race.decided_by, Some(crate::policy::TieRule::Fastest));
+    // The fake's speed rises with the batch: the largest tied candidate.
+    let largest = race.entries.iter().map(|e| e.batch_size).max().unwrap();
+    assert_eq!(race.winner, Some(largest), "{}", race.verdict);
+    assert!(race.preferred < largest && runner.step_seconds(largest) > 0.0);
 }

@@ -3,6 +3,8 @@
 
 use super::*;
 
+use crate::policy::TieRule;
+
 impl<R: TrialRunner> Session<'_, R> {
     /// Phase 5: the race. The policy's model names a preferred batch; the
     /// candidates around it train for the same budget with several seeds,
@@ -115,7 +117,14 @@ impl<R: TrialRunner> Session<'_, R> {
                     .await;
             }
         }
-        let rule = policy.race.tie_rule(policy.objective);
+        let rule = match policy.race.tie_rule(policy.objective) {
+            // Every candidate at or above a lower-bound batch agrees with the
+            // model, so its choice cannot break a tie; the larger batch is
+            // the better bet for a run longer than the race's (the noise
+            // scale grows as training proceeds).
+            TieRule::NearestPreferred if bound => TieRule::Fastest,
+            rule => rule,
+        };
         let race = race::decide(runs.budget, entries, preferred, rule, &|b| curve.speed(b));
         rationale.push(format!(
             "race over batches {:?} ({}, each at the LR the rule lr ~ B^{alpha} gives from {:.3e} at {}): {}",

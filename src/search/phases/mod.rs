@@ -218,23 +218,23 @@ fn noise_from(steps: u32, warmup: u32) -> u32 {
     warmup.max(steps / 2)
 }
 
-/// The gradient-noise measurements of a training run of `steps`: 4 ×
-/// `groups` (20 by default) pairs at most, a quarter of the steps at most,
-/// spread evenly over the run's second half. Why that many: one pair's
-/// B_simple estimate scatters with a relative error of about 1.07 (measured
-/// on the PyTorch example, docs/design/persistent-command-trials.md §3), so
-/// the 40-60 pairs pooled over a search's confirmation runs give about ±15%;
-/// a measured step costs an extra small-batch pass (an eighth of the batch)
-/// and two norms, so a quarter of the steps keeps the surcharge under 10% of
-/// the run.
+/// The gradient-noise measurements of a training run of `steps`: the
+/// policy's `per_run` (`trials.noise_scale_measurements`, 40 in `balanced`)
+/// at most, a quarter of the steps at most, spread evenly over the run's
+/// second half. Why that many: |G|^2 is the hard half of the ratio, and one
+/// step's estimate of it scatters by about tr(Sigma)/B; late in training,
+/// at batches well below the noise scale, it takes dozens of steps to tell
+/// it from zero (README, "Repeatable advice"). A measured step costs an
+/// extra small-batch pass (an eighth of the batch) and two norms, so a
+/// quarter of the steps keeps the surcharge under 10% of the run.
 pub(super) fn noise_request(
     batch: u64,
     steps: u32,
     warmup: u32,
-    groups: u32,
+    per_run: u32,
 ) -> Option<GradNoiseRequest> {
     let from = noise_from(steps, warmup);
-    let measurements = (groups * 4).min(steps / 4).min(steps.saturating_sub(from));
+    let measurements = per_run.min(steps / 4).min(steps.saturating_sub(from));
     // An eighth of the batch, but never a gradient of fewer than four
     // samples: those are mostly noise about the noise.
     (batch >= 8 && measurements >= 2).then(|| GradNoiseRequest {

@@ -23,8 +23,8 @@
 //! `BATCHD_BENCH_WORKER` names the `batchd` binary the trials run in
 //! (default: this build's), so a copied bench can measure an older build.
 //!
-//! `BATCHD_BENCH_REPEAT=5` measures repeatability instead: per job, the
-//! wall-clock grid only, then `balanced` advised that many times with
+//! `BATCHD_BENCH_REPEAT=5` measures repeatability too: per job, on the
+//! wall-clock grid, `balanced` advised that many more times with
 //! search seeds 1..=N at the same budget, each pick trained on the grid's
 //! seeds. It prints every run (batch, LR, noise scale with |G|^2 and
 //! tr(Sigma), the race's verdict, the pick's loss and gap) and the spread
@@ -439,6 +439,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let mut rows: Vec<Row> = Vec::new();
+    let mut repeats: Vec<String> = Vec::new();
     println!(
         "per-cell budget: {cell_seconds} s of training (balanced, throughput) or the job's epochs (generalization); {} seeds; warm-up {:.0}% then cosine to {:.0}%; half-decade LRs, each row extended while its best sits at an edge",
         SEEDS.len(),
@@ -492,10 +493,6 @@ fn main() {
             Budget::Seconds(cell_seconds),
             train_samples,
         );
-        if repeat > 0 {
-            repeatability(&bench, &job, &wall, cell_seconds, train_samples, repeat);
-            continue;
-        }
         let epochs = spec.training.epochs;
         let per_epoch = grid(
             &bench,
@@ -586,8 +583,21 @@ fn main() {
             print_row(&row);
             rows.push(row);
         }
+        if repeat > 0 {
+            repeats.push(repeatability(
+                &bench,
+                &job,
+                &wall,
+                cell_seconds,
+                train_samples,
+                repeat,
+            ));
+        }
     }
     println!();
+    for line in &repeats {
+        println!("{line}");
+    }
     for row in &rows {
         if !row.note.is_empty() {
             println!(
@@ -609,7 +619,7 @@ fn repeatability(
     cell_seconds: f64,
     train_samples: u64,
     runs: usize,
-) {
+) -> String {
     let search_budget = (truth.seconds * SEARCH_SHARE).max(5.0);
     let best = truth.best();
     println!(
@@ -634,6 +644,7 @@ fn repeatability(
     let mut picks: Vec<(u64, f64, Option<f64>)> = Vec::new();
     let mut within = 0;
     let mut pre: Vec<f64> = Vec::new();
+    let mut bounds = 0;
     for seed in 1..=runs as u64 {
         let mut spec = spec_for(job, "balanced", Some(search_budget), Some(cell_seconds));
         spec.search.seed = seed;
@@ -665,6 +676,7 @@ fn repeatability(
         };
         let noise = rec.evidence.gradient_noise.as_ref();
         picks.push((batch, lr, noise.map(|n| n.value)));
+        bounds += usize::from(noise.is_some_and(|n| n.is_lower_bound()));
         pre.extend(rec.evidence.preconditioned_noise.as_ref().map(|n| n.value));
         let race = rec
             .evidence
@@ -701,12 +713,14 @@ fn repeatability(
             format!("{:.2}x ({lo:.3e}..{hi:.3e})", hi / lo)
         }
     };
-    println!(
-        "{}: spread (max/min) batch {}, LR {}, noise scale {}, preconditioned {}; {within}/{runs} picks within the best cell's seed spread",
+    let summary = format!(
+        "{}: spread (max/min) batch {}, LR {}, noise scale {} ({bounds} of {runs} lower bounds), preconditioned {}; {within}/{runs} picks within the best cell's seed spread",
         job.label,
         spread(picks.iter().map(|p| p.0 as f64).collect()),
         spread(picks.iter().map(|p| p.1).collect()),
         spread(picks.iter().filter_map(|p| p.2).collect()),
         spread(pre),
     );
+    println!("{summary}");
+    summary
 }

@@ -467,6 +467,30 @@ fn sweeps_and_gradient_noise_are_recorded() {
         noise.small_mean(),
         noise.big_mean()
     );
+    // Adam: the same norms divided by Adam's sqrt(v_hat) + eps, where
+    // every coordinate is scaled to about one: far above the raw norms
+    // here, and still larger for the smaller batch.
+    let pre = noise
+        .preconditioned()
+        .expect("Adam's preconditioned norms recorded at every measured step");
+    assert_eq!(pre.big_sq_norms.len(), noise.big_sq_norms.len());
+    assert!(pre.big_mean() > noise.big_mean(), "{pre:?}");
+    assert!(pre.small_mean() > pre.big_mean(), "{pre:?}");
+}
+
+#[test]
+fn sgd_records_raw_gradient_norms_only() {
+    let text = MLP_SYNTHETIC.replace("kind = \"adam\"", "kind = \"sgd\"");
+    let mut req = request(spec(&text), 64, 12, 1e-2);
+    req.record.grad_noise = Some(GradNoiseRequest {
+        small_batch: 8,
+        measurements: 4,
+        from_step: Some(6),
+    });
+    let result = run(req);
+    let noise = result.grad_noise.expect("gradient norms recorded");
+    assert_eq!(noise.big_sq_norms.len(), 4);
+    assert!(noise.preconditioned_big_sq_norms.is_empty() && noise.preconditioned().is_none());
 }
 
 #[test]

@@ -771,10 +771,7 @@ fn a_race_within_seed_noise_is_decided_by_the_rule_whatever_the_search_seed() {
     for seed in 1..=4 {
         let mut runner = FakeRunner::new();
         runner.seed_noise = 0.3;
-        let mut spec = spec(
-            "balanced",
-            "[training]\ntime_budget = \"20s\"\n",
-        );
+        let mut spec = spec("balanced", "[training]\ntime_budget = \"20s\"\n");
         spec.search.seed = seed;
         spec.search.time_budget = std::time::Duration::from_secs(600);
         let (rec, _) = advise_on_simulated_time(runner, &spec, 0.2);
@@ -787,7 +784,9 @@ fn a_race_within_seed_noise_is_decided_by_the_rule_whatever_the_search_seed() {
             race.verdict
         );
         assert!(
-            rec.rationale.iter().any(|l| l.contains("the tie rule decided")),
+            rec.rationale
+                .iter()
+                .any(|l| l.contains("the tie rule decided")),
             "{:?}",
             rec.rationale
         );
@@ -814,7 +813,12 @@ fn with_only_a_lower_bound_on_the_noise_scale_a_tie_goes_to_the_fastest() {
     let mut spec = spec("balanced", "[training]\ntime_budget = \"20s\"\n");
     spec.search.time_budget = std::time::Duration::from_secs(600);
     let (rec, runner) = advise_on_simulated_time(runner, &spec, 0.2);
-    assert!(rec.evidence.gradient_noise.as_ref().unwrap().is_lower_bound());
+    assert!(rec
+        .evidence
+        .gradient_noise
+        .as_ref()
+        .unwrap()
+        .is_lower_bound());
     let race = rec.evidence.race.as_ref().unwrap();
     assert!(race.within_noise, "{}", race.verdict);
     assert_eq!(race.decided_by, Some(crate::policy::TieRule::Fastest));

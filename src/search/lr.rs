@@ -209,6 +209,96 @@ pub fn lr_interval(runs: &[Confirmation], tolerance: f64) -> Option<(f64, f64)> 
     Some((within.first().copied()?, within.last().copied()?))
 }
 
+/// Factor between neighbouring LR candidates (half a decade).
+pub const LR_STEP: f64 = 3.16;
+
+/// The LR confirmation as an ask/tell machine: the policy's candidates
+/// around the range test's suggestion, a half-decade apart, then up to
+/// `max_extensions` more past whichever edge the best sits at (two below
+/// them all when every one diverged). The driver runs each ask, or stops
+/// when the budget refuses one.
+#[derive(Debug)]
+pub struct ConfirmMachine {
+    lrs: Vec<f64>,
+    planned: usize,
+    next: usize,
+    extensions: usize,
+    max_extensions: usize,
+    runs: Vec<Confirmation>,
+}
+
+/// One confirmation run the machine asks for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConfirmAsk {
+    pub learning_rate: f64,
+    /// Past an edge of the plan: a refinement, which a budget cut leaves
+    /// out without making the search partial.
+    pub extension: bool,
+}
+
+impl ConfirmMachine {
+    pub fn new(center_lr: f64, candidates: u32, max_extensions: usize) -> Self {
+        let n = candidates.max(1) as i32;
+        let half = (n - 1) / 2;
+        let lrs: Vec<f64> = (-half..=(n - 1 - half))
+            .map(|k| center_lr * LR_STEP.powi(k))
+            .collect();
+        ConfirmMachine {
+            planned: lrs.len(),
+            lrs,
+            next: 0,
+            extensions: 0,
+            max_extensions,
+            runs: Vec::new(),
+        }
+    }
+
+    pub fn next_run(&mut self) -> Option<ConfirmAsk> {
+        if self.next == self.lrs.len() && !self.runs.is_empty() {
+            self.extend();
+        }
+        let learning_rate = *self.lrs.get(self.next)?;
+        let ask = ConfirmAsk {
+            learning_rate,
+            extension: self.next >= self.planned,
+        };
+        self.next += 1;
+        Some(ask)
+    }
+
+    /// One more LR past the edge the best sits at, when there is room.
+    fn extend(&mut self) {
+        if self.extensions >= self.max_extensions {
+            return;
+        }
+        let min = self.lrs.iter().copied().fold(f64::MAX, f64::min);
+        let max = self.lrs.iter().copied().fold(0.0, f64::max);
+        let next = match best_lr(&self.runs) {
+            Some(best) if best.best_tested_lr == min => Some(min / LR_STEP),
+            Some(best) if best.best_tested_lr == max => Some(max * LR_STEP),
+            Some(_) => None,
+            // Every LR was too high (a range test misled by a noisy loss
+            // does that): look below them all.
+            None if self.runs.iter().all(|c| c.outcome == Outcome::Diverged) => {
+                Some(min / LR_STEP.powi(2))
+            }
+            None => None,
+        };
+        if let Some(lr) = next {
+            self.lrs.push(lr);
+            self.extensions += 1;
+        }
+    }
+
+    pub fn tell(&mut self, run: Confirmation) {
+        self.runs.push(run);
+    }
+
+    pub fn into_runs(self) -> Vec<Confirmation> {
+        self.runs
+    }
+}
+
 /// How the LR moves with batch size: lr(N) = reference_lr x (N / reference_batch)^alpha.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LrRule {
@@ -242,6 +332,60 @@ pub fn fit_alpha(a: &BestLr, b: &BestLr) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Drives a confirmation machine against a loss bowl around `best`;
+    /// LRs above `diverge_above` diverge. Returns the LRs it asked for.
+    fn confirm(center: f64, best: f64, diverge_above: f64) -> Vec<(f64, bool)> {
+        let mut machine = ConfirmMachine::new(center, 3, 3);
+        let mut asked = Vec::new();
+        while let Some(ask) = machine.next_run() {
+            asked.push((ask.learning_rate, ask.extension));
+            let lr = ask.learning_rate;
+            let diverged = lr > diverge_above;
+            machine.tell(Confirmation {
+                batch_size: 64,
+                learning_rate: lr,
+                validation_loss: (!diverged).then(|| 1.0 + (lr / best).ln().powi(2)),
+                outcome: if diverged {
+                    Outcome::Diverged
+                } else {
+                    Outcome::Ok
+                },
+                losses: Vec::new(),
+                loss_steps: Vec::new(),
+            });
+        }
+        asked
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a / b - 1.0).abs() < 1e-9
+    }
+
+    #[test]
+    fn the_confirmation_machine_looks_past_the_edge_the_best_sits_at() {
+        // Best in the middle: the three planned LRs and no more.
+        let asked = confirm(1e-3, 1e-3, 1.0);
+        assert_eq!(asked.len(), 3);
+        assert!(asked.iter().all(|(_, extension)| !extension));
+        // Best far below: extensions downwards, at most three.
+        let asked = confirm(1e-3, 1e-6, 1.0);
+        assert_eq!(asked.len(), 6, "{asked:?}");
+        assert!(asked[3..].iter().all(|(_, extension)| *extension));
+        assert!(close(asked[3].0, 1e-3 / LR_STEP / LR_STEP));
+        assert!(asked.windows(2).skip(3).all(|w| w[1].0 < w[0].0));
+        // Best just above the top: one step up finds the bowl's far side.
+        let asked = confirm(1e-3, 1e-2, 1.0);
+        assert_eq!(asked.len(), 5, "{asked:?}");
+        assert!(close(asked[3].0, 1e-3 * LR_STEP * LR_STEP));
+    }
+
+    #[test]
+    fn when_every_confirmation_diverges_it_looks_two_steps_below() {
+        let asked = confirm(1e-2, 1e-4, 1e-3);
+        assert!(close(asked[3].0, 1e-2 / LR_STEP / LR_STEP / LR_STEP), "{asked:?}");
+        assert!(asked[3].1);
+    }
 
     /// A classic range-test curve: flat at tiny LRs, falling, then blowing up.
     fn curve(optimum: f64, n: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {

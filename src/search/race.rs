@@ -244,6 +244,118 @@ pub fn decide(
     }
 }
 
+/// One race run the machine asks for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunAsk {
+    /// The candidate (index into the entries).
+    pub entry: usize,
+    pub seed: u64,
+    /// A run of the plan (a budget cut makes the search partial), or an
+    /// extra seed for a tie (a cut only leaves the tie less resolved).
+    pub planned: bool,
+}
+
+/// The race as an ask/tell machine: it asks for runs seed-major (every
+/// candidate's first seed before any second, so a budget cut still leaves
+/// every candidate a run), then extra seeds, round by round, for the
+/// candidates still within noise of the best. The driver runs each ask (or
+/// skips it when the budget refuses) and tells the machine the run.
+#[derive(Debug)]
+pub struct RaceMachine {
+    entries: Vec<RaceEntry>,
+    seeds: u32,
+    extra_seeds: u32,
+    base_seed: u64,
+    state: RaceState,
+}
+
+#[derive(Debug)]
+enum RaceState {
+    Planned { round: u32, next: usize },
+    Extra { round: u32, queue: Vec<usize> },
+    Done,
+}
+
+impl RaceMachine {
+    pub fn new(entries: Vec<RaceEntry>, seeds: u32, extra_seeds: u32, base_seed: u64) -> Self {
+        RaceMachine {
+            entries,
+            seeds,
+            extra_seeds,
+            base_seed,
+            state: RaceState::Planned { round: 0, next: 0 },
+        }
+    }
+
+    pub fn entries(&self) -> &[RaceEntry] {
+        &self.entries
+    }
+
+    /// The next run to make, or `None` when the race is over.
+    pub fn next_run(&mut self) -> Option<RunAsk> {
+        loop {
+            match &mut self.state {
+                RaceState::Planned { round, next } => {
+                    if *round < self.seeds && *next < self.entries.len() {
+                        let ask = RunAsk {
+                            entry: *next,
+                            seed: self.base_seed + u64::from(*round),
+                            planned: true,
+                        };
+                        *next += 1;
+                        if *next == self.entries.len() {
+                            *round += 1;
+                            *next = 0;
+                        }
+                        return Some(ask);
+                    }
+                    self.state = RaceState::Extra {
+                        round: 0,
+                        queue: Vec::new(),
+                    };
+                    self.refill();
+                }
+                RaceState::Extra { round, queue } => {
+                    if let Some(entry) = queue.pop() {
+                        return Some(RunAsk {
+                            entry,
+                            seed: self.base_seed + u64::from(self.seeds + *round),
+                            planned: false,
+                        });
+                    }
+                    *round += 1;
+                    self.refill();
+                }
+                RaceState::Done => return None,
+            }
+        }
+    }
+
+    /// Starts an extra round with the candidates still tied, or ends.
+    fn refill(&mut self) {
+        let RaceState::Extra { round, queue } = &mut self.state else {
+            return;
+        };
+        let tied = needs_another_seed(&self.entries);
+        if *round >= self.extra_seeds || tied.is_empty() {
+            self.state = RaceState::Done;
+        } else {
+            // Popped from the back: in ranking order.
+            *queue = tied.into_iter().rev().collect();
+        }
+    }
+
+    /// The run made for `ask`.
+    pub fn tell(&mut self, ask: RunAsk, run: RaceRun) {
+        self.entries[ask.entry].runs.push(run);
+    }
+
+    /// The entries with their runs, for [`decide`].
+    pub fn into_entries(self) -> Vec<RaceEntry> {
+        self.entries
+    }
+}
+
 /// Candidate batches around the model's `preferred` one: a factor `step`
 /// either side, inside `[floor, top]`, rounded to `multiple`, distinct.
 pub fn candidates(
@@ -419,6 +531,74 @@ mod tests {
             &no_speed,
         );
         assert_eq!(none.winner, None);
+    }
+
+    fn fresh(batches: &[u64]) -> Vec<RaceEntry> {
+        batches.iter().map(|&b| entry(b, &[])).collect()
+    }
+
+    fn run(seed: u64, loss: f64) -> RaceRun {
+        RaceRun {
+            seed,
+            validation_loss: Some(loss),
+            outcome: Outcome::Ok,
+            losses: Vec::new(),
+            loss_steps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_machine_asks_seed_major_then_extra_seeds_for_the_tied() {
+        let mut machine = RaceMachine::new(fresh(&[64, 256, 1024]), 2, 2, 10);
+        let losses = [[0.50, 0.52], [0.51, 0.53], [0.90, 0.91]];
+        let mut asked = Vec::new();
+        while let Some(ask) = machine.next_run() {
+            asked.push((ask.entry, ask.seed, ask.planned));
+            let loss = if ask.planned {
+                losses[ask.entry][(ask.seed - 10) as usize]
+            } else {
+                // The extra seeds keep 64 and 256 tied.
+                0.51 + 0.01 * ask.entry as f64
+            };
+            machine.tell(ask, run(ask.seed, loss));
+        }
+        assert_eq!(
+            asked,
+            [
+                (0, 10, true),
+                (1, 10, true),
+                (2, 10, true),
+                (0, 11, true),
+                (1, 11, true),
+                (2, 11, true),
+                // Two extra rounds, for the tied pair only, best first.
+                (0, 12, false),
+                (1, 12, false),
+                (0, 13, false),
+                (1, 13, false),
+            ]
+        );
+        let entries = machine.into_entries();
+        assert_eq!(entries[0].runs.len(), 4);
+        assert_eq!(entries[2].runs.len(), 2);
+    }
+
+    #[test]
+    fn a_clear_race_asks_no_extra_seed_and_a_skipped_run_is_not_waited_for() {
+        let mut machine = RaceMachine::new(fresh(&[64, 256]), 2, 3, 0);
+        let mut asked = 0;
+        while let Some(ask) = machine.next_run() {
+            asked += 1;
+            // The budget refuses 256's second seed: the driver tells
+            // nothing, and the machine goes on.
+            if ask.entry == 1 && ask.seed == 1 {
+                continue;
+            }
+            let loss = [0.40, 0.80][ask.entry] + 0.001 * ask.seed as f64;
+            machine.tell(ask, run(ask.seed, loss));
+        }
+        assert_eq!(asked, 4);
+        assert_eq!(machine.entries()[1].runs.len(), 1);
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl<R: TrialRunner> Session<'_, R> {
         let lr_for =
             |batch: u64| reference_lr.1 * (batch as f64 / reference_lr.0 as f64).powf(alpha);
         let share = self.stepping_share(&runs.budget);
-        let mut entries: Vec<RaceEntry> = candidates
+        let entries: Vec<RaceEntry> = candidates
             .iter()
             .map(|&batch| {
                 let steps = runs.steps(curve, batch, share);
@@ -98,25 +98,23 @@ impl<R: TrialRunner> Session<'_, R> {
             })
             .collect();
         let mut samples: Vec<Vec<GradNoiseSample>> = vec![Vec::new(); entries.len()];
-        let base_seed = self.spec.search.seed;
-        // Seed-major, so a budget cut still leaves every candidate a run.
-        for round in 0..runs.seeds {
-            for (entry, samples) in entries.iter_mut().zip(samples.iter_mut()) {
-                self.race_run(curve, entry, base_seed + u64::from(round), true, samples)
-                    .await;
+        let mut machine = race::RaceMachine::new(
+            entries,
+            runs.seeds,
+            policy.race.extra_seeds,
+            self.spec.search.seed,
+        );
+        while let Some(ask) = machine.next_run() {
+            let entry = &machine.entries()[ask.entry];
+            let (batch, lr, steps) = (entry.batch_size, entry.learning_rate, entry.steps);
+            if let Some(run) = self
+                .race_run(curve, batch, lr, steps, ask, &mut samples[ask.entry])
+                .await
+            {
+                machine.tell(ask, run);
             }
         }
-        for extra in 0..policy.race.extra_seeds {
-            let tied = race::needs_another_seed(&entries);
-            if tied.is_empty() {
-                break;
-            }
-            for i in tied {
-                let seed = base_seed + u64::from(runs.seeds + extra);
-                self.race_run(curve, &mut entries[i], seed, false, &mut samples[i])
-                    .await;
-            }
-        }
+        let entries = machine.into_entries();
         let rule = match policy.race.tie_rule(policy.objective) {
             // Every candidate at or above a lower-bound batch agrees with the
             // model, so its choice cannot break a tie; the larger batch is
@@ -172,52 +170,44 @@ impl<R: TrialRunner> Session<'_, R> {
         }
     }
 
-    /// One seed of one candidate; `planned` runs that the budget cuts
-    /// make the search partial, extra seeds for ties do not.
+    /// One seed of one candidate, or `None` when the budget refuses it:
+    /// `planned` runs that the budget cuts make the search partial, extra
+    /// seeds for ties do not.
     pub(super) async fn race_run(
         &mut self,
         curve: &CurvePhase,
-        entry: &mut RaceEntry,
-        seed: u64,
-        planned: bool,
+        batch: u64,
+        lr: f64,
+        steps: u32,
+        ask: race::RunAsk,
         samples: &mut Vec<GradNoiseSample>,
-    ) {
-        if !self.run_fits(
-            Phase::Race,
-            self.seconds_for(curve, entry.batch_size, entry.steps),
-        ) {
-            if planned {
+    ) -> Option<RaceRun> {
+        if !self.run_fits(Phase::Race, self.seconds_for(curve, batch, steps)) {
+            if ask.planned {
                 self.cut_short(
                     Phase::Race,
-                    format!("batch {} ran fewer seeds than planned", entry.batch_size),
+                    format!("batch {batch} ran fewer seeds than planned"),
                 );
             } else {
                 self.skipped.push(format!(
-                    "batch {} got no extra seed to break its tie (no time)",
-                    entry.batch_size
+                    "batch {batch} got no extra seed to break its tie (no time)"
                 ));
             }
-            return;
+            return None;
         }
         let result = self
-            .training_run(
-                Phase::Race,
-                entry.batch_size,
-                entry.learning_rate,
-                entry.steps,
-                seed,
-            )
+            .training_run(Phase::Race, batch, lr, steps, ask.seed)
             .await;
         let loss = result.validation_loss.filter(|_| result.is_ok());
         if let (Some(_), Some(sample)) = (loss, result.grad_noise.clone()) {
             samples.push(sample);
         }
-        entry.runs.push(RaceRun {
-            seed,
+        Some(RaceRun {
+            seed: ask.seed,
             validation_loss: loss,
             outcome: result.outcome,
             losses: result.losses,
             loss_steps: Vec::new(),
-        });
+        })
     }
 }

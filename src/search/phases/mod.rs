@@ -12,7 +12,8 @@ mod reference;
 mod runs;
 
 use super::lr::{
-    analyze_range_test, best_lr, fit_alpha, lr_interval, BestLr, Confirmation, LrRule, RangeTest,
+    analyze_range_test, best_lr, fit_alpha, lr_interval, BestLr, Confirmation, ConfirmMachine,
+    LrRule, RangeTest, LR_STEP,
 };
 use super::maxfit::{prior_bytes_per_sample, MaxFit, MaxFitSearch, Next, Probe};
 use super::noise::{pooled_noise_scale, NoiseScale};
@@ -41,8 +42,6 @@ const MAX_RUN_STEPS: u32 = 50_000;
 /// Confirmation runs beyond the policy's candidates when the best LR sits
 /// at an edge of those tried.
 const MAX_EXTENSIONS: usize = 3;
-/// Factor between neighbouring LR candidates (half a decade).
-const LR_STEP: f64 = 3.16;
 /// A max-fit trial counts towards the throughput curve once it timed at
 /// least this many steps.
 const MIN_TIMED_STEPS: u32 = 2;

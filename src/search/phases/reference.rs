@@ -15,23 +15,18 @@ impl<R: TrialRunner> Session<'_, R> {
     ) -> ReferencePhase {
         let batch = range.reference_batch;
         let steps = runs.steps(curve, batch, self.stepping_share(&runs.budget));
-        let n = self.spec.policy.lr_search.confirmation_candidates.max(1) as i32;
-        let half = (n - 1) / 2;
-        let mut lrs: Vec<f64> = (-half..=(n - 1 - half))
-            .map(|k| range.center_lr * LR_STEP.powi(k))
-            .collect();
-        let mut confirmations: Vec<Confirmation> = Vec::new();
+        let mut machine = ConfirmMachine::new(
+            range.center_lr,
+            self.spec.policy.lr_search.confirmation_candidates,
+            MAX_EXTENSIONS,
+        );
         let mut samples: Vec<(f64, GradNoiseSample)> = Vec::new();
-        let mut extensions = 0;
-        let mut index = 0;
         let seed = self.spec.search.seed;
-        while index < lrs.len() {
-            let lr = lrs[index];
-            index += 1;
+        while let Some(ask) = machine.next_run() {
+            let lr = ask.learning_rate;
             if !self.run_fits(Phase::LrConfirmation, self.seconds_for(curve, batch, steps)) {
                 let what = format!("LR {lr:.2e} at batch {batch} was not confirmed");
-                if index > n as usize {
-                    // An extension past an edge: a refinement, not the plan.
+                if ask.extension {
                     self.skipped.push(format!(
                         "{what} (the best sat at an edge; no time to look further)"
                     ));
@@ -47,33 +42,16 @@ impl<R: TrialRunner> Session<'_, R> {
             if let (Some(loss), Some(sample)) = (loss, result.grad_noise.clone()) {
                 samples.push((loss, sample));
             }
-            confirmations.push(Confirmation {
+            machine.tell(Confirmation {
                 batch_size: batch,
                 learning_rate: lr,
                 validation_loss: loss,
                 outcome: result.outcome,
-                losses: result.losses.clone(),
+                losses: result.losses,
                 loss_steps: Vec::new(),
             });
-            if index == lrs.len() && extensions < MAX_EXTENSIONS {
-                let min = lrs.iter().copied().fold(f64::MAX, f64::min);
-                let max = lrs.iter().copied().fold(0.0, f64::max);
-                if let Some(best) = best_lr(&confirmations) {
-                    if best.best_tested_lr == min {
-                        lrs.push(min / LR_STEP);
-                        extensions += 1;
-                    } else if best.best_tested_lr == max {
-                        lrs.push(max * LR_STEP);
-                        extensions += 1;
-                    }
-                } else if confirmations.iter().all(|c| c.outcome == Outcome::Diverged) {
-                    // Every LR was too high (a range test misled by a
-                    // noisy loss does that): look below them all.
-                    lrs.push(min / LR_STEP.powi(2));
-                    extensions += 1;
-                }
-            }
         }
+        let confirmations = machine.into_runs();
         let best = best_lr(&confirmations);
         let mut rationale = Vec::new();
         if let Some(best) = &best {

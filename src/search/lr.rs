@@ -299,6 +299,115 @@ impl ConfirmMachine {
     }
 }
 
+/// The LR check at the race winner as an ask/tell machine: a half-decade
+/// either side of the raced LR with the winner's first seed (paired: same
+/// initialization and data order), one more step past a clear win at an
+/// edge. Seeded with the raced run itself.
+#[derive(Debug)]
+pub struct CheckMachine {
+    raced_lr: f64,
+    /// The race's seed-to-seed spread at the winner.
+    noise: f64,
+    lrs: Vec<f64>,
+    next: usize,
+    extended: bool,
+    runs: Vec<Confirmation>,
+}
+
+/// What the check found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckFinding {
+    /// The LR the recommendation takes: the best checked one when it beat
+    /// the raced one by more than `threshold` (or is the raced one),
+    /// otherwise the raced one.
+    pub chosen: BestLr,
+    /// The best of the checked runs, whether or not it was taken.
+    pub best: BestLr,
+    /// The LRs within `threshold` of the best.
+    pub interval: Option<(f64, f64)>,
+    pub raced_loss: f64,
+    pub threshold: f64,
+}
+
+impl CheckMachine {
+    pub fn new(raced: Confirmation, noise: f64) -> Self {
+        let lr = raced.learning_rate;
+        CheckMachine {
+            raced_lr: lr,
+            noise,
+            lrs: vec![lr / LR_STEP, lr * LR_STEP],
+            next: 0,
+            extended: false,
+            runs: vec![raced],
+        }
+    }
+
+    fn raced_loss(&self) -> f64 {
+        self.runs[0].validation_loss.unwrap_or(f64::INFINITY)
+    }
+
+    /// The next LR to run, or `None` when the check is over.
+    pub fn next_run(&mut self) -> Option<f64> {
+        if self.next == self.lrs.len() && !self.extended {
+            self.extended = true;
+            // A clear win at an edge: one more step that way.
+            if let Some(best) = best_lr(&self.runs) {
+                if best.validation_loss < self.raced_loss() - self.noise.max(1e-9) {
+                    let min = self.lrs.iter().copied().fold(self.raced_lr, f64::min);
+                    let max = self.lrs.iter().copied().fold(self.raced_lr, f64::max);
+                    if best.best_tested_lr == min {
+                        self.lrs.push(min / LR_STEP);
+                    } else if best.best_tested_lr == max {
+                        self.lrs.push(max * LR_STEP);
+                    }
+                }
+            }
+        }
+        let lr = *self.lrs.get(self.next)?;
+        self.next += 1;
+        Some(lr)
+    }
+
+    pub fn tell(&mut self, run: Confirmation) {
+        self.runs.push(run);
+    }
+
+    /// The finding, and every run (the raced one first). One seed must beat
+    /// the race's seed-to-seed noise (and 0.2% of the loss) to move the LR
+    /// off the raced one towards an edge; a bowl around the raced LR refines
+    /// it to the bowl's bottom.
+    pub fn finish(self) -> (Option<CheckFinding>, Vec<Confirmation>) {
+        let Some(best) = best_lr(&self.runs) else {
+            return (None, self.runs);
+        };
+        let raced_loss = self.raced_loss();
+        let threshold = self.noise.max(0.002 * raced_loss.abs());
+        let chosen = if best.best_tested_lr == self.raced_lr
+            || best.validation_loss < raced_loss - threshold
+        {
+            best.clone()
+        } else {
+            BestLr {
+                batch_size: self.runs[0].batch_size,
+                learning_rate: self.raced_lr,
+                best_tested_lr: self.raced_lr,
+                validation_loss: raced_loss,
+                interpolated: false,
+            }
+        };
+        let interval = lr_interval(&self.runs, threshold)
+            .map(|(lo, hi)| (lo.min(chosen.learning_rate), hi.max(chosen.learning_rate)));
+        let finding = CheckFinding {
+            chosen,
+            best,
+            interval,
+            raced_loss,
+            threshold,
+        };
+        (Some(finding), self.runs)
+    }
+}
+
 /// How the LR moves with batch size: lr(N) = reference_lr x (N / reference_batch)^alpha.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LrRule {
@@ -380,10 +489,55 @@ mod tests {
         assert!(close(asked[3].0, 1e-3 * LR_STEP * LR_STEP));
     }
 
+    fn checked(lr: f64, best: f64, noise: f64) -> (Vec<f64>, Option<CheckFinding>) {
+        let run = |lr: f64| Confirmation {
+            batch_size: 256,
+            learning_rate: lr,
+            validation_loss: Some(1.0 + 0.1 * (lr / best).ln().powi(2)),
+            outcome: Outcome::Ok,
+            losses: Vec::new(),
+            loss_steps: Vec::new(),
+        };
+        let mut machine = CheckMachine::new(run(lr), noise);
+        let mut asked = Vec::new();
+        while let Some(candidate) = machine.next_run() {
+            asked.push(candidate);
+            machine.tell(run(candidate));
+        }
+        let (finding, runs) = machine.finish();
+        assert_eq!(runs.len(), asked.len() + 1);
+        (asked, finding)
+    }
+
+    #[test]
+    fn the_check_moves_the_lr_only_past_the_seed_noise() {
+        // The raced LR is the best: either side, no extension, it stays.
+        let (asked, finding) = checked(1e-3, 1e-3, 0.01);
+        assert_eq!(asked.len(), 2);
+        let finding = finding.unwrap();
+        assert!(close(finding.chosen.learning_rate, 1e-3) || finding.chosen.interpolated);
+        // A clear win a step up: one more step that way, and the LR moves.
+        let (asked, finding) = checked(1e-3, 1e-2, 0.01);
+        assert_eq!(asked.len(), 3, "{asked:?}");
+        assert!(close(asked[2], 1e-3 * LR_STEP * LR_STEP));
+        assert!(finding.unwrap().chosen.learning_rate > 3e-3);
+        // A win at the edge smaller than the seed noise: the raced LR
+        // stands; beyond it, the LR moves.
+        let (_, finding) = checked(1e-3, 2.5e-3, 0.5);
+        let finding = finding.unwrap();
+        assert!(close(finding.chosen.learning_rate, 1e-3), "{finding:?}");
+        assert!(finding.best.learning_rate > 2e-3, "{finding:?}");
+        let (_, finding) = checked(1e-3, 2.5e-3, 0.01);
+        assert!(finding.unwrap().chosen.learning_rate > 2e-3);
+    }
+
     #[test]
     fn when_every_confirmation_diverges_it_looks_two_steps_below() {
         let asked = confirm(1e-2, 1e-4, 1e-3);
-        assert!(close(asked[3].0, 1e-2 / LR_STEP / LR_STEP / LR_STEP), "{asked:?}");
+        assert!(
+            close(asked[3].0, 1e-2 / LR_STEP / LR_STEP / LR_STEP),
+            "{asked:?}"
+        );
         assert!(asked[3].1);
     }
 

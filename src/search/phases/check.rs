@@ -34,20 +34,18 @@ impl<R: TrialRunner> Session<'_, R> {
         let batch = entry.batch_size;
         let steps = entry.steps;
         let noise = entry.spread().unwrap_or(0.0);
-        check.runs.push(Confirmation {
-            batch_size: batch,
-            learning_rate: lr,
-            validation_loss: first.validation_loss,
-            outcome: first.outcome,
-            losses: first.losses.clone(),
-            loss_steps: Vec::new(),
-        });
-        let mut lrs = vec![lr / LR_STEP, lr * LR_STEP];
-        let mut index = 0;
-        let mut extended = false;
-        while index < lrs.len() {
-            let candidate = lrs[index];
-            index += 1;
+        let mut machine = CheckMachine::new(
+            Confirmation {
+                batch_size: batch,
+                learning_rate: lr,
+                validation_loss: first.validation_loss,
+                outcome: first.outcome,
+                losses: first.losses.clone(),
+                loss_steps: Vec::new(),
+            },
+            noise,
+        );
+        while let Some(candidate) = machine.next_run() {
             if !self.run_fits(Phase::LrCheck, self.seconds_for(curve, batch, steps)) {
                 // The check refines an LR the race already used: skipping
                 // it leaves a tested answer, so it is noted, not partial.
@@ -59,7 +57,7 @@ impl<R: TrialRunner> Session<'_, R> {
             let result = self
                 .training_run(Phase::LrCheck, batch, candidate, steps, first.seed)
                 .await;
-            check.runs.push(Confirmation {
+            machine.tell(Confirmation {
                 batch_size: batch,
                 learning_rate: candidate,
                 validation_loss: result.validation_loss.filter(|_| result.is_ok()),
@@ -67,55 +65,22 @@ impl<R: TrialRunner> Session<'_, R> {
                 losses: result.losses,
                 loss_steps: Vec::new(),
             });
-            if index == lrs.len() && !extended {
-                // A clear win at an edge: one more step that way.
-                if let Some(best) = best_lr(&check.runs) {
-                    let center_loss = first.validation_loss.unwrap_or(f64::INFINITY);
-                    if best.validation_loss < center_loss - noise.max(1e-9) {
-                        let min = lrs.iter().copied().fold(lr, f64::min);
-                        let max = lrs.iter().copied().fold(lr, f64::max);
-                        if best.best_tested_lr == min {
-                            lrs.push(min / LR_STEP);
-                            extended = true;
-                        } else if best.best_tested_lr == max {
-                            lrs.push(max * LR_STEP);
-                            extended = true;
-                        }
-                    }
-                }
-            }
         }
-        let Some(best) = best_lr(&check.runs) else {
+        let (finding, runs) = machine.finish();
+        check.runs = runs;
+        let Some(finding) = finding else {
             return check;
         };
-        let center_loss = first.validation_loss.unwrap_or(f64::INFINITY);
-        // One seed must beat the race's seed-to-seed noise to move the LR
-        // off the raced one towards an edge; a bowl around the raced LR
-        // refines it to the bowl's bottom.
-        let threshold = noise.max(0.002 * center_loss.abs());
-        let raced = BestLr {
-            batch_size: batch,
-            learning_rate: lr,
-            best_tested_lr: lr,
-            validation_loss: center_loss,
-            interpolated: false,
-        };
-        let chosen = if best.best_tested_lr == lr || best.validation_loss < center_loss - threshold
-        {
-            best.clone()
-        } else {
-            raced
-        };
-        check.interval = lr_interval(&check.runs, threshold)
-            .map(|(lo, hi)| (lo.min(chosen.learning_rate), hi.max(chosen.learning_rate)));
+        let chosen = finding.chosen;
+        check.interval = finding.interval;
         check.rationale.push(format!(
             "LR check at batch {batch}: {} runs from {:.2e} to {:.2e} with the race's first seed; best {:.3e} (loss {:.4} against {:.4} at the raced LR; seed noise {:.4}), so the LR is {:.3e}",
             check.runs.len(),
             check.runs.iter().map(|r| r.learning_rate).fold(f64::MAX, f64::min),
             check.runs.iter().map(|r| r.learning_rate).fold(0.0, f64::max),
-            best.learning_rate,
-            best.validation_loss,
-            center_loss,
+            finding.best.learning_rate,
+            finding.best.validation_loss,
+            finding.raced_loss,
             noise,
             chosen.learning_rate
         ));

@@ -12,8 +12,8 @@ mod reference;
 mod runs;
 
 use super::lr::{
-    analyze_range_test, best_lr, fit_alpha, lr_interval, BestLr, Confirmation, ConfirmMachine,
-    LrRule, RangeTest, LR_STEP,
+    analyze_range_test, best_lr, fit_alpha, BestLr, CheckMachine, ConfirmMachine, Confirmation,
+    LrRule, RangeTest,
 };
 use super::maxfit::{prior_bytes_per_sample, MaxFit, MaxFitSearch, Next, Probe};
 use super::noise::{pooled_noise_scale, NoiseScale};

@@ -23,7 +23,9 @@
 //! `BATCHD_BENCH_WORKER` names the `batchd` binary the trials run in
 //! (default: this build's), so a copied bench can measure an older build.
 //!
-//! `BATCHD_BENCH_REPEAT=5` measures repeatability too: per job, on the
+//! `BATCHD_BENCH_REPEAT=5` measures repeatability too (with
+//! `BATCHD_BENCH_REPEAT_ONLY=1`, only: no policy rows, no epoch grid): per
+//! job, on the
 //! wall-clock grid, `balanced` advised that many more times with
 //! search seeds 1..=N at the same budget, each pick trained on the grid's
 //! seeds. It prints every run (batch, LR, noise scale with |G|^2 and
@@ -493,6 +495,17 @@ fn main() {
             Budget::Seconds(cell_seconds),
             train_samples,
         );
+        if repeat > 0 && std::env::var_os("BATCHD_BENCH_REPEAT_ONLY").is_some() {
+            repeats.push(repeatability(
+                &bench,
+                &job,
+                &wall,
+                cell_seconds,
+                train_samples,
+                repeat,
+            ));
+            continue;
+        }
         let epochs = spec.training.epochs;
         let per_epoch = grid(
             &bench,

@@ -29,19 +29,6 @@ pub fn sample_sd(values: &[f64]) -> Option<f64> {
     Some(var.sqrt())
 }
 
-/// The pooled standard deviation of several groups around their own means
-/// (groups of one add nothing): a seed-to-seed spread with the degrees of
-/// freedom of every group, where one group of two seeds has a single one.
-pub fn pooled_sd(groups: &[Vec<f64>]) -> Option<f64> {
-    let (mut squares, mut freedom) = (0.0, 0usize);
-    for group in groups.iter().filter(|g| g.len() >= 2) {
-        let mean = group.iter().sum::<f64>() / group.len() as f64;
-        squares += group.iter().map(|v| (v - mean).powi(2)).sum::<f64>();
-        freedom += group.len() - 1;
-    }
-    (freedom > 0).then(|| (squares / freedom as f64).sqrt())
-}
-
 /// A line y = intercept + slope · x fitted by weighted least squares.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AffineFit {
@@ -89,14 +76,6 @@ pub fn round_down(batch: u64, multiple: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_pooled_spread_weighs_every_group_by_its_freedom() {
-        let groups = vec![vec![1.0, 3.0], vec![10.0, 10.0, 16.0], vec![7.0]];
-        // (2 + 24) / (1 + 2) = 26 / 3.
-        assert!((pooled_sd(&groups).unwrap() - (26.0f64 / 3.0).sqrt()).abs() < 1e-12);
-        assert_eq!(pooled_sd(&[vec![1.0], vec![2.0]]), None);
-    }
 
     #[test]
     fn mean_and_median_skip_non_finite_values() {

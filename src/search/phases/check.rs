@@ -33,12 +33,7 @@ impl<R: TrialRunner> Session<'_, R> {
         };
         let batch = entry.batch_size;
         let steps = entry.steps;
-        // The race's pooled spread: the winner's own two seeds are too few
-        // to say what a single run's luck is worth (two seeds' spread is
-        // below two thirds of the true one half the time).
-        let noise = race::pooled_spread(&race.entries)
-            .or_else(|| entry.spread())
-            .unwrap_or(0.0);
+        let noise = entry.spread().unwrap_or(0.0);
         let mut machine = CheckMachine::new(
             Confirmation {
                 batch_size: batch,

@@ -92,7 +92,7 @@ pub struct Race {
     pub preferred: u64,
     /// The rule that picked among the tied candidates, when the race ended
     /// within noise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub decided_by: Option<TieRule>,
     pub verdict: String,
 }

@@ -495,7 +495,7 @@ fn main() {
             Budget::Seconds(cell_seconds),
             train_samples,
         );
-        if repeat > 0 && std::env::var_os("BATCHD_BENCH_REPEAT_ONLY").is_some() {
+        let repeat_on = |repeats: &mut Vec<String>| {
             repeats.push(repeatability(
                 &bench,
                 &job,
@@ -503,7 +503,10 @@ fn main() {
                 cell_seconds,
                 train_samples,
                 repeat,
-            ));
+            ))
+        };
+        if repeat > 0 && std::env::var_os("BATCHD_BENCH_REPEAT_ONLY").is_some() {
+            repeat_on(&mut repeats);
             continue;
         }
         let epochs = spec.training.epochs;
@@ -597,14 +600,7 @@ fn main() {
             rows.push(row);
         }
         if repeat > 0 {
-            repeats.push(repeatability(
-                &bench,
-                &job,
-                &wall,
-                cell_seconds,
-                train_samples,
-                repeat,
-            ));
+            repeat_on(&mut repeats);
         }
     }
     println!();

@@ -212,6 +212,20 @@ pub fn lr_interval(runs: &[Confirmation], tolerance: f64) -> Option<(f64, f64)> 
 /// Factor between neighbouring LR candidates (half a decade).
 pub const LR_STEP: f64 = 3.16;
 
+/// One half-decade step past the edge of `tried` that `best` sits at, or
+/// `None` when the best is inside.
+fn past_edge(tried: &[f64], best: f64) -> Option<f64> {
+    let min = tried.iter().copied().fold(f64::MAX, f64::min);
+    let max = tried.iter().copied().fold(0.0, f64::max);
+    if best == min {
+        Some(min / LR_STEP)
+    } else if best == max {
+        Some(max * LR_STEP)
+    } else {
+        None
+    }
+}
+
 /// The LR confirmation as an ask/tell machine: the policy's candidates
 /// around the range test's suggestion, a half-decade apart, then up to
 /// `max_extensions` more past whichever edge the best sits at (two below
@@ -271,15 +285,12 @@ impl ConfirmMachine {
         if self.extensions >= self.max_extensions {
             return;
         }
-        let min = self.lrs.iter().copied().fold(f64::MAX, f64::min);
-        let max = self.lrs.iter().copied().fold(0.0, f64::max);
         let next = match best_lr(&self.runs) {
-            Some(best) if best.best_tested_lr == min => Some(min / LR_STEP),
-            Some(best) if best.best_tested_lr == max => Some(max * LR_STEP),
-            Some(_) => None,
+            Some(best) => past_edge(&self.lrs, best.best_tested_lr),
             // Every LR was too high (a range test misled by a noisy loss
             // does that): look below them all.
             None if self.runs.iter().all(|c| c.outcome == Outcome::Diverged) => {
+                let min = self.lrs.iter().copied().fold(f64::MAX, f64::min);
                 Some(min / LR_STEP.powi(2))
             }
             None => None,
@@ -353,12 +364,9 @@ impl CheckMachine {
             // A clear win at an edge: one more step that way.
             if let Some(best) = best_lr(&self.runs) {
                 if best.validation_loss < self.raced_loss() - self.noise.max(1e-9) {
-                    let min = self.lrs.iter().copied().fold(self.raced_lr, f64::min);
-                    let max = self.lrs.iter().copied().fold(self.raced_lr, f64::max);
-                    if best.best_tested_lr == min {
-                        self.lrs.push(min / LR_STEP);
-                    } else if best.best_tested_lr == max {
-                        self.lrs.push(max * LR_STEP);
+                    // The raced LR sits between the two checked ones.
+                    if let Some(lr) = past_edge(&self.lrs, best.best_tested_lr) {
+                        self.lrs.push(lr);
                     }
                 }
             }

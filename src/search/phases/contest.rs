@@ -134,15 +134,7 @@ impl<R: TrialRunner> Session<'_, R> {
             .entries
             .iter()
             .zip(&samples)
-            .filter_map(|(entry, samples)| {
-                let from = noise_from(entry.steps, 0);
-                pooled_noise_scale(
-                    samples,
-                    from,
-                    u64::from(from) * entry.batch_size,
-                    u64::from(entry.steps) * entry.batch_size,
-                )
-            })
+            .filter_map(|(entry, samples)| noise_at(samples, entry.batch_size, entry.steps))
             .collect();
         noise_by_progress.sort_by_key(|n| n.after_samples);
         let (batch, learning_rate) = match race.winner {

@@ -217,6 +217,18 @@ fn noise_from(steps: u32, warmup: u32) -> u32 {
     warmup.max(steps / 2)
 }
 
+/// The noise scale of runs of `steps` at `batch`, at the point of training
+/// their measurements cover (see [`noise_request`]).
+fn noise_at(samples: &[GradNoiseSample], batch: u64, steps: u32) -> Option<NoiseScale> {
+    let from = noise_from(steps, 0);
+    pooled_noise_scale(
+        samples,
+        from,
+        u64::from(from) * batch,
+        u64::from(steps) * batch,
+    )
+}
+
 /// The gradient-noise measurements of a training run of `steps`: the
 /// policy's `per_run` (`trials.noise_scale_measurements`, 40 in `balanced`)
 /// at most, a quarter of the steps at most, spread evenly over the run's

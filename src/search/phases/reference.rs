@@ -70,23 +70,10 @@ impl<R: TrialRunner> Session<'_, R> {
             .filter(|(loss, _)| *loss <= best_loss * 1.05 + 1e-9)
             .map(|(_, s)| s.clone())
             .collect();
-        let measured_from = noise_from(steps, 0);
-        let noise = pooled_noise_scale(
-            &good,
-            measured_from,
-            u64::from(measured_from) * batch,
-            u64::from(steps) * batch,
-        );
+        let noise = noise_at(&good, batch, steps);
         let pre: Vec<GradNoiseSample> = good.iter().filter_map(|s| s.preconditioned()).collect();
         let preconditioned = (pre.len() == good.len())
-            .then(|| {
-                pooled_noise_scale(
-                    &pre,
-                    measured_from,
-                    u64::from(measured_from) * batch,
-                    u64::from(steps) * batch,
-                )
-            })
+            .then(|| noise_at(&pre, batch, steps))
             .flatten();
         let judge = |n: &NoiseScale| {
             if n.is_lower_bound() {
@@ -99,11 +86,12 @@ impl<R: TrialRunner> Session<'_, R> {
         };
         match &noise {
             Some(n) => rationale.push(format!(
-                "gradient noise scale B_simple = {} samples, measured over training samples {}..{} ({} runs at batch {batch}, steps {measured_from}..{steps}; {} measurements against batch {}; McCandlish et al. 2018){}",
+                "gradient noise scale B_simple = {} samples, measured over training samples {}..{} ({} runs at batch {batch}, steps {}..{steps}; {} measurements against batch {}; McCandlish et al. 2018){}",
                 n.describe(),
                 n.after_samples,
                 n.until_samples,
                 good.len(),
+                n.after_steps,
                 n.measurements,
                 n.small_batch,
                 if preconditioned.is_some() { "" } else { judge(n) }

@@ -311,108 +311,221 @@ impl ConfirmMachine {
 }
 
 /// The LR check at the race winner as an ask/tell machine: a half-decade
-/// either side of the raced LR with the winner's first seed (paired: same
-/// initialization and data order), one more step past a clear win at an
-/// edge. Seeded with the raced run itself.
+/// either side of the raced LR, paired with the race's own seeds (same
+/// initialization and data order, so a seed's luck cancels in the
+/// difference), seed by seed; one more step past a clear win at an edge.
+/// Seeded with the raced runs themselves.
+///
+/// With one seed, a single lucky run moved the LR a half-decade and the
+/// advice's LR spread 11-13x across repeated searches; with two, the LR
+/// moves only when every seed agrees and their mean beats the race's noise.
 #[derive(Debug)]
 pub struct CheckMachine {
     raced_lr: f64,
     /// The race's seed-to-seed spread at the winner.
     noise: f64,
+    /// The seeds every checked LR runs with, in order.
+    seeds: Vec<u64>,
     lrs: Vec<f64>,
-    next: usize,
+    /// Asks not yet handed out.
+    queue: std::collections::VecDeque<CheckAsk>,
     extended: bool,
-    runs: Vec<Confirmation>,
+    /// Every run told, with its seed (the raced ones first).
+    runs: Vec<(u64, Confirmation)>,
+}
+
+/// One check run the machine asks for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CheckAsk {
+    pub learning_rate: f64,
+    pub seed: u64,
 }
 
 /// What the check found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckFinding {
     /// The LR the recommendation takes: the best checked one when it beat
-    /// the raced one by more than `threshold` (or is the raced one),
-    /// otherwise the raced one.
+    /// the raced one by more than `threshold` on every seed's pair (or is
+    /// the raced one), otherwise the raced one.
     pub chosen: BestLr,
-    /// The best of the checked runs, whether or not it was taken.
+    /// The best of the checked LRs (seed means), whether or not it was taken.
     pub best: BestLr,
     /// The LRs within `threshold` of the best.
     pub interval: Option<(f64, f64)>,
+    /// The raced LR's mean loss over the seeds compared.
     pub raced_loss: f64,
     pub threshold: f64,
+    /// How many seeds every compared LR ran with.
+    pub seeds: usize,
 }
 
 impl CheckMachine {
-    pub fn new(raced: Confirmation, noise: f64) -> Self {
-        let lr = raced.learning_rate;
+    /// `raced`: the winner's runs at the raced LR as (seed, run); the check
+    /// pairs with at most `max_seeds` of them, in their order.
+    pub fn new(raced: Vec<(u64, Confirmation)>, noise: f64, max_seeds: usize) -> Self {
+        let raced_lr = raced.first().map_or(f64::NAN, |(_, r)| r.learning_rate);
+        let seeds: Vec<u64> = raced
+            .iter()
+            .map(|(seed, _)| *seed)
+            .take(max_seeds.max(1))
+            .collect();
+        let lrs = vec![raced_lr / LR_STEP, raced_lr * LR_STEP];
+        let queue = seeds
+            .iter()
+            .flat_map(|&seed| {
+                lrs.iter().map(move |&learning_rate| CheckAsk {
+                    learning_rate,
+                    seed,
+                })
+            })
+            .collect();
         CheckMachine {
-            raced_lr: lr,
+            raced_lr,
             noise,
-            lrs: vec![lr / LR_STEP, lr * LR_STEP],
-            next: 0,
+            seeds,
+            lrs,
+            queue,
             extended: false,
-            runs: vec![raced],
+            runs: raced,
         }
     }
 
-    fn raced_loss(&self) -> f64 {
-        self.runs[0].validation_loss.unwrap_or(f64::INFINITY)
-    }
-
-    /// The next LR to run, or `None` when the check is over.
-    pub fn next_run(&mut self) -> Option<f64> {
-        if self.next == self.lrs.len() && !self.extended {
+    /// The next run, or `None` when the check is over.
+    pub fn next_run(&mut self) -> Option<CheckAsk> {
+        if self.queue.is_empty() && !self.extended {
             self.extended = true;
-            // A clear win at an edge: one more step that way.
-            if let Some(best) = best_lr(&self.runs) {
-                if best.validation_loss < self.raced_loss() - self.noise.max(1e-9) {
-                    // The raced LR sits between the two checked ones.
-                    if let Some(lr) = past_edge(&self.lrs, best.best_tested_lr) {
+            // A clear win at an edge: one more step that way, every seed.
+            if let Some(finding) = self.judge() {
+                if finding.chosen.best_tested_lr != self.raced_lr {
+                    if let Some(lr) = past_edge(&self.lrs, finding.chosen.best_tested_lr) {
                         self.lrs.push(lr);
+                        for &seed in &self.seeds {
+                            self.queue.push_back(CheckAsk {
+                                learning_rate: lr,
+                                seed,
+                            });
+                        }
                     }
                 }
             }
         }
-        let lr = *self.lrs.get(self.next)?;
-        self.next += 1;
-        Some(lr)
+        self.queue.pop_front()
     }
 
-    pub fn tell(&mut self, run: Confirmation) {
-        self.runs.push(run);
+    pub fn tell(&mut self, ask: CheckAsk, run: Confirmation) {
+        self.runs.push((ask.seed, run));
     }
 
-    /// The finding, and every run (the raced one first). One seed must beat
-    /// the race's seed-to-seed noise (and 0.2% of the loss) to move the LR
-    /// off the raced one towards an edge; a bowl around the raced LR refines
-    /// it to the bowl's bottom.
-    pub fn finish(self) -> (Option<CheckFinding>, Vec<Confirmation>) {
-        let Some(best) = best_lr(&self.runs) else {
-            return (None, self.runs);
-        };
-        let raced_loss = self.raced_loss();
+    /// The seeds with a run at the raced LR and at every checked LR that
+    /// has any run: the pairs a comparison may use.
+    fn complete_seeds(&self) -> Vec<u64> {
+        let tried: Vec<f64> = std::iter::once(self.raced_lr)
+            .chain(
+                self.lrs
+                    .iter()
+                    .copied()
+                    .filter(|lr| self.runs.iter().any(|(_, r)| r.learning_rate == *lr)),
+            )
+            .collect();
+        self.seeds
+            .iter()
+            .copied()
+            .filter(|seed| {
+                tried.iter().all(|lr| {
+                    self.runs
+                        .iter()
+                        .any(|(s, r)| s == seed && r.learning_rate == *lr)
+                })
+            })
+            .collect()
+    }
+
+    /// Loss at `lr` for `seed` (`None`: diverged, failed or not run).
+    fn loss(&self, lr: f64, seed: u64) -> Option<f64> {
+        self.runs
+            .iter()
+            .find(|(s, r)| *s == seed && r.learning_rate == lr)
+            .and_then(|(_, r)| r.validation_loss.filter(|l| l.is_finite()))
+    }
+
+    /// The finding over the seeds compared so far. With no complete seed
+    /// (a cut before the first pair finished) it compares the first seed's
+    /// runs as they are.
+    fn judge(&self) -> Option<CheckFinding> {
+        let mut seeds = self.complete_seeds();
+        if seeds.is_empty() {
+            seeds = self.seeds.iter().take(1).copied().collect();
+        }
+        let lrs: Vec<f64> = std::iter::once(self.raced_lr)
+            .chain(self.lrs.iter().copied())
+            .collect();
+        // One point per LR: its mean over the compared seeds, none where
+        // any seed diverged (an LR that diverges on some seeds is no pick).
+        let means: Vec<Confirmation> = lrs
+            .iter()
+            .filter_map(|&lr| {
+                let mut template = self
+                    .runs
+                    .iter()
+                    .find(|(s, r)| r.learning_rate == lr && seeds.contains(s))?
+                    .1
+                    .clone();
+                let losses: Option<Vec<f64>> =
+                    seeds.iter().map(|&seed| self.loss(lr, seed)).collect();
+                template.validation_loss = losses.as_deref().and_then(mean);
+                Some(template)
+            })
+            .collect();
+        let best = best_lr(&means)?;
+        let raced_loss = means
+            .first()
+            .filter(|r| r.learning_rate == self.raced_lr)
+            .and_then(|r| r.validation_loss)
+            .unwrap_or(f64::INFINITY);
         let threshold = self.noise.max(0.002 * raced_loss.abs());
+        let every_pair_better = seeds.iter().all(|&seed| {
+            match (
+                self.loss(best.best_tested_lr, seed),
+                self.loss(self.raced_lr, seed),
+            ) {
+                (Some(checked), Some(raced)) => checked < raced,
+                (Some(_), None) => true,
+                _ => false,
+            }
+        });
         let chosen = if best.best_tested_lr == self.raced_lr
-            || best.validation_loss < raced_loss - threshold
+            || (best.validation_loss < raced_loss - threshold && every_pair_better)
         {
             best.clone()
         } else {
             BestLr {
-                batch_size: self.runs[0].batch_size,
+                batch_size: best.batch_size,
                 learning_rate: self.raced_lr,
                 best_tested_lr: self.raced_lr,
                 validation_loss: raced_loss,
                 interpolated: false,
             }
         };
-        let interval = lr_interval(&self.runs, threshold)
+        let interval = lr_interval(&means, threshold)
             .map(|(lo, hi)| (lo.min(chosen.learning_rate), hi.max(chosen.learning_rate)));
-        let finding = CheckFinding {
+        Some(CheckFinding {
             chosen,
             best,
             interval,
             raced_loss,
             threshold,
-        };
-        (Some(finding), self.runs)
+            seeds: seeds.len(),
+        })
+    }
+
+    /// The finding, and every run (the raced ones first). The LR moves off
+    /// the raced one towards an edge only when the checked LR's seed mean
+    /// beats the raced one's by the race's seed-to-seed noise (and 0.2% of
+    /// the loss) and every seed's pair agrees; a bowl around the raced LR
+    /// refines it to the bowl's bottom.
+    pub fn finish(self) -> (Option<CheckFinding>, Vec<Confirmation>) {
+        let finding = self.judge();
+        (finding, self.runs.into_iter().map(|(_, r)| r).collect())
     }
 }
 
@@ -497,24 +610,39 @@ mod tests {
         assert!(close(asked[3].0, 1e-3 * LR_STEP * LR_STEP));
     }
 
-    fn checked(lr: f64, best: f64, noise: f64) -> (Vec<f64>, Option<CheckFinding>) {
-        let run = |lr: f64| Confirmation {
+    /// A check on a bowl with its bottom at `best`, each seed's losses
+    /// offset by `luck(seed, lr)`.
+    fn checked_with(
+        lr: f64,
+        best: f64,
+        noise: f64,
+        seeds: usize,
+        luck: impl Fn(u64, f64) -> f64,
+    ) -> (Vec<CheckAsk>, Option<CheckFinding>) {
+        let run = |lr: f64, seed: u64| Confirmation {
             batch_size: 256,
             learning_rate: lr,
-            validation_loss: Some(1.0 + 0.1 * (lr / best).ln().powi(2)),
+            validation_loss: Some(1.0 + 0.1 * (lr / best).ln().powi(2) + luck(seed, lr)),
             outcome: Outcome::Ok,
             losses: Vec::new(),
             loss_steps: Vec::new(),
         };
-        let mut machine = CheckMachine::new(run(lr), noise);
+        let raced = (1..=seeds as u64)
+            .map(|seed| (seed, run(lr, seed)))
+            .collect();
+        let mut machine = CheckMachine::new(raced, noise, 2);
         let mut asked = Vec::new();
-        while let Some(candidate) = machine.next_run() {
-            asked.push(candidate);
-            machine.tell(run(candidate));
+        while let Some(ask) = machine.next_run() {
+            asked.push(ask);
+            machine.tell(ask, run(ask.learning_rate, ask.seed));
         }
         let (finding, runs) = machine.finish();
-        assert_eq!(runs.len(), asked.len() + 1);
+        assert_eq!(runs.len(), asked.len() + seeds);
         (asked, finding)
+    }
+
+    fn checked(lr: f64, best: f64, noise: f64) -> (Vec<CheckAsk>, Option<CheckFinding>) {
+        checked_with(lr, best, noise, 1, |_, _| 0.0)
     }
 
     #[test]
@@ -527,7 +655,7 @@ mod tests {
         // A clear win a step up: one more step that way, and the LR moves.
         let (asked, finding) = checked(1e-3, 1e-2, 0.01);
         assert_eq!(asked.len(), 3, "{asked:?}");
-        assert!(close(asked[2], 1e-3 * LR_STEP * LR_STEP));
+        assert!(close(asked[2].learning_rate, 1e-3 * LR_STEP * LR_STEP));
         assert!(finding.unwrap().chosen.learning_rate > 3e-3);
         // A win at the edge smaller than the seed noise: the raced LR
         // stands; beyond it, the LR moves.
@@ -537,6 +665,71 @@ mod tests {
         assert!(finding.best.learning_rate > 2e-3, "{finding:?}");
         let (_, finding) = checked(1e-3, 2.5e-3, 0.01);
         assert!(finding.unwrap().chosen.learning_rate > 2e-3);
+    }
+
+    #[test]
+    fn two_seeds_run_seed_by_seed_and_must_agree() {
+        // Each seed runs both neighbours before the next seed starts, so a
+        // budget cut after the first seed leaves a complete single-seed
+        // comparison.
+        let (asked, finding) = checked_with(1e-3, 1e-3, 0.01, 2, |_, _| 0.0);
+        let seeds: Vec<u64> = asked.iter().map(|a| a.seed).collect();
+        assert_eq!(seeds, vec![1, 1, 2, 2]);
+        assert_eq!(finding.unwrap().seeds, 2);
+        // Seed 1 is lucky at the higher LR (by more than the noise), seed 2
+        // unlucky there: the mean still favours it, but the pairs disagree,
+        // so the raced LR stands.
+        let lucky = |seed: u64, lr: f64| match (seed, lr > 2e-3) {
+            (1, true) => -0.5,
+            (2, true) => 0.1,
+            _ => 0.0,
+        };
+        let (_, finding) = checked_with(1e-3, 1e-3, 0.01, 2, lucky);
+        let finding = finding.unwrap();
+        assert!(
+            close(finding.best.best_tested_lr, 1e-3 * LR_STEP),
+            "{finding:?}"
+        );
+        assert!(close(finding.chosen.learning_rate, 1e-3), "{finding:?}");
+        // The same luck on one seed alone moves the LR: what the pairing
+        // guards against.
+        let (_, finding) = checked_with(1e-3, 1e-3, 0.01, 1, lucky);
+        assert!(finding.unwrap().chosen.learning_rate > 2e-3);
+        // A real win that both seeds see moves it, with both seeds.
+        let (asked, finding) = checked_with(1e-3, 1e-2, 0.01, 2, |seed, _| seed as f64 * 0.05);
+        assert_eq!(asked.len(), 6, "{asked:?}");
+        let finding = finding.unwrap();
+        assert!(finding.chosen.learning_rate > 3e-3, "{finding:?}");
+        assert_eq!(finding.seeds, 2);
+    }
+
+    #[test]
+    fn a_cut_after_the_first_seed_judges_on_it() {
+        let run = |lr: f64, loss: f64| Confirmation {
+            batch_size: 256,
+            learning_rate: lr,
+            validation_loss: Some(loss),
+            outcome: Outcome::Ok,
+            losses: Vec::new(),
+            loss_steps: Vec::new(),
+        };
+        let mut machine =
+            CheckMachine::new(vec![(7, run(1e-3, 1.0)), (8, run(1e-3, 1.1))], 0.01, 2);
+        // Seed 7's two neighbours, then seed 8's first only: the budget cut.
+        for loss in [1.2, 0.5] {
+            let ask = machine.next_run().unwrap();
+            assert_eq!(ask.seed, 7);
+            machine.tell(ask, run(ask.learning_rate, loss));
+        }
+        let ask = machine.next_run().unwrap();
+        assert_eq!(ask.seed, 8);
+        machine.tell(ask, run(ask.learning_rate, 1.3));
+        let (finding, runs) = machine.finish();
+        let finding = finding.unwrap();
+        assert_eq!(finding.seeds, 1);
+        assert_eq!(runs.len(), 5);
+        assert!((finding.raced_loss - 1.0).abs() < 1e-12);
+        assert!(finding.chosen.best_tested_lr > 2e-3, "{finding:?}");
     }
 
     #[test]

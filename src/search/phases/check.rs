@@ -2,9 +2,14 @@
 
 use super::*;
 
+/// Race seeds each checked LR is paired with: one seed let a single lucky
+/// run move the LR a half-decade (the advice's LR spread 11-13x across
+/// repeated searches).
+pub(super) const CHECK_SEEDS: usize = 2;
+
 impl<R: TrialRunner> Session<'_, R> {
     /// Phase 6: LRs a half-decade either side of the winner's, with the
-    /// winner's first seed (paired: same initialization and data order),
+    /// winner's first two seeds (paired: same initialization and data order),
     /// so the LR is measured at the chosen batch rather than transferred.
     pub(in crate::search) async fn lr_check(
         &mut self,
@@ -28,43 +33,55 @@ impl<R: TrialRunner> Session<'_, R> {
         else {
             return check;
         };
-        let Some(first) = entry.runs.first() else {
+        if entry.runs.is_empty() {
             return check;
-        };
+        }
         let batch = entry.batch_size;
         let steps = entry.steps;
         let noise = entry.spread().unwrap_or(0.0);
-        let mut machine = CheckMachine::new(
-            Confirmation {
-                batch_size: batch,
-                learning_rate: lr,
-                validation_loss: first.validation_loss,
-                outcome: first.outcome,
-                losses: first.losses.clone(),
-                loss_steps: Vec::new(),
-            },
-            noise,
-        );
-        while let Some(candidate) = machine.next_run() {
+        let raced = entry
+            .runs
+            .iter()
+            .map(|run| {
+                (
+                    run.seed,
+                    Confirmation {
+                        batch_size: batch,
+                        learning_rate: lr,
+                        validation_loss: run.validation_loss,
+                        outcome: run.outcome,
+                        losses: run.losses.clone(),
+                        loss_steps: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        let mut machine = CheckMachine::new(raced, noise, CHECK_SEEDS);
+        while let Some(ask) = machine.next_run() {
+            let candidate = ask.learning_rate;
             if !self.run_fits(Phase::LrCheck, self.seconds_for(curve, batch, steps)) {
                 // The check refines an LR the race already used: skipping
                 // it leaves a tested answer, so it is noted, not partial.
                 self.skipped.push(format!(
-                    "LR {candidate:.2e} at batch {batch} was not checked (no time)"
+                    "LR {candidate:.2e} at batch {batch} was not checked with seed {} (no time)",
+                    ask.seed
                 ));
                 break;
             }
             let result = self
-                .training_run(Phase::LrCheck, batch, candidate, steps, first.seed)
+                .training_run(Phase::LrCheck, batch, candidate, steps, ask.seed)
                 .await;
-            machine.tell(Confirmation {
-                batch_size: batch,
-                learning_rate: candidate,
-                validation_loss: result.validation_loss.filter(|_| result.is_ok()),
-                outcome: result.outcome,
-                losses: result.losses,
-                loss_steps: Vec::new(),
-            });
+            machine.tell(
+                ask,
+                Confirmation {
+                    batch_size: batch,
+                    learning_rate: candidate,
+                    validation_loss: result.validation_loss.filter(|_| result.is_ok()),
+                    outcome: result.outcome,
+                    losses: result.losses,
+                    loss_steps: Vec::new(),
+                },
+            );
         }
         let (finding, runs) = machine.finish();
         check.runs = runs;
@@ -74,14 +91,20 @@ impl<R: TrialRunner> Session<'_, R> {
         let chosen = finding.chosen;
         check.interval = finding.interval;
         check.rationale.push(format!(
-            "LR check at batch {batch}: {} runs from {:.2e} to {:.2e} with the race's first seed; best {:.3e} (loss {:.4} against {:.4} at the raced LR; seed noise {:.4}), so the LR is {:.3e}",
+            "LR check at batch {batch}: {} runs from {:.2e} to {:.2e}, paired with {} of the race's seeds; best {:.3e} (mean loss {:.4} against {:.4} at the raced LR; seed noise {:.4}{}), so the LR is {:.3e}",
             check.runs.len(),
             check.runs.iter().map(|r| r.learning_rate).fold(f64::MAX, f64::min),
             check.runs.iter().map(|r| r.learning_rate).fold(0.0, f64::max),
+            finding.seeds,
             finding.best.learning_rate,
             finding.best.validation_loss,
             finding.raced_loss,
             noise,
+            if finding.best.best_tested_lr != chosen.best_tested_lr {
+                "; a move needs every seed's pair to agree and the mean to beat the noise"
+            } else {
+                ""
+            },
             chosen.learning_rate
         ));
         if let Some(reference_best) = &reference.best {

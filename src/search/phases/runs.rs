@@ -24,10 +24,10 @@ impl<R: TrialRunner> Session<'_, R> {
         let mut candidates = race.candidates;
         let mut seeds = race.seeds;
         // The full plan: two extensions past an edge, the race with its
-        // extra seeds, two checks.
+        // extra seeds, the check's two LRs with each of its seeds.
         let mut confirmations = initial + 2.0;
         let mut racing = f64::from(candidates * race.seeds + 2 * race.extra_seeds);
-        let mut checks = 2.0;
+        let mut checks = 2.0 * super::check::CHECK_SEEDS as f64;
         let per_run = left / (confirmations + racing + checks);
         let fill = self.stepping_within(per_run);
         let budget = if policy.objective == Objective::Generalization {

@@ -130,6 +130,72 @@ pub struct LrSearch {
     #[serde(default, skip_serializing)]
     pub confirmation_steps: Option<u32>,
     pub warmup_fraction: f64,
+    /// Factor between neighbouring LR candidates in the confirmation and
+    /// the check (3.16: half a decade).
+    #[serde(default = "default_candidate_spacing")]
+    pub candidate_spacing: f64,
+    /// Confirmation runs beyond the candidates, at most, while the best
+    /// LR sits at an edge of those tried.
+    #[serde(default = "default_max_extensions")]
+    pub max_extensions: u32,
+    /// Race seeds each LR of the check at the winner is paired with.
+    #[serde(default = "default_check_seeds")]
+    pub check_seeds: u32,
+}
+
+fn default_candidate_spacing() -> f64 {
+    3.16
+}
+
+fn default_max_extensions() -> u32 {
+    3
+}
+
+fn default_check_seeds() -> u32 {
+    2
+}
+
+/// Shares of the search's time budget, one per phase, planned before the
+/// first trial (the training-run phases are re-planned by their run counts
+/// once the early phases have measured what a run costs). They add up to 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetShares {
+    pub max_fit: f64,
+    pub throughput: f64,
+    pub lr_range_test: f64,
+    pub lr_confirmation: f64,
+    pub race: f64,
+    pub lr_check: f64,
+}
+
+impl Default for BudgetShares {
+    fn default() -> Self {
+        // The race gets the largest share: it measures what the policy
+        // optimizes.
+        BudgetShares {
+            max_fit: 0.14,
+            throughput: 0.08,
+            lr_range_test: 0.06,
+            lr_confirmation: 0.22,
+            race: 0.40,
+            lr_check: 0.10,
+        }
+    }
+}
+
+impl BudgetShares {
+    /// The shares with their field names, in phase order.
+    pub fn named(&self) -> [(&'static str, f64); 6] {
+        [
+            ("max_fit", self.max_fit),
+            ("throughput", self.throughput),
+            ("lr_range_test", self.lr_range_test),
+            ("lr_confirmation", self.lr_confirmation),
+            ("race", self.race),
+            ("lr_check", self.lr_check),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,6 +232,8 @@ pub struct Policy {
     pub min_updates_per_epoch: u64,
     #[serde(default)]
     pub race: RaceSettings,
+    #[serde(default)]
+    pub budget_shares: BudgetShares,
 }
 
 fn default_min_updates_per_epoch() -> u64 {
@@ -185,6 +253,10 @@ pub struct RaceSettings {
     pub extra_seeds: u32,
     /// Where the recommended cosine decay ends, as a share of the peak LR.
     pub final_lr_fraction: f64,
+    /// Seeds per candidate, at most, when the budget has time beyond the
+    /// plan (spare time buys seeds, which narrow the spread a verdict
+    /// rests on).
+    pub max_seeds: u32,
     /// How a race within noise is decided; unset: by the objective
     /// ([`TieRule::default_for`]).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -205,6 +277,7 @@ impl Default for RaceSettings {
             seeds: 2,
             extra_seeds: 1,
             final_lr_fraction: 0.1,
+            max_seeds: 5,
             tie_rule: None,
         }
     }
@@ -300,6 +373,24 @@ impl Policy {
             problems.push("lr_search.confirmation_steps", "must be > 0, got 0");
         }
         problems.in_range("lr_search.warmup_fraction", lr.warmup_fraction, 0.0, 0.5);
+        problems.in_range(
+            "lr_search.candidate_spacing",
+            lr.candidate_spacing,
+            1.2,
+            10.0,
+        );
+        if lr.max_extensions > 6 {
+            problems.push(
+                "lr_search.max_extensions",
+                format!("must be at most 6, got {}", lr.max_extensions),
+            );
+        }
+        if !(1..=5).contains(&lr.check_seeds) {
+            problems.push(
+                "lr_search.check_seeds",
+                format!("must be in 1..=5, got {}", lr.check_seeds),
+            );
+        }
         let trials = &self.trials;
         if trials.fit_steps < 2 {
             problems.push(
@@ -354,6 +445,23 @@ impl Policy {
             );
         }
         problems.in_range("race.final_lr_fraction", race.final_lr_fraction, 0.0, 1.0);
+        if race.max_seeds < race.seeds || race.max_seeds > 8 {
+            problems.push(
+                "race.max_seeds",
+                format!(
+                    "must be in race.seeds ({})..=8, got {}",
+                    race.seeds, race.max_seeds
+                ),
+            );
+        }
+        let shares = self.budget_shares.named();
+        for (name, share) in shares {
+            problems.in_range(&format!("budget_shares.{name}"), share, 0.0, 1.0);
+        }
+        let total: f64 = shares.iter().map(|(_, share)| share).sum();
+        if (total - 1.0).abs() > 1e-6 {
+            problems.push("budget_shares", format!("must add up to 1, got {total:.4}"));
+        }
     }
 
     /// A one-line summary for `batchd policies`.
@@ -604,6 +712,52 @@ mod tests {
         let errors = Policy::from_value(&document, None).unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["batch_multiple", "lr_search.max_lr"]);
+    }
+
+    #[test]
+    fn tuning_constants_are_policy_knobs_and_validated() {
+        let set = PolicySet::builtin();
+        // Files that predate the knobs get the values the code used.
+        let defaults = Policy::from_value(
+            &serde_json::json!({
+                "objective": "goodput", "memory_headroom_fraction": 0.1,
+                "batch_multiple": 8, "max_accumulation_steps": 8,
+                "lr_scaling": "sqrt", "throughput_gain_threshold": 0.05,
+                "critical_batch_fraction": 1.0,
+                "lr_search": {"min_lr": 1e-6, "max_lr": 1.0, "sweep_steps": 100,
+                              "confirmation_candidates": 3, "warmup_fraction": 0.05},
+                "trials": {"fit_steps": 4, "throughput_steps": 20, "warmup_steps": 3,
+                           "noise_scale_measurements": 40, "deadline": "5m"}
+            }),
+            Some("old"),
+        )
+        .unwrap();
+        assert_eq!(defaults.lr_search.candidate_spacing, 3.16);
+        assert_eq!(defaults.lr_search.max_extensions, 3);
+        assert_eq!(defaults.lr_search.check_seeds, 2);
+        assert_eq!(defaults.race.max_seeds, 5);
+        assert_eq!(defaults.budget_shares, BudgetShares::default());
+        let bad = serde_json::json!({
+            "lr_search": {"candidate_spacing": 1.0, "check_seeds": 0, "max_extensions": 9},
+            "race": {"max_seeds": 1},
+            "budget_shares": {"race": 0.9},
+        });
+        let errors = set
+            .resolve("balanced", Some(&bad), "policy_overrides")
+            .unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "policy_overrides.lr_search.candidate_spacing",
+                "policy_overrides.lr_search.max_extensions",
+                "policy_overrides.lr_search.check_seeds",
+                "policy_overrides.race.max_seeds",
+                "policy_overrides.budget_shares",
+            ],
+            "{errors:?}"
+        );
+        assert!(errors[4].message.contains("must add up to 1, got 1.5000"));
     }
 
     #[test]

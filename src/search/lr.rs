@@ -209,18 +209,15 @@ pub fn lr_interval(runs: &[Confirmation], tolerance: f64) -> Option<(f64, f64)> 
     Some((within.first().copied()?, within.last().copied()?))
 }
 
-/// Factor between neighbouring LR candidates (half a decade).
-pub const LR_STEP: f64 = 3.16;
-
-/// One half-decade step past the edge of `tried` that `best` sits at, or
+/// One step of `spacing` past the edge of `tried` that `best` sits at, or
 /// `None` when the best is inside.
-fn past_edge(tried: &[f64], best: f64) -> Option<f64> {
+fn past_edge(tried: &[f64], best: f64, spacing: f64) -> Option<f64> {
     let min = tried.iter().copied().fold(f64::MAX, f64::min);
     let max = tried.iter().copied().fold(0.0, f64::max);
     if best == min {
-        Some(min / LR_STEP)
+        Some(min / spacing)
     } else if best == max {
-        Some(max * LR_STEP)
+        Some(max * spacing)
     } else {
         None
     }
@@ -233,6 +230,8 @@ fn past_edge(tried: &[f64], best: f64) -> Option<f64> {
 /// when the budget refuses one.
 #[derive(Debug)]
 pub struct ConfirmMachine {
+    /// Factor between neighbouring LRs (the policy's `candidate_spacing`).
+    spacing: f64,
     lrs: Vec<f64>,
     planned: usize,
     next: usize,
@@ -251,13 +250,14 @@ pub struct ConfirmAsk {
 }
 
 impl ConfirmMachine {
-    pub fn new(center_lr: f64, candidates: u32, max_extensions: usize) -> Self {
+    pub fn new(center_lr: f64, candidates: u32, max_extensions: usize, spacing: f64) -> Self {
         let n = candidates.max(1) as i32;
         let half = (n - 1) / 2;
         let lrs: Vec<f64> = (-half..=(n - 1 - half))
-            .map(|k| center_lr * LR_STEP.powi(k))
+            .map(|k| center_lr * spacing.powi(k))
             .collect();
         ConfirmMachine {
+            spacing,
             planned: lrs.len(),
             lrs,
             next: 0,
@@ -286,12 +286,12 @@ impl ConfirmMachine {
             return;
         }
         let next = match best_lr(&self.runs) {
-            Some(best) => past_edge(&self.lrs, best.best_tested_lr),
+            Some(best) => past_edge(&self.lrs, best.best_tested_lr, self.spacing),
             // Every LR was too high (a range test misled by a noisy loss
             // does that): look below them all.
             None if self.runs.iter().all(|c| c.outcome == Outcome::Diverged) => {
                 let min = self.lrs.iter().copied().fold(f64::MAX, f64::min);
-                Some(min / LR_STEP.powi(2))
+                Some(min / self.spacing.powi(2))
             }
             None => None,
         };
@@ -322,6 +322,8 @@ impl ConfirmMachine {
 #[derive(Debug)]
 pub struct CheckMachine {
     raced_lr: f64,
+    /// Factor between the raced LR and its neighbours.
+    spacing: f64,
     /// The race's seed-to-seed spread at the winner.
     noise: f64,
     /// The seeds every checked LR runs with, in order.
@@ -362,14 +364,19 @@ pub struct CheckFinding {
 impl CheckMachine {
     /// `raced`: the winner's runs at the raced LR as (seed, run); the check
     /// pairs with at most `max_seeds` of them, in their order.
-    pub fn new(raced: Vec<(u64, Confirmation)>, noise: f64, max_seeds: usize) -> Self {
+    pub fn new(
+        raced: Vec<(u64, Confirmation)>,
+        noise: f64,
+        max_seeds: usize,
+        spacing: f64,
+    ) -> Self {
         let raced_lr = raced.first().map_or(f64::NAN, |(_, r)| r.learning_rate);
         let seeds: Vec<u64> = raced
             .iter()
             .map(|(seed, _)| *seed)
             .take(max_seeds.max(1))
             .collect();
-        let lrs = vec![raced_lr / LR_STEP, raced_lr * LR_STEP];
+        let lrs = vec![raced_lr / spacing, raced_lr * spacing];
         let queue = seeds
             .iter()
             .flat_map(|&seed| {
@@ -381,6 +388,7 @@ impl CheckMachine {
             .collect();
         CheckMachine {
             raced_lr,
+            spacing,
             noise,
             seeds,
             lrs,
@@ -397,7 +405,9 @@ impl CheckMachine {
             // A clear win at an edge: one more step that way, every seed.
             if let Some(finding) = self.judge() {
                 if finding.chosen.best_tested_lr != self.raced_lr {
-                    if let Some(lr) = past_edge(&self.lrs, finding.chosen.best_tested_lr) {
+                    if let Some(lr) =
+                        past_edge(&self.lrs, finding.chosen.best_tested_lr, self.spacing)
+                    {
                         self.lrs.push(lr);
                         for &seed in &self.seeds {
                             self.queue.push_back(CheckAsk {
@@ -563,10 +573,13 @@ pub fn fit_alpha(a: &BestLr, b: &BestLr) -> Option<f64> {
 mod tests {
     use super::*;
 
+    /// The shipped policies' spacing: half a decade.
+    const LR_STEP: f64 = 3.16;
+
     /// Drives a confirmation machine against a loss bowl around `best`;
     /// LRs above `diverge_above` diverge. Returns the LRs it asked for.
     fn confirm(center: f64, best: f64, diverge_above: f64) -> Vec<(f64, bool)> {
-        let mut machine = ConfirmMachine::new(center, 3, 3);
+        let mut machine = ConfirmMachine::new(center, 3, 3, LR_STEP);
         let mut asked = Vec::new();
         while let Some(ask) = machine.next_run() {
             asked.push((ask.learning_rate, ask.extension));
@@ -630,7 +643,7 @@ mod tests {
         let raced = (1..=seeds as u64)
             .map(|seed| (seed, run(lr, seed)))
             .collect();
-        let mut machine = CheckMachine::new(raced, noise, 2);
+        let mut machine = CheckMachine::new(raced, noise, 2, LR_STEP);
         let mut asked = Vec::new();
         while let Some(ask) = machine.next_run() {
             asked.push(ask);
@@ -713,8 +726,12 @@ mod tests {
             losses: Vec::new(),
             loss_steps: Vec::new(),
         };
-        let mut machine =
-            CheckMachine::new(vec![(7, run(1e-3, 1.0)), (8, run(1e-3, 1.1))], 0.01, 2);
+        let mut machine = CheckMachine::new(
+            vec![(7, run(1e-3, 1.0)), (8, run(1e-3, 1.1))],
+            0.01,
+            2,
+            LR_STEP,
+        );
         // Seed 7's two neighbours, then seed 8's first only: the budget cut.
         for loss in [1.2, 0.5] {
             let ask = machine.next_run().unwrap();

@@ -305,7 +305,7 @@ pub async fn advise_with_clock<R: TrialRunner>(
         budget_bytes,
         clock,
         started: clock.now(),
-        plan: BudgetPlan::new(spec.search.time_budget),
+        plan: BudgetPlan::new(spec.search.time_budget, &spec.policy.budget_shares),
         records: Vec::new(),
         cut: Vec::new(),
         skipped: Vec::new(),
@@ -329,6 +329,7 @@ impl<R: TrialRunner> Session<'_, R> {
         let range = self.lr_range_test(&curve).await;
         let runs = self.plan_training_runs(&curve, &range);
         let reference = self.confirm_reference_lr(&curve, &range, &runs).await;
+        let runs = self.replan_from_runs(runs);
         let race = self.race(&curve, &reference, &runs).await;
         let check = self.lr_check(&curve, &reference, &race).await;
         // Stored and served with its curves cut to what the charts need.

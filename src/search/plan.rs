@@ -1,25 +1,27 @@
 //! The time budget, planned across the phases before the first trial.
 //!
-//! Each phase gets a share; the deadlines are cumulative, so a phase that
-//! finishes early hands its time to the ones after it, and one that runs
-//! long can only eat into its own share. The race gets the largest share
-//! because it measures the thing the policy optimizes.
+//! Each phase gets the policy's share (`budget_shares`); the deadlines are
+//! cumulative, so a phase that finishes early hands its time to the ones
+//! after it, and one that runs long can only eat into its own share.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::phase::Phase;
+use crate::policy::BudgetShares;
 
-/// Shares of the search budget, in phase order. They add up to 1.
-pub const PHASE_SHARES: [(Phase, f64); 6] = [
-    (Phase::MaxFit, 0.14),
-    (Phase::Throughput, 0.08),
-    (Phase::LrRangeTest, 0.06),
-    (Phase::LrConfirmation, 0.22),
-    (Phase::Race, 0.40),
-    (Phase::LrCheck, 0.10),
-];
+/// The policy's shares with their phases, in phase order.
+fn phase_shares(shares: &BudgetShares) -> [(Phase, f64); 6] {
+    [
+        (Phase::MaxFit, shares.max_fit),
+        (Phase::Throughput, shares.throughput),
+        (Phase::LrRangeTest, shares.lr_range_test),
+        (Phase::LrConfirmation, shares.lr_confirmation),
+        (Phase::Race, shares.race),
+        (Phase::LrCheck, shares.lr_check),
+    ]
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PhaseBudget {
@@ -35,10 +37,10 @@ pub struct BudgetPlan {
 }
 
 impl BudgetPlan {
-    pub fn new(total: Duration) -> BudgetPlan {
+    pub fn new(total: Duration, shares: &BudgetShares) -> BudgetPlan {
         let total_seconds = total.as_secs_f64();
         let mut cumulative = 0.0;
-        let phases = PHASE_SHARES
+        let phases = phase_shares(shares)
             .iter()
             .map(|&(phase, share)| {
                 cumulative += share;
@@ -94,9 +96,10 @@ mod tests {
 
     #[test]
     fn shares_cover_the_budget_in_phase_order() {
-        let total: f64 = PHASE_SHARES.iter().map(|(_, s)| s).sum();
+        let shares = BudgetShares::default();
+        let total: f64 = phase_shares(&shares).iter().map(|(_, s)| s).sum();
         assert!((total - 1.0).abs() < 1e-9);
-        let plan = BudgetPlan::new(Duration::from_secs(100));
+        let plan = BudgetPlan::new(Duration::from_secs(100), &shares);
         assert!((plan.deadline(Phase::MaxFit).as_secs_f64() - 14.0).abs() < 1e-6);
         assert!((plan.deadline(Phase::LrCheck).as_secs_f64() - 100.0).abs() < 1e-6);
         let ends: Vec<f64> = plan.phases.iter().map(|p| p.ends_at_seconds).collect();
@@ -119,7 +122,7 @@ mod tests {
 
     #[test]
     fn replanning_shares_what_is_left_by_runs() {
-        let mut plan = BudgetPlan::new(Duration::from_secs(100));
+        let mut plan = BudgetPlan::new(Duration::from_secs(100), &BudgetShares::default());
         plan.replan(
             20.0,
             &[
@@ -132,5 +135,20 @@ mod tests {
         assert!((plan.deadline(Phase::Race).as_secs_f64() - 90.0).abs() < 1e-9);
         assert!((plan.deadline(Phase::LrCheck).as_secs_f64() - 100.0).abs() < 1e-9);
         assert!((plan.deadline(Phase::MaxFit).as_secs_f64() - 14.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_policy_sets_the_shares() {
+        let shares = BudgetShares {
+            max_fit: 0.5,
+            throughput: 0.1,
+            lr_range_test: 0.1,
+            lr_confirmation: 0.1,
+            race: 0.1,
+            lr_check: 0.1,
+        };
+        let plan = BudgetPlan::new(Duration::from_secs(10), &shares);
+        assert!((plan.deadline(Phase::MaxFit).as_secs_f64() - 5.0).abs() < 1e-9);
+        assert!((plan.deadline(Phase::Throughput).as_secs_f64() - 6.0).abs() < 1e-9);
     }
 }

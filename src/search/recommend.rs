@@ -324,7 +324,10 @@ impl Recommendation {
                 best_lrs: Vec::new(),
                 race: None,
                 batch_cap: None,
-                budget_plan: BudgetPlan::new(std::time::Duration::from_secs(60)),
+                budget_plan: BudgetPlan::new(
+                    std::time::Duration::from_secs(60),
+                    &crate::policy::BudgetShares::default(),
+                ),
                 trials: Vec::new(),
             },
             rationale: Vec::new(),
@@ -635,7 +638,7 @@ mod tests {
             .map(|&b| CurvePoint {
                 batch_size: b,
                 samples_per_second: b as f64 / (0.01 + 0.0001 * b as f64),
-                source: "ladder".into(),
+                source: crate::search::throughput::PointSource::Ladder,
             })
             .collect()
     }

@@ -97,7 +97,7 @@ mod tests {
             .map(|&b| CurvePoint {
                 batch_size: b,
                 samples_per_second: b as f64 / (t0 + b as f64 / rate),
-                source: "ladder".into(),
+                source: crate::search::throughput::PointSource::Ladder,
             })
             .collect()
     }
@@ -139,12 +139,12 @@ mod tests {
             CurvePoint {
                 batch_size: 8,
                 samples_per_second: 8.0,
-                source: "ladder".into(),
+                source: crate::search::throughput::PointSource::Ladder,
             },
             CurvePoint {
                 batch_size: 64,
                 samples_per_second: 640.0,
-                source: "ladder".into(),
+                source: crate::search::throughput::PointSource::Ladder,
             },
         ];
         assert!(StepTimeModel::fit(&falling).is_none());

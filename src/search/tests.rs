@@ -690,13 +690,22 @@ struct Timed<'a> {
     inner: &'a FakeRunner,
     clock: &'a crate::search::clock::ManualClock,
     per_trial: f64,
+    /// What a training run costs beyond its steps (validation, noise
+    /// measurement), which throughput trials do not show.
+    per_run: f64,
 }
 
 impl TrialRunner for Timed<'_> {
     fn run(&self, request: TrialRequest) -> impl std::future::Future<Output = TrialResult> + Send {
         let mut result = self.inner.answer(&request);
-        let seconds =
-            f64::from(request.steps) * self.inner.step_seconds(request.batch_size) + self.per_trial;
+        let extra = if request.record.validation_loss {
+            self.per_run
+        } else {
+            0.0
+        };
+        let seconds = f64::from(request.steps) * self.inner.step_seconds(request.batch_size)
+            + self.per_trial
+            + extra;
         result.wall_seconds = seconds;
         self.clock
             .advance(std::time::Duration::from_secs_f64(seconds));
@@ -720,12 +729,23 @@ fn advise_on_simulated_time(
     spec: &JobSpec,
     per_trial: f64,
 ) -> (Recommendation, FakeRunner) {
+    advise_on_simulated_runs(runner, spec, per_trial, 0.0)
+}
+
+/// [`advise_on_simulated_time`] with training runs costing `per_run` more.
+fn advise_on_simulated_runs(
+    runner: FakeRunner,
+    spec: &JobSpec,
+    per_trial: f64,
+    per_run: f64,
+) -> (Recommendation, FakeRunner) {
     use crate::search::clock::Clock;
     let clock = crate::search::clock::ManualClock::default();
     let timed = Timed {
         inner: &runner,
         clock: &clock,
         per_trial,
+        per_run,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -758,6 +778,40 @@ fn on_simulated_time_the_search_keeps_its_budget_and_runs_their_length() {
     for entry in &race.entries {
         let wall = f64::from(entry.steps) * runner.step_seconds(entry.batch_size) + 0.2;
         assert!((18.0..=22.0).contains(&wall), "{entry:?}: {wall} s");
+    }
+}
+
+#[test]
+fn runs_dearer_than_planned_shrink_the_race_before_it_starts() {
+    // Throughput trials show 3-s runs; real runs cost more (validation and
+    // noise measurement the ladder does not time). Planned on the ladder,
+    // the race would take five seeds per candidate and the budget would
+    // cut the last candidates' seeds; re-planned from what the
+    // confirmations cost, the spare seeds go first, then candidates, and
+    // every candidate that races gets all its seeds.
+    for (per_run, candidates, seeds) in [(3.0, 3, 2), (6.0, 2, 2)] {
+        let mut spec = spec("balanced", "[training]\ntime_budget = \"3s\"\n");
+        spec.search.time_budget = std::time::Duration::from_secs(90);
+        let (rec, _) = advise_on_simulated_runs(FakeRunner::new(), &spec, 0.05, per_run);
+        let race = rec.evidence.race.as_ref().unwrap();
+        assert_eq!(race.entries.len(), candidates, "{:?}", rec.rationale);
+        assert!(
+            race.entries.iter().all(|e| e.runs.len() >= seeds),
+            "{:?}",
+            race.entries
+        );
+        assert!(
+            !rec.phases_cut.contains(&Phase::Race),
+            "{:?}",
+            rec.partial_reason
+        );
+        let replanned = format!("so {candidates} candidates race with {seeds} seeds each");
+        assert!(
+            rec.rationale.iter().any(|l| l.contains(&replanned)),
+            "{:?}",
+            rec.rationale
+        );
+        assert!(rec.seconds <= 90.0 * 1.05, "{} s", rec.seconds);
     }
 }
 

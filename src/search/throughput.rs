@@ -7,8 +7,17 @@ use serde::{Deserialize, Serialize};
 pub struct CurvePoint {
     pub batch_size: u64,
     pub samples_per_second: f64,
-    /// `ladder` (a throughput trial) or `max_fit` (reused from the search).
-    pub source: String,
+    pub source: PointSource,
+}
+
+/// Which trial measured a curve point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PointSource {
+    /// A throughput trial.
+    Ladder,
+    /// A max-fit trial, reused for its timed steps.
+    MaxFit,
 }
 
 /// Batch sizes halving down from `top` to `bottom`, at most `points` of
@@ -84,7 +93,7 @@ mod tests {
         CurvePoint {
             batch_size: batch,
             samples_per_second: speed,
-            source: "ladder".into(),
+            source: PointSource::Ladder,
         }
     }
 

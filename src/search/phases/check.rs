@@ -2,11 +2,6 @@
 
 use super::*;
 
-/// Race seeds each checked LR is paired with: one seed let a single lucky
-/// run move the LR a half-decade (the advice's LR spread 11-13x across
-/// repeated searches).
-pub(super) const CHECK_SEEDS: usize = 2;
-
 impl<R: TrialRunner> Session<'_, R> {
     /// Phase 6: LRs a half-decade either side of the winner's, with the
     /// winner's first two seeds (paired: same initialization and data order),
@@ -56,7 +51,15 @@ impl<R: TrialRunner> Session<'_, R> {
                 )
             })
             .collect();
-        let mut machine = CheckMachine::new(raced, noise, CHECK_SEEDS);
+        // One seed let a single lucky run move the LR a half-decade (the
+        // advice's LR spread 11-13x across repeated searches).
+        let lr_search = &self.spec.policy.lr_search;
+        let mut machine = CheckMachine::new(
+            raced,
+            noise,
+            lr_search.check_seeds as usize,
+            lr_search.candidate_spacing,
+        );
         while let Some(ask) = machine.next_run() {
             let candidate = ask.learning_rate;
             if !self.run_fits(Phase::LrCheck, self.seconds_for(curve, batch, steps)) {

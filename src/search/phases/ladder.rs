@@ -43,7 +43,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 points.push(CurvePoint {
                     batch_size: batch,
                     samples_per_second: result.samples_per_second.unwrap_or(0.0),
-                    source: "max_fit".into(),
+                    source: crate::search::throughput::PointSource::MaxFit,
                 });
                 continue;
             }
@@ -74,7 +74,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 points.push(CurvePoint {
                     batch_size: batch,
                     samples_per_second: speed,
-                    source: "ladder".into(),
+                    source: crate::search::throughput::PointSource::Ladder,
                 });
             }
         }
@@ -83,7 +83,7 @@ impl<R: TrialRunner> Session<'_, R> {
             points.push(CurvePoint {
                 batch_size: fit.batch,
                 samples_per_second: result.samples_per_second.unwrap_or(0.0),
-                source: "max_fit".into(),
+                source: crate::search::throughput::PointSource::MaxFit,
             });
         }
         points.sort_by_key(|p| p.batch_size);

@@ -39,9 +39,6 @@ const LADDER_POINTS: usize = 8;
 const MIN_RUN_STEPS: u32 = 10;
 /// Most steps of one run, whatever the budget.
 const MAX_RUN_STEPS: u32 = 50_000;
-/// Confirmation runs beyond the policy's candidates when the best LR sits
-/// at an edge of those tried.
-const MAX_EXTENSIONS: usize = 3;
 /// A max-fit trial counts towards the throughput curve once it timed at
 /// least this many steps.
 const MIN_TIMED_STEPS: u32 = 2;
@@ -179,10 +176,6 @@ fn lean_plan(
     let checks = (affordable - confirmations - racing).max(0.5);
     Some((candidates, confirmations, racing, checks))
 }
-
-/// The most seeds per race candidate a plan gives (the policy's own
-/// `race.seeds` allows as many).
-const MAX_RACE_SEEDS: u32 = 5;
 
 /// A geometric ladder from `floor` to `top` with at most `points` sizes,
 /// neighbours at least a factor of two apart, both ends included.

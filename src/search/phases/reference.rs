@@ -15,10 +15,12 @@ impl<R: TrialRunner> Session<'_, R> {
     ) -> ReferencePhase {
         let batch = range.reference_batch;
         let steps = runs.steps(curve, batch, self.stepping_share(&runs.budget));
+        let lr_search = &self.spec.policy.lr_search;
         let mut machine = ConfirmMachine::new(
             range.center_lr,
-            self.spec.policy.lr_search.confirmation_candidates,
-            MAX_EXTENSIONS,
+            lr_search.confirmation_candidates,
+            lr_search.max_extensions as usize,
+            lr_search.candidate_spacing,
         );
         let mut samples: Vec<(f64, GradNoiseSample)> = Vec::new();
         let seed = self.spec.search.seed;

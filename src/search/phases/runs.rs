@@ -2,6 +2,7 @@
 //! place a training run is started and charged to the budget.
 
 use super::*;
+use crate::search::stats::median;
 
 impl<R: TrialRunner> Session<'_, R> {
     /// Plans the length of every training run from the time left: the
@@ -27,7 +28,7 @@ impl<R: TrialRunner> Session<'_, R> {
         // extra seeds, the check's two LRs with each of its seeds.
         let mut confirmations = initial + 2.0;
         let mut racing = f64::from(candidates * race.seeds + 2 * race.extra_seeds);
-        let mut checks = 2.0 * super::check::CHECK_SEEDS as f64;
+        let mut checks = 2.0 * f64::from(policy.lr_search.check_seeds);
         let per_run = left / (confirmations + racing + checks);
         let fill = self.stepping_within(per_run);
         let budget = if policy.objective == Objective::Generalization {
@@ -95,7 +96,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 // which narrows the seed-to-seed spread its verdict rests on.
                 let spare = affordable_runs - (confirmations + racing + checks);
                 let more = ((spare / f64::from(candidates)).floor().max(0.0) as u32)
-                    .min(MAX_RACE_SEEDS.saturating_sub(seeds));
+                    .min(race.max_seeds.saturating_sub(seeds));
                 if more > 0 {
                     seeds += more;
                     racing += f64::from(more * candidates);
@@ -145,6 +146,68 @@ impl<R: TrialRunner> Session<'_, R> {
             seeds,
             rationale,
         }
+    }
+
+    /// Re-plans the race and the check from what the confirmation runs
+    /// actually cost, before the race starts. The plan before them guessed
+    /// a run's wall time from throughput trials; a slow model's runs can
+    /// cost more (validation, noise measurement, start-up), and a race cut
+    /// mid-way leaves a candidate with fewer seeds than the others. So when
+    /// the planned race and check no longer fit, the race drops candidates
+    /// (never below two) before any is started.
+    pub(in crate::search) fn replan_from_runs(&mut self, mut runs: RunPlan) -> RunPlan {
+        // Equal-epoch runs cost what their batch costs: the curve's
+        // estimate per candidate is better than one run's time.
+        if !matches!(runs.budget, RaceBudget::WallClock { .. }) {
+            return runs;
+        }
+        let costs: Vec<f64> = self
+            .records
+            .iter()
+            .filter(|r| r.phase == Phase::LrConfirmation && r.outcome == Outcome::Ok)
+            .map(|r| r.seconds)
+            .collect();
+        let Some(cost) = median(&costs).filter(|c| *c > 0.0) else {
+            return runs;
+        };
+        let policy = &self.spec.policy;
+        let left = self.time_left().as_secs_f64();
+        let affordable = (left / cost).floor();
+        let extra = f64::from(2 * policy.race.extra_seeds);
+        let checks = 2.0 * f64::from(policy.lr_search.check_seeds);
+        let fits = |candidates: usize, seeds: u32| {
+            candidates as f64 * f64::from(seeds) + extra + checks <= affordable
+        };
+        // Seeds the plan added for spare time go first, then candidates
+        // (never below two); extra seeds and the check are refinements
+        // the budget may skip, the candidates' own seeds are not.
+        let (mut candidates, mut seeds) = (runs.candidates, runs.seeds);
+        while seeds > policy.race.seeds && !fits(candidates, seeds) {
+            seeds -= 1;
+        }
+        while candidates > 2 && !fits(candidates, seeds) {
+            candidates -= 1;
+        }
+        if (candidates, seeds) != (runs.candidates, runs.seeds) {
+            runs.rationale.push(format!(
+                "the confirmation runs took {cost:.1} s each; the {} left afford about {affordable:.0} such runs, so {candidates} candidates race with {seeds} seeds each (planned: {} with {})",
+                format_duration(self.time_left()),
+                runs.candidates,
+                runs.seeds
+            ));
+            runs.candidates = candidates;
+            runs.seeds = seeds;
+        }
+        let seeds = f64::from(seeds);
+        let elapsed = self.elapsed().as_secs_f64();
+        self.plan.replan(
+            elapsed,
+            &[
+                (Phase::Race, candidates as f64 * seeds + extra),
+                (Phase::LrCheck, checks),
+            ],
+        );
+        runs
     }
 
     /// One training run as confirmations, races and checks use it: the

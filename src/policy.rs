@@ -230,6 +230,11 @@ pub struct Policy {
     /// larger than training samples / this is tried, raced or recommended.
     #[serde(default = "default_min_updates_per_epoch")]
     pub min_updates_per_epoch: u64,
+    /// The fewest optimizer updates a whole training run should make: no
+    /// batch whose real run (its time budget at the measured speed, or its
+    /// epochs) makes fewer is raced or recommended.
+    #[serde(default = "default_min_updates_per_run")]
+    pub min_updates_per_run: u64,
     #[serde(default)]
     pub race: RaceSettings,
     #[serde(default)]
@@ -238,6 +243,10 @@ pub struct Policy {
 
 fn default_min_updates_per_epoch() -> u64 {
     8
+}
+
+fn default_min_updates_per_run() -> u64 {
+    32
 }
 
 /// The goodput race: candidate batches trained for the same time (or
@@ -424,6 +433,9 @@ impl Policy {
         }
         if self.min_updates_per_epoch == 0 {
             problems.push("min_updates_per_epoch", "must be > 0, got 0");
+        }
+        if self.min_updates_per_run == 0 {
+            problems.push("min_updates_per_run", "must be > 0, got 0");
         }
         let race = &self.race;
         if !(1..=6).contains(&race.candidates) {
@@ -736,6 +748,7 @@ mod tests {
         assert_eq!(defaults.lr_search.max_extensions, 3);
         assert_eq!(defaults.lr_search.check_seeds, 2);
         assert_eq!(defaults.race.max_seeds, 5);
+        assert_eq!(defaults.min_updates_per_run, 32);
         assert_eq!(defaults.budget_shares, BudgetShares::default());
         let bad = serde_json::json!({
             "lr_search": {"candidate_spacing": 1.0, "check_seeds": 0, "max_extensions": 9},

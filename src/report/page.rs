@@ -276,10 +276,18 @@ fn recommendation_sections(html: &mut String, rec: &Recommendation) {
         row(
             "data cap",
             format!(
-                "{} ({} training samples, at least {} updates per epoch){}",
+                "{} ({}){}",
                 cap.largest_batch,
-                cap.training_samples,
-                cap.min_updates_per_epoch,
+                cap.run.as_ref().map_or_else(
+                    || format!(
+                        "{} training samples, at least {} updates per epoch",
+                        cap.training_samples, cap.min_updates_per_epoch
+                    ),
+                    |run| format!(
+                        "the real run's {} samples, at least {} updates per run",
+                        run.run_samples, run.min_updates_per_run
+                    )
+                ),
                 if cap.binding {
                     ": it, not memory, bounds the advice"
                 } else {

@@ -119,10 +119,18 @@ pub fn advice(rec: &Recommendation, lr_for: Option<u64>) -> String {
             &mut out,
             "data cap",
             format!(
-                "{} ({} training samples / {} updates per epoch at least){}",
+                "{} ({}){}",
                 cap.largest_batch,
-                cap.training_samples,
-                cap.min_updates_per_epoch,
+                cap.run.as_ref().map_or_else(
+                    || format!(
+                        "{} training samples / {} updates per epoch at least",
+                        cap.training_samples, cap.min_updates_per_epoch
+                    ),
+                    |run| format!(
+                        "the real run's {} samples / {} updates per run at least",
+                        run.run_samples, run.min_updates_per_run
+                    )
+                ),
                 if cap.binding {
                     "; it, not memory, bounds the advice"
                 } else {

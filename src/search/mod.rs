@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod curve;
+pub mod findings;
 pub mod lr;
 pub mod maxfit;
 pub mod noise;
@@ -92,9 +93,9 @@ struct Session<'a, R: TrialRunner> {
     plan: BudgetPlan,
     records: Vec<TrialRecord>,
     /// Phases the budget cut short, each with what was left out.
-    cut: Vec<(Phase, String)>,
+    cut: Vec<(Phase, findings::Gap)>,
     /// Refinements beyond the plan the budget left out (not partial).
-    skipped: Vec<String>,
+    skipped: Vec<findings::Gap>,
     on_progress: &'a (dyn Fn(&Progress) + Send + Sync),
     train_samples: Option<u64>,
     /// Seconds a trial costs beyond its steps (process start, data, model
@@ -120,9 +121,9 @@ impl<R: TrialRunner> Session<'_, R> {
     }
 
     /// Records that `phase` was cut short, and what it left out.
-    fn cut_short(&mut self, phase: Phase, what: impl Into<String>) {
+    fn cut_short(&mut self, phase: Phase, what: findings::Gap) {
         if !self.cut.iter().any(|(p, _)| *p == phase) {
-            self.cut.push((phase, what.into()));
+            self.cut.push((phase, what));
         }
     }
 
@@ -248,7 +249,7 @@ impl<R: TrialRunner> Session<'_, R> {
             }
         }
         if result.outcome == Outcome::Timeout && self.time_left().is_zero() {
-            self.cut_short(phase, "the time budget ran out during a trial");
+            self.cut_short(phase, findings::Gap::BudgetRanOut);
         }
         self.records.push(TrialRecord {
             phase,
@@ -325,6 +326,7 @@ impl<R: TrialRunner> Session<'_, R> {
     async fn run_phases(mut self) -> Result<Recommendation, SearchError> {
         let fit = self.max_fit().await?;
         let cap = self.batch_cap(&fit);
+        self.note_max_fit_stop(&fit, &cap);
         let curve = self.throughput_curve(&fit, &cap).await;
         let range = self.lr_range_test(&curve).await;
         let runs = self.plan_training_runs(&curve, &range);

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::curve::{downsample, MAX_CURVE_POINTS};
+use super::findings::ModelChoice;
 use super::lr::{BestLr, Confirmation, LrRule, RangeTest};
 use super::maxfit::MaxFit;
 use super::noise::{efficiency, NoiseScale};
@@ -169,7 +170,8 @@ pub struct Evidence {
 }
 
 /// The largest batch the training data allows: the training set divided by
-/// the policy's fewest updates per epoch.
+/// the policy's fewest updates per epoch, and no more than the real run's
+/// samples divided by its fewest updates per run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchCap {
     pub training_samples: u64,
@@ -177,6 +179,21 @@ pub struct BatchCap {
     pub largest_batch: u64,
     /// The cap, not memory, set the top of the search.
     pub binding: bool,
+    /// The real run's own cap, where it is below the data's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunCap>,
+}
+
+/// The largest batch whose real training run still makes the policy's
+/// fewest updates per run: a batch that gets eight updates in a 2.5-s run
+/// is no advice, whatever its throughput.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunCap {
+    /// Training samples the real run sees at this batch (its time budget
+    /// at the measured speed, or its epochs).
+    pub run_samples: u64,
+    pub min_updates_per_run: u64,
+    pub largest_batch: u64,
 }
 
 impl Recommendation {
@@ -400,19 +417,19 @@ pub fn preferred_batch(
     floor: u64,
     top: u64,
     world_size: u32,
-) -> (u64, String) {
+) -> (u64, ModelChoice) {
     let world = world_size.max(1) as f64;
     let clamp = |b: u64| b.clamp(floor.max(1), top.max(floor.max(1)));
     match (policy.objective, noise) {
         (Objective::Throughput, _) | (Objective::Goodput, None) => {
             let b = clamp(plateau(curve, policy.throughput_gain_threshold).unwrap_or(top));
             let why = if policy.objective == Objective::Goodput {
-                format!("goodput objective without a usable noise scale: the throughput plateau ({b}) is the model's choice")
+                ModelChoice::GoodputPlateau { batch: b }
             } else {
-                format!(
-                    "throughput objective: from {b} on, throughput is within {:.0}% of its best: the plateau",
-                    policy.throughput_gain_threshold * 100.0
-                )
+                ModelChoice::ThroughputPlateau {
+                    batch: b,
+                    threshold: policy.throughput_gain_threshold,
+                }
             };
             (b, why)
         }
@@ -429,17 +446,14 @@ pub fn preferred_batch(
             match best {
                 Some((b, goodput, e)) => (
                     b,
-                    format!(
-                        "goodput model: at {b} per device throughput x statistical efficiency peaks at {goodput:.0} samples/s of progress (efficiency {e:.2} against a noise scale of {}){}",
-                        noise.describe(),
-                        if noise.is_lower_bound() {
-                            ": with only a lower bound on the noise scale, the peak is a lower bound too"
-                        } else {
-                            ""
-                        }
-                    ),
+                    ModelChoice::GoodputPeak {
+                        batch: b,
+                        goodput,
+                        efficiency: e,
+                        noise: noise.clone(),
+                    },
                 ),
-                None => (top, "goodput model: no curve measured, so the top of the range".into()),
+                None => (top, ModelChoice::GoodputTop { batch: top }),
             }
         }
         (Objective::Generalization, Some(noise)) => {
@@ -447,11 +461,11 @@ pub fn preferred_batch(
             let b = clamp(target.max(1.0) as u64);
             (
                 b,
-                format!(
-                    "generalization model: {:.0}% of the critical batch ({}) is {b} per device: smaller batches and more updates generalize better (Keskar et al. 2016; Hoffer et al. 2017)",
-                    policy.critical_batch_fraction * 100.0,
-                    noise.describe()
-                ),
+                ModelChoice::CriticalBatch {
+                    batch: b,
+                    fraction: policy.critical_batch_fraction,
+                    noise: noise.clone(),
+                },
             )
         }
         (Objective::Generalization, None) => {
@@ -466,10 +480,7 @@ pub fn preferred_batch(
                 .min()
                 .unwrap_or(floor);
             let b = clamp(b);
-            (
-                b,
-                format!("generalization objective without a noise scale: the smallest batch ({b}) that keeps half the best throughput"),
-            )
+            (b, ModelChoice::HalfBestThroughput { batch: b })
         }
     }
 }

@@ -789,7 +789,7 @@ fn runs_dearer_than_planned_shrink_the_race_before_it_starts() {
     // cut the last candidates' seeds; re-planned from what the
     // confirmations cost, the spare seeds go first, then candidates, and
     // every candidate that races gets all its seeds.
-    for (per_run, candidates, seeds) in [(3.0, 3, 2), (6.0, 2, 2)] {
+    for (per_run, candidates, seeds) in [(3.0, 2, 2), (6.0, 2, 2)] {
         let mut spec = spec("balanced", "[training]\ntime_budget = \"3s\"\n");
         spec.search.time_budget = std::time::Duration::from_secs(90);
         let (rec, _) = advise_on_simulated_runs(FakeRunner::new(), &spec, 0.05, per_run);
@@ -813,6 +813,118 @@ fn runs_dearer_than_planned_shrink_the_race_before_it_starts() {
         );
         assert!(rec.seconds <= 90.0 * 1.05, "{} s", rec.seconds);
     }
+}
+
+#[test]
+fn a_best_lr_at_an_edge_is_looked_past_before_the_race_grows() {
+    // The range test points ten times too high, so the best confirmation
+    // sits at the lower edge. The lean plan (about eight 3.5-s runs) has
+    // no room for an extension; the extension still runs, as the race would
+    // otherwise compare batches at an LR off its bowl, and the race
+    // shrinks to two candidates instead.
+    let mut runner = FakeRunner::new();
+    runner.sweep_bottom = 100.0;
+    let mut spec = spec("balanced", "[training]\ntime_budget = \"3s\"\n");
+    spec.search.time_budget = std::time::Duration::from_secs(30);
+    let (rec, runner) = advise_on_simulated_runs(runner, &spec, 0.05, 0.5);
+    let confirmations: Vec<f64> = rec
+        .evidence
+        .trials
+        .iter()
+        .filter(|t| t.phase == Phase::LrConfirmation)
+        .filter_map(|t| t.learning_rate)
+        .collect();
+    let lowest = confirmations.iter().copied().fold(f64::MAX, f64::min);
+    assert!(confirmations.len() >= 4, "{confirmations:?}");
+    assert!(lowest < confirmations[0], "{confirmations:?}");
+    assert!(
+        !rec.phases_cut.contains(&Phase::LrConfirmation) && !rec.phases_cut.contains(&Phase::Race),
+        "{:?}",
+        rec.partial_reason
+    );
+    let race = rec.evidence.race.as_ref().unwrap();
+    assert_eq!(race.entries.len(), 2, "{:?}", rec.rationale);
+    // The race ran within a step of the best LR its batch has.
+    for entry in &race.entries {
+        let best = runner.best_lr(entry.batch_size);
+        let off = (entry.learning_rate / best).ln().abs();
+        assert!(off < 3.2f64.ln(), "{entry:?}: best {best}");
+    }
+}
+
+#[test]
+fn a_short_real_run_caps_the_batch_at_its_fewest_updates() {
+    // A 0.5-s run: t(B) = 10 ms + B / 50,000 samples/s makes 32 updates up
+    // to about batch 280, far below what memory allows (82,000) and below
+    // the batch a longer run would favour (1,000).
+    let runner = FakeRunner::new();
+    let rec = advise_with(
+        &runner,
+        &spec("balanced", "[training]\ntime_budget = \"0.5s\"\n"),
+        4 << 30,
+    )
+    .unwrap();
+    let cap = rec.evidence.batch_cap.as_ref().unwrap();
+    let run = cap.run.as_ref().expect("the run's cap");
+    assert_eq!(run.min_updates_per_run, 32);
+    assert!(
+        (240..=288).contains(&run.largest_batch),
+        "{cap:?}: t(B) <= 0.5 s / 32 means B <= 281"
+    );
+    assert_eq!(cap.largest_batch, run.largest_batch);
+    assert!(cap.binding);
+    assert!(rec.batch_size <= cap.largest_batch, "{}", rec.batch_size);
+    let updates = 0.5 / runner.step_seconds(rec.batch_size);
+    assert!(updates >= 32.0, "{updates} updates at {}", rec.batch_size);
+    let race = rec.evidence.race.as_ref().unwrap();
+    assert!(race
+        .entries
+        .iter()
+        .all(|e| e.batch_size <= cap.largest_batch));
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|l| l.contains("updates per run at least")),
+        "{:?}",
+        rec.rationale
+    );
+}
+
+#[test]
+fn a_max_fit_stopped_above_the_cap_leaves_nothing_usable_out() {
+    // Every trial costs 3 s, so the max-fit share of 20 s (2.8 s) ends
+    // after the first probe, at batch 16, with memory unexplored.
+    let stop = |dataset: u64| {
+        let mut spec = spec(
+            "balanced",
+            &format!("[training]\ndataset_size = {dataset}\n"),
+        );
+        spec.search.min_batch = 16;
+        spec.search.time_budget = std::time::Duration::from_secs(20);
+        advise_on_simulated_runs(FakeRunner::new(), &spec, 3.0, 0.0).0
+    };
+    // 64 samples: the data caps the advice at 16, which the stop reached.
+    let rec = stop(64);
+    assert_eq!(rec.evidence.batch_cap.as_ref().unwrap().largest_batch, 16);
+    assert!(
+        !rec.phases_cut.contains(&Phase::MaxFit),
+        "{:?}",
+        rec.partial_reason
+    );
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|l| l.starts_with("left out: the max-fit search stopped at batch 16")),
+        "{:?}",
+        rec.rationale
+    );
+    // 100,000 samples: the stop left usable batches unexplored.
+    let rec = stop(100_000);
+    assert!(
+        rec.phases_cut.contains(&Phase::MaxFit),
+        "{:?}",
+        rec.rationale
+    );
 }
 
 #[test]

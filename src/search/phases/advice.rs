@@ -1,6 +1,7 @@
 //! The recommendation, written from the typed findings of every phase.
 
 use super::*;
+use crate::search::findings::render;
 use crate::search::maxfit::AffineMemory;
 use crate::search::recommend::TrialRecord;
 
@@ -20,14 +21,14 @@ impl<R: TrialRunner> Session<'_, R> {
     ) -> Recommendation {
         let spec = self.spec;
         let policy = &spec.policy;
-        let mut rationale: Vec<String> = Vec::new();
-        rationale.extend(fit.rationale);
-        rationale.extend(curve.rationale.iter().cloned());
-        rationale.extend(range.rationale);
-        rationale.extend(runs.rationale);
-        rationale.extend(std::mem::take(&mut reference.rationale));
-        rationale.extend(raced.rationale);
-        rationale.extend(check.rationale);
+        let mut findings: Vec<Finding> = Vec::new();
+        findings.extend(fit.findings);
+        findings.extend(curve.findings.iter().cloned());
+        findings.extend(range.findings);
+        findings.extend(runs.findings);
+        findings.extend(std::mem::take(&mut reference.findings));
+        findings.extend(raced.findings);
+        findings.extend(check.findings);
         let reused = self
             .records
             .iter()
@@ -39,27 +40,26 @@ impl<R: TrialRunner> Session<'_, R> {
                 .iter()
                 .filter(|r| r.process_trial.is_none_or(|k| k == 1))
                 .count();
-            rationale.push(format!(
-                "the command ran {} trials in {started} process(es): persistent trials (docs/command-runner.md)",
-                self.records.len()
-            ));
+            findings.push(Finding::Persistent {
+                trials: self.records.len(),
+                processes: started,
+            });
         }
         let batch = raced.batch;
         let world = spec.training.world_size.max(1);
         if raced.race.is_some() && raced.preferred != batch {
-            rationale.push(format!(
-                "the race overruled the model: {batch} instead of its {}",
-                raced.preferred
-            ));
+            findings.push(Finding::Overruled {
+                batch,
+                preferred: raced.preferred,
+            });
         }
         if cap
             .as_ref()
             .is_some_and(|c| batch >= c.largest_batch && c.binding)
         {
-            rationale.push(format!(
-                "the recommendation sits at the data cap of {}: the training set, not memory, limits it",
-                cap.as_ref().map_or(0, |c| c.largest_batch)
-            ));
+            findings.push(Finding::AtDataCap {
+                cap: cap.as_ref().map_or(0, |c| c.largest_batch),
+            });
         }
 
         let (lr_rule, best_lrs, said) = lr_rule(
@@ -69,7 +69,7 @@ impl<R: TrialRunner> Session<'_, R> {
             raced.learning_rate.map(|lr| (batch, lr)),
             reference.best.as_ref(),
         );
-        rationale.extend(said);
+        findings.extend(said);
 
         // Accumulation, global batch and the LR that goes with it.
         let global = batch * u64::from(world);
@@ -78,7 +78,7 @@ impl<R: TrialRunner> Session<'_, R> {
             global,
             policy.max_accumulation_steps,
         );
-        rationale.extend(said);
+        findings.extend(said);
         let learning_rate = lr_rule.as_ref().map(|rule| rule.lr_at(effective));
         let interval = check.interval.map(|(lo, hi)| {
             let scale = lr_rule
@@ -87,16 +87,12 @@ impl<R: TrialRunner> Session<'_, R> {
             (lo * scale, hi * scale)
         });
         if let (Some(rule), Some(lr)) = (&lr_rule, learning_rate) {
-            rationale.push(format!(
-                "learning rate {lr:.3e} for the effective batch {effective}{}: best validation loss at batch {} was at {:.3e}; scaled with lr ~ B^{:.2} ({} rule; single-seed alpha {}, textbook {})",
-                interval.map_or(String::new(), |(lo, hi)| format!(" (within noise from {lo:.2e} to {hi:.2e})")),
-                rule.reference_batch,
-                rule.reference_lr,
-                rule.alpha,
-                rule.kind,
-                rule.measured_alpha.map_or("n/a".to_string(), |a| format!("{a:.2}")),
-                rule.textbook_alpha
-            ));
+            findings.push(Finding::LearningRate {
+                lr,
+                effective,
+                interval,
+                rule: rule.clone(),
+            });
         }
         let dataset_size = spec.training.dataset_size.or(self.train_samples);
         let schedule = schedule(
@@ -121,9 +117,11 @@ impl<R: TrialRunner> Session<'_, R> {
             &measured_precision,
         );
         if world > 1 {
-            rationale.push(format!(
-                "data-parallel over {world} replicas: {batch} per device, {global} globally; memory is per device, throughput assumes linear scaling"
-            ));
+            findings.push(Finding::DataParallel {
+                world,
+                batch,
+                global,
+            });
         }
         let goodput = reference
             .model_noise()
@@ -131,10 +129,10 @@ impl<R: TrialRunner> Session<'_, R> {
             .unwrap_or_default();
         let noise = reference.noise;
         for what in &self.skipped {
-            rationale.push(format!("left out: {what}"));
+            findings.push(Finding::LeftOut(what.clone()));
         }
         for (phase, what) in &self.cut {
-            rationale.push(format!("{} phase cut short: {what}", phase.as_str()));
+            findings.push(Finding::CutShort(*phase, what.clone()));
         }
         let partial_reason = (!self.cut.is_empty()).then(|| {
             self.cut
@@ -192,7 +190,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 budget_plan: self.plan,
                 trials: self.records,
             },
-            rationale,
+            rationale: render(&findings),
             partial: partial_reason.is_some(),
             partial_reason,
             phases_cut: self.cut.iter().map(|(p, _)| *p).collect(),
@@ -205,14 +203,14 @@ impl<R: TrialRunner> Session<'_, R> {
 /// the raced one) and scaled by the textbook exponent: both best LRs come
 /// from single-seed runs, whose optimum moves by a grid step from seed to
 /// seed, so the exponent they imply is shown, never called measured. Also
-/// the best LRs as evidence, and the rationale lines.
+/// the best LRs as evidence, and what to say.
 fn lr_rule(
     scaling: LrScaling,
     textbook: f64,
     checked: Option<&BestLr>,
     raced: Option<(u64, f64)>,
     reference: Option<&BestLr>,
-) -> (Option<LrRule>, Vec<BestLr>, Vec<String>) {
+) -> (Option<LrRule>, Vec<BestLr>, Vec<Finding>) {
     let mut said = Vec::new();
     let mut best_lrs: Vec<BestLr> = Vec::new();
     if let Some(best) = checked {
@@ -251,10 +249,11 @@ fn lr_rule(
     };
     let kind = match scaling {
         LrScaling::Measured => {
-            said.push(format!(
-                "the policy asks for a measured LR exponent, but the best LRs at two batches come from single-seed runs, which do not measure it{}: the textbook rule ({textbook_kind}, alpha {textbook}) is used",
-                implied_alpha.map_or(String::new(), |a| format!(" (their exponent {a:.2} is shown, not used)"))
-            ));
+            said.push(Finding::TextbookExponent {
+                kind: textbook_kind,
+                alpha: textbook,
+                implied: implied_alpha,
+            });
             textbook_kind
         }
         other => other,
@@ -276,21 +275,17 @@ fn lr_rule(
 
 /// Gradient-accumulation steps to reach `target` from the `global` batch,
 /// at most `max_steps`: (steps, effective batch, what to say).
-fn accumulation(target: Option<u64>, global: u64, max_steps: u32) -> (u32, u64, Option<String>) {
+fn accumulation(target: Option<u64>, global: u64, max_steps: u32) -> (u32, u64, Option<Finding>) {
     match target {
         Some(target) if target > global => {
             let wanted = target.div_ceil(global);
             let steps = wanted.min(u64::from(max_steps)).max(1);
-            let said = if steps < wanted {
-                format!(
-                    "reaching the target batch of {target} needs {wanted} accumulation steps; the policy allows {max_steps}, so the effective batch is {}",
-                    global * steps
-                )
-            } else {
-                format!(
-                    "{steps} gradient-accumulation steps reach the target batch of {target} ({} per optimizer step); accumulation adds no samples per second, only a larger effective batch",
-                    global * steps
-                )
+            let said = Finding::Accumulation {
+                target,
+                wanted,
+                steps,
+                max_steps,
+                effective: global * steps,
             };
             (steps as u32, global * steps, Some(said))
         }
@@ -360,7 +355,7 @@ mod tests {
         assert_eq!((rule.kind, rule.alpha), (LrScaling::Sqrt, 0.5));
         assert!((rule.measured_alpha.unwrap() - 0.5).abs() < 1e-9);
         assert_eq!(best_lrs.len(), 2);
-        assert!(said[0].contains("single-seed"), "{said:?}");
+        assert!(said[0].to_string().contains("single-seed"), "{said:?}");
         // Without a check, the raced LR anchors it; an explicit rule stays.
         let (rule, _, said) = lr_rule(LrScaling::Linear, 1.0, None, Some((256, 0.1)), None);
         let rule = rule.unwrap();
@@ -378,10 +373,13 @@ mod tests {
         assert_eq!(accumulation(Some(128), 256, 8).0, 1);
         let (steps, effective, said) = accumulation(Some(1000), 256, 8);
         assert_eq!((steps, effective), (4, 1024));
-        assert!(said.unwrap().contains("4 gradient-accumulation steps"));
+        assert!(said
+            .unwrap()
+            .to_string()
+            .contains("4 gradient-accumulation steps"));
         let (steps, effective, said) = accumulation(Some(100_000), 256, 8);
         assert_eq!((steps, effective), (8, 2048));
-        assert!(said.unwrap().contains("the policy allows 8"));
+        assert!(said.unwrap().to_string().contains("the policy allows 8"));
     }
 
     #[test]

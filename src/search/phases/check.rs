@@ -16,7 +16,7 @@ impl<R: TrialRunner> Session<'_, R> {
             best: None,
             interval: None,
             runs: Vec::new(),
-            rationale: Vec::new(),
+            findings: Vec::new(),
         };
         let (Some(race), Some(lr)) = (&raced.race, raced.learning_rate) else {
             return check;
@@ -65,10 +65,11 @@ impl<R: TrialRunner> Session<'_, R> {
             if !self.run_fits(Phase::LrCheck, self.seconds_for(curve, batch, steps)) {
                 // The check refines an LR the race already used: skipping
                 // it leaves a tested answer, so it is noted, not partial.
-                self.skipped.push(format!(
-                    "LR {candidate:.2e} at batch {batch} was not checked with seed {} (no time)",
-                    ask.seed
-                ));
+                self.skipped.push(Gap::NotChecked {
+                    lr: candidate,
+                    batch,
+                    seed: ask.seed,
+                });
                 break;
             }
             let result = self
@@ -93,29 +94,35 @@ impl<R: TrialRunner> Session<'_, R> {
         };
         let chosen = finding.chosen;
         check.interval = finding.interval;
-        check.rationale.push(format!(
-            "LR check at batch {batch}: {} runs from {:.2e} to {:.2e}, paired with {} of the race's seeds; best {:.3e} (mean loss {:.4} against {:.4} at the raced LR; seed noise {:.4}{}), so the LR is {:.3e}",
-            check.runs.len(),
-            check.runs.iter().map(|r| r.learning_rate).fold(f64::MAX, f64::min),
-            check.runs.iter().map(|r| r.learning_rate).fold(0.0, f64::max),
-            finding.seeds,
-            finding.best.learning_rate,
-            finding.best.validation_loss,
-            finding.raced_loss,
+        check.findings.push(Finding::Check {
+            batch,
+            runs: check.runs.len(),
+            lowest: check
+                .runs
+                .iter()
+                .map(|r| r.learning_rate)
+                .fold(f64::MAX, f64::min),
+            highest: check
+                .runs
+                .iter()
+                .map(|r| r.learning_rate)
+                .fold(0.0, f64::max),
+            seeds: finding.seeds,
+            best_lr: finding.best.learning_rate,
+            best_loss: finding.best.validation_loss,
+            raced_loss: finding.raced_loss,
             noise,
-            if finding.best.best_tested_lr != chosen.best_tested_lr {
-                "; a move needs every seed's pair to agree and the mean to beat the noise"
-            } else {
-                ""
-            },
-            chosen.learning_rate
-        ));
+            held: finding.best.best_tested_lr != chosen.best_tested_lr,
+            lr: chosen.learning_rate,
+        });
         if let Some(reference_best) = &reference.best {
             if reference_best.batch_size != batch {
-                check.rationale.push(format!(
-                    "best LR {:.3e} at batch {} and {:.3e} at batch {batch}",
-                    reference_best.learning_rate, reference_best.batch_size, chosen.learning_rate
-                ));
+                check.findings.push(Finding::BestLrs {
+                    reference_lr: reference_best.learning_rate,
+                    reference_batch: reference_best.batch_size,
+                    lr: chosen.learning_rate,
+                    batch,
+                });
             }
         }
         check.best = Some(chosen);

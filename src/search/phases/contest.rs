@@ -28,7 +28,7 @@ impl<R: TrialRunner> Session<'_, R> {
             curve.top,
             world,
         );
-        let mut rationale = vec![why];
+        let mut findings = vec![Finding::Model(why)];
         let decisive = noise.is_some_and(NoiseScale::is_decisive);
         // A lower bound on the noise scale makes the model's batch a lower
         // bound too: the race reaches above it rather than around it.
@@ -66,16 +66,14 @@ impl<R: TrialRunner> Session<'_, R> {
             .as_ref()
             .map(|b| (b.batch_size, b.learning_rate))
         else {
-            rationale.push(format!(
-                "no LR was confirmed, so there was no race: the model's choice {preferred} stands"
-            ));
+            findings.push(Finding::NoRace { preferred });
             return RacePhase {
                 race: None,
                 preferred,
                 batch: preferred,
                 learning_rate: None,
                 noise_by_progress: Vec::new(),
-                rationale,
+                findings,
             };
         };
         let alpha = self.transfer_alpha();
@@ -124,10 +122,14 @@ impl<R: TrialRunner> Session<'_, R> {
             rule => rule,
         };
         let race = race::decide(runs.budget, entries, preferred, rule, &|b| curve.speed(b));
-        rationale.push(format!(
-            "race over batches {:?} ({}, each at the LR the rule lr ~ B^{alpha} gives from {:.3e} at {}): {}",
-            candidates, race.budget, reference_lr.1, reference_lr.0, race.verdict
-        ));
+        findings.push(Finding::Race {
+            candidates: candidates.clone(),
+            budget: race.budget,
+            alpha,
+            reference_lr: reference_lr.1,
+            reference_batch: reference_lr.0,
+            verdict: race.verdict.clone(),
+        });
         // Each candidate's runs measure the noise over their own second
         // half: one point of training per candidate, never pooled across.
         let mut noise_by_progress: Vec<NoiseScale> = race
@@ -146,9 +148,7 @@ impl<R: TrialRunner> Session<'_, R> {
                     .map(|e| e.learning_rate),
             ),
             None => {
-                rationale.push(format!(
-                    "no candidate finished every seed: the model's choice {preferred} stands"
-                ));
+                findings.push(Finding::NoWinner { preferred });
                 (preferred, Some(lr_for(preferred)))
             }
         };
@@ -158,7 +158,7 @@ impl<R: TrialRunner> Session<'_, R> {
             batch,
             learning_rate,
             noise_by_progress,
-            rationale,
+            findings,
         }
     }
 
@@ -176,14 +176,9 @@ impl<R: TrialRunner> Session<'_, R> {
     ) -> Option<RaceRun> {
         if !self.run_fits(Phase::Race, self.seconds_for(curve, batch, steps)) {
             if ask.planned {
-                self.cut_short(
-                    Phase::Race,
-                    format!("batch {batch} ran fewer seeds than planned"),
-                );
+                self.cut_short(Phase::Race, Gap::FewerSeeds { batch });
             } else {
-                self.skipped.push(format!(
-                    "batch {batch} got no extra seed to break its tie (no time)"
-                ));
+                self.skipped.push(Gap::NoExtraSeed { batch });
             }
             return None;
         }

@@ -94,20 +94,20 @@ impl<R: TrialRunner> Session<'_, R> {
             results.push(result);
         }
         let max_fit = search.result();
-        if let (Some(over), Some(answer)) = (passed_over, max_fit.batch_size) {
-            // Unless a failure between the answer and the passed-over batch
-            // closed the bracket, memory may allow more than was tried.
-            let bracketed = max_fit
-                .first_failure
-                .as_ref()
-                .is_some_and(|(fail, _)| *fail <= over);
-            if !bracketed {
-                self.cut_short(
-                    Phase::MaxFit,
-                    format!("the max-fit search stopped at batch {answer}: a trial of batch {over} would overrun its share of the budget, so the largest fitting batch may be larger"),
-                );
+        // Unless a failure between the answer and the passed-over batch
+        // closed the bracket, memory may allow more than was tried; whether
+        // that matters depends on the cap (`note_max_fit_stop`).
+        let stopped = match (passed_over, max_fit.batch_size) {
+            (Some(over), Some(answer))
+                if max_fit
+                    .first_failure
+                    .as_ref()
+                    .is_none_or(|(fail, _)| *fail > over) =>
+            {
+                Some((answer, over))
             }
-        }
+            _ => None,
+        };
         let Some(batch) = max_fit.batch_size else {
             return Err(SearchError::NothingFits {
                 min_batch: spec.search.min_batch,
@@ -119,58 +119,106 @@ impl<R: TrialRunner> Session<'_, R> {
                     .unwrap_or_default(),
             });
         };
-        let mut rationale = vec![match &max_fit.first_failure {
-            Some((fail, why)) => format!(
-                "largest batch that fits: {batch} (peak {}) under a budget of {} ({} limit from {} less {:.0}% headroom); {fail} failed ({why}); {} trials",
-                ByteSize(max_fit.peak_bytes.unwrap_or(0)),
-                ByteSize(self.budget_bytes),
-                ByteSize(self.ctx.memory_limit_bytes),
-                self.ctx.memory_limit_source,
-                policy.memory_headroom_fraction * 100.0,
-                max_fit.trials
-            ),
-            None if max_fit.capped_by_dataset => format!(
-                "largest batch that fits: {batch}, the whole training set (peak {} of a {} budget: memory allows more, the data does not)",
-                ByteSize(max_fit.peak_bytes.unwrap_or(0)),
-                ByteSize(self.budget_bytes)
-            ),
-            None if max_fit.capped_by_max_batch => format!(
-                "largest batch that fits: {batch}, the spec's search.max_batch (peak {} of a {} budget)",
-                ByteSize(max_fit.peak_bytes.unwrap_or(0)),
-                ByteSize(self.budget_bytes)
-            ),
-            None => format!(
-                "largest batch that fits: {batch} (the search ended before a larger batch failed); {} trials",
-                max_fit.trials
-            ),
+        let mut findings = vec![Finding::MaxFit {
+            fit: max_fit.clone(),
+            limit_bytes: self.ctx.memory_limit_bytes,
+            limit_source: self.ctx.memory_limit_source.to_string(),
+            headroom: policy.memory_headroom_fraction,
         }];
         if !max_fit.flaky_batch_sizes.is_empty() {
-            rationale.push(format!(
-                "batch sizes {:?} fitted once and failed on a re-run, so they were not trusted",
-                max_fit.flaky_batch_sizes
-            ));
+            findings.push(Finding::FlakyBatches(max_fit.flaky_batch_sizes.clone()));
         }
         Ok(FitPhase {
             max_fit,
             batch,
             results,
-            rationale,
+            stopped,
+            findings,
         })
     }
 
-    /// The data's cap on every batch the advice may use.
+    /// A max-fit search stopped before memory ran out (a bigger probe
+    /// would overrun its share) cuts the advice short only when the range
+    /// it left unexplored is one the advice could use: below the cap.
+    pub(in crate::search) fn note_max_fit_stop(&mut self, fit: &FitPhase, cap: &Option<BatchCap>) {
+        let Some((answer, over)) = fit.stopped else {
+            return;
+        };
+        let gap = Gap::MaxFitStopped { answer, over };
+        if cap.as_ref().is_some_and(|c| c.largest_batch <= answer) {
+            self.skipped.push(gap);
+        } else {
+            self.cut_short(Phase::MaxFit, gap);
+        }
+    }
+
+    /// The cap on every batch the advice may use: the data's (training
+    /// samples / the fewest updates per epoch) and the real run's (its
+    /// samples / the fewest updates per run).
     pub(in crate::search) fn batch_cap(&self, fit: &FitPhase) -> Option<BatchCap> {
         let samples = self.spec.training.dataset_size.or(self.train_samples)?;
-        let per_epoch = self.spec.policy.min_updates_per_epoch.max(1);
-        let largest = round_down(
-            (samples / per_epoch).max(self.spec.search.min_batch.max(1)),
-            self.spec.policy.batch_multiple,
-        );
+        let policy = &self.spec.policy;
+        let per_epoch = policy.min_updates_per_epoch.max(1);
+        let floor = self.spec.search.min_batch.max(1);
+        let data = round_down((samples / per_epoch).max(floor), policy.batch_multiple);
+        let run = self
+            .run_cap(fit, samples)
+            .filter(|r| r.largest_batch < data);
+        let largest = run.as_ref().map_or(data, |r| r.largest_batch);
         Some(BatchCap {
             training_samples: samples,
             min_updates_per_epoch: per_epoch,
             largest_batch: largest,
             binding: largest < fit.batch,
+            run,
+        })
+    }
+
+    /// The largest batch whose real run makes the policy's fewest updates
+    /// per run. A wall-clock run's samples grow with the batch's speed, so
+    /// they come from a step-time model of the max-fit trials; an
+    /// equal-epoch run's are its epochs of the training set.
+    fn run_cap(&self, fit: &FitPhase, samples: u64) -> Option<RunCap> {
+        let spec = self.spec;
+        let policy = &spec.policy;
+        let updates = policy.min_updates_per_run.max(1);
+        let floor = spec.search.min_batch.max(1);
+        let wall = spec
+            .training
+            .time_budget
+            .filter(|_| policy.objective != Objective::Generalization);
+        let (largest, run_samples) = match wall {
+            Some(budget) => {
+                let points: Vec<CurvePoint> = fit
+                    .results
+                    .iter()
+                    .filter(|r| r.is_ok() && r.steps_completed > MIN_TIMED_STEPS)
+                    .filter_map(|r| {
+                        Some(CurvePoint {
+                            batch_size: r.batch_size,
+                            samples_per_second: r.samples_per_second?,
+                            source: PointSource::MaxFit,
+                        })
+                    })
+                    .collect();
+                let model = StepTimeModel::fit(&points)?;
+                // t(B) = fixed + B / limit <= T / updates.
+                let step = budget.as_secs_f64() / updates as f64;
+                let largest = ((step - model.fixed_seconds) * model.samples_per_second_limit)
+                    .floor()
+                    .max(0.0) as u64;
+                let speed = speed_at(&points, Some(&model), largest.max(1)).unwrap_or(0.0);
+                (largest, (speed * budget.as_secs_f64()) as u64)
+            }
+            None => {
+                let run_samples = (spec.training.epochs * samples as f64) as u64;
+                (run_samples / updates, run_samples)
+            }
+        };
+        Some(RunCap {
+            run_samples,
+            min_updates_per_run: updates,
+            largest_batch: round_down(largest.max(floor), policy.batch_multiple).max(floor),
         })
     }
 }

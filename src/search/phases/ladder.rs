@@ -18,12 +18,13 @@ impl<R: TrialRunner> Session<'_, R> {
             .map_or(fit.batch, |c| c.largest_batch.min(fit.batch))
             .max(floor);
         let mut points: Vec<CurvePoint> = Vec::new();
-        let mut rationale = Vec::new();
+        let mut left_off: Vec<u64> = Vec::new();
+        let mut findings = Vec::new();
         if let Some(cap) = cap.as_ref().filter(|c| c.binding) {
-            rationale.push(format!(
-                "the training set of {} samples caps the batch at {} ({} updates per epoch at least); the max fit of {} is reported but not used",
-                cap.training_samples, cap.largest_batch, cap.min_updates_per_epoch, fit.batch
-            ));
+            findings.push(Finding::DataCap {
+                cap: cap.clone(),
+                max_fit: fit.batch,
+            });
         }
         let reusable = |batch: u64| {
             fit.results.iter().rev().find(|r| {
@@ -43,7 +44,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 points.push(CurvePoint {
                     batch_size: batch,
                     samples_per_second: result.samples_per_second.unwrap_or(0.0),
-                    source: crate::search::throughput::PointSource::MaxFit,
+                    source: PointSource::MaxFit,
                 });
                 continue;
             }
@@ -52,10 +53,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 .map_or(0.0, |s| f64::from(steps) * batch as f64 / s)
                 + self.overhead_seconds();
             if self.phase_left(Phase::Throughput).as_secs_f64() < estimate && !points.is_empty() {
-                self.cut_short(
-                    Phase::Throughput,
-                    format!("batch {batch} was left off the throughput curve to stay in the time budget"),
-                );
+                left_off.push(batch);
                 continue;
             }
             let result = self
@@ -74,7 +72,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 points.push(CurvePoint {
                     batch_size: batch,
                     samples_per_second: speed,
-                    source: crate::search::throughput::PointSource::Ladder,
+                    source: PointSource::Ladder,
                 });
             }
         }
@@ -83,11 +81,24 @@ impl<R: TrialRunner> Session<'_, R> {
             points.push(CurvePoint {
                 batch_size: fit.batch,
                 samples_per_second: result.samples_per_second.unwrap_or(0.0),
-                source: crate::search::throughput::PointSource::MaxFit,
+                source: PointSource::MaxFit,
             });
         }
         points.sort_by_key(|p| p.batch_size);
         points.dedup_by_key(|p| p.batch_size);
+        // A batch left off between two measured ones is interpolated by the
+        // step-time model: a refinement left out. One beyond them all would
+        // be extrapolated: the curve is cut short.
+        for batch in left_off {
+            let gap = Gap::OffTheCurve { batch };
+            let bracketed = points.first().is_some_and(|p| p.batch_size < batch)
+                && points.last().is_some_and(|p| p.batch_size > batch);
+            if bracketed {
+                self.skipped.push(gap);
+            } else {
+                self.cut_short(Phase::Throughput, gap);
+            }
+        }
         let model = StepTimeModel::fit(&points);
         let usable: Vec<CurvePoint> = points
             .iter()
@@ -96,20 +107,14 @@ impl<R: TrialRunner> Session<'_, R> {
             .collect();
         let plateau_batch = plateau(&usable, policy.throughput_gain_threshold);
         if let Some(m) = &model {
-            rationale.push(format!(
-                "step time t(B) = {:.2} ms + B / {:.0} samples/s fits the {} measured points within {:.0}%",
-                m.fixed_seconds * 1e3,
-                m.samples_per_second_limit,
-                m.points,
-                m.max_relative_error * 100.0
-            ));
+            findings.push(Finding::StepTime(*m));
         }
         if let Some(p) = plateau_batch {
-            rationale.push(format!(
-                "throughput comes within {:.0}% of its best from batch {p} on ({:.0} samples/s)",
-                policy.throughput_gain_threshold * 100.0,
-                expected_speed(&points, p).unwrap_or(0.0)
-            ));
+            findings.push(Finding::Plateau {
+                batch: p,
+                threshold: policy.throughput_gain_threshold,
+                speed: expected_speed(&points, p).unwrap_or(0.0),
+            });
         }
         CurvePhase {
             points,
@@ -117,7 +122,7 @@ impl<R: TrialRunner> Session<'_, R> {
             plateau: plateau_batch,
             floor,
             top,
-            rationale,
+            findings,
         }
     }
 }

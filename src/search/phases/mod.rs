@@ -1,5 +1,6 @@
 //! The phases of a search, each a method returning a typed result with the
-//! rationale lines it contributes, one file per phase. `advise` in the
+//! findings it contributes (`search::findings` words them), one file per
+//! phase. `advise` in the
 //! parent module calls them in order.
 
 mod advice;
@@ -11,6 +12,7 @@ mod range_test;
 mod reference;
 mod runs;
 
+use super::findings::{Finding, Gap, RunLengthSource};
 use super::lr::{
     analyze_range_test, best_lr, fit_alpha, BestLr, CheckMachine, ConfirmMachine, Confirmation,
     LrRule, RangeTest,
@@ -20,18 +22,17 @@ use super::noise::{pooled_noise_scale, NoiseScale};
 use super::race::{self, Race, RaceBudget, RaceEntry, RaceRun};
 use super::recommend::{
     expected_speed, goodput_curve, precision_advice, preferred_batch, BatchCap, Evidence, LrAdvice,
-    MemoryAdvice, ScheduleAdvice, ThroughputAdvice, SCHEMA_VERSION,
+    MemoryAdvice, RunCap, ScheduleAdvice, ThroughputAdvice, SCHEMA_VERSION,
 };
 use super::stats::round_down;
 use super::steptime::{speed_at, StepTimeModel};
-use super::throughput::{plateau, CurvePoint};
+use super::throughput::{plateau, CurvePoint, PointSource};
 use super::{probe_lr, textbook_alpha, Phase, Recommendation, SearchError, Session};
 use crate::policy::{LrScaling, Objective};
 use crate::spec::Precision;
 use crate::trial::{
     GradNoiseRequest, GradNoiseSample, LrSchedule, Outcome, TrialDevice, TrialResult, TrialRunner,
 };
-use crate::units::{format_duration, ByteSize};
 
 /// Most points on the throughput ladder, max-fit trials included.
 const LADDER_POINTS: usize = 8;
@@ -47,7 +48,10 @@ pub(super) struct FitPhase {
     pub max_fit: MaxFit,
     pub batch: u64,
     pub results: Vec<TrialResult>,
-    pub rationale: Vec<String>,
+    /// The search stopped at the first batch, before a probe of the
+    /// second would overrun its share, with memory left unexplored.
+    pub stopped: Option<(u64, u64)>,
+    pub findings: Vec<Finding>,
 }
 
 pub(super) struct CurvePhase {
@@ -58,7 +62,7 @@ pub(super) struct CurvePhase {
     /// data cap.
     pub floor: u64,
     pub top: u64,
-    pub rationale: Vec<String>,
+    pub findings: Vec<Finding>,
 }
 
 impl CurvePhase {
@@ -76,7 +80,7 @@ pub(super) struct RangePhase {
     pub test: Option<RangeTest>,
     /// Where confirmation runs are centred.
     pub center_lr: f64,
-    pub rationale: Vec<String>,
+    pub findings: Vec<Finding>,
 }
 
 /// How long every confirmation, race and check run trains: the same
@@ -90,7 +94,7 @@ pub(super) struct RunPlan {
     /// Seeds per candidate: the policy's, or more where the budget has
     /// time left over.
     pub seeds: u32,
-    pub rationale: Vec<String>,
+    pub findings: Vec<Finding>,
 }
 
 impl RunPlan {
@@ -121,7 +125,7 @@ pub(super) struct ReferencePhase {
     /// For Adam-family optimizers: the noise scale of the preconditioned
     /// gradients, which drives the model when measured.
     pub preconditioned: Option<NoiseScale>,
-    pub rationale: Vec<String>,
+    pub findings: Vec<Finding>,
 }
 
 impl ReferencePhase {
@@ -142,7 +146,7 @@ pub(super) struct RacePhase {
     /// The noise scale at each candidate's own point of training (its runs'
     /// second halves), by samples seen.
     pub noise_by_progress: Vec<NoiseScale>,
-    pub rationale: Vec<String>,
+    pub findings: Vec<Finding>,
 }
 
 pub(super) struct CheckPhase {
@@ -150,7 +154,7 @@ pub(super) struct CheckPhase {
     /// LRs at the chosen batch within noise of the best.
     pub interval: Option<(f64, f64)>,
     pub runs: Vec<Confirmation>,
-    pub rationale: Vec<String>,
+    pub findings: Vec<Finding>,
 }
 
 /// The run counts (candidates, confirmations, race runs, checks) when only

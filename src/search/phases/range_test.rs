@@ -16,11 +16,11 @@ impl<R: TrialRunner> Session<'_, R> {
             .step_seconds(reference_batch)
             .map_or(0.0, |t| t * f64::from(sweep))
             + self.overhead_seconds();
-        let mut rationale = Vec::new();
+        let mut findings = Vec::new();
         let test = if estimate > self.phase_left(Phase::LrRangeTest).as_secs_f64() * 2.0
             || self.time_left().is_zero()
         {
-            self.cut_short(Phase::LrRangeTest, "the LR range test was skipped");
+            self.cut_short(Phase::LrRangeTest, Gap::RangeTestSkipped);
             None
         } else {
             let schedule = LrSchedule::ExponentialSweep {
@@ -38,10 +38,11 @@ impl<R: TrialRunner> Session<'_, R> {
         };
         let center_lr = match &test {
             Some(t) => {
-                rationale.push(format!(
-                    "LR range test at batch {reference_batch}: smoothed loss lowest at {:.2e}, suggestion {:.2e} (a tenth of it)",
-                    t.min_loss_lr, t.suggestion
-                ));
+                findings.push(Finding::RangeTest {
+                    batch: reference_batch,
+                    min_loss_lr: t.min_loss_lr,
+                    suggestion: t.suggestion,
+                });
                 // The conservative suggestion: confirmation runs train far
                 // longer than the sweep, and longer runs want lower LRs.
                 t.suggestion
@@ -52,7 +53,7 @@ impl<R: TrialRunner> Session<'_, R> {
             reference_batch,
             test,
             center_lr,
-            rationale,
+            findings,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! planned length, and the gradient noise scale they measure.
 
 use super::*;
+use crate::search::stats::median;
 
 impl<R: TrialRunner> Session<'_, R> {
     /// Phase 4: the best LR at the reference batch from runs of the planned
@@ -26,12 +27,20 @@ impl<R: TrialRunner> Session<'_, R> {
         let seed = self.spec.search.seed;
         while let Some(ask) = machine.next_run() {
             let lr = ask.learning_rate;
-            if !self.run_fits(Phase::LrConfirmation, self.seconds_for(curve, batch, steps)) {
-                let what = format!("LR {lr:.2e} at batch {batch} was not confirmed");
+            let estimate = self.seconds_for(curve, batch, steps);
+            let fits = if ask.extension {
+                self.extension_fits(estimate, runs)
+            } else {
+                self.run_fits(Phase::LrConfirmation, estimate)
+            };
+            if !fits {
+                let what = Gap::NotConfirmed {
+                    lr,
+                    batch,
+                    extension: ask.extension,
+                };
                 if ask.extension {
-                    self.skipped.push(format!(
-                        "{what} (the best sat at an edge; no time to look further)"
-                    ));
+                    self.skipped.push(what);
                 } else {
                     self.cut_short(Phase::LrConfirmation, what);
                 }
@@ -55,14 +64,15 @@ impl<R: TrialRunner> Session<'_, R> {
         }
         let confirmations = machine.into_runs();
         let best = best_lr(&confirmations);
-        let mut rationale = Vec::new();
+        let mut findings = Vec::new();
         if let Some(best) = &best {
-            rationale.push(format!(
-                "at the reference batch {batch}, {} runs of {steps} steps put the best LR at {:.3e} (validation loss {:.4})",
-                confirmations.len(),
-                best.learning_rate,
-                best.validation_loss
-            ));
+            findings.push(Finding::ReferenceLr {
+                batch,
+                runs: confirmations.len(),
+                steps,
+                lr: best.learning_rate,
+                loss: best.validation_loss,
+            });
         }
         // The noise scale from the runs that trained well: a run whose LR
         // barely moved the weights is still at its early, smaller scale.
@@ -77,45 +87,47 @@ impl<R: TrialRunner> Session<'_, R> {
         let preconditioned = (pre.len() == good.len())
             .then(|| noise_at(&pre, batch, steps))
             .flatten();
-        let judge = |n: &NoiseScale| {
-            if n.is_lower_bound() {
-                ": the goodput model takes it as a bound, and the race reaches above it"
-            } else if n.is_decisive() {
-                ""
-            } else {
-                ": too uncertain to separate candidates, so the race decides over a wider spread"
-            }
-        };
-        match &noise {
-            Some(n) => rationale.push(format!(
-                "gradient noise scale B_simple = {} samples, measured over training samples {}..{} ({} runs at batch {batch}, steps {}..{steps}; {} measurements against batch {}; McCandlish et al. 2018){}",
-                n.describe(),
-                n.after_samples,
-                n.until_samples,
-                good.len(),
-                n.after_steps,
-                n.measurements,
-                n.small_batch,
-                if preconditioned.is_some() { "" } else { judge(n) }
-            )),
-            None => rationale.push(
-                "the gradient noise scale could not be measured (too little time, or tr(Sigma) not clearly above zero): the race decides".into(),
-            ),
-        }
+        findings.push(match &noise {
+            Some(n) => Finding::Noise {
+                noise: n.clone(),
+                runs: good.len(),
+                batch,
+                steps,
+                drives: preconditioned.is_none(),
+            },
+            None => Finding::NoNoise,
+        });
         if let Some(p) = &preconditioned {
-            rationale.push(format!(
-                "preconditioned by Adam's sqrt(v) + eps, the noise scale is {} samples: Adam steps along the preconditioned gradient, so this one drives the model (AdaptDL's AdamGradientNoiseScale){}",
-                p.describe(),
-                judge(p)
-            ));
+            findings.push(Finding::Preconditioned(p.clone()));
         }
         ReferencePhase {
             best,
             runs: confirmations,
             noise,
             preconditioned,
-            rationale,
+            findings,
         }
+    }
+
+    /// Whether a confirmation past an edge the best LR sits at may run. It
+    /// outranks the race's third candidate and the LR check: a race run at
+    /// an LR off its bowl compares the batches' tolerance of a bad LR, not
+    /// the batches (measured on the quick-start job's bench settings: the
+    /// best sat at the lower edge, the extension was left out for the
+    /// race's share, and every race run trained at 3-6x the best LR). So
+    /// it runs whenever the time left, at what the runs so far cost, still
+    /// affords it and the leanest race (two candidates, the policy's
+    /// seeds); the race is then re-planned (`replan_from_runs`).
+    fn extension_fits(&self, estimate: f64, runs: &RunPlan) -> bool {
+        let costs: Vec<f64> = self
+            .records
+            .iter()
+            .filter(|r| r.phase == Phase::LrConfirmation && r.outcome == Outcome::Ok)
+            .map(|r| r.seconds)
+            .collect();
+        let cost = median(&costs).unwrap_or(0.0).max(estimate);
+        let leanest_race = 2.0 * f64::from(self.spec.policy.race.seeds.min(runs.seeds));
+        self.time_left().as_secs_f64() >= cost * (1.0 + leanest_race)
     }
 
     /// The exponent the race transfers the reference LR with.

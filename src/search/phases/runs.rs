@@ -2,7 +2,6 @@
 //! place a training run is started and charged to the budget.
 
 use super::*;
-use crate::search::stats::median;
 
 impl<R: TrialRunner> Session<'_, R> {
     /// Plans the length of every training run from the time left: the
@@ -21,7 +20,7 @@ impl<R: TrialRunner> Session<'_, R> {
             .train_samples
             .or(self.spec.training.dataset_size)
             .unwrap_or(curve.top);
-        let mut rationale = Vec::new();
+        let mut findings = Vec::new();
         let mut candidates = race.candidates;
         let mut seeds = race.seeds;
         // The full plan: two extensions past an edge, the race with its
@@ -47,15 +46,19 @@ impl<R: TrialRunner> Session<'_, R> {
                 job_epochs
             } else if let Some(plan) = lean {
                 (candidates, confirmations, racing, checks) = plan;
-                rationale.push(format!(
-                    "runs train the job's {job_epochs} epochs: the budget affords about {affordable_runs:.0} such runs, so {candidates} candidates race"
-                ));
+                findings.push(Finding::JobEpochRuns {
+                    epochs: job_epochs,
+                    affordable: affordable_runs,
+                    candidates,
+                });
                 job_epochs
             } else {
                 let epochs = (fill / (per_sample * train_samples as f64)).clamp(0.01, job_epochs);
-                rationale.push(format!(
-                    "confirmation and race runs train {epochs:.2} epochs each ({job_epochs} in the job): all the budget affords at batch {smallest}; longer runs tend to favour lower LRs than these"
-                ));
+                findings.push(Finding::ShortEpochRuns {
+                    epochs,
+                    job_epochs,
+                    smallest,
+                });
                 epochs
             };
             RaceBudget::Epochs { epochs }
@@ -75,22 +78,22 @@ impl<R: TrialRunner> Session<'_, R> {
                     }),
             };
             let source = if self.spec.training.time_budget.is_some() {
-                "the job's training.time_budget".to_string()
+                RunLengthSource::TimeBudget
             } else {
-                format!(
-                    "{} epochs at batch {}",
-                    self.spec.training.epochs, range.reference_batch
-                )
+                RunLengthSource::Epochs {
+                    epochs: self.spec.training.epochs,
+                    batch: range.reference_batch,
+                }
             };
             let affordable_runs = (left / self.planned_run_wall(job_seconds)).floor();
             let lean = lean_plan(affordable_runs, initial, race);
             // A wall-clock run's length, which may include its overhead.
             let fill = self.run_length_within(per_run);
             let seconds = if job_seconds <= fill {
-                rationale.push(format!(
-                    "runs train as long as the real training run, about {} ({source})",
-                    format_duration(std::time::Duration::from_secs_f64(job_seconds))
-                ));
+                findings.push(Finding::RealLengthRuns {
+                    seconds: job_seconds,
+                    source,
+                });
                 // Time the full plan leaves over (cheap trials: a persistent
                 // command process, a fast model) buys the race more seeds,
                 // which narrows the seed-to-seed spread its verdict rests on.
@@ -100,26 +103,29 @@ impl<R: TrialRunner> Session<'_, R> {
                 if more > 0 {
                     seeds += more;
                     racing += f64::from(more * candidates);
-                    rationale.push(format!(
-                        "the budget affords about {affordable_runs:.0} such runs, more than the plan's {:.0}: {seeds} seeds per race candidate instead of {}",
-                        confirmations + racing - f64::from(more * candidates) + checks,
-                        race.seeds
-                    ));
+                    findings.push(Finding::MoreSeeds {
+                        affordable: affordable_runs,
+                        planned: confirmations + racing - f64::from(more * candidates) + checks,
+                        seeds,
+                        policy_seeds: race.seeds,
+                    });
                 }
                 job_seconds
             } else if let Some(plan) = lean {
                 (candidates, confirmations, racing, checks) = plan;
-                rationale.push(format!(
-                    "runs train as long as the real training run, {} ({source}): the budget affords about {affordable_runs:.0} such runs, so {candidates} candidates race",
-                    format_duration(std::time::Duration::from_secs_f64(job_seconds))
-                ));
+                findings.push(Finding::LeanRuns {
+                    seconds: job_seconds,
+                    source,
+                    affordable: affordable_runs,
+                    candidates,
+                });
                 job_seconds
             } else {
-                rationale.push(format!(
-                    "runs train {}, shorter than the real training run ({}, {source}): the budget affords too few runs of that length; longer runs tend to favour larger batches and lower LRs than these",
-                    format_duration(std::time::Duration::from_secs_f64(fill)),
-                    format_duration(std::time::Duration::from_secs_f64(job_seconds))
-                ));
+                findings.push(Finding::ShortRuns {
+                    seconds: fill,
+                    job_seconds,
+                    source,
+                });
                 fill
             };
             RaceBudget::WallClock { seconds }
@@ -133,18 +139,18 @@ impl<R: TrialRunner> Session<'_, R> {
                 (Phase::LrCheck, checks),
             ],
         );
-        rationale.push(format!(
-            "every confirmation, race and check run trains for the same budget, {budget}, with linear warm-up and cosine decay to {:.0}% of the peak LR (about {:.0} runs in the {} left)",
-            race.final_lr_fraction * 100.0,
-            confirmations + racing + checks,
-            format_duration(self.time_left())
-        ));
+        findings.push(Finding::RunBudget {
+            budget,
+            final_fraction: race.final_lr_fraction,
+            runs: confirmations + racing + checks,
+            left: self.time_left(),
+        });
         RunPlan {
             budget,
             train_samples,
             candidates: candidates as usize,
             seeds,
-            rationale,
+            findings,
         }
     }
 
@@ -167,7 +173,10 @@ impl<R: TrialRunner> Session<'_, R> {
             .filter(|r| r.phase == Phase::LrConfirmation && r.outcome == Outcome::Ok)
             .map(|r| r.seconds)
             .collect();
-        let Some(cost) = median(&costs).filter(|c| *c > 0.0) else {
+        // The dearest confirmation: race runs at larger batches cost a
+        // little more (validation, start-up), and a planned race run the
+        // budget refuses cuts the search short.
+        let Some(cost) = costs.iter().copied().reduce(f64::max).filter(|c| *c > 0.0) else {
             return runs;
         };
         let policy = &self.spec.policy;
@@ -189,22 +198,29 @@ impl<R: TrialRunner> Session<'_, R> {
             candidates -= 1;
         }
         if (candidates, seeds) != (runs.candidates, runs.seeds) {
-            runs.rationale.push(format!(
-                "the confirmation runs took {cost:.1} s each; the {} left afford about {affordable:.0} such runs, so {candidates} candidates race with {seeds} seeds each (planned: {} with {})",
-                format_duration(self.time_left()),
-                runs.candidates,
-                runs.seeds
-            ));
+            runs.findings.push(Finding::Replanned {
+                cost,
+                left: self.time_left(),
+                affordable,
+                candidates,
+                seeds,
+                planned_candidates: runs.candidates,
+                planned_seeds: runs.seeds,
+            });
             runs.candidates = candidates;
             runs.seeds = seeds;
         }
-        let seeds = f64::from(seeds);
+        // The deadlines follow what is affordable, in rank: the
+        // candidates' own seeds, then extra seeds, then the check.
+        let racing = candidates as f64 * f64::from(seeds);
+        let extra_fit = extra.min((affordable - racing).max(0.0));
+        let checks_fit = checks.min((affordable - racing - extra_fit).max(0.0));
         let elapsed = self.elapsed().as_secs_f64();
         self.plan.replan(
             elapsed,
             &[
-                (Phase::Race, candidates as f64 * seeds + extra),
-                (Phase::LrCheck, checks),
+                (Phase::Race, racing + extra_fit),
+                (Phase::LrCheck, checks_fit),
             ],
         );
         runs

@@ -1,0 +1,718 @@
+//! What the search found, typed: each phase records findings, and this
+//! module alone turns them into the recommendation's rationale sentences
+//! (and the "left out" and "cut short" notes), so the wording lives in one
+//! place and tests can match on the data rather than on text.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::lr::LrRule;
+use super::maxfit::MaxFit;
+use super::noise::NoiseScale;
+use super::phase::Phase;
+use super::race::RaceBudget;
+use super::recommend::BatchCap;
+use super::steptime::StepTimeModel;
+use crate::units::{format_duration, ByteSize};
+
+/// Where the real run's length came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunLengthSource {
+    /// The job's `training.time_budget`.
+    TimeBudget,
+    /// The job's epochs at the reference batch.
+    Epochs { epochs: f64, batch: u64 },
+}
+
+/// The policy model's choice of batch, before the race.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelChoice {
+    /// Goodput without a noise scale: the throughput plateau.
+    GoodputPlateau { batch: u64 },
+    /// The throughput objective: the plateau.
+    ThroughputPlateau { batch: u64, threshold: f64 },
+    GoodputPeak {
+        batch: u64,
+        goodput: f64,
+        efficiency: f64,
+        noise: NoiseScale,
+    },
+    /// No curve was measured.
+    GoodputTop { batch: u64 },
+    CriticalBatch {
+        batch: u64,
+        fraction: f64,
+        noise: NoiseScale,
+    },
+    /// Generalization without a noise scale.
+    HalfBestThroughput { batch: u64 },
+}
+
+/// One sentence of the rationale.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finding {
+    MaxFit {
+        fit: MaxFit,
+        limit_bytes: u64,
+        limit_source: String,
+        headroom: f64,
+    },
+    FlakyBatches(Vec<u64>),
+    DataCap {
+        cap: BatchCap,
+        max_fit: u64,
+    },
+    StepTime(StepTimeModel),
+    Plateau {
+        batch: u64,
+        threshold: f64,
+        speed: f64,
+    },
+    RangeTest {
+        batch: u64,
+        min_loss_lr: f64,
+        suggestion: f64,
+    },
+    /// Equal-epoch runs of the job's epochs, on a lean plan.
+    JobEpochRuns {
+        epochs: f64,
+        affordable: f64,
+        candidates: u32,
+    },
+    /// Equal-epoch runs shorter than the job's.
+    ShortEpochRuns {
+        epochs: f64,
+        job_epochs: f64,
+        smallest: u64,
+    },
+    RealLengthRuns {
+        seconds: f64,
+        source: RunLengthSource,
+    },
+    MoreSeeds {
+        affordable: f64,
+        planned: f64,
+        seeds: u32,
+        policy_seeds: u32,
+    },
+    LeanRuns {
+        seconds: f64,
+        source: RunLengthSource,
+        affordable: f64,
+        candidates: u32,
+    },
+    ShortRuns {
+        seconds: f64,
+        job_seconds: f64,
+        source: RunLengthSource,
+    },
+    RunBudget {
+        budget: RaceBudget,
+        final_fraction: f64,
+        runs: f64,
+        left: Duration,
+    },
+    Replanned {
+        cost: f64,
+        left: Duration,
+        affordable: f64,
+        candidates: usize,
+        seeds: u32,
+        planned_candidates: usize,
+        planned_seeds: u32,
+    },
+    ReferenceLr {
+        batch: u64,
+        runs: usize,
+        steps: u32,
+        lr: f64,
+        loss: f64,
+    },
+    Noise {
+        noise: NoiseScale,
+        runs: usize,
+        batch: u64,
+        steps: u32,
+        /// Whether this is the scale that drives the model (no
+        /// preconditioned one was measured), so its use is stated here.
+        drives: bool,
+    },
+    NoNoise,
+    Preconditioned(NoiseScale),
+    Model(ModelChoice),
+    NoRace {
+        preferred: u64,
+    },
+    Race {
+        candidates: Vec<u64>,
+        budget: RaceBudget,
+        alpha: f64,
+        reference_lr: f64,
+        reference_batch: u64,
+        verdict: String,
+    },
+    NoWinner {
+        preferred: u64,
+    },
+    Check {
+        batch: u64,
+        runs: usize,
+        lowest: f64,
+        highest: f64,
+        seeds: usize,
+        best_lr: f64,
+        best_loss: f64,
+        raced_loss: f64,
+        noise: f64,
+        /// The best checked LR did not move the answer.
+        held: bool,
+        lr: f64,
+    },
+    BestLrs {
+        reference_lr: f64,
+        reference_batch: u64,
+        lr: f64,
+        batch: u64,
+    },
+    Persistent {
+        trials: usize,
+        processes: usize,
+    },
+    Overruled {
+        batch: u64,
+        preferred: u64,
+    },
+    AtDataCap {
+        cap: u64,
+    },
+    TextbookExponent {
+        kind: crate::policy::LrScaling,
+        alpha: f64,
+        implied: Option<f64>,
+    },
+    Accumulation {
+        target: u64,
+        wanted: u64,
+        steps: u64,
+        max_steps: u32,
+        effective: u64,
+    },
+    LearningRate {
+        lr: f64,
+        effective: u64,
+        interval: Option<(f64, f64)>,
+        rule: LrRule,
+    },
+    DataParallel {
+        world: u32,
+        batch: u64,
+        global: u64,
+    },
+    LeftOut(Gap),
+    CutShort(Phase, Gap),
+}
+
+/// What the budget left out, or cut short.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gap {
+    MaxFitStopped {
+        answer: u64,
+        over: u64,
+    },
+    OffTheCurve {
+        batch: u64,
+    },
+    RangeTestSkipped,
+    NotConfirmed {
+        lr: f64,
+        batch: u64,
+        extension: bool,
+    },
+    FewerSeeds {
+        batch: u64,
+    },
+    NoExtraSeed {
+        batch: u64,
+    },
+    NotChecked {
+        lr: f64,
+        batch: u64,
+        seed: u64,
+    },
+    BudgetRanOut,
+}
+
+impl fmt::Display for Gap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Gap::MaxFitStopped { answer, over } => write!(
+                f,
+                "the max-fit search stopped at batch {answer}: a trial of batch {over} would overrun its share of the budget, so the largest fitting batch may be larger"
+            ),
+            Gap::OffTheCurve { batch } => write!(
+                f,
+                "batch {batch} was left off the throughput curve to stay in the time budget"
+            ),
+            Gap::RangeTestSkipped => f.write_str("the LR range test was skipped"),
+            Gap::NotConfirmed {
+                lr,
+                batch,
+                extension,
+            } => {
+                write!(f, "LR {lr:.2e} at batch {batch} was not confirmed")?;
+                if *extension {
+                    f.write_str(" (the best sat at an edge; no time to look further)")?;
+                }
+                Ok(())
+            }
+            Gap::FewerSeeds { batch } => write!(f, "batch {batch} ran fewer seeds than planned"),
+            Gap::NoExtraSeed { batch } => write!(
+                f,
+                "batch {batch} got no extra seed to break its tie (no time)"
+            ),
+            Gap::NotChecked { lr, batch, seed } => write!(
+                f,
+                "LR {lr:.2e} at batch {batch} was not checked with seed {seed} (no time)"
+            ),
+            Gap::BudgetRanOut => f.write_str("the time budget ran out during a trial"),
+        }
+    }
+}
+
+impl fmt::Display for RunLengthSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunLengthSource::TimeBudget => f.write_str("the job's training.time_budget"),
+            RunLengthSource::Epochs { epochs, batch } => {
+                write!(f, "{epochs} epochs at batch {batch}")
+            }
+        }
+    }
+}
+
+fn seconds(s: f64) -> String {
+    format_duration(Duration::from_secs_f64(s.max(0.0)))
+}
+
+/// The noise scale's use, when it is the one the model takes.
+fn judged(noise: &NoiseScale) -> &'static str {
+    if noise.is_lower_bound() {
+        ": the goodput model takes it as a bound, and the race reaches above it"
+    } else if noise.is_decisive() {
+        ""
+    } else {
+        ": too uncertain to separate candidates, so the race decides over a wider spread"
+    }
+}
+
+impl fmt::Display for ModelChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelChoice::GoodputPlateau { batch } => write!(
+                f,
+                "goodput objective without a usable noise scale: the throughput plateau ({batch}) is the model's choice"
+            ),
+            ModelChoice::ThroughputPlateau { batch, threshold } => write!(
+                f,
+                "throughput objective: from {batch} on, throughput is within {:.0}% of its best: the plateau",
+                threshold * 100.0
+            ),
+            ModelChoice::GoodputPeak {
+                batch,
+                goodput,
+                efficiency,
+                noise,
+            } => write!(
+                f,
+                "goodput model: at {batch} per device throughput x statistical efficiency peaks at {goodput:.0} samples/s of progress (efficiency {efficiency:.2} against a noise scale of {}){}",
+                noise.describe(),
+                if noise.is_lower_bound() {
+                    ": with only a lower bound on the noise scale, the peak is a lower bound too"
+                } else {
+                    ""
+                }
+            ),
+            ModelChoice::GoodputTop { .. } => {
+                f.write_str("goodput model: no curve measured, so the top of the range")
+            }
+            ModelChoice::CriticalBatch {
+                batch,
+                fraction,
+                noise,
+            } => write!(
+                f,
+                "generalization model: {:.0}% of the critical batch ({}) is {batch} per device: smaller batches and more updates generalize better (Keskar et al. 2016; Hoffer et al. 2017)",
+                fraction * 100.0,
+                noise.describe()
+            ),
+            ModelChoice::HalfBestThroughput { batch } => write!(
+                f,
+                "generalization objective without a noise scale: the smallest batch ({batch}) that keeps half the best throughput"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::MaxFit {
+                fit,
+                limit_bytes,
+                limit_source,
+                headroom,
+            } => {
+                let batch = fit.batch_size.unwrap_or(0);
+                let peak = ByteSize(fit.peak_bytes.unwrap_or(0));
+                let budget = ByteSize(fit.budget_bytes);
+                match &fit.first_failure {
+                    Some((fail, why)) => write!(
+                        f,
+                        "largest batch that fits: {batch} (peak {peak}) under a budget of {budget} ({} limit from {limit_source} less {:.0}% headroom); {fail} failed ({why}); {} trials",
+                        ByteSize(*limit_bytes),
+                        headroom * 100.0,
+                        fit.trials
+                    ),
+                    None if fit.capped_by_dataset => write!(
+                        f,
+                        "largest batch that fits: {batch}, the whole training set (peak {peak} of a {budget} budget: memory allows more, the data does not)"
+                    ),
+                    None if fit.capped_by_max_batch => write!(
+                        f,
+                        "largest batch that fits: {batch}, the spec's search.max_batch (peak {peak} of a {budget} budget)"
+                    ),
+                    None => write!(
+                        f,
+                        "largest batch that fits: {batch} (the search ended before a larger batch failed); {} trials",
+                        fit.trials
+                    ),
+                }
+            }
+            Finding::FlakyBatches(sizes) => write!(
+                f,
+                "batch sizes {sizes:?} fitted once and failed on a re-run, so they were not trusted"
+            ),
+            Finding::DataCap { cap, max_fit } => match &cap.run {
+                Some(run) => write!(
+                    f,
+                    "the real training run sees about {} samples, which caps the batch at {} ({} updates per run at least); the max fit of {max_fit} is reported but not used",
+                    run.run_samples, run.largest_batch, run.min_updates_per_run
+                ),
+                None => write!(
+                    f,
+                    "the training set of {} samples caps the batch at {} ({} updates per epoch at least); the max fit of {max_fit} is reported but not used",
+                    cap.training_samples, cap.largest_batch, cap.min_updates_per_epoch
+                ),
+            },
+            Finding::StepTime(m) => write!(
+                f,
+                "step time t(B) = {:.2} ms + B / {:.0} samples/s fits the {} measured points within {:.0}%",
+                m.fixed_seconds * 1e3,
+                m.samples_per_second_limit,
+                m.points,
+                m.max_relative_error * 100.0
+            ),
+            Finding::Plateau {
+                batch,
+                threshold,
+                speed,
+            } => write!(
+                f,
+                "throughput comes within {:.0}% of its best from batch {batch} on ({speed:.0} samples/s)",
+                threshold * 100.0
+            ),
+            Finding::RangeTest {
+                batch,
+                min_loss_lr,
+                suggestion,
+            } => write!(
+                f,
+                "LR range test at batch {batch}: smoothed loss lowest at {min_loss_lr:.2e}, suggestion {suggestion:.2e} (a tenth of it)"
+            ),
+            Finding::JobEpochRuns {
+                epochs,
+                affordable,
+                candidates,
+            } => write!(
+                f,
+                "runs train the job's {epochs} epochs: the budget affords about {affordable:.0} such runs, so {candidates} candidates race"
+            ),
+            Finding::ShortEpochRuns {
+                epochs,
+                job_epochs,
+                smallest,
+            } => write!(
+                f,
+                "confirmation and race runs train {epochs:.2} epochs each ({job_epochs} in the job): all the budget affords at batch {smallest}; longer runs tend to favour lower LRs than these"
+            ),
+            Finding::RealLengthRuns { seconds: s, source } => write!(
+                f,
+                "runs train as long as the real training run, about {} ({source})",
+                seconds(*s)
+            ),
+            Finding::MoreSeeds {
+                affordable,
+                planned,
+                seeds,
+                policy_seeds,
+            } => write!(
+                f,
+                "the budget affords about {affordable:.0} such runs, more than the plan's {planned:.0}: {seeds} seeds per race candidate instead of {policy_seeds}"
+            ),
+            Finding::LeanRuns {
+                seconds: s,
+                source,
+                affordable,
+                candidates,
+            } => write!(
+                f,
+                "runs train as long as the real training run, {} ({source}): the budget affords about {affordable:.0} such runs, so {candidates} candidates race",
+                seconds(*s)
+            ),
+            Finding::ShortRuns {
+                seconds: s,
+                job_seconds,
+                source,
+            } => write!(
+                f,
+                "runs train {}, shorter than the real training run ({}, {source}): the budget affords too few runs of that length; longer runs tend to favour larger batches and lower LRs than these",
+                seconds(*s),
+                seconds(*job_seconds)
+            ),
+            Finding::RunBudget {
+                budget,
+                final_fraction,
+                runs,
+                left,
+            } => write!(
+                f,
+                "every confirmation, race and check run trains for the same budget, {budget}, with linear warm-up and cosine decay to {:.0}% of the peak LR (about {runs:.0} runs in the {} left)",
+                final_fraction * 100.0,
+                format_duration(*left)
+            ),
+            Finding::Replanned {
+                cost,
+                left,
+                affordable,
+                candidates,
+                seeds,
+                planned_candidates,
+                planned_seeds,
+            } => write!(
+                f,
+                "the confirmation runs took {cost:.1} s each; the {} left afford about {affordable:.0} such runs, so {candidates} candidates race with {seeds} seeds each (planned: {planned_candidates} with {planned_seeds})",
+                format_duration(*left)
+            ),
+            Finding::ReferenceLr {
+                batch,
+                runs,
+                steps,
+                lr,
+                loss,
+            } => write!(
+                f,
+                "at the reference batch {batch}, {runs} runs of {steps} steps put the best LR at {lr:.3e} (validation loss {loss:.4})"
+            ),
+            Finding::Noise {
+                noise,
+                runs,
+                batch,
+                steps,
+                drives,
+            } => write!(
+                f,
+                "gradient noise scale B_simple = {} samples, measured over training samples {}..{} ({runs} runs at batch {batch}, steps {}..{steps}; {} measurements against batch {}; McCandlish et al. 2018){}",
+                noise.describe(),
+                noise.after_samples,
+                noise.until_samples,
+                noise.after_steps,
+                noise.measurements,
+                noise.small_batch,
+                if *drives { judged(noise) } else { "" }
+            ),
+            Finding::NoNoise => f.write_str(
+                "the gradient noise scale could not be measured (too little time, or tr(Sigma) not clearly above zero): the race decides",
+            ),
+            Finding::Preconditioned(noise) => write!(
+                f,
+                "preconditioned by Adam's sqrt(v) + eps, the noise scale is {} samples: Adam steps along the preconditioned gradient, so this one drives the model (AdaptDL's AdamGradientNoiseScale){}",
+                noise.describe(),
+                judged(noise)
+            ),
+            Finding::Model(choice) => choice.fmt(f),
+            Finding::NoRace { preferred } => write!(
+                f,
+                "no LR was confirmed, so there was no race: the model's choice {preferred} stands"
+            ),
+            Finding::Race {
+                candidates,
+                budget,
+                alpha,
+                reference_lr,
+                reference_batch,
+                verdict,
+            } => write!(
+                f,
+                "race over batches {candidates:?} ({budget}, each at the LR the rule lr ~ B^{alpha} gives from {reference_lr:.3e} at {reference_batch}): {verdict}"
+            ),
+            Finding::NoWinner { preferred } => write!(
+                f,
+                "no candidate finished every seed: the model's choice {preferred} stands"
+            ),
+            Finding::Check {
+                batch,
+                runs,
+                lowest,
+                highest,
+                seeds,
+                best_lr,
+                best_loss,
+                raced_loss,
+                noise,
+                held,
+                lr,
+            } => write!(
+                f,
+                "LR check at batch {batch}: {runs} runs from {lowest:.2e} to {highest:.2e}, paired with {seeds} of the race's seeds; best {best_lr:.3e} (mean loss {best_loss:.4} against {raced_loss:.4} at the raced LR; seed noise {noise:.4}{}), so the LR is {lr:.3e}",
+                if *held {
+                    "; a move needs every seed's pair to agree and the mean to beat the noise"
+                } else {
+                    ""
+                }
+            ),
+            Finding::BestLrs {
+                reference_lr,
+                reference_batch,
+                lr,
+                batch,
+            } => write!(
+                f,
+                "best LR {reference_lr:.3e} at batch {reference_batch} and {lr:.3e} at batch {batch}"
+            ),
+            Finding::Persistent { trials, processes } => write!(
+                f,
+                "the command ran {trials} trials in {processes} process(es): persistent trials (docs/command-runner.md)"
+            ),
+            Finding::Overruled { batch, preferred } => write!(
+                f,
+                "the race overruled the model: {batch} instead of its {preferred}"
+            ),
+            Finding::AtDataCap { cap } => write!(
+                f,
+                "the recommendation sits at the data cap of {cap}: the training set, not memory, limits it"
+            ),
+            Finding::TextbookExponent {
+                kind,
+                alpha,
+                implied,
+            } => write!(
+                f,
+                "the policy asks for a measured LR exponent, but the best LRs at two batches come from single-seed runs, which do not measure it{}: the textbook rule ({kind}, alpha {alpha}) is used",
+                implied.map_or(String::new(), |a| format!(
+                    " (their exponent {a:.2} is shown, not used)"
+                ))
+            ),
+            Finding::Accumulation {
+                target,
+                wanted,
+                steps,
+                max_steps,
+                effective,
+            } => {
+                if steps < wanted {
+                    write!(
+                        f,
+                        "reaching the target batch of {target} needs {wanted} accumulation steps; the policy allows {max_steps}, so the effective batch is {effective}"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "{steps} gradient-accumulation steps reach the target batch of {target} ({effective} per optimizer step); accumulation adds no samples per second, only a larger effective batch"
+                    )
+                }
+            }
+            Finding::LearningRate {
+                lr,
+                effective,
+                interval,
+                rule,
+            } => write!(
+                f,
+                "learning rate {lr:.3e} for the effective batch {effective}{}: best validation loss at batch {} was at {:.3e}; scaled with lr ~ B^{:.2} ({} rule; single-seed alpha {}, textbook {})",
+                interval.map_or(String::new(), |(lo, hi)| format!(
+                    " (within noise from {lo:.2e} to {hi:.2e})"
+                )),
+                rule.reference_batch,
+                rule.reference_lr,
+                rule.alpha,
+                rule.kind,
+                rule.measured_alpha
+                    .map_or("n/a".to_string(), |a| format!("{a:.2}")),
+                rule.textbook_alpha
+            ),
+            Finding::DataParallel {
+                world,
+                batch,
+                global,
+            } => write!(
+                f,
+                "data-parallel over {world} replicas: {batch} per device, {global} globally; memory is per device, throughput assumes linear scaling"
+            ),
+            Finding::LeftOut(gap) => write!(f, "left out: {gap}"),
+            Finding::CutShort(phase, gap) => {
+                write!(f, "{} phase cut short: {gap}", phase.as_str())
+            }
+        }
+    }
+}
+
+/// The rationale: one sentence per finding, in the order found.
+pub fn render(findings: &[Finding]) -> Vec<String> {
+    findings.iter().map(ToString::to_string).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_read_as_before_and_extensions_say_why() {
+        let gap = Gap::NotConfirmed {
+            lr: 1e-3,
+            batch: 64,
+            extension: true,
+        };
+        assert_eq!(
+            Finding::LeftOut(gap).to_string(),
+            "left out: LR 1.00e-3 at batch 64 was not confirmed (the best sat at an edge; no time to look further)"
+        );
+        assert_eq!(
+            Finding::CutShort(Phase::Race, Gap::FewerSeeds { batch: 8 }).to_string(),
+            "race phase cut short: batch 8 ran fewer seeds than planned"
+        );
+    }
+
+    #[test]
+    fn a_held_check_says_what_a_move_needs() {
+        let check = |held| Finding::Check {
+            batch: 256,
+            runs: 6,
+            lowest: 1e-4,
+            highest: 1e-2,
+            seeds: 2,
+            best_lr: 3e-3,
+            best_loss: 0.5,
+            raced_loss: 0.51,
+            noise: 0.02,
+            held,
+            lr: 1e-3,
+        };
+        assert!(check(true)
+            .to_string()
+            .contains("a move needs every seed's pair"));
+        assert!(!check(false).to_string().contains("a move needs"));
+        assert!(check(false)
+            .to_string()
+            .starts_with("LR check at batch 256: 6 runs from 1.00e-4 to 1.00e-2, paired with 2"));
+    }
+}

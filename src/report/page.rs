@@ -274,7 +274,11 @@ fn recommendation_sections(html: &mut String, rec: &Recommendation) {
     }
     if let Some(cap) = &rec.evidence.batch_cap {
         row(
-            "data cap",
+            if cap.run.is_some() {
+                "run cap"
+            } else {
+                "data cap"
+            },
             format!(
                 "{} ({}){}",
                 cap.largest_batch,

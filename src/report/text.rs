@@ -117,7 +117,11 @@ pub fn advice(rec: &Recommendation, lr_for: Option<u64>) -> String {
     if let Some(cap) = &rec.evidence.batch_cap {
         row(
             &mut out,
-            "data cap",
+            if cap.run.is_some() {
+                "run cap"
+            } else {
+                "data cap"
+            },
             format!(
                 "{} ({}){}",
                 cap.largest_batch,

@@ -184,6 +184,8 @@ pub enum Finding {
     },
     AtDataCap {
         cap: u64,
+        /// The real run's cap, not the data's, is the one that binds.
+        run: bool,
     },
     TextbookExponent {
         kind: crate::policy::LrScaling,
@@ -500,7 +502,7 @@ impl fmt::Display for Finding {
                 planned_seeds,
             } => write!(
                 f,
-                "the confirmation runs took {cost:.1} s each; the {} left afford about {affordable:.0} such runs, so {candidates} candidates race with {seeds} seeds each (planned: {planned_candidates} with {planned_seeds})",
+                "the dearest confirmation run took {cost:.1} s; the {} left afford about {affordable:.0} such runs, so {candidates} candidates race with {seeds} seeds each (planned: {planned_candidates} with {planned_seeds})",
                 format_duration(*left)
             ),
             Finding::ReferenceLr {
@@ -573,7 +575,13 @@ impl fmt::Display for Finding {
                 lr,
             } => write!(
                 f,
-                "LR check at batch {batch}: {runs} runs from {lowest:.2e} to {highest:.2e}, paired with {seeds} of the race's seeds; best {best_lr:.3e} (mean loss {best_loss:.4} against {raced_loss:.4} at the raced LR; seed noise {noise:.4}{}), so the LR is {lr:.3e}",
+                "LR check at batch {batch}: {runs} runs from {lowest:.2e} to {highest:.2e} {}; best {best_lr:.3e} ({}loss {best_loss:.4} against {raced_loss:.4} at the raced LR; seed noise {noise:.4}{}), so the LR is {lr:.3e}",
+                if *seeds > 1 {
+                    format!("paired with {seeds} of the race's seeds")
+                } else {
+                    "with the race's first seed".to_string()
+                },
+                if *seeds > 1 { "mean " } else { "" },
                 if *held {
                     "; a move needs every seed's pair to agree and the mean to beat the noise"
                 } else {
@@ -597,9 +605,13 @@ impl fmt::Display for Finding {
                 f,
                 "the race overruled the model: {batch} instead of its {preferred}"
             ),
-            Finding::AtDataCap { cap } => write!(
+            Finding::AtDataCap { cap, run: false } => write!(
                 f,
                 "the recommendation sits at the data cap of {cap}: the training set, not memory, limits it"
+            ),
+            Finding::AtDataCap { cap, run: true } => write!(
+                f,
+                "the recommendation sits at the run's cap of {cap}: the real run's length, not memory, limits it"
             ),
             Finding::TextbookExponent {
                 kind,
@@ -713,6 +725,6 @@ mod tests {
         assert!(!check(false).to_string().contains("a move needs"));
         assert!(check(false)
             .to_string()
-            .starts_with("LR check at batch 256: 6 runs from 1.00e-4 to 1.00e-2, paired with 2"));
+            .starts_with("LR check at batch 256: 6 runs from 1.00e-4 to 1.00e-2 paired with 2"));
     }
 }

@@ -224,7 +224,7 @@ fn past_edge(tried: &[f64], best: f64, spacing: f64) -> Option<f64> {
 }
 
 /// The LR confirmation as an ask/tell machine: the policy's candidates
-/// around the range test's suggestion, a half-decade apart, then up to
+/// around the range test's suggestion, `spacing` apart (half a decade in the shipped policies), then up to
 /// `max_extensions` more past whichever edge the best sits at (two below
 /// them all when every one diverged). The driver runs each ask, or stops
 /// when the budget refuses one.
@@ -310,7 +310,7 @@ impl ConfirmMachine {
     }
 }
 
-/// The LR check at the race winner as an ask/tell machine: a half-decade
+/// The LR check at the race winner as an ask/tell machine: a step of `spacing`
 /// either side of the raced LR, paired with the race's own seeds (same
 /// initialization and data order, so a seed's luck cancels in the
 /// difference), seed by seed; one more step past a clear win at an edge.
@@ -334,6 +334,8 @@ pub struct CheckMachine {
     extended: bool,
     /// Every run told, with its seed (the raced ones first).
     runs: Vec<(u64, Confirmation)>,
+    /// How many of `runs` are the raced ones.
+    raced_runs: usize,
 }
 
 /// One check run the machine asks for.
@@ -359,6 +361,8 @@ pub struct CheckFinding {
     pub threshold: f64,
     /// How many seeds every compared LR ran with.
     pub seeds: usize,
+    /// The check's own runs (the raced ones not counted).
+    pub runs: usize,
 }
 
 impl CheckMachine {
@@ -371,11 +375,10 @@ impl CheckMachine {
         spacing: f64,
     ) -> Self {
         let raced_lr = raced.first().map_or(f64::NAN, |(_, r)| r.learning_rate);
-        let seeds: Vec<u64> = raced
-            .iter()
-            .map(|(seed, _)| *seed)
-            .take(max_seeds.max(1))
-            .collect();
+        // Only the raced runs of the seeds the check pairs with are kept:
+        // they are what it compares against.
+        let raced: Vec<(u64, Confirmation)> = raced.into_iter().take(max_seeds.max(1)).collect();
+        let seeds: Vec<u64> = raced.iter().map(|(seed, _)| *seed).collect();
         let lrs = vec![raced_lr / spacing, raced_lr * spacing];
         let queue = seeds
             .iter()
@@ -394,6 +397,7 @@ impl CheckMachine {
             lrs,
             queue,
             extended: false,
+            raced_runs: raced.len(),
             runs: raced,
         }
     }
@@ -426,28 +430,34 @@ impl CheckMachine {
         self.runs.push((ask.seed, run));
     }
 
-    /// The seeds with a run at the raced LR and at every checked LR that
-    /// has any run: the pairs a comparison may use.
-    fn complete_seeds(&self) -> Vec<u64> {
-        let tried: Vec<f64> = std::iter::once(self.raced_lr)
-            .chain(
-                self.lrs
-                    .iter()
-                    .copied()
-                    .filter(|lr| self.runs.iter().any(|(_, r)| r.learning_rate == *lr)),
-            )
-            .collect();
-        self.seeds
+    /// Whether `seed` has a run at `lr`. LRs are compared exactly: every
+    /// one is a copy of a value this machine computed once.
+    fn has(&self, seed: u64, lr: f64) -> bool {
+        self.runs
             .iter()
-            .copied()
-            .filter(|seed| {
-                tried.iter().all(|lr| {
-                    self.runs
-                        .iter()
-                        .any(|(s, r)| s == seed && r.learning_rate == *lr)
-                })
-            })
-            .collect()
+            .any(|(s, r)| *s == seed && r.learning_rate == lr)
+    }
+
+    /// The seeds and LRs a comparison may use: every seed, over the LRs
+    /// every seed ran, once that includes both neighbours of the raced LR
+    /// (an extension the budget refused a later seed drops out, not the
+    /// seed); before that, the first seed over the LRs it ran.
+    fn compared(&self) -> (Vec<u64>, Vec<f64>) {
+        let tried = std::iter::once(self.raced_lr).chain(self.lrs.iter().copied());
+        let everywhere: Vec<f64> = tried
+            .clone()
+            .filter(|&lr| self.seeds.iter().all(|&seed| self.has(seed, lr)))
+            .collect();
+        if self.seeds.len() > 1 && everywhere.len() >= 3 {
+            return (self.seeds.clone(), everywhere);
+        }
+        let Some(&first) = self.seeds.first() else {
+            return (Vec::new(), Vec::new());
+        };
+        (
+            vec![first],
+            tried.filter(|&lr| self.has(first, lr)).collect(),
+        )
     }
 
     /// Loss at `lr` for `seed` (`None`: diverged, failed or not run).
@@ -458,17 +468,9 @@ impl CheckMachine {
             .and_then(|(_, r)| r.validation_loss.filter(|l| l.is_finite()))
     }
 
-    /// The finding over the seeds compared so far. With no complete seed
-    /// (a cut before the first pair finished) it compares the first seed's
-    /// runs as they are.
+    /// The finding over the seeds and LRs compared so far (`compared`).
     fn judge(&self) -> Option<CheckFinding> {
-        let mut seeds = self.complete_seeds();
-        if seeds.is_empty() {
-            seeds = self.seeds.iter().take(1).copied().collect();
-        }
-        let lrs: Vec<f64> = std::iter::once(self.raced_lr)
-            .chain(self.lrs.iter().copied())
-            .collect();
+        let (seeds, lrs) = self.compared();
         // One point per LR: its mean over the compared seeds, none where
         // any seed diverged (an LR that diverges on some seeds is no pick).
         let means: Vec<Confirmation> = lrs
@@ -492,7 +494,13 @@ impl CheckMachine {
             .filter(|r| r.learning_rate == self.raced_lr)
             .and_then(|r| r.validation_loss)
             .unwrap_or(f64::INFINITY);
-        let threshold = self.noise.max(0.002 * raced_loss.abs());
+        // A raced run that failed leaves no loss to beat: any finite
+        // checked one does, by the noise alone.
+        let threshold = if raced_loss.is_finite() {
+            self.noise.max(0.002 * raced_loss.abs())
+        } else {
+            self.noise
+        };
         let every_pair_better = seeds.iter().all(|&seed| {
             match (
                 self.loss(best.best_tested_lr, seed),
@@ -525,6 +533,7 @@ impl CheckMachine {
             raced_loss,
             threshold,
             seeds: seeds.len(),
+            runs: self.runs.len() - self.raced_runs,
         })
     }
 
@@ -714,6 +723,64 @@ mod tests {
         let finding = finding.unwrap();
         assert!(finding.chosen.learning_rate > 3e-3, "{finding:?}");
         assert_eq!(finding.seeds, 2);
+    }
+
+    #[test]
+    fn an_extension_one_seed_missed_drops_out_not_the_seed() {
+        let run = |lr: f64, loss: Option<f64>| Confirmation {
+            batch_size: 256,
+            learning_rate: lr,
+            validation_loss: loss,
+            outcome: Outcome::Ok,
+            losses: Vec::new(),
+            loss_steps: Vec::new(),
+        };
+        let raced = vec![(1, run(1e-3, Some(1.0))), (2, run(1e-3, Some(1.0)))];
+        let mut machine = CheckMachine::new(raced, 0.01, 2, LR_STEP);
+        // Both seeds: the higher LR wins by 0.1 on each; then the
+        // extension runs for seed 1 only (the budget refuses seed 2's),
+        // where seed 1 is lucky.
+        for _ in 0..4 {
+            let ask = machine.next_run().unwrap();
+            let loss = if ask.learning_rate > 2e-3 { 0.9 } else { 1.2 };
+            machine.tell(ask, run(ask.learning_rate, Some(loss)));
+        }
+        let ask = machine.next_run().unwrap();
+        assert_eq!(ask.seed, 1);
+        assert!(close(ask.learning_rate, 1e-3 * LR_STEP * LR_STEP));
+        machine.tell(ask, run(ask.learning_rate, Some(0.1)));
+        let (finding, _) = machine.finish();
+        let finding = finding.unwrap();
+        assert_eq!(finding.seeds, 2, "{finding:?}");
+        assert!(
+            close(finding.chosen.best_tested_lr, 1e-3 * LR_STEP),
+            "{finding:?}"
+        );
+        assert_eq!(finding.runs, 5);
+    }
+
+    #[test]
+    fn a_failed_raced_run_is_beaten_by_any_finite_loss() {
+        let run = |lr: f64, loss: Option<f64>| Confirmation {
+            batch_size: 256,
+            learning_rate: lr,
+            validation_loss: loss,
+            outcome: if loss.is_some() {
+                Outcome::Ok
+            } else {
+                Outcome::Diverged
+            },
+            losses: Vec::new(),
+            loss_steps: Vec::new(),
+        };
+        let mut machine = CheckMachine::new(vec![(1, run(1e-3, None))], 0.01, 2, LR_STEP);
+        while let Some(ask) = machine.next_run() {
+            let loss = (ask.learning_rate < 1e-3).then_some(1.0);
+            machine.tell(ask, run(ask.learning_rate, loss));
+        }
+        let finding = machine.finish().0.unwrap();
+        assert!(finding.threshold.is_finite());
+        assert!(finding.chosen.learning_rate < 1e-3, "{finding:?}");
     }
 
     #[test]

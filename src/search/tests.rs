@@ -787,9 +787,10 @@ fn runs_dearer_than_planned_shrink_the_race_before_it_starts() {
     // noise measurement the ladder does not time). Planned on the ladder,
     // the race would take five seeds per candidate and the budget would
     // cut the last candidates' seeds; re-planned from what the
-    // confirmations cost, the spare seeds go first, then candidates, and
-    // every candidate that races gets all its seeds.
-    for (per_run, candidates, seeds) in [(3.0, 2, 2), (6.0, 2, 2)] {
+    // confirmations cost, the spare seeds go first (3.5-s runs), then a
+    // candidate (15.5-s runs), and every candidate that races gets all
+    // its seeds.
+    for (per_run, candidates, seeds) in [(3.0, 3, 2), (13.0, 2, 2)] {
         let mut spec = spec("balanced", "[training]\ntime_budget = \"3s\"\n");
         spec.search.time_budget = std::time::Duration::from_secs(90);
         let (rec, _) = advise_on_simulated_runs(FakeRunner::new(), &spec, 0.05, per_run);

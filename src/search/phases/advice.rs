@@ -59,6 +59,7 @@ impl<R: TrialRunner> Session<'_, R> {
         {
             findings.push(Finding::AtDataCap {
                 cap: cap.as_ref().map_or(0, |c| c.largest_batch),
+                run: cap.as_ref().is_some_and(|c| c.run.is_some()),
             });
         }
 

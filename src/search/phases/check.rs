@@ -3,8 +3,9 @@
 use super::*;
 
 impl<R: TrialRunner> Session<'_, R> {
-    /// Phase 6: LRs a half-decade either side of the winner's, with the
-    /// winner's first two seeds (paired: same initialization and data order),
+    /// Phase 6: LRs a step (`lr_search.candidate_spacing`) either side of
+    /// the winner's, with its first `lr_search.check_seeds` race seeds
+    /// (paired: same initialization and data order),
     /// so the LR is measured at the chosen batch rather than transferred.
     pub(in crate::search) async fn lr_check(
         &mut self,
@@ -96,7 +97,7 @@ impl<R: TrialRunner> Session<'_, R> {
         check.interval = finding.interval;
         check.findings.push(Finding::Check {
             batch,
-            runs: check.runs.len(),
+            runs: finding.runs,
             lowest: check
                 .runs
                 .iter()

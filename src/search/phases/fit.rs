@@ -204,21 +204,29 @@ impl<R: TrialRunner> Session<'_, R> {
                 let model = StepTimeModel::fit(&points)?;
                 // t(B) = fixed + B / limit <= T / updates.
                 let step = budget.as_secs_f64() / updates as f64;
-                let largest = ((step - model.fixed_seconds) * model.samples_per_second_limit)
-                    .floor()
-                    .max(0.0) as u64;
+                let largest =
+                    ((step - model.fixed_seconds) * model.samples_per_second_limit).floor();
+                if !largest.is_finite() || largest < floor as f64 {
+                    // No batch makes that many updates: there is no cap to
+                    // state, and the smallest batches are what the race has.
+                    return None;
+                }
+                let largest = largest as u64;
                 let speed = speed_at(&points, Some(&model), largest.max(1)).unwrap_or(0.0);
                 (largest, (speed * budget.as_secs_f64()) as u64)
             }
             None => {
                 let run_samples = (spec.training.epochs * samples as f64) as u64;
+                if run_samples / updates < floor {
+                    return None;
+                }
                 (run_samples / updates, run_samples)
             }
         };
         Some(RunCap {
             run_samples,
             min_updates_per_run: updates,
-            largest_batch: round_down(largest.max(floor), policy.batch_multiple).max(floor),
+            largest_batch: round_down(largest, policy.batch_multiple).max(floor),
         })
     }
 }

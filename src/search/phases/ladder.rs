@@ -86,8 +86,8 @@ impl<R: TrialRunner> Session<'_, R> {
         }
         points.sort_by_key(|p| p.batch_size);
         points.dedup_by_key(|p| p.batch_size);
-        // A batch left off between two measured ones is interpolated by the
-        // step-time model: a refinement left out. One beyond them all would
+        // A batch left off between two measured ones is interpolated
+        // between them: a refinement left out. One beyond them all would
         // be extrapolated: the curve is cut short.
         for batch in left_off {
             let gap = Gap::OffTheCurve { batch };

@@ -183,20 +183,19 @@ impl<R: TrialRunner> Session<'_, R> {
         let left = self.time_left().as_secs_f64();
         let affordable = (left / cost).floor();
         let extra = f64::from(2 * policy.race.extra_seeds);
-        let checks = 2.0 * f64::from(policy.lr_search.check_seeds);
-        let fits = |candidates: usize, seeds: u32| {
-            candidates as f64 * f64::from(seeds) + extra + checks <= affordable
-        };
-        // Seeds the plan added for spare time go first, then candidates
-        // (never below two); extra seeds and the check are refinements
-        // the budget may skip, the candidates' own seeds are not.
+        let racing = |candidates: usize, seeds: u32| candidates as f64 * f64::from(seeds);
+        // Seeds the plan added for spare time go first, while they leave no
+        // room for a one-seed check; then candidates (never below two),
+        // while their own seeds do not fit. Extra seeds and the check are
+        // refinements the budget may skip; the candidates' seeds are not.
         let (mut candidates, mut seeds) = (runs.candidates, runs.seeds);
-        while seeds > policy.race.seeds && !fits(candidates, seeds) {
+        while seeds > policy.race.seeds && racing(candidates, seeds) + 2.0 > affordable {
             seeds -= 1;
         }
-        while candidates > 2 && !fits(candidates, seeds) {
+        while candidates > 2 && racing(candidates, seeds) > affordable {
             candidates -= 1;
         }
+        let checks = 2.0 * f64::from(policy.lr_search.check_seeds.min(seeds));
         if (candidates, seeds) != (runs.candidates, runs.seeds) {
             runs.findings.push(Finding::Replanned {
                 cost,
@@ -212,7 +211,7 @@ impl<R: TrialRunner> Session<'_, R> {
         }
         // The deadlines follow what is affordable, in rank: the
         // candidates' own seeds, then extra seeds, then the check.
-        let racing = candidates as f64 * f64::from(seeds);
+        let racing = racing(candidates, seeds);
         let extra_fit = extra.min((affordable - racing).max(0.0));
         let checks_fit = checks.min((affordable - racing - extra_fit).max(0.0));
         let elapsed = self.elapsed().as_secs_f64();

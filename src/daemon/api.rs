@@ -160,8 +160,9 @@ fn documented_routes() -> OpenApiRouter<Arc<Shared>> {
 /// The fields the daemon leaves out when they are empty, by schema. Every
 /// other property of a documented object is always written (null when it
 /// has no value), so the document marks it required.
-const OMITTED_WHEN_EMPTY: [(&str, &str); 4] = [
+const OMITTED_WHEN_EMPTY: [(&str, &str); 5] = [
     ("Job", "data_digest"),
+    ("BatchCap", "run"),
     ("Problem", "errors"),
     ("Confirmation", "loss_steps"),
     ("RaceRun", "loss_steps"),

@@ -11,7 +11,7 @@ use super::maxfit::MaxFit;
 use super::noise::NoiseScale;
 use super::phase::Phase;
 use super::race::RaceBudget;
-use super::recommend::BatchCap;
+use super::recommend::{BatchCap, ModelChoice};
 use super::steptime::StepTimeModel;
 use crate::units::{format_duration, ByteSize};
 
@@ -22,30 +22,6 @@ pub enum RunLengthSource {
     TimeBudget,
     /// The job's epochs at the reference batch.
     Epochs { epochs: f64, batch: u64 },
-}
-
-/// The policy model's choice of batch, before the race.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelChoice {
-    /// Goodput without a noise scale: the throughput plateau.
-    GoodputPlateau { batch: u64 },
-    /// The throughput objective: the plateau.
-    ThroughputPlateau { batch: u64, threshold: f64 },
-    GoodputPeak {
-        batch: u64,
-        goodput: f64,
-        efficiency: f64,
-        noise: NoiseScale,
-    },
-    /// No curve was measured.
-    GoodputTop { batch: u64 },
-    CriticalBatch {
-        batch: u64,
-        fraction: f64,
-        noise: NoiseScale,
-    },
-    /// Generalization without a noise scale.
-    HalfBestThroughput { batch: u64 },
 }
 
 /// One sentence of the rationale.
@@ -304,54 +280,6 @@ fn judged(noise: &NoiseScale) -> &'static str {
         ""
     } else {
         ": too uncertain to separate candidates, so the race decides over a wider spread"
-    }
-}
-
-impl fmt::Display for ModelChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ModelChoice::GoodputPlateau { batch } => write!(
-                f,
-                "goodput objective without a usable noise scale: the throughput plateau ({batch}) is the model's choice"
-            ),
-            ModelChoice::ThroughputPlateau { batch, threshold } => write!(
-                f,
-                "throughput objective: from {batch} on, throughput is within {:.0}% of its best: the plateau",
-                threshold * 100.0
-            ),
-            ModelChoice::GoodputPeak {
-                batch,
-                goodput,
-                efficiency,
-                noise,
-            } => write!(
-                f,
-                "goodput model: at {batch} per device throughput x statistical efficiency peaks at {goodput:.0} samples/s of progress (efficiency {efficiency:.2} against a noise scale of {}){}",
-                noise.describe(),
-                if noise.is_lower_bound() {
-                    ": with only a lower bound on the noise scale, the peak is a lower bound too"
-                } else {
-                    ""
-                }
-            ),
-            ModelChoice::GoodputTop { .. } => {
-                f.write_str("goodput model: no curve measured, so the top of the range")
-            }
-            ModelChoice::CriticalBatch {
-                batch,
-                fraction,
-                noise,
-            } => write!(
-                f,
-                "generalization model: {:.0}% of the critical batch ({}) is {batch} per device: smaller batches and more updates generalize better (Keskar et al. 2016; Hoffer et al. 2017)",
-                fraction * 100.0,
-                noise.describe()
-            ),
-            ModelChoice::HalfBestThroughput { batch } => write!(
-                f,
-                "generalization objective without a noise scale: the smallest batch ({batch}) that keeps half the best throughput"
-            ),
-        }
     }
 }
 

@@ -3,7 +3,6 @@
 use serde::{Deserialize, Serialize};
 
 use super::curve::{downsample, MAX_CURVE_POINTS};
-use super::findings::ModelChoice;
 use super::lr::{BestLr, Confirmation, LrRule, RangeTest};
 use super::maxfit::MaxFit;
 use super::noise::{efficiency, NoiseScale};
@@ -403,6 +402,78 @@ fn dense_grid(floor: u64, top: u64) -> Vec<u64> {
         .collect();
     sizes.dedup();
     sizes
+}
+
+/// The policy model's choice of batch, before the race.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelChoice {
+    /// Goodput without a noise scale: the throughput plateau.
+    GoodputPlateau { batch: u64 },
+    /// The throughput objective: the plateau.
+    ThroughputPlateau { batch: u64, threshold: f64 },
+    GoodputPeak {
+        batch: u64,
+        goodput: f64,
+        efficiency: f64,
+        noise: NoiseScale,
+    },
+    /// No curve was measured.
+    GoodputTop { batch: u64 },
+    CriticalBatch {
+        batch: u64,
+        fraction: f64,
+        noise: NoiseScale,
+    },
+    /// Generalization without a noise scale.
+    HalfBestThroughput { batch: u64 },
+}
+
+impl std::fmt::Display for ModelChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelChoice::GoodputPlateau { batch } => write!(
+                f,
+                "goodput objective without a usable noise scale: the throughput plateau ({batch}) is the model's choice"
+            ),
+            ModelChoice::ThroughputPlateau { batch, threshold } => write!(
+                f,
+                "throughput objective: from {batch} on, throughput is within {:.0}% of its best: the plateau",
+                threshold * 100.0
+            ),
+            ModelChoice::GoodputPeak {
+                batch,
+                goodput,
+                efficiency,
+                noise,
+            } => write!(
+                f,
+                "goodput model: at {batch} per device throughput x statistical efficiency peaks at {goodput:.0} samples/s of progress (efficiency {efficiency:.2} against a noise scale of {}){}",
+                noise.describe(),
+                if noise.is_lower_bound() {
+                    ": with only a lower bound on the noise scale, the peak is a lower bound too"
+                } else {
+                    ""
+                }
+            ),
+            ModelChoice::GoodputTop { .. } => {
+                f.write_str("goodput model: no curve measured, so the top of the range")
+            }
+            ModelChoice::CriticalBatch {
+                batch,
+                fraction,
+                noise,
+            } => write!(
+                f,
+                "generalization model: {:.0}% of the critical batch ({}) is {batch} per device: smaller batches and more updates generalize better (Keskar et al. 2016; Hoffer et al. 2017)",
+                fraction * 100.0,
+                noise.describe()
+            ),
+            ModelChoice::HalfBestThroughput { batch } => write!(
+                f,
+                "generalization objective without a noise scale: the smallest batch ({batch}) that keeps half the best throughput"
+            ),
+        }
+    }
 }
 
 /// The batch the policy's model prefers, before any race: goodput's

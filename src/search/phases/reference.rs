@@ -124,13 +124,9 @@ impl<R: TrialRunner> Session<'_, R> {
         if !matches!(runs.budget, RaceBudget::WallClock { .. }) {
             return self.run_fits(Phase::LrConfirmation, estimate);
         }
-        let costs: Vec<f64> = self
-            .records
-            .iter()
-            .filter(|r| r.phase == Phase::LrConfirmation && r.outcome == Outcome::Ok)
-            .map(|r| r.seconds)
-            .collect();
-        let cost = median(&costs).unwrap_or(0.0).max(estimate);
+        let cost = median(&self.confirmation_costs())
+            .unwrap_or(0.0)
+            .max(estimate);
         let leanest_race = 2.0 * f64::from(self.spec.policy.race.seeds.min(runs.seeds));
         self.time_left().as_secs_f64() >= cost * (1.0 + leanest_race)
     }

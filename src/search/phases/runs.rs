@@ -167,12 +167,7 @@ impl<R: TrialRunner> Session<'_, R> {
         if !matches!(runs.budget, RaceBudget::WallClock { .. }) {
             return runs;
         }
-        let costs: Vec<f64> = self
-            .records
-            .iter()
-            .filter(|r| r.phase == Phase::LrConfirmation && r.outcome == Outcome::Ok)
-            .map(|r| r.seconds)
-            .collect();
+        let costs = self.confirmation_costs();
         // The dearest confirmation: race runs at larger batches cost a
         // little more (validation, start-up), and a planned race run the
         // budget refuses cuts the search short.
@@ -223,6 +218,16 @@ impl<R: TrialRunner> Session<'_, R> {
             ],
         );
         runs
+    }
+
+    /// Wall seconds of every confirmation run that finished: what a
+    /// training run of the planned length really costs here.
+    pub(super) fn confirmation_costs(&self) -> Vec<f64> {
+        self.records
+            .iter()
+            .filter(|r| r.phase == Phase::LrConfirmation && r.outcome == Outcome::Ok)
+            .map(|r| r.seconds)
+            .collect()
     }
 
     /// One training run as confirmations, races and checks use it: the

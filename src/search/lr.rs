@@ -641,13 +641,11 @@ mod tests {
         seeds: usize,
         luck: impl Fn(u64, f64) -> f64,
     ) -> (Vec<CheckAsk>, Option<CheckFinding>) {
-        let run = |lr: f64, seed: u64| Confirmation {
-            batch_size: 256,
-            learning_rate: lr,
-            validation_loss: Some(1.0 + 0.1 * (lr / best).ln().powi(2) + luck(seed, lr)),
-            outcome: Outcome::Ok,
-            losses: Vec::new(),
-            loss_steps: Vec::new(),
+        let run = |lr: f64, seed: u64| {
+            check_run(
+                lr,
+                Some(1.0 + 0.1 * (lr / best).ln().powi(2) + luck(seed, lr)),
+            )
         };
         let raced = (1..=seeds as u64)
             .map(|seed| (seed, run(lr, seed)))
@@ -725,16 +723,25 @@ mod tests {
         assert_eq!(finding.seeds, 2);
     }
 
-    #[test]
-    fn an_extension_one_seed_missed_drops_out_not_the_seed() {
-        let run = |lr: f64, loss: Option<f64>| Confirmation {
+    /// A check or raced run at `lr` with `loss` (none: diverged).
+    fn check_run(lr: f64, loss: Option<f64>) -> Confirmation {
+        Confirmation {
             batch_size: 256,
             learning_rate: lr,
             validation_loss: loss,
-            outcome: Outcome::Ok,
+            outcome: if loss.is_some() {
+                Outcome::Ok
+            } else {
+                Outcome::Diverged
+            },
             losses: Vec::new(),
             loss_steps: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn an_extension_one_seed_missed_drops_out_not_the_seed() {
+        let run = check_run;
         let raced = vec![(1, run(1e-3, Some(1.0))), (2, run(1e-3, Some(1.0)))];
         let mut machine = CheckMachine::new(raced, 0.01, 2, LR_STEP);
         // Both seeds: the higher LR wins by 0.1 on each; then the
@@ -761,18 +768,7 @@ mod tests {
 
     #[test]
     fn a_failed_raced_run_is_beaten_by_any_finite_loss() {
-        let run = |lr: f64, loss: Option<f64>| Confirmation {
-            batch_size: 256,
-            learning_rate: lr,
-            validation_loss: loss,
-            outcome: if loss.is_some() {
-                Outcome::Ok
-            } else {
-                Outcome::Diverged
-            },
-            losses: Vec::new(),
-            loss_steps: Vec::new(),
-        };
+        let run = check_run;
         let mut machine = CheckMachine::new(vec![(1, run(1e-3, None))], 0.01, 2, LR_STEP);
         while let Some(ask) = machine.next_run() {
             let loss = (ask.learning_rate < 1e-3).then_some(1.0);
@@ -785,14 +781,7 @@ mod tests {
 
     #[test]
     fn a_cut_after_the_first_seed_judges_on_it() {
-        let run = |lr: f64, loss: f64| Confirmation {
-            batch_size: 256,
-            learning_rate: lr,
-            validation_loss: Some(loss),
-            outcome: Outcome::Ok,
-            losses: Vec::new(),
-            loss_steps: Vec::new(),
-        };
+        let run = |lr: f64, loss: f64| check_run(lr, Some(loss));
         let mut machine = CheckMachine::new(
             vec![(7, run(1e-3, 1.0)), (8, run(1e-3, 1.1))],
             0.01,

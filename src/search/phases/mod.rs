@@ -98,6 +98,14 @@ pub(super) struct RunPlan {
 }
 
 impl RunPlan {
+    /// Whether the race is re-planned from what the confirmation runs cost
+    /// (`replan_from_runs`): wall-clock runs, which cost the same at every
+    /// batch. Equal-epoch runs cost what their batch costs, so the curve's
+    /// estimate per candidate is better than one run's time.
+    fn replanned_from_costs(&self) -> bool {
+        matches!(self.budget, RaceBudget::WallClock { .. })
+    }
+
     /// Steps of a run at `batch`; `share`: the part of a wall-clock run
     /// its stepping may take (see `Session::stepping_share`).
     fn steps(&self, curve: &CurvePhase, batch: u64, share: f64) -> u32 {

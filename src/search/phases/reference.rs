@@ -119,9 +119,9 @@ impl<R: TrialRunner> Session<'_, R> {
     /// affords it and the leanest race (two candidates, the policy's
     /// seeds); the race is then re-planned (`replan_from_runs`).
     fn extension_fits(&self, estimate: f64, runs: &RunPlan) -> bool {
-        // Equal-epoch races are not re-planned (their runs cost what their
-        // batch costs): there the extension keeps to its phase's share.
-        if !matches!(runs.budget, RaceBudget::WallClock { .. }) {
+        // Where the race is not re-planned, the extension keeps to its
+        // phase's share.
+        if !runs.replanned_from_costs() {
             return self.run_fits(Phase::LrConfirmation, estimate);
         }
         let cost = median(&self.confirmation_costs())

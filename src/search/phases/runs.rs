@@ -162,9 +162,7 @@ impl<R: TrialRunner> Session<'_, R> {
     /// the planned race and check no longer fit, the race drops candidates
     /// (never below two) before any is started.
     pub(in crate::search) fn replan_from_runs(&mut self, mut runs: RunPlan) -> RunPlan {
-        // Equal-epoch runs cost what their batch costs: the curve's
-        // estimate per candidate is better than one run's time.
-        if !matches!(runs.budget, RaceBudget::WallClock { .. }) {
+        if !runs.replanned_from_costs() {
             return runs;
         }
         let costs = self.confirmation_costs();

@@ -97,6 +97,14 @@ pub enum Finding {
         planned_candidates: usize,
         planned_seeds: u32,
     },
+    /// The race ended its planned seed rounds early: the next round, at
+    /// what runs had cost, would not have fit.
+    RoundsEnded {
+        seeds: u32,
+        planned_seeds: u32,
+        round_cost: f64,
+        left: Duration,
+    },
     ReferenceLr {
         batch: u64,
         runs: usize,
@@ -431,6 +439,16 @@ impl fmt::Display for Finding {
             } => write!(
                 f,
                 "the dearest confirmation run took {cost:.1} s; the {} left afford about {affordable:.0} such runs, so {candidates} candidates race with {seeds} seeds each (planned: {planned_candidates} with {planned_seeds})",
+                format_duration(*left)
+            ),
+            Finding::RoundsEnded {
+                seeds,
+                planned_seeds,
+                round_cost,
+                left,
+            } => write!(
+                f,
+                "a seed round of every candidate would have taken about {round_cost:.1} s with {} left for the race, so the race ended at {seeds} seeds each (planned: {planned_seeds}) rather than leave some candidates a seed short",
                 format_duration(*left)
             ),
             Finding::ReferenceLr {

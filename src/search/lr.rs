@@ -82,6 +82,110 @@ pub fn analyze_range_test(batch_size: u64, lrs: &[f64], losses: &[f64]) -> Optio
     })
 }
 
+/// One exponential LR sweep the range test asks for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SweepAsk {
+    pub batch_size: u64,
+    pub steps: u32,
+    pub min_lr: f64,
+    pub max_lr: f64,
+}
+
+/// The LR range test as an ask/tell machine: one sweep at the reference
+/// batch, the geometric middle of the range below the throughput plateau
+/// (where the race's candidates gather), asked only when its estimated
+/// cost is within twice what its share has left.
+#[derive(Debug)]
+pub struct RangeTestMachine {
+    sweep: SweepAsk,
+    state: SweepState,
+}
+
+#[derive(Debug)]
+enum SweepState {
+    Ready,
+    Asked,
+    Skipped,
+    Done(Option<RangeTest>),
+}
+
+impl RangeTestMachine {
+    /// `floor..=top`: the usable batches; `plateau`: where speed stops
+    /// growing; `multiple`: the batch rounding; `steps`, `min_lr`,
+    /// `max_lr`: the sweep.
+    pub fn new(
+        floor: u64,
+        top: u64,
+        plateau: Option<u64>,
+        multiple: u64,
+        steps: u32,
+        min_lr: f64,
+        max_lr: f64,
+    ) -> Self {
+        let upper = plateau.unwrap_or(top).min(top);
+        let middle = ((floor as f64) * (upper as f64)).sqrt();
+        let batch_size =
+            super::stats::round_down(middle as u64, multiple).clamp(floor, top.max(floor));
+        RangeTestMachine {
+            sweep: SweepAsk {
+                batch_size,
+                steps,
+                min_lr,
+                max_lr,
+            },
+            state: SweepState::Ready,
+        }
+    }
+
+    pub fn reference_batch(&self) -> u64 {
+        self.sweep.batch_size
+    }
+
+    /// The sweep to run, given its step time at the reference batch (if
+    /// known), a trial's overhead, and the seconds left in the phase's
+    /// share and in the search; `None` once asked, or when it is skipped.
+    pub fn next_trial(
+        &mut self,
+        step_seconds: Option<f64>,
+        overhead: f64,
+        phase_left: f64,
+        time_left: f64,
+    ) -> Option<SweepAsk> {
+        if !matches!(self.state, SweepState::Ready) {
+            return None;
+        }
+        let estimate = step_seconds.map_or(0.0, |t| t * f64::from(self.sweep.steps)) + overhead;
+        if estimate > phase_left * 2.0 || time_left <= 0.0 {
+            self.state = SweepState::Skipped;
+            return None;
+        }
+        self.state = SweepState::Asked;
+        Some(self.sweep)
+    }
+
+    /// The sweep's outcome, its LRs and its per-step losses.
+    pub fn tell(&mut self, outcome: Outcome, lrs: &[f64], losses: &[f64]) {
+        debug_assert!(matches!(self.state, SweepState::Asked));
+        let test = matches!(outcome, Outcome::Ok | Outcome::Diverged)
+            .then(|| analyze_range_test(self.sweep.batch_size, lrs, losses))
+            .flatten();
+        self.state = SweepState::Done(test);
+    }
+
+    /// Whether the budget left the sweep out.
+    pub fn skipped(&self) -> bool {
+        matches!(self.state, SweepState::Skipped)
+    }
+
+    /// The range test, when the sweep ran and could be read.
+    pub fn finish(self) -> Option<RangeTest> {
+        match self.state {
+            SweepState::Done(test) => test,
+            _ => None,
+        }
+    }
+}
+
 /// One confirmation run: an LR and the validation loss it reached.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Confirmation {
@@ -945,5 +1049,59 @@ mod tests {
             textbook_alpha: 0.5,
         };
         assert!((rule.lr_at(1024) - 0.04).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_range_test_machine_sweeps_once_at_the_middle_below_the_plateau() {
+        // Floor 8, plateau 512: the geometric middle is 64.
+        let mut machine = RangeTestMachine::new(8, 4096, Some(512), 8, 100, 1e-6, 1.0);
+        assert_eq!(machine.reference_batch(), 64);
+        let ask = machine
+            .next_trial(Some(0.01), 1.0, 5.0, 30.0)
+            .expect("a 2-s sweep fits");
+        assert_eq!((ask.batch_size, ask.steps), (64, 100));
+        assert_eq!(machine.next_trial(Some(0.01), 1.0, 5.0, 30.0), None);
+        // A bowl with its minimum at 1e-2 and divergence from 1e-1.
+        let lrs: Vec<f64> = (0..100)
+            .map(|i| 1e-6 * 1e6_f64.powf(f64::from(i) / 99.0))
+            .collect();
+        let losses: Vec<f64> = lrs
+            .iter()
+            .map(|&lr| {
+                if lr > 0.1 {
+                    100.0
+                } else {
+                    1.0 + (lr / 1e-2).ln().powi(2) / 100.0
+                }
+            })
+            .collect();
+        machine.tell(Outcome::Diverged, &lrs, &losses);
+        assert!(!machine.skipped());
+        let test = machine.finish().expect("a readable sweep");
+        assert_eq!(test.batch_size, 64);
+        assert!(
+            test.min_loss_lr > 3e-3 && test.min_loss_lr < 3e-2,
+            "{test:?}"
+        );
+        assert!(test.suggestion < test.min_loss_lr);
+    }
+
+    #[test]
+    fn the_range_test_is_skipped_when_it_would_overrun_and_unread_when_it_failed() {
+        // 0.1 s x 100 steps + 1 s is over twice the 5 s left.
+        let mut machine = RangeTestMachine::new(8, 4096, None, 8, 100, 1e-6, 1.0);
+        assert_eq!(machine.next_trial(Some(0.1), 1.0, 5.0, 30.0), None);
+        assert!(machine.skipped());
+        assert!(machine.finish().is_none());
+        // No time left in the search at all.
+        let mut machine = RangeTestMachine::new(8, 4096, None, 8, 100, 1e-6, 1.0);
+        assert_eq!(machine.next_trial(None, 1.0, 5.0, 0.0), None);
+        // A sweep that failed leaves no test, and is not a skip.
+        let mut machine = RangeTestMachine::new(8, 8, None, 8, 100, 1e-6, 1.0);
+        assert_eq!(machine.reference_batch(), 8);
+        assert!(machine.next_trial(None, 1.0, 5.0, 30.0).is_some());
+        machine.tell(Outcome::OutOfMemory, &[1e-3; 10], &[1.0; 10]);
+        assert!(!machine.skipped());
+        assert!(machine.finish().is_none());
     }
 }

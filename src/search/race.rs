@@ -331,6 +331,26 @@ impl RaceMachine {
         }
     }
 
+    /// The planned seed round the next ask starts, when it starts one:
+    /// the point where the driver re-plans from what runs cost.
+    pub fn round_ahead(&self) -> Option<u32> {
+        match self.state {
+            RaceState::Planned { round, next: 0 } if round < self.seeds => Some(round),
+            _ => None,
+        }
+    }
+
+    /// Ends the planned rounds before the one ahead, when it would not fit:
+    /// every candidate keeps the same number of seeds rather than a round
+    /// cut part-way leaving some with fewer. Extra seeds for a tie may
+    /// still follow. Returns the seeds each candidate keeps.
+    pub fn end_planned_rounds(&mut self) -> u32 {
+        if let Some(round) = self.round_ahead() {
+            self.seeds = round;
+        }
+        self.seeds
+    }
+
     /// Starts an extra round with the candidates still tied, or ends.
     fn refill(&mut self) {
         let RaceState::Extra { round, queue } = &mut self.state else {
@@ -609,5 +629,35 @@ mod tests {
         assert_eq!(candidates(4096, 2.0, 8, 4096, 8, 3), [1024, 2048, 4096]);
         // A narrow range gives what it has.
         assert_eq!(candidates(16, 2.0, 16, 16, 8, 3), [16]);
+    }
+
+    #[test]
+    fn planned_rounds_can_end_between_rounds_only() {
+        let entries: Vec<RaceEntry> = [64u64, 128, 256].iter().map(|&b| entry(b, &[])).collect();
+        let mut machine = RaceMachine::new(entries, 3, 0, 100);
+        assert_eq!(machine.round_ahead(), Some(0));
+        for _ in 0..3 {
+            let ask = machine.next_run().unwrap();
+            assert!(ask.planned);
+            if ask.entry == 1 {
+                // Mid-round there is no re-planning point.
+                assert_eq!(machine.round_ahead(), None);
+            }
+            let loss = 1.0 + ask.entry as f64;
+            machine.tell(ask, run(ask.seed, loss));
+        }
+        assert_eq!(machine.round_ahead(), Some(1));
+        for _ in 0..3 {
+            let ask = machine.next_run().unwrap();
+            let loss = 1.0 + ask.entry as f64;
+            machine.tell(ask, run(ask.seed, loss));
+        }
+        // The third round would not fit: it ends before it starts, and
+        // every candidate keeps two seeds.
+        assert_eq!(machine.round_ahead(), Some(2));
+        assert_eq!(machine.end_planned_rounds(), 2);
+        assert_eq!(machine.next_run(), None);
+        let entries = machine.into_entries();
+        assert!(entries.iter().all(|e| e.runs.len() == 2), "{entries:?}");
     }
 }

@@ -693,13 +693,18 @@ struct Timed<'a> {
     /// What a training run costs beyond its steps (validation, noise
     /// measurement), which throughput trials do not show.
     per_run: f64,
+    /// Seconds each training run costs more than the one before (a machine
+    /// that slows down as the search goes on).
+    slowdown: f64,
+    runs: std::sync::atomic::AtomicU32,
 }
 
 impl TrialRunner for Timed<'_> {
     fn run(&self, request: TrialRequest) -> impl std::future::Future<Output = TrialResult> + Send {
         let mut result = self.inner.answer(&request);
         let extra = if request.record.validation_loss {
-            self.per_run
+            let before = self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.per_run + self.slowdown * f64::from(before)
         } else {
             0.0
         };
@@ -739,6 +744,18 @@ fn advise_on_simulated_runs(
     per_trial: f64,
     per_run: f64,
 ) -> (Recommendation, FakeRunner) {
+    advise_on_slowing_runs(runner, spec, per_trial, per_run, 0.0)
+}
+
+/// [`advise_on_simulated_runs`] with each training run `slowdown` seconds
+/// dearer than the one before.
+fn advise_on_slowing_runs(
+    runner: FakeRunner,
+    spec: &JobSpec,
+    per_trial: f64,
+    per_run: f64,
+    slowdown: f64,
+) -> (Recommendation, FakeRunner) {
     use crate::search::clock::Clock;
     let clock = crate::search::clock::ManualClock::default();
     let timed = Timed {
@@ -746,6 +763,8 @@ fn advise_on_simulated_runs(
         clock: &clock,
         per_trial,
         per_run,
+        slowdown,
+        runs: std::sync::atomic::AtomicU32::new(0),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -814,6 +833,29 @@ fn runs_dearer_than_planned_shrink_the_race_before_it_starts() {
         );
         assert!(rec.seconds <= 90.0 * 1.05, "{} s", rec.seconds);
     }
+}
+
+#[test]
+fn a_seed_round_that_no_longer_fits_is_not_started() {
+    // Runs grow dearer as the search goes on, beyond what the confirmations
+    // showed: the re-plan before the race keeps five seeds, but the later
+    // rounds would not fit whole. The race stops between rounds, so every
+    // candidate has the same seeds and the search is not partial.
+    let mut spec = spec("balanced", "[training]\ntime_budget = \"5s\"\n");
+    spec.search.time_budget = std::time::Duration::from_secs(300);
+    let (rec, _) = advise_on_slowing_runs(FakeRunner::new(), &spec, 0.05, 0.5, 1.0);
+    let race = rec.evidence.race.as_ref().unwrap();
+    let seeds: Vec<usize> = race.entries.iter().map(|e| e.runs.len()).collect();
+    assert_eq!(seeds, [4, 4, 4], "{:?}", rec.rationale);
+    assert!(rec.phases_cut.is_empty(), "{:?}", rec.partial_reason);
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|l| l.contains("so the race ended at 4 seeds each (planned: 5)")),
+        "{:?}",
+        rec.rationale
+    );
+    assert!(rec.seconds <= 300.0 * 1.05, "{} s", rec.seconds);
 }
 
 #[test]

@@ -85,6 +85,86 @@ pub fn interpolate(curve: &[CurvePoint], batch: u64) -> Option<f64> {
     sorted.last().map(|p| p.samples_per_second)
 }
 
+/// The throughput ladder as an ask/tell machine: it walks the ladder from
+/// the small end (cheap trials that make the model estimating the big
+/// ones), reuses a max-fit trial's speed where one measured the batch, and
+/// leaves off a batch whose trial, estimated from the points so far, would
+/// overrun the time the driver says is left. The driver runs each ask and
+/// tells the speed it measured, or none.
+#[derive(Debug)]
+pub struct LadderMachine {
+    /// Batches still to visit, largest first (popped from the back).
+    pending: Vec<u64>,
+    reusable: Vec<CurvePoint>,
+    steps: u32,
+    points: Vec<CurvePoint>,
+    left_off: Vec<u64>,
+    asked: Option<u64>,
+}
+
+impl LadderMachine {
+    /// `ladder`: the batches to measure; `reusable`: max-fit points that
+    /// already timed some of them; `steps`: the steps of one trial.
+    pub fn new(mut ladder: Vec<u64>, reusable: Vec<CurvePoint>, steps: u32) -> Self {
+        ladder.sort_unstable_by(|a, b| b.cmp(a));
+        ladder.dedup();
+        LadderMachine {
+            pending: ladder,
+            reusable,
+            steps,
+            points: Vec::new(),
+            left_off: Vec::new(),
+            asked: None,
+        }
+    }
+
+    /// The next batch to time, given the seconds the phase has left and
+    /// what a trial costs beyond its steps; `None` when the ladder is done.
+    /// The first trial always runs: a curve needs one point.
+    pub fn next_trial(&mut self, seconds_left: f64, overhead: f64) -> Option<u64> {
+        debug_assert!(self.asked.is_none(), "ask before the last was told");
+        while let Some(batch) = self.pending.pop() {
+            if let Some(point) = self.reusable.iter().find(|p| p.batch_size == batch) {
+                self.points.push(point.clone());
+                continue;
+            }
+            let model = crate::search::steptime::StepTimeModel::fit(&self.points);
+            let estimate = crate::search::steptime::speed_at(&self.points, model.as_ref(), batch)
+                .map_or(0.0, |s| f64::from(self.steps) * batch as f64 / s)
+                + overhead;
+            if seconds_left < estimate && !self.points.is_empty() {
+                self.left_off.push(batch);
+                continue;
+            }
+            self.asked = Some(batch);
+            return Some(batch);
+        }
+        None
+    }
+
+    /// The speed the asked trial measured (`None`: it failed).
+    pub fn tell(&mut self, batch: u64, samples_per_second: Option<f64>) {
+        debug_assert_eq!(self.asked, Some(batch));
+        self.asked = None;
+        if let Some(speed) = samples_per_second.filter(|s| s.is_finite() && *s > 0.0) {
+            self.points.push(CurvePoint {
+                batch_size: batch,
+                samples_per_second: speed,
+                source: PointSource::Ladder,
+            });
+        }
+    }
+
+    /// The measured points (with `extra`, a point above the ladder, if
+    /// any), sorted and distinct, and the batches left off.
+    pub fn finish(mut self, extra: Option<CurvePoint>) -> (Vec<CurvePoint>, Vec<u64>) {
+        self.points.extend(extra);
+        self.points.sort_by_key(|p| p.batch_size);
+        self.points.dedup_by_key(|p| p.batch_size);
+        (self.points, self.left_off)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +207,72 @@ mod tests {
         assert!((interpolate(&curve, 100).unwrap() - 1000.0).abs() < 1e-6);
         assert_eq!(interpolate(&curve, 1), Some(100.0));
         assert_eq!(interpolate(&curve, 5000), Some(10_000.0));
+    }
+
+    /// Drives a ladder on a simulated machine: step time 0.01 + 1e-4*b s,
+    /// one second of overhead, `budget` seconds for the phase.
+    fn drive(
+        ladder: Vec<u64>,
+        reusable: Vec<CurvePoint>,
+        budget: f64,
+    ) -> (Vec<CurvePoint>, Vec<u64>, Vec<u64>) {
+        let steps = 20;
+        let mut machine = LadderMachine::new(ladder, reusable, steps);
+        let mut left = budget;
+        let mut asked = Vec::new();
+        while let Some(batch) = machine.next_trial(left, 1.0) {
+            let step = 0.01 + 1e-4 * batch as f64;
+            left -= 1.0 + step * f64::from(steps);
+            asked.push(batch);
+            machine.tell(batch, Some(batch as f64 / step));
+        }
+        let (points, left_off) = machine.finish(None);
+        (points, left_off, asked)
+    }
+
+    #[test]
+    fn the_ladder_machine_climbs_from_the_small_end_and_reuses_max_fit_points() {
+        let reused = point(1024, 5000.0);
+        let (points, left_off, asked) = drive(vec![1024, 8, 64, 512], vec![reused.clone()], 100.0);
+        assert_eq!(asked, [8, 64, 512]);
+        assert!(left_off.is_empty());
+        assert_eq!(
+            points.iter().map(|p| p.batch_size).collect::<Vec<_>>(),
+            [8, 64, 512, 1024]
+        );
+        assert_eq!(points[3], reused);
+        assert!(points[..3].iter().all(|p| p.source == PointSource::Ladder));
+    }
+
+    #[test]
+    fn the_ladder_machine_leaves_off_what_would_overrun() {
+        // 10 s: batch 8 (1.2 s) and 64 (1.3 s) run; 4096, estimated from
+        // the model of those two at 20 x 0.42 s + 1 s, would not fit in the
+        // 7.5 s left.
+        let (points, left_off, asked) = drive(vec![8, 4096, 64], Vec::new(), 10.0);
+        assert_eq!(asked, [8, 64]);
+        assert_eq!(left_off, [4096]);
+        assert_eq!(points.len(), 2);
+        // With time for it, it runs.
+        let (_, left_off, asked) = drive(vec![8, 4096, 64], Vec::new(), 12.0);
+        assert_eq!(asked, [8, 64, 4096]);
+        assert!(left_off.is_empty());
+        // No time at all still measures one point.
+        let (points, left_off, _) = drive(vec![8, 64], Vec::new(), 0.0);
+        assert_eq!(points.len(), 1);
+        assert_eq!(left_off, [64]);
+    }
+
+    #[test]
+    fn a_failed_ladder_trial_adds_no_point() {
+        let mut machine = LadderMachine::new(vec![8, 16], Vec::new(), 10);
+        assert_eq!(machine.next_trial(100.0, 1.0), Some(8));
+        machine.tell(8, None);
+        assert_eq!(machine.next_trial(100.0, 1.0), Some(16));
+        machine.tell(16, Some(f64::NAN));
+        assert_eq!(machine.next_trial(100.0, 1.0), None);
+        let (points, left_off) = machine.finish(Some(point(32, 10.0)));
+        assert_eq!(points, [point(32, 10.0)]);
+        assert!(left_off.is_empty());
     }
 }

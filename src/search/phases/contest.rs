@@ -102,7 +102,30 @@ impl<R: TrialRunner> Session<'_, R> {
             policy.race.extra_seeds,
             self.spec.search.seed,
         );
-        while let Some(ask) = machine.next_run() {
+        loop {
+            // Between planned rounds (after the two a verdict needs), the
+            // next round must fit whole at what runs have cost so far.
+            if let Some(round) = machine.round_ahead().filter(|&r| r >= 2) {
+                let costs: Vec<f64> = machine
+                    .entries()
+                    .iter()
+                    .map(|e| self.race_run_cost(curve, e.batch_size, e.steps))
+                    .collect();
+                if !self.round_fits(&costs) {
+                    let planned_seeds = runs.seeds;
+                    let seeds = machine.end_planned_rounds();
+                    findings.push(Finding::RoundsEnded {
+                        seeds,
+                        planned_seeds,
+                        round_cost: costs.iter().sum(),
+                        left: self.phase_left(Phase::Race),
+                    });
+                    debug_assert_eq!(seeds, round);
+                }
+            }
+            let Some(ask) = machine.next_run() else {
+                break;
+            };
             let entry = &machine.entries()[ask.entry];
             let (batch, lr, steps) = (entry.batch_size, entry.learning_rate, entry.steps);
             if let Some(run) = self
@@ -174,7 +197,7 @@ impl<R: TrialRunner> Session<'_, R> {
         ask: race::RunAsk,
         samples: &mut Vec<GradNoiseSample>,
     ) -> Option<RaceRun> {
-        if !self.run_fits(Phase::Race, self.seconds_for(curve, batch, steps)) {
+        if !self.run_fits(Phase::Race, self.race_run_cost(curve, batch, steps)) {
             if ask.planned {
                 self.cut_short(Phase::Race, Gap::FewerSeeds { batch });
             } else {
@@ -195,6 +218,29 @@ impl<R: TrialRunner> Session<'_, R> {
             outcome: result.outcome,
             losses: result.losses,
             loss_steps: Vec::new(),
+        })
+    }
+
+    /// What a race run at `batch` costs: the curve's estimate, or what the
+    /// dearest run at that batch has cost so far, if more.
+    fn race_run_cost(&self, curve: &CurvePhase, batch: u64, steps: u32) -> f64 {
+        self.records
+            .iter()
+            .filter(|r| r.phase == Phase::Race && r.batch_size == batch && r.outcome == Outcome::Ok)
+            .map(|r| r.seconds)
+            .fold(self.seconds_for(curve, batch, steps), f64::max)
+    }
+
+    /// Whether runs costing `costs`, one after another, all pass the
+    /// race's budget check ([`Self::run_fits`]) from now.
+    fn round_fits(&self, costs: &[f64]) -> bool {
+        let phase_left = self.phase_left(Phase::Race).as_secs_f64();
+        let time_left = self.time_left().as_secs_f64();
+        let mut spent = 0.0;
+        costs.iter().all(|&cost| {
+            let fits = phase_left - spent >= cost * 0.5 && time_left - spent >= cost;
+            spent += cost;
+            fits
         })
     }
 }

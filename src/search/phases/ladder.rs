@@ -17,8 +17,6 @@ impl<R: TrialRunner> Session<'_, R> {
             .as_ref()
             .map_or(fit.batch, |c| c.largest_batch.min(fit.batch))
             .max(floor);
-        let mut points: Vec<CurvePoint> = Vec::new();
-        let mut left_off: Vec<u64> = Vec::new();
         let mut findings = Vec::new();
         if let Some(cap) = cap.as_ref().filter(|c| c.binding) {
             findings.push(Finding::DataCap {
@@ -34,28 +32,22 @@ impl<R: TrialRunner> Session<'_, R> {
                     && r.steps_completed > MIN_TIMED_STEPS
             })
         };
-        let mut ladder = full_range_ladder(floor, top, policy.batch_multiple, LADDER_POINTS);
-        // The small end first: those trials are cheap and make the model
-        // that estimates the big ones.
-        ladder.sort_unstable();
+        let as_point = |result: &TrialResult| CurvePoint {
+            batch_size: result.batch_size,
+            samples_per_second: result.samples_per_second.unwrap_or(0.0),
+            source: PointSource::MaxFit,
+        };
+        let ladder = full_range_ladder(floor, top, policy.batch_multiple, LADDER_POINTS);
+        let reused: Vec<CurvePoint> = ladder
+            .iter()
+            .filter_map(|&b| reusable(b).map(as_point))
+            .collect();
         let steps = policy.trials.throughput_steps;
-        for batch in ladder {
-            if let Some(result) = reusable(batch) {
-                points.push(CurvePoint {
-                    batch_size: batch,
-                    samples_per_second: result.samples_per_second.unwrap_or(0.0),
-                    source: PointSource::MaxFit,
-                });
-                continue;
-            }
-            let model = StepTimeModel::fit(&points);
-            let estimate = speed_at(&points, model.as_ref(), batch)
-                .map_or(0.0, |s| f64::from(steps) * batch as f64 / s)
-                + self.overhead_seconds();
-            if self.phase_left(Phase::Throughput).as_secs_f64() < estimate && !points.is_empty() {
-                left_off.push(batch);
-                continue;
-            }
+        let mut machine = LadderMachine::new(ladder, reused, steps);
+        while let Some(batch) = machine.next_trial(
+            self.phase_left(Phase::Throughput).as_secs_f64(),
+            self.overhead_seconds(),
+        ) {
             let result = self
                 .trial(
                     Phase::Throughput,
@@ -68,24 +60,13 @@ impl<R: TrialRunner> Session<'_, R> {
                     ),
                 )
                 .await;
-            if let (true, Some(speed)) = (result.is_ok(), result.samples_per_second) {
-                points.push(CurvePoint {
-                    batch_size: batch,
-                    samples_per_second: speed,
-                    source: PointSource::Ladder,
-                });
-            }
+            machine.tell(batch, result.samples_per_second.filter(|_| result.is_ok()));
         }
         // The max fit's own speed, when it was measured and lies above.
-        if let Some(result) = reusable(fit.batch).filter(|_| fit.batch > top) {
-            points.push(CurvePoint {
-                batch_size: fit.batch,
-                samples_per_second: result.samples_per_second.unwrap_or(0.0),
-                source: PointSource::MaxFit,
-            });
-        }
-        points.sort_by_key(|p| p.batch_size);
-        points.dedup_by_key(|p| p.batch_size);
+        let above = reusable(fit.batch)
+            .filter(|_| fit.batch > top)
+            .map(as_point);
+        let (points, left_off) = machine.finish(above);
         // A batch left off between two measured ones is interpolated
         // between them: a refinement left out. One beyond them all would
         // be extrapolated: the curve is cut short.

@@ -14,8 +14,8 @@ mod runs;
 
 use super::findings::{Finding, Gap, RunLengthSource};
 use super::lr::{
-    analyze_range_test, best_lr, fit_alpha, BestLr, CheckMachine, ConfirmMachine, Confirmation,
-    LrRule, RangeTest,
+    best_lr, fit_alpha, BestLr, CheckMachine, ConfirmMachine, Confirmation, LrRule, RangeTest,
+    RangeTestMachine,
 };
 use super::maxfit::{prior_bytes_per_sample, MaxFit, MaxFitSearch, Next, Probe};
 use super::noise::{pooled_noise_scale, NoiseScale};
@@ -26,7 +26,7 @@ use super::recommend::{
 };
 use super::stats::round_down;
 use super::steptime::{speed_at, StepTimeModel};
-use super::throughput::{plateau, CurvePoint, PointSource};
+use super::throughput::{plateau, CurvePoint, LadderMachine, PointSource};
 use super::{probe_lr, textbook_alpha, Phase, Recommendation, SearchError, Session};
 use crate::policy::{LrScaling, Objective};
 use crate::spec::Precision;

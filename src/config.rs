@@ -52,6 +52,20 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     /// How command trials are contained: `auto`, `cgroup` or `subreaper`.
     pub trial_containment: crate::trial::Containment,
+    /// Share the state folder with other daemons (a fleet of GPU nodes on
+    /// one ReadWriteMany volume): each recommendation is computed by the
+    /// first daemon to take its lease and served by all (docs/fleet.md).
+    /// Off: the state folder is this daemon's alone, and a second daemon
+    /// on it is refused.
+    pub shared_state: bool,
+    /// How long a lease on a search lives past its holder's last
+    /// heartbeat (renewed every third of it); another daemon takes the
+    /// work over after this plus half of it. At least 1s.
+    #[serde(with = "crate::units::duration_text")]
+    pub lease_ttl: std::time::Duration,
+    /// Where compiled kernels and decoded data are cached: per node, so
+    /// never on a shared state folder. Default: the state folder.
+    pub cache_dir: Option<PathBuf>,
     /// The log format: `text` for people (the default) or `json`, one
     /// object per line with the job's name in a `job` field. The
     /// `--log-format` flag wins; read at start (a reload keeps the format).
@@ -73,6 +87,9 @@ impl Default for Config {
             allow_command_jobs_over_http: false,
             allowed_hosts: Vec::new(),
             trial_containment: crate::trial::Containment::Auto,
+            shared_state: false,
+            lease_ttl: std::time::Duration::from_secs(60),
+            cache_dir: None,
             log_format: crate::logging::LogFormat::Text,
         }
     }
@@ -147,6 +164,11 @@ impl Config {
         self
     }
 
+    /// Where the per-node caches go: `cache_dir`, else the state folder.
+    pub fn cache_root(&self) -> &Path {
+        self.cache_dir.as_deref().unwrap_or(&self.state_dir)
+    }
+
     fn check(&self, problems: &mut Problems) {
         if self.allow_command_jobs_over_http && self.api_token_file.is_none() {
             problems.push(
@@ -185,6 +207,22 @@ impl Config {
                     format!("must be an absolute path, got {}", root.display()),
                 );
             }
+        }
+        if self.lease_ttl < std::time::Duration::from_secs(1) {
+            problems.push(
+                "lease_ttl",
+                format!(
+                    "must be at least 1s, got {}",
+                    crate::units::format_duration(self.lease_ttl)
+                ),
+            );
+        }
+        if self
+            .cache_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            problems.push("cache_dir", "must not be empty");
         }
         for (field, path) in [
             ("jobs_dir", &self.jobs_dir),

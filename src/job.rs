@@ -8,6 +8,9 @@ use serde::Serialize;
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Queued,
+    /// Another daemon on the shared state folder holds the lease on this
+    /// work and is tuning it; this one serves its result when stored.
+    Waiting,
     Running,
     Done,
     Failed,
@@ -15,8 +18,9 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 5] = [
+    pub const ALL: [JobState; 6] = [
         JobState::Queued,
+        JobState::Waiting,
         JobState::Running,
         JobState::Done,
         JobState::Failed,
@@ -26,6 +30,7 @@ impl JobState {
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
+            JobState::Waiting => "waiting",
             JobState::Running => "running",
             JobState::Done => "done",
             JobState::Failed => "failed",

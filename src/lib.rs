@@ -8,6 +8,7 @@
 //! - [`trial`]: isolated training trials (Burn lives only in its engine);
 //! - [`search`]: max-fit search, throughput, noise scale, LR pairing, advice;
 //! - [`state`]: recommendations kept across restarts;
+//! - [`lease`]: leases on work in a state folder several daemons share;
 //! - [`job`]: a job's lifecycle states;
 //! - [`machine`]: the devices, what `auto` means, memory budgets;
 //! - [`daemon`]: `batchd serve`, its job table, scheduler and HTTP API;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod gpu;
 pub mod job;
+pub mod lease;
 pub mod logging;
 pub mod machine;
 pub mod metrics;

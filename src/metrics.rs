@@ -36,6 +36,9 @@ const TRIAL_DURATION_BUCKETS: [f64; 12] = [
 pub struct JobView {
     pub name: String,
     pub state: JobState,
+    /// The device model its work is keyed by, when known: fleet views
+    /// compare one job across GPU models.
+    pub device_model: Option<String>,
     /// One value per [`JOB_VALUES`] family, `None` when not known.
     pub values: [Option<f64>; 6],
 }
@@ -55,6 +58,7 @@ impl JobView {
         JobView {
             name: name.to_string(),
             state,
+            device_model: None,
             values,
         }
     }
@@ -114,6 +118,11 @@ pub struct Metrics {
     /// Rescans of the jobs folder: flat while nothing changes but the
     /// periodic rescan (a watcher woken by its own reads climbed fast).
     pub rescans: prometheus::IntCounter,
+    /// Recommendations another daemon on the shared state folder computed
+    /// and this one serves.
+    pub shared_results: prometheus::IntCounter,
+    /// Works this daemon took over from a daemon whose lease expired.
+    pub lease_takeovers: prometheus::IntCounter,
     /// Scrapes reset and refill the gauges; two at once would interleave.
     scrape: Mutex<()>,
 }
@@ -200,6 +209,22 @@ impl Metrics {
                 let counter = prometheus::IntCounter::new(
                     "batchd_jobs_folder_rescans_total",
                     "Rescans of the jobs folder, periodic and event-driven.",
+                )?;
+                registry.register(Box::new(counter.clone()))?;
+                counter
+            },
+            shared_results: {
+                let counter = prometheus::IntCounter::new(
+                    "batchd_fleet_shared_results_total",
+                    "Recommendations another daemon on the shared state folder computed, served here.",
+                )?;
+                registry.register(Box::new(counter.clone()))?;
+                counter
+            },
+            lease_takeovers: {
+                let counter = prometheus::IntCounter::new(
+                    "batchd_fleet_lease_takeovers_total",
+                    "Searches taken over from a daemon whose lease on the work expired.",
                 )?;
                 registry.register(Box::new(counter.clone()))?;
                 counter
@@ -312,9 +337,18 @@ fn render_jobs(out: &mut String, jobs: &[JobView]) {
     // Job names come from file names in the invalid case: escaped as the
     // exposition format requires.
     let names: Vec<String> = jobs.iter().map(|j| escape_label(&j.name)).collect();
+    // `gpu_model` where known: one series per job and device model.
+    let models: Vec<String> = jobs
+        .iter()
+        .map(|j| {
+            j.device_model.as_deref().map_or_else(String::new, |m| {
+                format!(",gpu_model=\"{}\"", escape_label(m))
+            })
+        })
+        .collect();
     for (index, (family, help)) in JOB_VALUES.iter().enumerate() {
         let mut wrote_header = false;
-        for (job, name) in jobs.iter().zip(&names) {
+        for ((job, name), model) in jobs.iter().zip(&names).zip(&models) {
             let Some(value) = job.values[index].filter(|v| v.is_finite()) else {
                 continue;
             };
@@ -322,7 +356,7 @@ fn render_jobs(out: &mut String, jobs: &[JobView]) {
                 let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} gauge");
                 wrote_header = true;
             }
-            let _ = writeln!(out, "{family}{{job_name=\"{name}\"}} {value}");
+            let _ = writeln!(out, "{family}{{job_name=\"{name}\"{model}}} {value}");
         }
     }
     if jobs.is_empty() {
@@ -331,12 +365,12 @@ fn render_jobs(out: &mut String, jobs: &[JobView]) {
     out.push_str(
         "# HELP batchd_job_state 1 for the job's current state, 0 for the others.\n# TYPE batchd_job_state gauge\n",
     );
-    for (job, name) in jobs.iter().zip(&names) {
+    for ((job, name), model) in jobs.iter().zip(&names).zip(&models) {
         for state in JobState::ALL {
             let on = u8::from(job.state == state);
             let _ = writeln!(
                 out,
-                "batchd_job_state{{job_name=\"{name}\",state=\"{state}\"}} {on}"
+                "batchd_job_state{{job_name=\"{name}\",state=\"{state}\"{model}}} {on}"
             );
         }
     }

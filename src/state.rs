@@ -94,6 +94,9 @@ pub struct StoredRecommendation {
     pub job: String,
     /// Seconds since the Unix epoch when it was stored.
     pub stored_at: u64,
+    /// The node whose daemon computed it, on a shared state folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub recommendation: Recommendation,
 }
 
@@ -140,6 +143,9 @@ pub struct RunRecord {
     pub batch_size: Option<u64>,
     pub learning_rate: Option<f64>,
     pub error: Option<String>,
+    /// The node whose daemon ran it, on a shared state folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl RunRecord {
@@ -163,6 +169,7 @@ impl RunRecord {
             batch_size: None,
             learning_rate: None,
             error: None,
+            node: None,
         }
     }
 
@@ -266,6 +273,20 @@ pub struct StateStore {
 impl StateStore {
     /// Opens (creating when needed) the state folder.
     pub fn open(root: &Path) -> Result<StateStore, StateError> {
+        Self::open_swept(root, None)
+    }
+
+    /// Opens a state folder other daemons share: only temporary files
+    /// older than an hour are swept, since a younger one may be another
+    /// daemon's write in progress.
+    pub fn open_shared(root: &Path) -> Result<StateStore, StateError> {
+        Self::open_swept(root, Some(std::time::Duration::from_secs(3600)))
+    }
+
+    fn open_swept(
+        root: &Path,
+        older_than: Option<std::time::Duration>,
+    ) -> Result<StateStore, StateError> {
         fs::create_dir_all(root).map_err(io(root))?;
         for dir in [
             root.join("recommendations"),
@@ -294,7 +315,7 @@ impl StateStore {
             root.join("recommendations"),
             root.join("history"),
         ] {
-            let swept = sweep_temporaries(&dir);
+            let swept = sweep_temporaries_older_than(&dir, older_than);
             if swept > 0 {
                 tracing::info!(
                     "removed {swept} temporary files an interrupted write left in {}",
@@ -372,6 +393,10 @@ impl StateStore {
         change: impl FnOnce(&mut Vec<RunRecord>),
     ) -> Result<(), StateError> {
         let _guard = self.history_lock.lock();
+        // Other daemons on a shared state folder change histories too: the
+        // read, change and rewrite hold the file's lock against them.
+        let _across_processes =
+            FileLock::exclusive(&self.history_path(job).with_extension("lock"))?;
         let (mut runs, warning) = self.read_history(job);
         if let Some(warning) = warning {
             tracing::warn!("{warning}");
@@ -390,9 +415,38 @@ impl StateStore {
         )
     }
 
+    /// Marks `job`'s runs of `key` that `node`'s daemon left `running` as
+    /// interrupted, for `reason`: another node took its work over.
+    pub fn interrupt_runs_of(
+        &self,
+        job: &str,
+        key: &CacheKey,
+        node: &str,
+        reason: &str,
+    ) -> Result<(), StateError> {
+        self.change_history(job, |runs| {
+            for run in runs.iter_mut().filter(|r| {
+                r.outcome == RunOutcome::Running
+                    && r.answers(key)
+                    && r.node.as_deref() == Some(node)
+            }) {
+                run.outcome = RunOutcome::Interrupted;
+                run.error = Some(reason.to_string());
+                run.finished_at_unix_s = Some(unix_now());
+            }
+        })
+    }
+
     /// Marks runs a previous daemon left `running` (it crashed or was
     /// killed) as interrupted. Returns how many there were.
     pub fn mark_interrupted_runs(&self) -> usize {
+        self.mark_interrupted_runs_of(None)
+    }
+
+    /// [`Self::mark_interrupted_runs`] for the runs of one node only (`None`:
+    /// every run): on a shared state folder, other nodes' runs are theirs
+    /// (their leases say whether they live).
+    pub fn mark_interrupted_runs_of(&self, node: Option<&str>) -> usize {
         let Ok(entries) = fs::read_dir(self.root.join("history")) else {
             return 0;
         };
@@ -414,7 +468,11 @@ impl StateStore {
             };
             let job = history.job.clone();
             let _ = self.change_history(&job, |runs| {
-                for run in runs.iter_mut().filter(|r| r.outcome == RunOutcome::Running) {
+                for run in runs
+                    .iter_mut()
+                    .filter(|r| r.outcome == RunOutcome::Running)
+                    .filter(|r| node.is_none() || r.node.as_deref() == node)
+                {
                     run.outcome = RunOutcome::Interrupted;
                     run.error = Some("the daemon stopped while this run was in progress".into());
                     count += 1;
@@ -437,10 +495,22 @@ impl StateStore {
         job: &str,
         recommendation: &Recommendation,
     ) -> Result<(), StateError> {
+        self.put_recommendation_from(key, job, recommendation, None)
+    }
+
+    /// [`Self::put_recommendation`], saying which node computed it.
+    pub fn put_recommendation_from(
+        &self,
+        key: &CacheKey,
+        job: &str,
+        recommendation: &Recommendation,
+        node: Option<&str>,
+    ) -> Result<(), StateError> {
         let stored = StoredRecommendation {
             key: key.clone(),
             job: job.to_string(),
             stored_at: unix_now(),
+            node: node.map(str::to_string),
             recommendation: recommendation.clone(),
         };
         // Compact: indenting its point series would double the file
@@ -630,8 +700,42 @@ fn write_temporary(path: &Path, bytes: &[u8]) -> Result<PathBuf, StateError> {
     }
 }
 
+/// An exclusive `flock` on a lock file, held until dropped. On NFS the
+/// client turns it into a byte-range lock the server arbitrates.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: fs::File,
+}
+
+impl FileLock {
+    /// Blocks until `path` (created if missing) is locked by this process.
+    pub fn exclusive(path: &Path) -> Result<FileLock, StateError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(io(path))?;
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(FileLock { _file: file });
+            }
+            let error = std::io::Error::last_os_error();
+            if error.kind() != std::io::ErrorKind::Interrupted {
+                return Err(io(path)(error));
+            }
+        }
+    }
+}
+
 /// This machine's name, to say where a lock's holder runs.
-fn host_name() -> String {
+pub fn host_name() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|n| n.trim().to_string())
         .unwrap_or_else(|_| "this machine".into())
@@ -648,6 +752,21 @@ fn sync_folder(path: &Path) {
 /// Removes the temporary files a killed writer left in `dir` (their
 /// writer's process is gone, or is an earlier run of this one).
 pub fn sweep_temporaries(dir: &Path) -> usize {
+    sweep_temporaries_older_than(dir, None)
+}
+
+/// [`sweep_temporaries`], sparing files modified within `age` when given.
+pub fn sweep_temporaries_older_than(dir: &Path, age: Option<std::time::Duration>) -> usize {
+    let old_enough = |entry: &fs::DirEntry| {
+        age.is_none_or(|age| {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|elapsed| elapsed > age)
+        })
+    };
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
     };
@@ -660,6 +779,7 @@ pub fn sweep_temporaries(dir: &Path) -> usize {
             name.starts_with('.') && name.contains(TEMPORARY_MARK) && !name.contains(&mine)
         })
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(old_enough)
         .filter(|e| fs::remove_file(e.path()).is_ok())
         .count()
 }

@@ -162,6 +162,11 @@ fn the_dashboard_is_provisionable_and_every_query_parses() {
         "batchd_trial_duration_seconds_bucket",
         "batchd_queue_depth",
         "batchd_jobs",
+        // The fleet row.
+        "batchd_job_state",
+        "batchd_job_learning_rate",
+        "batchd_fleet_shared_results_total",
+        "batchd_fleet_lease_takeovers_total",
     ] {
         assert!(names.contains(needed), "no panel charts {needed}");
     }

@@ -160,8 +160,12 @@ fn documented_routes() -> OpenApiRouter<Arc<Shared>> {
 /// The fields the daemon leaves out when they are empty, by schema. Every
 /// other property of a documented object is always written (null when it
 /// has no value), so the document marks it required.
-const OMITTED_WHEN_EMPTY: [(&str, &str); 5] = [
+const OMITTED_WHEN_EMPTY: [(&str, &str); 9] = [
     ("Job", "data_digest"),
+    ("Job", "device_model"),
+    ("Job", "lease_holder"),
+    ("Job", "tuned_by"),
+    ("RunRecord", "node"),
     ("BatchCap", "run"),
     ("Problem", "errors"),
     ("Confirmation", "loss_steps"),

@@ -31,6 +31,22 @@ pub struct Job {
     pub error: Option<String>,
     /// The recommendation came from the state folder, not from new trials.
     pub reused: bool,
+    /// The device model its work is keyed by, once known (a search
+    /// started, or a stored answer found).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_model: Option<String>,
+    /// While `waiting`: the node whose daemon holds the lease on this work
+    /// (a shared state folder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_holder: Option<String>,
+    /// The node whose daemon computed the recommendation, when it was
+    /// another one on the shared state folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tuned_by: Option<String>,
+    /// When it began waiting on another node (Unix seconds): a failure
+    /// there since then is this job's failure too.
+    #[serde(skip)]
+    pub(super) waiting_since: Option<u64>,
     /// The identity of the data files the spec reads (a digest of their
     /// contents): changed data is other work, tuned again.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -75,6 +91,10 @@ impl Job {
             errors,
             error: None,
             reused: false,
+            device_model: None,
+            lease_holder: None,
+            tuned_by: None,
+            waiting_since: None,
             data_digest: String::new(),
             recommendation: None,
             spec: None,
@@ -95,6 +115,10 @@ impl Job {
             errors: Vec::new(),
             error: None,
             reused: false,
+            device_model: None,
+            lease_holder: None,
+            tuned_by: None,
+            waiting_since: None,
             data_digest,
             recommendation: None,
             spec: None,
@@ -113,6 +137,14 @@ impl Job {
                 job.state = JobState::Done;
                 job.reused = true;
                 job.device = Some(stored.recommendation.device);
+                job.device_model = Some(key.device_model.clone());
+                job.tuned_by = stored
+                    .node
+                    .clone()
+                    .filter(|n| Some(n.as_str()) != shared.node());
+                if job.tuned_by.is_some() {
+                    shared.metrics.shared_results.inc();
+                }
                 job.trials_done = stored.recommendation.evidence.trials.len();
                 // One stored before curves were cut keeps them whole on
                 // disk; served and shown, it is cut like a new one.

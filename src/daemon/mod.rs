@@ -10,6 +10,7 @@
 
 pub mod api;
 mod data_identity;
+pub mod fleet;
 pub mod http;
 pub mod jobs;
 pub mod scheduler;
@@ -153,10 +154,10 @@ impl Edges<ProcessTrialRunner> {
         let mut options = RunnerOptions::current_exe()?;
         options.gpu_probe = gpu_probe;
         options.kernel_cache_dir = Some(crate::machine::daemon_kernel_cache(
-            &settings.config.state_dir,
+            settings.config.cache_root(),
         ));
         options.data_cache_dir = Some(crate::machine::daemon_data_cache(
-            &settings.config.state_dir,
+            settings.config.cache_root(),
         ));
         options.containment = settings.config.trial_containment;
         options.persistent = true;
@@ -173,6 +174,8 @@ impl Edges<ProcessTrialRunner> {
 pub(crate) struct RunningSearch {
     pub device: TrialDevice,
     pub cancel: Arc<Notify>,
+    /// The lease it holds on a shared state folder.
+    pub lease: Option<crate::lease::LeaseInfo>,
 }
 
 /// Everything the API, the watcher and the scheduler share. Locks are
@@ -202,6 +205,9 @@ pub struct Shared {
     pub(crate) claims: tokio::sync::Mutex<()>,
     /// The digests of the jobs' data files, hashed again only on change.
     pub(crate) data_digests: data_identity::DataDigests,
+    /// This daemon's place in a fleet sharing the state folder
+    /// (`shared_state`); `None` when the folder is its alone.
+    pub(crate) fleet: Option<fleet::Fleet>,
 }
 
 impl Shared {
@@ -228,7 +234,19 @@ impl Shared {
             spec_cache: Mutex::new(HashMap::new()),
             claims: tokio::sync::Mutex::new(()),
             data_digests: data_identity::DataDigests::default(),
+            fleet: None,
         }
+    }
+
+    /// Joins the fleet sharing the state folder (see [`fleet`]).
+    pub fn with_fleet(mut self, fleet: fleet::Fleet) -> Shared {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// This daemon's node, when it shares its state folder.
+    pub(crate) fn node(&self) -> Option<&str> {
+        self.fleet.as_ref().map(|f| f.owner.node.as_str())
     }
 
     /// The current settings (a reload swaps them whole).
@@ -333,7 +351,12 @@ impl Shared {
             .lock()
             .map(|jobs| {
                 jobs.values()
-                    .map(|job| JobView::new(&job.name, job.state, job.recommendation.as_deref()))
+                    .map(|job| {
+                        let mut view =
+                            JobView::new(&job.name, job.state, job.recommendation.as_deref());
+                        view.device_model = job.device_model.clone();
+                        view
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -373,9 +396,14 @@ pub async fn run<R: TrialRunner + 'static>(
     edges: Edges<R>,
 ) -> Result<(), DaemonError> {
     let config = &settings.config;
-    // First of all: a second daemon on this state folder stops here,
-    // before it sweeps or marks anything of the first one's.
-    let _state_lock = crate::state::lock_state_folder(&config.state_dir)?;
+    // First of all: a second daemon on a state folder that is not shared
+    // stops here, before it sweeps or marks anything of the first one's.
+    // A shared one (`shared_state`) is arbitrated by leases instead.
+    let _state_lock = if config.shared_state {
+        None
+    } else {
+        Some(crate::state::lock_state_folder(&config.state_dir)?)
+    };
     std::fs::create_dir_all(&config.jobs_dir).map_err(|source| DaemonError::JobsFolder {
         path: config.jobs_dir.clone(),
         source,
@@ -387,8 +415,28 @@ pub async fn run<R: TrialRunner + 'static>(
     if orphans > 0 {
         tracing::warn!("killed {orphans} processes left by the trials of a batchd that died");
     }
-    let store = StateStore::open(&config.state_dir)?;
-    let interrupted = store.mark_interrupted_runs();
+    let fleet = if config.shared_state {
+        let node = fleet::Fleet::node_name();
+        tracing::info!(
+            "sharing the state folder {} as node {node} (leases live {})",
+            config.state_dir.display(),
+            crate::units::format_duration(config.lease_ttl)
+        );
+        Some(fleet::Fleet {
+            leases: crate::lease::Leases::open(&config.state_dir, config.lease_ttl)?,
+            owner: crate::lease::Owner::new(&node, crate::lease::now_ms()),
+        })
+    } else {
+        None
+    };
+    let store = if config.shared_state {
+        StateStore::open_shared(&config.state_dir)?
+    } else {
+        StateStore::open(&config.state_dir)?
+    };
+    // On a shared folder only this node's runs are this daemon's to mark:
+    // other nodes' live on, or their leases expire.
+    let interrupted = store.mark_interrupted_runs_of(fleet.as_ref().map(|f| f.owner.node.as_str()));
     if interrupted > 0 {
         tracing::warn!(
             "{interrupted} search(es) were interrupted by the last stop; they run again"
@@ -403,13 +451,11 @@ pub async fn run<R: TrialRunner + 'static>(
         metrics: metrics.clone(),
     });
     let notifier = edges.notifier;
-    let shared = Arc::new(Shared::new(
-        settings,
-        edges.reload,
-        store,
-        edges.machine,
-        metrics,
-    ));
+    let mut shared = Shared::new(settings, edges.reload, store, edges.machine, metrics);
+    if let Some(fleet) = fleet {
+        shared = shared.with_fleet(fleet);
+    }
+    let shared = Arc::new(shared);
     reconcile_now(&shared).await;
     shared.ready.store(true, Ordering::SeqCst);
     let scheduler_task = tokio::spawn(scheduler::run(shared.clone(), runner));
@@ -450,6 +496,18 @@ pub async fn run<R: TrialRunner + 'static>(
 /// The stopped searches' runs are marked interrupted; their jobs run
 /// again at the next start.
 fn record_interrupted(shared: &Shared) {
+    // Leases of the stopped searches go now, so another node takes their
+    // work over at once rather than after the leases expire.
+    if let Some(fleet) = &shared.fleet {
+        let leases: Vec<crate::lease::LeaseInfo> = shared
+            .running
+            .lock()
+            .map(|running| running.values().filter_map(|r| r.lease.clone()).collect())
+            .unwrap_or_default();
+        for lease in leases {
+            fleet.leases.release(&lease);
+        }
+    }
     let stopped: Vec<(String, String)> = shared
         .jobs
         .lock()
@@ -462,11 +520,11 @@ fn record_interrupted(shared: &Shared) {
         .unwrap_or_default();
     for (name, hash) in stopped {
         let (runs, _) = shared.store.history(&name);
-        if let Some(run) = runs
-            .iter()
-            .rev()
-            .find(|r| r.spec_hash == hash && r.outcome == RunOutcome::Running)
-        {
+        if let Some(run) = runs.iter().rev().find(|r| {
+            r.spec_hash == hash
+                && r.outcome == RunOutcome::Running
+                && r.node.as_deref() == shared.node()
+        }) {
             let _ = shared
                 .store
                 .finish_run(&name, &hash, run.started_at_unix_s, |run| {

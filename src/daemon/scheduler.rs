@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::jobs::JobState;
-use super::{RunningSearch, Shared};
+use super::{fleet, RunningSearch, Shared};
 use crate::machine::DeviceSlot;
 use crate::search::{advise, Progress, Recommendation};
 use crate::spec::{DeviceChoice, JobSpec};
@@ -152,6 +152,8 @@ fn take_startable(shared: &Shared) -> Vec<Startable> {
         };
         job.state = JobState::Running;
         job.device = Some(device);
+        job.device_model = Some(slot.model.clone());
+        job.lease_holder = None;
         job.phase = None;
         job.trials_done = 0;
         job.error = None;
@@ -161,6 +163,7 @@ fn take_startable(shared: &Shared) -> Vec<Startable> {
             RunningSearch {
                 device,
                 cancel: cancel.clone(),
+                lease: None,
             },
         );
         tracing::info!(job = %name, "job {name}: running on {device} ({})", slot.model);
@@ -174,6 +177,225 @@ enum SearchEnd {
     Done(Box<Recommendation>),
     Failed(String),
     Cancelled,
+    /// Another daemon took this one's lease over (it was thought dead).
+    LostLease,
+}
+
+/// Takes `name` off the running table (if this search is still the one
+/// there).
+fn leave_running(shared: &Shared, name: &str, cancel: &Arc<Notify>) {
+    if let Ok(mut running) = shared.running.lock() {
+        if running
+            .get(name)
+            .is_some_and(|r| Arc::ptr_eq(&r.cancel, cancel))
+        {
+            running.remove(name);
+        }
+    }
+}
+
+/// On a shared state folder: claims the work before searching. `Some`
+/// with the lease when this daemon is to search; `None` when the job was
+/// settled otherwise (served, failed elsewhere, or waiting on another
+/// node), the job's state saying which.
+async fn claim_work(
+    shared: &Arc<Shared>,
+    name: &str,
+    work: (&str, &str),
+    key: &CacheKey,
+    cancel: &Arc<Notify>,
+) -> Option<Option<crate::lease::LeaseInfo>> {
+    if shared.fleet.is_none() {
+        return Some(None);
+    }
+    let waited_since = shared.job(name).and_then(|j| j.waiting_since);
+    let claimed = {
+        let shared = shared.clone();
+        let (name, key) = (name.to_string(), key.clone());
+        tokio::task::spawn_blocking(move || {
+            let fleet = shared.fleet.as_ref()?;
+            Some(fleet::claim(
+                &shared.store,
+                fleet,
+                &name,
+                &key,
+                waited_since,
+            ))
+        })
+        .await
+        .ok()
+        .flatten()
+    };
+    let (hash, data) = work;
+    match claimed {
+        Some(Ok(fleet::Claim::Run(lease))) => {
+            if lease.took_over_from.is_some() {
+                shared.metrics.lease_takeovers.inc();
+            }
+            if let Ok(mut running) = shared.running.lock() {
+                if let Some(search) = running.get_mut(name) {
+                    search.lease = Some(lease.clone());
+                }
+            }
+            return Some(Some(lease));
+        }
+        Some(Ok(fleet::Claim::Served(stored))) => {
+            serve_stored(shared, name, work, *stored);
+        }
+        Some(Ok(fleet::Claim::FailedElsewhere { node, error })) => {
+            let node = node.unwrap_or_else(|| "another node".into());
+            tracing::warn!(job = %name, "job {name}: failed on {node}: {error}");
+            shared.update_job(name, (hash, data), |job| {
+                job.state = JobState::Failed;
+                job.error = Some(format!("failed on {node}: {error}"));
+                job.lease_holder = None;
+            });
+        }
+        Some(Ok(fleet::Claim::Wait(lease))) => {
+            let holder = lease.owner.node.clone();
+            tracing::info!(job = %name, "job {name}: {holder} is tuning this work; waiting for its result");
+            shared.update_job(name, (hash, data), |job| {
+                job.state = JobState::Waiting;
+                job.lease_holder = Some(holder);
+                job.waiting_since.get_or_insert_with(crate::state::unix_now);
+                job.phase = None;
+            });
+            tokio::spawn(wait_for_holder(
+                shared.clone(),
+                name.to_string(),
+                (hash.to_string(), data.to_string()),
+                key.clone(),
+            ));
+        }
+        Some(Err(error)) => {
+            tracing::error!(job = %name, "job {name}: cannot claim its work on the shared state folder: {error}");
+            shared.update_job(name, (hash, data), |job| {
+                job.state = JobState::Failed;
+                job.error = Some(format!(
+                    "cannot claim its work on the shared state folder: {error}"
+                ));
+            });
+        }
+        None => {}
+    }
+    leave_running(shared, name, cancel);
+    // A freed device may start the next job.
+    shared.queued.notify_one();
+    None
+}
+
+/// Serves a recommendation another node stored.
+fn serve_stored(
+    shared: &Shared,
+    name: &str,
+    work: (&str, &str),
+    stored: crate::state::StoredRecommendation,
+) {
+    let node = stored.node.clone();
+    tracing::info!(job = %name, "job {name}: serving the result {} stored", node.as_deref().unwrap_or("another daemon"));
+    shared.metrics.shared_results.inc();
+    shared.update_job(name, work, |job| {
+        job.state = JobState::Done;
+        job.reused = true;
+        job.device_model = Some(stored.key.device_model.clone());
+        job.tuned_by = node;
+        job.lease_holder = None;
+        job.waiting_since = None;
+        job.trials_done = stored.recommendation.evidence.trials.len();
+        job.recommendation = Some(Arc::new(stored.recommendation.with_compact_curves()));
+    });
+}
+
+/// Follows a job waiting on another node: serves its result when stored;
+/// queues the job again when the holder's lease is gone without one (it
+/// died, or failed), so this daemon claims the work.
+async fn wait_for_holder(shared: Arc<Shared>, name: String, work: (String, String), key: CacheKey) {
+    let Some(interval) = shared.fleet.as_ref().map(|f| {
+        (f.leases.ttl() / 4).clamp(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(2),
+        )
+    }) else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        let still_waiting = shared.job(&name).is_some_and(|j| {
+            j.state == JobState::Waiting && j.identity() == Some((&work.0, &work.1))
+        });
+        if !still_waiting {
+            return;
+        }
+        let looked = {
+            let shared = shared.clone();
+            let key = key.clone();
+            tokio::task::spawn_blocking(move || {
+                shared
+                    .fleet
+                    .as_ref()
+                    .map(|fleet| fleet::look(&shared.store, fleet, &key))
+            })
+            .await
+            .ok()
+            .flatten()
+        };
+        match looked {
+            Some(fleet::Look::Served(stored)) => {
+                serve_stored(&shared, &name, (&work.0, &work.1), *stored);
+                return;
+            }
+            Some(fleet::Look::StillHeld(node)) => {
+                shared.update_job(&name, (&work.0, &work.1), |job| {
+                    job.lease_holder = Some(node);
+                });
+            }
+            Some(fleet::Look::Free) => {
+                tracing::info!(job = %name, "job {name}: the lease on its work is free; claiming it");
+                shared.update_job(&name, (&work.0, &work.1), |job| {
+                    job.state = JobState::Queued;
+                    job.lease_holder = None;
+                });
+                shared.enqueue(&name);
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// Renews `lease` until it is lost; returns then (never, while it holds).
+async fn keep_lease(shared: Arc<Shared>, lease: Option<crate::lease::LeaseInfo>) {
+    let (Some(mut lease), Some(interval)) = (
+        lease,
+        shared.fleet.as_ref().map(|f| f.leases.heartbeat_interval()),
+    ) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        let renewed = {
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || {
+                let fleet = shared.fleet.as_ref()?;
+                let held = fleet.leases.renew(&mut lease, crate::lease::now_ms());
+                Some((held, lease))
+            })
+            .await
+            .ok()
+            .flatten()
+        };
+        match renewed {
+            Some((Ok(true), renewed)) => lease = renewed,
+            Some((Ok(false), _)) => return,
+            // A slow or failing volume: keep trying while the lease may
+            // still be alive; the next heartbeat says whether it was lost.
+            Some((Err(error), renewed)) => {
+                tracing::warn!("cannot renew the lease on {}'s work: {error}", renewed.job);
+                lease = renewed;
+            }
+            None => return,
+        }
+    }
 }
 
 /// One job's search from start to stored result.
@@ -187,29 +409,32 @@ async fn run_search<R: TrialRunner>(
     cancel: Arc<Notify>,
 ) {
     let hash = spec.content_hash.clone();
-    let record = RunRecord::started(&hash, &data, slot.device, &slot.model);
+    let key = CacheKey::new(&hash, &slot.model, &data);
+    let Some(lease) = claim_work(&shared, &name, (&hash, &data), &key, &cancel).await else {
+        return;
+    };
+    let mut record = RunRecord::started(&hash, &data, slot.device, &slot.model);
+    record.node = shared.node().map(str::to_string);
     let started_at_unix_s = record.started_at_unix_s;
     if let Err(error) = shared.store.record_run(&name, &record) {
         tracing::warn!(job = %name, "job {name}: cannot record the run in its history: {error}");
     }
-    let end = search(
-        &shared,
-        runner.as_ref(),
-        &name,
-        &spec,
-        &data,
-        &slot,
-        &cancel,
-    )
-    .await;
-    if let Ok(mut running) = shared.running.lock() {
-        if running
-            .get(&name)
-            .is_some_and(|r| Arc::ptr_eq(&r.cancel, &cancel))
-        {
-            running.remove(&name);
+    let end = tokio::select! {
+        end = search(
+            &shared,
+            runner.as_ref(),
+            &name,
+            &spec,
+            &data,
+            &slot,
+            &cancel,
+        ) => end,
+        () = keep_lease(shared.clone(), lease.clone()) => {
+            runner.release(slot.device).await;
+            SearchEnd::LostLease
         }
-    }
+    };
+    leave_running(&shared, &name, &cancel);
     let trials = shared.job(&name).map_or(0, |j| j.trials_done);
     let finished = shared
         .store
@@ -230,6 +455,12 @@ async fn run_search<R: TrialRunner>(
                     run.outcome = RunOutcome::Cancelled;
                     run.error = Some("the spec changed or was removed".into());
                 }
+                SearchEnd::LostLease => {
+                    run.outcome = RunOutcome::Interrupted;
+                    run.error = Some(
+                        "another node took this daemon's lease on the work over (its heartbeats stopped reaching the shared folder in time)".into(),
+                    );
+                }
             }
         });
     if let Err(error) = finished {
@@ -237,11 +468,18 @@ async fn run_search<R: TrialRunner>(
     }
     match end {
         SearchEnd::Cancelled => tracing::info!(job = %name, "job {name}: search cancelled"),
+        SearchEnd::LostLease => {
+            tracing::warn!(job = %name, "job {name}: lost its lease to another node; serving that node's result when it is stored");
+            shared.update_job(&name, (&hash, &data), |job| {
+                job.state = JobState::Queued;
+            });
+            shared.enqueue(&name);
+        }
         SearchEnd::Done(recommendation) => {
-            let key = CacheKey::new(&hash, &slot.model, &data);
-            if let Err(error) = shared
-                .store
-                .put_recommendation(&key, &name, &recommendation)
+            if let Err(error) =
+                shared
+                    .store
+                    .put_recommendation_from(&key, &name, &recommendation, shared.node())
             {
                 tracing::error!(job = %name, "job {name}: cannot store the recommendation: {error}");
             }
@@ -259,6 +497,17 @@ async fn run_search<R: TrialRunner>(
                 job.error = Some(error);
             });
         }
+    }
+    // Last: the answer (or the failure) is stored, so whoever takes the
+    // lease next finds it rather than tuning again.
+    if let Some(lease) = lease {
+        let shared = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(fleet) = &shared.fleet {
+                fleet.leases.release(&lease);
+            }
+        })
+        .await;
     }
 }
 

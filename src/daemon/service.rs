@@ -244,7 +244,10 @@ impl Shared {
             let Some(spec) = job.spec.as_ref() else {
                 return Err(ServiceError::InvalidJob(name.to_string()));
             };
-            if matches!(job.state, JobState::Queued | JobState::Running) {
+            if matches!(
+                job.state,
+                JobState::Queued | JobState::Waiting | JobState::Running
+            ) {
                 return Ok(job.clone());
             }
             let (hash, data, choice) = (
@@ -255,6 +258,8 @@ impl Shared {
             job.state = JobState::Queued;
             job.recommendation = None;
             job.reused = false;
+            job.tuned_by = None;
+            job.waiting_since = None;
             job.error = None;
             job.trials_done = 0;
             job.phase = None;

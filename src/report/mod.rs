@@ -42,7 +42,10 @@ pub struct JobView<'a> {
 
 impl JobView<'_> {
     fn live(&self) -> bool {
-        matches!(self.state, JobState::Queued | JobState::Running)
+        matches!(
+            self.state,
+            JobState::Queued | JobState::Waiting | JobState::Running
+        )
     }
 }
 

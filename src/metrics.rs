@@ -470,6 +470,10 @@ mod tests {
             jobs: vec![
                 JobView::new("a", JobState::Running, None),
                 JobView::new("b\"\n", JobState::Invalid, None),
+                JobView {
+                    device_model: Some("NVIDIA H100".into()),
+                    ..JobView::new("c", JobState::Waiting, None)
+                },
             ],
             queue_depth: 3,
             searches_running: 1,
@@ -484,6 +488,15 @@ mod tests {
         assert!(text.contains("batchd_job_state{job_name=\"a\",state=\"running\"} 1"));
         assert!(text.contains("batchd_job_state{job_name=\"a\",state=\"done\"} 0"));
         assert!(text.contains("batchd_jobs{state=\"running\"} 1"));
+        assert!(text.contains("batchd_jobs{state=\"waiting\"} 1"));
+        assert!(
+            text.contains(
+                "batchd_job_state{job_name=\"c\",state=\"waiting\",gpu_model=\"NVIDIA H100\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("batchd_fleet_shared_results_total 0"));
+        assert!(text.contains("batchd_fleet_lease_takeovers_total 0"));
         assert!(
             text.contains("batchd_job_state{job_name=\"b\\\"\\n\",state=\"invalid\"} 1"),
             "{text}"

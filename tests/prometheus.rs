@@ -30,7 +30,12 @@ fn promtool_accepts_the_scrape() {
     let daemon = daemon_with_a_tuned_job(root.path(), &[]);
     let (status, text) = daemon.get("/metrics");
     assert_eq!(status, 200);
-    assert!(text.contains("batchd_job_recommended_batch_size{job_name=\"tiny\"}"));
+    // Labelled with the device model its work is keyed by (fleet views
+    // compare one job across GPU models).
+    assert!(
+        text.contains("batchd_job_recommended_batch_size{job_name=\"tiny\",gpu_model=\""),
+        "{text}"
+    );
     let mut check = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -529,7 +529,7 @@ impl fmt::Display for Finding {
                 },
                 if *seeds > 1 { "mean " } else { "" },
                 if *held {
-                    "; a move needs two seeds (where two were planned) whose pairs agree and whose mean beats the noise"
+                    "; a move needs every seed's pair to agree, a mean that beats the noise and, upwards, two seeds where two were planned"
                 } else {
                     ""
                 }
@@ -667,7 +667,7 @@ mod tests {
         };
         assert!(check(true)
             .to_string()
-            .contains("a move needs two seeds (where two were planned) whose pairs agree"));
+            .contains("a move needs every seed's pair to agree"));
         assert!(!check(false).to_string().contains("a move needs"));
         assert!(check(false)
             .to_string()

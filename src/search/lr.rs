@@ -615,11 +615,15 @@ impl CheckMachine {
                 _ => false,
             }
         });
-        // One seed is not evidence enough to move the LR when the plan had
-        // two (a budget cut after the first): one lucky run moved it a
-        // half-decade upwards, where other seeds diverged (the digits MLP,
-        // README "Repeatable advice", round 3).
-        let enough_seeds = seeds.len() >= self.seeds.len().min(2);
+        // One seed is not evidence enough to move the LR up when the plan
+        // had two (a budget cut after the first): one lucky run moved it a
+        // half-decade up, where other seeds diverged (the digits MLP,
+        // README "Repeatable advice", round 3). Down, one seed still may:
+        // a lower LR costs some progress on other seeds, not divergence,
+        // and at the large batches the race reaches, the transferred LR
+        // tends to be too high.
+        let enough_seeds =
+            seeds.len() >= self.seeds.len().min(2) || best.best_tested_lr < self.raced_lr;
         let chosen = if best.best_tested_lr == self.raced_lr
             || (best.validation_loss < raced_loss - threshold && every_pair_better && enough_seeds)
         {
@@ -649,9 +653,9 @@ impl CheckMachine {
     /// The finding, and every run (the raced ones first). The LR moves off
     /// the raced one towards an edge only when the checked LR's seed mean
     /// beats the raced one's by the race's seed-to-seed noise (and 0.2% of
-    /// the loss), every seed's pair agrees, and at least two seeds were
-    /// compared where two were planned; a bowl around the raced LR refines
-    /// it to the bowl's bottom.
+    /// the loss), every seed's pair agrees, and, for a move up, at least
+    /// two seeds were compared where two were planned; a bowl around the
+    /// raced LR refines it to the bowl's bottom.
     pub fn finish(self) -> (Option<CheckFinding>, Vec<Confirmation>) {
         let finding = self.judge();
         (finding, self.runs.into_iter().map(|(_, r)| r).collect())
@@ -915,6 +919,22 @@ mod tests {
         // Seed 7 alone saw the higher LR win by 0.5: shown, not taken.
         assert!(finding.best.best_tested_lr > 2e-3, "{finding:?}");
         assert!(close(finding.chosen.learning_rate, 1e-3), "{finding:?}");
+        // The same single-seed win one step down is taken: a lower LR
+        // risks no divergence on the seeds not run.
+        let mut machine = CheckMachine::new(
+            vec![(7, run(1e-3, 1.0)), (8, run(1e-3, 1.1))],
+            0.01,
+            2,
+            LR_STEP,
+        );
+        for _ in 0..2 {
+            let ask = machine.next_run().unwrap();
+            let loss = if ask.learning_rate < 1e-3 { 0.5 } else { 1.2 };
+            machine.tell(ask, run(ask.learning_rate, loss));
+        }
+        let finding = machine.finish().0.unwrap();
+        assert_eq!(finding.seeds, 1);
+        assert!(finding.chosen.best_tested_lr < 1e-3, "{finding:?}");
         // With both seeds agreeing, the same win moves it.
         let mut machine = CheckMachine::new(
             vec![(7, run(1e-3, 1.0)), (8, run(1e-3, 1.1))],

@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod scheduler;
 pub mod sdnotify;
 mod service;
+mod trust;
 mod watcher;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -135,6 +135,11 @@ impl Metrics {
             registry.register(Box::new(vec.clone()))?;
             Ok::<_, prometheus::Error>(vec)
         };
+        let counter = |name: &str, help: &str| {
+            let counter = prometheus::IntCounter::new(name, help)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok::<_, prometheus::Error>(counter)
+        };
         let gpu = ["gpu", "uuid"];
         let metrics = Metrics {
             gpu_memory_total: gauge_vec(
@@ -205,30 +210,18 @@ impl Metrics {
                 registry.register(Box::new(gauge.clone()))?;
                 gauge
             },
-            rescans: {
-                let counter = prometheus::IntCounter::new(
-                    "batchd_jobs_folder_rescans_total",
-                    "Rescans of the jobs folder, periodic and event-driven.",
-                )?;
-                registry.register(Box::new(counter.clone()))?;
-                counter
-            },
-            shared_results: {
-                let counter = prometheus::IntCounter::new(
-                    "batchd_fleet_shared_results_total",
-                    "Recommendations another daemon on the shared state folder computed, served here.",
-                )?;
-                registry.register(Box::new(counter.clone()))?;
-                counter
-            },
-            lease_takeovers: {
-                let counter = prometheus::IntCounter::new(
-                    "batchd_fleet_lease_takeovers_total",
-                    "Searches taken over from a daemon whose lease on the work expired.",
-                )?;
-                registry.register(Box::new(counter.clone()))?;
-                counter
-            },
+            rescans: counter(
+                "batchd_jobs_folder_rescans_total",
+                "Rescans of the jobs folder, periodic and event-driven.",
+            )?,
+            shared_results: counter(
+                "batchd_fleet_shared_results_total",
+                "Recommendations another daemon on the shared state folder computed, served here.",
+            )?,
+            lease_takeovers: counter(
+                "batchd_fleet_lease_takeovers_total",
+                "Searches taken over from a daemon whose lease on the work expired.",
+            )?,
             registry,
             scrape: Mutex::new(()),
         };

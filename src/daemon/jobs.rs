@@ -10,7 +10,7 @@ pub use crate::job::JobState;
 use crate::machine::TrialDevice;
 use crate::search::{Phase, Recommendation};
 use crate::spec::{load_spec_file, JobSpec};
-use crate::state::{CacheKey, RunOutcome};
+use crate::state::{CacheKey, RunOutcome, StoredRecommendation};
 use crate::validation::{FieldError, Syntax};
 
 /// One job as the API shows it.
@@ -80,6 +80,24 @@ impl Job {
         Some((self.spec_hash()?, self.data_digest.as_str()))
     }
 
+    /// Makes the job `done` with a stored answer (kept by this daemon, or
+    /// by another node when it names one other than `own_node`).
+    pub(super) fn take_stored(&mut self, stored: StoredRecommendation, own_node: Option<&str>) {
+        self.state = JobState::Done;
+        self.reused = true;
+        self.device = Some(stored.recommendation.device);
+        self.device_model = Some(stored.key.device_model.clone());
+        self.tuned_by = stored.node.filter(|n| Some(n.as_str()) != own_node);
+        self.lease_holder = None;
+        self.waiting_since = None;
+        self.trials_done = stored.recommendation.evidence.trials.len();
+        // One stored before curves were cut keeps them whole on disk;
+        // served and shown, it is cut like a new one.
+        self.recommendation = Some(std::sync::Arc::new(
+            stored.recommendation.with_compact_curves(),
+        ));
+    }
+
     fn invalid(name: String, path: PathBuf, errors: Vec<FieldError>) -> Job {
         Job {
             name,
@@ -134,23 +152,10 @@ impl Job {
                 tracing::warn!("{warning}");
             }
             if let Some(stored) = stored {
-                job.state = JobState::Done;
-                job.reused = true;
-                job.device = Some(stored.recommendation.device);
-                job.device_model = Some(key.device_model.clone());
-                job.tuned_by = stored
-                    .node
-                    .clone()
-                    .filter(|n| Some(n.as_str()) != shared.node());
+                job.take_stored(stored, shared.node());
                 if job.tuned_by.is_some() {
                     shared.metrics.shared_results.inc();
                 }
-                job.trials_done = stored.recommendation.evidence.trials.len();
-                // One stored before curves were cut keeps them whole on
-                // disk; served and shown, it is cut like a new one.
-                job.recommendation = Some(std::sync::Arc::new(
-                    stored.recommendation.with_compact_curves(),
-                ));
                 tracing::info!(job = %name, "job {name}: recommendation reused from the state folder");
                 job.spec = Some(spec);
                 return job;

@@ -291,19 +291,9 @@ fn serve_stored(
     work: (&str, &str),
     stored: crate::state::StoredRecommendation,
 ) {
-    let node = stored.node.clone();
-    tracing::info!(job = %name, "job {name}: serving the result {} stored", node.as_deref().unwrap_or("another daemon"));
+    tracing::info!(job = %name, "job {name}: serving the result {} stored", stored.node.as_deref().unwrap_or("another daemon"));
     shared.metrics.shared_results.inc();
-    shared.update_job(name, work, |job| {
-        job.state = JobState::Done;
-        job.reused = true;
-        job.device_model = Some(stored.key.device_model.clone());
-        job.tuned_by = node;
-        job.lease_holder = None;
-        job.waiting_since = None;
-        job.trials_done = stored.recommendation.evidence.trials.len();
-        job.recommendation = Some(Arc::new(stored.recommendation.with_compact_curves()));
-    });
+    shared.update_job(name, work, |job| job.take_stored(stored, shared.node()));
 }
 
 /// Follows a job waiting on another node: serves its result when stored;

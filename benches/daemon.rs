@@ -6,7 +6,8 @@
 //! The jobs name a GPU this machine may lack (`search.device = "cuda:0"`),
 //! so on a CPU machine they fail at once and stay listed without a search
 //! taking the CPU the figures are about. Set `BATCHD_BENCH_JOBS_COUNT` to
-//! change the count, `BATCHD_BENCH_REQUESTS` the requests per endpoint.
+//! change the count, `BATCHD_BENCH_REQUESTS` the requests per endpoint,
+//! `BATCHD_BENCH_DAEMON` the `batchd` binary measured (default: this build's).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -89,7 +90,11 @@ fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_batchd"))
+    // BATCHD_BENCH_DAEMON runs another build (the one before a change) under
+    // the same measurement.
+    let daemon = std::env::var_os("BATCHD_BENCH_DAEMON")
+        .map_or_else(|| env!("CARGO_BIN_EXE_batchd").into(), std::path::PathBuf::from);
+    let mut child = Command::new(daemon)
         .env("BATCHD_CONFIG", "/dev/null")
         .args(["serve", "--jobs-dir"])
         .arg(&jobs)

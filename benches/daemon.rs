@@ -92,8 +92,10 @@ fn main() {
         .port();
     // BATCHD_BENCH_DAEMON runs another build (the one before a change) under
     // the same measurement.
-    let daemon = std::env::var_os("BATCHD_BENCH_DAEMON")
-        .map_or_else(|| env!("CARGO_BIN_EXE_batchd").into(), std::path::PathBuf::from);
+    let daemon = std::env::var_os("BATCHD_BENCH_DAEMON").map_or_else(
+        || env!("CARGO_BIN_EXE_batchd").into(),
+        std::path::PathBuf::from,
+    );
     let mut child = Command::new(daemon)
         .env("BATCHD_CONFIG", "/dev/null")
         .args(["serve", "--jobs-dir"])

@@ -30,8 +30,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file::{create_atomically, write_atomically, FileError};
 use crate::spec::read::read_regular_file;
-use crate::state::{create_atomically, write_atomically, CacheKey, StateError};
+use crate::state::{CacheKey, StateError};
 
 /// The largest lease file read; real ones are a few hundred bytes.
 const MAX_LEASE_FILE: u64 = 64 * 1024;
@@ -214,8 +215,8 @@ impl Leases {
                     self.remove_below(key, generation);
                     return Ok(Acquired::Taken(lease));
                 }
-                Err(StateError::Exists(_)) => continue,
-                Err(error) => return Err(error),
+                Err(FileError::Exists(_)) => continue,
+                Err(error) => return Err(error.into()),
             }
         }
         match self.current(key) {

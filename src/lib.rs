@@ -16,6 +16,7 @@
 //!
 //! The command line is the binary's (`src/cli/`), not the library's.
 
+pub mod atomic_file;
 pub mod config;
 pub mod daemon;
 pub mod gpu;

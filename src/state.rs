@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::atomic_file::{sweep_temporaries_older_than, write_atomically, FileLock};
 use crate::machine::TrialDevice;
 use crate::search::{Recommendation, SCHEMA_VERSION};
 
@@ -29,8 +30,8 @@ pub enum StateError {
     },
     #[error("cannot encode state: {0}")]
     Encode(#[from] serde_json::Error),
-    #[error("{} exists already", .0.display())]
-    Exists(PathBuf),
+    #[error(transparent)]
+    File(#[from] crate::atomic_file::FileError),
     /// Another batchd holds the state folder.
     #[error("the state folder is in use by another batchd ({holder}, holding {}); two daemons on one state folder would run the same jobs twice and lose history. Stop it, or give this one its own --state-dir", path.display())]
     Locked { path: PathBuf, holder: String },
@@ -412,7 +413,8 @@ impl StateStore {
         write_atomically(
             &self.history_path(job),
             &serde_json::to_vec_pretty(&history)?,
-        )
+        )?;
+        Ok(())
     }
 
     /// Marks `job`'s runs of `key` that `node`'s daemon left `running` as
@@ -518,7 +520,8 @@ impl StateStore {
         write_atomically(
             &self.recommendation_path(key),
             &serde_json::to_vec(&stored)?,
-        )
+        )?;
+        Ok(())
     }
 
     /// Forgets the recommendation for `key` (to tune the job again).
@@ -631,157 +634,11 @@ enum Unusable {
     Json(serde_json::Error),
 }
 
-/// Writes `bytes` to `path` so that readers see the old file or the new
-/// one, never a mix: temporary file, fsync, rename, fsync of the folder.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let temporary = write_temporary(path, bytes)?;
-    let renamed = fs::rename(&temporary, path).map_err(io(path));
-    if renamed.is_err() {
-        let _ = fs::remove_file(&temporary);
-    }
-    renamed?;
-    sync_folder(path);
-    Ok(())
-}
-
-/// Creates `path` with `bytes`, whole or not at all, and only if nothing is
-/// there yet: two writers of one new name get one success and one
-/// [`StateError::Exists`], never a silent replacement.
-pub fn create_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let temporary = write_temporary(path, bytes)?;
-    // A hard link fails when the name exists, where a rename replaces.
-    let linked = fs::hard_link(&temporary, path);
-    let _ = fs::remove_file(&temporary);
-    match linked {
-        Ok(()) => {
-            sync_folder(path);
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Err(StateError::Exists(path.to_path_buf()))
-        }
-        Err(e) => Err(io(path)(e)),
-    }
-}
-
-/// The prefix of every temporary file [`write_atomically`] makes.
-const TEMPORARY_MARK: &str = ".tmp.";
-
-/// A temporary file beside `path` holding `bytes`, synced; removed again
-/// when writing fails (a full disk must not leave debris).
-fn write_temporary(path: &Path, bytes: &[u8]) -> Result<PathBuf, StateError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    // Unique per write: tasks of one process may write at the same time.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let serial = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temporary = dir.join(format!(
-        ".{name}{TEMPORARY_MARK}{}.{serial}",
-        std::process::id()
-    ));
-    let written = (|| {
-        // Never through a planted link or over a planted file.
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    })();
-    match written {
-        Ok(()) => Ok(temporary),
-        Err(e) => {
-            let _ = fs::remove_file(&temporary);
-            Err(io(&temporary)(e))
-        }
-    }
-}
-
-/// An exclusive `flock` on a lock file, held until dropped. On NFS the
-/// client turns it into a byte-range lock the server arbitrates.
-#[derive(Debug)]
-pub struct FileLock {
-    _file: fs::File,
-}
-
-impl FileLock {
-    /// Blocks until `path` (created if missing) is locked by this process.
-    pub fn exclusive(path: &Path) -> Result<FileLock, StateError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        use std::os::unix::io::AsRawFd;
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(io(path))?;
-        loop {
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(FileLock { _file: file });
-            }
-            let error = std::io::Error::last_os_error();
-            if error.kind() != std::io::ErrorKind::Interrupted {
-                return Err(io(path)(error));
-            }
-        }
-    }
-}
-
 /// This machine's name, to say where a lock's holder runs.
 pub fn host_name() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|n| n.trim().to_string())
         .unwrap_or_else(|_| "this machine".into())
-}
-
-/// Makes a rename or link in `path`'s folder durable; failure here loses
-/// nothing already written.
-fn sync_folder(path: &Path) {
-    if let Ok(folder) = fs::File::open(path.parent().unwrap_or(Path::new("."))) {
-        let _ = folder.sync_all();
-    }
-}
-
-/// Removes the temporary files a killed writer left in `dir` (their
-/// writer's process is gone, or is an earlier run of this one).
-pub fn sweep_temporaries(dir: &Path) -> usize {
-    sweep_temporaries_older_than(dir, None)
-}
-
-/// [`sweep_temporaries`], sparing files modified within `age` when given.
-pub fn sweep_temporaries_older_than(dir: &Path, age: Option<std::time::Duration>) -> usize {
-    let old_enough = |entry: &fs::DirEntry| {
-        age.is_none_or(|age| {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|elapsed| elapsed > age)
-        })
-    };
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    let mine = format!("{TEMPORARY_MARK}{}.", std::process::id());
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with('.') && name.contains(TEMPORARY_MARK) && !name.contains(&mine)
-        })
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .filter(old_enough)
-        .filter(|e| fs::remove_file(e.path()).is_ok())
-        .count()
 }
 
 #[cfg(test)]
@@ -792,42 +649,6 @@ mod tests {
         let mut recommendation = Recommendation::example(batch);
         recommendation.memory.max_fit.batch_size = Some(batch * 4);
         recommendation
-    }
-
-    /// Entries of `dir` other than `keep`.
-    fn debris(dir: &Path, keep: &[&str]) -> Vec<String> {
-        fs::read_dir(dir)
-            .unwrap()
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !keep.contains(&n.as_str()))
-            .collect()
-    }
-
-    #[test]
-    fn failed_writes_leave_no_temporary_files() {
-        let dir = tempfile::tempdir().unwrap();
-        // The rename fails: a folder holds the name.
-        fs::create_dir(dir.path().join("taken.json")).unwrap();
-        assert!(write_atomically(&dir.path().join("taken.json"), b"{}").is_err());
-        // The link fails: a file holds the name, which is kept as it was.
-        fs::write(dir.path().join("spec.toml"), "old").unwrap();
-        let error = create_atomically(&dir.path().join("spec.toml"), b"new").unwrap_err();
-        assert!(matches!(error, StateError::Exists(_)), "{error}");
-        assert_eq!(
-            fs::read_to_string(dir.path().join("spec.toml")).unwrap(),
-            "old"
-        );
-        assert_eq!(
-            debris(dir.path(), &["taken.json", "spec.toml"]),
-            Vec::<String>::new()
-        );
-        // Temporaries of a dead writer are swept; this process's are not.
-        fs::write(dir.path().join(".x.json.tmp.999999.0"), "half").unwrap();
-        let mine = format!(".y.json.tmp.{}.0", std::process::id());
-        fs::write(dir.path().join(&mine), "in flight").unwrap();
-        assert_eq!(sweep_temporaries(dir.path()), 1);
-        assert_eq!(debris(dir.path(), &["taken.json", "spec.toml"]), vec![mine]);
     }
 
     #[test]
@@ -967,14 +788,5 @@ mod tests {
         assert!(store
             .history_path("../../etc/passwd")
             .starts_with(dir.path().join("history")));
-    }
-
-    #[test]
-    fn overwrites_are_atomic_replacements() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.json");
-        write_atomically(&path, b"one").unwrap();
-        write_atomically(&path, b"two").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
     }
 }

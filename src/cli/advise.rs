@@ -53,7 +53,7 @@ pub fn run(cli: &Cli, args: &AdviseArgs) -> Result<(), CliError> {
             },
             false,
         );
-        batchd::state::write_atomically(path, page.as_bytes())
+        batchd::atomic_file::write_atomically(path, page.as_bytes())
             .map_err(|e| CliError::Other(anyhow::anyhow!("--report {}: {e}", path.display())))?;
     }
     if args.run.json {

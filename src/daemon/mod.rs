@@ -410,7 +410,7 @@ pub async fn run<R: TrialRunner + 'static>(
         source,
     })?;
     // Temporary files of POSTs a killed daemon left behind.
-    crate::state::sweep_temporaries(&config.jobs_dir);
+    crate::atomic_file::sweep_temporaries(&config.jobs_dir);
     // And the processes of its command trials (a script's own children).
     let orphans = crate::trial::kill_orphaned_trials();
     if orphans > 0 {

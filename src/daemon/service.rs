@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::jobs::{Job, JobState};
 use super::{reconcile_now, Shared};
+use crate::atomic_file::FileError;
 use crate::search::Recommendation;
 use crate::spec::{parse_spec, JobSpec, SpecOrigin};
 use crate::state::{CacheKey, RunRecord, StateError};
@@ -126,15 +127,15 @@ impl Shared {
         let created = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
-                crate::state::create_atomically(&path, text.as_bytes())
+                crate::atomic_file::create_atomically(&path, text.as_bytes())
             })
             .await
             .map_err(|_| ServiceError::TaskLost("writer"))?
         };
         match created {
             Ok(()) => {}
-            Err(StateError::Exists(_)) => return Err(ServiceError::Exists(spec.name)),
-            Err(error) => return Err(error.into()),
+            Err(FileError::Exists(_)) => return Err(ServiceError::Exists(spec.name)),
+            Err(error) => return Err(StateError::from(error).into()),
         }
         reconcile_now(self).await;
         match self.job(&spec.name) {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{JobState, ServiceError, Shared};
+use super::{JobState, Service, ServiceError};
 use crate::gpu::Inventory;
 use crate::validation::FieldError;
 
@@ -142,7 +142,7 @@ impl utoipa::Modify for BearerSecurity {
 
 /// Every route, each with its OpenAPI operation: a handler reaches the
 /// router only through `routes!`, so none can be left out of the document.
-fn documented_routes() -> OpenApiRouter<Arc<Shared>> {
+fn documented_routes() -> OpenApiRouter<Arc<Service>> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -220,8 +220,8 @@ fn require_properties(schema: &mut serde_json::Value, written: impl Fn(&str) -> 
     }
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
-    let body_limit = shared.settings().config.max_request_body.bytes() as usize;
+pub fn router(service: Arc<Service>) -> Router {
+    let body_limit = service.settings().config.max_request_body.bytes() as usize;
     let (routes, _) = documented_routes().split_for_parts();
     routes
         .fallback(no_such_endpoint)
@@ -230,10 +230,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
             problems_for_framework_errors,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
+            service.clone(),
             check_request_headers,
         ))
-        .with_state(shared)
+        .with_state(service)
 }
 
 async fn no_such_endpoint() -> Problem {
@@ -340,11 +340,11 @@ fn is_port(tail: &str) -> bool {
 ///   configured (401);
 /// - a declared `Content-Length` over `max_request_body` is refused (413).
 async fn check_request_headers(
-    State(shared): State<Arc<Shared>>,
+    State(service): State<Arc<Service>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let settings = shared.settings();
+    let settings = service.settings();
     let host = request
         .headers()
         .get(header::HOST)
@@ -430,10 +430,9 @@ fn problem_for(error: ServiceError) -> Problem {
         | ServiceError::FileChanged { .. }
         | ServiceError::InvalidJob(_)
         | ServiceError::NoRecommendation { .. } => StatusCode::CONFLICT,
-        ServiceError::Store(_)
-        | ServiceError::Remove { .. }
-        | ServiceError::TaskLost(_)
-        | ServiceError::Unavailable => StatusCode::INTERNAL_SERVER_ERROR,
+        ServiceError::Store(_) | ServiceError::Remove { .. } | ServiceError::TaskLost(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     };
     let title = match &error {
         ServiceError::NoSuchJob(_) => "No such job",
@@ -445,7 +444,7 @@ fn problem_for(error: ServiceError) -> Problem {
         ServiceError::NoRecommendation { .. } => "No recommendation yet",
         ServiceError::Store(_) => "Cannot store the spec",
         ServiceError::Remove { .. } => "Cannot remove the spec",
-        ServiceError::TaskLost(_) | ServiceError::Unavailable => "Internal error",
+        ServiceError::TaskLost(_) => "Internal error",
     };
     let mut problem = Problem::new(status, title, error.to_string());
     problem.body.errors = match error {
@@ -542,7 +541,11 @@ fn syntax_of(headers: &HeaderMap) -> Result<crate::validation::Syntax, Problem> 
         (status = 421, description = "the Host header does not name this daemon", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 422, description = "the spec is invalid: `errors` names every field", body = ProblemDocument, content_type = "application/problem+json"),
     ))]
-async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn post_job(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let syntax = match syntax_of(&headers) {
         Ok(syntax) => syntax,
         Err(problem) => return problem.into_response(),
@@ -555,7 +558,7 @@ async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         )
         .into_response();
     };
-    match shared.submit(text, syntax).await {
+    match service.submit(text, syntax).await {
         Ok(job) => (StatusCode::CREATED, Json(job)).into_response(),
         Err(error) => refused(error),
     }
@@ -573,8 +576,8 @@ async fn post_job(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         (status = 409, description = "the job's file changed since it was read", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 421, description = "the Host header does not name this daemon", body = ProblemDocument, content_type = "application/problem+json"),
     ))]
-async fn delete_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    match shared.delete(&name).await {
+async fn delete_job(State(service): State<Arc<Service>>, Path(name): Path<String>) -> Response {
+    match service.delete(&name).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(error) => refused(error),
     }
@@ -592,8 +595,8 @@ async fn delete_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>)
         (status = 409, description = "an invalid job cannot be tuned", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 421, description = "the Host header does not name this daemon", body = ProblemDocument, content_type = "application/problem+json"),
     ))]
-async fn retune_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    match shared.retune(&name) {
+async fn retune_job(State(service): State<Arc<Service>>, Path(name): Path<String>) -> Response {
+    match service.retune(&name) {
         Ok(job) => (StatusCode::ACCEPTED, Json(job)).into_response(),
         Err(error) => refused(error),
     }
@@ -645,8 +648,8 @@ fn report_view<'a>(
 /// The HTML index of all jobs.
 #[utoipa::path(get, path = "/", tag = "pages",
     responses((status = 200, description = "the page", body = String, content_type = "text/html")))]
-async fn index_page(State(shared): State<Arc<Shared>>) -> Response {
-    let jobs = shared.list();
+async fn index_page(State(service): State<Arc<Service>>) -> Response {
+    let jobs = service.list();
     let views: Vec<crate::report::JobView> = jobs.iter().map(|j| report_view(j, &[])).collect();
     html(StatusCode::OK, crate::report::index_page(&views))
 }
@@ -658,8 +661,8 @@ async fn index_page(State(shared): State<Arc<Shared>>) -> Response {
         (status = 200, description = "the report", body = String, content_type = "text/html"),
         (status = 404, description = "no such job (an HTML page)", body = String, content_type = "text/html"),
     ))]
-async fn job_page(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    match shared.get_with_history(&name).await {
+async fn job_page(State(service): State<Arc<Service>>, Path(name): Path<String>) -> Response {
+    match service.get_with_history(&name).await {
         Ok((job, history)) => html(
             StatusCode::OK,
             crate::report::job_page(&report_view(&job, &history), true),
@@ -681,9 +684,9 @@ async fn job_page(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -
         (status = 200, description = "the metrics", body = String, content_type = "text/plain"),
         (status = 500, description = "the scrape failed", body = ProblemDocument, content_type = "application/problem+json"),
     ))]
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(State(service): State<Arc<Service>>) -> Response {
     // Reading NVML blocks for a few milliseconds: off the async workers.
-    match tokio::task::spawn_blocking(move || shared.metrics_text()).await {
+    match tokio::task::spawn_blocking(move || service.metrics_text()).await {
         Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
         Err(_) => Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -709,8 +712,8 @@ async fn healthz() -> Json<Health> {
         (status = 200, description = "ready", body = Health),
         (status = 503, description = "not scanned yet", body = ProblemDocument, content_type = "application/problem+json"),
     ))]
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.ready.load(std::sync::atomic::Ordering::SeqCst) {
+async fn readyz(State(service): State<Arc<Service>>) -> Response {
+    if service.is_ready() {
         Json(Health {
             status: "ready".into(),
         })
@@ -728,8 +731,8 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 /// Every job, with the headline of its advice.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
     responses((status = 200, description = "the jobs, by name", body = JobList)))]
-async fn list_jobs(State(shared): State<Arc<Shared>>) -> Json<JobList> {
-    let jobs = shared
+async fn list_jobs(State(service): State<Arc<Service>>) -> Json<JobList> {
+    let jobs = service
         .list()
         .into_iter()
         .map(|job| {
@@ -751,8 +754,8 @@ async fn list_jobs(State(shared): State<Arc<Shared>>) -> Json<JobList> {
         (status = 200, description = "the job", body = JobDetail),
         (status = 404, description = "no such job", body = ProblemDocument, content_type = "application/problem+json"),
     ))]
-async fn get_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    match shared.get_with_history(&name).await {
+async fn get_job(State(service): State<Arc<Service>>, Path(name): Path<String>) -> Response {
+    match service.get_with_history(&name).await {
         Ok((job, history)) => Json(JobDetail { job, history }).into_response(),
         Err(error) => refused(error),
     }
@@ -792,7 +795,7 @@ struct RecommendationQuery {
         (status = 409, description = "no recommendation yet, or no LR rule to scale", body = ProblemDocument, content_type = "application/problem+json"),
     ))]
 async fn get_recommendation(
-    State(shared): State<Arc<Shared>>,
+    State(service): State<Arc<Service>>,
     Path(name): Path<String>,
     Query(query): Query<RecommendationQuery>,
 ) -> Response {
@@ -809,7 +812,7 @@ async fn get_recommendation(
             .into_response();
         }
     };
-    let recommendation = match shared.recommendation(&name) {
+    let recommendation = match service.recommendation(&name) {
         Ok(recommendation) => recommendation,
         Err(error) => return refused(error),
     };
@@ -853,8 +856,8 @@ async fn get_recommendation(
 /// The GPU inventory (NVML), or the CPU's memory without a GPU.
 #[utoipa::path(get, path = "/v1/gpus", tag = "meta",
     responses((status = 200, description = "the inventory", body = Inventory)))]
-async fn gpus(State(shared): State<Arc<Shared>>) -> Json<Inventory> {
-    let probe = shared.machine.gpu_probe.clone();
+async fn gpus(State(service): State<Arc<Service>>) -> Json<Inventory> {
+    let probe = service.gpu_probe();
     let inventory = tokio::task::spawn_blocking(move || match probe {
         Some(probe) => Inventory::take(Ok(probe.as_ref())),
         None => {

@@ -1,185 +1,117 @@
-//! The job table and its reconciliation with the jobs folder.
+//! The jobs folder: reading it (with a cache of unchanged specs) and
+//! bringing the job table in line with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
-use serde::Serialize;
+use tokio::sync::Notify;
 
-use super::Shared;
+use super::data_identity::DataDigests;
+use super::table::{Change, Entry, Rescanned, Status, Work};
+use super::Service;
 pub use crate::job::JobState;
-use crate::machine::TrialDevice;
-use crate::search::{Phase, Recommendation};
 use crate::spec::{load_spec_file, JobSpec};
-use crate::state::{CacheKey, RunOutcome, StoredRecommendation};
+use crate::state::{CacheKey, RunOutcome};
 use crate::validation::{FieldError, Syntax};
 
-/// One job as the API shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Job {
-    pub name: String,
-    #[schema(value_type = String)]
-    pub source_path: PathBuf,
-    pub state: JobState,
-    /// The device its search runs (or ran) on.
-    pub device: Option<TrialDevice>,
-    /// Current phase of a running search.
-    pub phase: Option<Phase>,
-    pub trials_done: usize,
-    /// Validation errors of an invalid spec.
-    pub errors: Vec<FieldError>,
-    /// Why a job failed.
-    pub error: Option<String>,
-    /// The recommendation came from the state folder, not from new trials.
-    pub reused: bool,
-    /// The device model its work is keyed by, once known (a search
-    /// started, or a stored answer found).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_model: Option<String>,
-    /// While `waiting`: the node whose daemon holds the lease on this work
-    /// (a shared state folder).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lease_holder: Option<String>,
-    /// The node whose daemon computed the recommendation, when it was
-    /// another one on the shared state folder.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tuned_by: Option<String>,
-    /// When it began waiting on another node (Unix seconds): a failure
-    /// there since then is this job's failure too.
-    #[serde(skip)]
-    pub(super) waiting_since: Option<u64>,
-    /// The identity of the data files the spec reads (a digest of their
-    /// contents): changed data is other work, tuned again.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub data_digest: String,
-    /// Shared: listing the jobs (every second under `batchd jobs
-    /// --watch`) clones the table under its lock, and a reference count is
-    /// all a recommendation costs there.
-    #[serde(skip)]
-    pub recommendation: Option<std::sync::Arc<Recommendation>>,
-    /// Documents show the spec by its hash alone.
-    #[serde(rename = "spec_hash", serialize_with = "serialize_spec_hash")]
-    #[schema(value_type = Option<String>)]
-    pub(super) spec: Option<JobSpec>,
+/// The rescans of the jobs folder and what they remember between runs.
+#[derive(Default)]
+pub struct Folder {
+    /// Held for a whole rescan, so rescans never interleave.
+    reconciling: Mutex<()>,
+    /// The specs the last rescan read, by file, with the file's stamp.
+    spec_cache: Mutex<HashMap<PathBuf, (Option<FileStamp>, JobSpec)>>,
+    /// The digests of the jobs' data files, hashed again only on change.
+    data_digests: DataDigests,
+    /// Wakes the watcher for an immediate rescan.
+    rescan: Notify,
+    /// Spec files parsed by rescans (not taken from the cache).
+    parsed: AtomicU64,
 }
 
-fn serialize_spec_hash<S: serde::Serializer>(
-    spec: &Option<JobSpec>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_some(&spec.as_ref().map(|spec| &spec.content_hash))
+impl Folder {
+    /// Asks the watcher for a rescan now.
+    pub fn ask_rescan(&self) {
+        self.rescan.notify_one();
+    }
+
+    /// Resolves when a rescan is asked for.
+    pub async fn rescan_asked(&self) {
+        self.rescan.notified().await;
+    }
+
+    /// Spec files the rescans have parsed so far.
+    pub fn parsed(&self) -> u64 {
+        self.parsed.load(Ordering::Relaxed)
+    }
+
+    /// Remembers `spec` as what `path` holds under the settings of
+    /// `generation`, so the next rescan takes it without parsing (POST
+    /// parsed it already). A rescan running meanwhile may drop it: the
+    /// file is then parsed, which costs time, not correctness.
+    pub fn remember(&self, path: &Path, generation: u64, spec: JobSpec) {
+        let stamp = FileStamp::of(path, generation);
+        if stamp.is_some() {
+            self.spec_cache
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(path.to_path_buf(), (stamp, spec));
+        }
+    }
 }
 
-impl Job {
-    /// The content hash of a valid job's spec.
-    pub fn spec_hash(&self) -> Option<&str> {
-        self.spec.as_ref().map(|spec| spec.content_hash.as_str())
-    }
-
-    /// What a valid job's work is: its spec and its data.
-    pub fn identity(&self) -> Option<(&str, &str)> {
-        Some((self.spec_hash()?, self.data_digest.as_str()))
-    }
-
-    /// Makes the job `done` with a stored answer (kept by this daemon, or
-    /// by another node when it names one other than `own_node`).
-    pub(super) fn take_stored(&mut self, stored: StoredRecommendation, own_node: Option<&str>) {
-        self.state = JobState::Done;
-        self.reused = true;
-        self.device = Some(stored.recommendation.device);
-        self.device_model = Some(stored.key.device_model.clone());
-        self.tuned_by = stored.node.filter(|n| Some(n.as_str()) != own_node);
-        self.lease_holder = None;
-        self.waiting_since = None;
-        self.trials_done = stored.recommendation.evidence.trials.len();
-        // One stored before curves were cut keeps them whole on disk;
-        // served and shown, it is cut like a new one.
-        self.recommendation = Some(std::sync::Arc::new(
-            stored.recommendation.with_compact_curves(),
-        ));
-    }
-
-    fn invalid(name: String, path: PathBuf, errors: Vec<FieldError>) -> Job {
-        Job {
-            name,
-            source_path: path,
-            state: JobState::Invalid,
-            device: None,
-            phase: None,
-            trials_done: 0,
-            errors,
-            error: None,
-            reused: false,
-            device_model: None,
-            lease_holder: None,
-            tuned_by: None,
-            waiting_since: None,
-            data_digest: String::new(),
-            recommendation: None,
-            spec: None,
-        }
-    }
-
-    /// A valid spec's job, restored from the state folder when its work
-    /// was already done (or already failed) on this kind of device.
-    fn restore(shared: &Shared, path: PathBuf, spec: JobSpec, data_digest: String) -> Job {
-        let name = spec.name.clone();
-        let mut job = Job {
-            name: name.clone(),
-            source_path: path,
-            state: JobState::Queued,
-            device: None,
-            phase: None,
-            trials_done: 0,
-            errors: Vec::new(),
-            error: None,
-            reused: false,
-            device_model: None,
-            lease_holder: None,
-            tuned_by: None,
-            waiting_since: None,
-            data_digest,
-            recommendation: None,
-            spec: None,
-        };
-        let keys: Vec<CacheKey> = shared
-            .models_for(spec.search.device)
-            .iter()
-            .map(|model| CacheKey::new(&spec.content_hash, model, &job.data_digest))
-            .collect();
-        for key in &keys {
-            let (stored, warning) = shared.store.get_recommendation(key);
-            if let Some(warning) = warning {
-                tracing::warn!("{warning}");
-            }
-            if let Some(stored) = stored {
-                job.take_stored(stored, shared.node());
-                if job.tuned_by.is_some() {
-                    shared.metrics.shared_results.inc();
-                }
-                tracing::info!(job = %name, "job {name}: recommendation reused from the state folder");
-                job.spec = Some(spec);
-                return job;
-            }
-        }
-        // A run that failed is finished work too; a retune runs it again.
-        let (runs, warning) = shared.store.history(&name);
+/// A valid spec's job, in the state its stored work puts it in: done when
+/// an answer is stored for it on this kind of device, failed when its last
+/// run of this work failed, else queued. Reads the state folder.
+fn restore(service: &Service, path: PathBuf, spec: JobSpec, data_digest: String) -> Entry {
+    let name = spec.name.clone();
+    let keys: Vec<CacheKey> = service
+        .models_for(spec.search.device)
+        .iter()
+        .map(|model| CacheKey::new(&spec.content_hash, model, &data_digest))
+        .collect();
+    let work = Work::new(spec, data_digest);
+    for key in &keys {
+        let (stored, warning) = service.store().get_recommendation(key);
         if let Some(warning) = warning {
             tracing::warn!("{warning}");
         }
-        if let Some(run) = runs.last().filter(|run| {
-            run.outcome == RunOutcome::Failed && keys.iter().any(|key| run.answers(key))
-        }) {
-            job.state = JobState::Failed;
-            job.error = run.error.clone();
-            job.device = Some(run.device);
-            job.trials_done = run.trials;
-            tracing::info!(job = %name, "job {name}: failed before with this spec (POST .../retune to retry)");
-        } else {
-            tracing::info!(job = %name, "job {name}: queued");
+        if let Some(stored) = stored {
+            let status = Status::stored(stored, service.node());
+            if matches!(
+                &status,
+                Status::Done {
+                    tuned_by: Some(_),
+                    ..
+                }
+            ) {
+                service.metrics().shared_results.inc();
+            }
+            tracing::info!(job = %name, "job {name}: recommendation reused from the state folder");
+            return Entry::valid(path, work, status);
         }
-        job.spec = Some(spec);
-        job
     }
+    // A run that failed is finished work too; a retune runs it again.
+    let (runs, warning) = service.store().history(&name);
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    if let Some(run) = runs
+        .last()
+        .filter(|run| run.outcome == RunOutcome::Failed && keys.iter().any(|key| run.answers(key)))
+    {
+        tracing::info!(job = %name, "job {name}: failed before with this spec (POST .../retune to retry)");
+        let status = Status::Failed {
+            error: run.error.clone().unwrap_or_default(),
+            device: Some(run.device),
+            trials_done: run.trials,
+        };
+        return Entry::valid(path, work, status);
+    }
+    tracing::info!(job = %name, "job {name}: queued");
+    Entry::valid(path, work, Status::Queued)
 }
 
 /// Editor droppings and partial downloads, which are never specs. Any
@@ -210,8 +142,9 @@ fn file_name(path: &Path) -> String {
 
 /// Reads every spec of the jobs folder. No lock is held: a slow or hostile
 /// file delays only the rescan.
-fn read_folder(shared: &Shared) -> Vec<Found> {
-    let settings = shared.settings();
+fn read_folder(service: &Service) -> Vec<Found> {
+    let settings = service.settings();
+    let folder = service.folder();
     let dir = &settings.config.jobs_dir;
     let limit = settings.config.max_spec_file.bytes();
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -234,7 +167,7 @@ fn read_folder(shared: &Shared) -> Vec<Found> {
     // Taken out for the rescan (rescans never overlap), so no lock is held
     // while files are read; what this rescan saw goes back at the end.
     let previous = std::mem::take(
-        &mut *shared
+        &mut *folder
             .spec_cache
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()),
@@ -255,7 +188,10 @@ fn read_folder(shared: &Shared) -> Vec<Found> {
                     crate::spec::check_data_files(&spec, &mut problems);
                     problems.finish(&path.display().to_string(), spec)
                 }
-                None => load_spec_file(&path, &settings.policies, limit),
+                None => {
+                    folder.parsed.fetch_add(1, Ordering::Relaxed);
+                    load_spec_file(&path, &settings.policies, limit)
+                }
             };
             let loaded = loaded.and_then(|spec| super::trust::trusted(&path, spec));
             if let Ok(spec) = &loaded {
@@ -267,7 +203,7 @@ fn read_folder(shared: &Shared) -> Vec<Found> {
             }
         })
         .collect();
-    *shared
+    *folder
         .spec_cache
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = cache;
@@ -385,126 +321,78 @@ fn assign_keys(found: Vec<Found>, owners: &BTreeMap<String, PathBuf>) -> BTreeMa
 /// removed ones are retired (a running search is cancelled; the
 /// recommendation stays in the state folder and is reused if the same spec
 /// comes back). Files are read, and stored work looked up, with no lock on
-/// the job table; only the final swap takes it.
-pub fn reconcile(shared: &Shared) {
+/// the job table; one transition applies what was found.
+pub fn reconcile(service: &Service) {
+    let folder = service.folder();
     // One rescan at a time (the watcher, POST and DELETE all ask for one).
-    let _one_at_a_time = shared
+    let _one_at_a_time = folder
         .reconciling
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let found = read_folder(shared);
-    shared.metrics.rescans.inc();
-    type Identity = Option<(String, String)>;
-    let snapshot: BTreeMap<String, (PathBuf, Identity, JobState)> = match shared.jobs.lock() {
-        Ok(jobs) => jobs
-            .iter()
-            .map(|(name, job)| {
-                let identity = job.identity().map(|(s, d)| (s.to_string(), d.to_string()));
-                let entry = (job.source_path.clone(), identity, job.state);
-                (name.clone(), entry)
-            })
-            .collect(),
-        Err(_) => return,
-    };
-    let owners = snapshot
+    let found = read_folder(service);
+    service.metrics().rescans.inc();
+    let seen = service.table().identities();
+    let owners = seen
         .iter()
-        .filter(|(_, (_, _, state))| *state != JobState::Invalid)
-        .map(|(name, (path, _, _))| (name.clone(), path.clone()))
+        .filter(|(_, s)| s.state != JobState::Invalid)
+        .map(|(name, s)| (name.clone(), s.source_path.clone()))
         .collect();
     let wanted = assign_keys(found, &owners);
-    // New and changed jobs, restored from the state folder outside the lock.
-    let mut replacements: Vec<(String, Job)> = Vec::new();
-    // Unchanged jobs whose spec now lives in another file (renamed): the
-    // job follows its file, so a DELETE removes the right one.
-    let mut moved: Vec<(String, PathBuf)> = Vec::new();
-    for (key, want) in wanted.iter() {
-        let current = snapshot.get(key);
+    let mut rescanned = Rescanned {
+        keep: wanted.keys().cloned().collect::<HashSet<String>>(),
+        ..Rescanned::default()
+    };
+    for (key, want) in wanted {
+        let current = seen.get(&key);
         match want {
             Wanted::Valid(path, spec) => {
                 // Hashed when the data files changed since the last rescan.
-                let data = shared.data_digests.digest(spec);
-                let unchanged = current.is_some_and(|(_, identity, state)| {
-                    identity.as_ref().is_some_and(|(hash, old_data)| {
-                        *hash == spec.content_hash && *old_data == data
-                    }) && *state != JobState::Invalid
+                let data = folder.data_digests.digest(&spec);
+                let unchanged = current.is_some_and(|s| {
+                    s.state != JobState::Invalid
+                        && s.identity.as_ref().is_some_and(|(hash, old_data)| {
+                            *hash == spec.content_hash && *old_data == data
+                        })
                 });
-                if unchanged && current.is_some_and(|(old, _, _)| old != path) {
-                    moved.push((key.clone(), path.clone()));
-                }
-                if !unchanged {
-                    replacements.push((
-                        key.clone(),
-                        Job::restore(shared, path.clone(), (**spec).clone(), data),
-                    ));
+                if unchanged {
+                    // The job follows its file, so a DELETE removes the
+                    // right one.
+                    if current.is_some_and(|s| s.source_path != path) {
+                        rescanned.moved.push((key, path));
+                    }
+                } else {
+                    let entry = restore(service, path, *spec, data);
+                    rescanned.replace.push((key, entry));
                 }
             }
             Wanted::Invalid(path, errors) => {
-                replacements.push((
-                    key.clone(),
-                    Job::invalid(key.clone(), path.clone(), errors.clone()),
-                ));
+                rescanned.replace.push((key, Entry::invalid(path, errors)));
             }
         }
     }
-    shared.data_digests.forget_unused();
-    let mut to_queue = Vec::new();
-    {
-        let Ok(mut jobs) = shared.jobs.lock() else {
-            return;
-        };
-        for (key, path) in moved {
-            if let Some(job) = jobs.get_mut(&key) {
-                tracing::info!(job = %key, "job {key}: its spec moved from {} to {}",
-                    job.source_path.display(),
-                    path.display()
-                );
-                job.source_path = path;
-            }
-        }
-        for (key, job) in replacements {
-            let same_invalid = jobs.get(&key).is_some_and(|j| {
-                j.state == JobState::Invalid
-                    && job.state == JobState::Invalid
-                    && j.errors == job.errors
-                    && j.source_path == job.source_path
-            });
-            if same_invalid {
-                continue;
-            }
-            shared.cancel_if_running(&key);
-            if job.state == JobState::Invalid {
-                tracing::warn!(
-                    job = %key,
-                    "job {} is invalid: {}",
-                    key,
-                    job.errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                );
-            }
-            if job.state == JobState::Queued {
-                to_queue.push(key.clone());
-            }
-            jobs.insert(key, job);
-        }
-        let retired: Vec<String> = jobs
-            .keys()
-            .filter(|n| !wanted.contains_key(*n))
-            .cloned()
-            .collect();
-        for name in retired {
-            tracing::info!(
+    folder.data_digests.forget_unused();
+    for change in service.table().apply(rescanned) {
+        match change {
+            Change::Moved { name, from, to } => tracing::info!(
                 job = %name,
-                "job {}: spec removed, job retired (its recommendation stays in the state folder)",
-                name
-            );
-            shared.cancel_if_running(&name);
-            jobs.remove(&name);
+                "job {name}: its spec moved from {} to {}",
+                from.display(),
+                to.display()
+            ),
+            Change::Invalid(name, errors) => tracing::warn!(
+                job = %name,
+                "job {name} is invalid: {}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Change::Retired(name) => tracing::info!(
+                job = %name,
+                "job {name}: spec removed, job retired (its recommendation stays in the state folder)"
+            ),
+            Change::Queued(_) | Change::Replaced(..) => {}
         }
-    }
-    for name in to_queue {
-        shared.enqueue(&name);
     }
 }

@@ -1,5 +1,6 @@
-//! `batchd serve`: the watched jobs folder ([`watcher`]), the job table
-//! ([`jobs`]), the scheduler ([`scheduler`]) and the lifecycle: systemd
+//! `batchd serve`: the watched jobs folder ([`watcher`], read by [`jobs`]),
+//! the job table ([`table`]) behind the [`Service`] the HTTP API sees, the
+//! scheduler ([`scheduler`]) and the lifecycle: systemd
 //! notifications ([`sdnotify`]), reload and shutdown as the edge asks
 //! ([`Control`]), the HTTP API ([`api`], served by [`http`]).
 //!
@@ -16,27 +17,25 @@ pub mod jobs;
 pub mod scheduler;
 pub mod sdnotify;
 mod service;
+pub mod table;
 mod trust;
 mod watcher;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use tokio::sync::Notify;
-
-pub use jobs::{reconcile, Job, JobState};
-pub use service::ServiceError;
+pub use jobs::reconcile;
+pub use service::{Service, ServiceError};
+pub use table::{Job, JobState};
 
 use crate::config::Config;
 use crate::gpu::{open_probe, GpuProbe};
 use crate::machine::Machine;
-use crate::metrics::{JobView, MeteredRunner, Metrics, Snapshot};
+use crate::metrics::{MeteredRunner, Metrics};
 use crate::policy::PolicySet;
-use crate::spec::DeviceChoice;
 use crate::state::{RunOutcome, StateStore};
-use crate::trial::{ProcessTrialRunner, RunnerOptions, TrialDevice, TrialRunner};
+use crate::trial::{ProcessTrialRunner, RunnerOptions, TrialRunner};
 
 /// What a SIGHUP reloads: the configuration, the policies, the API token.
 pub struct Settings {
@@ -171,220 +170,10 @@ impl Edges<ProcessTrialRunner> {
     }
 }
 
-/// A search in progress.
-pub(crate) struct RunningSearch {
-    pub device: TrialDevice,
-    pub cancel: Arc<Notify>,
-    /// The lease it holds on a shared state folder.
-    pub lease: Option<crate::lease::LeaseInfo>,
-}
-
-/// Everything the API, the watcher and the scheduler share. Locks are
-/// taken in the order jobs, running, queue.
-pub struct Shared {
-    settings: RwLock<Arc<Settings>>,
-    reload: Reloader,
-    pub store: StateStore,
-    /// Devices searches run on (one search each at a time), and NVML.
-    pub machine: Machine,
-    pub metrics: Arc<Metrics>,
-    pub jobs: Mutex<BTreeMap<String, Job>>,
-    pub(crate) running: Mutex<HashMap<String, RunningSearch>>,
-    queue: Mutex<VecDeque<String>>,
-    /// Wakes the scheduler.
-    queued: Notify,
-    /// Wakes the watcher for an immediate rescan.
-    rescan: Notify,
-    pub ready: AtomicBool,
-    /// Held for a whole rescan, so rescans never interleave.
-    reconciling: Mutex<()>,
-    /// The specs the last rescan read, by file, with the file's stamp.
-    pub(crate) spec_cache:
-        Mutex<HashMap<std::path::PathBuf, (Option<jobs::FileStamp>, crate::spec::JobSpec)>>,
-    /// Held by POST and DELETE from their check to their rescan, so two
-    /// requests never claim one name.
-    pub(crate) claims: tokio::sync::Mutex<()>,
-    /// The digests of the jobs' data files, hashed again only on change.
-    pub(crate) data_digests: data_identity::DataDigests,
-    /// This daemon's place in a fleet sharing the state folder
-    /// (`shared_state`); `None` when the folder is its alone.
-    pub(crate) fleet: Option<fleet::Fleet>,
-}
-
-impl Shared {
-    pub fn new(
-        settings: Settings,
-        reload: Reloader,
-        store: StateStore,
-        machine: Machine,
-        metrics: Arc<Metrics>,
-    ) -> Shared {
-        Shared {
-            settings: RwLock::new(Arc::new(settings)),
-            reload,
-            store,
-            machine,
-            metrics,
-            jobs: Mutex::new(BTreeMap::new()),
-            running: Mutex::new(HashMap::new()),
-            queue: Mutex::new(VecDeque::new()),
-            queued: Notify::new(),
-            rescan: Notify::new(),
-            ready: AtomicBool::new(false),
-            reconciling: Mutex::new(()),
-            spec_cache: Mutex::new(HashMap::new()),
-            claims: tokio::sync::Mutex::new(()),
-            data_digests: data_identity::DataDigests::default(),
-            fleet: None,
-        }
-    }
-
-    /// Joins the fleet sharing the state folder (see [`fleet`]).
-    pub fn with_fleet(mut self, fleet: fleet::Fleet) -> Shared {
-        self.fleet = Some(fleet);
-        self
-    }
-
-    /// This daemon's node, when it shares its state folder.
-    pub(crate) fn node(&self) -> Option<&str> {
-        self.fleet.as_ref().map(|f| f.owner.node.as_str())
-    }
-
-    /// The current settings (a reload swaps them whole).
-    pub fn settings(&self) -> Arc<Settings> {
-        match self.settings.read() {
-            Ok(settings) => settings.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    pub fn job(&self, name: &str) -> Option<Job> {
-        self.jobs.lock().ok()?.get(name).cloned()
-    }
-
-    /// Jobs waiting for a device.
-    pub fn queue_depth(&self) -> usize {
-        self.queue.lock().map_or(0, |q| q.len())
-    }
-
-    /// Device models whose stored answers fit a job asking for `choice`.
-    pub fn models_for(&self, choice: DeviceChoice) -> Vec<String> {
-        let mut models: Vec<String> = self
-            .machine
-            .serving(choice)
-            .map(|d| d.model.clone())
-            .collect();
-        models.dedup();
-        models
-    }
-
-    pub(crate) fn enqueue(&self, name: &str) {
-        if let Ok(mut queue) = self.queue.lock() {
-            if !queue.iter().any(|n| n == name) {
-                queue.push_back(name.to_string());
-            }
-        }
-        self.queued.notify_one();
-    }
-
-    fn cancel_if_running(&self, name: &str) {
-        if let Ok(running) = self.running.lock() {
-            if let Some(search) = running.get(name) {
-                search.cancel.notify_one();
-            }
-        }
-    }
-
-    /// Updates a job if it still holds the same work: spec and data.
-    fn update_job(&self, name: &str, work: (&str, &str), update: impl FnOnce(&mut Job)) {
-        if let Ok(mut jobs) = self.jobs.lock() {
-            if let Some(job) = jobs.get_mut(name).filter(|j| j.identity() == Some(work)) {
-                update(job);
-            }
-        }
-    }
-
-    /// Whether the daemon's tables answer (for the watchdog).
-    fn responsive(&self) -> bool {
-        self.jobs.lock().is_ok() && self.running.lock().is_ok() && self.queue.lock().is_ok()
-    }
-
-    /// Reloads configuration and policies, then re-reads every spec (a
-    /// changed policy changes the specs' hashes, so their jobs run again).
-    /// Settings that only a restart can change are named in the result.
-    pub async fn reload(self: &Arc<Self>) -> Result<Vec<&'static str>, ReloadError> {
-        let this = self.clone();
-        let new = tokio::task::spawn_blocking(move || (this.reload)()).await??;
-        let old = self.settings();
-        let mut need_restart = Vec::new();
-        if new.config.listen != old.config.listen {
-            need_restart.push("listen");
-        }
-        if new.config.state_dir != old.config.state_dir {
-            need_restart.push("state_dir");
-        }
-        if new.config.max_request_body != old.config.max_request_body {
-            need_restart.push("max_request_body");
-        }
-        if new.config.log_format != old.config.log_format {
-            need_restart.push("log_format");
-        }
-        match self.settings.write() {
-            Ok(mut settings) => *settings = Arc::new(new),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
-        }
-        reconcile_now(self).await;
-        self.rescan.notify_one();
-        // A larger max_concurrent_jobs may start queued jobs now.
-        self.queued.notify_one();
-        Ok(need_restart)
-    }
-
-    /// The Prometheus scrape: GPU state read now, jobs as they stand.
-    pub fn metrics_text(&self) -> String {
-        let gpus = self
-            .machine
-            .gpu_probe
-            .as_ref()
-            .and_then(|p| p.snapshot().ok());
-        let jobs: Vec<JobView> = self
-            .jobs
-            .lock()
-            .map(|jobs| {
-                jobs.values()
-                    .map(|job| {
-                        let mut view =
-                            JobView::new(&job.name, job.state, job.recommendation.as_deref());
-                        view.device_model = job.device_model.clone();
-                        view
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let searches_running = self.running.lock().map_or(0, |r| r.len());
-        self.metrics.render(&Snapshot {
-            gpus: gpus.as_ref().map(|s| s.gpus.as_slice()),
-            jobs,
-            queue_depth: self.queue_depth(),
-            searches_running,
-        })
-    }
-
-    /// A one-line summary for systemd's STATUS.
-    fn status_line(&self) -> String {
-        let jobs = self.jobs.lock().map(|j| j.len()).unwrap_or(0);
-        let running = self.running.lock().map(|r| r.len()).unwrap_or(0);
-        format!(
-            "{jobs} job(s), {running} running, {} queued",
-            self.queue_depth()
-        )
-    }
-}
-
 /// Reconciles from async code, off the async workers (it reads files).
-pub async fn reconcile_now(shared: &Arc<Shared>) {
-    let shared = shared.clone();
-    let _ = tokio::task::spawn_blocking(move || reconcile(&shared)).await;
+pub async fn reconcile_now(service: &Arc<Service>) {
+    let service = service.clone();
+    let _ = tokio::task::spawn_blocking(move || reconcile(&service)).await;
 }
 
 /// Runs the daemon on `listener` until `control` says to stop (or
@@ -452,13 +241,13 @@ pub async fn run<R: TrialRunner + 'static>(
         metrics: metrics.clone(),
     });
     let notifier = edges.notifier;
-    let mut shared = Shared::new(settings, edges.reload, store, edges.machine, metrics);
+    let mut shared = Service::new(settings, edges.reload, store, edges.machine, metrics);
     if let Some(fleet) = fleet {
         shared = shared.with_fleet(fleet);
     }
     let shared = Arc::new(shared);
     reconcile_now(&shared).await;
-    shared.ready.store(true, Ordering::SeqCst);
+    shared.set_ready();
     let scheduler_task = tokio::spawn(scheduler::run(shared.clone(), runner));
     let watcher_task = tokio::spawn(watcher::run(shared.clone()));
     let watchdog_task = notifier.watchdog_interval().map(|interval| {
@@ -496,38 +285,23 @@ pub async fn run<R: TrialRunner + 'static>(
 
 /// The stopped searches' runs are marked interrupted; their jobs run
 /// again at the next start.
-fn record_interrupted(shared: &Shared) {
+fn record_interrupted(service: &Service) {
     // Leases of the stopped searches go now, so another node takes their
     // work over at once rather than after the leases expire.
-    if let Some(fleet) = &shared.fleet {
-        let leases: Vec<crate::lease::LeaseInfo> = shared
-            .running
-            .lock()
-            .map(|running| running.values().filter_map(|r| r.lease.clone()).collect())
-            .unwrap_or_default();
-        for lease in leases {
+    if let Some(fleet) = service.fleet() {
+        for lease in service.table().running_leases() {
             fleet.leases.release(&lease);
         }
     }
-    let stopped: Vec<(String, String)> = shared
-        .jobs
-        .lock()
-        .map(|jobs| {
-            jobs.values()
-                .filter(|j| j.state == JobState::Running)
-                .filter_map(|j| Some((j.name.clone(), j.spec_hash()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
-    for (name, hash) in stopped {
-        let (runs, _) = shared.store.history(&name);
+    for (name, hash) in service.table().running_jobs() {
+        let (runs, _) = service.store().history(&name);
         if let Some(run) = runs.iter().rev().find(|r| {
             r.spec_hash == hash
                 && r.outcome == RunOutcome::Running
-                && r.node.as_deref() == shared.node()
+                && r.node.as_deref() == service.node()
         }) {
-            let _ = shared
-                .store
+            let _ = service
+                .store()
                 .finish_run(&name, &hash, run.started_at_unix_s, |run| {
                     run.outcome = RunOutcome::Interrupted;
                     run.error = Some("the daemon was stopped".into());
@@ -539,7 +313,7 @@ fn record_interrupted(shared: &Shared) {
 /// Follows the edge's requests until one asks for shutdown: reloads on
 /// [`Control::Reload`], tells systemd what happens.
 async fn lifecycle(
-    shared: Arc<Shared>,
+    shared: Arc<Service>,
     mut control: tokio::sync::mpsc::Receiver<Control>,
     notifier: Arc<sdnotify::Notifier>,
 ) {
@@ -567,7 +341,9 @@ mod tests {
     use super::*;
     use crate::machine::DeviceSlot;
     use crate::search::tests::FakeRunner;
-    use crate::trial::{TrialRequest, TrialResult, TrialRunner};
+    use crate::trial::{TrialDevice, TrialRequest, TrialResult, TrialRunner};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
     use std::time::Duration;
 
     /// The search's fake runner, slowed down, counting how many trials run
@@ -634,7 +410,7 @@ mod tests {
         };
         let store = StateStore::open(&config.state_dir).unwrap();
         let settings = Settings::new(config, PolicySet::builtin()).unwrap();
-        let shared = Arc::new(Shared::new(
+        let shared = Arc::new(Service::new(
             settings,
             Box::new(|| Err(SettingsError::Invalid("no reload in tests".into()))),
             store,
@@ -658,18 +434,9 @@ mod tests {
         reconcile_now(&shared).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
-            let states: Vec<JobState> = shared
-                .jobs
-                .lock()
-                .unwrap()
-                .values()
-                .map(|j| j.state)
-                .collect();
-            assert!(
-                !states.contains(&JobState::Failed),
-                "{:?}",
-                shared.jobs.lock().unwrap()
-            );
+            let jobs = shared.list();
+            let states: Vec<JobState> = jobs.iter().map(|j| j.state).collect();
+            assert!(!states.contains(&JobState::Failed), "{jobs:?}");
             if states.len() == 4 && states.iter().all(|s| *s == JobState::Done) {
                 break;
             }
@@ -679,7 +446,7 @@ mod tests {
         task.abort();
         // Every run is in the history, and its recommendation is stored.
         for name in ["a", "b", "c", "d"] {
-            let (runs, _) = shared.store.history(name);
+            let (runs, _) = shared.store().history(name);
             assert_eq!(runs.len(), 1);
             assert_eq!(runs[0].outcome, RunOutcome::Done);
             assert!(runs[0].batch_size.is_some());

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use super::jobs::JobState;
-use super::{fleet, RunningSearch, Shared};
+use super::table::{Startable, TransitionError, Work, WorkId};
+use super::{fleet, Service};
 use crate::machine::DeviceSlot;
 use crate::search::{advise, Progress, Recommendation};
-use crate::spec::{DeviceChoice, JobSpec};
+use crate::spec::DeviceChoice;
 use crate::state::{CacheKey, RunOutcome, RunRecord};
 use crate::trial::{TrialDevice, TrialRunner};
 
@@ -62,115 +62,37 @@ pub fn plan(
 
 /// Runs until aborted: starts what [`plan`] says whenever a job is queued
 /// or a search ends.
-pub(super) async fn run<R: TrialRunner + 'static>(shared: Arc<Shared>, runner: Arc<R>) {
+pub(super) async fn run<R: TrialRunner + 'static>(service: Arc<Service>, runner: Arc<R>) {
     let mut searches = JoinSet::new();
     loop {
-        for (name, spec, data, slot, cancel) in take_startable(&shared) {
-            searches.spawn(run_search(
-                shared.clone(),
-                runner.clone(),
-                name,
-                spec,
-                data,
-                slot,
-                cancel,
-            ));
+        let max_concurrent = service.settings().config.max_concurrent_jobs as usize;
+        let started = service
+            .table()
+            .start(&service.machine().devices, max_concurrent);
+        for (name, error) in started.unservable {
+            tracing::warn!(job = %name, "job {name}: {error}");
+        }
+        for search in started.searches {
+            tracing::info!(job = %search.name, "job {}: running on {} ({})", search.name, search.slot.device, search.slot.model);
+            searches.spawn(run_search(service.clone(), runner.clone(), search));
         }
         tokio::select! {
-            _ = shared.queued.notified() => {}
+            () = service.table().changed() => {}
             Some(_) = searches.join_next(), if !searches.is_empty() => {}
         }
     }
 }
 
-/// A job to start: its name, spec, data digest, device and cancel switch.
-type Startable = (String, JobSpec, String, DeviceSlot, Arc<Notify>);
-
-/// Takes the jobs to start off the queue and marks them running. Locks in
-/// the daemon's order: jobs, running, queue.
-fn take_startable(shared: &Shared) -> Vec<Startable> {
-    let max_concurrent = shared.settings().config.max_concurrent_jobs as usize;
-    let (Ok(mut jobs), Ok(mut running), Ok(mut queue)) = (
-        shared.jobs.lock(),
-        shared.running.lock(),
-        shared.queue.lock(),
-    ) else {
-        return Vec::new();
-    };
-    queue.retain(|name| {
-        jobs.get(name)
-            .is_some_and(|j| j.state == JobState::Queued && j.spec.is_some())
-    });
-    let entries: Vec<(String, DeviceChoice)> = queue
-        .iter()
-        .filter_map(|name| {
-            let spec = jobs.get(name)?.spec.as_ref()?;
-            Some((name.clone(), spec.search.device))
-        })
-        .collect();
-    let busy: HashSet<TrialDevice> = running.values().map(|r| r.device).collect();
-    let plan = plan(&entries, &shared.machine.devices, &busy, max_concurrent);
-    queue.retain(|name| {
-        !plan.unservable.contains(name) && !plan.start.iter().any(|(n, _)| n == name)
-    });
-    let available: Vec<String> = shared
-        .machine
-        .devices
-        .iter()
-        .map(|d| d.device.to_string())
-        .collect();
-    for name in &plan.unservable {
-        if let Some(job) = jobs.get_mut(name) {
-            let wanted = job
-                .spec
-                .as_ref()
-                .map_or_else(String::new, |s| s.search.device.to_string());
-            job.state = JobState::Failed;
-            job.error = Some(format!(
-                "search.device = {wanted}: this machine has no such device (it has {})",
-                available.join(", ")
-            ));
-            tracing::warn!(job = %name, "job {name}: {}", job.error.as_deref().unwrap_or_default());
+/// Logs a refused transition: stale news is expected (the spec changed
+/// under the search), anything else is a bug worth a loud line.
+fn noted(name: &str, result: Result<(), TransitionError>) {
+    match result {
+        Ok(()) => {}
+        Err(error) if error.is_expected() => {
+            tracing::debug!(job = %name, "job {name}: not updated: {error}")
         }
+        Err(error) => tracing::error!(job = %name, "job {name}: {error} (a bug: please report it)"),
     }
-    let mut startable = Vec::new();
-    for (name, device) in plan.start {
-        let Some(job) = jobs.get_mut(&name) else {
-            continue;
-        };
-        let Some(spec) = job.spec.clone() else {
-            continue;
-        };
-        let Some(slot) = shared
-            .machine
-            .devices
-            .iter()
-            .find(|d| d.device == device)
-            .cloned()
-        else {
-            continue;
-        };
-        job.state = JobState::Running;
-        job.device = Some(device);
-        job.device_model = Some(slot.model.clone());
-        job.lease_holder = None;
-        job.phase = None;
-        job.trials_done = 0;
-        job.error = None;
-        let cancel = Arc::new(Notify::new());
-        running.insert(
-            name.clone(),
-            RunningSearch {
-                device,
-                cancel: cancel.clone(),
-                lease: None,
-            },
-        );
-        tracing::info!(job = %name, "job {name}: running on {device} ({})", slot.model);
-        let data = job.data_digest.clone();
-        startable.push((name, spec, data, slot, cancel));
-    }
-    startable
 }
 
 enum SearchEnd {
@@ -181,41 +103,29 @@ enum SearchEnd {
     LostLease,
 }
 
-/// Takes `name` off the running table (if this search is still the one
-/// there).
-fn leave_running(shared: &Shared, name: &str, cancel: &Arc<Notify>) {
-    if let Ok(mut running) = shared.running.lock() {
-        if running
-            .get(name)
-            .is_some_and(|r| Arc::ptr_eq(&r.cancel, cancel))
-        {
-            running.remove(name);
-        }
-    }
-}
-
 /// On a shared state folder: claims the work before searching. `Some`
 /// with the lease when this daemon is to search; `None` when the job was
 /// settled otherwise (served, failed elsewhere, or waiting on another
 /// node), the job's state saying which.
 async fn claim_work(
-    shared: &Arc<Shared>,
+    service: &Arc<Service>,
     name: &str,
-    work: (&str, &str),
+    work: &Work,
     key: &CacheKey,
     cancel: &Arc<Notify>,
 ) -> Option<Option<crate::lease::LeaseInfo>> {
-    if shared.fleet.is_none() {
+    if service.fleet().is_none() {
         return Some(None);
     }
-    let waited_since = shared.job(name).and_then(|j| j.waiting_since);
+    let id = work.id();
+    let waited_since = service.table().waiting_since(name, id);
     let claimed = {
-        let shared = shared.clone();
+        let service = service.clone();
         let (name, key) = (name.to_string(), key.clone());
         tokio::task::spawn_blocking(move || {
-            let fleet = shared.fleet.as_ref()?;
+            let fleet = service.fleet()?;
             Some(fleet::claim(
-                &shared.store,
+                service.store(),
                 fleet,
                 &name,
                 &key,
@@ -226,81 +136,72 @@ async fn claim_work(
         .ok()
         .flatten()
     };
-    let (hash, data) = work;
+    let table = service.table();
     match claimed {
         Some(Ok(fleet::Claim::Run(lease))) => {
             if lease.took_over_from.is_some() {
-                shared.metrics.lease_takeovers.inc();
+                service.metrics().lease_takeovers.inc();
             }
-            if let Ok(mut running) = shared.running.lock() {
-                if let Some(search) = running.get_mut(name) {
-                    search.lease = Some(lease.clone());
-                }
-            }
+            table.hold_lease(name, cancel, lease.clone());
             return Some(Some(lease));
         }
         Some(Ok(fleet::Claim::Served(stored))) => {
-            serve_stored(shared, name, work, *stored);
+            serve_stored(service, name, id, *stored);
         }
         Some(Ok(fleet::Claim::FailedElsewhere { node, error })) => {
             let node = node.unwrap_or_else(|| "another node".into());
             tracing::warn!(job = %name, "job {name}: failed on {node}: {error}");
-            shared.update_job(name, (hash, data), |job| {
-                job.state = JobState::Failed;
-                job.error = Some(format!("failed on {node}: {error}"));
-                job.lease_holder = None;
-            });
+            noted(
+                name,
+                table.fail(name, id, format!("failed on {node}: {error}")),
+            );
         }
         Some(Ok(fleet::Claim::Wait(lease))) => {
             let holder = lease.owner.node.clone();
             tracing::info!(job = %name, "job {name}: {holder} is tuning this work; waiting for its result");
-            shared.update_job(name, (hash, data), |job| {
-                job.state = JobState::Waiting;
-                job.lease_holder = Some(holder);
-                job.waiting_since.get_or_insert_with(crate::state::unix_now);
-                job.phase = None;
-            });
-            tokio::spawn(wait_for_holder(
-                shared.clone(),
-                name.to_string(),
-                (hash.to_string(), data.to_string()),
-                key.clone(),
-            ));
+            let waiting = table.wait(name, id, holder, crate::state::unix_now());
+            if waiting.is_ok() {
+                tokio::spawn(wait_for_holder(
+                    service.clone(),
+                    name.to_string(),
+                    work.clone(),
+                    key.clone(),
+                ));
+            }
+            noted(name, waiting);
         }
         Some(Err(error)) => {
             tracing::error!(job = %name, "job {name}: cannot claim its work on the shared state folder: {error}");
-            shared.update_job(name, (hash, data), |job| {
-                job.state = JobState::Failed;
-                job.error = Some(format!(
-                    "cannot claim its work on the shared state folder: {error}"
-                ));
-            });
+            let error = format!("cannot claim its work on the shared state folder: {error}");
+            noted(name, table.fail(name, id, error));
         }
         None => {}
     }
-    leave_running(shared, name, cancel);
     // A freed device may start the next job.
-    shared.queued.notify_one();
+    table.leave_running(name, cancel);
     None
 }
 
 /// Serves a recommendation another node stored.
 fn serve_stored(
-    shared: &Shared,
+    service: &Service,
     name: &str,
-    work: (&str, &str),
+    work: WorkId<'_>,
     stored: crate::state::StoredRecommendation,
 ) {
     tracing::info!(job = %name, "job {name}: serving the result {} stored", stored.node.as_deref().unwrap_or("another daemon"));
-    shared.metrics.shared_results.inc();
-    shared.update_job(name, work, |job| job.take_stored(stored, shared.node()));
+    service.metrics().shared_results.inc();
+    noted(
+        name,
+        service.table().serve(name, work, stored, service.node()),
+    );
 }
 
 /// Follows a job waiting on another node: serves its result when stored;
 /// queues the job again when the holder's lease is gone without one (it
 /// died, or failed), so this daemon claims the work.
-async fn wait_for_holder(shared: Arc<Shared>, name: String, work: (String, String), key: CacheKey) {
-    let Some(interval) = shared.fleet.as_ref().map(|f| {
+async fn wait_for_holder(service: Arc<Service>, name: String, work: Work, key: CacheKey) {
+    let Some(interval) = service.fleet().map(|f| {
         (f.leases.ttl() / 4).clamp(
             std::time::Duration::from_millis(200),
             std::time::Duration::from_secs(2),
@@ -310,20 +211,16 @@ async fn wait_for_holder(shared: Arc<Shared>, name: String, work: (String, Strin
     };
     loop {
         tokio::time::sleep(interval).await;
-        let still_waiting = shared.job(&name).is_some_and(|j| {
-            j.state == JobState::Waiting && j.identity() == Some((&work.0, &work.1))
-        });
-        if !still_waiting {
+        if service.table().waiting_since(&name, work.id()).is_none() {
             return;
         }
         let looked = {
-            let shared = shared.clone();
+            let service = service.clone();
             let key = key.clone();
             tokio::task::spawn_blocking(move || {
-                shared
-                    .fleet
-                    .as_ref()
-                    .map(|fleet| fleet::look(&shared.store, fleet, &key))
+                service
+                    .fleet()
+                    .map(|fleet| fleet::look(service.store(), fleet, &key))
             })
             .await
             .ok()
@@ -331,21 +228,16 @@ async fn wait_for_holder(shared: Arc<Shared>, name: String, work: (String, Strin
         };
         match looked {
             Some(fleet::Look::Served(stored)) => {
-                serve_stored(&shared, &name, (&work.0, &work.1), *stored);
+                serve_stored(&service, &name, work.id(), *stored);
                 return;
             }
             Some(fleet::Look::StillHeld(node)) => {
-                shared.update_job(&name, (&work.0, &work.1), |job| {
-                    job.lease_holder = Some(node);
-                });
+                let now = crate::state::unix_now();
+                noted(&name, service.table().wait(&name, work.id(), node, now));
             }
             Some(fleet::Look::Free) => {
                 tracing::info!(job = %name, "job {name}: the lease on its work is free; claiming it");
-                shared.update_job(&name, (&work.0, &work.1), |job| {
-                    job.state = JobState::Queued;
-                    job.lease_holder = None;
-                });
-                shared.enqueue(&name);
+                noted(&name, service.table().requeue(&name, work.id()));
                 return;
             }
             None => return,
@@ -354,19 +246,19 @@ async fn wait_for_holder(shared: Arc<Shared>, name: String, work: (String, Strin
 }
 
 /// Renews `lease` until it is lost; returns then (never, while it holds).
-async fn keep_lease(shared: Arc<Shared>, lease: Option<crate::lease::LeaseInfo>) {
+async fn keep_lease(service: Arc<Service>, lease: Option<crate::lease::LeaseInfo>) {
     let (Some(mut lease), Some(interval)) = (
         lease,
-        shared.fleet.as_ref().map(|f| f.leases.heartbeat_interval()),
+        service.fleet().map(|f| f.leases.heartbeat_interval()),
     ) else {
         return std::future::pending().await;
     };
     loop {
         tokio::time::sleep(interval).await;
         let renewed = {
-            let shared = shared.clone();
+            let service = service.clone();
             tokio::task::spawn_blocking(move || {
-                let fleet = shared.fleet.as_ref()?;
+                let fleet = service.fleet()?;
                 let held = fleet.leases.renew(&mut lease, crate::lease::now_ms());
                 Some((held, lease))
             })
@@ -389,45 +281,34 @@ async fn keep_lease(shared: Arc<Shared>, lease: Option<crate::lease::LeaseInfo>)
 }
 
 /// One job's search from start to stored result.
-async fn run_search<R: TrialRunner>(
-    shared: Arc<Shared>,
-    runner: Arc<R>,
-    name: String,
-    spec: JobSpec,
-    data: String,
-    slot: DeviceSlot,
-    cancel: Arc<Notify>,
-) {
-    let hash = spec.content_hash.clone();
+async fn run_search<R: TrialRunner>(service: Arc<Service>, runner: Arc<R>, started: Startable) {
+    let Startable {
+        name,
+        work,
+        slot,
+        cancel,
+    } = started;
+    let (hash, data) = (work.spec.content_hash.clone(), work.data_digest.clone());
     let key = CacheKey::new(&hash, &slot.model, &data);
-    let Some(lease) = claim_work(&shared, &name, (&hash, &data), &key, &cancel).await else {
+    let Some(lease) = claim_work(&service, &name, &work, &key, &cancel).await else {
         return;
     };
     let mut record = RunRecord::started(&hash, &data, slot.device, &slot.model);
-    record.node = shared.node().map(str::to_string);
+    record.node = service.node().map(str::to_string);
     let started_at_unix_s = record.started_at_unix_s;
-    if let Err(error) = shared.store.record_run(&name, &record) {
+    if let Err(error) = service.store().record_run(&name, &record) {
         tracing::warn!(job = %name, "job {name}: cannot record the run in its history: {error}");
     }
     let end = tokio::select! {
-        end = search(
-            &shared,
-            runner.as_ref(),
-            &name,
-            &spec,
-            &data,
-            &slot,
-            &cancel,
-        ) => end,
-        () = keep_lease(shared.clone(), lease.clone()) => {
+        end = search(&service, runner.as_ref(), &name, &work, &slot, &cancel) => end,
+        () = keep_lease(service.clone(), lease.clone()) => {
             runner.release(slot.device).await;
             SearchEnd::LostLease
         }
     };
-    leave_running(&shared, &name, &cancel);
-    let trials = shared.job(&name).map_or(0, |j| j.trials_done);
-    let finished = shared
-        .store
+    let trials = service.table().trials_done(&name, work.id());
+    let finished = service
+        .store()
         .finish_run(&name, &hash, started_at_unix_s, |run| {
             run.trials = trials;
             match &end {
@@ -456,44 +337,42 @@ async fn run_search<R: TrialRunner>(
     if let Err(error) = finished {
         tracing::warn!(job = %name, "job {name}: cannot record the run's end in its history: {error}");
     }
+    let table = service.table();
     match end {
         SearchEnd::Cancelled => tracing::info!(job = %name, "job {name}: search cancelled"),
         SearchEnd::LostLease => {
             tracing::warn!(job = %name, "job {name}: lost its lease to another node; serving that node's result when it is stored");
-            shared.update_job(&name, (&hash, &data), |job| {
-                job.state = JobState::Queued;
-            });
-            shared.enqueue(&name);
+            noted(&name, table.requeue(&name, work.id()));
         }
         SearchEnd::Done(recommendation) => {
-            if let Err(error) =
-                shared
-                    .store
-                    .put_recommendation_from(&key, &name, &recommendation, shared.node())
-            {
+            let stored = service.store().put_recommendation_from(
+                &key,
+                &name,
+                &recommendation,
+                service.node(),
+            );
+            if let Err(error) = stored {
                 tracing::error!(job = %name, "job {name}: cannot store the recommendation: {error}");
             }
             tracing::info!(job = %name, "job {name}: done, batch {}", recommendation.batch_size);
-            shared.update_job(&name, (&hash, &data), |job| {
-                job.state = JobState::Done;
-                job.trials_done = recommendation.evidence.trials.len();
-                job.recommendation = Some(std::sync::Arc::from(recommendation));
-            });
+            noted(
+                &name,
+                table.finish(&name, work.id(), Arc::from(recommendation)),
+            );
         }
         SearchEnd::Failed(error) => {
             tracing::warn!(job = %name, "job {name}: failed: {error}");
-            shared.update_job(&name, (&hash, &data), |job| {
-                job.state = JobState::Failed;
-                job.error = Some(error);
-            });
+            noted(&name, table.fail(&name, work.id(), error));
         }
     }
+    // The device is free once the job's state says how the search ended.
+    table.leave_running(&name, &cancel);
     // Last: the answer (or the failure) is stored, so whoever takes the
     // lease next finds it rather than tuning again.
     if let Some(lease) = lease {
-        let shared = shared.clone();
+        let service = service.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            if let Some(fleet) = &shared.fleet {
+            if let Some(fleet) = service.fleet() {
                 fleet.leases.release(&lease);
             }
         })
@@ -502,30 +381,28 @@ async fn run_search<R: TrialRunner>(
 }
 
 async fn search<R: TrialRunner>(
-    shared: &Arc<Shared>,
+    service: &Arc<Service>,
     runner: &R,
     name: &str,
-    spec: &JobSpec,
-    data: &str,
+    work: &Work,
     slot: &DeviceSlot,
     cancel: &Notify,
 ) -> SearchEnd {
-    let context = match shared
-        .machine
+    let spec = work.spec.as_ref();
+    let context = match service
+        .machine()
         .search_context(slot.device, spec.search.memory_limit)
     {
         Ok(context) => context,
         Err(error) => return SearchEnd::Failed(error.to_string()),
     };
-    let progress_shared = shared.clone();
+    let progress_service = service.clone();
     let progress_name = name.to_string();
-    let progress_hash = spec.content_hash.clone();
-    let progress_data = data.to_string();
+    let progress_work = work.clone();
     let on_progress = move |p: &Progress| {
-        progress_shared.update_job(&progress_name, (&progress_hash, &progress_data), |job| {
-            job.phase = Some(p.phase);
-            job.trials_done = p.trials_done;
-        });
+        let table = progress_service.table();
+        let updated = table.progress(&progress_name, progress_work.id(), p.phase, p.trials_done);
+        noted(&progress_name, updated);
     };
     tokio::select! {
         outcome = advise(spec, &context, runner, &on_progress) => match outcome {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{reconcile_now, Shared};
+use super::{reconcile_now, Service};
 
 /// How often the jobs folder is rescanned even without events. The timer
 /// runs on its own: no stream of events can postpone it.
@@ -28,7 +28,7 @@ fn changes_the_folder(event: &notify::Event) -> bool {
     )
 }
 
-pub(super) async fn run(shared: Arc<Shared>) {
+pub(super) async fn run(shared: Arc<Service>) {
     use notify::Watcher;
     let (sender, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -77,7 +77,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 }
             }
             _ = periodic.tick() => {}
-            _ = shared.rescan.notified() => {}
+            _ = shared.folder().rescan_asked() => {}
         }
         reconcile_now(&shared).await;
     }

@@ -11,8 +11,31 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use super::jobs::FileVersion;
 use crate::spec::JobSpec;
+
+/// What identifies one version of a file without reading it: the rescan's
+/// spec cache and the data-file digests both go by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileVersion {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified_ns: i128,
+    changed_ns: i128,
+}
+
+impl FileVersion {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> FileVersion {
+        use std::os::unix::fs::MetadataExt;
+        FileVersion {
+            device: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            changed_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+}
 
 /// Data-file digests by path, with the file version each was taken at.
 #[derive(Debug, Default)]

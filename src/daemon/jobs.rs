@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use super::data_identity::DataDigests;
+use super::data_identity::{DataDigests, FileVersion};
 use super::table::{Change, Entry, Rescanned, Status, Work};
 use super::Service;
 pub use crate::job::JobState;
@@ -208,30 +208,6 @@ fn read_folder(service: &Service) -> Vec<Found> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = cache;
     found
-}
-
-/// What identifies one version of a file without reading it: the rescan's
-/// spec cache and the data-file digests both go by it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileVersion {
-    device: u64,
-    inode: u64,
-    size: u64,
-    modified_ns: i128,
-    changed_ns: i128,
-}
-
-impl FileVersion {
-    pub(crate) fn of(meta: &std::fs::Metadata) -> FileVersion {
-        use std::os::unix::fs::MetadataExt;
-        FileVersion {
-            device: meta.dev(),
-            inode: meta.ino(),
-            size: meta.size(),
-            modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            changed_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
-        }
-    }
 }
 
 /// One version of a spec file, for the rescan's cache.

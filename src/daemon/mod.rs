@@ -14,6 +14,7 @@ mod data_identity;
 pub mod fleet;
 pub mod http;
 pub mod jobs;
+pub mod placement;
 pub mod scheduler;
 pub mod sdnotify;
 mod service;

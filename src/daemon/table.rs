@@ -714,7 +714,7 @@ impl JobTable {
         changes
     }
 
-    /// Starts what [`super::scheduler::plan`] allows: queued jobs onto free
+    /// Starts what [`super::placement::plan`] allows: queued jobs onto free
     /// devices, in queue order. Jobs asking for a device this machine
     /// lacks fail.
     pub fn start(&self, devices: &[DeviceSlot], max_concurrent: usize) -> Started {
@@ -730,7 +730,7 @@ impl JobTable {
             .filter_map(|name| Some((name.clone(), jobs.get(name)?.work()?.spec.search.device)))
             .collect();
         let busy: HashSet<TrialDevice> = running.values().map(|r| r.device).collect();
-        let plan = super::scheduler::plan(&entries, devices, &busy, max_concurrent);
+        let plan = super::placement::plan(&entries, devices, &busy, max_concurrent);
         queue.retain(|name| {
             !plan.unservable.contains(name) && !plan.start.iter().any(|(n, _)| n == name)
         });

@@ -167,6 +167,8 @@ pub struct BudgetShares {
     pub lr_confirmation: f64,
     pub race: f64,
     pub lr_check: f64,
+    /// The batch ramp raced against the constant batch (0: never tried).
+    pub ramp: f64,
 }
 
 impl Default for BudgetShares {
@@ -180,13 +182,14 @@ impl Default for BudgetShares {
             lr_confirmation: 0.22,
             race: 0.40,
             lr_check: 0.10,
+            ramp: 0.0,
         }
     }
 }
 
 impl BudgetShares {
     /// The shares with their field names, in phase order.
-    pub fn named(&self) -> [(&'static str, f64); 6] {
+    pub fn named(&self) -> [(&'static str, f64); 7] {
         [
             ("max_fit", self.max_fit),
             ("throughput", self.throughput),
@@ -194,6 +197,7 @@ impl BudgetShares {
             ("lr_confirmation", self.lr_confirmation),
             ("race", self.race),
             ("lr_check", self.lr_check),
+            ("ramp", self.ramp),
         ]
     }
 }

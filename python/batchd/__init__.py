@@ -11,7 +11,7 @@ Only the standard library is needed, except by `batchd.torch`.
 """
 from ._serve import cache
 from .client import BatchdError, Client, DaemonUnreachable, JobFailed, ProblemError, TokenError
-from .recommendation import Recommendation
+from .recommendation import RampBatchSampler, Recommendation
 from .schedule import schedule_lr, warmup_cosine_lr
 from .trial import Trial
 
@@ -23,6 +23,7 @@ __all__ = [
     "DaemonUnreachable",
     "JobFailed",
     "ProblemError",
+    "RampBatchSampler",
     "Recommendation",
     "TokenError",
     "Trial",

@@ -158,18 +158,27 @@ def run(
     source = _Batches(batches)
     amp = {"bf16": "bfloat16", "f16": "float16"}.get(trial.precision)
     result = TrainResult()
+    n = trial.batch_size  # the step's batch, for the out-of-memory message
     try:
         backend.prepare(model)
         _set_mode(model, True)
         scaler = backend.grad_scaler() if trial.precision == "f16" else None
         result.parameters = backend.count_parameters(model)
         last = trial.steps - 1
+        ramp = getattr(trial, "batch_schedule", None)
+        if ramp is not None and not (callable(batches) and not hasattr(batches, "__iter__")):
+            raise ValueError("batchd: this trial grows its batch (BATCHD_BATCH_SCHEDULE), which needs "
+                             "batches=callable(n) returning n samples; an iterable (a DataLoader) has "
+                             "a fixed batch. Pass a callable, or drop batch_schedule = true from the spec")
+        seen = 0
         for step in range(trial.steps):
-            lr = trial.lr(step)
+            n, factor = trial.batch_at(seen) if ramp is not None else (trial.batch_size, 1.0)
+            lr = trial.lr(step) * factor
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = backend.to_device(source.next(trial.batch_size))
+            batch = backend.to_device(source.next(n))
             samples = batch_len(batch)
+            seen += samples
             extra: Dict[str, Any] = {"parameters": result.parameters}
             if train_samples is not None:
                 extra["train_samples"] = train_samples
@@ -231,13 +240,13 @@ def run(
                 extra["val_seconds"] = time.monotonic() - ended
             result.losses.append(value)
             result.lrs.append(lr)
-            trial.report(step, value, samples=samples, time=ended, **extra)
+            trial.report(step, value, samples=samples, time=ended, lr=lr, **extra)
     except Exception as error:  # noqa: BLE001 - only OOM is handled, the rest re-raised
         if not (exit_on_oom and backend.is_oom(error)):
             raise
         cuda = "cuda" in str(error).lower() or trial.device == "cuda"
         what = "CUDA out of memory" if cuda else "out of memory"
-        print(f"batchd.torch: {what} at batch size {trial.batch_size}: "
+        print(f"batchd.torch: {what} at batch size {n}: "
               f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
         flush = getattr(trial, "flush", None)
         if flush is not None:

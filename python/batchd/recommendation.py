@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Union
+import random
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
-from .schedule import warmup_cosine_lr
+from .schedule import batch_phase_at, warmup_cosine_lr
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["Recommendation"]
+__all__ = ["Recommendation", "RampBatchSampler"]
 
 
 @dataclass(frozen=True)
@@ -181,3 +182,78 @@ class Recommendation:
             kwargs["max_steps"] = int(steps)
         kwargs.update(overrides)
         return kwargs
+
+    # The batch ramp -----------------------------------------------------------
+
+    @property
+    def batch_schedule(self) -> Optional[List[Dict[str, Any]]]:
+        """The batch ramp's phases when batchd recommends it (it beat the
+        constant batch beyond seed noise), else None: train at batch_size.
+        Each phase: from_sample (samples trained, per device), batch_size,
+        lr_factor (multiplies the schedule's LR)."""
+        section = self.raw.get("batch_schedule") or {}
+        if not section.get("recommended"):
+            return None
+        return [dict(p) for p in section.get("phases") or []] or None
+
+    def batch_size_at(self, samples_seen: int) -> Tuple[int, float]:
+        """(batch size, LR factor) once `samples_seen` samples have been
+        trained on (per device): the recommended ramp's phase, or
+        (batch_size, 1.0) when no ramp is recommended. Multiply the LR of
+        `lr_at` by the factor."""
+        phases = self.batch_schedule
+        if phases is None:
+            return self.batch_size, 1.0
+        phase = batch_phase_at(phases, samples_seen)
+        return int(phase["batch_size"]), float(phase["lr_factor"])
+
+    def batch_sampler(self, dataset_size: int, shuffle: bool = True, seed: int = 0) -> "RampBatchSampler":
+        """A batch sampler for `torch.utils.data.DataLoader(dataset,
+        batch_sampler=...)` whose batches follow the recommended ramp (or
+        the constant batch): reuse the same sampler across epochs, so it
+        counts the samples trained."""
+        return RampBatchSampler(self, dataset_size, shuffle=shuffle, seed=seed)
+
+
+class RampBatchSampler:
+    """Index batches whose size follows a recommendation's batch ramp by the
+    samples trained so far; one pass over the data per iteration (an
+    epoch), the count carrying over from epoch to epoch. Plain Python:
+    anything that takes an iterable of index lists can use it."""
+
+    def __init__(self, recommendation: Recommendation, dataset_size: int, shuffle: bool = True,
+                 seed: int = 0) -> None:
+        if dataset_size <= 0:
+            raise ValueError(f"dataset_size must be > 0, got {dataset_size}")
+        self.recommendation = recommendation
+        self.dataset_size = int(dataset_size)
+        self.shuffle = shuffle
+        self.samples_seen = 0
+        self._random = random.Random(seed)
+
+    def batch_size(self) -> Tuple[int, float]:
+        """The next batch's size and LR factor."""
+        return self.recommendation.batch_size_at(self.samples_seen)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        order = list(range(self.dataset_size))
+        if self.shuffle:
+            self._random.shuffle(order)
+        at = 0
+        while at < len(order):
+            n, _ = self.batch_size()
+            batch = order[at:at + n]
+            at += len(batch)
+            self.samples_seen += len(batch)
+            yield batch
+
+    def __len__(self) -> int:
+        """Batches in the next epoch at the sizes now in force."""
+        seen, count, at = self.samples_seen, 0, 0
+        while at < self.dataset_size:
+            n, _ = self.recommendation.batch_size_at(seen)
+            step = min(n, self.dataset_size - at)
+            at += step
+            seen += step
+            count += 1
+        return count

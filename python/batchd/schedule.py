@@ -5,10 +5,11 @@ in the same order, so the floats are bit-for-bit the ones batchd uses.
 """
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Mapping
+from typing import Any, Dict, List, Mapping, Sequence
 
-__all__ = ["schedule_lr", "warmup_cosine_lr", "SCHEDULE_KINDS"]
+__all__ = ["schedule_lr", "warmup_cosine_lr", "batch_phase_at", "parse_batch_schedule", "SCHEDULE_KINDS"]
 
 SCHEDULE_KINDS = ("constant", "warmup", "exponential_sweep", "warmup_cosine")
 
@@ -56,3 +57,38 @@ def schedule_lr(schedule: Mapping[str, Any], step: int, steps: int) -> float:
             steps,
         )
     raise ValueError(f"unknown LR schedule kind {kind!r} (expected one of {', '.join(SCHEDULE_KINDS)})")
+
+
+def parse_batch_schedule(text: str) -> List[Dict[str, Any]]:
+    """BATCHD_BATCH_SCHEDULE's phases, checked as batchd checks them
+    (`BatchSchedule::check`): from sample 0, growing, batches > 0, finite
+    LR factors > 0."""
+    phases = json.loads(text)
+    if not isinstance(phases, list) or not phases:
+        raise ValueError("BATCHD_BATCH_SCHEDULE: expected a non-empty list of phases")
+    previous = -1
+    out: List[Dict[str, Any]] = []
+    for i, phase in enumerate(phases):
+        try:
+            start = int(phase["from_sample"])
+            batch = int(phase["batch_size"])
+            factor = float(phase["lr_factor"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"BATCHD_BATCH_SCHEDULE phase {i}: {error!r}") from None
+        if (i == 0 and start != 0) or start <= previous or batch <= 0 or not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"BATCHD_BATCH_SCHEDULE phase {i} is malformed: {phase!r}")
+        previous = start
+        out.append({"from_sample": start, "batch_size": batch, "lr_factor": factor})
+    return out
+
+
+def batch_phase_at(phases: Sequence[Mapping[str, Any]], seen: int) -> Mapping[str, Any]:
+    """The phase in force once `seen` samples have been trained on
+    (`BatchSchedule::phase_at`)."""
+    current = phases[0]
+    for phase in phases:
+        if phase["from_sample"] <= seen:
+            current = phase
+        else:
+            break
+    return current

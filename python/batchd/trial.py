@@ -23,10 +23,10 @@ import os
 import sys
 import time
 import weakref
-from typing import IO, Any, Dict, List, Mapping, Optional, Set
+from typing import IO, Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from . import _serve
-from .schedule import schedule_lr
+from .schedule import batch_phase_at, parse_batch_schedule, schedule_lr
 
 __all__ = ["Trial", "schedule_lr", "REPORT_INTERVAL"]
 
@@ -109,6 +109,7 @@ class Trial:
     precision: str
     validate: bool
     schedule: Dict[str, Any]
+    batch_schedule: Optional[List[Dict[str, Any]]]
     grad_noise_small_batch: Optional[int]
     grad_noise_measurements: Optional[int]
     grad_noise_from: Optional[int]
@@ -127,6 +128,9 @@ class Trial:
         self.precision = environ.get("BATCHD_PRECISION", "f32")  # "f32", "f16" or "bf16"
         self.validate = environ.get("BATCHD_VALIDATE") == "1"
         self.schedule = json.loads(environ["BATCHD_LR_SCHEDULE"])
+        ramp = environ.get("BATCHD_BATCH_SCHEDULE")
+        # A batch that grows during the run (see batch_at); None: constant.
+        self.batch_schedule = parse_batch_schedule(ramp) if ramp else None
         small = environ.get("BATCHD_GRAD_NOISE_SMALL_BATCH")
         # When set, also report |g|^2 at this smaller batch (see measure_noise).
         self.grad_noise_small_batch = int(small) if small else None
@@ -151,6 +155,15 @@ class Trial:
     def lr(self, step: int) -> float:
         """The learning rate for `step` (0-based), exactly as batchd computes it."""
         return schedule_lr(self.schedule, step, self.steps)
+
+    def batch_at(self, seen: int) -> Tuple[int, float]:
+        """The batch size and LR factor once `seen` samples have been trained
+        on: the BATCHD_BATCH_SCHEDULE phase in force, or (BATCHD_BATCH_SIZE,
+        1.0) without one. Multiply `lr(step)` by the factor."""
+        if self.batch_schedule is None:
+            return self.batch_size, 1.0
+        phase = batch_phase_at(self.batch_schedule, seen)
+        return int(phase["batch_size"]), float(phase["lr_factor"])
 
     def measure_noise(self, step: int) -> bool:
         """Whether to report grad_norm_sq and grad_norm_sq_small at `step`:

@@ -211,6 +211,40 @@ def test_lr_applied_to_every_param_group_each_step(trial_env):
     assert backend.prepared is model and backend.scalers == [] and set(backend.autocasts) == {None}
 
 
+RAMP = [
+    {"from_sample": 0, "batch_size": 16, "lr_factor": 1.0},
+    {"from_sample": 32, "batch_size": 32, "lr_factor": 1.5},
+    {"from_sample": 96, "batch_size": 64, "lr_factor": 2.0},
+]
+
+
+def test_a_batch_schedule_grows_the_batch_and_scales_the_lr_by_samples_seen(trial_env):
+    env = trial_env(BATCHD_BATCH_SCHEDULE=RAMP, BATCHD_LR_SCHEDULE=SCHEDULE, BATCHD_STEPS="6")
+    result, model, optimizer, _ = run(env)
+    lines = read_report(env)
+    # 16, 16 reach 32; 32, 32 reach 96; then 64s.
+    assert [line["samples"] for line in lines] == [16, 16, 32, 32, 64, 64]
+    assert [n for n, _, _ in model.forwards] == [16, 16, 32, 32, 64, 64]
+    factors = [1.0, 1.0, 1.5, 1.5, 2.0, 2.0]
+    expected = [schedule_lr(SCHEDULE, s, 6) * f for s, f in enumerate(factors)]
+    assert [line["lr"] for line in lines] == expected
+    assert optimizer.steps == [[lr, lr] for lr in expected]
+
+
+def test_a_batch_schedule_needs_a_batch_source_that_takes_a_size(trial_env):
+    env = trial_env(BATCHD_BATCH_SCHEDULE=RAMP)
+    source = make_batches()
+    with pytest.raises(ValueError, match="callable"):
+        run(env, batches=[source(16)])
+
+
+def test_a_malformed_batch_schedule_is_refused_naming_the_phase(trial_env):
+    bad = [{"from_sample": 0, "batch_size": 16, "lr_factor": 1.0},
+           {"from_sample": 0, "batch_size": 32, "lr_factor": 1.0}]
+    with pytest.raises(ValueError, match="phase 1"):
+        Trial(trial_env(BATCHD_BATCH_SCHEDULE=bad))
+
+
 def test_noise_norms_after_warmup_on_the_first_samples_at_the_same_parameters(trial_env):
     env = trial_env(BATCHD_GRAD_NOISE_SMALL_BATCH="4", BATCHD_WARMUP_STEPS="3", BATCHD_STEPS="6")
     recorded = []

@@ -161,3 +161,49 @@ def test_lightning_lr_scheduler(rec):
     assert entry["interval"] == "step" and entry["frequency"] == 1
     assert isinstance(entry["scheduler"], torch.optim.lr_scheduler.LambdaLR)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(rec.lr_at(0), rel=1e-12)
+
+
+RAMP = {
+    "recommended": True,
+    "outcome": {"kind": "won"},
+    "phases": [
+        {"from_sample": 0, "batch_size": 64, "lr_factor": 1.0},
+        {"from_sample": 256, "batch_size": 128, "lr_factor": 1.4142135623730951},
+    ],
+    "verdict": "the ramp won",
+}
+
+
+def test_no_batch_schedule_means_the_constant_batch(recommendation_data):
+    rec = Recommendation.from_dict(recommendation_data)
+    assert rec.batch_schedule is None
+    assert rec.batch_size_at(10**9) == (rec.batch_size, 1.0)
+    # Raced and lost: still the constant batch.
+    data = copy.deepcopy(recommendation_data)
+    data["batch_schedule"] = dict(RAMP, recommended=False, outcome={"kind": "lost"})
+    assert Recommendation.from_dict(data).batch_schedule is None
+
+
+def test_a_recommended_ramp_drives_the_batch_and_the_lr_factor(recommendation_data):
+    data = copy.deepcopy(recommendation_data)
+    data["batch_schedule"] = RAMP
+    rec = Recommendation.from_dict(data)
+    assert [p["batch_size"] for p in rec.batch_schedule] == [64, 128]
+    assert rec.batch_size_at(0) == (64, 1.0)
+    assert rec.batch_size_at(255) == (64, 1.0)
+    assert rec.batch_size_at(256) == (128, math.sqrt(2))
+
+
+def test_the_ramp_batch_sampler_grows_its_batches_across_epochs(recommendation_data):
+    data = copy.deepcopy(recommendation_data)
+    data["batch_schedule"] = RAMP
+    sampler = Recommendation.from_dict(data).batch_sampler(200, seed=1)
+    assert len(sampler) == 4  # 64, 64, 64, 8
+    first = list(sampler)
+    assert [len(b) for b in first] == [64, 64, 64, 8]
+    assert sorted(i for b in first for i in b) == list(range(200))  # each sample once
+    # 200 seen: 64 until 256, then 128.
+    assert len(sampler) == 3
+    assert [len(b) for b in sampler] == [64, 128, 8]
+    assert sampler.samples_seen == 400
+    assert sampler.batch_size() == (128, math.sqrt(2))

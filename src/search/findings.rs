@@ -138,6 +138,8 @@ pub enum Finding {
     NoWinner {
         preferred: u64,
     },
+    /// The batch ramp's verdict (`search::ramp`), in words.
+    Ramp(String),
     Check {
         batch: u64,
         runs: usize,
@@ -225,6 +227,10 @@ pub enum Gap {
         batch: u64,
         seed: u64,
     },
+    /// The batch ramp's runs did not fit (after `seeds_run` of them).
+    NoRamp {
+        seeds_run: usize,
+    },
     BudgetRanOut,
 }
 
@@ -259,6 +265,10 @@ impl fmt::Display for Gap {
             Gap::NotChecked { lr, batch, seed } => write!(
                 f,
                 "LR {lr:.2e} at batch {batch} was not checked with seed {seed} (no time)"
+            ),
+            Gap::NoRamp { seeds_run } => write!(
+                f,
+                "the batch ramp was not raced (no time after {seeds_run} of its runs)"
             ),
             Gap::BudgetRanOut => f.write_str("the time budget ran out during a trial"),
         }
@@ -503,6 +513,7 @@ impl fmt::Display for Finding {
                 f,
                 "race over batches {candidates:?} ({budget}, each at the LR the rule lr ~ B^{alpha} gives from {reference_lr:.3e} at {reference_batch}): {verdict}"
             ),
+            Finding::Ramp(verdict) => write!(f, "batch schedule: {verdict}"),
             Finding::NoWinner { preferred } => write!(
                 f,
                 "no candidate finished every seed: the model's choice {preferred} stands"

@@ -14,6 +14,7 @@ mod phase;
 mod phases;
 pub mod plan;
 pub mod race;
+pub mod ramp;
 pub mod recommend;
 pub mod stats;
 pub mod steptime;
@@ -334,9 +335,10 @@ impl<R: TrialRunner> Session<'_, R> {
         let runs = self.replan_from_runs(runs);
         let race = self.race(&curve, &reference, &runs).await;
         let check = self.lr_check(&curve, &reference, &race).await;
+        let ramp = self.ramp(&curve, &race, &runs).await;
         // Stored and served with its curves cut to what the charts need.
         Ok(self
-            .recommend(fit, cap, curve, range, reference, race, check, runs)
+            .recommend(fit, cap, curve, range, reference, race, check, ramp, runs)
             .with_compact_curves())
     }
 }

@@ -16,6 +16,8 @@ pub enum Phase {
     Race,
     /// LRs either side of the rule's at the race winner.
     LrCheck,
+    /// A batch that grows during the run, raced against the constant one.
+    Ramp,
 }
 
 impl Phase {
@@ -28,6 +30,7 @@ impl Phase {
             Phase::LrConfirmation => "lr_confirmation",
             Phase::Race => "race",
             Phase::LrCheck => "lr_check",
+            Phase::Ramp => "ramp",
         }
     }
 }

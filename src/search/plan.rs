@@ -12,7 +12,7 @@ use super::phase::Phase;
 use crate::policy::BudgetShares;
 
 /// The policy's shares with their phases, in phase order.
-fn phase_shares(shares: &BudgetShares) -> [(Phase, f64); 6] {
+fn phase_shares(shares: &BudgetShares) -> [(Phase, f64); 7] {
     [
         (Phase::MaxFit, shares.max_fit),
         (Phase::Throughput, shares.throughput),
@@ -20,6 +20,7 @@ fn phase_shares(shares: &BudgetShares) -> [(Phase, f64); 6] {
         (Phase::LrConfirmation, shares.lr_confirmation),
         (Phase::Race, shares.race),
         (Phase::LrCheck, shares.lr_check),
+        (Phase::Ramp, shares.ramp),
     ]
 }
 
@@ -103,7 +104,10 @@ mod tests {
         assert!((plan.deadline(Phase::MaxFit).as_secs_f64() - 14.0).abs() < 1e-6);
         assert!((plan.deadline(Phase::LrCheck).as_secs_f64() - 100.0).abs() < 1e-6);
         let ends: Vec<f64> = plan.phases.iter().map(|p| p.ends_at_seconds).collect();
-        assert!(ends.windows(2).all(|w| w[0] < w[1]), "{ends:?}");
+        // In order; the ramp's default share is 0 (not tried), so it ends
+        // with the check.
+        assert!(ends.windows(2).all(|w| w[0] <= w[1]), "{ends:?}");
+        assert!(ends[..6].windows(2).all(|w| w[0] < w[1]), "{ends:?}");
         // Time saved early carries over: a phase starting late still gets
         // everything up to its own deadline.
         assert!(
@@ -146,6 +150,7 @@ mod tests {
             lr_confirmation: 0.1,
             race: 0.1,
             lr_check: 0.1,
+            ramp: 0.0,
         };
         let plan = BudgetPlan::new(Duration::from_secs(10), &shares);
         assert!((plan.deadline(Phase::MaxFit).as_secs_f64() - 5.0).abs() < 1e-9);

@@ -77,6 +77,10 @@ pub struct Recommendation {
     pub memory: MemoryAdvice,
     pub throughput: ThroughputAdvice,
     pub precision: PrecisionAdvice,
+    /// A batch that grows during training, raced against the constant one
+    /// (null where the policy gives the ramp no budget share).
+    #[serde(default)]
+    pub batch_schedule: Option<super::ramp::BatchRampAdvice>,
     pub evidence: Evidence,
     pub rationale: Vec<String>,
     /// The search stopped early (time budget); the answer is the best so far.
@@ -331,6 +335,7 @@ impl Recommendation {
                 recommended: "f32".into(),
                 reason: String::new(),
             },
+            batch_schedule: None,
             evidence: Evidence {
                 gradient_noise: None,
                 noise_by_progress: Vec::new(),

@@ -41,6 +41,11 @@ pub(crate) struct FakeRunner {
     /// Trials take the wall time their steps model (for tests of the
     /// budget); otherwise they return at once.
     sleeps: bool,
+    /// The noise scale grows with samples trained s as
+    /// noise_scale x (1 + s / 10,000)^k (McCandlish: it grows as the loss
+    /// falls); `None`: constant. With it, a run's progress is summed step
+    /// by step, which is what makes a batch ramp pay.
+    noise_growth: Option<f64>,
     calls: AtomicUsize,
     seen: Mutex<Vec<u64>>,
 }
@@ -63,6 +68,7 @@ impl FakeRunner {
             sweep_bottom: 1.0,
             diverges_above: None,
             sleeps: false,
+            noise_growth: None,
             calls: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
         }
@@ -77,8 +83,32 @@ impl FakeRunner {
     /// grows (McCandlish et al. 2018), a bowl in log-LR around the best,
     /// and a seed's wobble.
     fn loss_at(&self, batch: u64, lr: f64, steps: u32, seed: u64) -> f64 {
-        let progress =
-            f64::from(steps) / (self.min_steps * (1.0 + self.noise_scale / batch as f64));
+        self.loss_after(batch, lr, self.progress(None, batch, steps), seed)
+    }
+
+    /// The noise scale once `samples` have been trained.
+    fn noise_at(&self, samples: u64) -> f64 {
+        self.noise_growth.map_or(self.noise_scale, |k| {
+            self.noise_scale * (1.0 + samples as f64 / 10_000.0).powf(k)
+        })
+    }
+
+    /// McCandlish's progress of a run: each step at batch B_t does
+    /// 1 / (S_min (1 + B_noise(s_t) / B_t)) of the way.
+    fn progress(&self, ramp: Option<&crate::trial::BatchSchedule>, batch: u64, steps: u32) -> f64 {
+        if self.noise_growth.is_none() && ramp.is_none() {
+            return f64::from(steps) / (self.min_steps * (1.0 + self.noise_scale / batch as f64));
+        }
+        let (mut seen, mut progress) = (0u64, 0.0);
+        for _ in 0..steps {
+            let b = ramp.map_or(batch, |r| r.phase_at(seen).batch_size);
+            progress += 1.0 / (self.min_steps * (1.0 + self.noise_at(seen) / b as f64));
+            seen += b;
+        }
+        progress
+    }
+
+    fn loss_after(&self, batch: u64, lr: f64, progress: f64, seed: u64) -> f64 {
         let wobble =
             ((seed.wrapping_mul(2654435761) % 1000) as f64 / 500.0 - 1.0) * self.seed_noise;
         0.5 + 1.0 / (1.0 + progress) + 0.2 * (lr.ln() - self.best_lr(batch).ln()).powi(2) + wobble
@@ -174,22 +204,31 @@ impl FakeRunner {
         }
         if request.record.validation_loss {
             let lr = request.schedule.peak_lr();
-            result.validation_loss = Some(self.loss_at(batch, lr, request.steps, request.seed));
+            let progress = self.progress(request.batch_schedule.as_ref(), batch, request.steps);
+            result.validation_loss = Some(self.loss_after(batch, lr, progress, request.seed));
         }
         if let Some(noise) = request.record.grad_noise {
             let g2 = 1.0;
-            let trace = self.noise_scale * g2;
             let n = noise.measurements as usize;
+            let from = noise
+                .from_step
+                .unwrap_or(request.steps - noise.measurements);
+            // Measurement i's step, as the worker spreads them.
+            let trace_at = |i: usize| {
+                let span = f64::from(request.steps - from);
+                let step = from + ((i as f64 + 0.5) * span / n as f64) as u32;
+                self.noise_at(u64::from(step) * batch) * g2
+            };
             let spread = self.grad_wobble;
             let wobble = |i: usize| 1.0 + spread * (((i * 13) % 7) as f64 / 3.5 - 1.0);
             result.grad_noise = Some(GradNoiseSample {
                 big_batch: batch,
                 small_batch: noise.small_batch,
                 big_sq_norms: (0..n)
-                    .map(|i| (g2 + trace / batch as f64) * wobble(i))
+                    .map(|i| (g2 + trace_at(i) / batch as f64) * wobble(i))
                     .collect(),
                 small_sq_norms: (0..n)
-                    .map(|i| (g2 + trace / noise.small_batch as f64) * wobble(i + 2))
+                    .map(|i| (g2 + trace_at(i) / noise.small_batch as f64) * wobble(i + 2))
                     .collect(),
                 ..GradNoiseSample::default()
             });
@@ -1035,4 +1074,79 @@ fn with_only_a_lower_bound_on_the_noise_scale_a_tie_goes_to_the_fastest() {
     let largest = race.entries.iter().map(|e| e.batch_size).max().unwrap();
     assert_eq!(race.winner, Some(largest), "{}", race.verdict);
     assert!(race.preferred < largest && runner.step_seconds(largest) > 0.0);
+}
+
+/// The balanced policy with a share for the batch ramp.
+const RAMP_SHARES: &str = "[policy_overrides.budget_shares]\nmax_fit = 0.14\nthroughput = 0.08\n\
+                           lr_range_test = 0.06\nlr_confirmation = 0.22\nrace = 0.34\n\
+                           lr_check = 0.08\nramp = 0.08\n";
+
+#[test]
+fn a_noise_scale_that_grows_gets_a_ramp_that_is_raced_and_wins() {
+    let mut runner = FakeRunner::new();
+    runner.noise_scale = 100.0;
+    runner.noise_growth = Some(1.0);
+    let spec = spec("balanced", RAMP_SHARES);
+    let rec = advise_with(&runner, &spec, 4u64 << 30).unwrap();
+    let ramp = rec
+        .batch_schedule
+        .as_ref()
+        .expect("the policy gives the ramp a share");
+    assert_eq!(
+        ramp.outcome,
+        crate::search::ramp::RampOutcome::Won,
+        "{ramp:#?}"
+    );
+    assert!(ramp.recommended);
+    // It starts at the recommended batch and grows from there.
+    assert_eq!(ramp.phases[0].batch_size, rec.batch_size);
+    assert!(ramp.phases.len() >= 2, "{:?}", ramp.phases);
+    let growth = ramp.growth.unwrap();
+    assert!(growth.exponent > 0.3, "{growth:?}");
+    // Raced on the winner's seeds, each a ramp trial of the search.
+    let race = rec.evidence.race.as_ref().unwrap();
+    let winner = race
+        .entries
+        .iter()
+        .find(|e| Some(e.batch_size) == race.winner)
+        .unwrap();
+    let seeds: Vec<u64> = ramp.runs.iter().map(|r| r.seed).collect();
+    assert_eq!(
+        seeds,
+        winner.runs.iter().map(|r| r.seed).collect::<Vec<_>>()
+    );
+    let ramp_trials = rec
+        .evidence
+        .trials
+        .iter()
+        .filter(|t| t.phase == Phase::Ramp)
+        .count();
+    assert_eq!(ramp_trials, seeds.len());
+    assert!(ramp.gain.unwrap() > 0.0);
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|r| r.starts_with("batch schedule: the ramp won")),
+        "{:?}",
+        rec.rationale
+    );
+}
+
+#[test]
+fn a_constant_noise_scale_gets_no_ramp_and_says_why() {
+    let runner = FakeRunner::new();
+    let rec = advise_with(&runner, &spec("balanced", RAMP_SHARES), 4u64 << 30).unwrap();
+    let ramp = rec.batch_schedule.as_ref().unwrap();
+    assert!(!ramp.recommended);
+    assert!(
+        matches!(
+            ramp.outcome,
+            crate::search::ramp::RampOutcome::NotDerived { .. }
+        ),
+        "{ramp:#?}"
+    );
+    assert!(ramp.runs.is_empty() && rec.evidence.trials.iter().all(|t| t.phase != Phase::Ramp));
+    // Without a share (the built-in policies), nothing is tried or said.
+    let rec = advise_with(&runner, &spec("balanced", ""), 4u64 << 30).unwrap();
+    assert!(rec.batch_schedule.is_none());
 }

@@ -36,6 +36,11 @@ pub struct CommandSpec {
     /// false` keeps one fresh process per trial.
     #[serde(default = "persistent_by_default")]
     pub persistent: bool,
+    /// The script applies `BATCHD_BATCH_SCHEDULE` (a batch that grows
+    /// during the run), as `batchd.torch.train` does: only then are ramp
+    /// trials run. Scripts that do not declare it get constant batches.
+    #[serde(default)]
+    pub batch_schedule: bool,
 }
 
 fn persistent_by_default() -> bool {
@@ -43,7 +48,13 @@ fn persistent_by_default() -> bool {
 }
 
 /// Keys only a command job may use.
-pub(super) const COMMAND_KEYS: [&str; 4] = ["command", "workdir", "environment", "persistent"];
+pub(super) const COMMAND_KEYS: [&str; 5] = [
+    "command",
+    "workdir",
+    "environment",
+    "persistent",
+    "batch_schedule",
+];
 
 /// Reads `runner`, and for command jobs `command`, `workdir` and
 /// `environment`. `None` with problems pushed when they are wrong; `Some(None)`
@@ -184,11 +195,23 @@ pub(super) fn parse_command(
             true
         }
     };
+    let batch_schedule = match object.get("batch_schedule") {
+        None => false,
+        Some(Value::Bool(declared)) => *declared,
+        Some(other) => {
+            problems.push(
+                "batch_schedule",
+                format!("must be true or false (whether the script applies BATCHD_BATCH_SCHEDULE), got {other}"),
+            );
+            false
+        }
+    };
     (problems.len() == before).then_some(Some(CommandSpec {
         argv,
         workdir,
         environment,
         persistent,
+        batch_schedule,
     }))
 }
 

@@ -93,6 +93,12 @@ impl JobSpec {
         }
     }
 
+    /// Whether the job's trials can change their batch mid-run: built-in
+    /// ones always, command ones when the spec declares it.
+    pub fn supports_batch_schedule(&self) -> bool {
+        self.command().is_none_or(|c| c.batch_schedule)
+    }
+
     /// Files the job reads: data files, for the data-roots check.
     pub fn data_files(&self) -> Vec<(&'static str, &Path)> {
         self.data().map(|d| d.source.files()).unwrap_or_default()
@@ -109,6 +115,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "workdir",
     "environment",
     "persistent",
+    "batch_schedule",
     "model",
     "data",
     "optimizer",

@@ -7,6 +7,7 @@
 //! side ([`runner`]) spawns the worker, enforces deadlines and memory limits,
 //! samples memory, classifies the outcome and cross-checks every success.
 
+mod batch_schedule;
 mod divergence;
 pub mod memory;
 mod parent;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{JobSpec, Precision};
 
+pub use batch_schedule::{BatchPhase, BatchSchedule};
 pub use parent::supervisor_main;
 pub use parent::{kill_orphaned_trials, ProcessTrialRunner, RunnerOptions};
 
@@ -365,6 +367,10 @@ pub struct TrialRequest {
     /// Steps excluded from the speed measurement (JIT, autotune, caches).
     pub warmup_steps: u32,
     pub schedule: LrSchedule,
+    /// A batch that changes during the run (`batch_size` is then its first
+    /// phase's); `None`: `batch_size` throughout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_schedule: Option<BatchSchedule>,
     pub seed: u64,
     #[serde(default)]
     pub record: RecordOptions,
@@ -404,6 +410,7 @@ impl TrialRequest {
             steps,
             warmup_steps: (steps / 5).clamp(1, 5),
             schedule: LrSchedule::Constant { lr },
+            batch_schedule: None,
             seed,
             record: RecordOptions::default(),
             memory_limit_bytes: None,
@@ -430,6 +437,28 @@ impl TrialRequest {
             )));
         }
         self.schedule.check()?;
+        if let Some(ramp) = &self.batch_schedule {
+            ramp.check()?;
+            if ramp.first_batch() != self.batch_size {
+                return Err(InvalidRequest(format!(
+                    "batch_size ({}) must be the batch_schedule's first batch ({})",
+                    self.batch_size,
+                    ramp.first_batch()
+                )));
+            }
+            // One noise measurement pairs one batch with one small batch;
+            // a run whose batch changes has no such pair.
+            if self.record.grad_noise.is_some() {
+                return Err(InvalidRequest(
+                    "grad_noise cannot be measured in a run with a batch_schedule".into(),
+                ));
+            }
+            if !self.spec.supports_batch_schedule() {
+                return Err(InvalidRequest(
+                    "this command job does not declare batch_schedule = true, so its script would ignore the schedule".into(),
+                ));
+            }
+        }
         if let Some(noise) = self.record.grad_noise {
             if noise.small_batch == 0 || noise.small_batch >= self.batch_size {
                 return Err(InvalidRequest(format!(

@@ -17,6 +17,7 @@ impl<R: TrialRunner> Session<'_, R> {
         mut reference: ReferencePhase,
         raced: RacePhase,
         check: CheckPhase,
+        ramp: RampPhase,
         runs: RunPlan,
     ) -> Recommendation {
         let spec = self.spec;
@@ -29,6 +30,7 @@ impl<R: TrialRunner> Session<'_, R> {
         findings.extend(std::mem::take(&mut reference.findings));
         findings.extend(raced.findings);
         findings.extend(check.findings);
+        findings.extend(ramp.findings);
         let reused = self
             .records
             .iter()
@@ -179,6 +181,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 goodput_curve: goodput,
             },
             precision,
+            batch_schedule: ramp.advice,
             evidence: Evidence {
                 gradient_noise: noise,
                 preconditioned_noise: reference.preconditioned,

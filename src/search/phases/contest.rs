@@ -73,6 +73,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 batch: preferred,
                 learning_rate: None,
                 noise_by_progress: Vec::new(),
+                noise_windows: Vec::new(),
                 findings,
             };
         };
@@ -162,6 +163,13 @@ impl<R: TrialRunner> Session<'_, R> {
             .filter_map(|(entry, samples)| noise_at(samples, entry.batch_size, entry.steps))
             .collect();
         noise_by_progress.sort_by_key(|n| n.after_samples);
+        let mut windows: Vec<NoiseScale> = race
+            .entries
+            .iter()
+            .zip(&samples)
+            .flat_map(|(entry, samples)| noise_windows(samples, entry.batch_size, entry.steps, 2))
+            .collect();
+        windows.sort_by_key(|n| n.after_samples);
         let (batch, learning_rate) = match race.winner {
             Some(w) => (
                 w,
@@ -181,6 +189,7 @@ impl<R: TrialRunner> Session<'_, R> {
             batch,
             learning_rate,
             noise_by_progress,
+            noise_windows: windows,
             findings,
         }
     }

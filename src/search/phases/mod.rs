@@ -8,9 +8,12 @@ mod check;
 mod contest;
 mod fit;
 mod ladder;
+mod ramp;
 mod range_test;
 mod reference;
 mod runs;
+
+pub(super) use ramp::RampPhase;
 
 use super::findings::{Finding, Gap, RunLengthSource};
 use super::lr::{
@@ -154,6 +157,11 @@ pub(super) struct RacePhase {
     /// The noise scale at each candidate's own point of training (its runs'
     /// second halves), by samples seen.
     pub noise_by_progress: Vec<NoiseScale>,
+    /// The same, in two windows per candidate (the first and second half of
+    /// its measured steps), of the noise the model uses (preconditioned
+    /// for Adam-family optimizers when measured): the points the batch ramp
+    /// reads the noise scale's growth from.
+    pub noise_windows: Vec<NoiseScale>,
     pub findings: Vec<Finding>,
 }
 
@@ -232,6 +240,60 @@ fn noise_at(samples: &[GradNoiseSample], batch: u64, steps: u32) -> Option<Noise
         u64::from(from) * batch,
         u64::from(steps) * batch,
     )
+}
+
+/// The noise scale of runs of `steps` at `batch` in `windows` consecutive
+/// windows of their measured steps (spread over the runs' second half as
+/// [`noise_request`] asks), each stated at the samples its window covers;
+/// of the preconditioned norms when every run has them.
+fn noise_windows(
+    samples: &[GradNoiseSample],
+    batch: u64,
+    steps: u32,
+    windows: usize,
+) -> Vec<NoiseScale> {
+    let preconditioned: Option<Vec<GradNoiseSample>> = samples
+        .iter()
+        .map(GradNoiseSample::preconditioned)
+        .collect();
+    let samples = match &preconditioned {
+        Some(p) if !p.is_empty() => p.as_slice(),
+        _ => samples,
+    };
+    let from = noise_from(steps, 0);
+    let Some(m) = samples.iter().map(|s| s.big_sq_norms.len()).max() else {
+        return Vec::new();
+    };
+    // Measurement i of m is at step from + floor((i + 1/2)(steps - from)/m).
+    let step_of = |i: usize| {
+        from + ((i as f64 + 0.5) * f64::from(steps.saturating_sub(from)) / m as f64) as u32
+    };
+    (0..windows.max(1))
+        .filter_map(|w| {
+            let (lo, hi) = (w * m / windows, (w + 1) * m / windows);
+            if hi < lo + 2 {
+                return None;
+            }
+            let part: Vec<GradNoiseSample> = samples
+                .iter()
+                .filter(|s| s.big_sq_norms.len() == m && s.small_sq_norms.len() == m)
+                .map(|s| GradNoiseSample {
+                    big_batch: s.big_batch,
+                    small_batch: s.small_batch,
+                    big_sq_norms: s.big_sq_norms[lo..hi].to_vec(),
+                    small_sq_norms: s.small_sq_norms[lo..hi].to_vec(),
+                    ..GradNoiseSample::default()
+                })
+                .collect();
+            let (first, last) = (step_of(lo), step_of(hi - 1));
+            pooled_noise_scale(
+                &part,
+                first,
+                u64::from(first) * batch,
+                u64::from(last + 1) * batch,
+            )
+        })
+        .collect()
 }
 
 /// The gradient-noise measurements of a training run of `steps`: the

@@ -28,7 +28,8 @@ impl<R: TrialRunner> Session<'_, R> {
         let mut confirmations = initial + 2.0;
         let mut racing = f64::from(candidates * race.seeds + 2 * race.extra_seeds);
         let mut checks = 2.0 * f64::from(policy.lr_search.check_seeds);
-        let per_run = left / (confirmations + racing + checks);
+        let ramping = self.ramp_runs(seeds);
+        let per_run = left / (confirmations + racing + checks + ramping);
         let fill = self.stepping_within(per_run);
         let budget = if policy.objective == Objective::Generalization {
             // Equal epochs: as many of the job's epochs as the smallest
@@ -97,7 +98,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 // Time the full plan leaves over (cheap trials: a persistent
                 // command process, a fast model) buys the race more seeds,
                 // which narrows the seed-to-seed spread its verdict rests on.
-                let spare = affordable_runs - (confirmations + racing + checks);
+                let spare = affordable_runs - (confirmations + racing + checks + ramping);
                 let more = ((spare / f64::from(candidates)).floor().max(0.0) as u32)
                     .min(race.max_seeds.saturating_sub(seeds));
                 if more > 0 {
@@ -137,12 +138,13 @@ impl<R: TrialRunner> Session<'_, R> {
                 (Phase::LrConfirmation, confirmations),
                 (Phase::Race, racing),
                 (Phase::LrCheck, checks),
+                (Phase::Ramp, ramping),
             ],
         );
         findings.push(Finding::RunBudget {
             budget,
             final_fraction: race.final_lr_fraction,
-            runs: confirmations + racing + checks,
+            runs: confirmations + racing + checks + ramping,
             left: self.time_left(),
         });
         RunPlan {
@@ -207,15 +209,31 @@ impl<R: TrialRunner> Session<'_, R> {
         let racing = racing(candidates, seeds);
         let extra_fit = extra.min((affordable - racing).max(0.0));
         let checks_fit = checks.min((affordable - racing - extra_fit).max(0.0));
+        let ramping = self.ramp_runs(policy.race.seeds);
+        let ramp_fit = ramping.min((affordable - racing - extra_fit - checks_fit).max(0.0));
         let elapsed = self.elapsed().as_secs_f64();
         self.plan.replan(
             elapsed,
             &[
                 (Phase::Race, racing + extra_fit),
                 (Phase::LrCheck, checks_fit),
+                (Phase::Ramp, ramp_fit),
             ],
         );
         runs
+    }
+
+    /// The batch ramp's runs in the plan: one per seed of the race winner's
+    /// (the policy's seeds), where the policy gives the ramp a share and the
+    /// job's trials can change their batch.
+    pub(super) fn ramp_runs(&self, seeds: u32) -> f64 {
+        let enabled =
+            self.spec.policy.budget_shares.ramp > 0.0 && self.spec.supports_batch_schedule();
+        if enabled {
+            f64::from(seeds.max(2))
+        } else {
+            0.0
+        }
     }
 
     /// Wall seconds of every confirmation run that finished: what a

@@ -136,6 +136,13 @@ pub(super) fn trial_variables(
             Some(request.schedule.lr_at(0, request.steps).to_string()),
         ),
         ("BATCHD_LR_SCHEDULE", Some(schedule)),
+        (
+            "BATCHD_BATCH_SCHEDULE",
+            request
+                .batch_schedule
+                .as_ref()
+                .and_then(|ramp| serde_json::to_string(ramp).ok()),
+        ),
         ("BATCHD_SEED", Some(request.seed.to_string())),
         ("BATCHD_REPORT", Some(report.display().to_string())),
         (
@@ -290,12 +297,23 @@ fn parse_report(
         report
             .losses
             .push(line.loss.filter(|l| l.is_finite()).unwrap_or(f64::NAN));
+        // Without a field of its own, a step is the schedule's: its batch
+        // and LR at the samples trained so far.
+        let seen: u64 = samples.iter().sum();
+        let (batch, lr_factor) =
+            request
+                .batch_schedule
+                .as_ref()
+                .map_or((request.batch_size, 1.0), |ramp| {
+                    let phase = ramp.phase_at(seen);
+                    (phase.batch_size, phase.lr_factor)
+                });
         report.learning_rates.push(
             line.lr
-                .unwrap_or_else(|| request.schedule.lr_at(line.step, request.steps)),
+                .unwrap_or_else(|| request.schedule.lr_at(line.step, request.steps) * lr_factor),
         );
         times.push(line.time);
-        samples.push(line.samples.unwrap_or(request.batch_size));
+        samples.push(line.samples.unwrap_or(batch));
         if let (Some(sample), Some(big), Some(small)) =
             (noise.as_mut(), line.grad_norm_sq, line.grad_norm_sq_small)
         {
@@ -904,6 +922,59 @@ mod tests {
         let noise = report.grad_noise.unwrap();
         assert_eq!((noise.big_sq_norms[0], noise.small_sq_norms[0]), (2.0, 5.0));
         assert_eq!(report.parameter_count, 99);
+    }
+
+    #[test]
+    fn a_ramp_is_passed_on_and_its_steps_are_read_by_the_schedule() {
+        let mut request = request(4);
+        let ramp = crate::trial::BatchSchedule {
+            phases: vec![
+                crate::trial::BatchPhase {
+                    from_sample: 0,
+                    batch_size: 64,
+                    lr_factor: 1.0,
+                },
+                crate::trial::BatchPhase {
+                    from_sample: 128,
+                    batch_size: 128,
+                    lr_factor: 2.0,
+                },
+            ],
+        };
+        request.batch_schedule = Some(ramp);
+        // Not declared by the spec: refused before any process starts.
+        let refused = request.check().unwrap_err().0;
+        assert!(refused.contains("batch_schedule = true"), "{refused}");
+        let mut spec = request.spec.clone();
+        if let crate::spec::Workload::Command(command) = &mut spec.workload {
+            command.batch_schedule = true;
+        }
+        request.spec = spec;
+        request.check().unwrap();
+        let command = request.spec.command().unwrap().clone();
+        let vars = environment(&request, &command, Path::new("/r.jsonl"), |_| None);
+        let get = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("BATCHD_BATCH_SCHEDULE").as_deref(),
+            Some(
+                "[{\"from_sample\":0,\"batch_size\":64,\"lr_factor\":1.0},\
+                 {\"from_sample\":128,\"batch_size\":128,\"lr_factor\":2.0}]"
+            )
+        );
+        assert_eq!(get("BATCHD_BATCH_SIZE").as_deref(), Some("64"));
+        // Steps without `samples` or `lr` are the schedule's: 64, 64, then
+        // 128 at twice the LR.
+        let text = [
+            line(0, "2.0", 10.0),
+            line(1, "1.8", 10.5),
+            line(2, "1.6", 11.0),
+            line(3, "1.5", 11.5),
+        ]
+        .concat();
+        let report = read_report(&text, &request).unwrap();
+        assert_eq!(report.learning_rates, vec![0.1, 0.1, 0.2, 0.2]);
+        // Timed steps 1-3: 64 + 128 + 128 samples in 1.5 s.
+        assert_eq!(report.samples_per_second, Some(320.0 / 1.5));
     }
 
     #[test]

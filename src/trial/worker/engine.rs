@@ -337,8 +337,10 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
     report: &mut WorkerReport,
 ) {
     let request = ctx.request;
-    let n = request.batch_size as usize;
     let steps = request.steps;
+    // Samples trained so far: a batch schedule's phases go by them.
+    let mut seen: u64 = 0;
+    let mut timed_samples: u64 = 0;
     let mut rng = SplitMix64::new(request.seed ^ 0xDA7A);
     // Gradient-noise measurements cost an extra forward and backward pass,
     // so their steps are not timed.
@@ -371,7 +373,14 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
                 commit_fault(fault);
             }
         }
-        let lr = request.schedule.lr_at(step, steps);
+        let (n, lr_factor) = match &request.batch_schedule {
+            Some(ramp) => {
+                let phase = ramp.phase_at(seen);
+                (phase.batch_size as usize, phase.lr_factor)
+            }
+            None => (request.batch_size as usize, 1.0),
+        };
+        let lr = request.schedule.lr_at(step, steps) * lr_factor;
         let host = ctx.data.train_batch(n, &mut rng);
         let started = Instant::now();
         let batch = DeviceBatch::<B>::upload(&host, n, device);
@@ -406,6 +415,7 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
         report.losses.push(loss_value);
         report.learning_rates.push(lr);
         report.steps_completed = step + 1;
+        seen += n as u64;
         ctx.sink.step(step, loss_value, lr);
         if let (Some(sample), Some((big, small, preconditioned))) = (noise.as_mut(), measured) {
             sample.big_sq_norms.push(big);
@@ -419,6 +429,7 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
             warmup_time += elapsed;
         } else if measured.is_none() {
             timed.push(elapsed.as_secs_f64());
+            timed_samples += n as u64;
         }
 
         if let Some(why) = divergence.observe(step as usize, loss_value, lr) {
@@ -434,7 +445,7 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
     let step_median = median(&timed);
     report.step_seconds_median = step_median;
     if !timed.is_empty() {
-        report.samples_per_second = Some(n as f64 * timed.len() as f64 / timed.iter().sum::<f64>());
+        report.samples_per_second = Some(timed_samples as f64 / timed.iter().sum::<f64>());
     }
     if let Some(step_median) = step_median {
         let warmup_steps = request.warmup_steps.min(report.steps_completed);

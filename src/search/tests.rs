@@ -78,14 +78,6 @@ impl FakeRunner {
         self.best_lr_64 * (batch as f64 / 64.0).powf(self.alpha)
     }
 
-    /// Validation loss after `steps` steps at `batch` with peak `lr`: a
-    /// floor approached as progress p = steps / (S_min (1 + B_noise / B))
-    /// grows (McCandlish et al. 2018), a bowl in log-LR around the best,
-    /// and a seed's wobble.
-    fn loss_at(&self, batch: u64, lr: f64, steps: u32, seed: u64) -> f64 {
-        self.loss_after(batch, lr, self.progress(None, batch, steps), seed)
-    }
-
     /// The noise scale once `samples` have been trained.
     fn noise_at(&self, samples: u64) -> f64 {
         self.noise_growth.map_or(self.noise_scale, |k| {
@@ -108,6 +100,10 @@ impl FakeRunner {
         progress
     }
 
+    /// Validation loss after `progress` (see [`Self::progress`]) at
+    /// `batch` with peak `lr`: a floor approached as progress grows
+    /// (McCandlish et al. 2018), a bowl in log-LR around the best, and a
+    /// seed's wobble.
     fn loss_after(&self, batch: u64, lr: f64, progress: f64, seed: u64) -> f64 {
         let wobble =
             ((seed.wrapping_mul(2654435761) % 1000) as f64 / 500.0 - 1.0) * self.seed_noise;

@@ -281,3 +281,73 @@ fn the_daemon_runs_command_jobs_from_its_folder_but_not_from_http() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("allow_command_jobs_over_http"));
 }
+
+/// The batch-schedule protocol end to end: `batchd trial --batch-schedule`
+/// on a script built on the Python package, which grows its batch by the
+/// samples trained; and a spec that does not declare support is refused
+/// before any process starts.
+#[test]
+fn a_command_job_that_declares_it_trains_a_growing_batch() {
+    if common::outside_program("python3").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("batches.txt");
+    let write = |declared: &str| {
+        let path = dir.path().join("ramp.toml");
+        let text = format!(
+            "runner = \"command\"\n\
+             command = [\"python3\", \"ramp.py\"]\n\
+             workdir = {:?}\n\
+             environment = {{ PYTHONPATH = {:?}, BATCHES_OUT = {:?} }}\n\
+             {declared}\n\
+             [optimizer]\nkind = \"sgd\"\n",
+            script_dir().display().to_string(),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("python")
+                .display()
+                .to_string(),
+            out.display().to_string()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let run = |path: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_batchd"))
+            .env("BATCHD_CONFIG", "/dev/null")
+            .args(["trial"])
+            .arg(path)
+            .args([
+                "--batch-size",
+                "8",
+                "--steps",
+                "6",
+                "--lr",
+                "0.01",
+                "--json",
+            ])
+            .args(["--batch-schedule", "0:8:1,16:32:2"])
+            .output()
+            .unwrap()
+    };
+    let output = run(&write("batch_schedule = true"));
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(result["outcome"], "ok", "{result:#}");
+    // 8, 8 reach 16 samples; then 32s at twice the LR.
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "8,8,32,32,32,32");
+    let lrs: Vec<f64> = result["learning_rates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(lrs, vec![0.01, 0.01, 0.02, 0.02, 0.02, 0.02]);
+    // Undeclared: refused, naming the key, and the script never ran.
+    std::fs::remove_file(&out).unwrap();
+    let output = run(&write(""));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("batch_schedule = true"), "{stderr}");
+    assert!(!out.exists());
+}

@@ -557,3 +557,46 @@ fn the_trial_command_prints_the_documented_json() {
         "{stdout}"
     );
 }
+
+/// A built-in trial whose batch grows: the LR takes each phase's factor at
+/// the step its samples are reached, and the speed counts the samples of
+/// every batch size.
+#[test]
+fn a_built_in_trial_follows_its_batch_schedule() {
+    let mut ramped = request(spec(MLP_SYNTHETIC), 16, 8, 1e-3);
+    ramped.batch_schedule = Some(batchd::trial::BatchSchedule {
+        phases: vec![
+            batchd::trial::BatchPhase {
+                from_sample: 0,
+                batch_size: 16,
+                lr_factor: 1.0,
+            },
+            batchd::trial::BatchPhase {
+                from_sample: 48,
+                batch_size: 64,
+                lr_factor: 2.0,
+            },
+        ],
+    });
+    let result = run(ramped);
+    assert_eq!(result.outcome, Outcome::Ok, "{:?}", result.reason);
+    assert_eq!(result.steps_completed, 8);
+    // Steps 0-2 train 16 each (48 samples), then 64s at twice the LR.
+    assert_eq!(
+        result.learning_rates,
+        vec![1e-3, 1e-3, 1e-3, 2e-3, 2e-3, 2e-3, 2e-3, 2e-3]
+    );
+    assert!(result.losses.iter().all(|l| l.is_finite()));
+    // A schedule that does not start at the trial's batch is refused.
+    let mut bad = request(spec(MLP_SYNTHETIC), 32, 8, 1e-3);
+    bad.batch_schedule = Some(batchd::trial::BatchSchedule {
+        phases: vec![batchd::trial::BatchPhase {
+            from_sample: 0,
+            batch_size: 16,
+            lr_factor: 1.0,
+        }],
+    });
+    let refused = run(bad);
+    assert_eq!(refused.outcome, Outcome::InvalidRequest);
+    assert!(refused.reason.unwrap().contains("first batch"));
+}

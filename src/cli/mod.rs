@@ -349,6 +349,11 @@ pub struct TrialArgs {
     /// Also compute the held-out validation loss
     #[arg(long)]
     pub validation: bool,
+    /// Grow the batch during the trial: FROM:BATCH:LR_FACTOR phases, comma
+    /// separated, the first from sample 0 at --batch-size (e.g.
+    /// 0:16:1,256:32:1.41)
+    #[arg(long, value_name = "PHASES")]
+    pub batch_schedule: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

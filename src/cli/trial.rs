@@ -2,7 +2,7 @@
 
 use super::{foreground, load_with_overrides, Cli, CliError, TrialArgs};
 use batchd::spec::{JobSpec, OptimizerSpec};
-use batchd::trial::{Outcome, TrialRequest, TrialResult, TrialRunner};
+use batchd::trial::{BatchPhase, BatchSchedule, Outcome, TrialRequest, TrialResult, TrialRunner};
 use batchd::units::{format_duration, ByteSize};
 
 /// A sane first learning rate for a quick trial when the user gives none.
@@ -34,6 +34,9 @@ pub fn run(cli: &Cli, args: &TrialArgs) -> Result<(), CliError> {
         .min(steps.saturating_sub(1));
     request.memory_limit_bytes = memory_limit.map(ByteSize::bytes);
     request.record.validation_loss = args.validation;
+    if let Some(text) = &args.batch_schedule {
+        request.batch_schedule = Some(parse_batch_schedule(text)?);
+    }
 
     let name = request.spec.name.clone();
     let result = runtime.block_on(runner.run(request));
@@ -54,6 +57,31 @@ pub fn run(cli: &Cli, args: &TrialArgs) -> Result<(), CliError> {
         ))),
         other => Err(CliError::Other(anyhow::anyhow!("trial outcome: {other}"))),
     }
+}
+
+/// `FROM:BATCH:LR_FACTOR,...` as a schedule; the trial request checks the
+/// phases' order and values, naming the phase.
+fn parse_batch_schedule(text: &str) -> Result<BatchSchedule, CliError> {
+    let phases = text
+        .split(',')
+        .map(|part| {
+            let fields: Vec<&str> = part.trim().split(':').collect();
+            let bad = || {
+                CliError::Usage(format!(
+                    "--batch-schedule: `{part}` is not FROM_SAMPLE:BATCH:LR_FACTOR"
+                ))
+            };
+            let [from, batch, factor] = fields[..] else {
+                return Err(bad());
+            };
+            Ok(BatchPhase {
+                from_sample: from.parse().map_err(|_| bad())?,
+                batch_size: batch.parse().map_err(|_| bad())?,
+                lr_factor: factor.parse().map_err(|_| bad())?,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(BatchSchedule { phases })
 }
 
 /// The human-readable summary of a trial.

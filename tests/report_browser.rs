@@ -9,6 +9,11 @@ use std::process::Command;
 
 use common::{outside_program, TINY};
 
+/// The balanced policy's shares with one for the batch ramp.
+const RAMP_SHARES: &str = "[policy_overrides.budget_shares]\nmax_fit = 0.14\nthroughput = 0.08\n\
+                           lr_range_test = 0.06\nlr_confirmation = 0.22\nrace = 0.34\n\
+                           lr_check = 0.08\nramp = 0.08\n";
+
 /// Pixels within a small distance of `rgb`.
 fn pixels_near(image: &[u8], channels: usize, rgb: [u8; 3]) -> usize {
     image
@@ -29,7 +34,8 @@ fn chromium_renders_the_report_with_its_charts() {
     };
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("tiny.toml");
-    std::fs::write(&spec, TINY).unwrap();
+    // With a share for the batch ramp, so its chart has something to draw.
+    std::fs::write(&spec, format!("{TINY}{RAMP_SHARES}")).unwrap();
     let report = dir.path().join("tiny.html");
     let output = Command::new(env!("CARGO_BIN_EXE_batchd"))
         .env("BATCHD_CONFIG", "/dev/null")
@@ -80,11 +86,23 @@ fn chromium_renders_the_report_with_its_charts() {
     assert!(info.width >= 1000 && info.height >= 2000);
     // The series colour (lines and points), the budget line, the goodput
     // line: each drew a visible number of pixels.
-    for (what, rgb, at_least) in [
+    let mut colours = vec![
         ("chart series (#1f77b4)", [0x1f, 0x77, 0xb4], 300),
         ("memory budget line (#d62728)", [0xd6, 0x27, 0x28], 100),
         ("goodput line (#2ca02c)", [0x2c, 0xa0, 0x2c], 100),
-    ] {
+    ];
+    // The ramp chart's noise-scale points (#e377c2), where there were some.
+    let points = rec["batch_schedule"]["points"]
+        .as_array()
+        .map_or(0, |p| p.len());
+    if points > 0 {
+        colours.push((
+            "noise scale over training (#e377c2)",
+            [0xe3, 0x77, 0xc2],
+            10 * points,
+        ));
+    }
+    for (what, rgb, at_least) in colours {
         let found = pixels_near(&image, channels, rgb);
         assert!(
             found >= at_least,

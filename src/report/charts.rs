@@ -1,6 +1,8 @@
-//! The six charts of a recommendation's evidence, built as SVG.
+//! The seven charts of a recommendation's evidence, built as SVG.
 
-use super::svg::{Chart, Format, Point, Rule, Scale, Series, Style, BUDGET_COLOR, PALETTE};
+use super::svg::{
+    Chart, Format, Point, Rule, Scale, Series, Style, BUDGET_COLOR, NOISE_COLOR, PALETTE,
+};
 use crate::search::Recommendation;
 use crate::trial::Outcome;
 use crate::units::ByteSize;
@@ -39,7 +41,7 @@ fn log_spaced(low: f64, high: f64, count: usize) -> Vec<f64> {
         .collect()
 }
 
-/// The six charts of a recommendation, with their captions.
+/// The seven charts of a recommendation, with their captions.
 pub fn charts(rec: &Recommendation) -> Vec<(Chart, &'static str)> {
     vec![
         (memory_chart(rec), "Peak memory of every trial against its batch size, marked by outcome, with the memory budget and the affine memory model fitted to the max-fit trials. The ringed point is the largest batch that fits."),
@@ -48,6 +50,7 @@ pub fn charts(rec: &Recommendation) -> Vec<(Chart, &'static str)> {
         (goodput_chart(rec), "Goodput (throughput x statistical efficiency from the gradient noise scale) against batch size; the ringed point is the recommendation."),
         (race_chart(rec), "The race: validation loss of every seed of every candidate batch, each trained for the same budget at the LR its rule gives, and the mean per candidate. The ringed point is the winner, the recommendation."),
         (training_chart(rec), "Training loss per step of each confirmation run (dashed: runs that did not finish cleanly)."),
+        (ramp_chart(rec), "The batch over the run: the batch ramp derived from the noise scale's growth (its windows over training, with the fitted growth), against the constant recommended batch. It is recommended only when it beat the constant batch in their race; the caption line of the recommendation says how it fared."),
     ]
 }
 
@@ -399,5 +402,84 @@ fn training_chart(rec: &Recommendation) -> Chart {
         line.dashed = run.outcome != Outcome::Ok;
         c.series.push(line);
     }
+    c
+}
+
+fn ramp_chart(rec: &Recommendation) -> Chart {
+    let mut c = chart(
+        "ramp",
+        "Batch and noise scale over training",
+        "samples trained (per device)",
+        "samples",
+        "no batch ramp was tried (the policy gives it no budget share)",
+    );
+    c.x_scale = Scale::Linear;
+    c.y_scale = Scale::Log;
+    let Some(advice) = &rec.batch_schedule else {
+        return c;
+    };
+    let end = advice
+        .points
+        .iter()
+        .map(|p| p.0)
+        .chain(advice.phases.last().map(|p| p.from_sample))
+        .max()
+        .unwrap_or(0) as f64
+        * 1.25;
+    if !advice.phases.is_empty() {
+        // Steps: each phase's batch from its first sample to the next's.
+        let mut steps = Vec::new();
+        for (i, phase) in advice.phases.iter().enumerate() {
+            let until = advice
+                .phases
+                .get(i + 1)
+                .map_or(end, |next| next.from_sample as f64);
+            let label = format!(
+                "batch {} from sample {} (LR x {:.2})",
+                phase.batch_size, phase.from_sample, phase.lr_factor
+            );
+            steps.push(Point::new(
+                phase.from_sample as f64,
+                phase.batch_size as f64,
+                label.clone(),
+            ));
+            steps.push(Point::new(until, phase.batch_size as f64, label));
+        }
+        c.series
+            .push(series("batch ramp", Style::Line, PALETTE[1], steps));
+    }
+    let points: Vec<Point> = advice
+        .points
+        .iter()
+        .filter(|(s, b)| *s > 0 && b.is_finite() && *b > 0.0)
+        .map(|&(s, b)| Point::new(s as f64, b, format!("noise scale {b:.0} at {s} samples")))
+        .collect();
+    if let (Some(growth), false) = (&advice.growth, points.is_empty()) {
+        let low = growth.from_samples.max(1) as f64;
+        let high = (growth.to_samples as f64 * 2.0).min(end.max(low * 1.01));
+        let line = (0..=20)
+            .map(|i| {
+                let s = low + (high - low) * f64::from(i) / 20.0;
+                Point::new(
+                    s,
+                    growth.at(s as u64),
+                    format!(
+                        "fitted: {:.3} x samples^{:.2}",
+                        growth.scale, growth.exponent
+                    ),
+                )
+            })
+            .collect();
+        let mut fitted = series("fitted growth", Style::Line, NOISE_COLOR, line);
+        fitted.dashed = true;
+        c.series.push(fitted);
+    }
+    c.series
+        .push(series("noise scale", Style::Points, NOISE_COLOR, points));
+    c.horizontal.push(Rule {
+        value: rec.batch_size as f64,
+        label: format!("constant batch {}", rec.batch_size),
+        color: PALETTE[0],
+    });
     c
 }

@@ -92,6 +92,9 @@ pub const PALETTE: [&str; 6] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#17becf",
 ];
 pub const BUDGET_COLOR: &str = "#d62728";
+/// The noise scale over training (the ramp chart): a colour no other chart
+/// uses, so the browser test can tell it drew.
+pub const NOISE_COLOR: &str = "#e377c2";
 
 const WIDTH: f64 = 640.0;
 const HEIGHT: f64 = 340.0;

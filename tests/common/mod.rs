@@ -344,8 +344,8 @@ pub fn check_report(name: &str, html: &str, rec: &serde_json::Value) {
         .collect();
     assert_eq!(
         svgs.len(),
-        6,
-        "{name}: expected 6 charts, found {}",
+        7,
+        "{name}: expected 7 charts, found {}",
         svgs.len()
     );
     let chart = |id: &str| -> &str {
@@ -382,6 +382,15 @@ pub fn check_report(name: &str, html: &str, rec: &serde_json::Value) {
         })
     {
         assert!(has_data("race"), "{name}: a race but an empty race chart");
+    }
+    // The batch ramp: its phases or the noise points it was derived from.
+    if non_empty("/batch_schedule/phases") || non_empty("/batch_schedule/points") {
+        assert!(
+            has_data("ramp"),
+            "{name}: a batch ramp but an empty ramp chart"
+        );
+    } else if rec["batch_schedule"].is_null() {
+        assert!(!has_data("ramp"), "{name}: no ramp tried but a ramp chart");
     }
     // The budget line and the chosen points.
     assert!(chart("memory").contains("budget"), "{name}: no budget line");

@@ -31,6 +31,16 @@
 //! seeds. It prints every run (batch, LR, noise scale with |G|^2 and
 //! tr(Sigma), the race's verdict, the pick's loss and gap) and the spread
 //! (max/min) of batch, LR and noise scale across runs.
+//!
+//! `BATCHD_BENCH_RAMP=1` measures the batch ramp instead (no grids): per
+//! job, `balanced` with a budget share for the ramp advises a run of
+//! `BATCHD_BENCH_RAMP_SECONDS` (default 8) of training; the constant
+//! recommendation trains that long on the bench's seeds, and its mean final
+//! validation loss is the target. Then the derived ramp (whether or not it
+//! won the search's own race) and the constant batch each train for
+//! growing shares of that time (steps from the measured speed of each
+//! batch), and the first share whose mean loss reaches the target is each
+//! one's time to it.
 //! Figures are printed, not asserted: the README keeps them.
 
 use std::path::Path;
@@ -40,8 +50,8 @@ use batchd::policy::PolicySet;
 use batchd::search::{advise, Recommendation};
 use batchd::spec::{parse_spec, JobSpec, SpecOrigin};
 use batchd::trial::{
-    LrSchedule, ProcessTrialRunner, RunnerOptions, TrialDevice, TrialRequest, TrialResult,
-    TrialRunner,
+    BatchSchedule, LrSchedule, ProcessTrialRunner, RunnerOptions, TrialDevice, TrialRequest,
+    TrialResult, TrialRunner,
 };
 use batchd::validation::Syntax;
 
@@ -169,6 +179,19 @@ impl Bench {
 
     /// Validation loss of one training run under the recommended schedule.
     fn train(&self, spec: &JobSpec, batch: u64, lr: f64, steps: u32, seed: u64) -> Option<f64> {
+        self.train_ramp(spec, batch, lr, steps, seed, None)
+    }
+
+    /// The same, the batch growing by `ramp` when given.
+    fn train_ramp(
+        &self,
+        spec: &JobSpec,
+        batch: u64,
+        lr: f64,
+        steps: u32,
+        seed: u64,
+        ramp: Option<&BatchSchedule>,
+    ) -> Option<f64> {
         let warmup = ((f64::from(steps) * WARMUP_FRACTION).ceil() as u32).max(1);
         let mut request = TrialRequest::new(spec.clone(), TrialDevice::Cpu, batch, steps, lr);
         request.schedule = LrSchedule::WarmupCosine {
@@ -180,6 +203,7 @@ impl Bench {
         request.seed = seed;
         request.record.validation_loss = true;
         request.deadline = Duration::from_secs(600);
+        request.batch_schedule = ramp.cloned();
         let result = self.run(request);
         result.validation_loss.filter(|_| result.is_ok())
     }
@@ -505,6 +529,10 @@ fn main() {
                 repeat,
             ))
         };
+        if std::env::var_os("BATCHD_BENCH_RAMP").is_some() {
+            repeats.push(ramp_row(&bench, &job));
+            continue;
+        }
         if repeat > 0 && std::env::var_os("BATCHD_BENCH_REPEAT_ONLY").is_some() {
             repeat_on(&mut repeats);
             continue;
@@ -732,4 +760,131 @@ fn repeatability(
     );
     println!("{summary}");
     summary
+}
+
+/// Shares of the run's time the ramp and the constant batch train for,
+/// looking for the first that reaches the target loss.
+const RAMP_SHARES: [f64; 6] = [0.5, 0.625, 0.75, 0.875, 1.0, 1.25];
+
+/// `BATCHD_BENCH_RAMP`: time to the constant recommendation's loss, for
+/// the ramp batchd derived and for the constant batch.
+fn ramp_row(bench: &Bench, job: &Job) -> String {
+    let seconds: f64 = std::env::var("BATCHD_BENCH_RAMP_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8.0);
+    let search_budget: f64 = std::env::var("BATCHD_BENCH_RAMP_SEARCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(90.0);
+    let mut spec = spec_for(job, "balanced", Some(search_budget), Some(seconds));
+    // balanced's shares with 0.08 for the ramp, taken from the race and
+    // the check.
+    let shares = &mut spec.policy.budget_shares;
+    shares.race = 0.34;
+    shares.lr_check = 0.08;
+    shares.ramp = 0.08;
+    let context = batchd::machine::search_context(TrialDevice::Cpu, spec.search.memory_limit, None)
+        .expect("search context");
+    let started = Instant::now();
+    let rec: Recommendation = bench
+        .runtime
+        .block_on(advise(&spec, &context, &bench.runner, &|_| {}))
+        .expect("advice");
+    let search = started.elapsed().as_secs_f64();
+    let batch = rec.batch_size;
+    let lr = rec.lr.learning_rate.unwrap_or(1e-3);
+    let advice = rec.batch_schedule.clone();
+    let verdict = advice
+        .as_ref()
+        .map_or("no ramp section".to_string(), |a| a.verdict.clone());
+    let Some(phases) = advice
+        .as_ref()
+        .map(|a| a.phases.clone())
+        .filter(|p| p.len() >= 2)
+    else {
+        return format!(
+            "{}: constant {batch} @ {lr:.2e} (search {search:.0} s); no ramp to measure: {verdict}",
+            job.label
+        );
+    };
+    let ramp = BatchSchedule { phases };
+    let mut speeds: std::collections::BTreeMap<u64, f64> = Default::default();
+    for b in std::iter::once(batch).chain(ramp.phases.iter().map(|p| p.batch_size)) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = speeds.entry(b) {
+            slot.insert(bench.speed(&spec, b).unwrap_or(1.0));
+        }
+    }
+    let step_time = |b: u64| b as f64 / speeds[&b];
+    let constant_steps = |t: f64| ((t / step_time(batch)).round() as u32).max(MIN_STEPS);
+    // The ramp's steps in `t` seconds by the measured step time of each
+    // phase's batch.
+    let ramp_steps = |t: f64| {
+        let (mut seen, mut spent, mut steps) = (0u64, 0.0, 0u32);
+        loop {
+            let b = ramp.phase_at(seen).batch_size;
+            if spent + step_time(b) / 2.0 > t {
+                break;
+            }
+            spent += step_time(b);
+            seen += b;
+            steps += 1;
+        }
+        steps.max(MIN_STEPS)
+    };
+    let mean_of = |steps: u32, with: Option<&BatchSchedule>| {
+        let losses: Vec<Option<f64>> = SEEDS
+            .iter()
+            .map(|&seed| bench.train_ramp(&spec, batch, lr, steps, seed, with))
+            .collect();
+        stats(&losses)
+    };
+    let (target, target_sd) = mean_of(constant_steps(seconds), None);
+    let Some(target) = target else {
+        return format!("{}: the constant batch failed a seed", job.label);
+    };
+    // The first share of the time at which each reaches the target.
+    let reach = |with: Option<&BatchSchedule>| -> (Option<f64>, Vec<String>) {
+        let mut tried = Vec::new();
+        for share in RAMP_SHARES {
+            let t = seconds * share;
+            if with.is_none() && share >= 1.0 {
+                // Reaches its own final loss at the full time, by definition.
+                return (Some(seconds), tried);
+            }
+            let steps = match with {
+                Some(_) => ramp_steps(t),
+                None => constant_steps(t),
+            };
+            let (mean, _) = mean_of(steps, with);
+            tried.push(format!(
+                "{share:.3}: {}",
+                mean.map_or("failed".into(), |m| format!("{m:.4}"))
+            ));
+            if mean.is_some_and(|m| m <= target) {
+                return (Some(t), tried);
+            }
+        }
+        (None, tried)
+    };
+    let (ramp_time, ramp_tried) = reach(Some(&ramp));
+    let (constant_time, constant_tried) = reach(None);
+    let saving = match (ramp_time, constant_time) {
+        (Some(r), Some(c)) => format!("{:+.0}%", (c - r) / c * 100.0),
+        _ => "n/a".into(),
+    };
+    let phases: Vec<String> = ramp
+        .phases
+        .iter()
+        .map(|p| format!("{}@{}", p.batch_size, p.from_sample))
+        .collect();
+    format!(
+        "{}: constant {batch} @ {lr:.2e}: target loss {target:.4}±{target_sd:.4} after {seconds} s; ramp [{}]; time to target: ramp {}, constant {}; saving {saving}; ramp losses by share [{}], constant [{}]; search {search:.0} s, its race: {verdict}",
+        job.label,
+        phases.join(" "),
+        ramp_time.map_or("not reached by 1.25x".into(), |t| format!("{t:.1} s")),
+        constant_time.map_or("-".into(), |t| format!("{t:.1} s")),
+        ramp_tried.join(", "),
+        constant_tried.join(", ")
+    )
 }

@@ -489,6 +489,12 @@ fn main() {
             continue;
         }
         eprintln!("== {}", job.label);
+        if std::env::var_os("BATCHD_BENCH_RAMP").is_some() {
+            let row = ramp_row(&bench, &job);
+            eprintln!("{row}");
+            repeats.push(row);
+            continue;
+        }
         let spec = spec_for(&job, "balanced", None, None);
         let train_samples = bench.train_samples(&spec);
         let limit = spec.search.memory_limit.map_or(1 << 30, |l| l.bytes());
@@ -529,10 +535,6 @@ fn main() {
                 repeat,
             ))
         };
-        if std::env::var_os("BATCHD_BENCH_RAMP").is_some() {
-            repeats.push(ramp_row(&bench, &job));
-            continue;
-        }
         if repeat > 0 && std::env::var_os("BATCHD_BENCH_REPEAT_ONLY").is_some() {
             repeat_on(&mut repeats);
             continue;

@@ -126,8 +126,11 @@ mod full_report_tests {
     use crate::validation::Syntax;
 
     #[tokio::test]
-    async fn a_finished_search_renders_six_charts_with_data_and_no_nan() {
-        let text = "[model]\nkind = \"mlp\"\ninput_size = 32\nhidden = [64]\nclasses = 4\n[data]\nkind = \"synthetic\"\n[optimizer]\nkind = \"adam\"\n[search]\nmax_batch = 1048576\n";
+    async fn a_finished_search_renders_seven_charts_with_data_and_no_nan() {
+        // With a share for the batch ramp, so its chart has data too.
+        let text = "[model]\nkind = \"mlp\"\ninput_size = 32\nhidden = [64]\nclasses = 4\n[data]\nkind = \"synthetic\"\n[optimizer]\nkind = \"adam\"\n[search]\nmax_batch = 1048576\n\
+                    [policy_overrides.budget_shares]\nmax_fit = 0.14\nthroughput = 0.08\nlr_range_test = 0.06\n\
+                    lr_confirmation = 0.22\nrace = 0.34\nlr_check = 0.08\nramp = 0.08\n";
         let origin = SpecOrigin {
             label: "r.toml".into(),
             default_name: Some("r".into()),
@@ -158,8 +161,16 @@ mod full_report_tests {
             },
             false,
         );
-        assert_eq!(html.matches("<svg").count(), 6);
-        for id in ["memory", "throughput", "lr", "goodput", "race", "training"] {
+        assert_eq!(html.matches("<svg").count(), 7);
+        for id in [
+            "memory",
+            "throughput",
+            "lr",
+            "goodput",
+            "race",
+            "training",
+            "ramp",
+        ] {
             assert!(
                 html.contains(&format!("id=\"chart-{id}\"")),
                 "no {id} chart"

@@ -1082,6 +1082,10 @@ fn a_noise_scale_that_grows_gets_a_ramp_that_is_raced_and_wins() {
     let mut runner = FakeRunner::new();
     runner.noise_scale = 100.0;
     runner.noise_growth = Some(1.0);
+    // A fixed cost per step that larger batches amortize: doubling the
+    // batch runs much faster here, so a growing noise scale makes the ramp
+    // pay in wall-clock time.
+    runner.c0 = 0.03;
     let spec = spec("balanced", RAMP_SHARES);
     let rec = advise_with(&runner, &spec, 4u64 << 30).unwrap();
     let ramp = rec

@@ -154,20 +154,35 @@ impl<R: TrialRunner> Session<'_, R> {
             reference_batch: reference_lr.0,
             verdict: race.verdict.clone(),
         });
-        // Each candidate's runs measure the noise over their own second
-        // half: one point of training per candidate, never pooled across.
+        // Race runs measure the noise from the end of their warm-up on
+        // (`training_run`): each candidate's second half gives its point of
+        // training, never pooled across candidates; four windows over the
+        // whole run show the noise scale growing, for the batch ramp.
+        let warmup_of = |steps: u32| policy.trials.warmup_steps.min(steps / 4).max(1);
         let mut noise_by_progress: Vec<NoiseScale> = race
             .entries
             .iter()
             .zip(&samples)
-            .filter_map(|(entry, samples)| noise_at(samples, entry.batch_size, entry.steps))
+            .filter_map(|(entry, samples)| {
+                let from = warmup_of(entry.steps);
+                noise_since(
+                    samples,
+                    entry.batch_size,
+                    entry.steps,
+                    from,
+                    entry.steps / 2,
+                )
+            })
             .collect();
         noise_by_progress.sort_by_key(|n| n.after_samples);
         let mut windows: Vec<NoiseScale> = race
             .entries
             .iter()
             .zip(&samples)
-            .flat_map(|(entry, samples)| noise_windows(samples, entry.batch_size, entry.steps, 2))
+            .flat_map(|(entry, samples)| {
+                let from = warmup_of(entry.steps);
+                noise_windows(samples, entry.batch_size, entry.steps, from, 4)
+            })
             .collect();
         windows.sort_by_key(|n| n.after_samples);
         let (batch, learning_rate) = match race.winner {

@@ -242,14 +242,63 @@ fn noise_at(samples: &[GradNoiseSample], batch: u64, steps: u32) -> Option<Noise
     )
 }
 
+/// Where measurement `i` of `m`, spread from step `from` to the end of a
+/// run of `steps`, was taken (as the worker spreads them).
+fn measured_step(from: u32, steps: u32, m: usize, i: usize) -> u32 {
+    from + ((i as f64 + 0.5) * f64::from(steps.saturating_sub(from)) / m as f64) as u32
+}
+
+/// Measurements `lo..hi` of every run that has all `m`, as samples of
+/// their own.
+fn measured_slice(
+    samples: &[GradNoiseSample],
+    m: usize,
+    lo: usize,
+    hi: usize,
+) -> Vec<GradNoiseSample> {
+    samples
+        .iter()
+        .filter(|s| s.big_sq_norms.len() == m && s.small_sq_norms.len() == m)
+        .map(|s| GradNoiseSample {
+            big_batch: s.big_batch,
+            small_batch: s.small_batch,
+            big_sq_norms: s.big_sq_norms[lo..hi].to_vec(),
+            small_sq_norms: s.small_sq_norms[lo..hi].to_vec(),
+            ..GradNoiseSample::default()
+        })
+        .collect()
+}
+
+/// The noise scale of runs of `steps` at `batch` whose measurements were
+/// spread from step `from` on, pooled over those taken at step `since` or
+/// later: one stated point of training.
+fn noise_since(
+    samples: &[GradNoiseSample],
+    batch: u64,
+    steps: u32,
+    from: u32,
+    since: u32,
+) -> Option<NoiseScale> {
+    let m = samples.iter().map(|s| s.big_sq_norms.len()).max()?;
+    let lo = (0..m).find(|&i| measured_step(from, steps, m, i) >= since)?;
+    let first = measured_step(from, steps, m, lo);
+    pooled_noise_scale(
+        &measured_slice(samples, m, lo, m),
+        first,
+        u64::from(first) * batch,
+        u64::from(steps) * batch,
+    )
+}
+
 /// The noise scale of runs of `steps` at `batch` in `windows` consecutive
-/// windows of their measured steps (spread over the runs' second half as
-/// [`noise_request`] asks), each stated at the samples its window covers;
-/// of the preconditioned norms when every run has them.
+/// windows of their measured steps (spread from step `from` to the end),
+/// each stated at the samples its window covers; of the preconditioned
+/// norms when every run has them.
 fn noise_windows(
     samples: &[GradNoiseSample],
     batch: u64,
     steps: u32,
+    from: u32,
     windows: usize,
 ) -> Vec<NoiseScale> {
     let preconditioned: Option<Vec<GradNoiseSample>> = samples
@@ -260,34 +309,22 @@ fn noise_windows(
         Some(p) if !p.is_empty() => p.as_slice(),
         _ => samples,
     };
-    let from = noise_from(steps, 0);
     let Some(m) = samples.iter().map(|s| s.big_sq_norms.len()).max() else {
         return Vec::new();
     };
-    // Measurement i of m is at step from + floor((i + 1/2)(steps - from)/m).
-    let step_of = |i: usize| {
-        from + ((i as f64 + 0.5) * f64::from(steps.saturating_sub(from)) / m as f64) as u32
-    };
-    (0..windows.max(1))
+    let windows = windows.max(1);
+    (0..windows)
         .filter_map(|w| {
             let (lo, hi) = (w * m / windows, (w + 1) * m / windows);
             if hi < lo + 2 {
                 return None;
             }
-            let part: Vec<GradNoiseSample> = samples
-                .iter()
-                .filter(|s| s.big_sq_norms.len() == m && s.small_sq_norms.len() == m)
-                .map(|s| GradNoiseSample {
-                    big_batch: s.big_batch,
-                    small_batch: s.small_batch,
-                    big_sq_norms: s.big_sq_norms[lo..hi].to_vec(),
-                    small_sq_norms: s.small_sq_norms[lo..hi].to_vec(),
-                    ..GradNoiseSample::default()
-                })
-                .collect();
-            let (first, last) = (step_of(lo), step_of(hi - 1));
+            let (first, last) = (
+                measured_step(from, steps, m, lo),
+                measured_step(from, steps, m, hi - 1),
+            );
             pooled_noise_scale(
-                &part,
+                &measured_slice(samples, m, lo, hi),
                 first,
                 u64::from(first) * batch,
                 u64::from(last + 1) * batch,
@@ -305,13 +342,21 @@ fn noise_windows(
 /// it from zero (README, "Repeatable advice"). A measured step costs an
 /// extra small-batch pass (an eighth of the batch) and two norms, so a
 /// quarter of the steps keeps the surcharge under 10% of the run.
+/// `whole_run`: spread from the end of the warm-up instead (race runs, so
+/// the noise scale is seen over the course of training; their second
+/// halves still give each candidate's point, see [`noise_since`]).
 pub(super) fn noise_request(
     batch: u64,
     steps: u32,
     warmup: u32,
     per_run: u32,
+    whole_run: bool,
 ) -> Option<GradNoiseRequest> {
-    let from = noise_from(steps, warmup);
+    let from = if whole_run {
+        warmup
+    } else {
+        noise_from(steps, warmup)
+    };
     let measurements = per_run.min(steps / 4).min(steps.saturating_sub(from));
     // An eighth of the batch, but never a gradient of fewer than four
     // samples: those are mostly noise about the noise.

@@ -274,6 +274,7 @@ impl<R: TrialRunner> Session<'_, R> {
             steps,
             request.warmup_steps,
             policy.trials.noise_scale_measurements,
+            phase == Phase::Race,
         );
         self.trial(phase, request).await
     }

@@ -77,27 +77,6 @@ impl<R: TrialRunner> Session<'_, R> {
         }) else {
             return finish(not_raced(advice, "the race named no winner".into()));
         };
-        let losses: Vec<f64> = entry
-            .runs
-            .iter()
-            .filter_map(|r| r.validation_loss.filter(|l| l.is_finite()))
-            .collect();
-        if losses.len() < 2 || losses.len() < entry.runs.len() {
-            let why = format!(
-                "the winner, batch {}, has {} finished seed(s); beating it beyond the seed-to-seed spread needs two",
-                entry.batch_size,
-                losses.len()
-            );
-            return finish(not_raced(advice, why));
-        }
-        let constant = RampSide {
-            batch_size: entry.batch_size,
-            steps: entry.steps,
-            mean_loss: mean(&losses).unwrap_or(f64::NAN),
-            spread: sample_sd(&losses),
-            seeds: losses.len(),
-        };
-        advice.constant = Some(constant.clone());
         let Some(growth) = NoiseGrowth::fit(&points) else {
             let why = NoRamp::NoGrowthMeasured {
                 points: points.len(),
@@ -133,6 +112,27 @@ impl<R: TrialRunner> Session<'_, R> {
             }
         };
         advice.phases = schedule.phases.clone();
+        let losses: Vec<f64> = entry
+            .runs
+            .iter()
+            .filter_map(|r| r.validation_loss.filter(|l| l.is_finite()))
+            .collect();
+        if losses.len() < 2 || losses.len() < entry.runs.len() {
+            let why = format!(
+                "the winner, batch {}, has {} finished seed(s); beating it beyond the seed-to-seed spread needs two",
+                entry.batch_size,
+                losses.len()
+            );
+            return finish(not_raced(advice, why));
+        }
+        let constant = RampSide {
+            batch_size: entry.batch_size,
+            steps: entry.steps,
+            mean_loss: mean(&losses).unwrap_or(f64::NAN),
+            spread: sample_sd(&losses),
+            seeds: losses.len(),
+        };
+        advice.constant = Some(constant.clone());
         let steps = self.ramp_steps(curve, &schedule, runs, entry);
         let stepping: f64 = self.ramp_stepping(curve, &schedule, steps);
         let cost = self.run_seconds(stepping);

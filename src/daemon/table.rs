@@ -977,10 +977,11 @@ mod tests {
         }]
     }
 
-    /// A table holding job `j` (spec hash `h1`), queued.
-    fn table_with_queued_job() -> JobTable {
+    /// A table holding job `j` of spec hash `hash` asking for `device`,
+    /// queued.
+    fn table_with(hash: &str, device: DeviceChoice) -> JobTable {
         let table = JobTable::new();
-        let work = Work::new(spec("h1", DeviceChoice::Auto), "d".into());
+        let work = Work::new(spec(hash, device), "d".into());
         table.apply(Rescanned {
             replace: vec![(
                 "j".into(),
@@ -990,6 +991,11 @@ mod tests {
             ..Rescanned::default()
         });
         table
+    }
+
+    /// A table holding job `j` (spec hash `h1`), queued.
+    fn table_with_queued_job() -> JobTable {
+        table_with("h1", DeviceChoice::Auto)
     }
 
     const W1: WorkId<'static> = WorkId {
@@ -1235,16 +1241,7 @@ mod tests {
 
     #[test]
     fn a_job_for_a_missing_device_fails_and_a_removed_spec_is_retired() {
-        let table = JobTable::new();
-        let work = Work::new(spec("h1", DeviceChoice::Cuda(3)), "d".into());
-        table.apply(Rescanned {
-            replace: vec![(
-                "j".into(),
-                Entry::valid("j.toml".into(), work, Status::Queued),
-            )],
-            keep: HashSet::from(["j".to_string()]),
-            ..Rescanned::default()
-        });
+        let table = table_with("h1", DeviceChoice::Cuda(3));
         let started = table.start(&cpu(), 4);
         assert!(started.searches.is_empty());
         assert_eq!(started.unservable.len(), 1);

@@ -158,7 +158,7 @@ impl<R: TrialRunner> Session<'_, R> {
         // (`training_run`): each candidate's second half gives its point of
         // training, never pooled across candidates; four windows over the
         // whole run show the noise scale growing, for the batch ramp.
-        let warmup_of = |steps: u32| policy.trials.warmup_steps.min(steps / 4).max(1);
+        let warmup_of = |steps: u32| runs::run_warmup(policy.trials.warmup_steps, steps);
         let mut noise_by_progress: Vec<NoiseScale> = race
             .entries
             .iter()

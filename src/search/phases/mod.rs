@@ -34,7 +34,8 @@ use super::{probe_lr, textbook_alpha, Phase, Recommendation, SearchError, Sessio
 use crate::policy::{LrScaling, Objective};
 use crate::spec::Precision;
 use crate::trial::{
-    GradNoiseRequest, GradNoiseSample, LrSchedule, Outcome, TrialDevice, TrialResult, TrialRunner,
+    GradNoiseRequest, GradNoiseSample, LrSchedule, Outcome, TrialDevice, TrialRequest, TrialResult,
+    TrialRunner,
 };
 
 /// Most points on the throughput ladder, max-fit trials included.

@@ -273,18 +273,7 @@ impl<R: TrialRunner> Session<'_, R> {
         steps: u32,
         seed: u64,
     ) -> TrialResult {
-        let policy = &self.spec.policy;
-        let warmup = ((f64::from(steps) * policy.lr_search.warmup_fraction).ceil() as u32)
-            .clamp(1, steps.saturating_sub(1).max(1));
-        let lr_schedule = LrSchedule::WarmupCosine {
-            lr,
-            warmup_steps: warmup,
-            final_fraction: policy.race.final_lr_fraction,
-        };
-        let mut request = self.request(schedule.first_batch(), steps, lr_schedule);
-        request.seed = seed;
-        request.warmup_steps = policy.trials.warmup_steps.min(steps / 4).max(1);
-        request.record.validation_loss = true;
+        let mut request = self.training_request(schedule.first_batch(), lr, steps, seed);
         request.batch_schedule = Some(schedule.clone());
         self.trial(Phase::Ramp, request).await
     }

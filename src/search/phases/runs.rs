@@ -258,6 +258,28 @@ impl<R: TrialRunner> Session<'_, R> {
         seed: u64,
     ) -> TrialResult {
         let policy = &self.spec.policy;
+        let mut request = self.training_request(batch, lr, steps, seed);
+        request.record.grad_noise = noise_request(
+            batch,
+            steps,
+            request.warmup_steps,
+            policy.trials.noise_scale_measurements,
+            phase == Phase::Race,
+        );
+        self.trial(phase, request).await
+    }
+
+    /// A training run's request: the recommended schedule (warm-up, then
+    /// cosine decay) over its `steps`, validation at the end, the untimed
+    /// steps of [`run_warmup`].
+    pub(super) fn training_request(
+        &self,
+        batch: u64,
+        lr: f64,
+        steps: u32,
+        seed: u64,
+    ) -> TrialRequest {
+        let policy = &self.spec.policy;
         let warmup = ((f64::from(steps) * policy.lr_search.warmup_fraction).ceil() as u32)
             .clamp(1, steps.saturating_sub(1).max(1));
         let schedule = LrSchedule::WarmupCosine {
@@ -267,16 +289,9 @@ impl<R: TrialRunner> Session<'_, R> {
         };
         let mut request = self.request(batch, steps, schedule);
         request.seed = seed;
-        request.warmup_steps = policy.trials.warmup_steps.min(steps / 4).max(1);
+        request.warmup_steps = run_warmup(policy.trials.warmup_steps, steps);
         request.record.validation_loss = true;
-        request.record.grad_noise = noise_request(
-            batch,
-            steps,
-            request.warmup_steps,
-            policy.trials.noise_scale_measurements,
-            phase == Phase::Race,
-        );
-        self.trial(phase, request).await
+        request
     }
 
     /// Wall seconds a training run of `steps` at `batch` should take.
@@ -295,4 +310,10 @@ impl<R: TrialRunner> Session<'_, R> {
         self.phase_left(phase).as_secs_f64() >= seconds * 0.5
             && self.time_left().as_secs_f64() >= seconds
     }
+}
+
+/// The steps of a training run left out of its speed figures (and before
+/// its first noise measurement): the policy's, at most a quarter of the run.
+pub(super) fn run_warmup(policy_warmup: u32, steps: u32) -> u32 {
+    policy_warmup.min(steps / 4).max(1)
 }

@@ -156,6 +156,19 @@ impl Bench {
         self.runtime.block_on(self.runner.run(request))
     }
 
+    /// `batchd advise` on the CPU, and the seconds it took.
+    fn advise(&self, spec: &JobSpec) -> (Recommendation, f64) {
+        let context =
+            batchd::machine::search_context(TrialDevice::Cpu, spec.search.memory_limit, None)
+                .expect("search context");
+        let started = Instant::now();
+        let rec = self
+            .runtime
+            .block_on(advise(spec, &context, &self.runner, &|_| {}))
+            .expect("advice");
+        (rec, started.elapsed().as_secs_f64())
+    }
+
     fn speed(&self, spec: &JobSpec, batch: u64) -> Option<f64> {
         let mut request = TrialRequest::new(spec.clone(), TrialDevice::Cpu, batch, 25, 1e-4);
         request.warmup_steps = 5;
@@ -559,15 +572,7 @@ fn main() {
             // bounded by time would.
             let training_seconds = matches!(budget, Budget::Seconds(_)).then_some(cell_seconds);
             let spec = spec_for(&job, policy, Some(search_budget), training_seconds);
-            let context =
-                batchd::machine::search_context(TrialDevice::Cpu, spec.search.memory_limit, None)
-                    .expect("search context");
-            let started = Instant::now();
-            let rec: Recommendation = bench
-                .runtime
-                .block_on(advise(&spec, &context, &bench.runner, &|_| {}))
-                .expect("advice");
-            let search_seconds = started.elapsed().as_secs_f64();
+            let (rec, search_seconds) = bench.advise(&spec);
             let batch = rec.effective_batch_size;
             let lr = rec.lr.learning_rate.unwrap_or(1e-3);
             let speed = bench.speed(&spec, batch).unwrap_or(1.0);
@@ -687,13 +692,7 @@ fn repeatability(
     for seed in 1..=runs as u64 {
         let mut spec = spec_for(job, "balanced", Some(search_budget), Some(cell_seconds));
         spec.search.seed = seed;
-        let context =
-            batchd::machine::search_context(TrialDevice::Cpu, spec.search.memory_limit, None)
-                .expect("search context");
-        let rec: Recommendation = bench
-            .runtime
-            .block_on(advise(&spec, &context, &bench.runner, &|_| {}))
-            .expect("advice");
+        let (rec, _) = bench.advise(&spec);
         let batch = rec.effective_batch_size;
         let lr = rec.lr.learning_rate.unwrap_or(1e-3);
         let speed = bench.speed(&spec, batch).unwrap_or(1.0);
@@ -786,14 +785,7 @@ fn ramp_row(bench: &Bench, job: &Job) -> String {
     shares.race = 0.34;
     shares.lr_check = 0.08;
     shares.ramp = 0.08;
-    let context = batchd::machine::search_context(TrialDevice::Cpu, spec.search.memory_limit, None)
-        .expect("search context");
-    let started = Instant::now();
-    let rec: Recommendation = bench
-        .runtime
-        .block_on(advise(&spec, &context, &bench.runner, &|_| {}))
-        .expect("advice");
-    let search = started.elapsed().as_secs_f64();
+    let (rec, search) = bench.advise(&spec);
     let batch = rec.batch_size;
     let lr = rec.lr.learning_rate.unwrap_or(1e-3);
     let advice = rec.batch_schedule.clone();

@@ -214,28 +214,11 @@ impl Entry {
         }
     }
 
-    pub fn errors(&self) -> &[FieldError] {
-        match &self.kind {
-            Kind::Invalid { errors } => errors,
-            Kind::Valid { .. } => &[],
-        }
-    }
-
-    pub fn source_path(&self) -> &std::path::Path {
-        &self.source_path
-    }
-
     /// The device model its work is keyed by, once known.
     pub fn device_model(&self) -> Option<&str> {
         match &self.kind {
-            Kind::Valid {
-                status:
-                    Status::Running { device_model, .. }
-                    | Status::Waiting { device_model, .. }
-                    | Status::Done { device_model, .. },
-                ..
-            } => Some(device_model),
-            _ => None,
+            Kind::Valid { status, .. } => device_model_of(status),
+            Kind::Invalid { .. } => None,
         }
     }
 
@@ -267,53 +250,24 @@ impl Entry {
         };
         job.spec_hash = Some(work.spec.content_hash.clone());
         job.data_digest = work.data_digest.clone();
+        job.device = device_of(status);
+        job.device_model = device_model_of(status).map(str::to_string);
+        job.trials_done = trials_of(status);
         match status {
             Status::Queued => {}
-            Status::Running {
-                device,
-                device_model,
-                phase,
-                trials_done,
-            } => {
-                job.device = Some(*device);
-                job.device_model = Some(device_model.clone());
-                job.phase = *phase;
-                job.trials_done = *trials_done;
-            }
-            Status::Waiting {
-                device,
-                device_model,
-                holder,
-                ..
-            } => {
-                job.device = Some(*device);
-                job.device_model = Some(device_model.clone());
-                job.lease_holder = Some(holder.clone());
-            }
+            Status::Running { phase, .. } => job.phase = *phase,
+            Status::Waiting { holder, .. } => job.lease_holder = Some(holder.clone()),
             Status::Done {
                 recommendation,
-                device,
-                device_model,
-                trials_done,
                 reused,
                 tuned_by,
+                ..
             } => {
                 job.recommendation = Some(recommendation.clone());
-                job.device = Some(*device);
-                job.device_model = Some(device_model.clone());
-                job.trials_done = *trials_done;
                 job.reused = *reused;
                 job.tuned_by = tuned_by.clone();
             }
-            Status::Failed {
-                error,
-                device,
-                trials_done,
-            } => {
-                job.error = Some(error.clone());
-                job.device = *device;
-                job.trials_done = *trials_done;
-            }
+            Status::Failed { error, .. } => job.error = Some(error.clone()),
         }
         job
     }
@@ -486,20 +440,24 @@ fn is_running_or_waiting(status: &Status) -> bool {
     matches!(status, Status::Running { .. } | Status::Waiting { .. })
 }
 
-/// The device a running or waiting job is on, with its model.
-fn placement(status: &Status) -> (Option<TrialDevice>, Option<String>) {
+/// The device a job's search runs (or ran) on.
+fn device_of(status: &Status) -> Option<TrialDevice> {
     match status {
-        Status::Running {
-            device,
-            device_model,
-            ..
-        }
-        | Status::Waiting {
-            device,
-            device_model,
-            ..
-        } => (Some(*device), Some(device_model.clone())),
-        _ => (None, None),
+        Status::Running { device, .. }
+        | Status::Waiting { device, .. }
+        | Status::Done { device, .. } => Some(*device),
+        Status::Failed { device, .. } => *device,
+        Status::Queued => None,
+    }
+}
+
+/// The device model a job's work is keyed by, once known.
+fn device_model_of(status: &Status) -> Option<&str> {
+    match status {
+        Status::Running { device_model, .. }
+        | Status::Waiting { device_model, .. }
+        | Status::Done { device_model, .. } => Some(device_model),
+        Status::Queued | Status::Failed { .. } => None,
     }
 }
 
@@ -845,10 +803,9 @@ impl JobTable {
                 Status::Waiting { since, .. } => *since,
                 _ => now_unix_s,
             };
-            let (device, device_model) = placement(s);
             Status::Waiting {
-                device: device.unwrap_or(TrialDevice::Cpu),
-                device_model: device_model.unwrap_or_default(),
+                device: device_of(s).unwrap_or(TrialDevice::Cpu),
+                device_model: device_model_of(s).unwrap_or_default().to_string(),
                 holder,
                 since,
             }
@@ -875,16 +832,13 @@ impl JobTable {
         work: WorkId<'_>,
         recommendation: Arc<Recommendation>,
     ) -> Result<(), TransitionError> {
-        transition(&mut self.lock(), name, work, is_running, |s| {
-            let (device, device_model) = placement(s);
-            Status::Done {
-                trials_done: recommendation.evidence.trials.len(),
-                device: device.unwrap_or(recommendation.device),
-                device_model: device_model.unwrap_or_default(),
-                recommendation,
-                reused: false,
-                tuned_by: None,
-            }
+        transition(&mut self.lock(), name, work, is_running, |s| Status::Done {
+            trials_done: recommendation.evidence.trials.len(),
+            device: device_of(s).unwrap_or(recommendation.device),
+            device_model: device_model_of(s).unwrap_or_default().to_string(),
+            recommendation,
+            reused: false,
+            tuned_by: None,
         })
     }
 
@@ -893,7 +847,7 @@ impl JobTable {
         transition(&mut self.lock(), name, work, is_running_or_waiting, |s| {
             Status::Failed {
                 error,
-                device: placement(s).0,
+                device: device_of(s),
                 trials_done: trials_of(s),
             }
         })

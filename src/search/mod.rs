@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::spec::{JobSpec, OptimizerSpec};
 use crate::trial::{LrSchedule, Outcome, TrialRequest, TrialResult, TrialRunner};
 use clock::{Clock, SystemClock};
-use plan::BudgetPlan;
+use plan::{BudgetPlan, RunBook};
 pub use recommend::{
     Evidence, LrAdvice, MemoryAdvice, Phase, Recommendation, ScheduleAdvice, ThroughputAdvice,
     TrialRecord, SCHEMA_VERSION,
@@ -105,6 +105,10 @@ struct Session<'a, R: TrialRunner> {
     /// Wall time of each training run over its timed stepping: what
     /// validation, noise measurement, data sampling and start-up add.
     run_ratios: Vec<f64>,
+    /// The training runs still planned, by rank: the plan of the phases
+    /// left is recomputed from it after every run (empty until the runs
+    /// are planned, and for equal-epoch runs, whose cost varies by batch).
+    book: RunBook,
 }
 
 impl<R: TrialRunner> Session<'_, R> {
@@ -266,6 +270,10 @@ impl<R: TrialRunner> Session<'_, R> {
             process_trial: result.process_trial,
             seconds: result.wall_seconds,
         });
+        if validated {
+            self.book.ran(phase);
+            self.replan_from_book();
+        }
         (self.on_progress)(&Progress {
             phase,
             trials_done: self.records.len(),
@@ -315,6 +323,7 @@ pub async fn advise_with_clock<R: TrialRunner>(
         train_samples: None,
         overheads: Vec::new(),
         run_ratios: Vec::new(),
+        book: RunBook::default(),
     };
     let outcome = session.run_phases().await;
     // What the runner kept for this search's trials (a command job's
@@ -334,8 +343,16 @@ impl<R: TrialRunner> Session<'_, R> {
         let reference = self.confirm_reference_lr(&curve, &range, &runs).await;
         let runs = self.replan_from_runs(runs);
         let race = self.race(&curve, &reference, &runs).await;
+        let ramp = self.derive_ramp(&curve, &race, &runs);
+        self.book.close(Phase::Race);
+        if !ramp.races() {
+            self.book.close(Phase::Ramp);
+        }
+        self.replan_from_book();
         let check = self.lr_check(&curve, &reference, &race).await;
-        let ramp = self.ramp(&curve, &race, &runs).await;
+        self.book.close(Phase::LrCheck);
+        self.replan_from_book();
+        let ramp = self.ramp(&curve, &runs, ramp).await;
         // Stored and served with its curves cut to what the charts need.
         Ok(self
             .recommend(fit, cap, curve, range, reference, race, check, ramp, runs)

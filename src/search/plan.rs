@@ -91,6 +91,87 @@ impl BudgetPlan {
     }
 }
 
+/// The training runs still planned, in rank order: after every run the
+/// plan of the phases left is recomputed from it and what runs have cost
+/// ([`RunBook::fitting`]), so runs dearer than planned take time from the
+/// lowest ranks first instead of cutting whichever phase comes next.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunBook {
+    /// (phase, runs left), highest rank first; a phase may have several
+    /// entries (the race's planned seeds, then its extra seeds).
+    entries: Vec<(Phase, f64)>,
+}
+
+impl RunBook {
+    pub fn new(entries: Vec<(Phase, f64)>) -> RunBook {
+        RunBook { entries }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.iter().all(|&(_, left)| left <= 0.0)
+    }
+
+    /// One run of `phase` finished: it is counted off that phase's first
+    /// entry with runs left. Phases run in order, so the phases before it
+    /// are over.
+    pub fn ran(&mut self, phase: Phase) {
+        let order = phase_order(phase);
+        for (p, left) in &mut self.entries {
+            if phase_order(*p) < order {
+                *left = 0.0;
+            }
+        }
+        if let Some((_, left)) = self
+            .entries
+            .iter_mut()
+            .find(|(p, left)| *p == phase && *left > 0.0)
+        {
+            *left = (*left - 1.0).max(0.0);
+        }
+    }
+
+    /// `phase` will run nothing more (it ended, or has nothing to run).
+    pub fn close(&mut self, phase: Phase) {
+        for (p, left) in &mut self.entries {
+            if *p == phase {
+                *left = 0.0;
+            }
+        }
+    }
+
+    /// The runs left per phase, in phase order, that `affordable` runs
+    /// cover when they are given out by rank: the weights for
+    /// [`BudgetPlan::replan`].
+    pub fn fitting(&self, affordable: f64) -> Vec<(Phase, f64)> {
+        let mut budget = affordable.max(0.0);
+        let mut weights: Vec<(Phase, f64)> = Vec::new();
+        for &(phase, left) in &self.entries {
+            let given = left.max(0.0).min(budget);
+            budget -= given;
+            match weights.iter_mut().find(|(p, _)| *p == phase) {
+                Some((_, w)) => *w += given,
+                None => weights.push((phase, given)),
+            }
+        }
+        weights.sort_by_key(|&(p, _)| phase_order(p));
+        weights
+    }
+}
+
+/// Where `phase` comes in a search.
+fn phase_order(phase: Phase) -> usize {
+    match phase {
+        Phase::MaxFit => 0,
+        Phase::Throughput => 1,
+        Phase::LrRangeTest => 2,
+        Phase::NoiseScale => 3,
+        Phase::LrConfirmation => 4,
+        Phase::Race => 5,
+        Phase::LrCheck => 6,
+        Phase::Ramp => 7,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +236,66 @@ mod tests {
         let plan = BudgetPlan::new(Duration::from_secs(10), &shares);
         assert!((plan.deadline(Phase::MaxFit).as_secs_f64() - 5.0).abs() < 1e-9);
         assert!((plan.deadline(Phase::Throughput).as_secs_f64() - 6.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_run_book_gives_time_out_by_rank_and_counts_runs_off() {
+        // Ranks: the race's planned seeds, the ramp, extra seeds, the check.
+        let mut book = RunBook::new(vec![
+            (Phase::LrConfirmation, 3.0),
+            (Phase::Race, 6.0),
+            (Phase::Ramp, 2.0),
+            (Phase::Race, 2.0),
+            (Phase::LrCheck, 4.0),
+        ]);
+        // Everything fits: each phase gets its runs.
+        assert_eq!(
+            book.fitting(100.0),
+            [
+                (Phase::LrConfirmation, 3.0),
+                (Phase::Race, 8.0),
+                (Phase::LrCheck, 4.0),
+                (Phase::Ramp, 2.0)
+            ]
+        );
+        // Ten runs: the check, the lowest rank, gets none, the extra
+        // seeds one.
+        assert_eq!(
+            book.fitting(10.0),
+            [
+                (Phase::LrConfirmation, 3.0),
+                (Phase::Race, 6.0),
+                (Phase::LrCheck, 0.0),
+                (Phase::Ramp, 1.0)
+            ]
+        );
+        // A race run ends the confirmations and counts off the planned
+        // seeds first.
+        book.ran(Phase::Race);
+        assert_eq!(
+            book.fitting(7.0),
+            [
+                (Phase::LrConfirmation, 0.0),
+                (Phase::Race, 5.0),
+                (Phase::LrCheck, 0.0),
+                (Phase::Ramp, 2.0)
+            ]
+        );
+        book.close(Phase::Race);
+        assert_eq!(
+            book.fitting(3.0),
+            [
+                (Phase::LrConfirmation, 0.0),
+                (Phase::Race, 0.0),
+                (Phase::LrCheck, 1.0),
+                (Phase::Ramp, 2.0)
+            ]
+        );
+        assert!(!book.is_empty());
+        book.ran(Phase::Ramp);
+        book.ran(Phase::Ramp);
+        book.close(Phase::LrCheck);
+        assert!(book.is_empty());
+        assert!(RunBook::default().is_empty());
     }
 }

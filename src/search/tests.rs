@@ -852,8 +852,9 @@ fn runs_dearer_than_planned_shrink_the_race_before_it_starts() {
         assert_eq!(race.entries.len(), candidates, "{:?}", rec.rationale);
         assert!(
             race.entries.iter().all(|e| e.runs.len() >= seeds),
-            "{:?}",
-            race.entries
+            "{:?} {:?}",
+            rec.rationale,
+            rec.partial_reason
         );
         assert!(
             !rec.phases_cut.contains(&Phase::Race),
@@ -1149,4 +1150,75 @@ fn a_constant_noise_scale_gets_no_ramp_and_says_why() {
     // Without a share (the built-in policies), nothing is tried or said.
     let rec = advise_with(&runner, &spec("balanced", ""), 4u64 << 30).unwrap();
     assert!(rec.batch_schedule.is_none());
+}
+
+#[test]
+fn after_every_run_the_plan_follows_what_runs_cost() {
+    // Training runs cost 5 s more than the throughput trials showed. The
+    // plan before the confirmations, by counts of runs, gave them a share
+    // two of their three did not fit (the phase was cut: PARTIAL). The
+    // plan re-made after every run from what runs cost, by rank (the
+    // leanest race, then the confirmations, then the rest), fits all three
+    // and every race candidate's two seeds, taking the time from the
+    // check and the extra seeds.
+    for budget in [60, 90] {
+        let mut spec = spec("balanced", "[training]\ntime_budget = \"3s\"\n");
+        spec.search.time_budget = std::time::Duration::from_secs(budget);
+        let (rec, _) = advise_on_simulated_runs(FakeRunner::new(), &spec, 0.05, 5.0);
+        let confirmations = rec
+            .evidence
+            .trials
+            .iter()
+            .filter(|t| t.phase == Phase::LrConfirmation)
+            .count();
+        assert!(confirmations >= 3, "{:?}", rec.rationale);
+        let race = rec.evidence.race.as_ref().unwrap();
+        assert!(
+            race.entries.len() >= 2 && race.entries.iter().all(|e| e.runs.len() >= 2),
+            "{:?}",
+            race.entries
+        );
+        assert!(
+            !rec.phases_cut.contains(&Phase::LrConfirmation)
+                && !rec.phases_cut.contains(&Phase::Race),
+            "{budget} s: {:?}",
+            rec.partial_reason
+        );
+        assert!(rec.seconds <= budget as f64 * 1.05, "{} s", rec.seconds);
+    }
+}
+
+#[test]
+fn on_simulated_time_a_ramp_the_policy_asks_for_is_raced_within_the_budget() {
+    // The ramp runs last, after the check; the plan keeps its runs ranked
+    // above the check's and the extra seeds', so a derived ramp is raced
+    // on every seed of the winner within the budget.
+    for per_run in [0.5, 5.0] {
+        let mut runner = FakeRunner::new();
+        runner.noise_scale = 100.0;
+        runner.noise_growth = Some(1.0);
+        runner.c0 = 0.03;
+        let mut spec = spec(
+            "balanced",
+            &format!("{RAMP_SHARES}[training]\ntime_budget = \"30s\"\n"),
+        );
+        spec.search.time_budget = std::time::Duration::from_secs(600);
+        let (rec, _) = advise_on_simulated_runs(runner, &spec, 0.05, per_run);
+        let ramp = rec.batch_schedule.as_ref().unwrap();
+        assert_eq!(
+            ramp.outcome,
+            crate::search::ramp::RampOutcome::Won,
+            "{:?}",
+            rec.rationale
+        );
+        let race = rec.evidence.race.as_ref().unwrap();
+        let winner = race
+            .entries
+            .iter()
+            .find(|e| Some(e.batch_size) == race.winner)
+            .unwrap();
+        assert_eq!(ramp.runs.len(), winner.runs.len());
+        assert!(rec.phases_cut.is_empty(), "{:?}", rec.partial_reason);
+        assert!(rec.seconds <= 600.0 * 1.05, "{} s", rec.seconds);
+    }
 }

@@ -122,6 +122,10 @@ impl<R: TrialRunner> Session<'_, R> {
                         left: self.phase_left(Phase::Race),
                     });
                     debug_assert_eq!(seeds, round);
+                    // Its planned runs are over; its time goes to the
+                    // phases after it.
+                    self.book.close(Phase::Race);
+                    self.replan_from_book();
                 }
             }
             let Some(ask) = machine.next_run() else {

@@ -22,6 +22,7 @@ use super::lr::{
 };
 use super::maxfit::{prior_bytes_per_sample, MaxFit, MaxFitSearch, Next, Probe};
 use super::noise::{pooled_noise_scale, NoiseScale};
+use super::plan::RunBook;
 use super::race::{self, Race, RaceBudget, RaceEntry, RaceRun};
 use super::recommend::{
     expected_speed, goodput_curve, precision_advice, preferred_batch, BatchCap, Evidence, LrAdvice,

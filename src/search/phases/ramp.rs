@@ -28,16 +28,37 @@ impl RampPhase {
     }
 }
 
+/// The ramp once derived, before it is raced: settled already (no share,
+/// nothing derived, nothing to race against), or a schedule to race
+/// against the winner's runs.
+pub(in crate::search) enum RampStart {
+    Settled(RampPhase),
+    Race {
+        advice: BatchRampAdvice,
+        schedule: BatchSchedule,
+        constant: RaceEntry,
+    },
+}
+
+impl RampStart {
+    /// Whether the ramp has runs to make (the plan keeps time for them).
+    pub(in crate::search) fn races(&self) -> bool {
+        matches!(self, RampStart::Race { .. })
+    }
+}
+
 impl<R: TrialRunner> Session<'_, R> {
-    /// Phase 7: derive the ramp and race it against the winner.
-    pub(in crate::search) async fn ramp(
-        &mut self,
+    /// Phase 7, first half, right after the race: derive the ramp from the
+    /// race's noise windows, so a ramp that will not be raced gives its
+    /// time back to the LR check before the check starts.
+    pub(in crate::search) fn derive_ramp(
+        &self,
         curve: &CurvePhase,
         raced: &RacePhase,
         runs: &RunPlan,
-    ) -> RampPhase {
+    ) -> RampStart {
         if self.spec.policy.budget_shares.ramp <= 0.0 {
-            return RampPhase::none();
+            return RampStart::Settled(RampPhase::none());
         }
         let points: Vec<(u64, f64)> = raced
             .noise_windows
@@ -62,10 +83,7 @@ impl<R: TrialRunner> Session<'_, R> {
             advice.outcome = RampOutcome::NotRaced { why };
             advice
         };
-        let finish = |advice: BatchRampAdvice| RampPhase {
-            findings: vec![Finding::Ramp(advice.verdict.clone())],
-            advice: Some(advice),
-        };
+        let finish = |advice: BatchRampAdvice| RampStart::Settled(settle(advice));
         if !self.spec.supports_batch_schedule() {
             let why = "the job's script does not declare batch_schedule = true".to_string();
             return finish(not_raced(advice, why));
@@ -132,7 +150,38 @@ impl<R: TrialRunner> Session<'_, R> {
             spread: sample_sd(&losses),
             seeds: losses.len(),
         };
-        advice.constant = Some(constant.clone());
+        advice.constant = Some(constant);
+        RampStart::Race {
+            advice,
+            schedule,
+            constant: entry.clone(),
+        }
+    }
+
+    /// Phase 7, second half, after the LR check: race the derived ramp
+    /// against the winner on the winner's seeds.
+    pub(in crate::search) async fn ramp(
+        &mut self,
+        curve: &CurvePhase,
+        runs: &RunPlan,
+        start: RampStart,
+    ) -> RampPhase {
+        let (mut advice, schedule, entry) = match start {
+            RampStart::Settled(phase) => return phase,
+            RampStart::Race {
+                advice,
+                schedule,
+                constant,
+            } => (advice, schedule, constant),
+        };
+        let entry = &entry;
+        let finish = settle;
+        let not_raced = |mut advice: BatchRampAdvice, why: String| {
+            advice.verdict = format!("no batch ramp was raced: {why}");
+            advice.outcome = RampOutcome::NotRaced { why };
+            advice
+        };
+        let start = entry.batch_size;
         let steps = self.ramp_steps(curve, &schedule, runs, entry);
         let stepping: f64 = self.ramp_stepping(curve, &schedule, steps);
         let cost = self.run_seconds(stepping);
@@ -276,5 +325,13 @@ impl<R: TrialRunner> Session<'_, R> {
         let mut request = self.training_request(schedule.first_batch(), lr, steps, seed);
         request.batch_schedule = Some(schedule.clone());
         self.trial(Phase::Ramp, request).await
+    }
+}
+
+/// The phase's result once the ramp's advice is final.
+fn settle(advice: BatchRampAdvice) -> RampPhase {
+    RampPhase {
+        findings: vec![Finding::Ramp(advice.verdict.clone())],
+        advice: Some(advice),
     }
 }

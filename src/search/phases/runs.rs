@@ -141,6 +141,24 @@ impl<R: TrialRunner> Session<'_, R> {
                 (Phase::Ramp, ramping),
             ],
         );
+        if matches!(budget, RaceBudget::WallClock { .. }) {
+            // From here the plan follows what runs cost, after every run.
+            // Ranks: the leanest race (two candidates, two seeds: a verdict
+            // needs a spread), the initial confirmations, the rest of the
+            // race, the ramp, extensions, extra seeds, the check.
+            let initial = initial.min(confirmations);
+            let planned = f64::from(candidates * seeds).min(racing);
+            let leanest = f64::from(2 * seeds.min(2)).min(planned);
+            self.book = RunBook::new(vec![
+                (Phase::Race, leanest),
+                (Phase::LrConfirmation, initial),
+                (Phase::Race, planned - leanest),
+                (Phase::Ramp, ramping),
+                (Phase::LrConfirmation, confirmations - initial),
+                (Phase::Race, racing - planned),
+                (Phase::LrCheck, checks),
+            ]);
+        }
         findings.push(Finding::RunBudget {
             budget,
             final_fraction: race.final_lr_fraction,
@@ -205,22 +223,52 @@ impl<R: TrialRunner> Session<'_, R> {
             runs.seeds = seeds;
         }
         // The deadlines follow what is affordable, in rank: the
-        // candidates' own seeds, then extra seeds, then the check.
-        let racing = racing(candidates, seeds);
-        let extra_fit = extra.min((affordable - racing).max(0.0));
-        let checks_fit = checks.min((affordable - racing - extra_fit).max(0.0));
-        let ramping = self.ramp_runs(policy.race.seeds);
-        let ramp_fit = ramping.min((affordable - racing - extra_fit - checks_fit).max(0.0));
+        // candidates' own seeds, the ramp where the policy asks for one
+        // (it runs last, so without a rank it never fits), extra seeds,
+        // then the check.
+        self.book = RunBook::new(vec![
+            (Phase::Race, racing(candidates, seeds)),
+            (Phase::Ramp, self.ramp_runs(policy.race.seeds)),
+            (Phase::Race, extra),
+            (Phase::LrCheck, checks),
+        ]);
         let elapsed = self.elapsed().as_secs_f64();
-        self.plan.replan(
-            elapsed,
-            &[
-                (Phase::Race, racing + extra_fit),
-                (Phase::LrCheck, checks_fit),
-                (Phase::Ramp, ramp_fit),
-            ],
-        );
+        self.plan.replan(elapsed, &self.book.fitting(affordable));
         runs
+    }
+
+    /// Recomputes the plan of the phases left from the runs still planned
+    /// (`book`, by rank) and what the dearest run of the phase under way
+    /// has cost: after every training run, and when a phase gives back
+    /// runs it planned. So a run dearer than planned takes its time from
+    /// the lowest ranks (the check, extra seeds) instead of cutting the
+    /// next planned run of whichever phase comes next.
+    pub(in crate::search) fn replan_from_book(&mut self) {
+        if self.book.is_empty() {
+            return;
+        }
+        let Some(phase) = self
+            .records
+            .iter()
+            .rev()
+            .map(|r| r.phase)
+            .find(|&p| TRAINING_PHASES.contains(&p))
+        else {
+            return;
+        };
+        let Some(cost) = self
+            .records
+            .iter()
+            .filter(|r| r.phase == phase && r.outcome == Outcome::Ok)
+            .map(|r| r.seconds)
+            .reduce(f64::max)
+            .filter(|c| *c > 0.0)
+        else {
+            return;
+        };
+        let affordable = (self.time_left().as_secs_f64() / cost).floor();
+        let elapsed = self.elapsed().as_secs_f64();
+        self.plan.replan(elapsed, &self.book.fitting(affordable));
     }
 
     /// The batch ramp's runs in the plan: one per seed of the race winner's
@@ -311,6 +359,14 @@ impl<R: TrialRunner> Session<'_, R> {
             && self.time_left().as_secs_f64() >= seconds
     }
 }
+
+/// The phases whose trials are training runs of the planned length.
+const TRAINING_PHASES: [Phase; 4] = [
+    Phase::LrConfirmation,
+    Phase::Race,
+    Phase::LrCheck,
+    Phase::Ramp,
+];
 
 /// The steps of a training run left out of its speed figures (and before
 /// its first noise measurement): the policy's, at most a quarter of the run.

@@ -50,8 +50,8 @@ use batchd::policy::PolicySet;
 use batchd::search::{advise, Recommendation};
 use batchd::spec::{parse_spec, JobSpec, SpecOrigin};
 use batchd::trial::{
-    BatchSchedule, LrSchedule, ProcessTrialRunner, RunnerOptions, TrialDevice, TrialRequest,
-    TrialResult, TrialRunner,
+    BatchPhase, BatchSchedule, LrSchedule, ProcessTrialRunner, RunnerOptions, TrialDevice,
+    TrialRequest, TrialResult, TrialRunner,
 };
 use batchd::validation::Syntax;
 
@@ -792,22 +792,65 @@ fn ramp_row(bench: &Bench, job: &Job) -> String {
     let verdict = advice
         .as_ref()
         .map_or("no ramp section".to_string(), |a| a.verdict.clone());
-    let Some(phases) = advice
+    // The derived ramp; where none was derived, the textbook one (Smith et
+    // al. 2017, Seesaw: double the batch where the schedule would decay,
+    // here at half the run's samples, the LR scaled by the optimizer's
+    // rule), so every job gets a measured answer to whether a ramp pays.
+    let derived = advice
         .as_ref()
         .map(|a| a.phases.clone())
-        .filter(|p| p.len() >= 2)
-    else {
-        return format!(
-            "{}: constant {batch} @ {lr:.2e} (search {search:.0} s); no ramp to measure: {verdict}",
-            job.label
-        );
+        .filter(|p| p.len() >= 2);
+    let kind = if derived.is_some() {
+        "derived"
+    } else {
+        "none derived; textbook x2 at half the run"
     };
-    let ramp = BatchSchedule { phases };
     let mut speeds: std::collections::BTreeMap<u64, f64> = Default::default();
-    for b in std::iter::once(batch).chain(ramp.phases.iter().map(|p| p.batch_size)) {
-        if let std::collections::btree_map::Entry::Vacant(slot) = speeds.entry(b) {
-            slot.insert(bench.speed(&spec, b).unwrap_or(1.0));
+    let mut speed_of = |b: u64| {
+        *speeds
+            .entry(b)
+            .or_insert_with(|| bench.speed(&spec, b).unwrap_or(1.0))
+    };
+    let constant_speed = speed_of(batch);
+    let ramp = match derived {
+        Some(phases) => BatchSchedule { phases },
+        None => {
+            let fits = rec.memory.max_fit.batch_size.unwrap_or(batch).min(
+                rec.evidence
+                    .batch_cap
+                    .as_ref()
+                    .map_or(u64::MAX, |c| c.largest_batch),
+            );
+            let doubled = (2 * batch).min(fits);
+            if doubled <= batch {
+                return format!(
+                    "{}: constant {batch} @ {lr:.2e} (search {search:.0} s); no ramp to measure (none derived: {verdict}; twice the batch does not fit)",
+                    job.label
+                );
+            }
+            let alpha = match spec.optimizer {
+                batchd::spec::OptimizerSpec::Sgd { .. } => 1.0,
+                _ => 0.5,
+            };
+            let run_samples = (seconds * constant_speed) as u64;
+            BatchSchedule {
+                phases: vec![
+                    BatchPhase {
+                        from_sample: 0,
+                        batch_size: batch,
+                        lr_factor: 1.0,
+                    },
+                    BatchPhase {
+                        from_sample: run_samples / 2,
+                        batch_size: doubled,
+                        lr_factor: (doubled as f64 / batch as f64).powf(alpha),
+                    },
+                ],
+            }
         }
+    };
+    for p in &ramp.phases {
+        speed_of(p.batch_size);
     }
     let step_time = |b: u64| b as f64 / speeds[&b];
     let constant_steps = |t: f64| ((t / step_time(batch)).round() as u32).max(MIN_STEPS);
@@ -873,9 +916,14 @@ fn ramp_row(bench: &Bench, job: &Job) -> String {
         .map(|p| format!("{}@{}", p.batch_size, p.from_sample))
         .collect();
     format!(
-        "{}: constant {batch} @ {lr:.2e}: target loss {target:.4}±{target_sd:.4} after {seconds} s; ramp [{}]; time to target: ramp {}, constant {}; saving {saving}; ramp losses by share [{}], constant [{}]; search {search:.0} s, its race: {verdict}",
+        "{}: constant {batch} @ {lr:.2e}: target loss {target:.4}±{target_sd:.4} after {seconds} s; ramp ({kind}) [{}]; speeds [{}]; time to target: ramp {}, constant {}; saving {saving}; ramp losses by share [{}], constant [{}]; search {search:.0} s, its race: {verdict}",
         job.label,
         phases.join(" "),
+        speeds
+            .iter()
+            .map(|(b, v)| format!("{b}: {v:.0}/s"))
+            .collect::<Vec<_>>()
+            .join(", "),
         ramp_time.map_or("not reached by 1.25x".into(), |t| format!("{t:.1} s")),
         constant_time.map_or("-".into(), |t| format!("{t:.1} s")),
         ramp_tried.join(", "),

@@ -138,6 +138,13 @@ pub enum Finding {
     NoWinner {
         preferred: u64,
     },
+    /// The model re-run for the race's tie rule with the noise scale the
+    /// race resolved (`noise`), where the reference batch's did not.
+    TieModel {
+        noise: NoiseScale,
+        preferred: u64,
+        before: u64,
+    },
     /// The batch ramp's verdict (`search::ramp`), in words.
     Ramp(String),
     Check {
@@ -514,6 +521,17 @@ impl fmt::Display for Finding {
                 "race over batches {candidates:?} ({budget}, each at the LR the rule lr ~ B^{alpha} gives from {reference_lr:.3e} at {reference_batch}): {verdict}"
             ),
             Finding::Ramp(verdict) => write!(f, "batch schedule: {verdict}"),
+            Finding::TieModel {
+                noise,
+                preferred,
+                before,
+            } => write!(
+                f,
+                "the race resolved the noise scale the reference batch could not: {} at batch {}, after {} samples; re-run with it, the model prefers batch {preferred} (before the race: {before}), and a tie goes to the candidate nearest it",
+                noise.describe(),
+                noise.big_batch,
+                noise.after_samples
+            ),
             Finding::NoWinner { preferred } => write!(
                 f,
                 "no candidate finished every seed: the model's choice {preferred} stands"

@@ -6,6 +6,7 @@
 //!
 //! The judging is pure: the search feeds it runs and asks whom to re-seed.
 
+use super::noise::NoiseScale;
 use super::stats::{mean, sample_sd};
 use crate::policy::TieRule;
 use crate::trial::Outcome;
@@ -87,9 +88,16 @@ pub struct Race {
     /// The winner's lead over the runner-up was within the seed-to-seed
     /// spread even after extra seeds.
     pub within_noise: bool,
-    /// The policy model's choice the candidates were spread around.
+    /// The policy model's choice: the batch the candidates were spread
+    /// around, or, where the race resolved the noise scale the reference
+    /// batch could not (`tie_noise`), the model's choice re-run with it,
+    /// which the tie rule then uses.
     #[serde(default)]
     pub preferred: u64,
+    /// The noise scale the race resolved and the tie rule's model used
+    /// (see `preferred`): the best-resolved of the candidates' points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tie_noise: Option<NoiseScale>,
     /// The rule that picked among the tied candidates, when the race ended
     /// within noise.
     #[serde(default)]
@@ -193,6 +201,7 @@ pub fn decide(
             within_noise: false,
             preferred,
             decided_by: None,
+            tie_noise: None,
             verdict: "no candidate finished the race on every seed".into(),
             entries,
         };
@@ -221,6 +230,7 @@ pub fn decide(
             within_noise,
             preferred,
             decided_by: Some(rule),
+            tie_noise: None,
             verdict,
             entries,
         };
@@ -239,6 +249,7 @@ pub fn decide(
         within_noise,
         preferred,
         decided_by: None,
+        tie_noise: None,
         verdict,
         entries,
     }

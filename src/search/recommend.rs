@@ -649,6 +649,7 @@ mod tests {
             within_noise: false,
             preferred: 256,
             decided_by: None,
+            tie_noise: None,
             verdict: "batch 256 won by 0.8 standard deviations".into(),
         });
         rec.evidence.trials = (0..120)

@@ -1051,10 +1051,73 @@ fn a_race_within_seed_noise_is_decided_by_the_rule_whatever_the_search_seed() {
 }
 
 #[test]
-fn with_only_a_lower_bound_on_the_noise_scale_a_tie_goes_to_the_fastest() {
+fn a_noise_scale_the_race_resolves_decides_its_ties_where_the_reference_gave_a_bound() {
+    // At the reference batch (168) the fake's |G|^2 is lost in the wobble
+    // of the norms: only a lower bound. The race's candidates measure it at
+    // larger batches, later in training, where it resolves; the model is
+    // re-run with the best-resolved point, whose interval covers the
+    // fake's true noise scale (2,000), and the tie goes to the candidate
+    // nearest its choice.
     let mut runner = FakeRunner::new();
     runner.seed_noise = 0.3;
     runner.grad_wobble = 0.6;
+    let mut spec = spec("balanced", "[training]\ntime_budget = \"20s\"\n");
+    spec.search.time_budget = std::time::Duration::from_secs(600);
+    let (rec, _) = advise_on_simulated_time(runner, &spec, 0.2);
+    assert!(rec
+        .evidence
+        .gradient_noise
+        .as_ref()
+        .unwrap()
+        .is_lower_bound());
+    let race = rec.evidence.race.as_ref().unwrap();
+    assert!(race.within_noise, "{}", race.verdict);
+    assert_eq!(
+        race.decided_by,
+        Some(crate::policy::TieRule::NearestPreferred)
+    );
+    let noise = race.tie_noise.as_ref().expect("the race resolved it");
+    assert!(noise.is_decisive(), "{noise:?}");
+    assert!(
+        noise.low <= 2000.0 && noise.high.unwrap() >= 2000.0,
+        "{}",
+        noise.describe()
+    );
+    assert!(
+        (noise.value / 2000.0 - 1.0).abs() < 0.3,
+        "{}",
+        noise.describe()
+    );
+    // The winner: the tied candidate nearest (in log scale) the re-run
+    // model's choice.
+    let winner = race.winner.unwrap();
+    let distance = |b: u64| (b as f64 / race.preferred as f64).ln().abs();
+    assert!(
+        race.entries
+            .iter()
+            .all(|e| distance(winner) <= distance(e.batch_size)),
+        "{}",
+        race.verdict
+    );
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|l| l.starts_with("the race resolved the noise scale")),
+        "{:?}",
+        rec.rationale
+    );
+    assert_eq!(rec.batch_size, winner);
+}
+
+#[test]
+fn with_only_a_lower_bound_on_the_noise_scale_a_tie_goes_to_the_fastest() {
+    // Where neither the reference nor the race resolves the noise scale,
+    // every candidate above the bound agrees with the model: the fastest
+    // tied candidate wins.
+    let mut runner = FakeRunner::new();
+    runner.seed_noise = 0.3;
+    runner.grad_wobble = 0.6;
+    runner.noise_scale = 2_000_000.0;
     let mut spec = spec("balanced", "[training]\ntime_budget = \"20s\"\n");
     spec.search.time_budget = std::time::Duration::from_secs(600);
     let (rec, runner) = advise_on_simulated_time(runner, &spec, 0.2);
@@ -1065,6 +1128,7 @@ fn with_only_a_lower_bound_on_the_noise_scale_a_tie_goes_to_the_fastest() {
         .unwrap()
         .is_lower_bound());
     let race = rec.evidence.race.as_ref().unwrap();
+    assert!(race.tie_noise.is_none(), "{:?}", race.tie_noise);
     assert!(race.within_noise, "{}", race.verdict);
     assert_eq!(race.decided_by, Some(crate::policy::TieRule::Fastest));
     // The fake's speed rises with the batch: the largest tied candidate.
@@ -1221,4 +1285,38 @@ fn on_simulated_time_a_ramp_the_policy_asks_for_is_raced_within_the_budget() {
         assert!(rec.phases_cut.is_empty(), "{:?}", rec.partial_reason);
         assert!(rec.seconds <= 600.0 * 1.05, "{} s", rec.seconds);
     }
+}
+
+#[test]
+fn the_data_cap_is_per_device_when_replicas_share_an_epoch() {
+    // 4,000 samples: one device's cap is the training set over the
+    // fewest updates per epoch; four replicas take four batches per
+    // update, so each device's cap is a quarter of that.
+    let cap = |world: u32| {
+        let runner = FakeRunner::new();
+        let rec = advise_with(
+            &runner,
+            &spec(
+                "balanced",
+                &format!("[training]\ndataset_size = 4000\nworld_size = {world}\n"),
+            ),
+            4 << 30,
+        )
+        .unwrap();
+        let cap = rec.evidence.batch_cap.clone().unwrap();
+        assert!(rec.batch_size <= cap.largest_batch, "{rec:?}");
+        (cap, rec.schedule.updates_per_epoch.unwrap())
+    };
+    let (one, _) = cap(1);
+    let (four, updates) = cap(4);
+    assert!(one.largest_batch * one.min_updates_per_epoch <= 4000);
+    assert!(
+        four.largest_batch * 4 * four.min_updates_per_epoch <= 4000,
+        "{four:?}"
+    );
+    assert!(
+        four.largest_batch * 4 <= one.largest_batch + 4 * 8,
+        "{one:?} {four:?}"
+    );
+    assert!(updates >= four.min_updates_per_epoch, "{updates}");
 }

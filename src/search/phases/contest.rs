@@ -141,15 +141,60 @@ impl<R: TrialRunner> Session<'_, R> {
             }
         }
         let entries = machine.into_entries();
-        let rule = match policy.race.tie_rule(policy.objective) {
-            // Every candidate at or above a lower-bound batch agrees with the
-            // model, so its choice cannot break a tie; the larger batch is
-            // the better bet for a run longer than the race's (the noise
-            // scale grows as training proceeds).
-            TieRule::NearestPreferred if bound => TieRule::Fastest,
-            rule => rule,
+        let warmup_of = |steps: u32| runs::run_warmup(policy.trials.warmup_steps, steps);
+        // The model before the race had only the reference batch's noise
+        // scale, often a lower bound there (README, "Repeatable advice");
+        // the race measures it at larger batches, later in training, where
+        // it can resolve. Ties are decided by the model re-run with the
+        // best-resolved of those points.
+        let resolved = (!decisive)
+            .then(|| {
+                best_resolved(entries.iter().zip(&samples).filter_map(|(entry, samples)| {
+                    model_noise_since(
+                        samples,
+                        entry.batch_size,
+                        entry.steps,
+                        warmup_of(entry.steps),
+                        entry.steps / 2,
+                    )
+                }))
+            })
+            .flatten();
+        let (tie_preferred, rule) = match &resolved {
+            Some(noise) if policy.objective != Objective::Throughput => {
+                let (batch, _) = preferred_batch(
+                    policy,
+                    &curve.points,
+                    curve.model.as_ref(),
+                    Some(noise),
+                    curve.floor,
+                    curve.top,
+                    world,
+                );
+                findings.push(Finding::TieModel {
+                    noise: noise.clone(),
+                    preferred: batch,
+                    before: preferred,
+                });
+                (batch, policy.race.tie_rule(policy.objective))
+            }
+            _ => {
+                let rule = match policy.race.tie_rule(policy.objective) {
+                    // Every candidate at or above a lower-bound batch agrees
+                    // with the model, so its choice cannot break a tie; the
+                    // larger batch is the better bet for a run longer than
+                    // the race's (the noise scale grows as training
+                    // proceeds).
+                    TieRule::NearestPreferred if bound => TieRule::Fastest,
+                    rule => rule,
+                };
+                (preferred, rule)
+            }
         };
-        let race = race::decide(runs.budget, entries, preferred, rule, &|b| curve.speed(b));
+        let mut race = race::decide(runs.budget, entries, tie_preferred, rule, &|b| {
+            curve.speed(b)
+        });
+        race.tie_noise = resolved.filter(|_| policy.objective != Objective::Throughput);
         findings.push(Finding::Race {
             candidates: candidates.clone(),
             budget: race.budget,
@@ -162,7 +207,6 @@ impl<R: TrialRunner> Session<'_, R> {
         // (`training_run`): each candidate's second half gives its point of
         // training, never pooled across candidates; four windows over the
         // whole run show the noise scale growing, for the batch ramp.
-        let warmup_of = |steps: u32| runs::run_warmup(policy.trials.warmup_steps, steps);
         let mut noise_by_progress: Vec<NoiseScale> = race
             .entries
             .iter()
@@ -204,7 +248,7 @@ impl<R: TrialRunner> Session<'_, R> {
         };
         RacePhase {
             race: Some(race),
-            preferred,
+            preferred: tie_preferred,
             batch,
             learning_rate,
             noise_by_progress,
@@ -271,4 +315,17 @@ impl<R: TrialRunner> Session<'_, R> {
             fits
         })
     }
+}
+
+/// Of the noise-scale points the race measured, the best resolved: an
+/// estimate (not a bound) whose interval is decisive and, of those, the
+/// narrowest relative to its value.
+fn best_resolved(points: impl Iterator<Item = NoiseScale>) -> Option<NoiseScale> {
+    points
+        .filter(NoiseScale::is_decisive)
+        .min_by(|a, b| relative_width(a).total_cmp(&relative_width(b)))
+}
+
+fn relative_width(noise: &NoiseScale) -> f64 {
+    noise.high.map_or(f64::INFINITY, |high| high / noise.low)
 }

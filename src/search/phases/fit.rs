@@ -154,13 +154,18 @@ impl<R: TrialRunner> Session<'_, R> {
 
     /// The cap on every batch the advice may use: the data's (training
     /// samples / the fewest updates per epoch) and the real run's (its
-    /// samples / the fewest updates per run).
+    /// samples / the fewest updates per run), per device: with
+    /// `world_size` replicas an update takes `world_size` batches.
     pub(in crate::search) fn batch_cap(&self, fit: &FitPhase) -> Option<BatchCap> {
         let samples = self.spec.training.dataset_size.or(self.train_samples)?;
         let policy = &self.spec.policy;
         let per_epoch = policy.min_updates_per_epoch.max(1);
         let floor = self.spec.search.min_batch.max(1);
-        let data = round_down((samples / per_epoch).max(floor), policy.batch_multiple);
+        let world = u64::from(self.spec.training.world_size.max(1));
+        let data = round_down(
+            (samples / per_epoch / world).max(floor),
+            policy.batch_multiple,
+        );
         let run = self
             .run_cap(fit, samples)
             .filter(|r| r.largest_batch < data);
@@ -216,11 +221,15 @@ impl<R: TrialRunner> Session<'_, R> {
                 (largest, (speed * budget.as_secs_f64()) as u64)
             }
             None => {
+                // Epochs of the training set, split across the replicas; a
+                // wall-clock run's updates do not depend on them.
+                let world = u64::from(spec.training.world_size.max(1));
                 let run_samples = (spec.training.epochs * samples as f64) as u64;
-                if run_samples / updates < floor {
+                let largest = run_samples / updates / world;
+                if largest < floor {
                     return None;
                 }
-                (run_samples / updates, run_samples)
+                (largest, run_samples)
             }
         };
         Some(RunCap {

@@ -292,6 +292,30 @@ fn noise_since(
     )
 }
 
+/// The measurements of the noise the model uses: the preconditioned norms
+/// when every run has them (Adam-family optimizers), else the raw ones.
+fn model_samples(samples: &[GradNoiseSample]) -> std::borrow::Cow<'_, [GradNoiseSample]> {
+    let preconditioned: Option<Vec<GradNoiseSample>> = samples
+        .iter()
+        .map(GradNoiseSample::preconditioned)
+        .collect();
+    match preconditioned {
+        Some(p) if !p.is_empty() => std::borrow::Cow::Owned(p),
+        _ => std::borrow::Cow::Borrowed(samples),
+    }
+}
+
+/// [`noise_since`] of the noise the model uses ([`model_samples`]).
+fn model_noise_since(
+    samples: &[GradNoiseSample],
+    batch: u64,
+    steps: u32,
+    from: u32,
+    since: u32,
+) -> Option<NoiseScale> {
+    noise_since(&model_samples(samples), batch, steps, from, since)
+}
+
 /// The noise scale of runs of `steps` at `batch` in `windows` consecutive
 /// windows of their measured steps (spread from step `from` to the end),
 /// each stated at the samples its window covers; of the preconditioned
@@ -303,14 +327,7 @@ fn noise_windows(
     from: u32,
     windows: usize,
 ) -> Vec<NoiseScale> {
-    let preconditioned: Option<Vec<GradNoiseSample>> = samples
-        .iter()
-        .map(GradNoiseSample::preconditioned)
-        .collect();
-    let samples = match &preconditioned {
-        Some(p) if !p.is_empty() => p.as_slice(),
-        _ => samples,
-    };
+    let samples = &model_samples(samples);
     let Some(m) = samples.iter().map(|s| s.big_sq_norms.len()).max() else {
         return Vec::new();
     };

@@ -37,10 +37,11 @@
 //! `BATCHD_BENCH_RAMP_SECONDS` (default 8) of training; the constant
 //! recommendation trains that long on the bench's seeds, and its mean final
 //! validation loss is the target. Then the derived ramp (whether or not it
-//! won the search's own race) and the constant batch each train for
-//! growing shares of that time (steps from the measured speed of each
-//! batch), and the first share whose mean loss reaches the target is each
-//! one's time to it.
+//! won the search's own race; where none was derived, the textbook ramp:
+//! twice the batch from half the run's samples, the LR by the optimizer's
+//! rule) and the constant batch each train for growing shares of that time
+//! (steps from the measured speed of each batch), and the first share
+//! whose mean loss reaches the target is each one's time to it.
 //! Figures are printed, not asserted: the README keeps them.
 
 use std::path::Path;

@@ -239,6 +239,10 @@ pub struct Policy {
     /// epochs) makes fewer is raced or recommended.
     #[serde(default = "default_min_updates_per_run")]
     pub min_updates_per_run: u64,
+    /// Most batch sizes on the throughput ladder (max-fit trials included):
+    /// more points place the plateau more exactly, at a trial each.
+    #[serde(default = "default_throughput_points")]
+    pub throughput_points: usize,
     #[serde(default)]
     pub race: RaceSettings,
     #[serde(default)]
@@ -251,6 +255,10 @@ fn default_min_updates_per_epoch() -> u64 {
 
 fn default_min_updates_per_run() -> u64 {
     32
+}
+
+fn default_throughput_points() -> usize {
+    8
 }
 
 /// The goodput race: candidate batches trained for the same time (or
@@ -440,6 +448,12 @@ impl Policy {
         }
         if self.min_updates_per_run == 0 {
             problems.push("min_updates_per_run", "must be > 0, got 0");
+        }
+        if !(2..=16).contains(&self.throughput_points) {
+            problems.push(
+                "throughput_points",
+                format!("must be in 2..=16, got {}", self.throughput_points),
+            );
         }
         let race = &self.race;
         if !(1..=6).contains(&race.candidates) {
@@ -753,8 +767,10 @@ mod tests {
         assert_eq!(defaults.lr_search.check_seeds, 2);
         assert_eq!(defaults.race.max_seeds, 5);
         assert_eq!(defaults.min_updates_per_run, 32);
+        assert_eq!(defaults.throughput_points, 8);
         assert_eq!(defaults.budget_shares, BudgetShares::default());
         let bad = serde_json::json!({
+            "throughput_points": 1,
             "lr_search": {"candidate_spacing": 1.0, "check_seeds": 0, "max_extensions": 9},
             "race": {"max_seeds": 1},
             "budget_shares": {"race": 0.9},
@@ -769,12 +785,13 @@ mod tests {
                 "policy_overrides.lr_search.candidate_spacing",
                 "policy_overrides.lr_search.max_extensions",
                 "policy_overrides.lr_search.check_seeds",
+                "policy_overrides.throughput_points",
                 "policy_overrides.race.max_seeds",
                 "policy_overrides.budget_shares",
             ],
             "{errors:?}"
         );
-        assert!(errors[4].message.contains("must add up to 1, got 1.5000"));
+        assert!(errors[5].message.contains("must add up to 1, got 1.5000"));
     }
 
     #[test]

@@ -37,7 +37,7 @@ impl<R: TrialRunner> Session<'_, R> {
             samples_per_second: result.samples_per_second.unwrap_or(0.0),
             source: PointSource::MaxFit,
         };
-        let ladder = full_range_ladder(floor, top, policy.batch_multiple, LADDER_POINTS);
+        let ladder = full_range_ladder(floor, top, policy.batch_multiple, policy.throughput_points);
         let reused: Vec<CurvePoint> = ladder
             .iter()
             .filter_map(|&b| reusable(b).map(as_point))

@@ -39,8 +39,6 @@ use crate::trial::{
     TrialRunner,
 };
 
-/// Most points on the throughput ladder, max-fit trials included.
-const LADDER_POINTS: usize = 8;
 /// Fewest steps of a confirmation or race run: fewer say nothing.
 const MIN_RUN_STEPS: u32 = 10;
 /// Most steps of one run, whatever the budget.

@@ -160,7 +160,7 @@ fn documented_routes() -> OpenApiRouter<Arc<Service>> {
 /// The fields the daemon leaves out when they are empty, by schema. Every
 /// other property of a documented object is always written (null when it
 /// has no value), so the document marks it required.
-const OMITTED_WHEN_EMPTY: [(&str, &str); 9] = [
+const OMITTED_WHEN_EMPTY: [(&str, &str); 10] = [
     ("Job", "data_digest"),
     ("Job", "device_model"),
     ("Job", "lease_holder"),
@@ -170,6 +170,7 @@ const OMITTED_WHEN_EMPTY: [(&str, &str); 9] = [
     ("Problem", "errors"),
     ("Confirmation", "loss_steps"),
     ("RaceRun", "loss_steps"),
+    ("Race", "tie_noise"),
 ];
 
 /// The OpenAPI 3.1 document of the API, generated from its routes and types.

@@ -1107,6 +1107,12 @@ fn a_noise_scale_the_race_resolves_decides_its_ties_where_the_reference_gave_a_b
         rec.rationale
     );
     assert_eq!(rec.batch_size, winner);
+    // The model's own pick among the raced, not an overrule.
+    assert!(
+        !rec.rationale.iter().any(|l| l.contains("overruled")),
+        "{:?}",
+        rec.rationale
+    );
 }
 
 #[test]

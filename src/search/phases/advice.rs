@@ -49,7 +49,13 @@ impl<R: TrialRunner> Session<'_, R> {
         }
         let batch = raced.batch;
         let world = spec.training.world_size.max(1);
-        if raced.race.is_some() && raced.preferred != batch {
+        // A tie the rule gave to the candidate nearest the model's batch is
+        // the model's own pick among those raced, not an overrule.
+        let nearest_tie = raced
+            .race
+            .as_ref()
+            .is_some_and(|r| r.decided_by == Some(crate::policy::TieRule::NearestPreferred));
+        if raced.race.is_some() && raced.preferred != batch && !nearest_tie {
             findings.push(Finding::Overruled {
                 batch,
                 preferred: raced.preferred,

@@ -1050,6 +1050,24 @@ fn a_race_within_seed_noise_is_decided_by_the_rule_whatever_the_search_seed() {
     assert!(winners.windows(2).all(|w| w[0] == w[1]), "{winners:?}");
 }
 
+/// A search on simulated time whose seeds wobble enough that the race ties
+/// and whose norms wobble enough that the reference batch gives only a
+/// lower bound on the fake's `noise_scale`.
+fn tied_search_with_a_bound_at_the_reference(noise_scale: f64) -> (Recommendation, FakeRunner) {
+    let mut runner = FakeRunner::new();
+    runner.seed_noise = 0.3;
+    runner.grad_wobble = 0.6;
+    runner.noise_scale = noise_scale;
+    let mut spec = spec("balanced", "[training]\ntime_budget = \"20s\"\n");
+    spec.search.time_budget = std::time::Duration::from_secs(600);
+    let (rec, runner) = advise_on_simulated_time(runner, &spec, 0.2);
+    let noise = rec.evidence.gradient_noise.as_ref().unwrap();
+    assert!(noise.is_lower_bound(), "{}", noise.describe());
+    let race = rec.evidence.race.as_ref().unwrap();
+    assert!(race.within_noise, "{}", race.verdict);
+    (rec, runner)
+}
+
 #[test]
 fn a_noise_scale_the_race_resolves_decides_its_ties_where_the_reference_gave_a_bound() {
     // At the reference batch (168) the fake's |G|^2 is lost in the wobble
@@ -1058,20 +1076,8 @@ fn a_noise_scale_the_race_resolves_decides_its_ties_where_the_reference_gave_a_b
     // re-run with the best-resolved point, whose interval covers the
     // fake's true noise scale (2,000), and the tie goes to the candidate
     // nearest its choice.
-    let mut runner = FakeRunner::new();
-    runner.seed_noise = 0.3;
-    runner.grad_wobble = 0.6;
-    let mut spec = spec("balanced", "[training]\ntime_budget = \"20s\"\n");
-    spec.search.time_budget = std::time::Duration::from_secs(600);
-    let (rec, _) = advise_on_simulated_time(runner, &spec, 0.2);
-    assert!(rec
-        .evidence
-        .gradient_noise
-        .as_ref()
-        .unwrap()
-        .is_lower_bound());
+    let (rec, _) = tied_search_with_a_bound_at_the_reference(2000.0);
     let race = rec.evidence.race.as_ref().unwrap();
-    assert!(race.within_noise, "{}", race.verdict);
     assert_eq!(
         race.decided_by,
         Some(crate::policy::TieRule::NearestPreferred)
@@ -1120,22 +1126,9 @@ fn with_only_a_lower_bound_on_the_noise_scale_a_tie_goes_to_the_fastest() {
     // Where neither the reference nor the race resolves the noise scale,
     // every candidate above the bound agrees with the model: the fastest
     // tied candidate wins.
-    let mut runner = FakeRunner::new();
-    runner.seed_noise = 0.3;
-    runner.grad_wobble = 0.6;
-    runner.noise_scale = 2_000_000.0;
-    let mut spec = spec("balanced", "[training]\ntime_budget = \"20s\"\n");
-    spec.search.time_budget = std::time::Duration::from_secs(600);
-    let (rec, runner) = advise_on_simulated_time(runner, &spec, 0.2);
-    assert!(rec
-        .evidence
-        .gradient_noise
-        .as_ref()
-        .unwrap()
-        .is_lower_bound());
+    let (rec, runner) = tied_search_with_a_bound_at_the_reference(2_000_000.0);
     let race = rec.evidence.race.as_ref().unwrap();
     assert!(race.tie_noise.is_none(), "{:?}", race.tie_noise);
-    assert!(race.within_noise, "{}", race.verdict);
     assert_eq!(race.decided_by, Some(crate::policy::TieRule::Fastest));
     // The fake's speed rises with the batch: the largest tied candidate.
     let largest = race.entries.iter().map(|e| e.batch_size).max().unwrap();

@@ -115,9 +115,8 @@ impl RunBook {
     /// entry with runs left. Phases run in order, so the phases before it
     /// are over.
     pub fn ran(&mut self, phase: Phase) {
-        let order = phase_order(phase);
         for (p, left) in &mut self.entries {
-            if phase_order(*p) < order {
+            if *p < phase {
                 *left = 0.0;
             }
         }
@@ -153,22 +152,8 @@ impl RunBook {
                 None => weights.push((phase, given)),
             }
         }
-        weights.sort_by_key(|&(p, _)| phase_order(p));
+        weights.sort_by_key(|&(p, _)| p);
         weights
-    }
-}
-
-/// Where `phase` comes in a search.
-fn phase_order(phase: Phase) -> usize {
-    match phase {
-        Phase::MaxFit => 0,
-        Phase::Throughput => 1,
-        Phase::LrRangeTest => 2,
-        Phase::NoiseScale => 3,
-        Phase::LrConfirmation => 4,
-        Phase::Race => 5,
-        Phase::LrCheck => 6,
-        Phase::Ramp => 7,
     }
 }
 

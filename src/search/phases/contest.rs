@@ -142,26 +142,35 @@ impl<R: TrialRunner> Session<'_, R> {
         }
         let entries = machine.into_entries();
         let warmup_of = |steps: u32| runs::run_warmup(policy.trials.warmup_steps, steps);
+        // Race runs measure the noise from the end of their warm-up on
+        // (`training_run`): each candidate's second half gives its point of
+        // training, never pooled across candidates.
+        let point_of = |entry: &RaceEntry, samples: &[GradNoiseSample]| {
+            noise_since(
+                samples,
+                entry.batch_size,
+                entry.steps,
+                warmup_of(entry.steps),
+                entry.steps / 2,
+            )
+        };
         // The model before the race had only the reference batch's noise
         // scale, often a lower bound there (README, "Repeatable advice");
         // the race measures it at larger batches, later in training, where
         // it can resolve. Ties are decided by the model re-run with the
-        // best-resolved of those points.
-        let resolved = (!decisive)
+        // best-resolved of those points (of the noise the model uses).
+        let resolved = (!decisive && policy.objective != Objective::Throughput)
             .then(|| {
-                best_resolved(entries.iter().zip(&samples).filter_map(|(entry, samples)| {
-                    model_noise_since(
-                        samples,
-                        entry.batch_size,
-                        entry.steps,
-                        warmup_of(entry.steps),
-                        entry.steps / 2,
-                    )
-                }))
+                best_resolved(
+                    entries
+                        .iter()
+                        .zip(&samples)
+                        .filter_map(|(entry, samples)| point_of(entry, &model_samples(samples))),
+                )
             })
             .flatten();
         let (tie_preferred, rule) = match &resolved {
-            Some(noise) if policy.objective != Objective::Throughput => {
+            Some(noise) => {
                 let (batch, _) = preferred_batch(
                     policy,
                     &curve.points,
@@ -194,7 +203,7 @@ impl<R: TrialRunner> Session<'_, R> {
         let mut race = race::decide(runs.budget, entries, tie_preferred, rule, &|b| {
             curve.speed(b)
         });
-        race.tie_noise = resolved.filter(|_| policy.objective != Objective::Throughput);
+        race.tie_noise = resolved;
         findings.push(Finding::Race {
             candidates: candidates.clone(),
             budget: race.budget,
@@ -203,24 +212,13 @@ impl<R: TrialRunner> Session<'_, R> {
             reference_batch: reference_lr.0,
             verdict: race.verdict.clone(),
         });
-        // Race runs measure the noise from the end of their warm-up on
-        // (`training_run`): each candidate's second half gives its point of
-        // training, never pooled across candidates; four windows over the
-        // whole run show the noise scale growing, for the batch ramp.
+        // Each candidate's point of training; four windows over the whole
+        // run show the noise scale growing, for the batch ramp.
         let mut noise_by_progress: Vec<NoiseScale> = race
             .entries
             .iter()
             .zip(&samples)
-            .filter_map(|(entry, samples)| {
-                let from = warmup_of(entry.steps);
-                noise_since(
-                    samples,
-                    entry.batch_size,
-                    entry.steps,
-                    from,
-                    entry.steps / 2,
-                )
-            })
+            .filter_map(|(entry, samples)| point_of(entry, samples))
             .collect();
         noise_by_progress.sort_by_key(|n| n.after_samples);
         let mut windows: Vec<NoiseScale> = race

@@ -303,17 +303,6 @@ fn model_samples(samples: &[GradNoiseSample]) -> std::borrow::Cow<'_, [GradNoise
     }
 }
 
-/// [`noise_since`] of the noise the model uses ([`model_samples`]).
-fn model_noise_since(
-    samples: &[GradNoiseSample],
-    batch: u64,
-    steps: u32,
-    from: u32,
-    since: u32,
-) -> Option<NoiseScale> {
-    noise_since(&model_samples(samples), batch, steps, from, since)
-}
-
 /// The noise scale of runs of `steps` at `batch` in `windows` consecutive
 /// windows of their measured steps (spread from step `from` to the end),
 /// each stated at the samples its window covers; of the preconditioned

@@ -102,9 +102,12 @@ struct Session<'a, R: TrialRunner> {
     /// Seconds a trial costs beyond its steps (process start, data, model
     /// build, validation), measured on the trials so far.
     overheads: Vec<f64>,
-    /// Wall time of each training run over its timed stepping: what
-    /// validation, noise measurement, data sampling and start-up add.
+    /// Wall time of each training run, less its validation, over its timed
+    /// stepping: what noise measurement, data sampling and start-up add.
     run_ratios: Vec<f64>,
+    /// Seconds each timed validation took: a fixed cost per training run,
+    /// whatever its batch or length (a fixed set of held-out samples).
+    validations: Vec<f64>,
     /// The training runs still planned, by rank: the plan of the phases
     /// left is recomputed from it after every run (empty until the runs
     /// are planned, and for equal-epoch runs, whose cost varies by batch).
@@ -137,19 +140,30 @@ impl<R: TrialRunner> Session<'_, R> {
         median(&self.overheads).unwrap_or(1.0)
     }
 
+    /// Seconds a training run's validation takes: timed once before the
+    /// runs are planned (the first ladder trial), 0 where nothing timed it.
+    fn validation_seconds(&self) -> f64 {
+        median(&self.validations).unwrap_or(0.0)
+    }
+
     /// Wall seconds of a training run whose timed steps take `stepping`:
-    /// from the runs so far, else a margin over the probes' overhead.
+    /// its validation, plus the stepping at what runs so far cost over
+    /// theirs, else a margin over the probes' overhead. (A ratio alone
+    /// made a 2.5-s transformer run, whose validation takes 0.8 s, cost
+    /// 3.1 s in the plan and 3.6-4.3 s in fact.)
     fn run_seconds(&self, stepping: f64) -> f64 {
         let fixed = self.overhead_seconds() * 1.5 + 0.1;
+        let validation = self.validation_seconds();
         match median(&self.run_ratios) {
-            Some(ratio) => (stepping * ratio).max(fixed),
-            None => stepping * DEFAULT_RUN_RATIO + fixed,
+            Some(ratio) => (stepping * ratio).max(fixed) + validation,
+            None => stepping * DEFAULT_RUN_RATIO + fixed + validation,
         }
     }
 
     /// The timed stepping a run may have to take `seconds` of wall time.
     fn stepping_within(&self, seconds: f64) -> f64 {
         let fixed = self.overhead_seconds() * 1.5 + 0.1;
+        let seconds = seconds - self.validation_seconds();
         let stepping = match median(&self.run_ratios) {
             Some(ratio) => seconds / ratio,
             None => (seconds - fixed) / DEFAULT_RUN_RATIO,
@@ -240,17 +254,23 @@ impl<R: TrialRunner> Session<'_, R> {
         };
         let batch = request.batch_size;
         let steps = request.steps;
-        let validated = request.record.validation_loss;
+        let training = phases::TRAINING_PHASES.contains(&phase);
         let result = self.runner.run(request).await;
         if self.train_samples.is_none() {
             self.train_samples = result.train_samples;
         }
+        let validation = result
+            .validation_seconds
+            .filter(|s| s.is_finite() && *s >= 0.0);
+        if let Some(seconds) = validation {
+            self.validations.push(seconds);
+        }
         if let (true, Some(speed)) = (result.is_ok(), result.samples_per_second) {
             let stepping = f64::from(result.steps_completed) * batch as f64 / speed;
-            self.overheads
-                .push((result.wall_seconds - stepping).max(0.0));
-            if validated && stepping > 0.0 {
-                self.run_ratios.push(result.wall_seconds / stepping);
+            let wall = result.wall_seconds - validation.unwrap_or(0.0);
+            self.overheads.push((wall - stepping).max(0.0));
+            if training && stepping > 0.0 {
+                self.run_ratios.push(wall / stepping);
             }
         }
         if result.outcome == Outcome::Timeout && self.time_left().is_zero() {
@@ -270,7 +290,7 @@ impl<R: TrialRunner> Session<'_, R> {
             process_trial: result.process_trial,
             seconds: result.wall_seconds,
         });
-        if validated {
+        if training {
             self.book.ran(phase);
             self.replan_from_book();
         }
@@ -323,6 +343,7 @@ pub async fn advise_with_clock<R: TrialRunner>(
         train_samples: None,
         overheads: Vec::new(),
         run_ratios: Vec::new(),
+        validations: Vec::new(),
         book: RunBook::default(),
     };
     let outcome = session.run_phases().await;

@@ -7,7 +7,7 @@
 //! The judging is pure: the search feeds it runs and asks whom to re-seed.
 
 use super::noise::NoiseScale;
-use super::stats::{mean, sample_sd};
+use super::stats::{mean, pooled_sd, sample_sd, t_quantile_90};
 use crate::policy::TieRule;
 use crate::trial::Outcome;
 use serde::{Deserialize, Serialize};
@@ -116,27 +116,41 @@ fn ranked(entries: &[RaceEntry]) -> Vec<(usize, f64)> {
     scored
 }
 
-/// The seed-to-seed noise of two entries: the larger of their spreads.
-fn noise_between(a: &RaceEntry, b: &RaceEntry) -> Option<f64> {
-    match (a.spread(), b.spread()) {
-        (Some(x), Some(y)) => Some(x.max(y)),
-        (Some(x), None) | (None, Some(x)) => Some(x),
-        (None, None) => None,
-    }
+/// The seed-to-seed spread of one run's validation loss, pooled over the
+/// candidates `among` (indices into `entries`) that finished two seeds or
+/// more, with its degrees of freedom. Pooling two candidates' seeds, as
+/// Student's two-sample test does, steadies the spread: one candidate's
+/// two seeds give one degree of freedom, one time in four under a third
+/// of the true spread, and such a pair called "clear wins" (README,
+/// "Repeatable advice"). Only candidates in contention are pooled: one
+/// whose LR is too high for its batch scatters far more than the rest.
+pub fn pooled_spread(entries: &[RaceEntry], among: &[usize]) -> Option<(f64, usize)> {
+    let losses: Vec<Vec<f64>> = among
+        .iter()
+        .filter_map(|&i| entries.get(i)?.losses())
+        .collect();
+    pooled_sd(losses.iter().map(Vec::as_slice))
 }
 
-/// Entries (indices) whose mean is within the noise of the best one's.
+/// Entries (indices) whose mean is within the noise of the best one's: a
+/// lead that Student's one-sided two-sample t-test at 90% does not call,
+/// with the two candidates' pooled spread ([`pooled_spread`]) and the
+/// standard error of the difference of their means, so more seeds narrow
+/// it. Where neither has two seeds, no lead is within noise.
 pub fn tied_with_best(entries: &[RaceEntry]) -> Vec<usize> {
     let ranking = ranked(entries);
     let Some(&(best, best_mean)) = ranking.first() else {
         return Vec::new();
     };
+    let seeds = |i: usize| entries[i].runs.len().max(1) as f64;
     ranking
         .iter()
         .filter(|&&(i, mean)| {
             i == best
-                || noise_between(&entries[best], &entries[i])
-                    .is_some_and(|noise| mean - best_mean <= noise)
+                || pooled_spread(entries, &[best, i]).is_some_and(|(spread, df)| {
+                    let error = spread * (1.0 / seeds(best) + 1.0 / seeds(i)).sqrt();
+                    mean - best_mean <= t_quantile_90(df) * error
+                })
         })
         .map(|&(i, _)| i)
         .collect()
@@ -210,14 +224,21 @@ pub fn decide(
     let within_noise = tied.len() >= 2;
     let lowest = &entries[best];
     let seeds = lowest.runs.len();
-    let spread = lowest
-        .spread()
-        .map_or("n/a".to_string(), |s| format!("{s:.4}"));
+    // The spread the verdict rests on: the tied candidates', or the
+    // leader's and the runner-up's.
+    let judged: Vec<usize> = if within_noise {
+        tied.clone()
+    } else {
+        ranking.iter().take(2).map(|&(i, _)| i).collect()
+    };
+    let spread = pooled_spread(&entries, &judged).map_or("n/a".to_string(), |(s, df)| {
+        format!("{s:.4}, pooled over {df} degrees of freedom")
+    });
     if within_noise {
         let pick = break_tie(&entries, &tied, rule, preferred, speed).unwrap_or(best);
         let winner = &entries[pick];
         let verdict = format!(
-            "batches {:?} finished within the seed-to-seed spread of each other (lowest mean {best_mean:.4} at {} over {seeds} seeds, spread {spread}), so the tie rule decided: {} picks {} (mean {:.4}; the model preferred {preferred})",
+            "batches {:?} finished within seed noise of each other (lowest mean {best_mean:.4} at {} over {seeds} seeds, seed spread {spread}), so the tie rule decided: {} picks {} (mean {:.4}; the model preferred {preferred})",
             tied.iter().map(|&i| entries[i].batch_size).collect::<Vec<_>>(),
             lowest.batch_size,
             rule,
@@ -240,7 +261,7 @@ pub fn decide(
         .map(|&(i, m)| format!("; runner-up {} at {m:.4}", entries[i].batch_size))
         .unwrap_or_default();
     let verdict = format!(
-        "batch {} won with mean validation loss {best_mean:.4} over {seeds} seeds (spread {spread}){runner_up}",
+        "batch {} won with mean validation loss {best_mean:.4} over {seeds} seeds (seed spread {spread}; a lead past the 90% t-test){runner_up}",
         lowest.batch_size,
     );
     Race {
@@ -505,6 +526,45 @@ mod tests {
         );
         let lowest = decide(BUDGET, entries, 300, TieRule::LowestMean, &no_speed);
         assert_eq!(lowest.winner, Some(64), "{}", lowest.verdict);
+    }
+
+    #[test]
+    fn a_lead_the_t_test_does_not_call_is_a_tie() {
+        // 256 leads 64 by 0.02, more than either one's own spread (0.017,
+        // 0.008), which the previous rule called a clear win; pooled, the
+        // two seeds of each give a spread of 0.0134 on two degrees of
+        // freedom, and the 90% test needs a lead of 1.886 x 0.0134. The
+        // third candidate, 0.1 behind, is out either way.
+        let entries = vec![
+            entry(64, &[Some(0.508), Some(0.532)]),
+            entry(256, &[Some(0.494), Some(0.506)]),
+            entry(1024, &[Some(0.56), Some(0.64)]),
+        ];
+        assert_eq!(tied_with_best(&entries), vec![1, 0]);
+        let (spread, df) = pooled_spread(&entries, &[0, 1]).unwrap();
+        assert_eq!(df, 2);
+        assert!((spread - 0.01342).abs() < 1e-4, "{spread}");
+        let race = decide(BUDGET, entries, 1024, TieRule::Fastest, &|b| Some(b as f64));
+        assert!(race.within_noise);
+        assert_eq!(race.winner, Some(256), "{}", race.verdict);
+    }
+
+    #[test]
+    fn more_seeds_narrow_what_counts_as_a_tie() {
+        // The same means (0.50 and 0.53) and the same spread per run: at two
+        // seeds each the lead is within the 90% test, at six it is not.
+        let seeds = |centre: f64, n: usize| -> Vec<Option<f64>> {
+            (0..n)
+                .map(|i| Some(centre + if i % 2 == 0 { 0.02 } else { -0.02 }))
+                .collect()
+        };
+        let two = vec![entry(64, &seeds(0.50, 2)), entry(256, &seeds(0.53, 2))];
+        assert_eq!(tied_with_best(&two), vec![0, 1]);
+        let six = vec![entry(64, &seeds(0.50, 6)), entry(256, &seeds(0.53, 6))];
+        assert_eq!(tied_with_best(&six), vec![0]);
+        // Single seeds give no spread: no lead is within noise.
+        let single = vec![entry(64, &seeds(0.50, 1)), entry(256, &seeds(0.53, 1))];
+        assert_eq!(tied_with_best(&single), vec![0]);
     }
 
     #[test]

@@ -29,6 +29,38 @@ pub fn sample_sd(values: &[f64]) -> Option<f64> {
     Some(var.sqrt())
 }
 
+/// The one-sided 90% quantile of Student's t with `df` degrees of freedom
+/// (tabulated; the normal's 1.2816 past 30).
+pub fn t_quantile_90(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        3.078, 1.886, 1.638, 1.533, 1.476, 1.440, 1.415, 1.397, 1.383, 1.372, 1.363, 1.356, 1.350,
+        1.345, 1.341, 1.337, 1.333, 1.330, 1.328, 1.325, 1.323, 1.321, 1.319, 1.318, 1.316, 1.315,
+        1.314, 1.313, 1.311, 1.310,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => TABLE[df - 1],
+        _ => 1.2816,
+    }
+}
+
+/// The pooled sample standard deviation of several groups, each assumed to
+/// share one spread: sqrt(sum of squared deviations from each group's mean /
+/// sum of (n - 1)), with those degrees of freedom. Groups below two values
+/// add nothing; `None` when no group has two.
+pub fn pooled_sd<'a>(groups: impl IntoIterator<Item = &'a [f64]>) -> Option<(f64, usize)> {
+    let (squares, df) =
+        groups
+            .into_iter()
+            .filter(|g| g.len() >= 2)
+            .fold((0.0, 0usize), |(squares, df), g| {
+                let mean = g.iter().sum::<f64>() / g.len() as f64;
+                let ss: f64 = g.iter().map(|v| (v - mean).powi(2)).sum();
+                (squares + ss, df + g.len() - 1)
+            });
+    (df > 0).then(|| ((squares / df as f64).sqrt(), df))
+}
+
 /// A line y = intercept + slope · x fitted by weighted least squares.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AffineFit {
@@ -120,5 +152,27 @@ mod tests {
         assert_eq!(round_down(5, 8), 5);
         assert_eq!(round_down(0, 8), 1);
         assert_eq!(round_down(7, 0), 7);
+    }
+
+    #[test]
+    fn pooled_sd_weights_groups_by_their_degrees_of_freedom() {
+        // Groups with sds 1 (3 values, df 2) and 2 (2 values, df 1): the
+        // pooled variance is (2 * 1 + 1 * 4) / 3 = 2.
+        let a = [1.0, 2.0, 3.0];
+        let b = [0.0, 2.0 * std::f64::consts::SQRT_2];
+        let single = [5.0];
+        let (sd, df) = pooled_sd([&a[..], &b[..], &single[..]]).unwrap();
+        assert_eq!(df, 3);
+        assert!((sd - 2f64.sqrt()).abs() < 1e-12, "{sd}");
+        assert_eq!(pooled_sd([&single[..]]), None);
+    }
+
+    #[test]
+    fn the_t_quantile_falls_to_the_normal_one() {
+        assert_eq!(t_quantile_90(0), f64::INFINITY);
+        assert_eq!(t_quantile_90(1), 3.078);
+        assert_eq!(t_quantile_90(3), 1.638);
+        assert!((1..60).all(|df| t_quantile_90(df) >= t_quantile_90(df + 1)));
+        assert_eq!(t_quantile_90(1000), 1.2816);
     }
 }

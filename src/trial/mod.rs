@@ -636,7 +636,8 @@ pub struct WorkerReport {
     /// command's report times them (command trials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training_seconds: Option<f64>,
-    /// Seconds the validation took, as the command reported them.
+    /// Seconds the validation took: timed by the worker, or as the command
+    /// reported them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_seconds: Option<f64>,
 }
@@ -694,7 +695,8 @@ pub struct TrialResult {
     /// the k-th trial of a persistent one (command trials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_trial: Option<u32>,
-    /// Seconds the validation took (command trials that report it).
+    /// Seconds the validation took (worker trials, and command trials that
+    /// report it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_seconds: Option<f64>,
 }

@@ -34,7 +34,18 @@ impl<R: TrialRunner> Session<'_, R> {
         }
         let batch = entry.batch_size;
         let steps = entry.steps;
-        let noise = entry.spread().unwrap_or(0.0);
+        // The seed spread pooled over the candidates in contention (the
+        // winner and those tied with it): the winner's own two seeds give
+        // one degree of freedom, and a pair that agreed by chance let the
+        // check move the LR on a difference of nothing.
+        let mut contention = race::tied_with_best(&race.entries);
+        if let Some(winner) = race.entries.iter().position(|e| e.batch_size == batch) {
+            if !contention.contains(&winner) {
+                contention.push(winner);
+            }
+        }
+        let noise =
+            race::pooled_spread(&race.entries, &contention).map_or(0.0, |(spread, _)| spread);
         let raced = entry
             .runs
             .iter()
@@ -63,7 +74,10 @@ impl<R: TrialRunner> Session<'_, R> {
         );
         while let Some(ask) = machine.next_run() {
             let candidate = ask.learning_rate;
-            if !self.run_fits(Phase::LrCheck, self.seconds_for(curve, batch, steps)) {
+            // At what the race's runs at this batch cost, when more than
+            // the curve's estimate: a check run started on the estimate
+            // was killed at the budget's end (PARTIAL).
+            if !self.run_fits(Phase::LrCheck, self.race_run_cost(curve, batch, steps)) {
                 // The check refines an LR the race already used: skipping
                 // it leaves a tested answer, so it is noted, not partial.
                 self.skipped.push(Gap::NotChecked {

@@ -293,7 +293,7 @@ impl<R: TrialRunner> Session<'_, R> {
 
     /// What a race run at `batch` costs: the curve's estimate, or what the
     /// dearest run at that batch has cost so far, if more.
-    fn race_run_cost(&self, curve: &CurvePhase, batch: u64, steps: u32) -> f64 {
+    pub(super) fn race_run_cost(&self, curve: &CurvePhase, batch: u64, steps: u32) -> f64 {
         self.records
             .iter()
             .filter(|r| r.phase == Phase::Race && r.batch_size == batch && r.outcome == Outcome::Ok)

@@ -44,22 +44,24 @@ impl<R: TrialRunner> Session<'_, R> {
             .collect();
         let steps = policy.trials.throughput_steps;
         let mut machine = LadderMachine::new(ladder, reused, steps);
+        let mut validating = false;
         while let Some(batch) = machine.next_trial(
             self.phase_left(Phase::Throughput).as_secs_f64(),
             self.overhead_seconds(),
         ) {
-            let result = self
-                .trial(
-                    Phase::Throughput,
-                    self.request(
-                        batch,
-                        steps,
-                        LrSchedule::Constant {
-                            lr: probe_lr(self.spec),
-                        },
-                    ),
-                )
-                .await;
+            let mut request = self.request(
+                batch,
+                steps,
+                LrSchedule::Constant {
+                    lr: probe_lr(self.spec),
+                },
+            );
+            // The first ladder trial also validates, once, to time what
+            // every training run's validation will cost before the runs are
+            // planned (`Session::run_seconds`).
+            request.record.validation_loss = self.validations.is_empty() && !validating;
+            validating |= request.record.validation_loss;
+            let result = self.trial(Phase::Throughput, request).await;
             machine.tell(batch, result.samples_per_second.filter(|_| result.is_ok()));
         }
         // The max fit's own speed, when it was measured and lies above.

@@ -14,6 +14,7 @@ mod reference;
 mod runs;
 
 pub(super) use ramp::RampPhase;
+pub(super) use runs::TRAINING_PHASES;
 
 use super::findings::{Finding, Gap, RunLengthSource};
 use super::lr::{

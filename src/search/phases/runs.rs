@@ -122,12 +122,30 @@ impl<R: TrialRunner> Session<'_, R> {
                 });
                 job_seconds
             } else {
+                // Shorter runs than the real one: as many as keep them at
+                // least half its length, from the leanest plan (the longest
+                // runs) to the full one. The full plan's count alone made
+                // runs of a slow model a tenth of the real one, whose best
+                // batch and LR they no longer measure.
+                let leanest = initial + f64::from(2 * race.seeds.min(2)) + 1.0;
+                let full = confirmations + racing + checks;
+                let half_length = (left / self.planned_run_wall(job_seconds / 2.0)).floor();
+                let count = half_length.clamp(leanest, full.max(leanest));
+                let seconds = if count < full {
+                    if let Some(plan) = lean_plan(count, initial, race) {
+                        (candidates, confirmations, racing, checks) = plan;
+                    }
+                    self.run_length_within(left / (count + ramping))
+                        .min(job_seconds)
+                } else {
+                    fill
+                };
                 findings.push(Finding::ShortRuns {
-                    seconds: fill,
+                    seconds,
                     job_seconds,
                     source,
                 });
-                fill
+                seconds
             };
             RaceBudget::WallClock { seconds }
         };
@@ -361,7 +379,7 @@ impl<R: TrialRunner> Session<'_, R> {
 }
 
 /// The phases whose trials are training runs of the planned length.
-const TRAINING_PHASES: [Phase; 4] = [
+pub(in crate::search) const TRAINING_PHASES: [Phase; 4] = [
     Phase::LrConfirmation,
     Phase::Race,
     Phase::LrCheck,

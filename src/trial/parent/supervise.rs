@@ -77,6 +77,7 @@ pub(super) fn apply_report(result: &mut TrialResult, report: WorkerReport) {
     result.losses = report.losses;
     result.learning_rates = report.learning_rates;
     result.validation_loss = report.validation_loss;
+    result.validation_seconds = report.validation_seconds;
     result.samples_per_second = report.samples_per_second;
     result.step_seconds_median = report.step_seconds_median;
     result.grad_noise = report.grad_noise;

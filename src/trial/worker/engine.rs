@@ -455,7 +455,11 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
     }
     report.grad_noise = noise;
     if report.outcome.is_none() && request.record.validation_loss {
+        // Timed: a fixed cost every training run pays whatever its batch,
+        // which the search's plan charges per run.
+        let started = Instant::now();
         report.validation_loss = Some(validation_loss(&model, ctx.data, device));
+        report.validation_seconds = Some(started.elapsed().as_secs_f64());
     }
     if report.outcome.is_none() {
         report.outcome = Some(Outcome::Ok);

@@ -231,7 +231,8 @@ pub fn decide(
     } else {
         ranking.iter().take(2).map(|&(i, _)| i).collect()
     };
-    let spread = pooled_spread(&entries, &judged).map_or("n/a".to_string(), |(s, df)| {
+    let pooled = pooled_spread(&entries, &judged);
+    let spread = pooled.map_or("n/a".to_string(), |(s, df)| {
         format!("{s:.4}, pooled over {df} degrees of freedom")
     });
     if within_noise {
@@ -256,12 +257,17 @@ pub fn decide(
             entries,
         };
     }
+    let tested = if pooled.is_some() {
+        "; a lead past the 90% t-test"
+    } else {
+        "; no spread to test the lead against"
+    };
     let runner_up = ranking
         .get(1)
         .map(|&(i, m)| format!("; runner-up {} at {m:.4}", entries[i].batch_size))
         .unwrap_or_default();
     let verdict = format!(
-        "batch {} won with mean validation loss {best_mean:.4} over {seeds} seeds (seed spread {spread}; a lead past the 90% t-test){runner_up}",
+        "batch {} won with mean validation loss {best_mean:.4} over {seeds} seeds (seed spread {spread}{tested}){runner_up}",
         lowest.batch_size,
     );
     Race {

@@ -153,11 +153,11 @@ impl<R: TrialRunner> Session<'_, R> {
     /// 3.1 s in the plan and 3.6-4.3 s in fact.)
     fn run_seconds(&self, stepping: f64) -> f64 {
         let fixed = self.overhead_seconds() * 1.5 + 0.1;
-        let validation = self.validation_seconds();
-        match median(&self.run_ratios) {
-            Some(ratio) => (stepping * ratio).max(fixed) + validation,
-            None => stepping * DEFAULT_RUN_RATIO + fixed + validation,
-        }
+        let beyond_validation = match median(&self.run_ratios) {
+            Some(ratio) => (stepping * ratio).max(fixed),
+            None => stepping * DEFAULT_RUN_RATIO + fixed,
+        };
+        beyond_validation + self.validation_seconds()
     }
 
     /// The timed stepping a run may have to take `seconds` of wall time.

@@ -21,12 +21,7 @@ pub fn median(values: &[f64]) -> Option<f64> {
 
 /// The sample standard deviation (n − 1), `None` below two values.
 pub fn sample_sd(values: &[f64]) -> Option<f64> {
-    if values.len() < 2 {
-        return None;
-    }
-    let mean = values.iter().sum::<f64>() / values.len() as f64;
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (values.len() - 1) as f64;
-    Some(var.sqrt())
+    pooled_sd([values]).map(|(sd, _)| sd)
 }
 
 /// The one-sided 90% quantile of Student's t with `df` degrees of freedom

@@ -131,15 +131,16 @@ impl<R: TrialRunner> Session<'_, R> {
                 let full = confirmations + racing + checks;
                 let half_length = (left / self.planned_run_wall(job_seconds / 2.0)).floor();
                 let count = half_length.clamp(leanest, full.max(leanest));
-                let seconds = if count < full {
+                if count < full {
                     if let Some(plan) = lean_plan(count, initial, race) {
                         (candidates, confirmations, racing, checks) = plan;
                     }
-                    self.run_length_within(left / (count + ramping))
-                        .min(job_seconds)
-                } else {
-                    fill
-                };
+                }
+                // At the full plan's count this is `fill`, under the real
+                // length by this branch's condition.
+                let seconds = self
+                    .run_length_within(left / (count + ramping))
+                    .min(job_seconds);
                 findings.push(Finding::ShortRuns {
                     seconds,
                     job_seconds,

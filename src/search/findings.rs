@@ -97,6 +97,15 @@ pub enum Finding {
         planned_candidates: usize,
         planned_seeds: u32,
     },
+    /// The race dropped candidates before its first run: priced at their
+    /// own batches, the planned ones' seeds would not fit the time left.
+    RaceNarrowed {
+        round_cost: f64,
+        left: Duration,
+        candidates: usize,
+        planned: usize,
+        seeds: u32,
+    },
     /// The race ended its planned seed rounds early: the next round, at
     /// what runs had cost, would not have fit.
     RoundsEnded {
@@ -332,6 +341,11 @@ impl fmt::Display for Finding {
                         f,
                         "largest batch that fits: {batch}, the whole training set (peak {peak} of a {budget} budget: memory allows more, the data does not)"
                     ),
+                    None if fit.capped_by_usable => write!(
+                        f,
+                        "largest batch tried: {batch}, the most the data and the real run let the advice use (peak {peak} of a {budget} budget); a larger probe would have overrun the search's time and could not be used, so memory was not probed further; {} trials",
+                        fit.trials
+                    ),
                     None if fit.capped_by_max_batch => write!(
                         f,
                         "largest batch that fits: {batch}, the spec's search.max_batch (peak {peak} of a {budget} budget)"
@@ -456,6 +470,17 @@ impl fmt::Display for Finding {
             } => write!(
                 f,
                 "the dearest confirmation run took {cost:.1} s; the {} left afford about {affordable:.0} such runs, so {candidates} candidates race with {seeds} seeds each (planned: {planned_candidates} with {planned_seeds})",
+                format_duration(*left)
+            ),
+            Finding::RaceNarrowed {
+                round_cost,
+                left,
+                candidates,
+                planned,
+                seeds,
+            } => write!(
+                f,
+                "priced at their own batches, a seed round of the race costs about {round_cost:.1} s, so with {} left {candidates} candidates race with {seeds} seeds each (planned: {planned})",
                 format_duration(*left)
             ),
             Finding::RoundsEnded {

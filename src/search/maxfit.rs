@@ -83,6 +83,11 @@ pub struct MaxFitSearch {
     trials: usize,
     /// The training set, once known: no batch above it is tried.
     dataset_cap: Option<u64>,
+    /// The spec's `max_batch`, before any cap.
+    spec_max_batch: u64,
+    /// The largest batch the advice may use, set when probing past it
+    /// would cost more than the phase has left.
+    usable_cap: Option<u64>,
 }
 
 /// The search's answer.
@@ -102,6 +107,11 @@ pub struct MaxFit {
     /// data does not.
     #[serde(default)]
     pub capped_by_dataset: bool,
+    /// The answer is the largest batch the advice may use (the data's and
+    /// the real run's cap): probing further would have overrun the
+    /// search's time, and memory may allow more.
+    #[serde(default)]
+    pub capped_by_usable: bool,
     /// Sizes that fitted once and failed later.
     pub flaky_batch_sizes: Vec<u64>,
     pub trials: usize,
@@ -140,16 +150,45 @@ impl MaxFitSearch {
             verified: None,
             trials: 0,
             dataset_cap: None,
+            spec_max_batch: max_batch.max(min_batch.max(1)),
+            usable_cap: None,
         }
+    }
+
+    /// No batch larger than `cap`, the largest the advice may use, is
+    /// tried: the session sets it when the next probe would overrun the
+    /// phase, so the time goes to the range the advice can use. A later
+    /// call replaces it (the cap is estimated from the probes so far, and
+    /// rises as larger ones time the step better).
+    pub fn cap_at_usable(&mut self, cap: u64) {
+        let cap = cap.max(self.min_batch);
+        let ceiling = self
+            .dataset_cap
+            .map_or(self.spec_max_batch, |d| d.min(self.spec_max_batch));
+        if cap < ceiling {
+            self.max_batch = cap;
+            self.usable_cap = Some(cap);
+        } else {
+            self.max_batch = ceiling;
+            self.usable_cap = None;
+        }
+    }
+
+    /// The usable cap in force, if any.
+    pub fn usable_cap(&self) -> Option<u64> {
+        self.usable_cap
     }
 
     /// No batch larger than the training set (`samples`) is tried or
     /// answered: a batch beyond it only repeats samples within a step.
     pub fn cap_at_dataset(&mut self, samples: u64) {
         let cap = samples.max(self.min_batch);
-        if cap < self.max_batch {
-            self.max_batch = cap;
+        if cap < self.spec_max_batch {
             self.dataset_cap = Some(cap);
+            self.max_batch = self.max_batch.min(cap);
+            if self.usable_cap.is_some_and(|u| u >= cap) {
+                self.usable_cap = None;
+            }
         }
     }
 
@@ -442,9 +481,13 @@ impl MaxFitSearch {
             first_failure,
             memory_model: self.model(),
             capped_by_max_batch: self.dataset_cap.is_none()
+                && self.usable_cap.is_none()
                 && best.is_some_and(|(b, _)| b >= self.max_batch),
             capped_by_dataset: self
                 .dataset_cap
+                .is_some_and(|cap| best.is_some_and(|(b, _)| b >= self.round(cap))),
+            capped_by_usable: self
+                .usable_cap
                 .is_some_and(|cap| best.is_some_and(|(b, _)| b >= self.round(cap))),
             flaky_batch_sizes: flaky,
             trials: self.trials,
@@ -676,5 +719,45 @@ mod tests {
         let (fit, _) = drive(&mut search, |b, _| Some(1_000 + b));
         assert_eq!(fit.batch_size, Some(1000));
         assert!(fit.capped_by_max_batch);
+    }
+
+    #[test]
+    fn a_usable_cap_ends_the_search_at_it_and_says_memory_may_allow_more() {
+        let mut search = MaxFitSearch::new(2, 100_000, 8, 1 << 40, Some(100.0));
+        // One probe, then the session learns the advice can use 24 at most.
+        let Next::Try(first) = search.next_step() else {
+            panic!("a first probe")
+        };
+        assert_eq!(first, 8);
+        search.record(first, Probe::Fits { peak_bytes: 10_000 });
+        search.cap_at_usable(24);
+        let mut tried = Vec::new();
+        while let Next::Try(b) = search.next_step() {
+            assert!(b <= 24, "probed {b} past the usable cap");
+            tried.push(b);
+            search.record(
+                b,
+                Probe::Fits {
+                    peak_bytes: 10_000 + 100 * b,
+                },
+            );
+        }
+        assert_eq!(tried.last(), Some(&24));
+        let fit = search.result();
+        assert_eq!(fit.batch_size, Some(24));
+        assert!(fit.capped_by_usable);
+        assert!(!fit.capped_by_max_batch && !fit.capped_by_dataset);
+        // A better-timed estimate raises the cap, and the search goes on to it.
+        search.cap_at_usable(40);
+        assert_eq!(search.next_step(), Next::Try(40));
+        search.record(40, Probe::Fits { peak_bytes: 14_000 });
+        assert_eq!(search.next_step(), Next::Done);
+        assert_eq!(search.result().batch_size, Some(40));
+        // A cap above the spec's max batch changes nothing.
+        let mut search = MaxFitSearch::new(2, 16, 8, 1 << 40, Some(100.0));
+        search.cap_at_usable(24);
+        let (fit, _) = drive(&mut search, |b, _| Some(1_000 + b));
+        assert_eq!(fit.batch_size, Some(16));
+        assert!(fit.capped_by_max_batch && !fit.capped_by_usable);
     }
 }

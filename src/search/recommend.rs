@@ -318,6 +318,7 @@ impl Recommendation {
                     memory_model: None,
                     capped_by_max_batch: false,
                     capped_by_dataset: false,
+                    capped_by_usable: false,
                     flaky_batch_sizes: Vec::new(),
                     trials: 4,
                 },

@@ -1031,6 +1031,64 @@ fn a_max_fit_stopped_above_the_cap_leaves_nothing_usable_out() {
 }
 
 #[test]
+fn a_max_fit_short_of_time_probes_up_to_the_batch_the_run_can_use() {
+    // A 0.5-s real run caps the advice near batch 280 (32 updates at
+    // t(B) = 10 ms + B / 50,000 samples/s); memory allows 82,000. Each
+    // trial costs 0.5 s beyond its steps, so after the first probe (8)
+    // the memory model's next one (tens of thousands) would overrun the
+    // max-fit share. The search probes up to the cap instead of stopping
+    // at 8, and leaves nothing usable out.
+    let mut spec = spec("balanced", "[training]\ntime_budget = \"0.5s\"\n");
+    spec.search.min_batch = 8;
+    spec.search.time_budget = std::time::Duration::from_secs(30);
+    let (rec, runner) = advise_on_simulated_time(FakeRunner::new(), &spec, 0.5);
+    let cap = rec.evidence.batch_cap.clone().expect("a cap");
+    let fit = &rec.memory.max_fit;
+    let fit_trials: Vec<u64> = rec
+        .evidence
+        .trials
+        .iter()
+        .filter(|t| t.phase == Phase::MaxFit)
+        .map(|t| t.batch_size)
+        .collect();
+    assert!(
+        fit.batch_size.is_some_and(|b| b >= cap.largest_batch),
+        "{fit:?} {cap:?} trials {fit_trials:?}"
+    );
+    assert!(fit.capped_by_usable, "{fit:?}");
+    assert!(
+        fit_trials.iter().all(|&b| b <= 2 * cap.largest_batch),
+        "a probe far past the cap: {fit_trials:?} (cap {})",
+        cap.largest_batch
+    );
+    assert!(
+        !rec.phases_cut.contains(&Phase::MaxFit),
+        "{:?}",
+        rec.partial_reason
+    );
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|l| l.contains("the most the data and the real run let the advice use")),
+        "{:?}",
+        rec.rationale
+    );
+    // The race reached up to the cap's range, not only the first probe's.
+    let race = rec.evidence.race.as_ref().unwrap();
+    assert!(
+        race.entries.iter().any(|e| e.batch_size > 8),
+        "{:?}",
+        race.entries
+    );
+    assert!(runner
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|&b| b <= 2 * cap.largest_batch));
+}
+
+#[test]
 fn a_race_within_seed_noise_is_decided_by_the_rule_whatever_the_search_seed() {
     // Seed-to-seed wobble far above the loss differences between the
     // candidates: every race ties, and the seeds' luck would pick the

@@ -33,34 +33,65 @@ impl<R: TrialRunner> Session<'_, R> {
         // A lower bound on the noise scale makes the model's batch a lower
         // bound too: the race reaches above it rather than around it.
         let bound = noise.is_some_and(NoiseScale::is_lower_bound);
-        let count = runs.candidates.max(1);
-        let candidates = if policy.objective == Objective::Throughput {
-            // The throughput objective leans large: the plateau and below.
-            let center = round_down(preferred / 2, policy.batch_multiple).max(curve.floor);
-            race::candidates(
-                center,
-                2.0,
-                curve.floor,
-                preferred.max(curve.floor),
-                policy.batch_multiple,
-                count,
-            )
-        } else {
-            let step = if decisive { 2.0 } else { 4.0 };
-            let center = if bound && policy.objective == Objective::Goodput {
-                round_down((preferred as f64 * step) as u64, policy.batch_multiple).min(curve.top)
+        let pick = |count: usize| {
+            if policy.objective == Objective::Throughput {
+                // The throughput objective leans large: the plateau and below.
+                let center = round_down(preferred / 2, policy.batch_multiple).max(curve.floor);
+                race::candidates(
+                    center,
+                    2.0,
+                    curve.floor,
+                    preferred.max(curve.floor),
+                    policy.batch_multiple,
+                    count,
+                )
             } else {
-                preferred
-            };
-            race::candidates(
-                center,
-                step,
-                curve.floor,
-                curve.top,
-                policy.batch_multiple,
-                count,
-            )
+                let step = if decisive { 2.0 } else { 4.0 };
+                let center = if bound && policy.objective == Objective::Goodput {
+                    round_down((preferred as f64 * step) as u64, policy.batch_multiple)
+                        .min(curve.top)
+                } else {
+                    preferred
+                };
+                race::candidates(
+                    center,
+                    step,
+                    curve.floor,
+                    curve.top,
+                    policy.batch_multiple,
+                    count,
+                )
+            }
         };
+        let share = self.stepping_share(&runs.budget);
+        // The plan counted runs at the confirmations' cost; a range the max
+        // fit opened wider puts candidates where runs cost more (or less).
+        // Priced at their own batches, the candidates' planned seeds must
+        // fit the time left: candidates go (never below two) before any
+        // is started, rather than the last one running a seed short.
+        let round_cost = |batches: &[u64]| -> f64 {
+            batches
+                .iter()
+                .map(|&b| self.race_run_cost(curve, b, runs.steps(curve, b, share)))
+                .sum()
+        };
+        let left = self.time_left().as_secs_f64();
+        let planned = runs.candidates.max(1);
+        let mut count = planned;
+        let mut candidates = pick(count);
+        while count > 2 && round_cost(&candidates) * f64::from(runs.seeds) > left {
+            count -= 1;
+            candidates = pick(count);
+        }
+        if count < planned {
+            findings.push(Finding::RaceNarrowed {
+                round_cost: round_cost(&candidates),
+                left: self.time_left(),
+                candidates: count,
+                planned,
+                seeds: runs.seeds,
+            });
+        }
         let Some(reference_lr) = reference
             .best
             .as_ref()
@@ -80,7 +111,6 @@ impl<R: TrialRunner> Session<'_, R> {
         let alpha = self.transfer_alpha();
         let lr_for =
             |batch: u64| reference_lr.1 * (batch as f64 / reference_lr.0 as f64).powf(alpha);
-        let share = self.stepping_share(&runs.budget);
         let entries: Vec<RaceEntry> = candidates
             .iter()
             .map(|&batch| {

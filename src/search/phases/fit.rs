@@ -27,24 +27,59 @@ impl<R: TrialRunner> Session<'_, R> {
         // The smallest batch passed over because its trial would overrun.
         let mut passed_over: Option<u64> = None;
         let steps = policy.trials.fit_steps;
-        while let Next::Try(proposed) = search.next_step() {
+        loop {
+            let answer = search.result().batch_size;
+            let proposed = match search.next_step() {
+                Next::Try(batch) => batch,
+                Next::Done => {
+                    // A usable cap estimated from fewer probes rises as
+                    // larger ones time the step better.
+                    // Raised whether or not its probe is affordable: the
+                    // probes below it are then judged as any other (a
+                    // usable range wider than the time allows is probed
+                    // as far as the time allows, as before the cap).
+                    let raised = search.usable_cap().zip(answer).and_then(|(cap, answer)| {
+                        self.usable_target(&results, answer)
+                            .filter(|&raised| raised > cap)
+                    });
+                    match raised {
+                        Some(raised) => {
+                            search.cap_at_usable(raised);
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
+            };
             // A trial's cost grows with its batch: from the largest fit's
             // speed, a trial that would overrun the phase is not started.
-            let speed = results
-                .iter()
-                .filter(|r| r.is_ok())
-                .max_by_key(|r| r.batch_size)
-                .and_then(|r| r.samples_per_second);
-            let estimate = speed.map_or(0.0, |s| f64::from(steps) * proposed as f64 / s);
+            let estimate =
+                fit_speed(&results).map_or(0.0, |s| f64::from(steps) * proposed as f64 / s);
             let left = self.phase_left(Phase::MaxFit).as_secs_f64();
             let batch = proposed;
-            if (left <= 0.0 || estimate > left * 1.5) && search.result().batch_size.is_some() {
-                // Not replaced by a smaller probe that fits the time left:
-                // tried on the advice bench, the bigger max fit it found
-                // made the ladder, race and LR check that follow cost more
-                // than the phases had, and the advice got worse (README).
-                passed_over = Some(proposed);
-                break;
+            if let Some(answer) = answer.filter(|_| left <= 0.0 || estimate > left) {
+                // Not replaced by just any smaller probe that fits the time
+                // left: tried on the advice bench, the bigger max fit it
+                // found made the ladder, race and LR check cover a range
+                // the advice could not use, and the advice got worse
+                // (README). The largest batch the advice may use is worth
+                // its probe: the phases after it are planned for that
+                // range anyway. A probe past the phase's time but within
+                // half as much again is made only where no cheaper one
+                // serves the advice (on the transformer, one such probe of
+                // 400 took a quarter of a 14-s search whose runs could use
+                // 48 at most).
+                let usable = self.usable_probe(&results, answer, proposed, steps);
+                if left <= 0.0 || estimate > left * 1.5 || usable.is_some() {
+                    passed_over = passed_over.or(Some(proposed));
+                    match usable {
+                        Some(cap) => {
+                            search.cap_at_usable(cap);
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
             }
             let mut attempt = 0;
             let (result, probe) = loop {
@@ -93,7 +128,15 @@ impl<R: TrialRunner> Session<'_, R> {
             search.record(batch, probe);
             results.push(result);
         }
-        let max_fit = search.result();
+        let mut max_fit = search.result();
+        if let Some(answer) = max_fit.batch_size.filter(|_| max_fit.capped_by_usable) {
+            // The cap the search stopped at was estimated from fewer
+            // probes, or limited by the time: it is the advice's only if
+            // the cap over every probe is no larger.
+            max_fit.capped_by_usable = self
+                .batch_cap_over(&results, answer)
+                .is_some_and(|cap| cap.largest_batch <= answer);
+        }
         // Unless a failure between the answer and the passed-over batch
         // closed the bracket, memory may allow more than was tried; whether
         // that matters depends on the cap (`note_max_fit_stop`).
@@ -137,6 +180,45 @@ impl<R: TrialRunner> Session<'_, R> {
         })
     }
 
+    /// The batch to probe instead of one that would overrun the phase:
+    /// the largest the advice may use, or the largest below it whose probe
+    /// fits the phase's time left, when that lies above `answer` and below
+    /// `below`.
+    fn usable_probe(
+        &self,
+        results: &[TrialResult],
+        answer: u64,
+        below: u64,
+        steps: u32,
+    ) -> Option<u64> {
+        let left = self.phase_left(Phase::MaxFit).as_secs_f64();
+        let target = self.usable_target(results, answer)?;
+        // The largest fit's speed understates a larger batch's: the
+        // estimate errs towards a smaller probe.
+        let affordable = left * fit_speed(results)? / f64::from(steps.max(1));
+        let affordable = round_down(affordable.max(0.0) as u64, self.spec.policy.batch_multiple);
+        let target = target.min(affordable);
+        (target > answer && target < below && left > 0.0).then_some(target)
+    }
+
+    /// The largest batch the advice may use, from the max-fit trials so
+    /// far (`answer`: the largest that fitted). A wall-clock run's cap
+    /// needs the step timed at two batches: before that, the batch to
+    /// probe is twice `answer` (within the data's cap), which times the
+    /// second.
+    fn usable_target(&self, results: &[TrialResult], answer: u64) -> Option<u64> {
+        let cap = self.batch_cap_over(results, answer)?.largest_batch;
+        let timed = results
+            .iter()
+            .filter(|r| r.is_ok() && r.steps_completed > MIN_TIMED_STEPS)
+            .count();
+        Some(if self.wall_clock_run().is_some() && timed < 2 {
+            round_down(answer.saturating_mul(2), self.spec.policy.batch_multiple).min(cap)
+        } else {
+            cap
+        })
+    }
+
     /// A max-fit search stopped before memory ran out (a bigger probe
     /// would overrun its share) cuts the advice short only when the range
     /// it left unexplored is one the advice could use: below the cap.
@@ -157,6 +239,20 @@ impl<R: TrialRunner> Session<'_, R> {
     /// samples / the fewest updates per run), per device: with
     /// `world_size` replicas an update takes `world_size` batches.
     pub(in crate::search) fn batch_cap(&self, fit: &FitPhase) -> Option<BatchCap> {
+        self.batch_cap_over(&fit.results, fit.batch)
+    }
+
+    /// The real run's length in time, where its runs are wall-clock ones.
+    fn wall_clock_run(&self) -> Option<std::time::Duration> {
+        let spec = self.spec;
+        spec.training
+            .time_budget
+            .filter(|_| spec.policy.objective != Objective::Generalization)
+    }
+
+    /// The cap over the max-fit trials `results`, whose largest fit is
+    /// `fit_batch`.
+    fn batch_cap_over(&self, results: &[TrialResult], fit_batch: u64) -> Option<BatchCap> {
         let samples = self.spec.training.dataset_size.or(self.train_samples)?;
         let policy = &self.spec.policy;
         let per_epoch = policy.min_updates_per_epoch.max(1);
@@ -167,14 +263,14 @@ impl<R: TrialRunner> Session<'_, R> {
             policy.batch_multiple,
         );
         let run = self
-            .run_cap(fit, samples)
+            .run_cap(results, samples)
             .filter(|r| r.largest_batch < data);
         let largest = run.as_ref().map_or(data, |r| r.largest_batch);
         Some(BatchCap {
             training_samples: samples,
             min_updates_per_epoch: per_epoch,
             largest_batch: largest,
-            binding: largest < fit.batch,
+            binding: largest < fit_batch,
             run,
         })
     }
@@ -183,19 +279,14 @@ impl<R: TrialRunner> Session<'_, R> {
     /// per run. A wall-clock run's samples grow with the batch's speed, so
     /// they come from a step-time model of the max-fit trials; an
     /// equal-epoch run's are its epochs of the training set.
-    fn run_cap(&self, fit: &FitPhase, samples: u64) -> Option<RunCap> {
+    fn run_cap(&self, results: &[TrialResult], samples: u64) -> Option<RunCap> {
         let spec = self.spec;
         let policy = &spec.policy;
         let updates = policy.min_updates_per_run.max(1);
         let floor = spec.search.min_batch.max(1);
-        let wall = spec
-            .training
-            .time_budget
-            .filter(|_| policy.objective != Objective::Generalization);
-        let (largest, run_samples) = match wall {
+        let (largest, run_samples) = match self.wall_clock_run() {
             Some(budget) => {
-                let points: Vec<CurvePoint> = fit
-                    .results
+                let points: Vec<CurvePoint> = results
                     .iter()
                     .filter(|r| r.is_ok() && r.steps_completed > MIN_TIMED_STEPS)
                     .filter_map(|r| {
@@ -238,4 +329,13 @@ impl<R: TrialRunner> Session<'_, R> {
             largest_batch: round_down(largest, policy.batch_multiple).max(floor),
         })
     }
+}
+
+/// Samples per second of the largest batch that ran.
+fn fit_speed(results: &[TrialResult]) -> Option<f64> {
+    results
+        .iter()
+        .filter(|r| r.is_ok())
+        .max_by_key(|r| r.batch_size)
+        .and_then(|r| r.samples_per_second)
 }

@@ -349,6 +349,10 @@ pub struct TrialArgs {
     /// Also compute the held-out validation loss
     #[arg(long)]
     pub validation: bool,
+    /// Held-out samples the validation takes (default 1024; the first N of
+    /// one fixed draw)
+    #[arg(long, value_name = "N", requires = "validation")]
+    pub validation_samples: Option<u32>,
     /// Grow the batch during the trial: FROM:BATCH:LR_FACTOR phases, comma
     /// separated, the first from sample 0 at --batch-size (e.g.
     /// 0:16:1,256:32:1.41)

@@ -34,6 +34,7 @@ pub fn run(cli: &Cli, args: &TrialArgs) -> Result<(), CliError> {
         .min(steps.saturating_sub(1));
     request.memory_limit_bytes = memory_limit.map(ByteSize::bytes);
     request.record.validation_loss = args.validation;
+    request.record.validation_samples = args.validation_samples;
     if let Some(text) = &args.batch_schedule {
         request.batch_schedule = Some(parse_batch_schedule(text)?);
     }

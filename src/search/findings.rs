@@ -97,6 +97,15 @@ pub enum Finding {
         planned_candidates: usize,
         planned_seeds: u32,
     },
+    /// Training runs validate on fewer held-out samples than the default:
+    /// the default set's validation would take more than a quarter of a
+    /// run's training.
+    ValidationSized {
+        samples: u32,
+        default_samples: u32,
+        default_seconds: f64,
+        stepping: f64,
+    },
     /// The race dropped candidates before its first run: priced at their
     /// own batches, the planned ones' seeds would not fit the time left.
     RaceNarrowed {
@@ -471,6 +480,15 @@ impl fmt::Display for Finding {
                 f,
                 "the dearest confirmation run took {cost:.1} s; the {} left afford about {affordable:.0} such runs, so {candidates} candidates race with {seeds} seeds each (planned: {planned_candidates} with {planned_seeds})",
                 format_duration(*left)
+            ),
+            Finding::ValidationSized {
+                samples,
+                default_samples,
+                default_seconds,
+                stepping,
+            } => write!(
+                f,
+                "every training run validates on the same {samples} held-out samples, not {default_samples}: {default_samples} took {default_seconds:.2} s, more than a quarter of the {stepping:.1} s of training a run gets (the real run's, or the most the budget affords)"
             ),
             Finding::RaceNarrowed {
                 round_cost,

@@ -105,9 +105,14 @@ struct Session<'a, R: TrialRunner> {
     /// Wall time of each training run, less its validation, over its timed
     /// stepping: what noise measurement, data sampling and start-up add.
     run_ratios: Vec<f64>,
-    /// Seconds each timed validation took: a fixed cost per training run,
-    /// whatever its batch or length (a fixed set of held-out samples).
+    /// Seconds each timed validation took, scaled to the default set of
+    /// held-out samples: a fixed cost per training run, whatever its batch
+    /// or length.
     validations: Vec<f64>,
+    /// Held-out samples every training run validates on (`None`: the
+    /// worker's default), sized once before the runs are planned so every
+    /// run is judged on the same samples.
+    validation_samples: Option<u32>,
     /// The training runs still planned, by rank: the plan of the phases
     /// left is recomputed from it after every run (empty until the runs
     /// are planned, and for equal-epoch runs, whose cost varies by batch).
@@ -143,7 +148,10 @@ impl<R: TrialRunner> Session<'_, R> {
     /// Seconds a training run's validation takes: timed once before the
     /// runs are planned (the first ladder trial), 0 where nothing timed it.
     fn validation_seconds(&self) -> f64 {
-        median(&self.validations).unwrap_or(0.0)
+        let scale = self.validation_samples.map_or(1.0, |n| {
+            f64::from(n) / f64::from(crate::trial::DEFAULT_VALIDATION_SAMPLES)
+        });
+        median(&self.validations).unwrap_or(0.0) * scale
     }
 
     /// Wall seconds of a training run whose timed steps take `stepping`:
@@ -255,6 +263,11 @@ impl<R: TrialRunner> Session<'_, R> {
         let batch = request.batch_size;
         let steps = request.steps;
         let training = phases::TRAINING_PHASES.contains(&phase);
+        // Validations are kept at the default set's size: the plan scales
+        // them to the set its runs use.
+        let validation_scale = request.record.validation_samples.map_or(1.0, |n| {
+            f64::from(crate::trial::DEFAULT_VALIDATION_SAMPLES) / f64::from(n.max(1))
+        });
         let result = self.runner.run(request).await;
         if self.train_samples.is_none() {
             self.train_samples = result.train_samples;
@@ -263,7 +276,7 @@ impl<R: TrialRunner> Session<'_, R> {
             .validation_seconds
             .filter(|s| s.is_finite() && *s >= 0.0);
         if let Some(seconds) = validation {
-            self.validations.push(seconds);
+            self.validations.push(seconds * validation_scale);
         }
         if let (true, Some(speed)) = (result.is_ok(), result.samples_per_second) {
             let stepping = f64::from(result.steps_completed) * batch as f64 / speed;
@@ -344,6 +357,7 @@ pub async fn advise_with_clock<R: TrialRunner>(
         overheads: Vec::new(),
         run_ratios: Vec::new(),
         validations: Vec::new(),
+        validation_samples: None,
         book: RunBook::default(),
     };
     let outcome = session.run_phases().await;

@@ -731,8 +731,11 @@ struct Timed<'a> {
     /// Seconds each training run costs more than the one before (a machine
     /// that slows down as the search goes on).
     slowdown: f64,
-    /// Seconds a validation takes, reported as the worker times it.
+    /// Seconds a validation of the default held-out set takes, reported
+    /// as the worker times it (a smaller set takes its share).
     validation: f64,
+    /// The held-out samples every validating trial asked for.
+    validated_on: Mutex<Vec<Option<u32>>>,
     runs: std::sync::atomic::AtomicU32,
 }
 
@@ -747,8 +750,18 @@ impl TrialRunner for Timed<'_> {
             0.0
         };
         let validation = if request.record.validation_loss && self.validation > 0.0 {
-            result.validation_seconds = Some(self.validation);
-            self.validation
+            self.validated_on
+                .lock()
+                .unwrap()
+                .push(request.record.validation_samples);
+            let samples = request
+                .record
+                .validation_samples
+                .unwrap_or(crate::trial::DEFAULT_VALIDATION_SAMPLES);
+            let seconds = self.validation * f64::from(samples)
+                / f64::from(crate::trial::DEFAULT_VALIDATION_SAMPLES);
+            result.validation_seconds = Some(seconds);
+            seconds
         } else {
             0.0
         };
@@ -814,6 +827,21 @@ fn advise_on_timed(
     slowdown: f64,
     validation: f64,
 ) -> (Recommendation, FakeRunner) {
+    let (rec, runner, _) =
+        advise_on_timed_validating(runner, spec, per_trial, per_run, slowdown, validation);
+    (rec, runner)
+}
+
+/// [`advise_on_timed`], with the held-out samples every validating trial
+/// asked for (`None`: the default set).
+fn advise_on_timed_validating(
+    runner: FakeRunner,
+    spec: &JobSpec,
+    per_trial: f64,
+    per_run: f64,
+    slowdown: f64,
+    validation: f64,
+) -> (Recommendation, FakeRunner, Vec<Option<u32>>) {
     use crate::search::clock::Clock;
     let clock = crate::search::clock::ManualClock::default();
     let timed = Timed {
@@ -823,6 +851,7 @@ fn advise_on_timed(
         per_run,
         slowdown,
         validation,
+        validated_on: Mutex::new(Vec::new()),
         runs: std::sync::atomic::AtomicU32::new(0),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -838,7 +867,8 @@ fn advise_on_timed(
         ))
         .unwrap();
     assert_eq!(rec.seconds, clock.now().as_secs_f64());
-    (rec, runner)
+    let validated_on = timed.validated_on.into_inner().unwrap();
+    (rec, runner, validated_on)
 }
 
 #[test]
@@ -1335,18 +1365,27 @@ fn after_every_run_the_plan_follows_what_runs_cost() {
 
 #[test]
 fn a_validation_timed_before_the_plan_is_charged_to_every_run() {
-    // Validation takes 3 s per run whatever its batch (a fixed held-out
-    // set), as the transformer's 0.8 s did against 2.5-s runs. The first
-    // ladder trial times it, and the plan charges it to every run: no
-    // planned training run is cut, and the search keeps its budget.
-    // Charged as a share of the stepping instead, the plan at 45 s chose
-    // real-length runs that did not fit and cut a race seed (checked
-    // against that code). (The max fit's share is cut at these budgets,
-    // as elsewhere on this fake.)
+    // Validation of the default held-out set takes 3 s per run whatever
+    // its batch, as the transformer's 0.8 s did against 2.5-s runs. The
+    // first ladder trial times it; the runs validate on a smaller set
+    // (a quarter of the real run's 3 s: 256 samples, 0.75 s), and the
+    // plan charges that to every run: no planned training run is cut,
+    // and the search keeps its budget. (Before the set was sized, the
+    // same budgets with the full 3 s charged per run also passed; charged
+    // as a share of the stepping instead, the plan at 45 s chose
+    // real-length runs that did not fit and cut a race seed.)
     for budget in [45, 60, 75, 90, 120] {
         let mut spec = spec("balanced", "[training]\ntime_budget = \"3s\"\n");
         spec.search.time_budget = std::time::Duration::from_secs(budget);
-        let (rec, _) = advise_on_timed(FakeRunner::new(), &spec, 0.05, 0.0, 0.0, 3.0);
+        let (rec, _, validated_on) =
+            advise_on_timed_validating(FakeRunner::new(), &spec, 0.05, 0.0, 0.0, 3.0);
+        // The ladder's timing validation on the default set, then every
+        // training run on the same 256.
+        assert_eq!(validated_on.first(), Some(&None), "{validated_on:?}");
+        assert!(
+            validated_on[1..].iter().all(|n| *n == Some(256)),
+            "{validated_on:?}"
+        );
         let ladder_validated = rec
             .evidence
             .trials
@@ -1370,6 +1409,45 @@ fn a_validation_timed_before_the_plan_is_charged_to_every_run() {
             race.entries
         );
     }
+}
+
+#[test]
+fn a_validation_dearer_than_the_run_it_judges_is_taken_on_fewer_samples() {
+    // The default held-out set takes 4 s to validate; the real run trains
+    // 2 s. Every training run validates on the same smaller set (a quarter
+    // of 2 s at 4 s per 1,024 samples: 128, so the floor of 256), the
+    // rationale says so, and the time saved buys real-length runs: with
+    // the default set charged, 45 s afford only runs shorter than the
+    // real one.
+    let mut spec = spec("balanced", "[training]\ntime_budget = \"2s\"\n");
+    spec.search.time_budget = std::time::Duration::from_secs(45);
+    let (rec, _, validated_on) =
+        advise_on_timed_validating(FakeRunner::new(), &spec, 0.05, 0.0, 0.0, 4.0);
+    assert_eq!(validated_on.first(), Some(&None), "{validated_on:?}");
+    assert!(validated_on.len() > 4, "{validated_on:?}");
+    assert!(
+        validated_on[1..].iter().all(|n| *n == Some(256)),
+        "{validated_on:?}"
+    );
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|l| l.contains("validates on the same 256 held-out samples, not 1024")),
+        "{:?}",
+        rec.rationale
+    );
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|l| l.starts_with("runs train as long as the real training run")),
+        "{:?}",
+        rec.rationale
+    );
+    assert!(rec.seconds <= 45.0 * 1.05, "{} s", rec.seconds);
+    // A validation within its share is left alone.
+    let (_, _, validated_on) =
+        advise_on_timed_validating(FakeRunner::new(), &spec, 0.05, 0.0, 0.0, 0.4);
+    assert!(validated_on.iter().all(Option::is_none), "{validated_on:?}");
 }
 
 #[test]

@@ -270,12 +270,25 @@ impl GradNoiseRequest {
     }
 }
 
+/// Held-out samples a validation takes where the request names none.
+pub const DEFAULT_VALIDATION_SAMPLES: u32 = 1024;
+
+/// The most held-out samples a request may name: a validation is a cost
+/// every training run pays.
+pub const MAX_VALIDATION_SAMPLES: u32 = 65_536;
+
 /// What a trial records beyond losses and speed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RecordOptions {
     /// Compute the held-out validation loss at the end.
     #[serde(default)]
     pub validation_loss: bool,
+    /// Held-out samples the validation loss is taken over (batchd's
+    /// worker; a command job's script validates as it does): the first
+    /// this many of one fixed draw, so a smaller set is a prefix of a
+    /// larger one. `None`: [`DEFAULT_VALIDATION_SAMPLES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_samples: Option<u32>,
     /// Measure squared gradient norms at two batch sizes.
     #[serde(default)]
     pub grad_noise: Option<GradNoiseRequest>,
@@ -457,6 +470,13 @@ impl TrialRequest {
                 return Err(InvalidRequest(
                     "this command job does not declare batch_schedule = true, so its script would ignore the schedule".into(),
                 ));
+            }
+        }
+        if let Some(n) = self.record.validation_samples {
+            if n == 0 || n > MAX_VALIDATION_SAMPLES {
+                return Err(InvalidRequest(format!(
+                    "record.validation_samples must be in 1..={MAX_VALIDATION_SAMPLES}, got {n}"
+                )));
             }
         }
         if let Some(noise) = self.record.grad_noise {

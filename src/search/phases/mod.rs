@@ -48,6 +48,14 @@ const MAX_RUN_STEPS: u32 = 50_000;
 /// least this many steps.
 const MIN_TIMED_STEPS: u32 = 2;
 
+/// The most of the real run's training time a training run's validation
+/// may take before its held-out set is made smaller.
+const VALIDATION_SHARE: f64 = 0.25;
+
+/// The fewest held-out samples a training run validates on (one forward
+/// batch of the worker's).
+const MIN_VALIDATION_SAMPLES: u32 = 256;
+
 pub(super) struct FitPhase {
     pub max_fit: MaxFit,
     pub batch: u64,

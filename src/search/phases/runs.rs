@@ -29,6 +29,14 @@ impl<R: TrialRunner> Session<'_, R> {
         let mut racing = f64::from(candidates * race.seeds + 2 * race.extra_seeds);
         let mut checks = 2.0 * f64::from(policy.lr_search.check_seeds);
         let ramping = self.ramp_runs(seeds);
+        let real_stepping = self.real_run_seconds(curve, range, train_samples);
+        // The leanest plan: the initial confirmations, two seeds of two
+        // candidates, one check.
+        let leanest = initial + f64::from(2 * race.seeds.min(2)) + 1.0;
+        // A run's training: the real run's, or the most the leanest plan
+        // affords with the default validation set, if less.
+        let longest = real_stepping.min(self.stepping_within(left / (leanest + ramping)));
+        findings.extend(self.size_validation(longest));
         let per_run = left / (confirmations + racing + checks + ramping);
         let fill = self.stepping_within(per_run);
         let budget = if policy.objective == Objective::Generalization {
@@ -40,7 +48,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 .step_seconds(smallest)
                 .map_or(f64::INFINITY, |t| t / smallest as f64);
             let job_epochs = self.spec.training.epochs;
-            let full_run = job_epochs * train_samples as f64 * per_sample;
+            let full_run = real_stepping;
             let affordable_runs = (left / self.run_seconds(full_run)).floor();
             let lean = lean_plan(affordable_runs, initial, race);
             let epochs = if full_run <= fill {
@@ -70,14 +78,7 @@ impl<R: TrialRunner> Session<'_, R> {
             // lower LRs), so runs train exactly that long whenever the
             // budget affords a lean plan at that length: the initial
             // confirmations, two seeds of two candidates, one check.
-            let job_seconds = match self.spec.training.time_budget {
-                Some(budget) => budget.as_secs_f64(),
-                None => curve
-                    .speed(range.reference_batch)
-                    .map_or(f64::INFINITY, |speed| {
-                        self.spec.training.epochs * train_samples as f64 / speed
-                    }),
-            };
+            let job_seconds = real_stepping;
             let source = if self.spec.training.time_budget.is_some() {
                 RunLengthSource::TimeBudget
             } else {
@@ -127,7 +128,6 @@ impl<R: TrialRunner> Session<'_, R> {
                 // runs) to the full one. The full plan's count alone made
                 // runs of a slow model a tenth of the real one, whose best
                 // batch and LR they no longer measure.
-                let leanest = initial + f64::from(2 * race.seeds.min(2)) + 1.0;
                 let full = confirmations + racing + checks;
                 let half_length = (left / self.planned_run_wall(job_seconds / 2.0)).floor();
                 let count = half_length.clamp(leanest, full.max(leanest));
@@ -358,7 +358,64 @@ impl<R: TrialRunner> Session<'_, R> {
         request.seed = seed;
         request.warmup_steps = run_warmup(policy.trials.warmup_steps, steps);
         request.record.validation_loss = true;
+        request.record.validation_samples = self.validation_samples;
         request
+    }
+
+    /// Sizes the held-out set every training run validates on: the
+    /// default, unless its validation (timed by the first ladder trial)
+    /// would take more than [`VALIDATION_SHARE`] of `stepping`, the
+    /// seconds of training a run gets (the real run's, or the most the
+    /// budget affords); then as many samples as fit that share, in whole
+    /// forward batches, never under [`MIN_VALIDATION_SAMPLES`]. A command
+    /// job's script validates as it does. Measured: the transformer's
+    /// 1,024 windows took 0.55-0.9 s against 2.5-s real runs, and at the
+    /// bench's 15% budgets half of a planned run's wall time. (Against the
+    /// real run alone, the choice flipped between searches of one job
+    /// whose validation timed either side of the share.)
+    fn size_validation(&mut self, stepping: f64) -> Option<Finding> {
+        use crate::trial::DEFAULT_VALIDATION_SAMPLES as DEFAULT;
+        if self.spec.model().is_none() || self.validation_samples.is_some() {
+            return None;
+        }
+        let full = crate::search::stats::median(&self.validations).filter(|s| *s > 0.0)?;
+        let per_sample = full / f64::from(DEFAULT);
+        let fits = (VALIDATION_SHARE * stepping / per_sample).floor();
+        if !fits.is_finite() || fits >= f64::from(DEFAULT) {
+            return None;
+        }
+        let samples = (fits as u32 / MIN_VALIDATION_SAMPLES * MIN_VALIDATION_SAMPLES)
+            .clamp(MIN_VALIDATION_SAMPLES, DEFAULT);
+        if samples >= DEFAULT {
+            return None;
+        }
+        self.validation_samples = Some(samples);
+        Some(Finding::ValidationSized {
+            samples,
+            default_samples: DEFAULT,
+            default_seconds: full,
+            stepping,
+        })
+    }
+
+    /// Seconds of training the real run takes: for equal-epoch runs, the
+    /// job's epochs at a quarter of the reference batch (where samples are
+    /// slowest); otherwise the job's time budget, or its epochs at the
+    /// reference batch.
+    fn real_run_seconds(&self, curve: &CurvePhase, range: &RangePhase, train_samples: u64) -> f64 {
+        let samples = self.spec.training.epochs * train_samples as f64;
+        if self.spec.policy.objective == Objective::Generalization {
+            let smallest = (range.reference_batch / 4).max(curve.floor);
+            return curve
+                .step_seconds(smallest)
+                .map_or(f64::INFINITY, |t| samples * t / smallest as f64);
+        }
+        match self.spec.training.time_budget {
+            Some(budget) => budget.as_secs_f64(),
+            None => curve
+                .speed(range.reference_batch)
+                .map_or(f64::INFINITY, |speed| samples / speed),
+        }
     }
 
     /// Wall seconds a training run of `steps` at `batch` should take.

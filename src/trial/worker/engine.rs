@@ -36,9 +36,9 @@ pub struct TrialContext<'a> {
     pub process_start: Instant,
 }
 
-/// Validation samples per evaluation (fixed, so every LR candidate is
-/// judged on the same samples).
-const VALIDATION_SAMPLES: usize = 1024;
+/// Samples per validation forward pass. Which samples a validation takes
+/// is fixed (one seeded draw), so every LR candidate is judged on the same
+/// ones; the request says how many.
 const VALIDATION_BATCH: usize = 256;
 
 /// Mixed into the trial's seed for its dropout masks, so they are not the
@@ -458,7 +458,11 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
         // Timed: a fixed cost every training run pays whatever its batch,
         // which the search's plan charges per run.
         let started = Instant::now();
-        report.validation_loss = Some(validation_loss(&model, ctx.data, device));
+        let samples = request
+            .record
+            .validation_samples
+            .unwrap_or(crate::trial::DEFAULT_VALIDATION_SAMPLES);
+        report.validation_loss = Some(validation_loss(&model, ctx.data, device, samples as usize));
         report.validation_seconds = Some(started.elapsed().as_secs_f64());
     }
     if report.outcome.is_none() {
@@ -476,20 +480,26 @@ fn train<B: AutodiffBackend, O: Optimizer<Model<B>, B>>(
     }
 }
 
-/// Mean loss over a fixed set of validation samples, without autodiff.
+/// Mean loss over the first `samples` of a fixed draw of validation
+/// samples, without autodiff.
 fn validation_loss<B: AutodiffBackend>(
     model: &Model<B>,
     data: &Dataset,
     device: &B::Device,
+    samples: usize,
 ) -> f64 {
     let model = model.valid();
     let mut rng = SplitMix64::new(0x7A11D);
-    let mut total = 0.0;
-    let batches = VALIDATION_SAMPLES / VALIDATION_BATCH;
-    for _ in 0..batches {
-        let host = data.valid_batch(VALIDATION_BATCH, &mut rng);
-        let batch = DeviceBatch::<B::InnerBackend>::upload(&host, VALIDATION_BATCH, device);
-        total += model.loss(&batch).into_scalar().elem::<f64>();
+    let (mut total, mut left) = (0.0, samples.max(1));
+    while left > 0 {
+        // Drawn in order from one stream: a smaller set is a prefix of a
+        // larger one, whatever the batching.
+        let n = left.min(VALIDATION_BATCH);
+        let host = data.valid_batch(n, &mut rng);
+        let batch = DeviceBatch::<B::InnerBackend>::upload(&host, n, device);
+        // The loss is a mean over the batch: weighted by its samples.
+        total += model.loss(&batch).into_scalar().elem::<f64>() * n as f64;
+        left -= n;
     }
-    total / batches as f64
+    total / samples.max(1) as f64
 }

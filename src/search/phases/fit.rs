@@ -27,6 +27,10 @@ impl<R: TrialRunner> Session<'_, R> {
         // The smallest batch passed over because its trial would overrun.
         let mut passed_over: Option<u64> = None;
         let steps = policy.trials.fit_steps;
+        // The highest usable cap set since the last trial: a cap is raised
+        // only past it, which ends the loop where no trial can run between
+        // a cap and its raise (a bracket rounding leaves nothing in).
+        let mut highest_cap = 0;
         loop {
             let answer = search.result().batch_size;
             let proposed = match search.next_step() {
@@ -40,10 +44,11 @@ impl<R: TrialRunner> Session<'_, R> {
                     // as far as the time allows, as before the cap).
                     let raised = search.usable_cap().zip(answer).and_then(|(cap, answer)| {
                         self.usable_target(&results, answer)
-                            .filter(|&raised| raised > cap)
+                            .filter(|&raised| raised > cap.max(highest_cap))
                     });
                     match raised {
                         Some(raised) => {
+                            highest_cap = raised;
                             search.cap_at_usable(raised);
                             continue;
                         }
@@ -74,6 +79,7 @@ impl<R: TrialRunner> Session<'_, R> {
                     passed_over = passed_over.or(Some(proposed));
                     match usable {
                         Some(cap) => {
+                            highest_cap = highest_cap.max(cap);
                             search.cap_at_usable(cap);
                             continue;
                         }
@@ -126,6 +132,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 }
             }
             search.record(batch, probe);
+            highest_cap = 0;
             results.push(result);
         }
         let mut max_fit = search.result();

@@ -74,7 +74,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 // serves the advice (on the transformer, one such probe of
                 // 400 took a quarter of a 14-s search whose runs could use
                 // 48 at most).
-                let usable = self.usable_probe(&results, answer, proposed, steps);
+                let usable = self.usable_probe(&results, answer, proposed, steps, left);
                 if left <= 0.0 || estimate > left * 1.5 || usable.is_some() {
                     passed_over = passed_over.or(Some(proposed));
                     match usable {
@@ -189,16 +189,16 @@ impl<R: TrialRunner> Session<'_, R> {
 
     /// The batch to probe instead of one that would overrun the phase:
     /// the largest the advice may use, or the largest below it whose probe
-    /// fits the phase's time left, when that lies above `answer` and below
-    /// `below`.
+    /// fits the phase's `left` seconds, when that lies above `answer` and
+    /// below `below`.
     fn usable_probe(
         &self,
         results: &[TrialResult],
         answer: u64,
         below: u64,
         steps: u32,
+        left: f64,
     ) -> Option<u64> {
-        let left = self.phase_left(Phase::MaxFit).as_secs_f64();
         let target = self.usable_target(results, answer)?;
         // The largest fit's speed understates a larger batch's: the
         // estimate errs towards a smaller probe.
@@ -250,7 +250,7 @@ impl<R: TrialRunner> Session<'_, R> {
     }
 
     /// The real run's length in time, where its runs are wall-clock ones.
-    fn wall_clock_run(&self) -> Option<std::time::Duration> {
+    pub(super) fn wall_clock_run(&self) -> Option<std::time::Duration> {
         let spec = self.spec;
         spec.training
             .time_budget

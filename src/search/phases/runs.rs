@@ -403,6 +403,9 @@ impl<R: TrialRunner> Session<'_, R> {
     /// slowest); otherwise the job's time budget, or its epochs at the
     /// reference batch.
     fn real_run_seconds(&self, curve: &CurvePhase, range: &RangePhase, train_samples: u64) -> f64 {
+        if let Some(budget) = self.wall_clock_run() {
+            return budget.as_secs_f64();
+        }
         let samples = self.spec.training.epochs * train_samples as f64;
         if self.spec.policy.objective == Objective::Generalization {
             let smallest = (range.reference_batch / 4).max(curve.floor);
@@ -410,12 +413,9 @@ impl<R: TrialRunner> Session<'_, R> {
                 .step_seconds(smallest)
                 .map_or(f64::INFINITY, |t| samples * t / smallest as f64);
         }
-        match self.spec.training.time_budget {
-            Some(budget) => budget.as_secs_f64(),
-            None => curve
-                .speed(range.reference_batch)
-                .map_or(f64::INFINITY, |speed| samples / speed),
-        }
+        curve
+            .speed(range.reference_batch)
+            .map_or(f64::INFINITY, |speed| samples / speed)
     }
 
     /// Wall seconds a training run of `steps` at `batch` should take.

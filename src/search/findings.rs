@@ -59,7 +59,10 @@ pub enum Finding {
     ShortEpochRuns {
         epochs: f64,
         job_epochs: f64,
-        smallest: u64,
+        /// The batch the confirmations and the check were priced at.
+        reference: u64,
+        /// The batches the race was priced at.
+        race_batches: Vec<u64>,
     },
     RealLengthRuns {
         seconds: f64,
@@ -96,6 +99,15 @@ pub enum Finding {
         seeds: u32,
         planned_candidates: usize,
         planned_seeds: u32,
+    },
+    /// Equal-epoch race and check runs re-sized from what the
+    /// confirmations cost.
+    EpochsResized {
+        cost: f64,
+        planned_cost: f64,
+        epochs: f64,
+        confirmed_epochs: f64,
+        left: Duration,
     },
     /// Training runs validate on fewer held-out samples than the default:
     /// the default set's validation would take more than a quarter of a
@@ -418,10 +430,11 @@ impl fmt::Display for Finding {
             Finding::ShortEpochRuns {
                 epochs,
                 job_epochs,
-                smallest,
+                reference,
+                race_batches,
             } => write!(
                 f,
-                "confirmation and race runs train {epochs:.2} epochs each ({job_epochs} in the job): all the budget affords at batch {smallest}; longer runs tend to favour lower LRs than these"
+                "confirmation and race runs train {epochs:.2} epochs each ({job_epochs} in the job): all the budget affords with confirmations and the check priced at batch {reference} and the race at about {race_batches:?}; longer runs tend to favour lower LRs than these"
             ),
             Finding::RealLengthRuns { seconds: s, source } => write!(
                 f,
@@ -479,6 +492,17 @@ impl fmt::Display for Finding {
             } => write!(
                 f,
                 "the dearest confirmation run took {cost:.1} s; the {} left afford about {affordable:.0} such runs, so {candidates} candidates race with {seeds} seeds each (planned: {planned_candidates} with {planned_seeds})",
+                format_duration(*left)
+            ),
+            Finding::EpochsResized {
+                cost,
+                planned_cost,
+                epochs,
+                confirmed_epochs,
+                left,
+            } => write!(
+                f,
+                "the dearest confirmation run took {cost:.2} s against {planned_cost:.2} s planned; the {} left afford {epochs:.2} epochs per race and check run (the confirmations trained {confirmed_epochs:.2}; their best LR is carried over by the batch rule and checked again at the new length)",
                 format_duration(*left)
             ),
             Finding::ValidationSized {

@@ -162,7 +162,9 @@ impl<R: TrialRunner> Session<'_, R> {
     fn run_seconds(&self, stepping: f64) -> f64 {
         let fixed = self.overhead_seconds() * 1.5 + 0.1;
         let beyond_validation = match median(&self.run_ratios) {
-            Some(ratio) => (stepping * ratio).max(fixed),
+            // Measured: the floor is the probes' overhead, not the guess
+            // for what a training run adds to it.
+            Some(ratio) => (stepping * ratio).max(self.overhead_seconds() * 1.5),
             None => stepping * DEFAULT_RUN_RATIO + fixed,
         };
         beyond_validation + self.validation_seconds()
@@ -376,7 +378,7 @@ impl<R: TrialRunner> Session<'_, R> {
         let range = self.lr_range_test(&curve).await;
         let runs = self.plan_training_runs(&curve, &range);
         let reference = self.confirm_reference_lr(&curve, &range, &runs).await;
-        let runs = self.replan_from_runs(runs);
+        let runs = self.replan_from_runs(&curve, &reference, runs);
         let race = self.race(&curve, &reference, &runs).await;
         let ramp = self.derive_ramp(&curve, &race, &runs);
         self.book.close(Phase::Race);

@@ -1518,3 +1518,54 @@ fn the_data_cap_is_per_device_when_replicas_share_an_epoch() {
     );
     assert!(updates >= four.min_updates_per_epoch, "{updates}");
 }
+
+#[test]
+fn equal_epoch_runs_spend_the_budget_at_the_batches_they_train() {
+    // Small batches pay a fixed 10 ms a step, so an epoch at a quarter of
+    // the reference batch costs several times one at the race's batches.
+    // Priced as if every run trained there, and with a training run's
+    // extra over a throughput trial guessed (here it is nothing), the
+    // search spent a third of its budget; priced at the runs' batches and
+    // re-sized from what the confirmations cost, the race trains longer
+    // and the search spends most of the budget, and no more.
+    let mut runner = FakeRunner::new();
+    runner.train_samples = 20_000;
+    let mut spec = spec("generalization", "[training]\nepochs = 20\n");
+    spec.search.time_budget = std::time::Duration::from_secs(60);
+    let (rec, _) = advise_on_timed(runner, &spec, 0.01, 0.0, 0.0, 0.0);
+    let race = rec.evidence.race.as_ref().unwrap();
+    let crate::search::race::RaceBudget::Epochs { epochs } = race.budget else {
+        panic!("{:?}", race.budget);
+    };
+    assert!(
+        rec.seconds >= 0.7 * 60.0 && rec.seconds <= 60.0,
+        "{} s, {epochs} epochs: {:#?}",
+        rec.seconds,
+        rec.rationale
+    );
+    assert!(!rec.partial, "{:#?}", rec.rationale);
+    // Every race run trains the same epochs, and more than the
+    // confirmations, which were sized before any run had been timed.
+    let confirmed = rec
+        .evidence
+        .trials
+        .iter()
+        .find(|t| t.phase == Phase::LrConfirmation)
+        .map(|t| f64::from(t.steps) * t.batch_size as f64 / 20_000.0)
+        .unwrap();
+    for entry in &race.entries {
+        let seen = f64::from(entry.steps) * entry.batch_size as f64 / 20_000.0;
+        assert!(
+            (seen - epochs).abs() <= entry.batch_size as f64 / 20_000.0 + 1e-9,
+            "{entry:?} vs {epochs}"
+        );
+    }
+    assert!(epochs > confirmed * 1.25, "{epochs} vs {confirmed}");
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|l| l.contains("afford") && l.contains("epochs per race and check run")),
+        "{:#?}",
+        rec.rationale
+    );
+}

@@ -3,7 +3,8 @@
 
 use super::*;
 
-use crate::policy::TieRule;
+use crate::policy::{Policy, TieRule};
+use crate::search::recommend::ModelChoice;
 
 impl<R: TrialRunner> Session<'_, R> {
     /// Phase 5: the race. The policy's model names a preferred batch; the
@@ -17,52 +18,12 @@ impl<R: TrialRunner> Session<'_, R> {
         runs: &RunPlan,
     ) -> RacePhase {
         let policy = &self.spec.policy;
+        let field = self.race_field(curve, reference);
+        let preferred = field.preferred;
+        let mut findings = vec![Finding::Model(field.why.clone())];
+        let pick = |count: usize| field.candidates(policy, curve, count);
+        let (decisive, bound) = (field.decisive, field.bound);
         let world = self.spec.training.world_size.max(1);
-        let noise = reference.model_noise();
-        let (preferred, why) = preferred_batch(
-            policy,
-            &curve.points,
-            curve.model.as_ref(),
-            noise,
-            curve.floor,
-            curve.top,
-            world,
-        );
-        let mut findings = vec![Finding::Model(why)];
-        let decisive = noise.is_some_and(NoiseScale::is_decisive);
-        // A lower bound on the noise scale makes the model's batch a lower
-        // bound too: the race reaches above it rather than around it.
-        let bound = noise.is_some_and(NoiseScale::is_lower_bound);
-        let pick = |count: usize| {
-            if policy.objective == Objective::Throughput {
-                // The throughput objective leans large: the plateau and below.
-                let center = round_down(preferred / 2, policy.batch_multiple).max(curve.floor);
-                race::candidates(
-                    center,
-                    2.0,
-                    curve.floor,
-                    preferred.max(curve.floor),
-                    policy.batch_multiple,
-                    count,
-                )
-            } else {
-                let step = if decisive { 2.0 } else { 4.0 };
-                let center = if bound && policy.objective == Objective::Goodput {
-                    round_down((preferred as f64 * step) as u64, policy.batch_multiple)
-                        .min(curve.top)
-                } else {
-                    preferred
-                };
-                race::candidates(
-                    center,
-                    step,
-                    curve.floor,
-                    curve.top,
-                    policy.batch_multiple,
-                    count,
-                )
-            }
-        };
         let share = self.stepping_share(&runs.budget);
         // The plan counted runs at the confirmations' cost; a range the max
         // fit opened wider puts candidates where runs cost more (or less).
@@ -321,6 +282,30 @@ impl<R: TrialRunner> Session<'_, R> {
         })
     }
 
+    /// The model's preferred batch, from the reference phase's noise
+    /// scale (or the throughput curve without one), and how the race
+    /// spreads its candidates around it.
+    pub(super) fn race_field(&self, curve: &CurvePhase, reference: &ReferencePhase) -> RaceField {
+        let policy = &self.spec.policy;
+        let world = self.spec.training.world_size.max(1);
+        let noise = reference.model_noise();
+        let (preferred, why) = preferred_batch(
+            policy,
+            &curve.points,
+            curve.model.as_ref(),
+            noise,
+            curve.floor,
+            curve.top,
+            world,
+        );
+        RaceField {
+            preferred,
+            why,
+            decisive: noise.is_some_and(NoiseScale::is_decisive),
+            bound: noise.is_some_and(NoiseScale::is_lower_bound),
+        }
+    }
+
     /// What a race run at `batch` costs: the curve's estimate, or what the
     /// dearest run at that batch has cost so far, if more.
     pub(super) fn race_run_cost(&self, curve: &CurvePhase, batch: u64, steps: u32) -> f64 {
@@ -356,4 +341,50 @@ fn best_resolved(points: impl Iterator<Item = NoiseScale>) -> Option<NoiseScale>
 
 fn relative_width(noise: &NoiseScale) -> f64 {
     noise.high.map_or(f64::INFINITY, |high| high / noise.low)
+}
+
+/// The model's preferred batch and how the race spreads around it.
+pub(super) struct RaceField {
+    pub preferred: u64,
+    pub why: ModelChoice,
+    /// The noise scale is decisive: candidates a factor of two apart, not
+    /// four.
+    decisive: bool,
+    /// The noise scale is a lower bound, so the model's batch is one too.
+    bound: bool,
+}
+
+impl RaceField {
+    /// `count` candidate batches for the policy's objective.
+    pub fn candidates(&self, policy: &Policy, curve: &CurvePhase, count: usize) -> Vec<u64> {
+        let preferred = self.preferred;
+        if policy.objective == Objective::Throughput {
+            // The throughput objective leans large: the plateau and below.
+            let center = round_down(preferred / 2, policy.batch_multiple).max(curve.floor);
+            return race::candidates(
+                center,
+                2.0,
+                curve.floor,
+                preferred.max(curve.floor),
+                policy.batch_multiple,
+                count,
+            );
+        }
+        let step = if self.decisive { 2.0 } else { 4.0 };
+        // A lower bound on the noise scale makes the model's batch a lower
+        // bound too: the race reaches above it rather than around it.
+        let center = if self.bound && policy.objective == Objective::Goodput {
+            round_down((preferred as f64 * step) as u64, policy.batch_multiple).min(curve.top)
+        } else {
+            preferred
+        };
+        race::candidates(
+            center,
+            step,
+            curve.floor,
+            curve.top,
+            policy.batch_multiple,
+            count,
+        )
+    }
 }

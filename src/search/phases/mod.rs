@@ -106,6 +106,8 @@ pub(super) struct RunPlan {
     /// Seeds per candidate: the policy's, or more where the budget has
     /// time left over.
     pub seeds: u32,
+    /// Wall seconds the plan expected of a confirmation run.
+    pub planned_run: f64,
     pub findings: Vec<Finding>,
 }
 

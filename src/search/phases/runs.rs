@@ -38,35 +38,53 @@ impl<R: TrialRunner> Session<'_, R> {
         let longest = real_stepping.min(self.stepping_within(left / (leanest + ramping)));
         findings.extend(self.size_validation(longest));
         let per_run = left / (confirmations + racing + checks + ramping);
-        let fill = self.stepping_within(per_run);
         let budget = if policy.objective == Objective::Generalization {
-            // Equal epochs: as many of the job's epochs as the smallest
-            // likely candidate (a quarter of the reference batch, where
-            // samples are slowest) can afford in the per-run time.
-            let smallest = (range.reference_batch / 4).max(curve.floor);
-            let per_sample = curve
-                .step_seconds(smallest)
-                .map_or(f64::INFINITY, |t| t / smallest as f64);
+            // Equal epochs, each run priced at the batch it will train at:
+            // the confirmations and the check at the reference batch, the
+            // race (and a ramp) at candidates a factor of four around it,
+            // the race's step without a decisive noise scale. Pricing every
+            // run as one at a quarter of the reference batch, where samples
+            // are slowest, left the digits MLP's search spending 2 s of its
+            // 6.5 and training 1.3 of the job's 20 epochs.
             let job_epochs = self.spec.training.epochs;
-            let full_run = real_stepping;
-            let affordable_runs = (left / self.run_seconds(full_run)).floor();
-            let lean = lean_plan(affordable_runs, initial, race);
-            let epochs = if full_run <= fill {
+            let pricing = self.epoch_pricing(curve, range, candidates as usize, train_samples);
+            let plan_wall = |epochs: f64, confirmations: f64, racing: f64, checks: f64| {
+                pricing.wall(
+                    self,
+                    curve,
+                    epochs,
+                    confirmations + checks,
+                    racing + ramping,
+                )
+            };
+            let epochs = if plan_wall(job_epochs, confirmations, racing, checks) <= left {
                 job_epochs
-            } else if let Some(plan) = lean {
+            } else if let Some(plan) = (leanest as u32..(confirmations + racing + checks) as u32)
+                .rev()
+                .filter_map(|count| lean_plan(f64::from(count), initial, race))
+                .find(|&(_, c, r, k)| plan_wall(job_epochs, c, r, k) <= left)
+            {
                 (candidates, confirmations, racing, checks) = plan;
                 findings.push(Finding::JobEpochRuns {
                     epochs: job_epochs,
-                    affordable: affordable_runs,
+                    affordable: confirmations + racing + checks,
                     candidates,
                 });
                 job_epochs
             } else {
-                let epochs = (fill / (per_sample * train_samples as f64)).clamp(0.01, job_epochs);
+                let epochs = pricing.most_epochs(
+                    self,
+                    curve,
+                    job_epochs,
+                    confirmations + checks,
+                    racing + ramping,
+                    left,
+                );
                 findings.push(Finding::ShortEpochRuns {
                     epochs,
                     job_epochs,
-                    smallest,
+                    reference: pricing.reference,
+                    race_batches: pricing.race_batches.clone(),
                 });
                 epochs
             };
@@ -184,11 +202,18 @@ impl<R: TrialRunner> Session<'_, R> {
             runs: confirmations + racing + checks + ramping,
             left: self.time_left(),
         });
+        let planned_run = match budget {
+            RaceBudget::Epochs { epochs } => {
+                self.epoch_run_wall(curve, range.reference_batch, epochs, train_samples)
+            }
+            RaceBudget::WallClock { seconds } => self.planned_run_wall(seconds),
+        };
         RunPlan {
             budget,
             train_samples,
             candidates: candidates as usize,
             seeds,
+            planned_run,
             findings,
         }
     }
@@ -200,9 +225,14 @@ impl<R: TrialRunner> Session<'_, R> {
     /// mid-way leaves a candidate with fewer seeds than the others. So when
     /// the planned race and check no longer fit, the race drops candidates
     /// (never below two) before any is started.
-    pub(in crate::search) fn replan_from_runs(&mut self, mut runs: RunPlan) -> RunPlan {
+    pub(in crate::search) fn replan_from_runs(
+        &mut self,
+        curve: &CurvePhase,
+        reference: &ReferencePhase,
+        mut runs: RunPlan,
+    ) -> RunPlan {
         if !runs.replanned_from_costs() {
-            return runs;
+            return self.resize_epoch_runs(curve, reference, runs);
         }
         let costs = self.confirmation_costs();
         // The dearest confirmation: race runs at larger batches cost a
@@ -418,6 +448,118 @@ impl<R: TrialRunner> Session<'_, R> {
             .map_or(f64::INFINITY, |speed| samples / speed)
     }
 
+    /// Wall seconds an equal-epoch run of `epochs` at `batch` should take,
+    /// its steps counted as the race counts them (`RunPlan::steps`).
+    fn epoch_run_wall(
+        &self,
+        curve: &CurvePhase,
+        batch: u64,
+        epochs: f64,
+        train_samples: u64,
+    ) -> f64 {
+        let steps = (epochs * train_samples as f64 / batch as f64)
+            .floor()
+            .clamp(f64::from(MIN_RUN_STEPS), f64::from(MAX_RUN_STEPS));
+        curve
+            .step_seconds(batch)
+            .map_or(f64::INFINITY, |t| self.run_seconds(t * steps))
+    }
+
+    /// The batches equal-epoch runs are priced at: the confirmations and
+    /// the check at the reference batch, the race (and a ramp) at
+    /// `candidates` a factor of four around it, the race's step without a
+    /// decisive noise scale. The race's own candidates are known only
+    /// after the confirmations; it prices them again before it starts.
+    fn epoch_pricing(
+        &self,
+        curve: &CurvePhase,
+        range: &RangePhase,
+        candidates: usize,
+        train_samples: u64,
+    ) -> EpochPricing {
+        EpochPricing {
+            reference: range.reference_batch,
+            race_batches: race::candidates(
+                range.reference_batch,
+                4.0,
+                curve.floor,
+                curve.top,
+                self.spec.policy.batch_multiple,
+                candidates,
+            ),
+            train_samples,
+        }
+    }
+
+    /// Re-sizes equal-epoch runs from what the confirmations cost, before
+    /// the race, and at the race's own candidates: the plan priced runs
+    /// before any had run (the extra of a training run over a throughput
+    /// trial was a guess) and before the model had its candidates, and the
+    /// digits MLP's confirmations cost under half of it, leaving a third of
+    /// the budget unspent. The race and the check train the epochs the time left
+    /// affords (never more than the job's), where that differs from the
+    /// plan by more than a quarter; the confirmations' best LR is
+    /// transferred to them by the batch rule, and the check measures it
+    /// again at the new length.
+    fn resize_epoch_runs(
+        &mut self,
+        curve: &CurvePhase,
+        reference: &ReferencePhase,
+        mut runs: RunPlan,
+    ) -> RunPlan {
+        let RaceBudget::Epochs { epochs } = runs.budget else {
+            return runs;
+        };
+        let job_epochs = self.spec.training.epochs;
+        let Some(cost) = self
+            .confirmation_costs()
+            .into_iter()
+            .reduce(f64::max)
+            .filter(|c| *c > 0.0)
+        else {
+            return runs;
+        };
+        let policy = &self.spec.policy;
+        let racing =
+            f64::from(runs.seeds) * runs.candidates as f64 + f64::from(2 * policy.race.extra_seeds);
+        let checks = 2.0 * f64::from(policy.lr_search.check_seeds.min(runs.seeds));
+        let ramping = self.ramp_runs(runs.seeds);
+        // Priced at the race's own candidates, now the reference phase has
+        // given the model its noise scale; the check and a ramp run at one
+        // of them.
+        let pricing = EpochPricing {
+            reference: 0,
+            race_batches: self.race_field(curve, reference).candidates(
+                policy,
+                curve,
+                runs.candidates,
+            ),
+            train_samples: runs.train_samples,
+        };
+        let left = self.time_left().as_secs_f64();
+        let affordable = pricing.most_epochs(
+            self,
+            curve,
+            job_epochs,
+            0.0,
+            racing + checks + ramping,
+            left,
+        );
+        let resized = affordable.min(job_epochs);
+        if (resized / epochs - 1.0).abs() <= EPOCH_RESIZE_SLACK {
+            return runs;
+        }
+        runs.budget = RaceBudget::Epochs { epochs: resized };
+        runs.findings.push(Finding::EpochsResized {
+            cost,
+            planned_cost: runs.planned_run,
+            epochs: resized,
+            confirmed_epochs: epochs,
+            left: self.time_left(),
+        });
+        runs
+    }
+
     /// Wall seconds a training run of `steps` at `batch` should take.
     pub(super) fn seconds_for(&self, curve: &CurvePhase, batch: u64, steps: u32) -> f64 {
         self.run_seconds(
@@ -448,4 +590,79 @@ pub(in crate::search) const TRAINING_PHASES: [Phase; 4] = [
 /// its first noise measurement): the policy's, at most a quarter of the run.
 pub(super) fn run_warmup(policy_warmup: u32, steps: u32) -> u32 {
     policy_warmup.min(steps / 4).max(1)
+}
+
+/// How far the epochs the time left affords may differ from the planned
+/// ones before the race and the check are re-sized (a run's cost varies by
+/// about this much between identical runs).
+const EPOCH_RESIZE_SLACK: f64 = 0.25;
+
+/// The batches equal-epoch runs are priced at (`Session::epoch_pricing`).
+pub(super) struct EpochPricing {
+    reference: u64,
+    race_batches: Vec<u64>,
+    train_samples: u64,
+}
+
+impl EpochPricing {
+    /// Wall seconds of `at_reference` runs at the reference batch and
+    /// `racing` runs spread evenly over the race's batches, each training
+    /// `epochs`.
+    fn wall<R: TrialRunner>(
+        &self,
+        session: &Session<'_, R>,
+        curve: &CurvePhase,
+        epochs: f64,
+        at_reference: f64,
+        racing: f64,
+    ) -> f64 {
+        let run = |b: u64| session.epoch_run_wall(curve, b, epochs, self.train_samples);
+        let racing_run = self.race_batches.iter().map(|&b| run(b)).sum::<f64>()
+            / self.race_batches.len().max(1) as f64;
+        let reference = if at_reference > 0.0 {
+            at_reference * run(self.reference)
+        } else {
+            0.0
+        };
+        reference + racing * racing_run
+    }
+
+    /// The most epochs (0.01 to `most`, and no more than the smallest
+    /// batch's longest run) whose runs fit in `left` seconds: the wall
+    /// time grows with them, so a bisection finds them.
+    fn most_epochs<R: TrialRunner>(
+        &self,
+        session: &Session<'_, R>,
+        curve: &CurvePhase,
+        most: f64,
+        at_reference: f64,
+        racing: f64,
+        left: f64,
+    ) -> f64 {
+        // Never past the steps a run may take at the smallest batch priced:
+        // a run capped short of the epochs would not be an equal one.
+        let smallest = self
+            .race_batches
+            .iter()
+            .copied()
+            .chain((self.reference > 0).then_some(self.reference))
+            .min()
+            .unwrap_or(1);
+        let most = most
+            .min(f64::from(MAX_RUN_STEPS) * smallest as f64 / self.train_samples.max(1) as f64)
+            .max(0.01);
+        if self.wall(session, curve, most, at_reference, racing) <= left {
+            return most;
+        }
+        let (mut low, mut high) = (0.01_f64, most);
+        for _ in 0..48 {
+            let mid = 0.5 * (low + high);
+            if self.wall(session, curve, mid, at_reference, racing) <= left {
+                low = mid;
+            } else {
+                high = mid;
+            }
+        }
+        low
+    }
 }

@@ -100,6 +100,13 @@ pub enum Finding {
         planned_candidates: usize,
         planned_seeds: u32,
     },
+    /// A race candidate left before the second round, which did not fit.
+    RaceDropped {
+        batch: u64,
+        loss: Option<f64>,
+        round_cost: f64,
+        left: Duration,
+    },
     /// Equal-epoch race and check runs re-sized from what the
     /// confirmations cost.
     EpochsResized {
@@ -494,6 +501,19 @@ impl fmt::Display for Finding {
                 "the dearest confirmation run took {cost:.1} s; the {} left afford about {affordable:.0} such runs, so {candidates} candidates race with {seeds} seeds each (planned: {planned_candidates} with {planned_seeds})",
                 format_duration(*left)
             ),
+            Finding::RaceDropped {
+                batch,
+                loss,
+                round_cost,
+                left,
+            } => {
+                let first = loss.map_or("no loss".to_string(), |l| format!("loss {l:.4}"));
+                write!(
+                    f,
+                    "the race's second round (about {round_cost:.1} s at what its runs cost) did not fit the {} left: batch {batch}, worst on its first seed ({first}), left the race rather than a candidate running a seed short",
+                    format_duration(*left)
+                )
+            }
             Finding::EpochsResized {
                 cost,
                 planned_cost,

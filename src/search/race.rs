@@ -304,6 +304,9 @@ pub struct RaceMachine {
     seeds: u32,
     extra_seeds: u32,
     base_seed: u64,
+    /// Candidates that left the race before its second round (`drop_worst`):
+    /// asked for no more runs and not judged.
+    dropped: Vec<bool>,
     state: RaceState,
 }
 
@@ -317,6 +320,7 @@ enum RaceState {
 impl RaceMachine {
     pub fn new(entries: Vec<RaceEntry>, seeds: u32, extra_seeds: u32, base_seed: u64) -> Self {
         RaceMachine {
+            dropped: vec![false; entries.len()],
             entries,
             seeds,
             extra_seeds,
@@ -334,16 +338,19 @@ impl RaceMachine {
         loop {
             match &mut self.state {
                 RaceState::Planned { round, next } => {
-                    if *round < self.seeds && *next < self.entries.len() {
+                    let kept_from = |i: usize| (i..self.dropped.len()).find(|&k| !self.dropped[k]);
+                    if let Some(entry) = kept_from(*next).filter(|_| *round < self.seeds) {
                         let ask = RunAsk {
-                            entry: *next,
+                            entry,
                             seed: self.base_seed + u64::from(*round),
                             planned: true,
                         };
-                        *next += 1;
-                        if *next == self.entries.len() {
-                            *round += 1;
-                            *next = 0;
+                        match kept_from(entry + 1) {
+                            Some(following) => *next = following,
+                            None => {
+                                *round += 1;
+                                *next = 0;
+                            }
                         }
                         return Some(ask);
                     }
@@ -389,12 +396,58 @@ impl RaceMachine {
         self.seeds
     }
 
+    /// The candidates still in the race, with their indices.
+    fn kept(&self) -> (Vec<usize>, Vec<RaceEntry>) {
+        (0..self.entries.len())
+            .filter(|&i| !self.dropped[i])
+            .map(|i| (i, self.entries[i].clone()))
+            .unzip()
+    }
+
+    /// Candidates still in the race.
+    pub fn racing(&self) -> impl Iterator<Item = &RaceEntry> {
+        self.entries
+            .iter()
+            .zip(&self.dropped)
+            .filter(|(_, dropped)| !**dropped)
+            .map(|(entry, _)| entry)
+    }
+
+    /// Before the second planned round, which a verdict needs whole: the
+    /// candidate whose first round came out worst (diverged or failed
+    /// runs first, then the highest loss) leaves the race, never leaving
+    /// fewer than two. Returns it. Successive halving's rule: a candidate
+    /// clearly behind after one seed rarely wins, while one a seed short
+    /// leaves the verdict unjudged (a partial search).
+    pub fn drop_worst(&mut self) -> Option<RaceEntry> {
+        if self.round_ahead() != Some(1) {
+            return None;
+        }
+        let (indices, kept) = self.kept();
+        if kept.len() <= 2 {
+            return None;
+        }
+        let first = |e: &RaceEntry| {
+            e.runs
+                .first()
+                .and_then(|r| r.validation_loss)
+                .unwrap_or(f64::INFINITY)
+        };
+        let worst = (0..kept.len()).max_by(|&a, &b| first(&kept[a]).total_cmp(&first(&kept[b])))?;
+        self.dropped[indices[worst]] = true;
+        Some(kept[worst].clone())
+    }
+
     /// Starts an extra round with the candidates still tied, or ends.
     fn refill(&mut self) {
+        let (indices, kept) = self.kept();
         let RaceState::Extra { round, queue } = &mut self.state else {
             return;
         };
-        let tied = needs_another_seed(&self.entries);
+        let tied: Vec<usize> = needs_another_seed(&kept)
+            .into_iter()
+            .map(|i| indices[i])
+            .collect();
         if *round >= self.extra_seeds || tied.is_empty() {
             self.state = RaceState::Done;
         } else {
@@ -408,9 +461,20 @@ impl RaceMachine {
         self.entries[ask.entry].runs.push(run);
     }
 
-    /// The entries with their runs, for [`decide`].
+    /// Which entries are still in the race (by index), for what the
+    /// driver keeps beside them.
+    pub fn kept_mask(&self) -> Vec<bool> {
+        self.dropped.iter().map(|d| !d).collect()
+    }
+
+    /// The entries still in the race with their runs, for [`decide`].
     pub fn into_entries(self) -> Vec<RaceEntry> {
         self.entries
+            .into_iter()
+            .zip(self.dropped)
+            .filter(|(_, dropped)| !dropped)
+            .map(|(entry, _)| entry)
+            .collect()
     }
 }
 
@@ -736,5 +800,43 @@ mod tests {
         assert_eq!(machine.next_run(), None);
         let entries = machine.into_entries();
         assert!(entries.iter().all(|e| e.runs.len() == 2), "{entries:?}");
+    }
+
+    #[test]
+    fn the_worst_first_seed_leaves_before_the_second_round_never_below_two() {
+        let entries: Vec<RaceEntry> = [64u64, 128, 256, 512]
+            .iter()
+            .map(|&b| entry(b, &[]))
+            .collect();
+        let mut machine = RaceMachine::new(entries, 2, 1, 0);
+        // Only before the second round.
+        assert!(machine.drop_worst().is_none());
+        let first = [Some(0.50), None, Some(0.70), Some(0.52)];
+        for _ in 0..4 {
+            let ask = machine.next_run().unwrap();
+            let mut r = run(ask.seed, 0.0);
+            r.validation_loss = first[ask.entry];
+            machine.tell(ask, r);
+        }
+        assert_eq!(machine.round_ahead(), Some(1));
+        // A run with no loss (diverged) goes first, then the highest loss;
+        // two candidates always stay.
+        assert_eq!(machine.drop_worst().map(|e| e.batch_size), Some(128));
+        assert_eq!(machine.drop_worst().map(|e| e.batch_size), Some(256));
+        assert!(machine.drop_worst().is_none());
+        assert_eq!(machine.kept_mask(), [true, false, false, true]);
+        let mut asked = Vec::new();
+        while let Some(ask) = machine.next_run() {
+            asked.push((ask.entry, ask.planned));
+            // A tie: the kept pair gets its extra seed, the dropped none.
+            machine.tell(ask, run(ask.seed, 0.5 + 0.001 * ask.entry as f64));
+        }
+        assert_eq!(asked, [(0, true), (3, true), (0, false), (3, false)]);
+        let entries = machine.into_entries();
+        assert_eq!(
+            entries.iter().map(|e| e.batch_size).collect::<Vec<_>>(),
+            [64, 512]
+        );
+        assert!(entries.iter().all(|e| e.runs.len() == 3), "{entries:?}");
     }
 }

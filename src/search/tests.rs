@@ -1569,3 +1569,42 @@ fn equal_epoch_runs_spend_the_budget_at_the_batches_they_train() {
         rec.rationale
     );
 }
+
+#[test]
+fn a_race_round_that_would_not_fit_whole_loses_its_worst_candidate_not_a_seed() {
+    // Each training run costs more than the one before (0.3-0.6 s), so the
+    // run the budget refuses is a round's last: before, a candidate a seed
+    // short (a partial search) in each of these. The second round, checked
+    // with the spread identical runs have shown, drops the candidate whose
+    // first seed came out worst; later rounds end before they start.
+    for (slowdown, budget, drops) in [
+        (0.3, 50, true),
+        (0.6, 70, true),
+        (0.3, 100, false),
+        (0.6, 100, false),
+    ] {
+        let mut spec = spec("balanced", "[training]\ntime_budget = \"3s\"\n");
+        spec.search.time_budget = std::time::Duration::from_secs(budget);
+        let (rec, _) = advise_on_slowing_runs(FakeRunner::new(), &spec, 0.05, 0.5, slowdown);
+        let race = rec.evidence.race.as_ref().unwrap();
+        assert!(
+            !rec.phases_cut.contains(&Phase::Race),
+            "{slowdown} {budget}: {:?}",
+            rec.partial_reason
+        );
+        let seeds: Vec<usize> = race.entries.iter().map(|e| e.runs.len()).collect();
+        assert!(
+            race.entries.len() >= 2 && seeds.iter().all(|&n| n == seeds[0] && n >= 2),
+            "{slowdown} {budget}: {seeds:?}"
+        );
+        assert_eq!(
+            rec.rationale
+                .iter()
+                .any(|l| l.contains("left the race rather than a candidate running a seed short")),
+            drops,
+            "{slowdown} {budget}: {:#?}",
+            rec.rationale
+        );
+        assert!(rec.seconds <= budget as f64 * 1.05, "{} s", rec.seconds);
+    }
+}

@@ -95,14 +95,33 @@ impl<R: TrialRunner> Session<'_, R> {
             self.spec.search.seed,
         );
         loop {
+            // The second round, which the verdict needs whole, must fit at
+            // what runs have cost so far: identical runs cost up to 1.5x
+            // one another, and a plan priced before the first round can
+            // leave its last run refused (a candidate a seed short: a
+            // partial search). The candidates whose first seed came out
+            // worst leave instead, never below two.
+            let margin = self.run_cost_spread();
+            let with_margin =
+                |costs: Vec<f64>| -> Vec<f64> { costs.into_iter().map(|c| c * margin).collect() };
+            if machine.round_ahead() == Some(1) {
+                while !self.round_fits(&with_margin(self.round_costs(curve, &machine))) {
+                    let round_cost: f64 = self.round_costs(curve, &machine).iter().sum();
+                    let Some(entry) = machine.drop_worst() else {
+                        break;
+                    };
+                    findings.push(Finding::RaceDropped {
+                        batch: entry.batch_size,
+                        loss: entry.runs.first().and_then(|r| r.validation_loss),
+                        round_cost,
+                        left: self.phase_left(Phase::Race),
+                    });
+                }
+            }
             // Between planned rounds (after the two a verdict needs), the
             // next round must fit whole at what runs have cost so far.
             if let Some(round) = machine.round_ahead().filter(|&r| r >= 2) {
-                let costs: Vec<f64> = machine
-                    .entries()
-                    .iter()
-                    .map(|e| self.race_run_cost(curve, e.batch_size, e.steps))
-                    .collect();
+                let costs = with_margin(self.round_costs(curve, &machine));
                 if !self.round_fits(&costs) {
                     let planned_seeds = runs.seeds;
                     let seeds = machine.end_planned_rounds();
@@ -131,6 +150,14 @@ impl<R: TrialRunner> Session<'_, R> {
                 machine.tell(ask, run);
             }
         }
+        // Candidates that left the race are not judged; their noise
+        // samples go with them.
+        let kept = machine.kept_mask();
+        let samples: Vec<Vec<GradNoiseSample>> = samples
+            .into_iter()
+            .zip(kept)
+            .filter_map(|(s, kept)| kept.then_some(s))
+            .collect();
         let entries = machine.into_entries();
         let warmup_of = |steps: u32| runs::run_warmup(policy.trials.warmup_steps, steps);
         // Race runs measure the noise from the end of their warm-up on
@@ -316,6 +343,36 @@ impl<R: TrialRunner> Session<'_, R> {
             .fold(self.seconds_for(curve, batch, steps), f64::max)
     }
 
+    /// How much dearer than its cheapest twin a training run has come out
+    /// (identical runs: one batch, one length), 1 to [`MAX_COST_SPREAD`]:
+    /// the margin the race's second round is checked with, since the run
+    /// a budget refuses is that round's last.
+    fn run_cost_spread(&self) -> f64 {
+        let mut groups: std::collections::BTreeMap<(u64, u32), (f64, f64)> = Default::default();
+        for r in self.records.iter().filter(|r| {
+            runs::TRAINING_PHASES.contains(&r.phase) && r.outcome == Outcome::Ok && r.seconds > 0.0
+        }) {
+            let group = groups
+                .entry((r.batch_size, r.steps))
+                .or_insert((f64::INFINITY, 0.0));
+            group.0 = group.0.min(r.seconds);
+            group.1 = group.1.max(r.seconds);
+        }
+        groups
+            .values()
+            .map(|(low, high)| high / low)
+            .fold(1.0, f64::max)
+            .min(MAX_COST_SPREAD)
+    }
+
+    /// What a round of the candidates still racing costs, run by run.
+    fn round_costs(&self, curve: &CurvePhase, machine: &race::RaceMachine) -> Vec<f64> {
+        machine
+            .racing()
+            .map(|e| self.race_run_cost(curve, e.batch_size, e.steps))
+            .collect()
+    }
+
     /// Whether runs costing `costs`, one after another, all pass the
     /// race's budget check ([`Self::run_fits`]) from now.
     fn round_fits(&self, costs: &[f64]) -> bool {
@@ -388,3 +445,7 @@ impl RaceField {
         )
     }
 }
+
+/// The most the race's second-round check adds for run-to-run cost
+/// variance: identical runs were measured up to 1.5x one another here.
+const MAX_COST_SPREAD: f64 = 1.5;

@@ -105,6 +105,8 @@ pub enum Finding {
         batch: u64,
         loss: Option<f64>,
         round_cost: f64,
+        /// The run-to-run cost spread the round was checked with.
+        margin: f64,
         left: Duration,
     },
     /// Equal-epoch race and check runs re-sized from what the
@@ -114,6 +116,7 @@ pub enum Finding {
         planned_cost: f64,
         epochs: f64,
         confirmed_epochs: f64,
+        job_epochs: f64,
         left: Duration,
     },
     /// Training runs validate on fewer held-out samples than the default:
@@ -441,7 +444,7 @@ impl fmt::Display for Finding {
                 race_batches,
             } => write!(
                 f,
-                "confirmation and race runs train {epochs:.2} epochs each ({job_epochs} in the job): all the budget affords with confirmations and the check priced at batch {reference} and the race at about {race_batches:?}; longer runs tend to favour lower LRs than these"
+                "confirmation runs train {epochs:.2} epochs each, and race and check runs unless re-sized below ({job_epochs} in the job): all the budget affords with confirmations and the check priced at batch {reference} and the race at about {race_batches:?}; longer runs tend to favour lower LRs than these"
             ),
             Finding::RealLengthRuns { seconds: s, source } => write!(
                 f,
@@ -505,12 +508,13 @@ impl fmt::Display for Finding {
                 batch,
                 loss,
                 round_cost,
+                margin,
                 left,
             } => {
                 let first = loss.map_or("no loss".to_string(), |l| format!("loss {l:.4}"));
                 write!(
                     f,
-                    "the race's second round (about {round_cost:.1} s at what its runs cost) did not fit the {} left: batch {batch}, worst on its first seed ({first}), left the race rather than a candidate running a seed short",
+                    "the race's second round (about {round_cost:.1} s at what its runs cost, and its last run's share of the {margin:.2}x spread identical runs have shown) did not fit the {} left: batch {batch}, worst on its first seed ({first}), left the race rather than a candidate running a seed short",
                     format_duration(*left)
                 )
             }
@@ -519,12 +523,20 @@ impl fmt::Display for Finding {
                 planned_cost,
                 epochs,
                 confirmed_epochs,
+                job_epochs,
                 left,
-            } => write!(
-                f,
-                "the dearest confirmation run took {cost:.2} s against {planned_cost:.2} s planned; the {} left afford {epochs:.2} epochs per race and check run (the confirmations trained {confirmed_epochs:.2}; their best LR is carried over by the batch rule and checked again at the new length)",
-                format_duration(*left)
-            ),
+            } => {
+                let most = if *epochs >= *job_epochs {
+                    " (the job's own)".to_string()
+                } else {
+                    String::new()
+                };
+                write!(
+                    f,
+                    "the dearest confirmation run took {cost:.2} s against {planned_cost:.2} s planned; at what runs cost, with the race's own candidates, the {} left afford {epochs:.2} epochs{most} per race and check run, not the {confirmed_epochs:.2} the confirmations trained (their best LR is carried over by the batch rule and checked again at the new length)",
+                    format_duration(*left)
+                )
+            }
             Finding::ValidationSized {
                 samples,
                 default_samples,

@@ -138,6 +138,19 @@ impl RunBook {
         }
     }
 
+    /// `runs` of `phase` will not be made (a race candidate that left):
+    /// counted off as [`Self::ran`] counts, without ending earlier phases.
+    pub fn forgo(&mut self, phase: Phase, runs: f64) {
+        let mut runs = runs.max(0.0);
+        for (p, left) in &mut self.entries {
+            if *p == phase && runs > 0.0 {
+                let taken = left.max(0.0).min(runs);
+                *left -= taken;
+                runs -= taken;
+            }
+        }
+    }
+
     /// The runs left per phase, in phase order, that `affordable` runs
     /// cover when they are given out by rank: the weights for
     /// [`BudgetPlan::replan`].

@@ -839,4 +839,37 @@ mod tests {
         );
         assert!(entries.iter().all(|e| e.runs.len() == 3), "{entries:?}");
     }
+
+    #[test]
+    fn dropping_the_first_or_last_candidate_keeps_the_rounds_whole() {
+        for (first, dropped) in [([0.9, 0.5, 0.6], 0usize), ([0.5, 0.6, 0.9], 2)] {
+            let entries: Vec<RaceEntry> =
+                [64u64, 128, 256].iter().map(|&b| entry(b, &[])).collect();
+            let mut machine = RaceMachine::new(entries, 3, 0, 0);
+            for _ in 0..3 {
+                let ask = machine.next_run().unwrap();
+                machine.tell(ask, run(ask.seed, first[ask.entry]));
+            }
+            assert_eq!(
+                machine.drop_worst().map(|e| e.batch_size),
+                Some([64, 128, 256][dropped])
+            );
+            // Two whole rounds of the two kept, each starting at a round's
+            // start; no drop once the second round is under way.
+            for round in 1..3 {
+                assert_eq!(machine.round_ahead(), Some(round));
+                for _ in 0..2 {
+                    let ask = machine.next_run().unwrap();
+                    assert_ne!(ask.entry, dropped);
+                    assert_eq!(ask.seed, u64::from(round));
+                    assert!(machine.drop_worst().is_none());
+                    machine.tell(ask, run(ask.seed, first[ask.entry]));
+                }
+            }
+            assert_eq!(machine.next_run(), None);
+            let entries = machine.into_entries();
+            assert_eq!(entries.len(), 2);
+            assert!(entries.iter().all(|e| e.runs.len() == 3), "{entries:?}");
+        }
+    }
 }

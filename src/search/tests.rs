@@ -1605,6 +1605,30 @@ fn a_race_round_that_would_not_fit_whole_loses_its_worst_candidate_not_a_seed() 
             "{slowdown} {budget}: {:#?}",
             rec.rationale
         );
+        // The candidate that left had the worst first seed of the race.
+        if drops {
+            let raced: Vec<u64> = race.entries.iter().map(|e| e.batch_size).collect();
+            let first_losses: Vec<(u64, f64)> = rec
+                .evidence
+                .trials
+                .iter()
+                .filter(|t| t.phase == Phase::Race)
+                .fold(Vec::new(), |mut seen, t| {
+                    if !seen.iter().any(|(b, _)| *b == t.batch_size) {
+                        seen.push((t.batch_size, t.validation_loss.unwrap_or(f64::INFINITY)));
+                    }
+                    seen
+                });
+            let (left_out, worst) = first_losses
+                .iter()
+                .copied()
+                .find(|(b, _)| !raced.contains(b))
+                .expect("a dropped candidate");
+            assert!(
+                first_losses.iter().all(|(_, l)| *l <= worst),
+                "{left_out} at {worst}: {first_losses:?}"
+            );
+        }
         assert!(rec.seconds <= budget as f64 * 1.05, "{} s", rec.seconds);
     }
 }

@@ -102,8 +102,16 @@ impl<R: TrialRunner> Session<'_, R> {
             // partial search). The candidates whose first seed came out
             // worst leave instead, never below two.
             let margin = self.run_cost_spread();
-            let with_margin =
-                |costs: Vec<f64>| -> Vec<f64> { costs.into_iter().map(|c| c * margin).collect() };
+            // The round's last run carries the margin for the dearest run
+            // of the round: one run's overrun, not every run's at once,
+            // which would drop candidates the race has time for.
+            let with_margin = |mut costs: Vec<f64>| -> Vec<f64> {
+                let dearest = costs.iter().copied().fold(0.0, f64::max);
+                if let Some(last) = costs.last_mut() {
+                    *last += (margin - 1.0) * dearest;
+                }
+                costs
+            };
             if machine.round_ahead() == Some(1) {
                 while !self.round_fits(&with_margin(self.round_costs(curve, &machine))) {
                     let round_cost: f64 = self.round_costs(curve, &machine).iter().sum();
@@ -114,8 +122,14 @@ impl<R: TrialRunner> Session<'_, R> {
                         batch: entry.batch_size,
                         loss: entry.runs.first().and_then(|r| r.validation_loss),
                         round_cost,
+                        margin,
                         left: self.phase_left(Phase::Race),
                     });
+                    // Its planned seeds are not run: their time goes to the
+                    // ranks after them.
+                    self.book
+                        .forgo(Phase::Race, f64::from(runs.seeds.saturating_sub(1)));
+                    self.replan_from_book();
                 }
             }
             // Between planned rounds (after the two a verdict needs), the
@@ -155,8 +169,13 @@ impl<R: TrialRunner> Session<'_, R> {
         let kept = machine.kept_mask();
         let samples: Vec<Vec<GradNoiseSample>> = samples
             .into_iter()
-            .zip(kept)
+            .zip(&kept)
             .filter_map(|(s, kept)| kept.then_some(s))
+            .collect();
+        let candidates: Vec<u64> = candidates
+            .into_iter()
+            .zip(&kept)
+            .filter_map(|(b, kept)| kept.then_some(b))
             .collect();
         let entries = machine.into_entries();
         let warmup_of = |steps: u32| runs::run_warmup(policy.trials.warmup_steps, steps);

@@ -108,6 +108,9 @@ pub(super) struct RunPlan {
     pub seeds: u32,
     /// Wall seconds the plan expected of a confirmation run.
     pub planned_run: f64,
+    /// Runs the plan left for after the confirmations: the race's (extra
+    /// seeds included), the check's and a ramp's.
+    pub later_runs: f64,
     pub findings: Vec<Finding>,
 }
 

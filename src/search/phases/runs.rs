@@ -202,6 +202,7 @@ impl<R: TrialRunner> Session<'_, R> {
             runs: confirmations + racing + checks + ramping,
             left: self.time_left(),
         });
+        let later_runs = racing + checks + ramping;
         let planned_run = match budget {
             RaceBudget::Epochs { epochs } => {
                 self.epoch_run_wall(curve, range.reference_batch, epochs, train_samples)
@@ -214,6 +215,7 @@ impl<R: TrialRunner> Session<'_, R> {
             candidates: candidates as usize,
             seeds,
             planned_run,
+            later_runs,
             findings,
         }
     }
@@ -224,7 +226,8 @@ impl<R: TrialRunner> Session<'_, R> {
     /// cost more (validation, noise measurement, start-up), and a race cut
     /// mid-way leaves a candidate with fewer seeds than the others. So when
     /// the planned race and check no longer fit, the race drops candidates
-    /// (never below two) before any is started.
+    /// (never below two) before any is started. Equal-epoch runs, whose
+    /// cost varies by batch, are re-sized instead (`resize_epoch_runs`).
     pub(in crate::search) fn replan_from_runs(
         &mut self,
         curve: &CurvePhase,
@@ -520,10 +523,6 @@ impl<R: TrialRunner> Session<'_, R> {
             return runs;
         };
         let policy = &self.spec.policy;
-        let racing =
-            f64::from(runs.seeds) * runs.candidates as f64 + f64::from(2 * policy.race.extra_seeds);
-        let checks = 2.0 * f64::from(policy.lr_search.check_seeds.min(runs.seeds));
-        let ramping = self.ramp_runs(runs.seeds);
         // Priced at the race's own candidates, now the reference phase has
         // given the model its noise scale; the check and a ramp run at one
         // of them.
@@ -537,16 +536,10 @@ impl<R: TrialRunner> Session<'_, R> {
             train_samples: runs.train_samples,
         };
         let left = self.time_left().as_secs_f64();
-        let affordable = pricing.most_epochs(
-            self,
-            curve,
-            job_epochs,
-            0.0,
-            racing + checks + ramping,
-            left,
-        );
-        let resized = affordable.min(job_epochs);
-        if (resized / epochs - 1.0).abs() <= EPOCH_RESIZE_SLACK {
+        // The runs the plan left for after the confirmations (a lean plan
+        // counts fewer than the full one).
+        let resized = pricing.most_epochs(self, curve, job_epochs, 0.0, runs.later_runs, left);
+        if (resized / epochs - 1.0).abs() <= EPOCH_RESIZE_SLACK && epochs <= pricing.step_cap() {
             return runs;
         }
         runs.budget = RaceBudget::Epochs { epochs: resized };
@@ -555,6 +548,7 @@ impl<R: TrialRunner> Session<'_, R> {
             planned_cost: runs.planned_run,
             epochs: resized,
             confirmed_epochs: epochs,
+            job_epochs,
             left: self.time_left(),
         });
         runs
@@ -627,6 +621,20 @@ impl EpochPricing {
         reference + racing * racing_run
     }
 
+    /// The most epochs a run at the smallest batch priced may train: a
+    /// run capped at [`MAX_RUN_STEPS`] short of its epochs would not be an
+    /// equal one.
+    fn step_cap(&self) -> f64 {
+        let smallest = self
+            .race_batches
+            .iter()
+            .copied()
+            .chain((self.reference > 0).then_some(self.reference))
+            .min()
+            .unwrap_or(1);
+        f64::from(MAX_RUN_STEPS) * smallest as f64 / self.train_samples.max(1) as f64
+    }
+
     /// The most epochs (0.01 to `most`, and no more than the smallest
     /// batch's longest run) whose runs fit in `left` seconds: the wall
     /// time grows with them, so a bisection finds them.
@@ -639,18 +647,7 @@ impl EpochPricing {
         racing: f64,
         left: f64,
     ) -> f64 {
-        // Never past the steps a run may take at the smallest batch priced:
-        // a run capped short of the epochs would not be an equal one.
-        let smallest = self
-            .race_batches
-            .iter()
-            .copied()
-            .chain((self.reference > 0).then_some(self.reference))
-            .min()
-            .unwrap_or(1);
-        let most = most
-            .min(f64::from(MAX_RUN_STEPS) * smallest as f64 / self.train_samples.max(1) as f64)
-            .max(0.01);
+        let most = most.min(self.step_cap()).max(0.01);
         if self.wall(session, curve, most, at_reference, racing) <= left {
             return most;
         }

@@ -136,7 +136,7 @@ impl RunPlan {
                     (seconds * share / t).round().min((seconds / t).floor())
                 }),
             RaceBudget::Epochs { epochs } => {
-                (epochs * self.train_samples as f64 / batch as f64).floor()
+                return epoch_steps(epochs, self.train_samples, batch);
             }
         };
         (steps as u32).clamp(MIN_RUN_STEPS, MAX_RUN_STEPS)
@@ -185,6 +185,13 @@ pub(super) struct CheckPhase {
     pub interval: Option<(f64, f64)>,
     pub runs: Vec<Confirmation>,
     pub findings: Vec<Finding>,
+}
+
+/// Steps of an equal-epoch run of `epochs` over `train_samples` at
+/// `batch`: whole steps, within the run's bounds.
+fn epoch_steps(epochs: f64, train_samples: u64, batch: u64) -> u32 {
+    ((epochs * train_samples as f64 / batch as f64).floor() as u32)
+        .clamp(MIN_RUN_STEPS, MAX_RUN_STEPS)
 }
 
 /// The run counts (candidates, confirmations, race runs, checks) when only

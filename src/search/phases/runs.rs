@@ -83,7 +83,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 findings.push(Finding::ShortEpochRuns {
                     epochs,
                     job_epochs,
-                    reference: pricing.reference,
+                    reference: range.reference_batch,
                     race_batches: pricing.race_batches.clone(),
                 });
                 epochs
@@ -452,7 +452,7 @@ impl<R: TrialRunner> Session<'_, R> {
     }
 
     /// Wall seconds an equal-epoch run of `epochs` at `batch` should take,
-    /// its steps counted as the race counts them (`RunPlan::steps`).
+    /// its steps counted as the race counts them.
     fn epoch_run_wall(
         &self,
         curve: &CurvePhase,
@@ -460,9 +460,7 @@ impl<R: TrialRunner> Session<'_, R> {
         epochs: f64,
         train_samples: u64,
     ) -> f64 {
-        let steps = (epochs * train_samples as f64 / batch as f64)
-            .floor()
-            .clamp(f64::from(MIN_RUN_STEPS), f64::from(MAX_RUN_STEPS));
+        let steps = f64::from(epoch_steps(epochs, train_samples, batch));
         curve
             .step_seconds(batch)
             .map_or(f64::INFINITY, |t| self.run_seconds(t * steps))
@@ -481,7 +479,7 @@ impl<R: TrialRunner> Session<'_, R> {
         train_samples: u64,
     ) -> EpochPricing {
         EpochPricing {
-            reference: range.reference_batch,
+            reference: Some(range.reference_batch),
             race_batches: race::candidates(
                 range.reference_batch,
                 4.0,
@@ -527,7 +525,7 @@ impl<R: TrialRunner> Session<'_, R> {
         // given the model its noise scale; the check and a ramp run at one
         // of them.
         let pricing = EpochPricing {
-            reference: 0,
+            reference: None,
             race_batches: self.race_field(curve, reference).candidates(
                 policy,
                 curve,
@@ -593,7 +591,8 @@ const EPOCH_RESIZE_SLACK: f64 = 0.25;
 
 /// The batches equal-epoch runs are priced at (`Session::epoch_pricing`).
 pub(super) struct EpochPricing {
-    reference: u64,
+    /// The confirmations' batch, where they are still to be priced.
+    reference: Option<u64>,
     race_batches: Vec<u64>,
     train_samples: u64,
 }
@@ -613,11 +612,10 @@ impl EpochPricing {
         let run = |b: u64| session.epoch_run_wall(curve, b, epochs, self.train_samples);
         let racing_run = self.race_batches.iter().map(|&b| run(b)).sum::<f64>()
             / self.race_batches.len().max(1) as f64;
-        let reference = if at_reference > 0.0 {
-            at_reference * run(self.reference)
-        } else {
-            0.0
-        };
+        let reference = self
+            .reference
+            .filter(|_| at_reference > 0.0)
+            .map_or(0.0, |b| at_reference * run(b));
         reference + racing * racing_run
     }
 
@@ -629,7 +627,7 @@ impl EpochPricing {
             .race_batches
             .iter()
             .copied()
-            .chain((self.reference > 0).then_some(self.reference))
+            .chain(self.reference)
             .min()
             .unwrap_or(1);
         f64::from(MAX_RUN_STEPS) * smallest as f64 / self.train_samples.max(1) as f64

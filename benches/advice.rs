@@ -23,6 +23,17 @@
 //! `BATCHD_BENCH_WORKER` names the `batchd` binary the trials run in
 //! (default: this build's), so a copied bench can measure an older build.
 //!
+//! `BATCHD_BENCH_DRAWS=3` advises every policy row that many times (search
+//! seeds 0..N, the first the default), so a row's gap is a median over
+//! draws rather than one draw's luck; each draw is a row of the table, and a
+//! summary per row gives the median and worst gap and the PARTIAL count.
+//!
+//! The best cell is the lowest of many 3-seed means, so its loss on the
+//! grid's seeds is biased low by the choice (the winner's curse) by about a
+//! seed spread on a flat grid. So the best cell and every pick are trained
+//! again on `FRESH_SEEDS`, which picked nothing: the "fresh gap" compares
+//! the two on those same seeds and is the unbiased figure.
+//!
 //! `BATCHD_BENCH_REPEAT=5` measures repeatability too (with
 //! `BATCHD_BENCH_REPEAT_ONLY=1`, only: no policy rows, no epoch grid): per
 //! job, on the
@@ -59,6 +70,9 @@ use batchd::validation::Syntax;
 /// Seeds every cell and every pick is trained with: not the seeds the
 /// search itself uses, so batchd cannot have seen these runs.
 const SEEDS: [u64; 3] = [1001, 1002, 1003];
+/// Seeds the best cell and each pick are trained on again: nothing was
+/// chosen on them, so the best cell's loss there carries no selection bias.
+const FRESH_SEEDS: [u64; 3] = [2001, 2002, 2003];
 /// A run needs at least this many steps to mean anything; cells whose
 /// budget allows fewer are left out of the grid (and said so).
 const MIN_STEPS: u32 = 10;
@@ -131,6 +145,8 @@ struct Bench {
 struct Cell {
     batch: u64,
     lr: f64,
+    /// Steps each seed trained for.
+    steps: u32,
     mean: Option<f64>,
     spread: f64,
 }
@@ -189,6 +205,20 @@ impl Bench {
         request.memory_limit_bytes = Some(limit);
         request.deadline = Duration::from_secs(300);
         self.run(request).is_ok()
+    }
+
+    /// `cell` trained again on `seeds`.
+    fn retrain(&self, spec: &JobSpec, cell: &Cell, seeds: &[u64]) -> Cell {
+        let losses: Vec<Option<f64>> = seeds
+            .iter()
+            .map(|&seed| self.train(spec, cell.batch, cell.lr, cell.steps, seed))
+            .collect();
+        let (mean, spread) = stats(&losses);
+        Cell {
+            mean,
+            spread,
+            ..*cell
+        }
     }
 
     /// Validation loss of one training run under the recommended schedule.
@@ -376,6 +406,7 @@ fn grid(
                 Cell {
                     batch,
                     lr,
+                    steps,
                     mean,
                     spread,
                 },
@@ -418,28 +449,88 @@ fn grid(
     }
 }
 
+/// `pick`'s gap to `best` in percent of the best's loss.
+fn gap(best: Option<&Cell>, pick: &Cell) -> Option<f64> {
+    match (best.and_then(|b| b.mean), pick.mean) {
+        (Some(best), Some(pick)) => Some((pick - best) / best * 100.0),
+        _ => None,
+    }
+}
+
+fn fmt_gap(gap: Option<f64>) -> String {
+    gap.map_or("-".into(), |g| format!("{g:.1}"))
+}
+
 fn print_row(row: &Row) {
-    let gap = match (row.best.and_then(|b| b.mean), row.pick.mean) {
-        (Some(best), Some(pick)) => format!("{:.1}", (pick - best) / best * 100.0),
-        _ => "-".into(),
-    };
     println!(
-        "{:<26}{:<15} {:<33} {:<33} {:>7} {:>8.1}{}",
+        "{:<26}{:<15}{:>5} {:<33} {:<33} {:>7} {:>8} {:>8.1}{}",
         row.job,
         row.policy,
+        row.draw,
         row.best.as_ref().map_or("-".into(), fmt_cell),
         fmt_cell(&row.pick),
-        gap,
+        fmt_gap(gap(row.best.as_ref(), &row.pick)),
+        fmt_gap(gap(row.fresh_best.as_ref(), &row.fresh_pick)),
         row.search_seconds / row.grid_seconds * 100.0,
         if row.partial { "  PARTIAL" } else { "" }
     );
 }
 
+/// One policy row's draws: the median and worst gap on the grid's seeds
+/// and on the fresh ones, and how many were partial. A failed pick counts
+/// as the worst gap.
+fn draw_summary(draws: &[Row]) -> String {
+    let summarize = |gaps: Vec<Option<f64>>| {
+        let failed = gaps.iter().filter(|g| g.is_none()).count();
+        let mut values: Vec<f64> = gaps.into_iter().flatten().collect();
+        values.sort_by(f64::total_cmp);
+        // Failed picks sort last, as the worst.
+        let n = values.len() + failed;
+        let at = |i: usize| values.get(i).map_or("failed".into(), |g| format!("{g:.1}"));
+        format!(
+            "median {} worst {} ({})",
+            at((n - 1) / 2),
+            at(n - 1),
+            values
+                .iter()
+                .map(|g| format!("{g:.1}"))
+                .chain(std::iter::repeat_n("failed".to_string(), failed))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let first = &draws[0];
+    format!(
+        "{} / {}: {} draws; gap % {}; fresh-seed gap % {}; {} PARTIAL; batches {:?}",
+        first.job,
+        first.policy,
+        draws.len(),
+        summarize(
+            draws
+                .iter()
+                .map(|r| gap(r.best.as_ref(), &r.pick))
+                .collect()
+        ),
+        summarize(
+            draws
+                .iter()
+                .map(|r| gap(r.fresh_best.as_ref(), &r.fresh_pick))
+                .collect()
+        ),
+        draws.iter().filter(|r| r.partial).count(),
+        draws.iter().map(|r| r.pick.batch).collect::<Vec<_>>()
+    )
+}
+
 struct Row {
     job: String,
     policy: String,
+    draw: u64,
     best: Option<Cell>,
     pick: Cell,
+    /// The best cell and the pick trained on `FRESH_SEEDS`.
+    fresh_best: Option<Cell>,
+    fresh_pick: Cell,
     search_seconds: f64,
     grid_seconds: f64,
     partial: bool,
@@ -478,8 +569,14 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    let draws: u64 = std::env::var("BATCHD_BENCH_DRAWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let mut rows: Vec<Row> = Vec::new();
     let mut repeats: Vec<String> = Vec::new();
+    let mut summaries: Vec<String> = Vec::new();
     println!(
         "per-cell budget: {cell_seconds} s of training (balanced, throughput) or the job's epochs (generalization); {} seeds; warm-up {:.0}% then cosine to {:.0}%; half-decade LRs, each row extended while its best sits at an edge",
         SEEDS.len(),
@@ -487,12 +584,14 @@ fn main() {
         FINAL_LR_FRACTION * 100.0
     );
     println!(
-        "{:<26}{:<15} {:<33} {:<33} {:>7} {:>8}",
+        "{:<26}{:<15}{:>5} {:<33} {:<33} {:>7} {:>8} {:>8}",
         "job",
         "policy",
+        "draw",
         "best cell (batch lr loss±sd)",
         "batchd (batch lr loss±sd)",
         "gap %",
+        "fresh %",
         "search %"
     );
     for job in jobs() {
@@ -562,93 +661,124 @@ fn main() {
             Budget::Epochs(epochs),
             train_samples,
         );
+        // The best cells again on seeds nothing was chosen on.
+        let fresh = |truth: &Grid, spec: &JobSpec| {
+            truth
+                .best()
+                .map(|best| bench.retrain(spec, &best, &FRESH_SEEDS))
+        };
+        let fresh_wall = fresh(&wall, &spec);
+        let fresh_epochs = fresh(&per_epoch, &spec);
         for policy in ["balanced", "throughput", "generalization"] {
-            let (truth, budget) = if policy == "generalization" {
-                (&per_epoch, Budget::Epochs(epochs))
+            let (truth, budget, fresh_best) = if policy == "generalization" {
+                (&per_epoch, Budget::Epochs(epochs), fresh_epochs)
             } else {
-                (&wall, Budget::Seconds(cell_seconds))
+                (&wall, Budget::Seconds(cell_seconds), fresh_wall)
             };
             let search_budget = (truth.seconds * SEARCH_SHARE).max(5.0);
             // A wall-clock job tells batchd its training budget, as a user
             // bounded by time would.
             let training_seconds = matches!(budget, Budget::Seconds(_)).then_some(cell_seconds);
-            let spec = spec_for(&job, policy, Some(search_budget), training_seconds);
-            let (rec, search_seconds) = bench.advise(&spec);
-            let batch = rec.effective_batch_size;
-            let lr = rec.lr.learning_rate.unwrap_or(1e-3);
-            let speed = bench.speed(&spec, batch).unwrap_or(1.0);
-            let steps = steps_for(budget, batch, speed, train_samples).max(MIN_STEPS);
-            let losses: Vec<Option<f64>> = SEEDS
-                .iter()
-                .map(|&seed| bench.train(&spec, batch, lr, steps, seed))
-                .collect();
-            let (mean, spread) = stats(&losses);
-            let pick = Cell {
-                batch,
-                lr,
-                mean,
-                spread,
-            };
-            let mut note = format!(
-                "grid {} cells x {} seeds in {:.0} s, search {:.0} s",
-                truth.cells.len(),
-                SEEDS.len(),
-                truth.seconds,
-                search_seconds
-            );
-            note.push_str("; ");
-            if !truth.left_out.is_empty() {
-                note.push_str(&format!(
-                    "grid left out {:?} (< {MIN_STEPS} steps in budget); ",
-                    truth.left_out
-                ));
-            }
-            if rec.partial {
-                note.push_str(&format!(
-                    "PARTIAL: {}; ",
-                    rec.partial_reason.clone().unwrap_or_default()
-                ));
-            }
-            if let Some(noise) = &rec.evidence.gradient_noise {
-                note.push_str(&format!("noise {}; ", noise.describe()));
-            }
-            eprintln!(
-                "  {policy}: pick {} in {search_seconds:.0}s; {note}",
-                fmt_cell(&pick)
-            );
-            if std::env::var_os("BATCHD_BENCH_VERBOSE").is_some() {
-                eprintln!(
-                    "{}",
-                    batchd::report::text::recommendation(&spec, &rec, None)
+            let first_row = rows.len();
+            for draw in 0..draws {
+                let mut spec = spec_for(&job, policy, Some(search_budget), training_seconds);
+                if draws > 1 {
+                    spec.search.seed = draw;
+                }
+                let (rec, search_seconds) = bench.advise(&spec);
+                let batch = rec.effective_batch_size;
+                let lr = rec.lr.learning_rate.unwrap_or(1e-3);
+                let speed = bench.speed(&spec, batch).unwrap_or(1.0);
+                let steps = steps_for(budget, batch, speed, train_samples).max(MIN_STEPS);
+                let chosen = Cell {
+                    batch,
+                    lr,
+                    steps,
+                    mean: None,
+                    spread: f64::NAN,
+                };
+                let pick = bench.retrain(&spec, &chosen, &SEEDS);
+                let fresh_pick = bench.retrain(&spec, &chosen, &FRESH_SEEDS);
+                let mut note = format!(
+                    "grid {} cells x {} seeds in {:.0} s, search {:.0} s",
+                    truth.cells.len(),
+                    SEEDS.len(),
+                    truth.seconds,
+                    search_seconds
                 );
+                note.push_str("; ");
+                if let Some(best) = &fresh_best {
+                    note.push_str(&format!(
+                        "fresh seeds: best cell {}, pick {}; ",
+                        fmt_cell(best),
+                        fmt_cell(&fresh_pick)
+                    ));
+                }
+                if !truth.left_out.is_empty() {
+                    note.push_str(&format!(
+                        "grid left out {:?} (< {MIN_STEPS} steps in budget); ",
+                        truth.left_out
+                    ));
+                }
+                if rec.partial {
+                    note.push_str(&format!(
+                        "PARTIAL: {}; ",
+                        rec.partial_reason.clone().unwrap_or_default()
+                    ));
+                }
+                if let Some(noise) = &rec.evidence.gradient_noise {
+                    note.push_str(&format!("noise {}; ", noise.describe()));
+                }
+                eprintln!(
+                    "  {policy} (draw {draw}): pick {} in {search_seconds:.0}s; {note}",
+                    fmt_cell(&pick)
+                );
+                if std::env::var_os("BATCHD_BENCH_VERBOSE").is_some() {
+                    eprintln!(
+                        "{}",
+                        batchd::report::text::recommendation(&spec, &rec, None)
+                    );
+                }
+                let row = Row {
+                    job: job.label.to_string(),
+                    policy: policy.to_string(),
+                    draw,
+                    best: truth.best(),
+                    pick,
+                    fresh_best,
+                    fresh_pick,
+                    search_seconds,
+                    grid_seconds: truth.seconds,
+                    partial: rec.partial,
+                    note,
+                };
+                print_row(&row);
+                rows.push(row);
             }
-            let row = Row {
-                job: job.label.to_string(),
-                policy: policy.to_string(),
-                best: truth.best(),
-                pick,
-                search_seconds,
-                grid_seconds: truth.seconds,
-                partial: rec.partial,
-                note,
-            };
-            print_row(&row);
-            rows.push(row);
+            if draws > 1 {
+                let summary = draw_summary(&rows[first_row..]);
+                println!("{summary}");
+                summaries.push(summary);
+            }
         }
         if repeat > 0 {
             repeat_on(&mut repeats);
         }
     }
     println!();
+    for line in &summaries {
+        println!("{line}");
+    }
     for line in &repeats {
         println!("{line}");
     }
     for row in &rows {
         if !row.note.is_empty() {
             println!(
-                "{} / {}: {}",
+                "{} / {} (draw {}): {}",
                 row.job,
                 row.policy,
+                row.draw,
                 row.note.trim_end_matches("; ")
             );
         }

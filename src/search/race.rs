@@ -105,15 +105,148 @@ pub struct Race {
     pub verdict: String,
 }
 
-/// The order of the entries by mean loss, best first; failed ones last.
-fn ranked(entries: &[RaceEntry]) -> Vec<(usize, f64)> {
+/// The order of the entries by mean loss, best first; failed ones left
+/// out. With seeds as blocks ([`seed_blocks`]), by the seed-adjusted means:
+/// a candidate given an extra seed is not ranked on that seed's luck.
+fn ranked(entries: &[RaceEntry], blocks: Option<&SeedBlocks>) -> Vec<(usize, f64)> {
     let mut scored: Vec<(usize, f64)> = entries
         .iter()
         .enumerate()
-        .filter_map(|(i, e)| e.mean_loss().map(|m| (i, m)))
+        .filter_map(|(i, e)| match blocks {
+            Some(b) => b.adjusted.get(i).copied().flatten().map(|m| (i, m)),
+            None => e.mean_loss().map(|m| (i, m)),
+        })
         .collect();
     scored.sort_by(|a, b| a.1.total_cmp(&b.1));
     scored
+}
+
+/// The race's losses read with each seed as a block. Every candidate's
+/// seed `s` starts from the same initialization and sees the same data
+/// order, so a seed's luck is shared: on the quick-start job two seeds
+/// differed by 0.036 on every candidate while the candidates' paired
+/// differences agreed within 0.003, and the two-sample test, which counts
+/// the shared part as noise, called every such race a tie. The additive
+/// model loss = candidate + seed + residual takes the shared part out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeedBlocks {
+    /// Per entry, its mean loss over the seeds it ran with the seeds'
+    /// effects taken out (the plain mean when every candidate ran the same
+    /// seeds); `None` for a candidate that did not finish every seed.
+    pub adjusted: Vec<Option<f64>>,
+    /// The spread of one run's loss that the candidate and the seed do not
+    /// explain, at least [`MIN_RELATIVE_SPREAD`] of the best mean.
+    pub spread: f64,
+    /// Its degrees of freedom: runs less candidates less seeds plus one.
+    pub df: usize,
+}
+
+/// A floor on the residual spread, relative to the loss: a fit whose
+/// residuals vanish (a simulated race) would call any lead clear; with it,
+/// a lead of about a tenth of a percent of the loss is not.
+pub const MIN_RELATIVE_SPREAD: f64 = 0.001;
+
+/// Fits [`SeedBlocks`] over the candidates that finished every seed they
+/// ran; `None` without a degree of freedom left (every candidate on one
+/// seed, or one candidate). Least squares by alternating means, exact
+/// after one pass when every candidate ran the same seeds; the seeds share
+/// runs with each other through the first seed every candidate runs, so
+/// the design is connected and the count of degrees of freedom holds.
+pub fn seed_blocks(entries: &[RaceEntry]) -> Option<SeedBlocks> {
+    let finished: Vec<(usize, Vec<(u64, f64)>)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !e.runs.is_empty() && e.losses().is_some())
+        .map(|(i, e)| {
+            let runs = e
+                .runs
+                .iter()
+                .filter_map(|r| Some((r.seed, r.validation_loss?)))
+                .collect();
+            (i, runs)
+        })
+        .collect();
+    let mut seeds: Vec<u64> = finished
+        .iter()
+        .flat_map(|(_, runs)| runs.iter().map(|&(seed, _)| seed))
+        .collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    let observations: usize = finished.iter().map(|(_, runs)| runs.len()).sum();
+    let df = (observations + 1).checked_sub(finished.len() + seeds.len())?;
+    if df == 0 {
+        return None;
+    }
+    let seed_index = |seed: u64| seeds.binary_search(&seed).unwrap_or(0);
+    let mut candidate: Vec<f64> = finished
+        .iter()
+        .map(|(_, runs)| runs.iter().map(|r| r.1).sum::<f64>() / runs.len() as f64)
+        .collect();
+    let mut seed_effect = vec![0.0; seeds.len()];
+    for _ in 0..200 {
+        let mut sums = vec![(0.0, 0usize); seeds.len()];
+        for ((_, runs), c) in finished.iter().zip(&candidate) {
+            for &(seed, loss) in runs {
+                let slot = &mut sums[seed_index(seed)];
+                slot.0 += loss - c;
+                slot.1 += 1;
+            }
+        }
+        let raw: Vec<f64> = sums.iter().map(|&(sum, n)| sum / n.max(1) as f64).collect();
+        // Seed effects average zero, so a candidate's effect reads as its
+        // mean loss over an average seed.
+        let centre = raw.iter().sum::<f64>() / raw.len() as f64;
+        seed_effect = raw.iter().map(|r| r - centre).collect();
+        let next: Vec<f64> = finished
+            .iter()
+            .map(|(_, runs)| {
+                runs.iter()
+                    .map(|&(seed, loss)| loss - seed_effect[seed_index(seed)])
+                    .sum::<f64>()
+                    / runs.len() as f64
+            })
+            .collect();
+        let change = next
+            .iter()
+            .zip(&candidate)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        candidate = next;
+        if change < 1e-12 {
+            break;
+        }
+    }
+    let squares: f64 = finished
+        .iter()
+        .zip(&candidate)
+        .flat_map(|((_, runs), c)| {
+            let seed_effect = &seed_effect;
+            runs.iter()
+                .map(move |&(seed, loss)| (loss - c - seed_effect[seed_index(seed)]).powi(2))
+        })
+        .sum();
+    let best = candidate.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut adjusted = vec![None; entries.len()];
+    for ((i, _), c) in finished.iter().zip(&candidate) {
+        adjusted[*i] = Some(*c);
+    }
+    Some(SeedBlocks {
+        adjusted,
+        spread: (squares / df as f64)
+            .sqrt()
+            .max(MIN_RELATIVE_SPREAD * best.abs()),
+        df,
+    })
+}
+
+/// The noise a paired comparison at one seed carries: the spread of the
+/// difference of two runs on the same seed (sqrt 2 residual spreads) with
+/// seeds as blocks; without them, the two-sample pooled spread of `among`.
+pub fn paired_noise(entries: &[RaceEntry], among: &[usize]) -> Option<f64> {
+    match seed_blocks(entries) {
+        Some(blocks) => Some(blocks.spread * std::f64::consts::SQRT_2),
+        None => pooled_spread(entries, among).map(|(spread, _)| spread),
+    }
 }
 
 /// The seed-to-seed spread of one run's validation loss, pooled over the
@@ -133,12 +266,16 @@ pub fn pooled_spread(entries: &[RaceEntry], among: &[usize]) -> Option<(f64, usi
 }
 
 /// Entries (indices) whose mean is within the noise of the best one's: a
-/// lead that Student's one-sided two-sample t-test at 90% does not call,
-/// with the two candidates' pooled spread ([`pooled_spread`]) and the
-/// standard error of the difference of their means, so more seeds narrow
-/// it. Where neither has two seeds, no lead is within noise.
+/// lead that a one-sided 90% t-test does not call, on the standard error of
+/// the difference of the two means, so more seeds narrow it. With seeds as
+/// blocks ([`seed_blocks`]) the test is on the seed-adjusted means and the
+/// residual spread; without (one seed each, bar the best's extra ones), it
+/// is Student's two-sample test on the pair's pooled spread
+/// ([`pooled_spread`]). Where neither gives a spread, no lead is within
+/// noise.
 pub fn tied_with_best(entries: &[RaceEntry]) -> Vec<usize> {
-    let ranking = ranked(entries);
+    let blocks = seed_blocks(entries);
+    let ranking = ranked(entries, blocks.as_ref());
     let Some(&(best, best_mean)) = ranking.first() else {
         return Vec::new();
     };
@@ -146,8 +283,12 @@ pub fn tied_with_best(entries: &[RaceEntry]) -> Vec<usize> {
     ranking
         .iter()
         .filter(|&&(i, mean)| {
+            let spread = match &blocks {
+                Some(b) => Some((b.spread, b.df)),
+                None => pooled_spread(entries, &[best, i]),
+            };
             i == best
-                || pooled_spread(entries, &[best, i]).is_some_and(|(spread, df)| {
+                || spread.is_some_and(|(spread, df)| {
                     let error = spread * (1.0 / seeds(best) + 1.0 / seeds(i)).sqrt();
                     mean - best_mean <= t_quantile_90(df) * error
                 })
@@ -207,7 +348,9 @@ pub fn decide(
     rule: TieRule,
     speed: &dyn Fn(u64) -> Option<f64>,
 ) -> Race {
-    let ranking = ranked(&entries);
+    let blocks = seed_blocks(&entries);
+    let ranking = ranked(&entries, blocks.as_ref());
+    let mean_of = |i: usize| ranking.iter().find(|r| r.0 == i).map_or(f64::NAN, |r| r.1);
     let Some(&(best, best_mean)) = ranking.first() else {
         return Race {
             budget,
@@ -231,9 +374,16 @@ pub fn decide(
     } else {
         ranking.iter().take(2).map(|&(i, _)| i).collect()
     };
-    let pooled = pooled_spread(&entries, &judged);
+    let pooled = match &blocks {
+        Some(b) => Some((b.spread, b.df)),
+        None => pooled_spread(&entries, &judged),
+    };
     let spread = pooled.map_or("n/a".to_string(), |(s, df)| {
-        format!("{s:.4}, pooled over {df} degrees of freedom")
+        if blocks.is_some() {
+            format!("{s:.4} after each seed's shared effect, over {df} degrees of freedom")
+        } else {
+            format!("{s:.4}, pooled over {df} degrees of freedom")
+        }
     });
     if within_noise {
         let pick = break_tie(&entries, &tied, rule, preferred, speed).unwrap_or(best);
@@ -244,7 +394,7 @@ pub fn decide(
             lowest.batch_size,
             rule,
             winner.batch_size,
-            winner.mean_loss().unwrap_or(f64::NAN),
+            mean_of(pick),
         );
         return Race {
             budget,
@@ -601,10 +751,11 @@ mod tests {
     #[test]
     fn a_lead_the_t_test_does_not_call_is_a_tie() {
         // 256 leads 64 by 0.02, more than either one's own spread (0.017,
-        // 0.008), which the previous rule called a clear win; pooled, the
-        // two seeds of each give a spread of 0.0134 on two degrees of
-        // freedom, and the 90% test needs a lead of 1.886 x 0.0134. The
-        // third candidate, 0.1 behind, is out either way.
+        // 0.008), which an early rule called a clear win; pooled, the two
+        // seeds of each give a spread of 0.0134 on two degrees of freedom
+        // (the two-sample test), and with seeds as blocks the residual
+        // spread is 0.026 (the third candidate's seeds disagree too), so
+        // neither test calls the lead. The third, 0.1 behind, is out.
         let entries = vec![
             entry(64, &[Some(0.508), Some(0.532)]),
             entry(256, &[Some(0.494), Some(0.506)]),
@@ -621,20 +772,120 @@ mod tests {
 
     #[test]
     fn more_seeds_narrow_what_counts_as_a_tie() {
-        // The same means (0.50 and 0.53) and the same spread per run: at two
-        // seeds each the lead is within the 90% test, at six it is not.
-        let seeds = |centre: f64, n: usize| -> Vec<Option<f64>> {
+        // The same means (0.50 and 0.53) and the same spread per run, the
+        // seeds' luck not shared (opposite signs): at two seeds each the lead
+        // is within the 90% test, at six it is not.
+        let seeds = |centre: f64, n: usize, sign: f64| -> Vec<Option<f64>> {
             (0..n)
-                .map(|i| Some(centre + if i % 2 == 0 { 0.02 } else { -0.02 }))
+                .map(|i| Some(centre + sign * if i % 2 == 0 { 0.02 } else { -0.02 }))
                 .collect()
         };
-        let two = vec![entry(64, &seeds(0.50, 2)), entry(256, &seeds(0.53, 2))];
+        let two = vec![
+            entry(64, &seeds(0.50, 2, 1.0)),
+            entry(256, &seeds(0.53, 2, -1.0)),
+        ];
         assert_eq!(tied_with_best(&two), vec![0, 1]);
-        let six = vec![entry(64, &seeds(0.50, 6)), entry(256, &seeds(0.53, 6))];
+        let six = vec![
+            entry(64, &seeds(0.50, 6, 1.0)),
+            entry(256, &seeds(0.53, 6, -1.0)),
+        ];
         assert_eq!(tied_with_best(&six), vec![0]);
         // Single seeds give no spread: no lead is within noise.
-        let single = vec![entry(64, &seeds(0.50, 1)), entry(256, &seeds(0.53, 1))];
+        let single = vec![
+            entry(64, &seeds(0.50, 1, 1.0)),
+            entry(256, &seeds(0.53, 1, 1.0)),
+        ];
         assert_eq!(tied_with_best(&single), vec![0]);
+    }
+
+    #[test]
+    fn seeds_as_blocks_take_out_the_luck_every_candidate_shares() {
+        // A quick-start race (2026-12-07): seed 1 came out 0.036 worse than
+        // seed 0 on every candidate, while 200's lead over the others held
+        // on both seeds (paired differences 0.0046/0.0102 and
+        // 0.0055/0.0076).
+        let entries = vec![
+            entry(200, &[Some(0.5910), Some(0.6268)]),
+            entry(808, &[Some(0.5956), Some(0.6370)]),
+            entry(1840, &[Some(0.5965), Some(0.6344)]),
+        ];
+        // The two-sample test counts the shared luck as noise: a tie.
+        let (spread, df) = pooled_spread(&entries, &[0, 1]).unwrap();
+        assert!(spread > 0.02 && df == 2, "{spread}");
+        let blocks = seed_blocks(&entries).unwrap();
+        assert_eq!(blocks.df, 2);
+        assert!((blocks.spread - 0.0020).abs() < 2e-4, "{blocks:?}");
+        // Every candidate ran the same seeds: the adjusted means are the
+        // plain ones.
+        for (e, adjusted) in entries.iter().zip(&blocks.adjusted) {
+            assert!((e.mean_loss().unwrap() - adjusted.unwrap()).abs() < 1e-12);
+        }
+        assert_eq!(tied_with_best(&entries), vec![0]);
+        let race = decide(BUDGET, entries, 1840, TieRule::Fastest, &|b| Some(b as f64));
+        assert_eq!(race.winner, Some(200), "{}", race.verdict);
+        assert!(!race.within_noise);
+        assert!(
+            race.verdict.contains("after each seed's shared effect"),
+            "{}",
+            race.verdict
+        );
+        // The check's noise is a paired difference's: sqrt 2 residuals.
+        let noise = paired_noise(&race.entries, &[0]).unwrap();
+        assert!((noise - blocks.spread * 2f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_extra_seed_counts_as_that_seeds_luck_not_its_candidates() {
+        // 64 and 256 tied on seeds 0 and 1 and got seed 2, which is 0.08
+        // harder for every candidate; 1024 ran seeds 0 and 1 only. By plain
+        // means 1024 (0.5475) would rank between them; seed-adjusted it is
+        // last, and 64 leads 256 by their paired 0.01.
+        let mut entries = vec![
+            entry(64, &[Some(0.500), Some(0.520), Some(0.600)]),
+            entry(256, &[Some(0.511), Some(0.529), Some(0.610)]),
+            entry(1024, &[Some(0.540), Some(0.555)]),
+        ];
+        assert!(entries[2].mean_loss().unwrap() < entries[1].mean_loss().unwrap());
+        let blocks = seed_blocks(&entries).unwrap();
+        assert_eq!(blocks.df, 8 + 1 - 3 - 3);
+        let adjusted: Vec<f64> = blocks.adjusted.iter().map(|a| a.unwrap()).collect();
+        assert!(
+            adjusted[0] < adjusted[1] && adjusted[1] < adjusted[2],
+            "{adjusted:?}"
+        );
+        assert!(
+            (adjusted[1] - adjusted[0] - 0.01).abs() < 2e-3,
+            "{adjusted:?}"
+        );
+        assert_eq!(ranked(&entries, Some(&blocks))[2].0, 2);
+        // A candidate that failed a seed is left out of the fit.
+        entries[2].runs[1].validation_loss = None;
+        let blocks = seed_blocks(&entries).unwrap();
+        assert_eq!(blocks.adjusted[2], None);
+        assert_eq!(blocks.df, 6 + 1 - 2 - 3);
+    }
+
+    #[test]
+    fn seed_blocks_need_a_degree_of_freedom_left() {
+        // One seed each: candidates and seeds use every run up.
+        let single = vec![entry(64, &[Some(0.5)]), entry(256, &[Some(0.6)])];
+        assert_eq!(seed_blocks(&single), None);
+        // One candidate: nothing to compare its seeds with.
+        assert_eq!(
+            seed_blocks(&[entry(64, &[Some(0.5), Some(0.6), Some(0.55)])]),
+            None
+        );
+        // A perfectly additive race leaves no residual: the floor holds
+        // the spread at 0.1% of the best mean.
+        let additive = vec![
+            entry(64, &[Some(0.50), Some(0.60)]),
+            entry(256, &[Some(0.52), Some(0.62)]),
+        ];
+        let blocks = seed_blocks(&additive).unwrap();
+        assert!(
+            (blocks.spread - MIN_RELATIVE_SPREAD * 0.55).abs() < 1e-9,
+            "{blocks:?}"
+        );
     }
 
     #[test]
@@ -644,10 +895,13 @@ mod tests {
         let orders = [[0.50, 0.51, 0.52], [0.52, 0.50, 0.51], [0.51, 0.52, 0.50]];
         let speed = |b: u64| Some(1000.0 * (b as f64).sqrt());
         for losses in orders {
+            // The middle candidate's seeds disagree with the others': luck
+            // no seed shares.
             let entries: Vec<RaceEntry> = [64u64, 256, 1024]
                 .iter()
                 .zip(losses)
-                .map(|(&b, l)| entry(b, &[Some(l - 0.03), Some(l + 0.03)]))
+                .zip([1.0, -1.0, 1.0])
+                .map(|((&b, l), sign)| entry(b, &[Some(l - sign * 0.03), Some(l + sign * 0.03)]))
                 .collect();
             assert_eq!(tied_with_best(&entries).len(), 3);
             let near = decide(
@@ -711,7 +965,8 @@ mod tests {
     #[test]
     fn the_machine_asks_seed_major_then_extra_seeds_for_the_tied() {
         let mut machine = RaceMachine::new(fresh(&[64, 256, 1024]), 2, 2, 10);
-        let losses = [[0.50, 0.52], [0.51, 0.53], [0.90, 0.91]];
+        // 64 and 256 tie (their seeds disagree); 1024 is far behind.
+        let losses = [[0.50, 0.53], [0.52, 0.51], [0.90, 0.91]];
         let mut asked = Vec::new();
         while let Some(ask) = machine.next_run() {
             asked.push((ask.entry, ask.seed, ask.planned));

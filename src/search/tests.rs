@@ -28,8 +28,13 @@ pub(crate) struct FakeRunner {
     train_samples: u64,
     /// Steps to reach the loss floor at a huge batch (McCandlish's S_min).
     min_steps: f64,
-    /// Seed-to-seed wobble of validation losses.
+    /// Seed-to-seed wobble of validation losses, shared by every run on
+    /// that seed (the same initialization and data order), as the seed's
+    /// luck is in real races.
     seed_noise: f64,
+    /// Wobble of one run's validation loss that no other run shares (its
+    /// seed, batch and LR together).
+    run_noise: f64,
     /// Relative wobble of the squared gradient norms.
     grad_wobble: f64,
     /// Where the LR range test's loss bottoms out, as a multiple of the
@@ -64,6 +69,7 @@ impl FakeRunner {
             train_samples: 10_000_000,
             min_steps: 200.0,
             seed_noise: 0.002,
+            run_noise: 0.0,
             grad_wobble: 0.02,
             sweep_bottom: 1.0,
             diverges_above: None,
@@ -103,10 +109,16 @@ impl FakeRunner {
     /// Validation loss after `progress` (see [`Self::progress`]) at
     /// `batch` with peak `lr`: a floor approached as progress grows
     /// (McCandlish et al. 2018), a bowl in log-LR around the best, and a
-    /// seed's wobble.
+    /// seed's wobble and the run's own.
     fn loss_after(&self, batch: u64, lr: f64, progress: f64, seed: u64) -> f64 {
+        let unit = |h: u64| (h % 1000) as f64 / 500.0 - 1.0;
+        let run = seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(batch.wrapping_mul(0xBF58_476D_1CE4_E5B9))
+            ^ lr.to_bits();
+        let run = run.wrapping_mul(0x94D0_49BB_1331_11EB) >> 20;
         let wobble =
-            ((seed.wrapping_mul(2654435761) % 1000) as f64 / 500.0 - 1.0) * self.seed_noise;
+            unit(seed.wrapping_mul(2654435761)) * self.seed_noise + unit(run) * self.run_noise;
         0.5 + 1.0 / (1.0 + progress) + 0.2 * (lr.ln() - self.best_lr(batch).ln()).powi(2) + wobble
     }
 
@@ -1119,15 +1131,52 @@ fn a_max_fit_short_of_time_probes_up_to_the_batch_the_run_can_use() {
 }
 
 #[test]
+fn a_seeds_luck_that_every_candidate_shares_does_not_make_a_tie() {
+    // The same wobble as below, but each seed's shared by every candidate
+    // (as in real races: the quick-start job's seeds moved every candidate
+    // by 0.036 together). Seeds as blocks take it out: the race is decided
+    // on the candidates' differences, which the fake makes clear.
+    let mut runner = FakeRunner::new();
+    runner.seed_noise = 0.3;
+    let mut spec = spec("balanced", "[training]\ntime_budget = \"20s\"\n");
+    spec.search.time_budget = std::time::Duration::from_secs(600);
+    let (rec, _) = advise_on_simulated_time(runner, &spec, 0.2);
+    let race = rec.evidence.race.as_ref().unwrap();
+    assert!(!race.within_noise, "{}", race.verdict);
+    assert!(
+        race.verdict.contains("after each seed's shared effect"),
+        "{}",
+        race.verdict
+    );
+    // The winner is the lowest mean; the seeds' shared luck is the same for
+    // every candidate, so it is also the lowest on every seed.
+    let winner = race
+        .entries
+        .iter()
+        .find(|e| Some(e.batch_size) == race.winner)
+        .unwrap();
+    for other in &race.entries {
+        for (w, o) in winner.runs.iter().zip(&other.runs) {
+            assert_eq!(w.seed, o.seed);
+            assert!(
+                w.validation_loss <= o.validation_loss,
+                "{}: {w:?} vs {o:?}",
+                race.verdict
+            );
+        }
+    }
+}
+
+#[test]
 fn a_race_within_seed_noise_is_decided_by_the_rule_whatever_the_search_seed() {
-    // Seed-to-seed wobble far above the loss differences between the
-    // candidates: every race ties, and the seeds' luck would pick the
+    // Run-to-run wobble far above the loss differences between the
+    // candidates: every race ties, and the runs' luck would pick the
     // lowest mean. The rule picks the candidate nearest the model's
     // preferred batch, the same one on every search seed.
     let mut winners = Vec::new();
     for seed in 1..=4 {
         let mut runner = FakeRunner::new();
-        runner.seed_noise = 0.3;
+        runner.run_noise = 0.3;
         let mut spec = spec("balanced", "[training]\ntime_budget = \"20s\"\n");
         spec.search.seed = seed;
         spec.search.time_budget = std::time::Duration::from_secs(600);
@@ -1162,12 +1211,12 @@ fn a_race_within_seed_noise_is_decided_by_the_rule_whatever_the_search_seed() {
     assert!(winners.windows(2).all(|w| w[0] == w[1]), "{winners:?}");
 }
 
-/// A search on simulated time whose seeds wobble enough that the race ties
+/// A search on simulated time whose runs wobble enough that the race ties
 /// and whose norms wobble enough that the reference batch gives only a
 /// lower bound on the fake's `noise_scale`.
 fn tied_search_with_a_bound_at_the_reference(noise_scale: f64) -> (Recommendation, FakeRunner) {
     let mut runner = FakeRunner::new();
-    runner.seed_noise = 0.3;
+    runner.run_noise = 0.3;
     runner.grad_wobble = 0.6;
     runner.noise_scale = noise_scale;
     let mut spec = spec("balanced", "[training]\ntime_budget = \"20s\"\n");

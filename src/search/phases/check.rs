@@ -34,18 +34,20 @@ impl<R: TrialRunner> Session<'_, R> {
         }
         let batch = entry.batch_size;
         let steps = entry.steps;
-        // The seed spread pooled over the candidates in contention (the
-        // winner and those tied with it): the winner's own two seeds give
-        // one degree of freedom, and a pair that agreed by chance let the
-        // check move the LR on a difference of nothing.
+        // The noise of a paired difference, from the whole race with seeds
+        // as blocks (the check's runs pair with the raced ones on their
+        // seeds, so a seed's shared luck cancels); without blocks, the seed
+        // spread pooled over the candidates in contention (the winner and
+        // those tied with it): the winner's own two seeds give one degree
+        // of freedom, and a pair that agreed by chance let the check move
+        // the LR on a difference of nothing.
         let mut contention = race::tied_with_best(&race.entries);
         if let Some(winner) = race.entries.iter().position(|e| e.batch_size == batch) {
             if !contention.contains(&winner) {
                 contention.push(winner);
             }
         }
-        let noise =
-            race::pooled_spread(&race.entries, &contention).map_or(0.0, |(spread, _)| spread);
+        let noise = race::paired_noise(&race.entries, &contention).unwrap_or(0.0);
         let raced = entry
             .runs
             .iter()

@@ -147,8 +147,14 @@ pub struct SeedBlocks {
 pub const MIN_RELATIVE_SPREAD: f64 = 0.001;
 
 /// Fits [`SeedBlocks`] over the candidates that finished every seed they
-/// ran; `None` without a degree of freedom left (every candidate on one
-/// seed, or one candidate). Least squares by alternating means, exact
+/// ran. `None` without a degree of freedom left (every candidate on one
+/// seed, or one candidate), and `None` where blocking does not pay: where
+/// the residual spread is not below the two-sample spread pooled over the
+/// same candidates, the seeds share no luck worth taking out, and the
+/// pairwise two-sample test is the sturdier one (a candidate whose seeds
+/// disagree with the others', an LR too high for its batch, would widen
+/// every comparison's residual: a digits race tied its best candidate with
+/// one 40% worse that way). Least squares by alternating means, exact
 /// after one pass when every candidate ran the same seeds; the seeds share
 /// runs with each other through the first seed every candidate runs, so
 /// the design is connected and the count of degrees of freedom holds.
@@ -225,6 +231,16 @@ pub fn seed_blocks(entries: &[RaceEntry]) -> Option<SeedBlocks> {
                 .map(move |&(seed, loss)| (loss - c - seed_effect[seed_index(seed)]).powi(2))
         })
         .sum();
+    let residual = (squares / df as f64).sqrt();
+    // The same runs as the two-sample test sees them.
+    let groups: Vec<Vec<f64>> = finished
+        .iter()
+        .map(|(_, runs)| runs.iter().map(|r| r.1).collect())
+        .collect();
+    let unblocked = pooled_sd(groups.iter().map(Vec::as_slice)).map(|(sd, _)| sd);
+    if unblocked.is_some_and(|sd| residual >= sd) {
+        return None;
+    }
     let best = candidate.iter().copied().fold(f64::INFINITY, f64::min);
     let mut adjusted = vec![None; entries.len()];
     for ((i, _), c) in finished.iter().zip(&candidate) {
@@ -232,9 +248,7 @@ pub fn seed_blocks(entries: &[RaceEntry]) -> Option<SeedBlocks> {
     }
     Some(SeedBlocks {
         adjusted,
-        spread: (squares / df as f64)
-            .sqrt()
-            .max(MIN_RELATIVE_SPREAD * best.abs()),
+        spread: residual.max(MIN_RELATIVE_SPREAD * best.abs()),
         df,
     })
 }
@@ -832,6 +846,27 @@ mod tests {
         // The check's noise is a paired difference's: sqrt 2 residuals.
         let noise = paired_noise(&race.entries, &[0]).unwrap();
         assert!((noise - blocks.spread * 2f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn seeds_whose_luck_is_not_shared_leave_the_two_sample_test_in_charge() {
+        // A digits race (2026-12-07): 5's and 16's seeds disagree (one good
+        // where the other is bad), 80 is best on every seed and got an
+        // extra one. Blocking over the whole race would widen every
+        // comparison with 5's and 16's disagreement (residual 0.0127) and
+        // tie 80 with a candidate 40% worse; the two-sample spread is
+        // smaller (0.0093), so no blocks, and each pair is tested on its
+        // own pooled spread: 80 wins.
+        let entries = vec![
+            entry(5, &[Some(0.0610), Some(0.0831)]),
+            entry(16, &[Some(0.0831), Some(0.0710)]),
+            entry(80, &[Some(0.0581), Some(0.0532), Some(0.0511)]),
+        ];
+        assert_eq!(seed_blocks(&entries), None);
+        assert_eq!(tied_with_best(&entries), vec![2]);
+        let race = decide(BUDGET, entries, 20, TieRule::NearestPreferred, &no_speed);
+        assert_eq!(race.winner, Some(80), "{}", race.verdict);
+        assert!(race.verdict.contains("pooled over"), "{}", race.verdict);
     }
 
     #[test]

@@ -151,8 +151,16 @@ fn after_kill_9_of_the_tuning_daemon_another_takes_its_lease_over_and_finishes()
             "daemon {i}: {job}"
         );
     }
-    // Let it run some trials, then kill it outright.
-    std::thread::sleep(Duration::from_secs(3));
+    // Let it run some trials, then kill it outright. By its trial count,
+    // not a fixed sleep: this tiny job's whole search can end inside 3 s
+    // (a race decided without extra seeds), and then there is nothing left
+    // to take over.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while trials_run(&daemons[tuner]) < 2 {
+        assert!(Instant::now() < deadline, "the tuner ran no trials");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_ne!(daemons[tuner].job_state("job"), "done");
     let mut killed = daemons.remove(tuner);
     killed.child.kill().unwrap();
     killed.child.wait().unwrap();

@@ -283,9 +283,9 @@ pub fn pooled_spread(entries: &[RaceEntry], among: &[usize]) -> Option<(f64, usi
 /// lead that a one-sided 90% t-test does not call, on the standard error of
 /// the difference of the two means, so more seeds narrow it. With seeds as
 /// blocks ([`seed_blocks`]) the test is on the seed-adjusted means and the
-/// residual spread; without (one seed each, bar the best's extra ones), it
-/// is Student's two-sample test on the pair's pooled spread
-/// ([`pooled_spread`]). Where neither gives a spread, no lead is within
+/// residual spread; without (no degree of freedom left, or seeds that
+/// share no luck), it is Student's two-sample test on the pair's pooled
+/// spread ([`pooled_spread`]). Where neither gives a spread, no lead is within
 /// noise.
 pub fn tied_with_best(entries: &[RaceEntry]) -> Vec<usize> {
     let blocks = seed_blocks(entries);

@@ -184,10 +184,12 @@ pub fn seed_blocks(entries: &[RaceEntry]) -> Option<SeedBlocks> {
         return None;
     }
     let seed_index = |seed: u64| seeds.binary_search(&seed).unwrap_or(0);
-    let mut candidate: Vec<f64> = finished
+    // The same runs as the two-sample test sees them.
+    let groups: Vec<Vec<f64>> = finished
         .iter()
-        .map(|(_, runs)| runs.iter().map(|r| r.1).sum::<f64>() / runs.len() as f64)
+        .map(|(_, runs)| runs.iter().map(|r| r.1).collect())
         .collect();
+    let mut candidate: Vec<f64> = groups.iter().filter_map(|g| mean(g)).collect();
     let mut seed_effect = vec![0.0; seeds.len()];
     for _ in 0..200 {
         let mut sums = vec![(0.0, 0usize); seeds.len()];
@@ -232,11 +234,6 @@ pub fn seed_blocks(entries: &[RaceEntry]) -> Option<SeedBlocks> {
         })
         .sum();
     let residual = (squares / df as f64).sqrt();
-    // The same runs as the two-sample test sees them.
-    let groups: Vec<Vec<f64>> = finished
-        .iter()
-        .map(|(_, runs)| runs.iter().map(|r| r.1).collect())
-        .collect();
     let unblocked = pooled_sd(groups.iter().map(Vec::as_slice)).map(|(sd, _)| sd);
     if unblocked.is_some_and(|sd| residual >= sd) {
         return None;
@@ -289,7 +286,28 @@ pub fn pooled_spread(entries: &[RaceEntry], among: &[usize]) -> Option<(f64, usi
 /// noise.
 pub fn tied_with_best(entries: &[RaceEntry]) -> Vec<usize> {
     let blocks = seed_blocks(entries);
-    let ranking = ranked(entries, blocks.as_ref());
+    tied_given(entries, blocks.as_ref(), &ranked(entries, blocks.as_ref()))
+}
+
+/// The spread (and its degrees of freedom) a test among `among` rests on:
+/// the residual one with seeds as blocks, else the pair's pooled spread.
+fn test_spread(
+    entries: &[RaceEntry],
+    blocks: Option<&SeedBlocks>,
+    among: &[usize],
+) -> Option<(f64, usize)> {
+    match blocks {
+        Some(b) => Some((b.spread, b.df)),
+        None => pooled_spread(entries, among),
+    }
+}
+
+/// [`tied_with_best`] on a fit and a ranking already made.
+fn tied_given(
+    entries: &[RaceEntry],
+    blocks: Option<&SeedBlocks>,
+    ranking: &[(usize, f64)],
+) -> Vec<usize> {
     let Some(&(best, best_mean)) = ranking.first() else {
         return Vec::new();
     };
@@ -297,12 +315,8 @@ pub fn tied_with_best(entries: &[RaceEntry]) -> Vec<usize> {
     ranking
         .iter()
         .filter(|&&(i, mean)| {
-            let spread = match &blocks {
-                Some(b) => Some((b.spread, b.df)),
-                None => pooled_spread(entries, &[best, i]),
-            };
             i == best
-                || spread.is_some_and(|(spread, df)| {
+                || test_spread(entries, blocks, &[best, i]).is_some_and(|(spread, df)| {
                     let error = spread * (1.0 / seeds(best) + 1.0 / seeds(i)).sqrt();
                     mean - best_mean <= t_quantile_90(df) * error
                 })
@@ -377,7 +391,7 @@ pub fn decide(
             entries,
         };
     };
-    let tied = tied_with_best(&entries);
+    let tied = tied_given(&entries, blocks.as_ref(), &ranking);
     let within_noise = tied.len() >= 2;
     let lowest = &entries[best];
     let seeds = lowest.runs.len();
@@ -388,10 +402,7 @@ pub fn decide(
     } else {
         ranking.iter().take(2).map(|&(i, _)| i).collect()
     };
-    let pooled = match &blocks {
-        Some(b) => Some((b.spread, b.df)),
-        None => pooled_spread(&entries, &judged),
-    };
+    let pooled = test_spread(&entries, blocks.as_ref(), &judged);
     let spread = pooled.map_or("n/a".to_string(), |(s, df)| {
         if blocks.is_some() {
             format!("{s:.4} after each seed's shared effect, over {df} degrees of freedom")

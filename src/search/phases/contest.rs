@@ -113,8 +113,12 @@ impl<R: TrialRunner> Session<'_, R> {
                 costs
             };
             if machine.round_ahead() == Some(1) {
-                while !self.round_fits(&with_margin(self.round_costs(curve, &machine))) {
-                    let round_cost: f64 = self.round_costs(curve, &machine).iter().sum();
+                loop {
+                    let costs = self.round_costs(curve, &machine);
+                    let round_cost: f64 = costs.iter().sum();
+                    if self.round_fits(&with_margin(costs)) {
+                        break;
+                    }
                     let Some(entry) = machine.drop_worst() else {
                         break;
                     };

@@ -243,8 +243,22 @@ pub enum Finding {
         batch: u64,
         global: u64,
     },
+    /// A run a phase asked for that an earlier run had made.
+    Reused(Reused),
     LeftOut(Gap),
     CutShort(Phase, Gap),
+}
+
+/// A training run a phase asked for that an earlier run had made (same
+/// batch, LR, length, schedule, seed and validation set): its result was
+/// reused, not rerun.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reused {
+    pub phase: Phase,
+    pub from: Phase,
+    pub batch: u64,
+    pub lr: f64,
+    pub seed: u64,
 }
 
 /// What the budget left out, or cut short.
@@ -743,6 +757,18 @@ impl fmt::Display for Finding {
             } => write!(
                 f,
                 "data-parallel over {world} replicas: {batch} per device, {global} globally; memory is per device, throughput assumes linear scaling"
+            ),
+            Finding::Reused(Reused {
+                phase,
+                from,
+                batch,
+                lr,
+                seed,
+            }) => write!(
+                f,
+                "the {} run at batch {batch} (LR {lr:.3e}, seed {seed}, same length and schedule) had been made in {}: its result was reused, not rerun",
+                phase.as_str(),
+                from.as_str()
             ),
             Finding::LeftOut(gap) => write!(f, "left out: {gap}"),
             Finding::CutShort(phase, gap) => {

@@ -117,6 +117,10 @@ struct Session<'a, R: TrialRunner> {
     /// left is recomputed from it after every run (empty until the runs
     /// are planned, and for equal-epoch runs, whose cost varies by batch).
     book: RunBook,
+    /// The training runs made so far, so an identical one is reused.
+    finished_runs: Vec<phases::FinishedRun>,
+    /// Runs a phase asked for that an earlier run had made.
+    reused: Vec<findings::Reused>,
 }
 
 impl<R: TrialRunner> Session<'_, R> {
@@ -361,6 +365,8 @@ pub async fn advise_with_clock<R: TrialRunner>(
         validations: Vec::new(),
         validation_samples: None,
         book: RunBook::default(),
+        finished_runs: Vec::new(),
+        reused: Vec::new(),
     };
     let outcome = session.run_phases().await;
     // What the runner kept for this search's trials (a command job's

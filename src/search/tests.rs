@@ -53,6 +53,8 @@ pub(crate) struct FakeRunner {
     noise_growth: Option<f64>,
     calls: AtomicUsize,
     seen: Mutex<Vec<u64>>,
+    /// Every training run asked for (validated at the end).
+    trained: Mutex<Vec<super::phases::RunKey>>,
 }
 
 impl FakeRunner {
@@ -77,6 +79,7 @@ impl FakeRunner {
             noise_growth: None,
             calls: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
+            trained: Mutex::new(Vec::new()),
         }
     }
 
@@ -130,6 +133,12 @@ impl FakeRunner {
     pub(crate) fn answer(&self, request: &TrialRequest) -> TrialResult {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         self.seen.lock().unwrap().push(request.batch_size);
+        if request.record.validation_loss {
+            self.trained
+                .lock()
+                .unwrap()
+                .push(super::phases::RunKey::of(request));
+        }
         let batch = request.batch_size;
         let peak = (self.fixed_bytes + self.bytes_per_sample * batch as f64) as u64;
         let mut result = TrialResult {
@@ -1679,5 +1688,76 @@ fn a_race_round_that_would_not_fit_whole_loses_its_worst_candidate_not_a_seed() 
             );
         }
         assert!(rec.seconds <= budget as f64 * 1.05, "{} s", rec.seconds);
+    }
+}
+
+#[test]
+fn a_run_an_earlier_phase_made_is_reused_not_made_again() {
+    // Runs at the real run's length (one length for every phase), a data
+    // cap that puts the reference batch among the race's candidates, and
+    // a best LR that is a tested one (its neighbour above diverges): the
+    // race's first seed there is the confirmation run.
+    let mut runner = FakeRunner::new();
+    runner.train_samples = 1024;
+    runner.diverges_above = Some(1.5);
+    let spec = spec("balanced", "[training]\ntime_budget = \"0.1s\"\n");
+    let rec = advise_with(&runner, &spec, 4u64 << 30).unwrap();
+    let reference = rec.evidence.best_lrs.last().unwrap().clone();
+    assert!(!reference.interpolated, "{reference:?}");
+    let race = rec.evidence.race.as_ref().unwrap();
+    let entry = race
+        .entries
+        .iter()
+        .find(|e| e.batch_size == reference.batch_size)
+        .unwrap_or_else(|| panic!("{reference:?} not raced: {race:?}"));
+    let confirmation = rec
+        .evidence
+        .lr_confirmations
+        .iter()
+        .find(|c| c.batch_size == reference.batch_size && c.learning_rate == entry.learning_rate)
+        .unwrap();
+    assert_eq!(entry.runs[0].seed, spec.search.seed);
+    assert_eq!(entry.runs[0].validation_loss, confirmation.validation_loss);
+    let trained = runner.trained.lock().unwrap();
+    let made = trained
+        .iter()
+        .filter(|k| k.batch() == entry.batch_size && k.seed() == spec.search.seed)
+        .filter(|k| {
+            k.lr()
+                .is_some_and(|lr| (lr / entry.learning_rate - 1.0).abs() < 1e-9)
+        })
+        .count();
+    assert_eq!(made, 1, "{trained:?}");
+    assert!(
+        rec.rationale.iter().any(|l| l.contains(&format!(
+            "the race run at batch {} (LR {:.3e}, seed {}, same length and schedule) had been made in lr_confirmation: its result was reused",
+            entry.batch_size, entry.learning_rate, spec.search.seed
+        ))),
+        "{:?}",
+        rec.rationale
+    );
+    assert!(!rec.partial);
+}
+
+#[test]
+fn no_training_run_is_made_twice() {
+    for (policy, extra) in [
+        ("balanced", ""),
+        ("throughput", ""),
+        ("generalization", ""),
+        ("balanced", "[training]\ntime_budget = \"0.1s\"\n"),
+        ("throughput", "[training]\ntime_budget = \"0.1s\"\n"),
+    ] {
+        let mut runner = FakeRunner::new();
+        runner.train_samples = 1024;
+        advise_with(&runner, &spec(policy, extra), 4u64 << 30).unwrap();
+        let trained = runner.trained.lock().unwrap();
+        assert!(trained.len() > 5, "{policy} {extra}: {}", trained.len());
+        for (i, a) in trained.iter().enumerate() {
+            assert!(
+                !trained[..i].iter().any(|b| b.same(a)),
+                "{policy} {extra}: run {i} made twice: {a:?}"
+            );
+        }
     }
 }

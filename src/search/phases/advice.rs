@@ -137,6 +137,9 @@ impl<R: TrialRunner> Session<'_, R> {
             .map(|n| goodput_curve(&curve.points, n.value, world))
             .unwrap_or_default();
         let noise = reference.noise;
+        for reused in &self.reused {
+            findings.push(Finding::Reused(*reused));
+        }
         for what in &self.skipped {
             findings.push(Finding::LeftOut(what.clone()));
         }

@@ -30,29 +30,6 @@ impl<R: TrialRunner> Session<'_, R> {
         // Priced at their own batches, the candidates' planned seeds must
         // fit the time left: candidates go (never below two) before any
         // is started, rather than the last one running a seed short.
-        let round_cost = |batches: &[u64]| -> f64 {
-            batches
-                .iter()
-                .map(|&b| self.race_run_cost(curve, b, runs.steps(curve, b, share)))
-                .sum()
-        };
-        let left = self.time_left().as_secs_f64();
-        let planned = runs.candidates.max(1);
-        let mut count = planned;
-        let mut candidates = pick(count);
-        while count > 2 && round_cost(&candidates) * f64::from(runs.seeds) > left {
-            count -= 1;
-            candidates = pick(count);
-        }
-        if count < planned {
-            findings.push(Finding::RaceNarrowed {
-                round_cost: round_cost(&candidates),
-                left: self.time_left(),
-                candidates: count,
-                planned,
-                seeds: runs.seeds,
-            });
-        }
         let Some(reference_lr) = reference
             .best
             .as_ref()
@@ -72,6 +49,46 @@ impl<R: TrialRunner> Session<'_, R> {
         let alpha = self.transfer_alpha();
         let lr_for =
             |batch: u64| reference_lr.1 * (batch as f64 / reference_lr.0 as f64).powf(alpha);
+        let base_seed = self.spec.search.seed;
+        let round_cost = |batches: &[u64]| -> f64 {
+            batches
+                .iter()
+                .map(|&b| self.race_run_cost(curve, b, runs.steps(curve, b, share)))
+                .sum()
+        };
+        // The candidates' planned runs, less any an earlier phase made (the
+        // candidate at the reference batch, at its confirmed LR and seed).
+        let planned_cost = |batches: &[u64]| -> f64 {
+            let made: f64 = batches
+                .iter()
+                .map(|&b| {
+                    let steps = runs.steps(curve, b, share);
+                    if self.run_made(b, lr_for(b), steps, base_seed) {
+                        self.race_run_cost(curve, b, steps)
+                    } else {
+                        0.0
+                    }
+                })
+                .sum();
+            round_cost(batches) * f64::from(runs.seeds) - made
+        };
+        let left = self.time_left().as_secs_f64();
+        let planned = runs.candidates.max(1);
+        let mut count = planned;
+        let mut candidates = pick(count);
+        while count > 2 && planned_cost(&candidates) > left {
+            count -= 1;
+            candidates = pick(count);
+        }
+        if count < planned {
+            findings.push(Finding::RaceNarrowed {
+                round_cost: round_cost(&candidates),
+                left: self.time_left(),
+                candidates: count,
+                planned,
+                seeds: runs.seeds,
+            });
+        }
         let entries: Vec<RaceEntry> = candidates
             .iter()
             .map(|&batch| {
@@ -308,7 +325,9 @@ impl<R: TrialRunner> Session<'_, R> {
         ask: race::RunAsk,
         samples: &mut Vec<GradNoiseSample>,
     ) -> Option<RaceRun> {
-        if !self.run_fits(Phase::Race, self.race_run_cost(curve, batch, steps)) {
+        // A run an earlier phase made costs nothing.
+        let made = self.run_made(batch, lr, steps, ask.seed);
+        if !made && !self.run_fits(Phase::Race, self.race_run_cost(curve, batch, steps)) {
             if ask.planned {
                 self.cut_short(Phase::Race, Gap::FewerSeeds { batch });
             } else {
@@ -388,11 +407,24 @@ impl<R: TrialRunner> Session<'_, R> {
             .min(MAX_COST_SPREAD)
     }
 
-    /// What a round of the candidates still racing costs, run by run.
+    /// What the round ahead of the candidates still racing costs, run by
+    /// run: nothing for a run an earlier phase made.
     fn round_costs(&self, curve: &CurvePhase, machine: &race::RaceMachine) -> Vec<f64> {
+        let seed = machine
+            .round_ahead()
+            .map(|round| self.spec.search.seed + u64::from(round));
         machine
             .racing()
-            .map(|e| self.race_run_cost(curve, e.batch_size, e.steps))
+            .map(|e| {
+                let made = seed.is_some_and(|seed| {
+                    self.run_made(e.batch_size, e.learning_rate, e.steps, seed)
+                });
+                if made {
+                    0.0
+                } else {
+                    self.race_run_cost(curve, e.batch_size, e.steps)
+                }
+            })
             .collect()
     }
 

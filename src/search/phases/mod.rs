@@ -14,7 +14,9 @@ mod reference;
 mod runs;
 
 pub(super) use ramp::RampPhase;
-pub(super) use runs::TRAINING_PHASES;
+#[cfg(test)]
+pub(super) use runs::RunKey;
+pub(super) use runs::{FinishedRun, TRAINING_PHASES};
 
 use super::findings::{Finding, Gap, RunLengthSource};
 use super::lr::{

@@ -2,6 +2,7 @@
 //! place a training run is started and charged to the budget.
 
 use super::*;
+use crate::search::findings::Reused;
 
 impl<R: TrialRunner> Session<'_, R> {
     /// Plans the length of every training run from the time left: the
@@ -349,6 +350,15 @@ impl<R: TrialRunner> Session<'_, R> {
     /// One training run as confirmations, races and checks use it: the
     /// recommended schedule, validation loss at the end, and the gradient
     /// noise over the last steps (after training, not at initialization).
+    ///
+    /// A run identical to one already made (see [`RunKey`]) is not made
+    /// again: its result stands, charged nothing, and counted off the
+    /// plan as a run of `phase`. The race's candidate at the reference
+    /// batch trains at the confirmed LR with the confirmations' seed, and
+    /// the LR check at the reference batch steps to LRs the confirmations
+    /// ran: on the transformer's bench search that was one run of the
+    /// race's four (2.3 s of 19), and its second seed at that batch was
+    /// then refused (a partial search).
     pub(super) async fn training_run(
         &mut self,
         phase: Phase,
@@ -366,7 +376,44 @@ impl<R: TrialRunner> Session<'_, R> {
             policy.trials.noise_scale_measurements,
             phase == Phase::Race,
         );
-        self.trial(phase, request).await
+        let key = RunKey::of(&request);
+        if let Some(made) = self.finished_runs.iter().find(|f| f.key.same(&key)) {
+            let mut result = made.result.clone();
+            // The noise was measured over another window of the run than
+            // this phase reads: not this phase's measurement.
+            if made.noise != request.record.grad_noise {
+                result.grad_noise = None;
+            }
+            self.reused.push(Reused {
+                phase,
+                from: made.phase,
+                batch,
+                lr,
+                seed,
+            });
+            self.book.ran(phase);
+            self.replan_from_book();
+            return result;
+        }
+        let noise = request.record.grad_noise;
+        let result = self.trial(phase, request).await;
+        // Only what a rerun would repeat: a crash or a timeout may not.
+        if matches!(result.outcome, Outcome::Ok | Outcome::Diverged) {
+            self.finished_runs.push(FinishedRun {
+                phase,
+                key,
+                noise,
+                result: result.clone(),
+            });
+        }
+        result
+    }
+
+    /// Whether the training run of these settings has been made (and
+    /// would be reused by [`Self::training_run`], costing nothing).
+    pub(super) fn run_made(&self, batch: u64, lr: f64, steps: u32, seed: u64) -> bool {
+        let key = RunKey::of(&self.training_request(batch, lr, steps, seed));
+        self.finished_runs.iter().any(|f| f.key.same(&key))
     }
 
     /// A training run's request: the recommended schedule (warm-up, then
@@ -577,6 +624,91 @@ pub(in crate::search) const TRAINING_PHASES: [Phase; 4] = [
     Phase::LrCheck,
     Phase::Ramp,
 ];
+
+/// What makes two training runs one run: what the trial trains and
+/// validates with. Not what it measures along the way: the noise window
+/// differs between phases and does not touch the weights (the
+/// transformer's race and confirmation runs at one LR and seed ended at
+/// one loss, 2.5503).
+#[derive(Debug, Clone, PartialEq)]
+pub(in crate::search) struct RunKey {
+    batch: u64,
+    steps: u32,
+    warmup_steps: u32,
+    schedule: LrSchedule,
+    seed: u64,
+    validation: bool,
+    validation_samples: Option<u32>,
+}
+
+impl RunKey {
+    pub(in crate::search) fn of(request: &TrialRequest) -> RunKey {
+        RunKey {
+            batch: request.batch_size,
+            steps: request.steps,
+            warmup_steps: request.warmup_steps,
+            schedule: request.schedule,
+            seed: request.seed,
+            validation: request.record.validation_loss,
+            validation_samples: request.record.validation_samples,
+        }
+    }
+
+    #[cfg(test)]
+    pub(in crate::search) fn batch(&self) -> u64 {
+        self.batch
+    }
+
+    #[cfg(test)]
+    pub(in crate::search) fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The peak LR of a warm-up-and-cosine run.
+    #[cfg(test)]
+    pub(in crate::search) fn lr(&self) -> Option<f64> {
+        match self.schedule {
+            LrSchedule::WarmupCosine { lr, .. } => Some(lr),
+            _ => None,
+        }
+    }
+
+    /// The same run, LRs equal to rounding: the race transfers the
+    /// reference LR by (B / B_ref)^alpha and the check steps by the
+    /// confirmations' spacing, each computing the LR its own way.
+    pub(in crate::search) fn same(&self, other: &RunKey) -> bool {
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
+        let schedule = match (self.schedule, other.schedule) {
+            (
+                LrSchedule::WarmupCosine {
+                    lr: a,
+                    warmup_steps: wa,
+                    final_fraction: fa,
+                },
+                LrSchedule::WarmupCosine {
+                    lr: b,
+                    warmup_steps: wb,
+                    final_fraction: fb,
+                },
+            ) => wa == wb && fa == fb && close(a, b),
+            (a, b) => a == b,
+        };
+        schedule
+            && (self.batch, self.steps, self.warmup_steps, self.seed)
+                == (other.batch, other.steps, other.warmup_steps, other.seed)
+            && (self.validation, self.validation_samples)
+                == (other.validation, other.validation_samples)
+    }
+}
+
+/// A training run made in this search, kept for [`RunKey`] reuse.
+pub(in crate::search) struct FinishedRun {
+    phase: Phase,
+    key: RunKey,
+    /// The noise measurement it was asked for.
+    noise: Option<GradNoiseRequest>,
+    result: TrialResult,
+}
 
 /// The steps of a training run left out of its speed figures (and before
 /// its first noise measurement): the policy's, at most a quarter of the run.

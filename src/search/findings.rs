@@ -171,6 +171,8 @@ pub enum Finding {
         candidates: Vec<u64>,
         budget: RaceBudget,
         alpha: f64,
+        /// The noise scale the LR was moved with (`lr::transfer_lr`).
+        noise: Option<f64>,
         reference_lr: f64,
         reference_batch: u64,
         verdict: String,
@@ -626,6 +628,19 @@ impl fmt::Display for Finding {
                 candidates,
                 budget,
                 alpha,
+                noise: Some(noise),
+                reference_lr,
+                reference_batch,
+                verdict,
+            } => write!(
+                f,
+                "race over batches {candidates:?} ({budget}, each at the LR lr ~ (B / (B + B_noise))^{alpha} gives from {reference_lr:.3e} at {reference_batch}, with B_noise = {noise:.0}: the textbook rule below the noise scale, level above it; McCandlish et al. 2018): {verdict}"
+            ),
+            Finding::Race {
+                candidates,
+                budget,
+                alpha,
+                noise: None,
                 reference_lr,
                 reference_batch,
                 verdict,

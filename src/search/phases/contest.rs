@@ -47,8 +47,11 @@ impl<R: TrialRunner> Session<'_, R> {
             };
         };
         let alpha = self.transfer_alpha();
+        // The noise scale the model uses (a bound moves the LR as if the
+        // noise scale were the bound: the flatter side of the truth).
+        let transfer_noise = reference.model_noise().map(|n| n.value);
         let lr_for =
-            |batch: u64| reference_lr.1 * (batch as f64 / reference_lr.0 as f64).powf(alpha);
+            |batch: u64| transfer_lr(reference_lr.1, reference_lr.0, batch, alpha, transfer_noise);
         let base_seed = self.spec.search.seed;
         let round_cost = |batches: &[u64]| -> f64 {
             batches
@@ -266,6 +269,7 @@ impl<R: TrialRunner> Session<'_, R> {
             candidates: candidates.clone(),
             budget: race.budget,
             alpha,
+            noise: transfer_noise.filter(|n| n.is_finite() && *n > 0.0),
             reference_lr: reference_lr.1,
             reference_batch: reference_lr.0,
             verdict: race.verdict.clone(),

@@ -20,8 +20,8 @@ pub(super) use runs::{FinishedRun, TRAINING_PHASES};
 
 use super::findings::{Finding, Gap, RunLengthSource};
 use super::lr::{
-    best_lr, fit_alpha, BestLr, CheckMachine, ConfirmMachine, Confirmation, LrRule, RangeTest,
-    RangeTestMachine,
+    best_lr, fit_alpha, transfer_lr, BestLr, CheckMachine, ConfirmMachine, Confirmation, LrRule,
+    RangeTest, RangeTestMachine,
 };
 use super::maxfit::{prior_bytes_per_sample, MaxFit, MaxFitSearch, Next, Probe};
 use super::noise::{pooled_noise_scale, NoiseScale};

@@ -242,16 +242,22 @@ impl FakeRunner {
             };
             let spread = self.grad_wobble;
             let wobble = |i: usize| 1.0 + spread * (((i * 13) % 7) as f64 / 3.5 - 1.0);
+            let big: Vec<f64> = (0..n)
+                .map(|i| (g2 + trace_at(i) / batch as f64) * wobble(i))
+                .collect();
+            let small: Vec<f64> = (0..n)
+                .map(|i| (g2 + trace_at(i) / noise.small_batch as f64) * wobble(i + 2))
+                .collect();
+            // Adam's preconditioned gradients: the same noise scale (a
+            // preconditioner that scales every coordinate alike).
+            let scaled = |norms: &[f64]| norms.iter().map(|x| x * 0.25).collect();
             result.grad_noise = Some(GradNoiseSample {
                 big_batch: batch,
                 small_batch: noise.small_batch,
-                big_sq_norms: (0..n)
-                    .map(|i| (g2 + trace_at(i) / batch as f64) * wobble(i))
-                    .collect(),
-                small_sq_norms: (0..n)
-                    .map(|i| (g2 + trace_at(i) / noise.small_batch as f64) * wobble(i + 2))
-                    .collect(),
-                ..GradNoiseSample::default()
+                preconditioned_big_sq_norms: scaled(&big),
+                preconditioned_small_sq_norms: scaled(&small),
+                big_sq_norms: big,
+                small_sq_norms: small,
             });
         }
         result.loss_first = result.losses.first().copied();
@@ -1787,4 +1793,30 @@ fn no_training_run_is_made_twice() {
             );
         }
     }
+}
+
+#[test]
+fn a_lower_bound_on_the_noise_scale_leaves_the_race_on_the_textbook_rule() {
+    // A bound cannot place the knee where the best LR levels off: the
+    // race's LRs follow the square-root rule from the reference's.
+    let (rec, _) = tied_search_with_a_bound_at_the_reference(20_000.0);
+    let pre = rec.evidence.preconditioned_noise.as_ref().unwrap();
+    assert!(pre.is_lower_bound(), "{}", pre.describe());
+    let race = rec.evidence.race.as_ref().unwrap();
+    let first = &race.entries[0];
+    for entry in &race.entries {
+        let rule = first.learning_rate * (entry.batch_size as f64 / first.batch_size as f64).sqrt();
+        assert!(
+            (entry.learning_rate / rule - 1.0).abs() < 1e-9,
+            "{:?}",
+            race.entries
+        );
+    }
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|l| l.starts_with("race over batches") && l.contains("the rule lr ~ B^0.5")),
+        "{:?}",
+        rec.rationale
+    );
 }

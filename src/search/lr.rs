@@ -690,8 +690,8 @@ impl LrRule {
 /// levels off, since more batch no longer cuts the gradient's noise. Without
 /// a noise scale, the textbook rule. Measured on the advice bench's
 /// wall-clock grids, the best LR is flat (at half-decade resolution) over
-/// batches 2-208 on the transformer (preconditioned noise scale 8-36),
-/// where the square-root rule moves it 10x.
+/// batches 2-208 on the transformer (preconditioned noise scale 2-9 where
+/// measured as a value), where the square-root rule moves it 10x.
 pub fn transfer_lr(
     lr: f64,
     reference_batch: u64,

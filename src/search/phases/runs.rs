@@ -629,8 +629,9 @@ pub(in crate::search) const TRAINING_PHASES: [Phase; 4] = [
 /// validates with. Not what it measures along the way: the noise window
 /// differs between phases and does not touch the weights (the
 /// transformer's race and confirmation runs at one LR and seed ended at
-/// one loss, 2.5503).
-#[derive(Debug, Clone, PartialEq)]
+/// one loss, 2.5503). Compared with [`RunKey::same`], not `==`: LRs
+/// computed two ways differ in their last bits.
+#[derive(Debug, Clone)]
 pub(in crate::search) struct RunKey {
     batch: u64,
     steps: u32,
@@ -674,8 +675,8 @@ impl RunKey {
     }
 
     /// The same run, LRs equal to rounding: the race transfers the
-    /// reference LR by (B / B_ref)^alpha and the check steps by the
-    /// confirmations' spacing, each computing the LR its own way.
+    /// reference LR by its rule and the check steps by the confirmations'
+    /// spacing, each computing the LR its own way.
     pub(in crate::search) fn same(&self, other: &RunKey) -> bool {
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
         let schedule = match (self.schedule, other.schedule) {

@@ -25,8 +25,6 @@ impl<R: TrialRunner> Session<'_, R> {
         let (decisive, bound) = (field.decisive, field.bound);
         let world = self.spec.training.world_size.max(1);
         let share = self.stepping_share(&runs.budget);
-        // The plan counted runs at the confirmations' cost; a range the max
-        // fit opened wider puts candidates where runs cost more (or less).
         let Some(reference_lr) = reference
             .best
             .as_ref()
@@ -62,6 +60,8 @@ impl<R: TrialRunner> Session<'_, R> {
         let lr_for =
             |batch: u64| transfer_lr(reference_lr.1, reference_lr.0, batch, alpha, transfer_noise);
         let base_seed = self.spec.search.seed;
+        // The plan counted runs at the confirmations' cost; a range the max
+        // fit opened wider puts candidates where runs cost more (or less).
         // Priced at their own batches, the candidates' planned seeds must
         // fit the time left: candidates go (never below two) before any
         // is started, rather than the last one running a seed short.

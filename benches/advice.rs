@@ -921,16 +921,14 @@ fn repeatability(
             spread,
         };
         let fresh_pick = bench.retrain(&spec, &pick, &FRESH_SEEDS);
-        let fresh_gap = match (fresh_best.as_ref(), fresh_pick.mean) {
-            (Some(b), Some(m)) => match b.mean {
-                Some(bm) => {
-                    if m - bm <= b.spread {
-                        fresh_within += 1;
-                    }
-                    format!("{:.1}", (m - bm) / bm * 100.0)
+        let fresh_best_mean = fresh_best.and_then(|b| Some((b.mean?, b.spread)));
+        let fresh_gap = match (fresh_best_mean, fresh_pick.mean) {
+            (Some((b, spread)), Some(m)) => {
+                if m - b <= spread {
+                    fresh_within += 1;
                 }
-                None => "-".into(),
-            },
+                format!("{:.1}", (m - b) / b * 100.0)
+            }
             _ => "-".into(),
         };
         let noise = rec.evidence.gradient_noise.as_ref();

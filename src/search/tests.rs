@@ -400,7 +400,7 @@ fn the_race_finds_the_batch_a_fixed_time_favours() {
         .evidence
         .preconditioned_noise
         .as_ref()
-        .or(rec.evidence.gradient_noise.as_ref())
+        .filter(|n| !n.is_lower_bound())
         .map(|n| n.value);
     assert!(noise.is_some());
     for entry in &race.entries {

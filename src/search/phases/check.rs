@@ -79,8 +79,8 @@ impl<R: TrialRunner> Session<'_, R> {
             // At what the race's runs at this batch cost, when more than
             // the curve's estimate: a check run started on the estimate
             // was killed at the budget's end (PARTIAL).
-            let made = self.run_made(batch, candidate, steps, ask.seed);
-            if !made && !self.run_fits(Phase::LrCheck, self.race_run_cost(curve, batch, steps)) {
+            let price = self.race_run_price(curve, batch, candidate, steps, ask.seed);
+            if !self.run_fits(Phase::LrCheck, price) {
                 // The check refines an LR the race already used: skipping
                 // it leaves a tested answer, so it is noted, not partial.
                 self.skipped.push(Gap::NotChecked {

@@ -71,21 +71,18 @@ impl<R: TrialRunner> Session<'_, R> {
                 .map(|&b| self.race_run_cost(curve, b, runs.steps(curve, b, share)))
                 .sum()
         };
-        // The candidates' planned runs, less any an earlier phase made (the
+        // The candidates' planned runs, the first round priced as it will
+        // be charged: nothing for a run an earlier phase made (the
         // candidate at the reference batch, at its confirmed LR and seed).
         let planned_cost = |batches: &[u64]| -> f64 {
-            let made: f64 = batches
+            batches
                 .iter()
                 .map(|&b| {
                     let steps = runs.steps(curve, b, share);
-                    if self.run_made(b, lr_for(b), steps, base_seed) {
-                        self.race_run_cost(curve, b, steps)
-                    } else {
-                        0.0
-                    }
+                    self.race_run_price(curve, b, lr_for(b), steps, base_seed)
+                        + self.race_run_cost(curve, b, steps) * f64::from(runs.seeds - 1)
                 })
-                .sum();
-            round_cost(batches) * f64::from(runs.seeds) - made
+                .sum()
         };
         let left = self.time_left().as_secs_f64();
         let planned = runs.candidates.max(1);
@@ -341,9 +338,8 @@ impl<R: TrialRunner> Session<'_, R> {
         ask: race::RunAsk,
         samples: &mut Vec<GradNoiseSample>,
     ) -> Option<RaceRun> {
-        // A run an earlier phase made costs nothing.
-        let made = self.run_made(batch, lr, steps, ask.seed);
-        if !made && !self.run_fits(Phase::Race, self.race_run_cost(curve, batch, steps)) {
+        let price = self.race_run_price(curve, batch, lr, steps, ask.seed);
+        if !self.run_fits(Phase::Race, price) {
             if ask.planned {
                 self.cut_short(Phase::Race, Gap::FewerSeeds { batch });
             } else {
@@ -401,6 +397,24 @@ impl<R: TrialRunner> Session<'_, R> {
             .fold(self.seconds_for(curve, batch, steps), f64::max)
     }
 
+    /// What a race or check run will charge the budget: its cost
+    /// ([`Self::race_run_cost`]), or nothing where an earlier phase made
+    /// the same run, which is then reused ([`Self::training_run`]).
+    pub(super) fn race_run_price(
+        &self,
+        curve: &CurvePhase,
+        batch: u64,
+        lr: f64,
+        steps: u32,
+        seed: u64,
+    ) -> f64 {
+        if self.run_made(batch, lr, steps, seed) {
+            0.0
+        } else {
+            self.race_run_cost(curve, batch, steps)
+        }
+    }
+
     /// How much dearer than its cheapest twin a training run has come out
     /// (identical runs: one batch, one length), 1 to [`MAX_COST_SPREAD`]:
     /// the margin the race's second round is checked with, since the run
@@ -431,15 +445,11 @@ impl<R: TrialRunner> Session<'_, R> {
             .map(|round| self.spec.search.seed + u64::from(round));
         machine
             .racing()
-            .map(|e| {
-                let made = seed.is_some_and(|seed| {
-                    self.run_made(e.batch_size, e.learning_rate, e.steps, seed)
-                });
-                if made {
-                    0.0
-                } else {
-                    self.race_run_cost(curve, e.batch_size, e.steps)
+            .map(|e| match seed {
+                Some(seed) => {
+                    self.race_run_price(curve, e.batch_size, e.learning_rate, e.steps, seed)
                 }
+                None => self.race_run_cost(curve, e.batch_size, e.steps),
             })
             .collect()
     }

@@ -894,6 +894,12 @@ fn repeatability(
         let mut spec = spec_for(job, "balanced", Some(search_budget), Some(cell_seconds));
         spec.search.seed = seed;
         let (rec, _) = bench.advise(&spec);
+        if std::env::var_os("BATCHD_BENCH_VERBOSE").is_some() {
+            eprintln!(
+                "  search seed {seed}:\n{}",
+                batchd::report::text::recommendation(&spec, &rec, None)
+            );
+        }
         let batch = rec.effective_batch_size;
         let lr = rec.lr.learning_rate.unwrap_or(1e-3);
         let speed = bench.speed(&spec, batch).unwrap_or(1.0);

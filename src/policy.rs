@@ -141,6 +141,11 @@ pub struct LrSearch {
     /// Race seeds each LR of the check at the winner is paired with.
     #[serde(default = "default_check_seeds")]
     pub check_seeds: u32,
+    /// A planned confirmation LR is not run where, between it and a run
+    /// already made, another run's loss came out more than this fraction
+    /// above that run's (the loss has one minimum in log-LR).
+    #[serde(default = "default_skip_past_rise")]
+    pub skip_past_rise: f64,
 }
 
 fn default_candidate_spacing() -> f64 {
@@ -153,6 +158,10 @@ fn default_max_extensions() -> u32 {
 
 fn default_check_seeds() -> u32 {
     2
+}
+
+fn default_skip_past_rise() -> f64 {
+    0.2
 }
 
 /// Shares of the search's time budget, one per phase, planned before the
@@ -406,6 +415,7 @@ impl Policy {
                 format!("must be at most 6, got {}", lr.max_extensions),
             );
         }
+        problems.in_range("lr_search.skip_past_rise", lr.skip_past_rise, 0.0, 100.0);
         if !(1..=5).contains(&lr.check_seeds) {
             problems.push(
                 "lr_search.check_seeds",
@@ -765,13 +775,15 @@ mod tests {
         assert_eq!(defaults.lr_search.candidate_spacing, 3.16);
         assert_eq!(defaults.lr_search.max_extensions, 3);
         assert_eq!(defaults.lr_search.check_seeds, 2);
+        assert_eq!(defaults.lr_search.skip_past_rise, 0.2);
         assert_eq!(defaults.race.max_seeds, 5);
         assert_eq!(defaults.min_updates_per_run, 32);
         assert_eq!(defaults.throughput_points, 8);
         assert_eq!(defaults.budget_shares, BudgetShares::default());
         let bad = serde_json::json!({
             "throughput_points": 1,
-            "lr_search": {"candidate_spacing": 1.0, "check_seeds": 0, "max_extensions": 9},
+            "lr_search": {"candidate_spacing": 1.0, "check_seeds": 0, "max_extensions": 9,
+                          "skip_past_rise": -0.1},
             "race": {"max_seeds": 1},
             "budget_shares": {"race": 0.9},
         });
@@ -784,6 +796,7 @@ mod tests {
             [
                 "policy_overrides.lr_search.candidate_spacing",
                 "policy_overrides.lr_search.max_extensions",
+                "policy_overrides.lr_search.skip_past_rise",
                 "policy_overrides.lr_search.check_seeds",
                 "policy_overrides.throughput_points",
                 "policy_overrides.race.max_seeds",
@@ -791,7 +804,7 @@ mod tests {
             ],
             "{errors:?}"
         );
-        assert!(errors[5].message.contains("must add up to 1, got 1.5000"));
+        assert!(errors[6].message.contains("must add up to 1, got 1.5000"));
     }
 
     #[test]

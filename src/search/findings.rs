@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::lr::LrRule;
+use super::lr::{LrRule, SkipReason, SkippedLr};
 use super::maxfit::MaxFit;
 use super::noise::NoiseScale;
 use super::phase::Phase;
@@ -151,6 +151,11 @@ pub enum Finding {
         steps: u32,
         lr: f64,
         loss: f64,
+    },
+    /// Planned confirmation LRs the runs ruled out.
+    LrSkipped {
+        batch: u64,
+        skipped: Vec<SkippedLr>,
     },
     Noise {
         noise: NoiseScale,
@@ -593,6 +598,26 @@ impl fmt::Display for Finding {
                 f,
                 "at the reference batch {batch}, {runs} runs of {steps} steps put the best LR at {lr:.3e} (validation loss {loss:.4})"
             ),
+            Finding::LrSkipped { batch, skipped } => {
+                write!(f, "at the reference batch {batch}, ")?;
+                for (i, skip) in skipped.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "LR {:.2e} was not run: ", skip.learning_rate)?;
+                    match skip.reason {
+                        SkipReason::Rose { from, to } => write!(
+                            f,
+                            "the loss had already risen from {:.4} at {:.2e} to {:.4} at {:.2e}, on the way to it",
+                            from.1, from.0, to.1, to.0
+                        )?,
+                        SkipReason::AboveDivergence { diverged } => {
+                            write!(f, "{diverged:.2e} below it diverged")?
+                        }
+                    }
+                }
+                f.write_str(" (the loss is taken to have one minimum in log-LR)")
+            }
             Finding::Noise {
                 noise,
                 runs,
@@ -841,5 +866,30 @@ mod tests {
         assert!(check(false)
             .to_string()
             .starts_with("LR check at batch 256: 6 runs from 1.00e-4 to 1.00e-2 paired with 2"));
+    }
+
+    #[test]
+    fn a_skipped_confirmation_names_the_runs_that_ruled_it_out() {
+        let finding = Finding::LrSkipped {
+            batch: 120,
+            skipped: vec![
+                SkippedLr {
+                    learning_rate: 4.18e-3,
+                    reason: SkipReason::Rose {
+                        from: (4.18e-4, 0.6819),
+                        to: (1.32e-3, 1.2872),
+                    },
+                },
+                SkippedLr {
+                    learning_rate: 1e-1,
+                    reason: SkipReason::AboveDivergence { diverged: 3.16e-2 },
+                },
+            ],
+        };
+        assert_eq!(
+            finding.to_string(),
+            "at the reference batch 120, LR 4.18e-3 was not run: the loss had already risen from 0.6819 at 4.18e-4 to 1.2872 at 1.32e-3, on the way to it; \
+             LR 1.00e-1 was not run: 3.16e-2 below it diverged (the loss is taken to have one minimum in log-LR)"
+        );
     }
 }

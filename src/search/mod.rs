@@ -60,10 +60,6 @@ pub enum SearchError {
 /// measured it: untimed data sampling, validation and noise measurement.
 const DEFAULT_RUN_RATIO: f64 = 1.15;
 
-/// Below this share of a run's wall time spent stepping, runs are not
-/// shortened to fit their planned time (see `Session::stepping_share`).
-const MIN_STEPPING_SHARE: f64 = 0.75;
-
 /// A small LR that will not diverge, for trials that only measure memory
 /// and speed.
 fn probe_lr(spec: &JobSpec) -> f64 {
@@ -183,51 +179,6 @@ impl<R: TrialRunner> Session<'_, R> {
             None => (seconds - fixed) / DEFAULT_RUN_RATIO,
         };
         stepping.max(0.05)
-    }
-
-    /// The share of a run planned at T seconds its stepping may take, so
-    /// the run's wall time (start-up, noise measurement, validation
-    /// included) is T. Where that overhead is over a quarter of the run
-    /// (one fresh process per trial, whose start-up is seconds), runs keep
-    /// training T, as the real run would, and the plan counts the overhead
-    /// instead (`run_seconds`).
-    fn stepping_share(&self, budget: &race::RaceBudget) -> f64 {
-        let race::RaceBudget::WallClock { seconds } = *budget else {
-            return 1.0;
-        };
-        let share = self.stepping_within(seconds) / seconds;
-        if share >= MIN_STEPPING_SHARE {
-            share.min(1.0)
-        } else {
-            1.0
-        }
-    }
-
-    /// Whether a run planned at `seconds` has its steps sized so its wall
-    /// time is `seconds` (see `stepping_share`).
-    fn sized_to_wall(&self, seconds: f64) -> bool {
-        self.stepping_share(&race::RaceBudget::WallClock { seconds }) < 1.0
-    }
-
-    /// The wall time a run planned at `seconds` takes: `seconds` where its
-    /// steps are sized to fit it, else its stepping plus what runs cost
-    /// beyond it.
-    fn planned_run_wall(&self, seconds: f64) -> f64 {
-        if self.sized_to_wall(seconds) {
-            seconds
-        } else {
-            self.run_seconds(seconds)
-        }
-    }
-
-    /// The longest run length (as a wall-clock run budget) that fits in
-    /// `seconds` of wall time.
-    fn run_length_within(&self, seconds: f64) -> f64 {
-        if self.sized_to_wall(seconds) {
-            seconds
-        } else {
-            self.stepping_within(seconds)
-        }
     }
 
     fn request(&self, batch: u64, steps: u32, schedule: LrSchedule) -> TrialRequest {

@@ -706,7 +706,7 @@ fn time_the_plan_leaves_over_buys_the_race_more_seeds() {
     );
     // A budget that affords only the plan keeps the policy's seeds.
     let mut spec = spec("balanced", "[training]\ntime_budget = \"3s\"\n");
-    spec.search.time_budget = std::time::Duration::from_secs(24);
+    spec.search.time_budget = std::time::Duration::from_secs(28);
     let rec = advise_with(&runner, &spec, 4 << 30).unwrap();
     assert!(
         !rec.rationale
@@ -751,10 +751,9 @@ fn the_generalization_race_gives_every_candidate_the_same_epochs() {
 fn a_tight_budget_races_fewer_candidates_at_the_real_length() {
     let runner = FakeRunner::new();
     let mut spec = spec("balanced", "[training]\ntime_budget = \"3s\"\n");
-    // 24 s of search affords eight 3 s runs (the fake's trials cost
-    // nothing beyond their steps, so each run's steps fill its 3 s): the
-    // lean plan.
-    spec.search.time_budget = std::time::Duration::from_secs(24);
+    // 28 s of search affords about eight runs of 3 s of stepping (planned
+    // with the default overhead until a run is timed): the lean plan.
+    spec.search.time_budget = std::time::Duration::from_secs(28);
     let rec = advise_with(&runner, &spec, 4 << 30).unwrap();
     let race = rec.evidence.race.as_ref().unwrap();
     assert_eq!(
@@ -1022,8 +1021,17 @@ fn a_best_lr_at_an_edge_is_looked_past_before_the_race_grows() {
         .filter_map(|t| t.learning_rate)
         .collect();
     let lowest = confirmations.iter().copied().fold(f64::MAX, f64::min);
-    assert!(confirmations.len() >= 4, "{confirmations:?}");
-    assert!(lowest < confirmations[0], "{confirmations:?}");
+    // The centre, the LR below it (better: the one above is not run),
+    // then at least one below both.
+    assert!(confirmations.len() >= 3, "{confirmations:?}");
+    assert!(lowest < confirmations[1], "{confirmations:?}");
+    assert!(
+        rec.rationale
+            .iter()
+            .any(|l| l.contains("was not run: the loss had already risen")),
+        "{:?}",
+        rec.rationale
+    );
     assert!(
         !rec.phases_cut.contains(&Phase::LrConfirmation) && !rec.phases_cut.contains(&Phase::Race),
         "{:?}",
@@ -1218,7 +1226,7 @@ fn a_race_within_seed_noise_is_decided_by_the_rule_whatever_the_search_seed() {
     let mut winners = Vec::new();
     for seed in 1..=4 {
         let mut runner = FakeRunner::new();
-        runner.run_noise = 0.3;
+        runner.run_noise = 0.25;
         let mut spec = spec("balanced", "[training]\ntime_budget = \"20s\"\n");
         spec.search.seed = seed;
         spec.search.time_budget = std::time::Duration::from_secs(600);
@@ -1427,7 +1435,7 @@ fn after_every_run_the_plan_follows_what_runs_cost() {
     // leanest race, then the confirmations, then the rest), fits all three
     // and every race candidate's two seeds, taking the time from the
     // check and the extra seeds.
-    for budget in [60, 90] {
+    for budget in [70, 90] {
         let mut spec = spec("balanced", "[training]\ntime_budget = \"3s\"\n");
         spec.search.time_budget = std::time::Duration::from_secs(budget);
         let (rec, _) = advise_on_simulated_runs(FakeRunner::new(), &spec, 0.05, 5.0);
@@ -1669,7 +1677,7 @@ fn a_race_round_that_would_not_fit_whole_loses_its_worst_candidate_not_a_seed() 
     // with the spread identical runs have shown, drops the candidate whose
     // first seed came out worst; later rounds end before they start.
     for (slowdown, budget, drops) in [
-        (0.3, 50, true),
+        (0.3, 55, true),
         (0.6, 70, true),
         (0.3, 100, false),
         (0.6, 100, false),

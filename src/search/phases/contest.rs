@@ -24,7 +24,6 @@ impl<R: TrialRunner> Session<'_, R> {
         let pick = |count: usize| field.candidates(policy, curve, count);
         let (decisive, bound) = (field.decisive, field.bound);
         let world = self.spec.training.world_size.max(1);
-        let share = self.stepping_share(&runs.budget);
         let Some(reference_lr) = reference
             .best
             .as_ref()
@@ -68,7 +67,7 @@ impl<R: TrialRunner> Session<'_, R> {
         let round_cost = |batches: &[u64]| -> f64 {
             batches
                 .iter()
-                .map(|&b| self.race_run_cost(curve, b, runs.steps(curve, b, share)))
+                .map(|&b| self.race_run_cost(curve, b, runs.steps(curve, b)))
                 .sum()
         };
         // The candidates' planned runs, the first round priced as it will
@@ -78,7 +77,7 @@ impl<R: TrialRunner> Session<'_, R> {
             batches
                 .iter()
                 .map(|&b| {
-                    let steps = runs.steps(curve, b, share);
+                    let steps = runs.steps(curve, b);
                     self.race_run_price(curve, b, lr_for(b), steps, base_seed)
                         + self.race_run_cost(curve, b, steps) * f64::from(runs.seeds - 1)
                 })
@@ -104,7 +103,7 @@ impl<R: TrialRunner> Session<'_, R> {
         let entries: Vec<RaceEntry> = candidates
             .iter()
             .map(|&batch| {
-                let steps = runs.steps(curve, batch, share);
+                let steps = runs.steps(curve, batch);
                 RaceEntry {
                     batch_size: batch,
                     learning_rate: lr_for(batch),

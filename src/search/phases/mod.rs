@@ -21,7 +21,7 @@ pub(super) use runs::{FinishedRun, TRAINING_PHASES};
 use super::findings::{Finding, Gap, RunLengthSource};
 use super::lr::{
     best_lr, fit_alpha, transfer_lr, BestLr, CheckMachine, ConfirmMachine, Confirmation, LrRule,
-    RangeTest, RangeTestMachine,
+    RangeTest, RangeTestMachine, SkippedLr,
 };
 use super::maxfit::{prior_bytes_per_sample, MaxFit, MaxFitSearch, Next, Probe};
 use super::noise::{pooled_noise_scale, NoiseScale};
@@ -125,18 +125,15 @@ impl RunPlan {
         matches!(self.budget, RaceBudget::WallClock { .. })
     }
 
-    /// Steps of a run at `batch`; `share`: the part of a wall-clock run
-    /// its stepping may take (see `Session::stepping_share`).
-    fn steps(&self, curve: &CurvePhase, batch: u64, share: f64) -> u32 {
+    /// Steps of a run at `batch`: a wall-clock run steps for its whole
+    /// length, as the real run would (its start-up, validation and noise
+    /// measurement are the plan's to count, `Session::run_seconds`).
+    fn steps(&self, curve: &CurvePhase, batch: u64) -> u32 {
         let steps = match self.budget {
-            // To the nearest step (a run of few long steps would otherwise
-            // lose up to a whole one), but never more training than the
-            // real run's.
+            // Never more training than the run's length.
             RaceBudget::WallClock { seconds } => curve
                 .step_seconds(batch)
-                .map_or(f64::from(MIN_RUN_STEPS), |t| {
-                    (seconds * share / t).round().min((seconds / t).floor())
-                }),
+                .map_or(f64::from(MIN_RUN_STEPS), |t| (seconds / t).floor()),
             RaceBudget::Epochs { epochs } => {
                 return epoch_steps(epochs, self.train_samples, batch);
             }

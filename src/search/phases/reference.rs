@@ -14,17 +14,28 @@ impl<R: TrialRunner> Session<'_, R> {
         runs: &RunPlan,
     ) -> ReferencePhase {
         let batch = range.reference_batch;
-        let steps = runs.steps(curve, batch, self.stepping_share(&runs.budget));
+        let steps = runs.steps(curve, batch);
         let lr_search = &self.spec.policy.lr_search;
         let mut machine = ConfirmMachine::new(
             range.center_lr,
             lr_search.confirmation_candidates,
             lr_search.max_extensions as usize,
             lr_search.candidate_spacing,
+            lr_search.skip_past_rise,
         );
         let mut samples: Vec<(f64, GradNoiseSample)> = Vec::new();
         let seed = self.spec.search.seed;
-        while let Some(ask) = machine.next_run() {
+        let mut left_out: Vec<SkippedLr> = Vec::new();
+        loop {
+            let skipped = machine.skipped().len();
+            let ask = machine.next_run();
+            for skip in &machine.skipped()[skipped..] {
+                left_out.push(*skip);
+                // Its planned time goes to the phases after it.
+                self.book.forgo(Phase::LrConfirmation, 1.0);
+                self.replan_from_book();
+            }
+            let Some(ask) = ask else { break };
             let lr = ask.learning_rate;
             let estimate = self.seconds_for(curve, batch, steps);
             let fits = if ask.extension {
@@ -71,6 +82,12 @@ impl<R: TrialRunner> Session<'_, R> {
                 steps,
                 lr: best.learning_rate,
                 loss: best.validation_loss,
+            });
+        }
+        if !left_out.is_empty() {
+            findings.push(Finding::LrSkipped {
+                batch,
+                skipped: left_out,
             });
         }
         // The noise scale from the runs that trained well: a run whose LR

@@ -106,10 +106,10 @@ impl<R: TrialRunner> Session<'_, R> {
                     batch: range.reference_batch,
                 }
             };
-            let affordable_runs = (left / self.planned_run_wall(job_seconds)).floor();
+            let affordable_runs = (left / self.run_seconds(job_seconds)).floor();
             let lean = lean_plan(affordable_runs, initial, race);
             // A wall-clock run's length, which may include its overhead.
-            let fill = self.run_length_within(per_run);
+            let fill = self.stepping_within(per_run);
             let seconds = if job_seconds <= fill {
                 findings.push(Finding::RealLengthRuns {
                     seconds: job_seconds,
@@ -148,7 +148,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 // runs of a slow model a tenth of the real one, whose best
                 // batch and LR they no longer measure.
                 let full = confirmations + racing + checks;
-                let half_length = (left / self.planned_run_wall(job_seconds / 2.0)).floor();
+                let half_length = (left / self.run_seconds(job_seconds / 2.0)).floor();
                 let count = half_length.clamp(leanest, full.max(leanest));
                 if count < full {
                     if let Some(plan) = lean_plan(count, initial, race) {
@@ -158,7 +158,7 @@ impl<R: TrialRunner> Session<'_, R> {
                 // At the full plan's count this is `fill`, under the real
                 // length by this branch's condition.
                 let seconds = self
-                    .run_length_within(left / (count + ramping))
+                    .stepping_within(left / (count + ramping))
                     .min(job_seconds);
                 findings.push(Finding::ShortRuns {
                     seconds,
@@ -208,7 +208,7 @@ impl<R: TrialRunner> Session<'_, R> {
             RaceBudget::Epochs { epochs } => {
                 self.epoch_run_wall(curve, range.reference_batch, epochs, train_samples)
             }
-            RaceBudget::WallClock { seconds } => self.planned_run_wall(seconds),
+            RaceBudget::WallClock { seconds } => self.run_seconds(seconds),
         };
         RunPlan {
             budget,

@@ -350,8 +350,7 @@ pub struct ConfirmMachine {
     queue: std::collections::VecDeque<f64>,
     /// Every LR asked, planned or extension.
     asked: Vec<f64>,
-    /// Planned LRs skipped, with the pair of runs whose rise ruled them
-    /// out (nearer LR, farther LR).
+    /// Planned LRs skipped, and what ruled each out.
     skipped: Vec<SkippedLr>,
     extensions: usize,
     max_extensions: usize,
@@ -458,7 +457,7 @@ impl ConfirmMachine {
     /// than `skip_past_rise` above that run's, or, above a run that
     /// diverged, any LR at all.
     fn ruled_out(&self, lr: f64) -> Option<SkippedLr> {
-        let finite = |c: &Confirmation| c.validation_loss.filter(|l| l.is_finite());
+        let scored = scored_by_lr(&self.runs).map_or_else(Vec::new, |(scored, _)| scored);
         let skip = |reason| {
             Some(SkippedLr {
                 learning_rate: lr,
@@ -471,14 +470,15 @@ impl ConfirmMachine {
                     diverged: to.learning_rate,
                 });
             }
-            let Some(to_loss) = finite(to) else { continue };
+            let Some(to_loss) = to.validation_loss.filter(|l| l.is_finite()) else {
+                continue;
+            };
             // `from` on the near side of `to`, `lr` on the far side.
             let between = |from: f64| (from < to.learning_rate) == (to.learning_rate < lr);
-            let from = self
-                .runs
+            let from = scored
                 .iter()
-                .filter(|c| c.learning_rate != to.learning_rate && between(c.learning_rate))
-                .filter_map(|c| finite(c).map(|l| (c.learning_rate, l)))
+                .copied()
+                .filter(|&(from, _)| from != to.learning_rate && between(from))
                 .filter(|&(_, l)| to_loss > l + self.skip_past_rise * l.abs())
                 .min_by(|a, b| a.1.total_cmp(&b.1));
             if let Some(from) = from {

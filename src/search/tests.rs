@@ -926,8 +926,8 @@ fn advise_on_timed_validating(
 
 #[test]
 fn on_simulated_time_the_search_keeps_its_budget_and_runs_their_length() {
-    // Cheap trials (a persistent process): runs are sized so their wall
-    // time, overhead included, is the planned 20 s.
+    // Cheap trials (a persistent process): runs step the planned 20 s,
+    // their small overhead on top.
     let (rec, runner) = advise_timed(0.2, 300, 20);
     assert!(rec.seconds <= 300.0 * 1.05, "{} s", rec.seconds);
     assert!(

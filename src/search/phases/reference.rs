@@ -29,10 +29,11 @@ impl<R: TrialRunner> Session<'_, R> {
         loop {
             let skipped = machine.skipped().len();
             let ask = machine.next_run();
-            for skip in &machine.skipped()[skipped..] {
-                left_out.push(*skip);
-                // Its planned time goes to the phases after it.
-                self.book.forgo(Phase::LrConfirmation, 1.0);
+            let newly = &machine.skipped()[skipped..];
+            if !newly.is_empty() {
+                left_out.extend_from_slice(newly);
+                // Their planned time goes to the phases after them.
+                self.book.forgo(Phase::LrConfirmation, newly.len() as f64);
                 self.replan_from_book();
             }
             let Some(ask) = ask else { break };

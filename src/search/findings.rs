@@ -290,6 +290,12 @@ pub enum Gap {
     NoExtraSeed {
         batch: u64,
     },
+    /// A planned seed of a candidate already out of contention (it trails
+    /// the leader past the race's t-test, or a seed of it failed).
+    BeatenSeed {
+        batch: u64,
+        seed: u64,
+    },
     NotChecked {
         lr: f64,
         batch: u64,
@@ -329,6 +335,10 @@ impl fmt::Display for Gap {
             Gap::NoExtraSeed { batch } => write!(
                 f,
                 "batch {batch} got no extra seed to break its tie (no time)"
+            ),
+            Gap::BeatenSeed { batch, seed } => write!(
+                f,
+                "batch {batch} was not run with seed {seed} (no time); it was already out of contention (its runs trail the leader's past the race's 90% t-test, or one failed), so the verdict does not wait for it"
             ),
             Gap::NotChecked { lr, batch, seed } => write!(
                 f,

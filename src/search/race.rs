@@ -325,6 +325,31 @@ fn tied_given(
         .collect()
 }
 
+/// Whether entry `i` is out of contention on the runs made so far, so a
+/// planned seed of it that the budget refuses cannot change the verdict
+/// the race would give: one of its seeds failed (a failed seed
+/// disqualifies a candidate), or its mean trails the leader's past the
+/// same one-sided 90% t-test [`decide`] applies, on a spread that exists.
+/// A candidate with no run yet, the leader, and one within noise of it
+/// are not beaten.
+pub fn beaten(entries: &[RaceEntry], i: usize) -> bool {
+    let Some(entry) = entries.get(i).filter(|e| !e.runs.is_empty()) else {
+        return false;
+    };
+    if entry.losses().is_none() {
+        return true;
+    }
+    let blocks = seed_blocks(entries);
+    let ranking = ranked(entries, blocks.as_ref());
+    let Some(&(best, _)) = ranking.first() else {
+        return false;
+    };
+    best != i
+        && ranking.iter().any(|&(r, _)| r == i)
+        && test_spread(entries, blocks.as_ref(), &[best, i]).is_some()
+        && !tied_given(entries, blocks.as_ref(), &ranking).contains(&i)
+}
+
 /// Entries that should get another seed before a winner is named: the
 /// best and every candidate within noise of it, when there are several.
 pub fn needs_another_seed(entries: &[RaceEntry]) -> Vec<usize> {
@@ -611,6 +636,16 @@ impl RaceMachine {
         let worst = (0..kept.len()).max_by(|&a, &b| first(&kept[a]).total_cmp(&first(&kept[b])))?;
         self.dropped[indices[worst]] = true;
         Some(kept[worst].clone())
+    }
+
+    /// Whether candidate `entry` is out of contention among the candidates
+    /// still racing ([`beaten`]).
+    pub fn beaten(&self, entry: usize) -> bool {
+        let (indices, kept) = self.kept();
+        indices
+            .iter()
+            .position(|&i| i == entry)
+            .is_some_and(|at| beaten(&kept, at))
     }
 
     /// Starts an extra round with the candidates still tied, or ends.
@@ -992,6 +1027,44 @@ mod tests {
             &no_speed,
         );
         assert_eq!(none.winner, None);
+    }
+
+    #[test]
+    fn a_candidate_behind_past_the_test_is_beaten_one_within_noise_is_not() {
+        // The transformer's bench race: the leader's two seeds against the
+        // other candidate's one, 0.15 behind on a spread of 0.02.
+        let behind = vec![
+            entry(4, &[Some(2.4902), Some(2.5183)]),
+            entry(16, &[Some(2.6551)]),
+        ];
+        assert!(beaten(&behind, 1));
+        assert!(!beaten(&behind, 0), "the leader is never beaten");
+        // The same seeds, the other candidate 0.01 behind: within noise.
+        let close = vec![
+            entry(4, &[Some(2.4902), Some(2.5183)]),
+            entry(16, &[Some(2.5143)]),
+        ];
+        assert!(!beaten(&close, 1));
+        // One seed each: no spread to test a lead against.
+        let one_each = vec![entry(4, &[Some(2.49)]), entry(16, &[Some(2.95)])];
+        assert!(!beaten(&one_each, 1));
+        // No run yet: nothing to judge.
+        let unrun = vec![entry(4, &[Some(2.49), Some(2.51)]), entry(16, &[])];
+        assert!(!beaten(&unrun, 1));
+        // A failed seed disqualifies its candidate, whatever its other seeds.
+        let failed = vec![entry(4, &[Some(2.49), Some(2.51)]), entry(16, &[None])];
+        assert!(beaten(&failed, 1));
+        // The machine asks about its own candidates, those that left aside.
+        let mut machine = RaceMachine::new(fresh(&[4, 16, 64]), 2, 0, 0);
+        let losses = [[2.4902, 2.5183], [2.6551, 2.6601], [2.51, 2.52]];
+        for _ in 0..5 {
+            let ask = machine.next_run().unwrap();
+            machine.tell(ask, run(ask.seed, losses[ask.entry][ask.seed as usize]));
+        }
+        // Round two so far: 4 and 16 have two seeds, 64 one.
+        assert!(machine.beaten(1));
+        assert!(!machine.beaten(0));
+        assert!(!machine.beaten(2), "64 is within noise of the leader");
     }
 
     fn fresh(batches: &[u64]) -> Vec<RaceEntry> {

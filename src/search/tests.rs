@@ -51,6 +51,9 @@ pub(crate) struct FakeRunner {
     /// falls); `None`: constant. With it, a run's progress is summed step
     /// by step, which is what makes a batch ramp pay.
     noise_growth: Option<f64>,
+    /// Validation loss this much higher from this batch on (batch, extra):
+    /// a candidate clearly out of contention.
+    worse_from: Option<(u64, f64)>,
     calls: AtomicUsize,
     seen: Mutex<Vec<u64>>,
     /// Every training run asked for (validated at the end).
@@ -77,6 +80,7 @@ impl FakeRunner {
             diverges_above: None,
             sleeps: false,
             noise_growth: None,
+            worse_from: None,
             calls: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
             trained: Mutex::new(Vec::new()),
@@ -126,7 +130,14 @@ impl FakeRunner {
         let run = run.wrapping_mul(0x94D0_49BB_1331_11EB) >> 20;
         let wobble =
             unit(seed.wrapping_mul(2654435761)) * self.seed_noise + unit(run) * self.run_noise;
-        0.5 + 1.0 / (1.0 + progress) + 0.2 * (lr.ln() - self.best_lr(batch).ln()).powi(2) + wobble
+        let worse = self
+            .worse_from
+            .filter(|&(from, _)| batch >= from)
+            .map_or(0.0, |(_, extra)| extra);
+        0.5 + 1.0 / (1.0 + progress)
+            + 0.2 * (lr.ln() - self.best_lr(batch).ln()).powi(2)
+            + wobble
+            + worse
     }
 
     /// Seconds per step.
@@ -1827,4 +1838,56 @@ fn a_lower_bound_on_the_noise_scale_leaves_the_race_on_the_textbook_rule() {
         "{:?}",
         rec.rationale
     );
+}
+
+#[test]
+fn a_refused_seed_of_a_candidate_already_beaten_leaves_the_search_whole() {
+    // Two candidates, runs 0.6 s dearer each than the one before: the
+    // second round's last run (the larger candidate's second seed) does
+    // not fit. Where that candidate trails past the race's t-test
+    // (validation loss 0.1 higher from batch 1000 on, seed spread 0.004),
+    // the verdict stands without it and the search is whole; where the two
+    // are within noise, the same refusal cuts the race short.
+    let spec = || {
+        let mut spec = spec(
+            "balanced",
+            "[training]\ntime_budget = \"3s\"\n[policy_overrides.race]\ncandidates = 2\n",
+        );
+        spec.search.time_budget = std::time::Duration::from_secs(49);
+        spec
+    };
+    let behind = FakeRunner {
+        worse_from: Some((1000, 0.1)),
+        ..FakeRunner::new()
+    };
+    let (rec, _) = advise_on_slowing_runs(behind, &spec(), 0.05, 0.5, 0.6);
+    let race = rec.evidence.race.as_ref().unwrap();
+    let seeds: Vec<(u64, usize)> = race
+        .entries
+        .iter()
+        .map(|e| (e.batch_size, e.runs.len()))
+        .collect();
+    assert_eq!(seeds, [(568, 2), (1136, 1)], "{:#?}", rec.rationale);
+    assert_eq!(race.winner, Some(568));
+    assert!(!race.within_noise, "{}", race.verdict);
+    assert!(rec.phases_cut.is_empty(), "{:?}", rec.partial_reason);
+    assert!(!rec.partial);
+    assert!(
+        rec.rationale.iter().any(|l| l.contains(
+            "batch 1136 was not run with seed 1 (no time); it was already out of contention"
+        )),
+        "{:#?}",
+        rec.rationale
+    );
+    let (rec, _) = advise_on_slowing_runs(FakeRunner::new(), &spec(), 0.05, 0.5, 0.6);
+    assert!(
+        rec.phases_cut.contains(&Phase::Race),
+        "{:#?}",
+        rec.rationale
+    );
+    assert!(rec
+        .partial_reason
+        .as_ref()
+        .unwrap()
+        .contains("batch 1136 ran fewer seeds than planned"));
 }

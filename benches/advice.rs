@@ -44,6 +44,13 @@
 //! the pick's loss, its gap and its fresh-seed gap) and the spread
 //! (max/min) of batch, LR and noise scale across runs, with how many picks
 //! came within the best cell's seed spread on either set of seeds.
+//! Each search's noise scale is checked against its truth
+//! (`BATCHD_BENCH_NOISE_TRUTH=1`): the best of the confirmation runs it
+//! was read from (batch, LR, length, schedule, seed) trained again with
+//! [`TRUTH_MEASUREMENTS`]x the measurements over the same window (the
+//! measurements do not touch the weights, so it is the same run), and on
+//! two more seeds; the search's bound holds where it is at most the
+//! truth's value, its interval where it holds the truth's value.
 //!
 //! `BATCHD_BENCH_CELLS=256:1e-4,256:1.75e-4` trains only the cells named
 //! (batch:LR, as wall-clock grid cells, on the grid's and the fresh seeds)
@@ -65,11 +72,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use batchd::policy::PolicySet;
+use batchd::search::noise::{pooled_noise_scale, NoiseScale};
 use batchd::search::{advise, Recommendation};
 use batchd::spec::{parse_spec, JobSpec, SpecOrigin};
 use batchd::trial::{
-    BatchPhase, BatchSchedule, LrSchedule, ProcessTrialRunner, RunnerOptions, TrialDevice,
-    TrialRequest, TrialResult, TrialRunner,
+    BatchPhase, BatchSchedule, GradNoiseRequest, LrSchedule, ProcessTrialRunner, RunnerOptions,
+    TrialDevice, TrialRequest, TrialResult, TrialRunner,
 };
 use batchd::validation::Syntax;
 
@@ -84,6 +92,8 @@ const FRESH_SEEDS: [u64; 3] = [2001, 2002, 2003];
 const MIN_STEPS: u32 = 10;
 const WARMUP_FRACTION: f64 = 0.05;
 const FINAL_LR_FRACTION: f64 = 0.1;
+/// How many times the search's noise measurements the truth takes.
+const TRUTH_MEASUREMENTS: u32 = 10;
 /// batchd's search budget as a share of the grid's wall time.
 const SEARCH_SHARE: f64 = 0.15;
 
@@ -256,6 +266,86 @@ impl Bench {
         request.batch_schedule = ramp.cloned();
         let result = self.run(request);
         result.validation_loss.filter(|_| result.is_ok())
+    }
+}
+
+impl Bench {
+    /// The noise scale the search read from its best confirmation run,
+    /// measured again on that run (and on `extra_seeds` more) with
+    /// [`TRUTH_MEASUREMENTS`] times the measurements over the same window:
+    /// (same run, all runs pooled), `None` where the search measured none.
+    fn noise_truth(
+        &self,
+        spec: &JobSpec,
+        rec: &Recommendation,
+        extra_seeds: &[u64],
+    ) -> Option<(NoiseScale, NoiseScale)> {
+        let noise = rec.evidence.gradient_noise.as_ref()?;
+        let batch = noise.big_batch;
+        let steps = u32::try_from(noise.until_samples / batch.max(1)).ok()?;
+        let best = rec
+            .evidence
+            .lr_confirmations
+            .iter()
+            .filter(|c| c.batch_size == batch)
+            .filter_map(|c| Some((c.learning_rate, c.validation_loss?)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))?;
+        let from = noise.after_steps;
+        let measurements = (noise.measurements as u32 * TRUTH_MEASUREMENTS)
+            .min(steps.saturating_sub(from))
+            .max(2);
+        let policy = &spec.policy;
+        let run = |seed: u64| {
+            let warmup = ((f64::from(steps) * policy.lr_search.warmup_fraction).ceil() as u32)
+                .clamp(1, steps.saturating_sub(1).max(1));
+            let mut request = TrialRequest::new(spec.clone(), TrialDevice::Cpu, batch, steps, best.0);
+            request.schedule = LrSchedule::WarmupCosine {
+                lr: best.0,
+                warmup_steps: warmup,
+                final_fraction: policy.race.final_lr_fraction,
+            };
+            request.seed = seed;
+            request.deadline = Duration::from_secs(600);
+            request.record.grad_noise = Some(GradNoiseRequest {
+                small_batch: noise.small_batch,
+                measurements,
+                from_step: Some(from),
+            });
+            let result = self.run(request);
+            let ok = result.is_ok();
+            result.grad_noise.filter(|_| ok)
+        };
+        let pool = |samples: &[batchd::trial::GradNoiseSample]| {
+            pooled_noise_scale(
+                samples,
+                from,
+                u64::from(from) * batch,
+                u64::from(steps) * batch,
+            )
+        };
+        let same = run(spec.search.seed)?;
+        let mut all = vec![same.clone()];
+        all.extend(extra_seeds.iter().filter_map(|&s| run(s)));
+        Some((pool(&[same])?, pool(&all)?))
+    }
+}
+
+/// Whether the search's statement of the noise scale holds against the
+/// truth: against an estimate, a bound at most its value, an interval
+/// around it; against a bound (|G|^2 still not clearly above zero), an
+/// interval reaching it (two bounds cannot contradict each other).
+fn holds(search: &NoiseScale, truth: &NoiseScale) -> &'static str {
+    let t = truth.value;
+    let ok = match (search.is_lower_bound(), truth.is_lower_bound()) {
+        (true, false) => search.value <= t,
+        (false, false) => search.low <= t && search.high.is_none_or(|h| t <= h),
+        (false, true) => search.high.is_none_or(|h| h >= t),
+        (true, true) => return "both bounds",
+    };
+    if ok {
+        "holds"
+    } else {
+        "MISSES"
     }
 }
 
@@ -890,6 +980,7 @@ fn repeatability(
     let mut fresh_within = 0;
     let mut pre: Vec<f64> = Vec::new();
     let mut bounds = 0;
+    let mut truths: Vec<&str> = Vec::new();
     for seed in 1..=runs as u64 {
         let mut spec = spec_for(job, "balanced", Some(search_budget), Some(cell_seconds));
         spec.search.seed = seed;
@@ -966,6 +1057,26 @@ fn repeatability(
             mean.map_or("failed".into(), |m| format!("{m:.4}±{spread:.4}")),
             if rec.partial { " PARTIAL" } else { "" },
         );
+        if let Some(noise) = noise.filter(|_| std::env::var_os("BATCHD_BENCH_NOISE_TRUTH").is_some())
+        {
+            match bench.noise_truth(&spec, &rec, &[seed + 100, seed + 200]) {
+                Some((same, pooled)) => {
+                    let verdict = holds(noise, &same);
+                    truths.push(verdict);
+                    println!(
+                        "      truth: the same run, {} measurements: {} (|G|^2 {:.3e}, tr(Sigma) {:.3e}); three seeds pooled, {}: {}; the search's statement {verdict} against the same run, {} against the three",
+                        same.measurements,
+                        same.describe(),
+                        same.gradient_sq_norm,
+                        same.trace_sigma,
+                        pooled.measurements,
+                        pooled.describe(),
+                        holds(noise, &pooled),
+                    );
+                }
+                None => println!("      truth: not measured (no signal, or the runs failed)"),
+            }
+        }
     }
     let spread = |values: Vec<f64>| {
         let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
@@ -984,6 +1095,17 @@ fn repeatability(
         spread(picks.iter().filter_map(|p| p.2).collect()),
         spread(pre),
     );
+    let summary = if truths.is_empty() {
+        summary
+    } else {
+        format!(
+            "{summary}; noise scale against its truth (the same run, {TRUTH_MEASUREMENTS}x the measurements): {} of {} hold, {} miss, {} both bounds",
+            truths.iter().filter(|v| **v == "holds").count(),
+            truths.len(),
+            truths.iter().filter(|v| **v == "MISSES").count(),
+            truths.iter().filter(|v| **v == "both bounds").count(),
+        )
+    };
     println!("{summary}");
     summary
 }

@@ -298,7 +298,8 @@ impl Bench {
         let run = |seed: u64| {
             let warmup = ((f64::from(steps) * policy.lr_search.warmup_fraction).ceil() as u32)
                 .clamp(1, steps.saturating_sub(1).max(1));
-            let mut request = TrialRequest::new(spec.clone(), TrialDevice::Cpu, batch, steps, best.0);
+            let mut request =
+                TrialRequest::new(spec.clone(), TrialDevice::Cpu, batch, steps, best.0);
             request.schedule = LrSchedule::WarmupCosine {
                 lr: best.0,
                 warmup_steps: warmup,
@@ -1057,7 +1058,8 @@ fn repeatability(
             mean.map_or("failed".into(), |m| format!("{m:.4}±{spread:.4}")),
             if rec.partial { " PARTIAL" } else { "" },
         );
-        if let Some(noise) = noise.filter(|_| std::env::var_os("BATCHD_BENCH_NOISE_TRUTH").is_some())
+        if let Some(noise) =
+            noise.filter(|_| std::env::var_os("BATCHD_BENCH_NOISE_TRUTH").is_some())
         {
             match bench.noise_truth(&spec, &rec, &[seed + 100, seed + 200]) {
                 Some((same, pooled)) => {

@@ -325,11 +325,12 @@ fn tied_given(
         .collect()
 }
 
-/// Whether entry `i` is out of contention on the runs made so far, so a
-/// planned seed of it that the budget refuses cannot change the verdict
-/// the race would give: one of its seeds failed (a failed seed
-/// disqualifies a candidate), or its mean trails the leader's past the
-/// same one-sided 90% t-test [`decide`] applies, on a spread that exists.
+/// Whether entry `i` is out of contention on the runs made so far, so the
+/// verdict stands without a planned seed of it that the budget refuses:
+/// one of its seeds failed (a failed seed disqualifies a candidate), or
+/// its mean trails the leader's past the same one-sided 90% t-test
+/// [`decide`] applies, on a spread that exists (a further seed would have
+/// to overturn a test it already failed).
 /// A candidate with no run yet, the leader, and one within noise of it
 /// are not beaten.
 pub fn beaten(entries: &[RaceEntry], i: usize) -> bool {

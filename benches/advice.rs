@@ -269,39 +269,58 @@ impl Bench {
     }
 }
 
+/// What [`Bench::noise_truth`] measured.
+struct NoiseTruth {
+    /// The best confirmation run, again, with more measurements.
+    same: NoiseScale,
+    /// That run on three seeds, pooled.
+    seeds: NoiseScale,
+    /// Every confirmation run at the reference batch within 5% of the
+    /// best's loss (what the search pools), again, each on its own:
+    /// (LR, its loss in the search, its truth).
+    runs: Vec<(f64, f64, Option<NoiseScale>)>,
+    /// Wall seconds of the best run in the search, and again with
+    /// [`TRUTH_MEASUREMENTS`]x the measurements.
+    seconds: (Option<f64>, f64),
+}
+
 impl Bench {
-    /// The noise scale the search read from its best confirmation run,
-    /// measured again on that run (and on `extra_seeds` more) with
-    /// [`TRUTH_MEASUREMENTS`] times the measurements over the same window:
-    /// (same run, all runs pooled), `None` where the search measured none.
+    /// The noise scale the search read from its confirmation runs at the
+    /// reference batch, measured again on the best of them (and on
+    /// `extra_seeds` more, and on each run the search pooled) with
+    /// [`TRUTH_MEASUREMENTS`] times the measurements over the same window;
+    /// `None` where the search measured none.
     fn noise_truth(
         &self,
         spec: &JobSpec,
         rec: &Recommendation,
         extra_seeds: &[u64],
-    ) -> Option<(NoiseScale, NoiseScale)> {
+    ) -> Option<NoiseTruth> {
         let noise = rec.evidence.gradient_noise.as_ref()?;
         let batch = noise.big_batch;
         let steps = u32::try_from(noise.until_samples / batch.max(1)).ok()?;
-        let best = rec
+        let at_reference: Vec<(f64, f64)> = rec
             .evidence
             .lr_confirmations
             .iter()
             .filter(|c| c.batch_size == batch)
             .filter_map(|c| Some((c.learning_rate, c.validation_loss?)))
+            .collect();
+        let best = at_reference
+            .iter()
+            .copied()
             .min_by(|a, b| a.1.total_cmp(&b.1))?;
         let from = noise.after_steps;
         let measurements = (noise.measurements as u32 * TRUTH_MEASUREMENTS)
             .min(steps.saturating_sub(from))
             .max(2);
         let policy = &spec.policy;
-        let run = |seed: u64| {
+        let run = |lr: f64, seed: u64| {
             let warmup = ((f64::from(steps) * policy.lr_search.warmup_fraction).ceil() as u32)
                 .clamp(1, steps.saturating_sub(1).max(1));
-            let mut request =
-                TrialRequest::new(spec.clone(), TrialDevice::Cpu, batch, steps, best.0);
+            let mut request = TrialRequest::new(spec.clone(), TrialDevice::Cpu, batch, steps, lr);
             request.schedule = LrSchedule::WarmupCosine {
-                lr: best.0,
+                lr,
                 warmup_steps: warmup,
                 final_fraction: policy.race.final_lr_fraction,
             };
@@ -314,7 +333,7 @@ impl Bench {
             });
             let result = self.run(request);
             let ok = result.is_ok();
-            result.grad_noise.filter(|_| ok)
+            (result.grad_noise.filter(|_| ok), result.wall_seconds)
         };
         let pool = |samples: &[batchd::trial::GradNoiseSample]| {
             pooled_noise_scale(
@@ -324,10 +343,38 @@ impl Bench {
                 u64::from(steps) * batch,
             )
         };
-        let same = run(spec.search.seed)?;
+        let (same, wall) = run(best.0, spec.search.seed);
+        let same = same?;
         let mut all = vec![same.clone()];
-        all.extend(extra_seeds.iter().filter_map(|&s| run(s)));
-        Some((pool(&[same])?, pool(&all)?))
+        all.extend(extra_seeds.iter().filter_map(|&s| run(best.0, s).0));
+        let runs = at_reference
+            .iter()
+            .filter(|(_, loss)| *loss <= best.1 * 1.05 + 1e-9)
+            .map(|&(lr, loss)| {
+                let truth = if lr == best.0 {
+                    pool(std::slice::from_ref(&same))
+                } else {
+                    run(lr, spec.search.seed).0.and_then(|s| pool(&[s]))
+                };
+                (lr, loss, truth)
+            })
+            .collect();
+        let searched = rec
+            .evidence
+            .trials
+            .iter()
+            .find(|t| {
+                t.phase == batchd::search::Phase::LrConfirmation
+                    && t.batch_size == batch
+                    && t.learning_rate == Some(best.0)
+            })
+            .map(|t| t.seconds);
+        Some(NoiseTruth {
+            same: pool(&[same])?,
+            seeds: pool(&all)?,
+            runs,
+            seconds: (searched, wall),
+        })
     }
 }
 
@@ -1062,8 +1109,9 @@ fn repeatability(
             noise.filter(|_| std::env::var_os("BATCHD_BENCH_NOISE_TRUTH").is_some())
         {
             match bench.noise_truth(&spec, &rec, &[seed + 100, seed + 200]) {
-                Some((same, pooled)) => {
-                    let verdict = holds(noise, &same);
+                Some(truth) => {
+                    let (same, pooled) = (&truth.same, &truth.seeds);
+                    let verdict = holds(noise, same);
                     truths.push(verdict);
                     println!(
                         "      truth: the same run, {} measurements: {} (|G|^2 {:.3e}, tr(Sigma) {:.3e}); three seeds pooled, {}: {}; the search's statement {verdict} against the same run, {} against the three",
@@ -1073,7 +1121,23 @@ fn repeatability(
                         same.trace_sigma,
                         pooled.measurements,
                         pooled.describe(),
-                        holds(noise, &pooled),
+                        holds(noise, pooled),
+                    );
+                    for (lr, loss, run) in &truth.runs {
+                        println!(
+                            "      pooled by the search: LR {lr:.3e} (loss {loss:.4}): {}",
+                            run.as_ref().map_or("-".into(), |n| format!(
+                                "{} (|G|^2 {:.3e}, tr(Sigma) {:.3e})",
+                                n.describe(),
+                                n.gradient_sq_norm,
+                                n.trace_sigma
+                            ))
+                        );
+                    }
+                    println!(
+                        "      the best run's wall time: {} in the search, {:.2} s with {TRUTH_MEASUREMENTS}x the measurements",
+                        truth.seconds.0.map_or("-".into(), |s| format!("{s:.2} s")),
+                        truth.seconds.1,
                     );
                 }
                 None => println!("      truth: not measured (no signal, or the runs failed)"),

@@ -52,6 +52,14 @@
 //! two more seeds; the search's bound holds where it is at most the
 //! truth's value, its interval where it holds the truth's value.
 //!
+//! `BATCHD_BENCH_GRID_DIR=DIR` keeps each grid it trains in DIR (one JSON
+//! file per job and budget: cells, steps, losses, wall time) and reads it
+//! back instead of training it when the file is there, so two builds (a
+//! copied bench each) are compared on one grid and one search budget: the
+//! grid's cell lengths and wall time follow the measured speed, and a
+//! grid trained again gave one job's searches 21 s in one run and 24 s in
+//! the next, which drew a different plan.
+//!
 //! `BATCHD_BENCH_CELLS=256:1e-4,256:1.75e-4` trains only the cells named
 //! (batch:LR, as wall-clock grid cells, on the grid's and the fresh seeds)
 //! for each job selected: what a pick would measure at another LR.
@@ -504,6 +512,74 @@ impl Grid {
     }
 }
 
+/// A grid as [`grid_cached`] keeps it (NaN spreads as null).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GridFile {
+    cells: Vec<(u64, f64, u32, Option<f64>, Option<f64>)>,
+    seconds: f64,
+    left_out: Vec<u64>,
+}
+
+/// [`grid`], kept in `BATCHD_BENCH_GRID_DIR` when set: read from `name`
+/// there when it exists, else trained and written there.
+fn grid_cached(
+    name: &str,
+    bench: &Bench,
+    spec: &JobSpec,
+    batches: &[(u64, f64)],
+    first_lr: f64,
+    budget: Budget,
+    train_samples: u64,
+) -> Grid {
+    let path = std::env::var_os("BATCHD_BENCH_GRID_DIR").map(|dir| {
+        let slug: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        Path::new(&dir).join(format!("{slug}.json"))
+    });
+    if let Some(text) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+        let file: GridFile = serde_json::from_str(&text).expect("a grid file the bench wrote");
+        eprintln!(
+            "  grid {name}: read from {}",
+            path.as_ref().unwrap().display()
+        );
+        return Grid {
+            cells: file
+                .cells
+                .into_iter()
+                .map(|(batch, lr, steps, mean, spread)| Cell {
+                    batch,
+                    lr,
+                    steps,
+                    mean,
+                    spread: spread.unwrap_or(f64::NAN),
+                })
+                .collect(),
+            seconds: file.seconds,
+            left_out: file.left_out,
+        };
+    }
+    let truth = grid(bench, spec, batches, first_lr, budget, train_samples);
+    if let Some(path) = path {
+        let file = GridFile {
+            cells: truth
+                .cells
+                .iter()
+                .map(|c| {
+                    let spread = c.spread.is_finite().then_some(c.spread);
+                    (c.batch, c.lr, c.steps, c.mean, spread)
+                })
+                .collect(),
+            seconds: truth.seconds,
+            left_out: truth.left_out.clone(),
+        };
+        let text = serde_json::to_string_pretty(&file).expect("a grid serializes");
+        std::fs::write(&path, text).expect("the grid directory is writable");
+    }
+    truth
+}
+
 fn grid(
     bench: &Bench,
     spec: &JobSpec,
@@ -778,7 +854,8 @@ fn main() {
                 .map(|(b, s)| format!("{b} ({s:.0}/s)"))
                 .collect::<Vec<_>>()
         );
-        let wall = grid(
+        let wall = grid_cached(
+            &format!("{}-wall-{cell_seconds}s", job.label),
             &bench,
             &spec,
             &batches,
@@ -801,7 +878,8 @@ fn main() {
             continue;
         }
         let epochs = spec.training.epochs;
-        let per_epoch = grid(
+        let per_epoch = grid_cached(
+            &format!("{}-epochs", job.label),
             &bench,
             &spec,
             &batches,

@@ -512,10 +512,14 @@ impl Grid {
     }
 }
 
-/// A grid as [`grid_cached`] keeps it (NaN spreads as null).
+/// A cell as [`grid_cached`] keeps it: batch, LR, steps, mean, spread (a
+/// NaN spread as null).
+type CellRow = (u64, f64, u32, Option<f64>, Option<f64>);
+
+/// A grid as [`grid_cached`] keeps it.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct GridFile {
-    cells: Vec<(u64, f64, u32, Option<f64>, Option<f64>)>,
+    cells: Vec<CellRow>,
     seconds: f64,
     left_out: Vec<u64>,
 }

@@ -353,14 +353,15 @@ impl Bench {
         };
         let (same, wall) = run(best.0, spec.search.seed);
         let same = same?;
-        let mut all = vec![same.clone()];
+        let same_scale = pool(std::slice::from_ref(&same))?;
+        let mut all = vec![same];
         all.extend(extra_seeds.iter().filter_map(|&s| run(best.0, s).0));
         let runs = at_reference
             .iter()
             .filter(|(_, loss)| *loss <= best.1 * 1.05 + 1e-9)
             .map(|&(lr, loss)| {
                 let truth = if lr == best.0 {
-                    pool(std::slice::from_ref(&same))
+                    Some(same_scale.clone())
                 } else {
                     run(lr, spec.search.seed).0.and_then(|s| pool(&[s]))
                 };
@@ -378,7 +379,7 @@ impl Bench {
             })
             .map(|t| t.seconds);
         Some(NoiseTruth {
-            same: pool(&[same])?,
+            same: same_scale,
             seeds: pool(&all)?,
             runs,
             seconds: (searched, wall),
@@ -387,21 +388,41 @@ impl Bench {
 }
 
 /// Whether the search's statement of the noise scale holds against the
+/// truth ([`holds`]).
+#[derive(Clone, Copy, PartialEq)]
+enum Verdict {
+    Holds,
+    Misses,
+    /// Two bounds cannot contradict each other.
+    BothBounds,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Holds => "holds",
+            Verdict::Misses => "MISSES",
+            Verdict::BothBounds => "both bounds",
+        })
+    }
+}
+
+/// Whether the search's statement of the noise scale holds against the
 /// truth: against an estimate, a bound at most its value, an interval
 /// around it; against a bound (|G|^2 still not clearly above zero), an
-/// interval reaching it (two bounds cannot contradict each other).
-fn holds(search: &NoiseScale, truth: &NoiseScale) -> &'static str {
+/// interval reaching it.
+fn holds(search: &NoiseScale, truth: &NoiseScale) -> Verdict {
     let t = truth.value;
     let ok = match (search.is_lower_bound(), truth.is_lower_bound()) {
         (true, false) => search.value <= t,
         (false, false) => search.low <= t && search.high.is_none_or(|h| t <= h),
         (false, true) => search.high.is_none_or(|h| h >= t),
-        (true, true) => return "both bounds",
+        (true, true) => return Verdict::BothBounds,
     };
     if ok {
-        "holds"
+        Verdict::Holds
     } else {
-        "MISSES"
+        Verdict::Misses
     }
 }
 
@@ -524,17 +545,9 @@ struct GridFile {
     left_out: Vec<u64>,
 }
 
-/// [`grid`], kept in `BATCHD_BENCH_GRID_DIR` when set: read from `name`
-/// there when it exists, else trained and written there.
-fn grid_cached(
-    name: &str,
-    bench: &Bench,
-    spec: &JobSpec,
-    batches: &[(u64, f64)],
-    first_lr: f64,
-    budget: Budget,
-    train_samples: u64,
-) -> Grid {
+/// The grid `train` gives, kept in `BATCHD_BENCH_GRID_DIR` when set: read
+/// from `name` there when it exists, else trained and written there.
+fn grid_cached(name: &str, train: impl FnOnce() -> Grid) -> Grid {
     let path = std::env::var_os("BATCHD_BENCH_GRID_DIR").map(|dir| {
         let slug: String = name
             .chars()
@@ -564,7 +577,7 @@ fn grid_cached(
             left_out: file.left_out,
         };
     }
-    let truth = grid(bench, spec, batches, first_lr, budget, train_samples);
+    let truth = train();
     if let Some(path) = path {
         let file = GridFile {
             cells: truth
@@ -858,15 +871,16 @@ fn main() {
                 .map(|(b, s)| format!("{b} ({s:.0}/s)"))
                 .collect::<Vec<_>>()
         );
-        let wall = grid_cached(
-            &format!("{}-wall-{cell_seconds}s", job.label),
-            &bench,
-            &spec,
-            &batches,
-            job.first_lr,
-            Budget::Seconds(cell_seconds),
-            train_samples,
-        );
+        let wall = grid_cached(&format!("{}-wall-{cell_seconds}s", job.label), || {
+            grid(
+                &bench,
+                &spec,
+                &batches,
+                job.first_lr,
+                Budget::Seconds(cell_seconds),
+                train_samples,
+            )
+        });
         let repeat_on = |repeats: &mut Vec<String>| {
             repeats.push(repeatability(
                 &bench,
@@ -882,15 +896,16 @@ fn main() {
             continue;
         }
         let epochs = spec.training.epochs;
-        let per_epoch = grid_cached(
-            &format!("{}-epochs", job.label),
-            &bench,
-            &spec,
-            &batches,
-            job.first_lr,
-            Budget::Epochs(epochs),
-            train_samples,
-        );
+        let per_epoch = grid_cached(&format!("{}-epochs", job.label), || {
+            grid(
+                &bench,
+                &spec,
+                &batches,
+                job.first_lr,
+                Budget::Epochs(epochs),
+                train_samples,
+            )
+        });
         // The best cells again on seeds nothing was chosen on.
         let fresh = |truth: &Grid, spec: &JobSpec| {
             truth
@@ -1110,7 +1125,7 @@ fn repeatability(
     let mut fresh_within = 0;
     let mut pre: Vec<f64> = Vec::new();
     let mut bounds = 0;
-    let mut truths: Vec<&str> = Vec::new();
+    let mut truths: Vec<Verdict> = Vec::new();
     for seed in 1..=runs as u64 {
         let mut spec = spec_for(job, "balanced", Some(search_budget), Some(cell_seconds));
         spec.search.seed = seed;
@@ -1248,10 +1263,10 @@ fn repeatability(
     } else {
         format!(
             "{summary}; noise scale against its truth (the same run, {TRUTH_MEASUREMENTS}x the measurements): {} of {} hold, {} miss, {} both bounds",
-            truths.iter().filter(|v| **v == "holds").count(),
+            truths.iter().filter(|v| **v == Verdict::Holds).count(),
             truths.len(),
-            truths.iter().filter(|v| **v == "MISSES").count(),
-            truths.iter().filter(|v| **v == "both bounds").count(),
+            truths.iter().filter(|v| **v == Verdict::Misses).count(),
+            truths.iter().filter(|v| **v == Verdict::BothBounds).count(),
         )
     };
     println!("{summary}");

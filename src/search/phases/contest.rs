@@ -187,10 +187,8 @@ impl<R: TrialRunner> Session<'_, R> {
             let Some(ask) = machine.next_run() else {
                 break;
             };
-            let entry = &machine.entries()[ask.entry];
-            let beaten = machine.beaten(ask.entry);
             if let Some(run) = self
-                .race_run(curve, entry, ask, beaten, &mut samples[ask.entry])
+                .race_run(curve, &machine, ask, &mut samples[ask.entry])
                 .await
             {
                 machine.tell(ask, run);
@@ -327,7 +325,7 @@ impl<R: TrialRunner> Session<'_, R> {
 
     /// One seed of one candidate, or `None` when the budget refuses it:
     /// `planned` runs that the budget cuts make the search partial, unless
-    /// their candidate is already `beaten` ([`race::beaten`]: the verdict
+    /// their candidate is already beaten ([`race::beaten`]: the verdict
     /// stands without them); extra seeds for ties never do. (On the
     /// transformer's bench search the second seed of batch 16, 0.15 behind
     /// the leader against a seed spread of 0.02, was refused and made the
@@ -335,15 +333,16 @@ impl<R: TrialRunner> Session<'_, R> {
     pub(super) async fn race_run(
         &mut self,
         curve: &CurvePhase,
-        entry: &RaceEntry,
+        machine: &race::RaceMachine,
         ask: race::RunAsk,
-        beaten: bool,
         samples: &mut Vec<GradNoiseSample>,
     ) -> Option<RaceRun> {
+        let entry = &machine.entries()[ask.entry];
         let (batch, lr, steps) = (entry.batch_size, entry.learning_rate, entry.steps);
         let price = self.race_run_price(curve, batch, lr, steps, ask.seed);
         if !self.run_fits(Phase::Race, price) {
-            match (ask.planned, beaten) {
+            // Judged only for a refused run: the verdict's fit per ask.
+            match (ask.planned, machine.beaten(ask.entry)) {
                 (true, false) => self.cut_short(Phase::Race, Gap::FewerSeeds { batch }),
                 (true, true) => self.skipped.push(Gap::BeatenSeed {
                     batch,

@@ -360,14 +360,19 @@ fn noise_windows(
 }
 
 /// The gradient-noise measurements of a training run of `steps`: the
-/// policy's `per_run` (`trials.noise_scale_measurements`, 40 in `balanced`)
+/// policy's `per_run` (`trials.noise_scale_measurements`, 400 in `balanced`)
 /// at most, a quarter of the steps at most, spread evenly over the run's
 /// second half. Why that many: |G|^2 is the hard half of the ratio, and one
 /// step's estimate of it scatters by about tr(Sigma)/B; late in training,
-/// at batches well below the noise scale, it takes dozens of steps to tell
-/// it from zero (README, "Repeatable advice"). A measured step costs an
-/// extra small-batch pass (an eighth of the batch) and two norms, so a
-/// quarter of the steps keeps the surcharge under 10% of the run.
+/// at batches well below the noise scale, it takes hundreds of steps to
+/// tell it from zero (README, "Repeatable advice": on the quick-start job
+/// 40 gave bounds 3-4x below what 400-800 read from the same runs, and two
+/// intervals of five below it). A measured step costs an extra small-batch
+/// pass (an eighth of the batch) and two norms: 400 measured steps cost
+/// 2-6% of a 2.7-s run there. On a small model's few, slow steps the pass
+/// costs about a step (the transformer's runs at batch 8 cost 2.1-2.5 s
+/// where unmeasured ones at batch 4 cost 1.8), so a quarter of the steps
+/// is the cap.
 /// `whole_run`: spread from the end of the warm-up instead (race runs, so
 /// the noise scale is seen over the course of training; their second
 /// halves still give each candidate's point, see [`noise_since`]).

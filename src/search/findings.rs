@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::lr::{LrRule, SkipReason, SkippedLr};
+use super::lr::{LrRule, Settled, SkipReason, SkippedLr};
 use super::maxfit::MaxFit;
 use super::noise::NoiseScale;
 use super::phase::Phase;
@@ -301,6 +301,14 @@ pub enum Gap {
         batch: u64,
         seed: u64,
     },
+    /// A planned confirmation the budget refused that did not leave the
+    /// reference LR in doubt (`by`: the phase that made the same run later).
+    SettledConfirmation {
+        lr: f64,
+        batch: u64,
+        settled: Settled,
+        by: Option<Phase>,
+    },
     /// The batch ramp's runs did not fit (after `seeds_run` of them).
     NoRamp {
         seeds_run: usize,
@@ -344,6 +352,38 @@ impl fmt::Display for Gap {
                 f,
                 "LR {lr:.2e} at batch {batch} was not checked with seed {seed} (no time)"
             ),
+            Gap::SettledConfirmation {
+                lr,
+                batch,
+                settled,
+                by,
+            } => match settled {
+                Settled::RunLater { loss, best } => {
+                    let by = by.map_or("a later phase", |p| p.as_str());
+                    let result = if loss.is_finite() {
+                        format!("validation loss {loss:.4}")
+                    } else {
+                        "it diverged".to_string()
+                    };
+                    write!(
+                        f,
+                        "LR {lr:.2e} at batch {batch} was not confirmed in time, but {by} made the same run later ({result}, not below the best confirmation's {:.4} at {:.2e}), so the reference LR stood",
+                        best.1, best.0
+                    )
+                }
+                Settled::PastRise {
+                    via,
+                    best,
+                    threshold,
+                } => write!(
+                    f,
+                    "LR {lr:.2e} at batch {batch} was not confirmed (no time); it lies past LR {:.2e}, whose validation loss came out {:.4} above the best confirmation's ({:.4} at {:.2e}), more than the race's seed noise lets a paired difference move ({threshold:.4}, one-sided 90%): with one minimum in log-LR it could not have been the best",
+                    via.0,
+                    via.1 - best.1,
+                    best.1,
+                    best.0
+                ),
+            },
             Gap::NoRamp { seeds_run } => write!(
                 f,
                 "the batch ramp was not raced (no time after {seeds_run} of its runs)"

@@ -503,6 +503,64 @@ impl ConfirmMachine {
     pub fn into_runs(self) -> Vec<Confirmation> {
         self.runs
     }
+
+    /// The planned LRs not yet asked (a budget refusal ends the phase
+    /// before them).
+    pub fn planned_left(&self) -> Vec<f64> {
+        self.queue.iter().copied().collect()
+    }
+}
+
+/// Why a planned confirmation LR the budget refused did not leave the
+/// reference LR in doubt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Settled {
+    /// A later phase made the same run (same batch, LR, length and seed):
+    /// its loss did not beat the best confirmation's, so the best stood.
+    RunLater { loss: f64, best: (f64, f64) },
+    /// Between it and the best confirmation (LR, loss), the run at `via`
+    /// came out worse by more than `threshold` (the seed noise of a paired
+    /// difference, one-sided 90%): under a loss with one minimum in log-LR
+    /// it could not have been the best.
+    PastRise {
+        via: (f64, f64),
+        best: (f64, f64),
+        threshold: f64,
+    },
+}
+
+/// Whether the refused planned confirmation at `lr` leaves the reference
+/// LR standing: the same run made later (`later_loss`) came out no better
+/// than the best confirmation, or it lies past a run whose loss rose from
+/// the best's by more than `clear_rise` (`None`: no noise to judge a rise
+/// by). `None` where the refusal leaves the best in doubt.
+pub fn settle_refused(
+    lr: f64,
+    runs: &[Confirmation],
+    later_loss: Option<f64>,
+    clear_rise: Option<f64>,
+) -> Option<Settled> {
+    let best = best_lr(runs)?;
+    let best = (best.best_tested_lr, best.validation_loss);
+    // Infinite where the later run diverged: no better either.
+    if let Some(loss) = later_loss.filter(|l| !l.is_nan()) {
+        // A later run that beat the best would have moved the reference LR
+        // the race's LRs were transferred from.
+        return (loss >= best.1).then_some(Settled::RunLater { loss, best });
+    }
+    let threshold = clear_rise.filter(|t| t.is_finite() && *t >= 0.0)?;
+    let (scored, _) = scored_by_lr(runs)?;
+    let between = |x: f64| (best.0 < x && x < lr) || (lr < x && x < best.0);
+    scored
+        .iter()
+        .copied()
+        .filter(|&(x, loss)| between(x) && loss - best.1 > threshold)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|via| Settled::PastRise {
+            via,
+            best,
+            threshold,
+        })
 }
 
 /// The LR check at the race winner as an ask/tell machine: a step of `spacing`
@@ -1035,6 +1093,71 @@ mod tests {
     }
 
     /// A check or raced run at `lr` with `loss` (none: diverged).
+    #[test]
+    fn a_refused_confirmation_stands_settled_by_a_later_run_or_past_a_clear_rise() {
+        // The transformer's bench searches, reference batch 8.
+        let runs = |points: &[(f64, f64)]| -> Vec<Confirmation> {
+            points
+                .iter()
+                .map(|&(lr, loss)| check_run(lr, Some(loss)))
+                .collect()
+        };
+        // The best at the upper LR: the refused 4.48e-2 above it could be
+        // better. Run later by the check at 2.7348: the best stood.
+        let upper = runs(&[(1.42e-2, 2.5558), (4.49e-3, 2.5752)]);
+        assert_eq!(
+            settle_refused(4.48e-2, &upper, Some(2.7348), Some(0.045)),
+            Some(Settled::RunLater {
+                loss: 2.7348,
+                best: (1.42e-2, 2.5558)
+            })
+        );
+        // Diverged later: also no better.
+        assert!(matches!(
+            settle_refused(4.48e-2, &upper, Some(f64::INFINITY), None),
+            Some(Settled::RunLater { .. })
+        ));
+        // Run later and better: the race's LRs came from the wrong best.
+        assert_eq!(
+            settle_refused(4.48e-2, &upper, Some(2.50), Some(0.045)),
+            None
+        );
+        // Not run later, and nothing between it and the best: in doubt,
+        // whatever the noise.
+        assert_eq!(settle_refused(4.48e-2, &upper, None, Some(0.0)), None);
+        // The best at the lower LR, the refused 5.92e-2 past 1.87e-2,
+        // whose loss rose 0.107: past a noise of 0.045 it stands settled;
+        // within a noise of 0.2, or with no noise to judge by, it does not.
+        let lower = runs(&[(1.87e-2, 2.7020), (5.93e-3, 2.5950)]);
+        match settle_refused(5.92e-2, &lower, None, Some(0.045)) {
+            Some(Settled::PastRise {
+                via,
+                best,
+                threshold,
+            }) => {
+                assert_eq!(via, (1.87e-2, 2.7020));
+                assert_eq!(best, (5.93e-3, 2.5950));
+                assert_eq!(threshold, 0.045);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(settle_refused(5.92e-2, &lower, None, Some(0.2)), None);
+        assert_eq!(settle_refused(5.92e-2, &lower, None, None), None);
+        // No finished confirmation: nothing to stand.
+        assert_eq!(settle_refused(5.92e-2, &[], Some(3.0), Some(0.1)), None);
+    }
+
+    #[test]
+    fn the_confirmations_left_after_a_refusal_are_the_planned_ones_not_asked() {
+        let mut machine = ConfirmMachine::new(1e-2, 3, 3, LR_STEP, 0.2);
+        let first = machine.next_run().unwrap();
+        assert_eq!(machine.planned_left().len(), 2);
+        machine.tell(check_run(first.learning_rate, Some(1.0)));
+        let second = machine.next_run().unwrap();
+        assert!(second.learning_rate < first.learning_rate);
+        assert_eq!(machine.planned_left(), [1e-2 * LR_STEP]);
+    }
+
     fn check_run(lr: f64, loss: Option<f64>) -> Confirmation {
         Confirmation {
             batch_size: 256,

@@ -136,7 +136,9 @@ impl<R: TrialRunner> Session<'_, R> {
     /// Records that `phase` was cut short, and what it left out.
     fn cut_short(&mut self, phase: Phase, what: findings::Gap) {
         if !self.cut.iter().any(|(p, _)| *p == phase) {
-            self.cut.push((phase, what));
+            // In phase order: a confirmation's cut is judged after the race.
+            let at = self.cut.partition_point(|(p, _)| *p < phase);
+            self.cut.insert(at, (phase, what));
         }
     }
 
@@ -344,6 +346,7 @@ impl<R: TrialRunner> Session<'_, R> {
         }
         self.replan_from_book();
         let check = self.lr_check(&curve, &reference, &race).await;
+        self.settle_refused(&reference, &race);
         self.book.close(Phase::LrCheck);
         self.replan_from_book();
         let ramp = self.ramp(&curve, &runs, ramp).await;

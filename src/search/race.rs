@@ -260,6 +260,22 @@ pub fn paired_noise(entries: &[RaceEntry], among: &[usize]) -> Option<f64> {
     }
 }
 
+/// The rise a difference of two runs on one seed must pass to be more
+/// than seed noise: the one-sided 90% t quantile times the spread of such
+/// a difference (sqrt 2 residual spreads with seeds as blocks; without
+/// them, sqrt 2 seed spreads pooled over every candidate that finished two
+/// seeds). `None` where the race gives no spread.
+pub fn clear_paired_rise(entries: &[RaceEntry]) -> Option<f64> {
+    let (spread, df) = match seed_blocks(entries) {
+        Some(blocks) => (blocks.spread, blocks.df),
+        None => {
+            let all: Vec<usize> = (0..entries.len()).collect();
+            pooled_spread(entries, &all)?
+        }
+    };
+    Some(t_quantile_90(df) * spread * std::f64::consts::SQRT_2)
+}
+
 /// The seed-to-seed spread of one run's validation loss, pooled over the
 /// candidates `among` (indices into `entries`) that finished two seeds or
 /// more, with its degrees of freedom. Pooling two candidates' seeds, as
@@ -759,6 +775,38 @@ mod tests {
 
     fn no_speed(_: u64) -> Option<f64> {
         None
+    }
+
+    #[test]
+    fn a_clear_paired_rise_is_the_t_quantile_of_a_same_seed_difference() {
+        // Seeds shared by both candidates (0.02 apart on each), residual
+        // wobble 0.001: with seeds as blocks, one degree of freedom.
+        let blocked = [
+            entry(8, &[Some(2.500), Some(2.522)]),
+            entry(32, &[Some(2.700), Some(2.720)]),
+        ];
+        let blocks = seed_blocks(&blocked).unwrap();
+        let rise = clear_paired_rise(&blocked).unwrap();
+        let expected = t_quantile_90(blocks.df) * blocks.spread * std::f64::consts::SQRT_2;
+        assert!((rise - expected).abs() < 1e-12, "{rise} {expected}");
+        assert!(rise < 0.02, "{rise}");
+        // Seeds that share no luck: the two-sample spread over every
+        // candidate with two seeds (here 0.02 on two degrees of freedom).
+        let unblocked = [
+            entry(8, &[Some(2.50), Some(2.52)]),
+            entry(32, &[Some(2.72), Some(2.70)]),
+            entry(64, &[Some(2.9)]),
+        ];
+        assert!(seed_blocks(&unblocked).is_none());
+        let spread = (0.02f64.powi(2) / 2.0 * 2.0 / 2.0).sqrt();
+        let rise = clear_paired_rise(&unblocked).unwrap();
+        let expected = t_quantile_90(2) * spread * std::f64::consts::SQRT_2;
+        assert!((rise - expected).abs() < 1e-12, "{rise} {expected}");
+        // One seed each: no spread, no rise can be judged.
+        assert_eq!(
+            clear_paired_rise(&[entry(8, &[Some(2.5)]), entry(32, &[Some(2.7)])]),
+            None
+        );
     }
 
     #[test]

@@ -1896,3 +1896,61 @@ fn a_refused_seed_of_a_candidate_already_beaten_leaves_the_search_whole() {
         .unwrap()
         .contains("batch 1288 ran fewer seeds than planned"));
 }
+
+#[test]
+fn a_refused_confirmation_past_a_clear_rise_leaves_the_search_whole() {
+    // Runs 1.5 s dearer than the throughput trials showed, a 33-s search:
+    // after two confirmations the third planned one (above the centre)
+    // does not fit beside the leanest race. The range test points 24x
+    // too high, so the LR below the centre is the best and the centre's
+    // loss rose 0.056 above it, far past the race's seed noise: the
+    // refused LR lies past that rise, the best stands, and the search is
+    // whole, the refusal named under "left out".
+    let spec = || {
+        let mut spec = spec("balanced", "[training]\ntime_budget = \"3s\"\n");
+        spec.search.time_budget = std::time::Duration::from_secs(33);
+        spec
+    };
+    let settled = FakeRunner {
+        sweep_bottom: 24.0,
+        ..FakeRunner::new()
+    };
+    let (rec, _) = advise_on_simulated_runs(settled, &spec(), 0.05, 1.5);
+    let reference: Vec<&crate::search::lr::Confirmation> = rec
+        .evidence
+        .lr_confirmations
+        .iter()
+        .filter(|c| c.batch_size == 64)
+        .collect();
+    assert_eq!(reference.len(), 2, "{:#?}", rec.rationale);
+    assert!(rec.phases_cut.is_empty(), "{:?}", rec.partial_reason);
+    assert!(!rec.partial);
+    let line = rec
+        .rationale
+        .iter()
+        .find(|l| l.contains("could not have been the best"))
+        .unwrap_or_else(|| panic!("{:#?}", rec.rationale));
+    assert!(
+        line.starts_with(
+            "left out: LR 6.35e-3 at batch 64 was not confirmed (no time); it lies past LR 2.01e-3"
+        ),
+        "{line}"
+    );
+    // The range test at 10x: the centre is the best, and the refused LR
+    // above it is its neighbour, which no run ruled out: partial, as
+    // before.
+    let adjacent = FakeRunner {
+        sweep_bottom: 10.0,
+        ..FakeRunner::new()
+    };
+    let (rec, _) = advise_on_simulated_runs(adjacent, &spec(), 0.05, 1.5);
+    assert_eq!(
+        rec.phases_cut,
+        [Phase::LrConfirmation],
+        "{:#?}",
+        rec.rationale
+    );
+    assert!(rec.partial_reason.as_ref().unwrap().contains(
+        "lr_confirmation cut short by the time budget: LR 2.75e-3 at batch 64 was not confirmed"
+    ));
+}

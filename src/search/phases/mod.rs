@@ -20,8 +20,8 @@ pub(super) use runs::{FinishedRun, TRAINING_PHASES};
 
 use super::findings::{Finding, Gap, RunLengthSource};
 use super::lr::{
-    best_lr, fit_alpha, transfer_lr, BestLr, CheckMachine, ConfirmMachine, Confirmation, LrRule,
-    RangeTest, RangeTestMachine, SkippedLr,
+    best_lr, fit_alpha, settle_refused, transfer_lr, BestLr, CheckMachine, ConfirmMachine,
+    Confirmation, LrRule, RangeTest, RangeTestMachine, SkippedLr,
 };
 use super::maxfit::{prior_bytes_per_sample, MaxFit, MaxFitSearch, Next, Probe};
 use super::noise::{pooled_noise_scale, NoiseScale};
@@ -150,6 +150,19 @@ pub(super) struct ReferencePhase {
     /// gradients, which drives the model when measured.
     pub preconditioned: Option<NoiseScale>,
     pub findings: Vec<Finding>,
+    /// Planned confirmations the budget refused (the one refused and those
+    /// after it), judged once the race and check have run
+    /// ([`Session::settle_refused`]).
+    pub refused: Option<RefusedLrs>,
+}
+
+/// Planned confirmation LRs at the reference `batch` that runs of `steps`
+/// would have confirmed, had the budget allowed.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct RefusedLrs {
+    pub batch: u64,
+    pub steps: u32,
+    pub lrs: Vec<f64>,
 }
 
 impl ReferencePhase {

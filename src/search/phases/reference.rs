@@ -26,6 +26,7 @@ impl<R: TrialRunner> Session<'_, R> {
         let mut samples: Vec<(f64, GradNoiseSample)> = Vec::new();
         let seed = self.spec.search.seed;
         let mut left_out: Vec<SkippedLr> = Vec::new();
+        let mut refused = None;
         loop {
             let skipped = machine.skipped().len();
             let ask = machine.next_run();
@@ -45,15 +46,18 @@ impl<R: TrialRunner> Session<'_, R> {
                 self.run_fits(Phase::LrConfirmation, estimate)
             };
             if !fits {
-                let what = Gap::NotConfirmed {
-                    lr,
-                    batch,
-                    extension: ask.extension,
-                };
                 if ask.extension {
-                    self.skipped.push(what);
+                    self.skipped.push(Gap::NotConfirmed {
+                        lr,
+                        batch,
+                        extension: true,
+                    });
                 } else {
-                    self.cut_short(Phase::LrConfirmation, what);
+                    // Judged after the race and check: their runs may show
+                    // the best LR stands without these.
+                    let mut lrs = vec![lr];
+                    lrs.extend(machine.planned_left());
+                    refused = Some(RefusedLrs { batch, steps, lrs });
                 }
                 break;
             }
@@ -123,6 +127,54 @@ impl<R: TrialRunner> Session<'_, R> {
             noise,
             preconditioned,
             findings,
+            refused,
+        }
+    }
+
+    /// Judges the planned confirmations the budget refused, once the race
+    /// and the check have run: one stands settled where the same run was
+    /// made later and did not beat the best confirmation, or where it lies
+    /// past a run whose loss rose from the best's by more than the race's
+    /// seed noise allows ([`settle_refused`]); it is then listed as left
+    /// out. Any other cuts the confirmation short (a partial search): the
+    /// race's LRs were transferred from a best LR it could have moved.
+    pub(in crate::search) fn settle_refused(
+        &mut self,
+        reference: &ReferencePhase,
+        raced: &RacePhase,
+    ) {
+        let Some(refused) = &reference.refused else {
+            return;
+        };
+        let clear_rise = raced
+            .race
+            .as_ref()
+            .and_then(|r| race::clear_paired_rise(&r.entries));
+        let seed = self.spec.search.seed;
+        let mut unsettled = None;
+        for &lr in &refused.lrs {
+            let later = self.made_run(refused.batch, lr, refused.steps, seed);
+            match settle_refused(lr, &reference.runs, later.map(|(_, l)| l), clear_rise) {
+                Some(settled) => self.skipped.push(Gap::SettledConfirmation {
+                    lr,
+                    batch: refused.batch,
+                    settled,
+                    by: later.map(|(p, _)| p),
+                }),
+                None => {
+                    unsettled.get_or_insert(lr);
+                }
+            }
+        }
+        if let Some(lr) = unsettled {
+            self.cut_short(
+                Phase::LrConfirmation,
+                Gap::NotConfirmed {
+                    lr,
+                    batch: refused.batch,
+                    extension: false,
+                },
+            );
         }
     }
 

@@ -416,6 +416,24 @@ impl<R: TrialRunner> Session<'_, R> {
         self.finished_runs.iter().any(|f| f.key.same(&key))
     }
 
+    /// The phase that made the training run of these settings, and its
+    /// validation loss (infinite where it diverged), if it was made.
+    pub(super) fn made_run(
+        &self,
+        batch: u64,
+        lr: f64,
+        steps: u32,
+        seed: u64,
+    ) -> Option<(Phase, f64)> {
+        let key = RunKey::of(&self.training_request(batch, lr, steps, seed));
+        let made = self.finished_runs.iter().find(|f| f.key.same(&key))?;
+        let loss = match made.result.outcome {
+            Outcome::Ok => made.result.validation_loss?,
+            _ => f64::INFINITY,
+        };
+        Some((made.phase, loss))
+    }
+
     /// A training run's request: the recommended schedule (warm-up, then
     /// cosine decay) over its `steps`, validation at the end, the untimed
     /// steps of [`run_warmup`].

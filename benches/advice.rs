@@ -50,7 +50,10 @@
 //! [`TRUTH_MEASUREMENTS`]x the measurements over the same window (the
 //! measurements do not touch the weights, so it is the same run), and on
 //! two more seeds; the search's bound holds where it is at most the
-//! truth's value, its interval where it holds the truth's value.
+//! truth's value, its interval where it holds the truth's value. A
+//! statement pooled over several confirmation runs (LRs within 5% of the
+//! best's loss) is also judged against those runs, each measured again
+//! the same way, pooled as the search pooled them.
 //!
 //! `BATCHD_BENCH_GRID_DIR=DIR` keeps each grid it trains in DIR (one JSON
 //! file per job and budget: cells, steps, losses, wall time) and reads it
@@ -287,6 +290,9 @@ struct NoiseTruth {
     /// best's loss (what the search pools), again, each on its own:
     /// (LR, its loss in the search, its truth).
     runs: Vec<(f64, f64, Option<NoiseScale>)>,
+    /// Those runs again, pooled as the search pooled them: the truth for a
+    /// statement pooled over several LRs (`None` with one run).
+    pooled_runs: Option<NoiseScale>,
     /// Wall seconds of the best run in the search, and again with
     /// [`TRUTH_MEASUREMENTS`]x the measurements.
     seconds: (Option<f64>, f64),
@@ -354,20 +360,24 @@ impl Bench {
         let (same, wall) = run(best.0, spec.search.seed);
         let same = same?;
         let same_scale = pool(std::slice::from_ref(&same))?;
+        let mut dense = vec![same.clone()];
         let mut all = vec![same];
         all.extend(extra_seeds.iter().filter_map(|&s| run(best.0, s).0));
-        let runs = at_reference
+        let mut runs = Vec::new();
+        for &(lr, loss) in at_reference
             .iter()
             .filter(|(_, loss)| *loss <= best.1 * 1.05 + 1e-9)
-            .map(|&(lr, loss)| {
-                let truth = if lr == best.0 {
-                    Some(same_scale.clone())
-                } else {
-                    run(lr, spec.search.seed).0.and_then(|s| pool(&[s]))
-                };
-                (lr, loss, truth)
-            })
-            .collect();
+        {
+            let truth = if lr == best.0 {
+                Some(same_scale.clone())
+            } else {
+                let sample = run(lr, spec.search.seed).0;
+                dense.extend(sample.clone());
+                sample.and_then(|s| pool(&[s]))
+            };
+            runs.push((lr, loss, truth));
+        }
+        let pooled_runs = (dense.len() > 1).then(|| pool(&dense)).flatten();
         let searched = rec
             .evidence
             .trials
@@ -382,6 +392,7 @@ impl Bench {
             same: same_scale,
             seeds: pool(&all)?,
             runs,
+            pooled_runs,
             seconds: (searched, wall),
         })
     }
@@ -1126,6 +1137,7 @@ fn repeatability(
     let mut pre: Vec<f64> = Vec::new();
     let mut bounds = 0;
     let mut truths: Vec<Verdict> = Vec::new();
+    let mut pooled_truths: Vec<Verdict> = Vec::new();
     for seed in 1..=runs as u64 {
         let mut spec = spec_for(job, "balanced", Some(search_budget), Some(cell_seconds));
         spec.search.seed = seed;
@@ -1231,6 +1243,18 @@ fn repeatability(
                             ))
                         );
                     }
+                    if let Some(dense) = &truth.pooled_runs {
+                        let verdict = holds(noise, dense);
+                        pooled_truths.push(verdict);
+                        println!(
+                            "      the runs it pooled, {TRUTH_MEASUREMENTS}x the measurements each, pooled as it pooled them ({}): {}; the search's statement {verdict} against them",
+                            dense.measurements,
+                            dense.describe(),
+                        );
+                    } else {
+                        // One run pooled: its truth is the same run's.
+                        pooled_truths.push(verdict);
+                    }
                     println!(
                         "      the best run's wall time: {} in the search, {:.2} s with {TRUTH_MEASUREMENTS}x the measurements",
                         truth.seconds.0.map_or("-".into(), |s| format!("{s:.2} s")),
@@ -1261,12 +1285,22 @@ fn repeatability(
     let summary = if truths.is_empty() {
         summary
     } else {
+        let count = |verdicts: &[Verdict]| {
+            format!(
+                "{} of {} hold, {} miss, {} both bounds",
+                verdicts.iter().filter(|v| **v == Verdict::Holds).count(),
+                verdicts.len(),
+                verdicts.iter().filter(|v| **v == Verdict::Misses).count(),
+                verdicts
+                    .iter()
+                    .filter(|v| **v == Verdict::BothBounds)
+                    .count(),
+            )
+        };
         format!(
-            "{summary}; noise scale against its truth (the same run, {TRUTH_MEASUREMENTS}x the measurements): {} of {} hold, {} miss, {} both bounds",
-            truths.iter().filter(|v| **v == Verdict::Holds).count(),
-            truths.len(),
-            truths.iter().filter(|v| **v == Verdict::Misses).count(),
-            truths.iter().filter(|v| **v == Verdict::BothBounds).count(),
+            "{summary}; noise scale against its truth (the same run, {TRUTH_MEASUREMENTS}x the measurements): {}; against the runs it pooled, each {TRUTH_MEASUREMENTS}x, pooled alike: {}",
+            count(&truths),
+            count(&pooled_truths),
         )
     };
     println!("{summary}");

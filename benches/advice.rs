@@ -54,6 +54,8 @@
 //! statement pooled over several confirmation runs (LRs within 5% of the
 //! best's loss) is also judged against those runs, each measured again
 //! the same way, pooled as the search pooled them.
+//! `BATCHD_BENCH_NOISE_DUMP=DIR` writes each dense run's per-step norms
+//! (the trial's `GradNoiseSample`) to DIR as JSON, for offline study.
 //!
 //! `BATCHD_BENCH_GRID_DIR=DIR` keeps each grid it trains in DIR (one JSON
 //! file per job and budget: cells, steps, losses, wall time) and reads it
@@ -359,6 +361,17 @@ impl Bench {
         };
         let (same, wall) = run(best.0, spec.search.seed);
         let same = same?;
+        if let Some(dir) = std::env::var_os("BATCHD_BENCH_NOISE_DUMP") {
+            // The dense run's per-step norms, for studying their
+            // distribution offline (one file per search).
+            let path = std::path::Path::new(&dir).join(format!(
+                "{}-seed{}-batch{batch}-lr{:.3e}.json",
+                spec.name, spec.search.seed, best.0
+            ));
+            if let Err(e) = std::fs::write(&path, serde_json::to_vec(&same).unwrap_or_default()) {
+                eprintln!("noise dump {}: {e}", path.display());
+            }
+        }
         let same_scale = pool(std::slice::from_ref(&same))?;
         let mut dense = vec![same.clone()];
         let mut all = vec![same];

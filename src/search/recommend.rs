@@ -749,6 +749,7 @@ mod tests {
             after_steps: 100,
             after_samples: 25_600,
             until_samples: 51_200,
+            gradient_sq_norm_kurtosis: None,
         }
     }
 

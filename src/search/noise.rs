@@ -365,44 +365,13 @@ mod tests {
     /// per-sample noise vectors (isotropic, tr(Sigma) = `trace`), in `dim`
     /// dimensions, the small batch a head of the big one, as the workers
     /// measure them.
-    /// As [`measured`], but one example in `1 / every` has its noise
-    /// `spike` times larger: per-step |G|^2 estimates with rare, large
-    /// negative outliers (a spike in the small batch), as the digits MLP's
-    /// are. tr(Sigma) is `trace` x (1 + (spike^2 - 1) / every).
+    /// As [`measured`] (batches 128 and 16, 16 dimensions), but one example
+    /// in `every` has its noise `spike` times larger: per-step |G|^2
+    /// estimates with rare, large negative outliers (a spike in the small
+    /// batch), as the digits MLP's are. tr(Sigma) is `trace` x (1 +
+    /// (spike^2 - 1) / every).
     fn spiky(g2: f64, trace: f64, spike: f64, every: u64, n: usize, seed: u64) -> GradNoiseSample {
-        let (dim, big, small) = (16, 128u64, 16u64);
-        let mut rng = Normal(seed);
-        let g = (g2 / dim as f64).sqrt();
-        let sd = (trace / dim as f64).sqrt();
-        let mut sample = GradNoiseSample {
-            big_batch: big,
-            small_batch: small,
-            ..GradNoiseSample::default()
-        };
-        let mut example = 0u64;
-        for _ in 0..n {
-            let (mut sum_big, mut sum_small) = (vec![0.0; dim], vec![0.0; dim]);
-            for i in 0..big {
-                example += 1;
-                let scale = if rng.uniform() * (every as f64) < 1.0 {
-                    spike
-                } else {
-                    1.0
-                };
-                for d in 0..dim {
-                    let x = g + sd * scale * rng.next();
-                    sum_big[d] += x;
-                    if i < small {
-                        sum_small[d] += x;
-                    }
-                }
-            }
-            let norm = |v: &[f64], k: u64| v.iter().map(|x| (x / k as f64).powi(2)).sum::<f64>();
-            sample.big_sq_norms.push(norm(&sum_big, big));
-            sample.small_sq_norms.push(norm(&sum_small, small));
-        }
-        assert!(example > 0);
-        sample
+        drawn(g2, trace, (128, 16), 16, Some((spike, every)), n, seed)
     }
 
     #[test]
@@ -449,7 +418,21 @@ mod tests {
     }
 
     fn measured(g2: f64, trace: f64, big: u64, small: u64, n: usize, seed: u64) -> GradNoiseSample {
-        let dim = 64;
+        drawn(g2, trace, (big, small), 64, None, n, seed)
+    }
+
+    /// `n` steps of per-example gradients in `dim` dimensions with mean
+    /// norm^2 `g2` and noise trace `trace`, the small batch the first
+    /// examples of the big one; `spike`: (factor, one example in how many).
+    fn drawn(
+        g2: f64,
+        trace: f64,
+        (big, small): (u64, u64),
+        dim: usize,
+        spike: Option<(f64, u64)>,
+        n: usize,
+        seed: u64,
+    ) -> GradNoiseSample {
         let mut rng = Normal(seed);
         let g = (g2 / dim as f64).sqrt();
         let sd = (trace / dim as f64).sqrt();
@@ -461,8 +444,14 @@ mod tests {
         for _ in 0..n {
             let (mut sum_big, mut sum_small) = (vec![0.0; dim], vec![0.0; dim]);
             for i in 0..big {
+                // Drawn only with spikes, so the plain draws' stream is
+                // unchanged.
+                let scale = match spike {
+                    Some((factor, every)) if rng.uniform() * (every as f64) < 1.0 => factor,
+                    _ => 1.0,
+                };
                 for d in 0..dim {
-                    let x = g + sd * rng.next();
+                    let x = g + sd * scale * rng.next();
                     sum_big[d] += x;
                     if i < small {
                         sum_small[d] += x;

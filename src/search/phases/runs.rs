@@ -412,8 +412,13 @@ impl<R: TrialRunner> Session<'_, R> {
     /// Whether the training run of these settings has been made (and
     /// would be reused by [`Self::training_run`], costing nothing).
     pub(super) fn run_made(&self, batch: u64, lr: f64, steps: u32, seed: u64) -> bool {
+        self.finished_run(batch, lr, steps, seed).is_some()
+    }
+
+    /// The finished training run of these settings, if it was made.
+    fn finished_run(&self, batch: u64, lr: f64, steps: u32, seed: u64) -> Option<&FinishedRun> {
         let key = RunKey::of(&self.training_request(batch, lr, steps, seed));
-        self.finished_runs.iter().any(|f| f.key.same(&key))
+        self.finished_runs.iter().find(|f| f.key.same(&key))
     }
 
     /// The phase that made the training run of these settings, and its
@@ -425,8 +430,7 @@ impl<R: TrialRunner> Session<'_, R> {
         steps: u32,
         seed: u64,
     ) -> Option<(Phase, f64)> {
-        let key = RunKey::of(&self.training_request(batch, lr, steps, seed));
-        let made = self.finished_runs.iter().find(|f| f.key.same(&key))?;
+        let made = self.finished_run(batch, lr, steps, seed)?;
         let loss = match made.result.outcome {
             Outcome::Ok => made.result.validation_loss?,
             _ => f64::INFINITY,
